@@ -1,0 +1,300 @@
+//! `/api/auth/*`: login by code, token refresh, the current user, logout.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use poem_openapi::auth::Bearer;
+use poem_openapi::payload::Json;
+use poem_openapi::{Enum, Object, OpenApi, SecurityScheme};
+use uuid::Uuid;
+
+use super::ApiTags;
+use crate::auth::AuthService;
+use crate::db::{identity, user};
+use crate::delivery::Channel;
+use crate::error::Error;
+
+/// Phone login endpoints.
+pub struct AuthApi {
+    pub(crate) auth: Arc<AuthService>,
+}
+
+/// `Authorization: Bearer <access token>`.
+#[derive(SecurityScheme)]
+#[oai(ty = "bearer", bearer_format = "JWT")]
+pub struct BearerAuth(Bearer);
+
+/// A channel a client may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum RequestedChannel {
+    /// Text message.
+    Sms,
+    /// WhatsApp message.
+    Whatsapp,
+    /// Telegram message (needs a linked Telegram account).
+    Telegram,
+}
+
+impl From<RequestedChannel> for Channel {
+    fn from(c: RequestedChannel) -> Self {
+        match c {
+            RequestedChannel::Sms => Channel::Sms,
+            RequestedChannel::Whatsapp => Channel::Whatsapp,
+            RequestedChannel::Telegram => Channel::Telegram,
+        }
+    }
+}
+
+/// The channel that delivered a code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum DeliveredChannel {
+    /// Text message.
+    Sms,
+    /// WhatsApp message.
+    Whatsapp,
+    /// Telegram message.
+    Telegram,
+    /// Development only: the code was written to the server log.
+    Log,
+}
+
+impl From<Channel> for DeliveredChannel {
+    fn from(c: Channel) -> Self {
+        match c {
+            Channel::Sms => DeliveredChannel::Sms,
+            Channel::Whatsapp => DeliveredChannel::Whatsapp,
+            Channel::Telegram => DeliveredChannel::Telegram,
+            Channel::Log => DeliveredChannel::Log,
+        }
+    }
+}
+
+/// Ask for a one-time code.
+#[derive(Debug, Object)]
+pub struct LoginRequest {
+    /// Phone number with country code: `+919876543210`, `919876543210`, `+91 98765 43210` or
+    /// `0091…` (national numbers only when the server sets `DEFAULT_REGION`).
+    #[oai(validator(min_length = 1, max_length = 32))]
+    pub phone: String,
+    /// Delivery channel; the server's default when absent.
+    pub channel: Option<RequestedChannel>,
+}
+
+/// A code is on its way.
+#[derive(Debug, Object)]
+pub struct LoginResponse {
+    /// Human-readable confirmation.
+    pub message: String,
+    /// The phone number in E.164.
+    pub phone: String,
+    /// The channel that delivered the code.
+    pub channel: DeliveredChannel,
+    /// Seconds until the code expires.
+    pub expires_in: u64,
+    /// Seconds until another code may be requested.
+    pub resend_after: u64,
+    /// The code itself: only when the server runs with `EXPOSE_OTP=true` (development, tests).
+    #[oai(skip_serializing_if_is_none)]
+    pub otp_code: Option<String>,
+}
+
+/// Exchange a code for tokens.
+#[derive(Debug, Object)]
+pub struct VerifyRequest {
+    /// The phone number the code was sent to (any accepted form).
+    #[oai(validator(min_length = 1, max_length = 32))]
+    pub phone: String,
+    /// The digits received.
+    #[oai(validator(min_length = 1, max_length = 16))]
+    pub otp_code: String,
+}
+
+/// Exchange a refresh token for a new pair.
+#[derive(Debug, Object)]
+pub struct RefreshRequest {
+    /// The refresh token; it is spent by this call.
+    #[oai(validator(min_length = 1, max_length = 4096))]
+    pub refresh_token: String,
+}
+
+/// A user as the API shows it.
+#[derive(Debug, Object)]
+pub struct User {
+    /// User id (UUID v7).
+    pub id: Uuid,
+    /// Phone number in E.164, when the user has one.
+    pub phone: Option<String>,
+    /// First login.
+    pub created_at: DateTime<Utc>,
+    /// Latest login.
+    pub last_login_at: Option<DateTime<Utc>>,
+}
+
+impl From<user::Model> for User {
+    fn from(u: user::Model) -> Self {
+        User {
+            id: u.id,
+            phone: u.phone,
+            created_at: u.created_at,
+            last_login_at: u.last_login_at,
+        }
+    }
+}
+
+/// An external account linked to the user.
+#[derive(Debug, Object)]
+pub struct Identity {
+    /// `telegram` or `whatsapp`.
+    pub provider: String,
+    /// The provider's account id.
+    pub subject: String,
+    /// When it was linked.
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<identity::Model> for Identity {
+    fn from(i: identity::Model) -> Self {
+        Identity {
+            provider: i.provider,
+            subject: i.subject,
+            created_at: i.created_at,
+        }
+    }
+}
+
+/// The current user with linked identities.
+#[derive(Debug, Object)]
+pub struct Me {
+    /// User id (UUID v7).
+    pub id: Uuid,
+    /// Phone number in E.164, when the user has one.
+    pub phone: Option<String>,
+    /// First login.
+    pub created_at: DateTime<Utc>,
+    /// Latest login.
+    pub last_login_at: Option<DateTime<Utc>>,
+    /// Linked external accounts.
+    pub identities: Vec<Identity>,
+}
+
+/// A new session.
+#[derive(Debug, Object)]
+pub struct TokenResponse {
+    /// JWT access token: send as `Authorization: Bearer …`.
+    pub access_token: String,
+    /// Refresh token: exchange once at `/api/auth/refresh-token`.
+    pub refresh_token: String,
+    /// Always `bearer`.
+    pub token_type: String,
+    /// Access token lifetime in seconds.
+    pub expires_in: u64,
+    /// The logged-in user.
+    pub user: User,
+}
+
+/// A rotated token pair.
+#[derive(Debug, Object)]
+pub struct TokenPairResponse {
+    /// New JWT access token.
+    pub access_token: String,
+    /// New refresh token; the presented one is spent.
+    pub refresh_token: String,
+    /// Always `bearer`.
+    pub token_type: String,
+    /// Access token lifetime in seconds.
+    pub expires_in: u64,
+}
+
+/// The session is over.
+#[derive(Debug, Object)]
+pub struct LogoutResponse {
+    /// Always `logged_out`.
+    pub status: String,
+}
+
+#[OpenApi(prefix_path = "/api/auth", tag = "ApiTags::Auth")]
+impl AuthApi {
+    /// Send a one-time code
+    ///
+    /// Sends a code to the phone over the requested channel. A second request for the same
+    /// phone within the resend window gets 429 with `Retry-After`. The answer is the same for
+    /// known and new numbers.
+    #[oai(path = "/login", method = "post")]
+    async fn login(&self, body: Json<LoginRequest>) -> Result<Json<LoginResponse>, Error> {
+        let started = self
+            .auth
+            .login(&body.phone, body.channel.map(Channel::from))
+            .await?;
+        Ok(Json(LoginResponse {
+            message: "OTP sent successfully".into(),
+            phone: started.phone.as_str().to_string(),
+            channel: started.channel.into(),
+            expires_in: started.expires_in,
+            resend_after: started.resend_after,
+            otp_code: started.exposed_code,
+        }))
+    }
+
+    /// Verify a code and log in
+    ///
+    /// A right code works once and opens a session; the user is created on first login.
+    /// After too many wrong codes the code is burned and a new one must be requested.
+    #[oai(path = "/verify-otp", method = "post")]
+    async fn verify_otp(&self, body: Json<VerifyRequest>) -> Result<Json<TokenResponse>, Error> {
+        let session = self.auth.verify(&body.phone, &body.otp_code).await?;
+        Ok(Json(TokenResponse {
+            access_token: session.tokens.access_token,
+            refresh_token: session.tokens.refresh_token,
+            token_type: "bearer".into(),
+            expires_in: session.tokens.expires_in,
+            user: session.user.into(),
+        }))
+    }
+
+    /// Rotate a refresh token
+    ///
+    /// Spends the refresh token and returns a new pair. Presenting a spent token again after
+    /// the short grace window revokes the whole session (`token_reused`).
+    #[oai(path = "/refresh-token", method = "post")]
+    async fn refresh_token(
+        &self,
+        body: Json<RefreshRequest>,
+    ) -> Result<Json<TokenPairResponse>, Error> {
+        let pair = self.auth.refresh(&body.refresh_token).await?;
+        Ok(Json(TokenPairResponse {
+            access_token: pair.access_token,
+            refresh_token: pair.refresh_token,
+            token_type: "bearer".into(),
+            expires_in: pair.expires_in,
+        }))
+    }
+
+    /// The current user
+    #[oai(path = "/me", method = "get")]
+    async fn me(&self, auth: BearerAuth) -> Result<Json<Me>, Error> {
+        let claims = self.auth.authenticate(&auth.0.token).await?;
+        let (user, identities) = self.auth.me(&claims).await?;
+        Ok(Json(Me {
+            id: user.id,
+            phone: user.phone,
+            created_at: user.created_at,
+            last_login_at: user.last_login_at,
+            identities: identities.into_iter().map(Identity::from).collect(),
+        }))
+    }
+
+    /// Log out
+    ///
+    /// Revokes the session: its access and refresh tokens are refused by every replica from
+    /// the next request on.
+    #[oai(path = "/logout", method = "post")]
+    async fn logout(&self, auth: BearerAuth) -> Result<Json<LogoutResponse>, Error> {
+        let claims = self.auth.authenticate(&auth.0.token).await?;
+        self.auth.logout(&claims).await?;
+        Ok(Json(LogoutResponse {
+            status: "logged_out".into(),
+        }))
+    }
+}

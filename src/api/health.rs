@@ -1,0 +1,93 @@
+//! Liveness (`/health`, no I/O) and readiness (`/ready`, store and database) probes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object};
+
+use super::ApiTags;
+use crate::app::AppState;
+
+/// Upper bound on each readiness check.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Probes for load balancers and Kubernetes.
+pub struct HealthApi {
+    pub(crate) state: Arc<AppState>,
+}
+
+/// The process is up.
+#[derive(Debug, Object)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: String,
+}
+
+/// Whether each dependency answers.
+#[derive(Debug, Object)]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    pub status: String,
+    /// `ok` or `unavailable`: Redis or the in-process store.
+    pub store: String,
+    /// `ok` or `unavailable`: the SQL database.
+    pub database: String,
+}
+
+/// Readiness answer.
+#[derive(ApiResponse)]
+pub enum ReadyResponse {
+    /// Store and database answer.
+    #[oai(status = 200)]
+    Ready(Json<Readiness>),
+    /// A dependency does not answer; the body says which.
+    #[oai(status = 503)]
+    NotReady(Json<Readiness>),
+}
+
+fn status(ok: bool) -> String {
+    if ok { "ok" } else { "unavailable" }.to_string()
+}
+
+#[poem_openapi::OpenApi(tag = "ApiTags::Ops")]
+impl HealthApi {
+    /// Liveness: answers without touching any dependency.
+    #[oai(path = "/health", method = "get")]
+    async fn health(&self) -> Json<Health> {
+        Json(Health {
+            status: "ok".into(),
+        })
+    }
+
+    /// Readiness: checks the store and the database, each within 2 s.
+    #[oai(path = "/ready", method = "get")]
+    async fn ready(&self) -> ReadyResponse {
+        let store = tokio::time::timeout(CHECK_TIMEOUT, self.state.store.ping());
+        let database = tokio::time::timeout(CHECK_TIMEOUT, crate::db::ping(&self.state.db));
+        let (store, database) = tokio::join!(store, database);
+        let store_ok = matches!(store, Ok(Ok(())));
+        let database_ok = matches!(database, Ok(Ok(())));
+        if !store_ok {
+            tracing::warn!("readiness: store unavailable");
+        }
+        if !database_ok {
+            tracing::warn!("readiness: database unavailable");
+        }
+        let body = Readiness {
+            status: if store_ok && database_ok {
+                "ready"
+            } else {
+                "not_ready"
+            }
+            .into(),
+            store: status(store_ok),
+            database: status(database_ok),
+        };
+        if store_ok && database_ok {
+            ReadyResponse::Ready(Json(body))
+        } else {
+            ReadyResponse::NotReady(Json(body))
+        }
+    }
+}

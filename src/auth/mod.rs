@@ -1,0 +1,181 @@
+//! The login domain: phone numbers, codes, tokens and sessions. No HTTP types in here.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use sea_orm::DatabaseConnection;
+use uuid::Uuid;
+
+use crate::config::Settings;
+use crate::db::{self, identity, user};
+use crate::delivery::{Channel, Delivery, OtpMessage};
+use crate::error::Error;
+use crate::store::{RefreshOutcome, Store};
+
+pub mod otp;
+pub mod phone;
+pub mod tokens;
+
+use self::otp::OtpService;
+use self::phone::Phone;
+use self::tokens::{Claims, TokenKind, TokenPair, TokenService};
+
+/// A code on its way to the user.
+#[derive(Debug)]
+pub struct LoginStarted {
+    /// The normalised phone number.
+    pub phone: Phone,
+    /// The channel that delivered the code.
+    pub channel: Channel,
+    /// Seconds until the code expires.
+    pub expires_in: u64,
+    /// Seconds until another code may be requested.
+    pub resend_after: u64,
+    /// The code itself, only when `EXPOSE_OTP` is on.
+    pub exposed_code: Option<String>,
+}
+
+/// A new session: tokens plus the user they belong to.
+#[derive(Debug)]
+pub struct LoggedIn {
+    /// The token pair.
+    pub tokens: TokenPair,
+    /// The user.
+    pub user: user::Model,
+}
+
+/// Login, verification, refresh, logout and the current user.
+pub struct AuthService {
+    otp: OtpService,
+    tokens: TokenService,
+    store: Arc<dyn Store>,
+    db: DatabaseConnection,
+    delivery: Delivery,
+    default_region: Option<phonenumber::country::Id>,
+    expose_otp: bool,
+    refresh_grace: std::time::Duration,
+}
+
+impl AuthService {
+    /// Wires the domain to its store, database and senders.
+    pub fn new(
+        settings: &Settings,
+        store: Arc<dyn Store>,
+        db: DatabaseConnection,
+        delivery: Delivery,
+    ) -> Result<Self, Error> {
+        Ok(Self {
+            otp: OtpService::new(settings, store.clone())?,
+            tokens: TokenService::new(settings),
+            store,
+            db,
+            delivery,
+            default_region: settings.default_region,
+            expose_otp: settings.expose_otp,
+            refresh_grace: settings.refresh_reuse_grace,
+        })
+    }
+
+    /// Parses a phone number as the API accepts it.
+    pub fn parse_phone(&self, input: &str) -> Result<Phone, Error> {
+        Phone::parse(input, self.default_region)
+    }
+
+    /// Issues a code for `phone` and sends it. One store round trip; no database access, so the
+    /// answer is the same whether or not the number has an account.
+    pub async fn login(
+        &self,
+        phone: &str,
+        channel: Option<Channel>,
+    ) -> Result<LoginStarted, Error> {
+        let phone = self.parse_phone(phone)?;
+        let sender = self.delivery.sender_for(channel).ok_or_else(|| {
+            Error::ChannelUnavailable(channel.map_or("default", Channel::as_str).to_string())
+        })?;
+        let issued = self.otp.issue(&phone).await?;
+        let message = OtpMessage {
+            code: &issued.code,
+            minutes: issued.expires_in.as_secs() / 60,
+        };
+        if let Err(err) = sender.send(&phone, &message).await {
+            tracing::warn!(phone = %phone.masked(), error = %err, "delivery failed");
+            return Err(Error::DeliveryFailed);
+        }
+        tracing::info!(phone = %phone.masked(), channel = %sender.channel(), "code sent");
+        Ok(LoginStarted {
+            channel: sender.channel(),
+            expires_in: issued.expires_in.as_secs(),
+            resend_after: issued.resend_after.as_secs(),
+            exposed_code: self.expose_otp.then_some(issued.code),
+            phone,
+        })
+    }
+
+    /// Checks the code and opens a session. One store round trip; one `SELECT` for a returning
+    /// user (plus a background `UPDATE` of `last_login_at`), `SELECT` + `INSERT` for a new one.
+    pub async fn verify(&self, phone: &str, code: &str) -> Result<LoggedIn, Error> {
+        let phone = self.parse_phone(phone)?;
+        if let Err(err) = self.otp.verify(&phone, code).await {
+            tracing::info!(phone = %phone.masked(), outcome = err.code(), "verification refused");
+            return Err(err);
+        }
+        let user = db::login_by_phone(&self.db, phone.as_str(), Utc::now()).await?;
+        let sid = Uuid::new_v4().to_string();
+        let tokens = self.tokens.issue_pair(user.id, &sid)?;
+        tracing::info!(phone = %phone.masked(), user_id = %user.id, "session opened");
+        Ok(LoggedIn { tokens, user })
+    }
+
+    /// Rotates a refresh token: the presented one is spent. A spent token presented again
+    /// within the grace window rotates again (concurrent mobile refreshes); later, the whole
+    /// session is revoked. One store round trip.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, Error> {
+        let claims = self.tokens.decode(refresh_token, TokenKind::Refresh)?;
+        let user_id = Uuid::parse_str(&claims.sub).map_err(|_| Error::InvalidToken)?;
+        let outcome = self
+            .store
+            .spend_refresh(
+                &claims.sid,
+                &claims.jti,
+                self.refresh_grace,
+                self.tokens.longest_lifetime(),
+            )
+            .await?;
+        match outcome {
+            RefreshOutcome::Rotated | RefreshOutcome::Grace => {
+                self.tokens.issue_pair(user_id, &claims.sid)
+            }
+            RefreshOutcome::Reused => {
+                tracing::warn!(user_id = %user_id, "refresh token reuse: session revoked");
+                Err(Error::TokenReused)
+            }
+            RefreshOutcome::Revoked => Err(Error::InvalidToken),
+        }
+    }
+
+    /// Checks an access token: signature, claims, kind, and that its session is not revoked.
+    pub async fn authenticate(&self, access_token: &str) -> Result<Claims, Error> {
+        let claims = self.tokens.decode(access_token, TokenKind::Access)?;
+        if self.store.is_session_revoked(&claims.sid).await? {
+            return Err(Error::InvalidToken);
+        }
+        Ok(claims)
+    }
+
+    /// The user of an authenticated session, with linked identities.
+    pub async fn me(&self, claims: &Claims) -> Result<(user::Model, Vec<identity::Model>), Error> {
+        let id = Uuid::parse_str(&claims.sub).map_err(|_| Error::InvalidToken)?;
+        db::find_user(&self.db, id)
+            .await?
+            .ok_or(Error::InvalidToken)
+    }
+
+    /// Revokes the session of `claims` on every replica: its access and refresh tokens die.
+    pub async fn logout(&self, claims: &Claims) -> Result<(), Error> {
+        self.store
+            .revoke_session(&claims.sid, self.tokens.longest_lifetime())
+            .await?;
+        tracing::info!(user_id = %claims.sub, "session revoked by logout");
+        Ok(())
+    }
+}

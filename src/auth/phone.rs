@@ -1,0 +1,185 @@
+//! Phone numbers: parsed from the forms clients send, kept and returned in E.164.
+
+use std::fmt;
+
+use phonenumber::Mode;
+use phonenumber::country::Id as Region;
+
+use crate::error::Error;
+
+/// Longest input we try to parse; real numbers are far shorter, even with spacing.
+const MAX_INPUT_LEN: usize = 32;
+
+/// A valid phone number in E.164 form (`+919876543210`).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Phone {
+    e164: String,
+    /// Digits of the country calling code (`91` for India).
+    country_code_len: usize,
+}
+
+impl Phone {
+    /// Parses `+919876543210`, `919876543210` (digits with country code, the seed's form),
+    /// `+91 98765 43210`, `0091 98765 43210`, and, when `default_region` is set, national
+    /// numbers such as `098765 43210`.
+    pub fn parse(input: &str, default_region: Option<Region>) -> Result<Self, Error> {
+        let input = input.trim();
+        if input.is_empty() {
+            return Err(Error::InvalidPhone("The phone number is empty.".into()));
+        }
+        if input.len() > MAX_INPUT_LEN {
+            return Err(Error::InvalidPhone("The phone number is too long.".into()));
+        }
+        if !input
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '+' | ' ' | '-' | '.' | '(' | ')'))
+        {
+            return Err(Error::InvalidPhone(
+                "A phone number may contain only digits, spaces, '+', '-', '.' and parentheses."
+                    .into(),
+            ));
+        }
+        let compact: String = input
+            .chars()
+            .filter(|c| c.is_ascii_digit() || *c == '+')
+            .collect();
+        if compact.rfind('+').is_some_and(|i| i > 0) {
+            return Err(Error::InvalidPhone("'+' may only start the number.".into()));
+        }
+        let international = if let Some(rest) = compact.strip_prefix("00") {
+            Some(format!("+{rest}"))
+        } else if compact.starts_with('+') {
+            Some(compact.clone())
+        } else {
+            None
+        };
+
+        let candidates: Vec<(Option<Region>, String)> = match (international, default_region) {
+            (Some(number), _) => vec![(None, number)],
+            // A bare digit string: national first when a region is configured, then with `+`.
+            (None, Some(region)) => vec![
+                (Some(region), compact.clone()),
+                (None, format!("+{compact}")),
+            ],
+            (None, None) => vec![(None, format!("+{compact}"))],
+        };
+        for (region, text) in candidates {
+            if let Ok(number) = phonenumber::parse(region, &text)
+                && phonenumber::is_valid(&number)
+            {
+                let e164 = number.format().mode(Mode::E164).to_string();
+                let country_code_len = number.code().value().to_string().len();
+                return Ok(Phone {
+                    e164,
+                    country_code_len,
+                });
+            }
+        }
+        Err(Error::InvalidPhone(
+            "Not a valid phone number; send it with its country code, like +919876543210.".into(),
+        ))
+    }
+
+    /// The E.164 form, `+919876543210`.
+    pub fn as_str(&self) -> &str {
+        &self.e164
+    }
+
+    /// The form safe for logs: country code and last four digits, `+91******3210`.
+    pub fn masked(&self) -> String {
+        let digits = &self.e164[1..];
+        let (cc, national) = digits.split_at(self.country_code_len.min(digits.len()));
+        let keep = national.len().min(4);
+        let hidden = national.len() - keep;
+        format!("+{cc}{}{}", "*".repeat(hidden), &national[hidden..])
+    }
+}
+
+impl AsRef<str> for Phone {
+    fn as_ref(&self) -> &str {
+        &self.e164
+    }
+}
+
+/// Debug output is masked so a stray `{:?}` cannot leak a full number into the logs.
+impl fmt::Debug for Phone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Phone({})", self.masked())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e164(input: &str) -> String {
+        Phone::parse(input, None).unwrap().as_str().to_string()
+    }
+
+    #[test]
+    fn accepted_forms_map_to_one_number() {
+        for form in [
+            "+919876543210",
+            "919876543210",
+            "+91 98765 43210",
+            "0091 98765 43210",
+            "00919876543210",
+            " +91-98765-43210 ",
+            "+91 (98765) 43210",
+        ] {
+            assert_eq!(e164(form), "+919876543210", "{form}");
+        }
+        assert_eq!(e164("+1 415 555 2671"), "+14155552671");
+        assert_eq!(e164("+44 7400 123456"), "+447400123456");
+    }
+
+    #[test]
+    fn national_numbers_need_a_region() {
+        assert!(Phone::parse("09876543210", None).is_err());
+        let region = "IN".parse().ok();
+        assert_eq!(
+            Phone::parse("09876543210", region).unwrap().as_str(),
+            "+919876543210"
+        );
+        assert_eq!(
+            Phone::parse("98765 43210", region).unwrap().as_str(),
+            "+919876543210"
+        );
+        // Digits with their country code still work when a region is set.
+        assert_eq!(
+            Phone::parse("14155552671", region).unwrap().as_str(),
+            "+14155552671"
+        );
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_number() {
+        for bad in [
+            "",
+            "   ",
+            "abc",
+            "+91abc9876543210",
+            "12",
+            "+0000000000",
+            "+91 98765 4321",
+            "9+19876543210",
+            "+999 123456789",
+            "+919876543210; DROP TABLE users",
+            "1234567890123456789012345678901234567890",
+        ] {
+            assert!(
+                Phone::parse(bad, None).is_err(),
+                "{bad:?} should be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn masking_keeps_country_code_and_last_four() {
+        let phone = Phone::parse("+919876543210", None).unwrap();
+        assert_eq!(phone.masked(), "+91******3210");
+        assert_eq!(format!("{phone:?}"), "Phone(+91******3210)");
+        let us = Phone::parse("+14155552671", None).unwrap();
+        assert_eq!(us.masked(), "+1******2671");
+    }
+}

@@ -1,0 +1,524 @@
+//! Settings from the environment, plus an optional `.env` file in the working directory.
+//!
+//! Real environment variables win over `.env`. The seed's variable names (`DATABASE_URL`,
+//! `JWT_SECRET_KEY`, `OTP_LENGTH`, `OTP_EXPIRY_MINUTES`, `SEND_OTP_VIA_SMS`, `DEBUG`,
+//! `LOG_LEVEL`, …) keep their meaning, so an existing `.env` drops in. Every bad value stops
+//! start-up with a message that names the variable.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The JWT secret used when `JWT_SECRET_KEY` is unset. Fine on a laptop; production refuses it.
+pub const DEV_JWT_SECRET: &str = "otpgate-development-secret-do-not-use-in-production";
+
+/// The SQLite file used when `DATABASE_URL` is unset.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://otpgate.db?mode=rwc";
+
+/// A configuration value that was missing or malformed.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {var}: {message}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub var: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+fn invalid(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        message: message.into(),
+    }
+}
+
+/// A secret value: never printed by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call only where it is used, never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// `development` (friendly defaults) or `production` (refuses unsafe settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    /// Local work: OTP exposure on by default, in-process store allowed.
+    Development,
+    /// Guards on: strong JWT secret, Redis, no OTP exposure, a real delivery channel.
+    Production,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (the development default).
+    Pretty,
+    /// One JSON object per line (the production default).
+    Json,
+}
+
+/// Everything the service reads from its environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `HOST`: address to listen on.
+    pub host: String,
+    /// `PORT`: port to listen on (0 picks a free one).
+    pub port: u16,
+    /// `ENVIRONMENT`: development or production.
+    pub environment: Environment,
+    /// `DATABASE_URL`: `postgres://…` or `sqlite://…`.
+    pub database_url: String,
+    /// `DATABASE_MAX_CONNECTIONS`: pool size (SQLite always uses 1).
+    pub database_max_connections: u32,
+    /// `REDIS_URL`: shared store; unset means the in-process store.
+    pub redis_url: Option<String>,
+    /// `REDIS_KEY_PREFIX`: prefix of every Redis key, to share one Redis between deployments.
+    pub redis_key_prefix: String,
+    /// `REDIS_POOL_SIZE`: connections per replica.
+    pub redis_pool_size: usize,
+    /// `REDIS_TIMEOUT_MS`: upper bound on one store operation, pool wait included.
+    pub redis_timeout: Duration,
+    /// `JWT_SECRET_KEY`: HMAC key of HS256 tokens.
+    pub jwt_secret: Secret,
+    /// `JWT_ISSUER`: the `iss` claim.
+    pub jwt_issuer: String,
+    /// `JWT_AUDIENCE`: the `aud` claim.
+    pub jwt_audience: String,
+    /// `ACCESS_TOKEN_EXPIRE_MINUTES`: access token lifetime.
+    pub access_token_ttl: Duration,
+    /// `REFRESH_TOKEN_EXPIRE_DAYS`: refresh token lifetime.
+    pub refresh_token_ttl: Duration,
+    /// `REFRESH_REUSE_GRACE_SECONDS`: a spent refresh token still rotates this long after use.
+    pub refresh_reuse_grace: Duration,
+    /// `OTP_LENGTH`: digits per code, 4 to 10.
+    pub otp_length: u32,
+    /// `OTP_EXPIRY_MINUTES`: code lifetime, at most 10 minutes.
+    pub otp_ttl: Duration,
+    /// `OTP_MAX_ATTEMPTS`: wrong tries before a code is burned.
+    pub otp_max_attempts: u32,
+    /// `OTP_RESEND_SECONDS`: cooldown between two codes for one phone.
+    pub otp_resend: Duration,
+    /// `OTP_PEPPER`: HMAC key for stored code hashes; derived from the JWT secret when unset.
+    pub otp_pepper: Option<Secret>,
+    /// `EXPOSE_OTP`: return the code in the login response (development and tests only).
+    pub expose_otp: bool,
+    /// `DEFAULT_REGION`: ISO 3166 region for national-format numbers; unset = E.164 only.
+    pub default_region: Option<phonenumber::country::Id>,
+    /// `SEND_OTP_VIA_SMS`: the seed's switch; false keeps codes on the `log` channel.
+    pub send_otp_via_sms: bool,
+    /// `RUN_MIGRATIONS`: migrate the database at start-up.
+    pub run_migrations: bool,
+    /// `LOG_LEVEL`: a level or a tracing filter directive.
+    pub log_level: String,
+    /// `LOG_FORMAT`: `pretty` or `json`.
+    pub log_format: LogFormat,
+    /// `DEBUG`: the seed's switch; makes `debug` the default log level.
+    pub debug: bool,
+    /// `SHUTDOWN_GRACE_SECONDS`: time in-flight requests get after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+impl Settings {
+    /// Reads the process environment, then `.env` in the working directory for what is unset.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let dotenv = std::fs::read_to_string(".env")
+            .map(|text| parse_dotenv(&text))
+            .unwrap_or_default();
+        Self::from_lookup(|name| {
+            std::env::var(name)
+                .ok()
+                .or_else(|| dotenv.get(name).cloned())
+        })
+    }
+
+    /// Builds settings from any key lookup (tests pass a map).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Vars(&lookup);
+        let environment = match env
+            .get("ENVIRONMENT")
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+        {
+            None => Environment::Development,
+            Some(v) if v == "development" || v == "dev" => Environment::Development,
+            Some(v) if v == "production" || v == "prod" => Environment::Production,
+            Some(v) => {
+                return Err(invalid(
+                    "ENVIRONMENT",
+                    format!("expected development or production, got {v:?}"),
+                ));
+            }
+        };
+        let production = environment == Environment::Production;
+        let debug = env.bool("DEBUG", false)?;
+
+        let otp_length: u32 = env.parse("OTP_LENGTH", 6)?;
+        if !(4..=10).contains(&otp_length) {
+            return Err(invalid("OTP_LENGTH", "must be between 4 and 10"));
+        }
+        let otp_minutes: u64 = env.parse("OTP_EXPIRY_MINUTES", 5)?;
+        if !(1..=10).contains(&otp_minutes) {
+            return Err(invalid("OTP_EXPIRY_MINUTES", "must be between 1 and 10"));
+        }
+        let otp_max_attempts: u32 = env.parse("OTP_MAX_ATTEMPTS", 5)?;
+        if !(1..=20).contains(&otp_max_attempts) {
+            return Err(invalid("OTP_MAX_ATTEMPTS", "must be between 1 and 20"));
+        }
+        let access_minutes: u64 = env.parse("ACCESS_TOKEN_EXPIRE_MINUTES", 30)?;
+        if access_minutes == 0 {
+            return Err(invalid("ACCESS_TOKEN_EXPIRE_MINUTES", "must be at least 1"));
+        }
+        let refresh_days: u64 = env.parse("REFRESH_TOKEN_EXPIRE_DAYS", 7)?;
+        if refresh_days == 0 {
+            return Err(invalid("REFRESH_TOKEN_EXPIRE_DAYS", "must be at least 1"));
+        }
+        let redis_timeout_ms: u64 = env.parse("REDIS_TIMEOUT_MS", 1000)?;
+        if redis_timeout_ms == 0 {
+            return Err(invalid("REDIS_TIMEOUT_MS", "must be at least 1"));
+        }
+
+        let default_region = match env.get("DEFAULT_REGION") {
+            None => None,
+            Some(code) => Some(
+                code.trim()
+                    .to_ascii_uppercase()
+                    .parse::<phonenumber::country::Id>()
+                    .map_err(|_| {
+                        invalid(
+                            "DEFAULT_REGION",
+                            format!("{code:?} is not an ISO 3166 region"),
+                        )
+                    })?,
+            ),
+        };
+
+        let log_format = match env
+            .get("LOG_FORMAT")
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+        {
+            None if production => LogFormat::Json,
+            None => LogFormat::Pretty,
+            Some(v) if v == "json" => LogFormat::Json,
+            Some(v) if v == "pretty" || v == "text" => LogFormat::Pretty,
+            Some(v) => {
+                return Err(invalid(
+                    "LOG_FORMAT",
+                    format!("expected json or pretty, got {v:?}"),
+                ));
+            }
+        };
+
+        let settings = Settings {
+            host: env.get("HOST").unwrap_or_else(|| "0.0.0.0".into()),
+            port: env.parse("PORT", 8000)?,
+            environment,
+            database_url: env
+                .get("DATABASE_URL")
+                .map(|url| normalize_database_url(&url))
+                .unwrap_or_else(|| DEFAULT_DATABASE_URL.into()),
+            database_max_connections: env.parse("DATABASE_MAX_CONNECTIONS", 10)?,
+            redis_url: env.get("REDIS_URL"),
+            redis_key_prefix: env
+                .get("REDIS_KEY_PREFIX")
+                .unwrap_or_else(|| "otpgate:".into()),
+            redis_pool_size: env.parse("REDIS_POOL_SIZE", 32)?,
+            redis_timeout: Duration::from_millis(redis_timeout_ms),
+            jwt_secret: Secret::new(
+                env.get("JWT_SECRET_KEY")
+                    .unwrap_or_else(|| DEV_JWT_SECRET.into()),
+            ),
+            jwt_issuer: env.get("JWT_ISSUER").unwrap_or_else(|| "otpgate".into()),
+            jwt_audience: env.get("JWT_AUDIENCE").unwrap_or_else(|| "otpgate".into()),
+            access_token_ttl: Duration::from_secs(access_minutes * 60),
+            refresh_token_ttl: Duration::from_secs(refresh_days * 86_400),
+            refresh_reuse_grace: Duration::from_secs(env.parse("REFRESH_REUSE_GRACE_SECONDS", 10)?),
+            otp_length,
+            otp_ttl: Duration::from_secs(otp_minutes * 60),
+            otp_max_attempts,
+            otp_resend: Duration::from_secs(env.parse("OTP_RESEND_SECONDS", 60)?),
+            otp_pepper: env.get("OTP_PEPPER").map(Secret::new),
+            expose_otp: env.bool("EXPOSE_OTP", !production)?,
+            default_region,
+            send_otp_via_sms: env.bool("SEND_OTP_VIA_SMS", false)?,
+            run_migrations: env.bool("RUN_MIGRATIONS", true)?,
+            log_level: env
+                .get("LOG_LEVEL")
+                .unwrap_or_else(|| if debug { "debug" } else { "info" }.into())
+                .to_ascii_lowercase(),
+            log_format,
+            debug,
+            shutdown_grace: Duration::from_secs(env.parse("SHUTDOWN_GRACE_SECONDS", 20)?),
+        };
+        settings.check_production()?;
+        Ok(settings)
+    }
+
+    /// The production guards: no weak secret, no in-process store, no code exposure, no
+    /// log-only delivery.
+    fn check_production(&self) -> Result<(), ConfigError> {
+        if self.environment != Environment::Production {
+            return Ok(());
+        }
+        let secret = self.jwt_secret.expose();
+        if secret == DEV_JWT_SECRET {
+            return Err(invalid(
+                "JWT_SECRET_KEY",
+                "production needs its own secret (at least 32 bytes); the development default is refused",
+            ));
+        }
+        if secret.len() < 32 {
+            return Err(invalid(
+                "JWT_SECRET_KEY",
+                "production needs at least 32 bytes",
+            ));
+        }
+        if self.redis_url.is_none() {
+            return Err(invalid(
+                "REDIS_URL",
+                "production needs Redis: the in-process store is not shared between replicas",
+            ));
+        }
+        if self.expose_otp {
+            return Err(invalid("EXPOSE_OTP", "must be false in production"));
+        }
+        if !self.send_otp_via_sms {
+            return Err(invalid(
+                "SEND_OTP_VIA_SMS",
+                "production refuses the development `log` channel as the only delivery channel",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the in-process store is in use (no `REDIS_URL`).
+    pub fn embedded_store(&self) -> bool {
+        self.redis_url.is_none()
+    }
+}
+
+/// Typed access to a lookup function, with errors that name the variable.
+struct Vars<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Vars<'_> {
+    /// The value, with empty strings treated as unset (as `.env` templates leave them).
+    fn get(&self, name: &str) -> Option<String> {
+        (self.0)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    fn parse<T: FromStr>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T::Err: fmt::Display,
+    {
+        match self.get(name) {
+            None => Ok(default),
+            Some(raw) => raw
+                .trim()
+                .parse()
+                .map_err(|e| invalid(name, format!("{raw:?} is not valid: {e}"))),
+        }
+    }
+
+    fn bool(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(name).map(|v| v.trim().to_ascii_lowercase()) {
+            None => Ok(default),
+            Some(v) => match v.as_str() {
+                "1" | "true" | "yes" | "on" => Ok(true),
+                "0" | "false" | "no" | "off" => Ok(false),
+                _ => Err(invalid(name, format!("expected true or false, got {v:?}"))),
+            },
+        }
+    }
+}
+
+/// Accepts SQLAlchemy-style URLs from the seed (`postgresql+asyncpg://`, `sqlite+aiosqlite:///x.db`)
+/// and gives SQLite files `mode=rwc` so they are created on first start.
+pub fn normalize_database_url(url: &str) -> String {
+    let url = url.trim();
+    let (scheme, rest) = match url.split_once("://") {
+        Some(parts) => parts,
+        None => return url.to_string(),
+    };
+    let (base, had_driver) = match scheme.split_once('+') {
+        Some((base, _driver)) => (base, true),
+        None => (scheme, false),
+    };
+    let base = if base == "postgresql" {
+        "postgres"
+    } else {
+        base
+    };
+    if base != "sqlite" {
+        return format!("{base}://{rest}");
+    }
+    // SQLAlchemy's `sqlite:///relative.db` has one slash more than sqlx's `sqlite://relative.db`.
+    let path = if had_driver {
+        rest.strip_prefix('/').unwrap_or(rest)
+    } else {
+        rest
+    };
+    if path.contains('?') || path.starts_with(":memory:") {
+        format!("sqlite://{path}")
+    } else {
+        format!("sqlite://{path}?mode=rwc")
+    }
+}
+
+/// Parses `.env` text: `KEY=value` lines, `#` comments, optional `export`, optional quotes.
+pub fn parse_dotenv(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                return None;
+            }
+            let line = line.strip_prefix("export ").unwrap_or(line);
+            let (key, value) = line.split_once('=')?;
+            let value = value.trim();
+            let value = match (value.chars().next(), value.chars().last()) {
+                (Some(q @ ('"' | '\'')), Some(end)) if value.len() >= 2 && end == q => {
+                    &value[1..value.len() - 1]
+                }
+                // An unquoted value may carry a trailing ` # comment`.
+                _ => value.split(" #").next().unwrap_or(value).trim_end(),
+            };
+            Some((key.trim().to_string(), value.to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_need_nothing() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.port, 8000);
+        assert_eq!(s.host, "0.0.0.0");
+        assert_eq!(s.database_url, DEFAULT_DATABASE_URL);
+        assert!(s.embedded_store());
+        assert!(s.expose_otp);
+        assert_eq!(s.otp_length, 6);
+        assert_eq!(s.otp_ttl, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        assert_eq!(settings(&[("PORT", "eighty")]).unwrap_err().var, "PORT");
+        assert_eq!(
+            settings(&[("OTP_LENGTH", "3")]).unwrap_err().var,
+            "OTP_LENGTH"
+        );
+        assert_eq!(
+            settings(&[("OTP_EXPIRY_MINUTES", "11")]).unwrap_err().var,
+            "OTP_EXPIRY_MINUTES"
+        );
+        assert_eq!(settings(&[("DEBUG", "maybe")]).unwrap_err().var, "DEBUG");
+        assert_eq!(
+            settings(&[("DEFAULT_REGION", "XX")]).unwrap_err().var,
+            "DEFAULT_REGION"
+        );
+    }
+
+    #[test]
+    fn production_guards() {
+        let strong = "0123456789abcdef0123456789abcdef";
+        let base = [
+            ("ENVIRONMENT", "production"),
+            ("JWT_SECRET_KEY", strong),
+            ("REDIS_URL", "redis://127.0.0.1"),
+            ("SEND_OTP_VIA_SMS", "true"),
+        ];
+        assert!(settings(&base).is_ok());
+        assert!(!settings(&base).unwrap().expose_otp);
+        let with = |k: &'static str, v: &'static str| {
+            let mut pairs: Vec<_> = base.iter().copied().filter(|(key, _)| *key != k).collect();
+            pairs.push((k, v));
+            settings(&pairs)
+        };
+        assert_eq!(
+            with("JWT_SECRET_KEY", DEV_JWT_SECRET).unwrap_err().var,
+            "JWT_SECRET_KEY"
+        );
+        assert_eq!(
+            with("JWT_SECRET_KEY", "short").unwrap_err().var,
+            "JWT_SECRET_KEY"
+        );
+        assert_eq!(with("REDIS_URL", "").unwrap_err().var, "REDIS_URL");
+        assert_eq!(with("EXPOSE_OTP", "true").unwrap_err().var, "EXPOSE_OTP");
+        assert_eq!(
+            with("SEND_OTP_VIA_SMS", "false").unwrap_err().var,
+            "SEND_OTP_VIA_SMS"
+        );
+        let no_secret: Vec<_> = base
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "JWT_SECRET_KEY")
+            .collect();
+        assert_eq!(settings(&no_secret).unwrap_err().var, "JWT_SECRET_KEY");
+    }
+
+    #[test]
+    fn seed_database_urls_are_accepted() {
+        assert_eq!(
+            normalize_database_url("postgresql+asyncpg://u:p@db:5432/app"),
+            "postgres://u:p@db:5432/app"
+        );
+        assert_eq!(
+            normalize_database_url("postgresql://h/app"),
+            "postgres://h/app"
+        );
+        assert_eq!(
+            normalize_database_url("sqlite+aiosqlite:///./app.db"),
+            "sqlite://./app.db?mode=rwc"
+        );
+        assert_eq!(
+            normalize_database_url("sqlite://data/app.db"),
+            "sqlite://data/app.db?mode=rwc"
+        );
+        assert_eq!(normalize_database_url("sqlite::memory:"), "sqlite::memory:");
+    }
+
+    #[test]
+    fn dotenv_lines() {
+        let env = parse_dotenv(
+            "# comment\nexport A=1\nB = \"two words\"\nC='x#y'\nD=plain # trailing\n\nbroken\n",
+        );
+        assert_eq!(env["A"], "1");
+        assert_eq!(env["B"], "two words");
+        assert_eq!(env["C"], "x#y");
+        assert_eq!(env["D"], "plain");
+        assert!(!env.contains_key("broken"));
+    }
+
+    #[test]
+    fn secrets_do_not_debug_print() {
+        let s = settings(&[("JWT_SECRET_KEY", "hunter2-hunter2")]).unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,120 @@
+//! Users and identities in SQL (PostgreSQL in clusters, SQLite when embedded), through SeaORM.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use migration::{Migrator, MigratorTrait};
+use sea_orm::sea_query::Expr;
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectOptions, Database, DatabaseConnection, DbErr,
+    EntityTrait, QueryFilter, Set, SqlErr,
+};
+use uuid::Uuid;
+
+pub mod entities;
+
+pub use entities::{identity, user};
+
+/// Opens a connection pool. SQLite gets one connection (it serialises writers anyway), WAL and a
+/// busy timeout; PostgreSQL gets `max_connections`. Nothing is connected eagerly, so a server
+/// can start while its database is still coming up (`/ready` says so).
+pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, DbErr> {
+    let sqlite = url.starts_with("sqlite:");
+    let mut opts = ConnectOptions::new(url.to_string());
+    opts.max_connections(if sqlite { 1 } else { max_connections.max(1) })
+        .min_connections(0)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(5))
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(|o| {
+            o.busy_timeout(Duration::from_secs(5))
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .foreign_keys(true)
+        });
+    Database::connect(opts).await
+}
+
+/// Applies every pending migration.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+    Migrator::up(db, None).await
+}
+
+/// Checks that the database answers (readiness).
+pub async fn ping(db: &DatabaseConnection) -> Result<(), DbErr> {
+    db.ping().await
+}
+
+/// The user owning `phone`, created on first login.
+///
+/// Cost: one `SELECT` for a returning user, whose `last_login_at` is then written by a
+/// background task (the login does not wait for it); a `SELECT` and an `INSERT` for a new one.
+pub async fn login_by_phone(
+    db: &DatabaseConnection,
+    phone: &str,
+    now: DateTime<Utc>,
+) -> Result<user::Model, DbErr> {
+    if let Some(mut found) = find_by_phone(db, phone).await? {
+        touch_last_login(db.clone(), found.id, now);
+        found.last_login_at = Some(now);
+        return Ok(found);
+    }
+    let new_user = user::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        phone: Set(Some(phone.to_string())),
+        created_at: Set(now),
+        last_login_at: Set(Some(now)),
+        ..Default::default()
+    };
+    match new_user.insert(db).await {
+        Ok(created) => Ok(created),
+        // Two replicas created the same new user at once: the other insert won.
+        Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+            find_by_phone(db, phone).await?.ok_or(err)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+async fn find_by_phone(db: &DatabaseConnection, phone: &str) -> Result<Option<user::Model>, DbErr> {
+    user::Entity::find()
+        .filter(user::Column::Phone.eq(phone))
+        .one(db)
+        .await
+}
+
+/// Records a login time without making the request wait for the write.
+fn touch_last_login(db: DatabaseConnection, id: Uuid, at: DateTime<Utc>) {
+    tokio::spawn(async move {
+        let result = user::Entity::update_many()
+            .col_expr(user::Column::LastLoginAt, Expr::value(at))
+            .filter(user::Column::Id.eq(id))
+            .exec(&db)
+            .await;
+        if let Err(err) = result {
+            tracing::warn!(error = %err, user_id = %id, "could not record last_login_at");
+        }
+    });
+}
+
+/// A user and their linked identities, in one query.
+pub async fn find_user(
+    db: &DatabaseConnection,
+    id: Uuid,
+) -> Result<Option<(user::Model, Vec<identity::Model>)>, DbErr> {
+    let mut rows = user::Entity::find_by_id(id)
+        .find_with_related(identity::Entity)
+        .all(db)
+        .await?;
+    Ok(rows.pop())
+}
+
+/// The database backend name, for logs.
+pub fn backend_name(db: &DatabaseConnection) -> &'static str {
+    match db.get_database_backend() {
+        sea_orm::DatabaseBackend::Postgres => "postgres",
+        sea_orm::DatabaseBackend::Sqlite => "sqlite",
+        _ => "other",
+    }
+}

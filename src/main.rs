@@ -1,0 +1,147 @@
+//! `otpgate [serve|migrate|healthcheck]`: thin dispatch; the work is in the library.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use otpgate::app::Application;
+use otpgate::config::Settings;
+
+const USAGE: &str = "usage: otpgate [serve|migrate|healthcheck]
+
+  serve        run the HTTP server (the default)
+  migrate      apply database migrations and exit
+  healthcheck  GET /health on the configured port; exit 0 when it answers 200
+
+Configuration comes from the environment and an optional .env file (see README.md).";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let command = std::env::args().nth(1);
+    if matches!(command.as_deref(), Some("-h" | "--help" | "help")) {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    if matches!(command.as_deref(), Some("-V" | "--version")) {
+        println!("otpgate {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("otpgate: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match command.as_deref() {
+        None | Some("serve") => serve(settings).await,
+        Some("migrate") => migrate(settings).await,
+        Some("healthcheck") => healthcheck(&settings),
+        Some(other) => {
+            eprintln!("otpgate: unknown command {other:?}\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> ExitCode {
+    otpgate::telemetry::init(&settings);
+    let app = match Application::build(settings).await {
+        Ok(app) => app,
+        Err(err) => {
+            tracing::error!(error = %err, "start-up failed");
+            eprintln!("otpgate: start-up failed: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match app.run_until_stopped(shutdown_signal()).await {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn migrate(settings: Settings) -> ExitCode {
+    otpgate::telemetry::init(&settings);
+    let result = async {
+        let db = otpgate::db::connect(&settings.database_url, 1).await?;
+        otpgate::db::migrate(&db).await
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            tracing::info!("migrations applied");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("otpgate: migration failed: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A dependency-free probe for container health checks.
+fn healthcheck(settings: &Settings) -> ExitCode {
+    let host = match settings.host.as_str() {
+        "0.0.0.0" | "::" | "[::]" => "127.0.0.1",
+        other => other,
+    };
+    let probe = || -> std::io::Result<bool> {
+        let timeout = Duration::from_secs(3);
+        let addr = (host, settings.port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| std::io::Error::other("no address"))?;
+        let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head)?;
+        Ok(head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"))
+    };
+    match probe() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("otpgate: /health did not answer 200");
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!(
+                "otpgate: /health unreachable on {host}:{}: {err}",
+                settings.port
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM (Kubernetes).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received; finishing in-flight requests");
+}

@@ -1,0 +1,121 @@
+//! Ephemeral state shared by every replica: codes, resend cooldowns, spent refresh tokens and
+//! revoked sessions.
+//!
+//! One trait, two backends with the same semantics (TTLs included): [`redis::RedisStore`] for
+//! clusters (every operation is one round trip; the ones that must be atomic are Lua scripts in
+//! `lua/`) and [`memory::MemoryStore`] for a single embedded server. The conformance suite in
+//! `tests/` runs against both.
+
+use std::time::Duration;
+
+pub mod memory;
+pub mod redis;
+
+pub use self::memory::MemoryStore;
+pub use self::redis::RedisStore;
+
+/// A store operation that failed; the request gets a 503 and nothing is half-done.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The operation did not finish within the configured timeout.
+    #[error("store operation timed out")]
+    Timeout,
+    /// Redis answered with an error or the connection failed.
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    /// No pooled connection could be had.
+    #[error("redis pool: {0}")]
+    Pool(String),
+    /// Redis answered something the script does not return.
+    #[error("unexpected store reply: {0}")]
+    Protocol(String),
+}
+
+/// What happened to a request for a new code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssueOutcome {
+    /// The code is stored and replaced any earlier one; the cooldown started.
+    Issued,
+    /// The resend cooldown is still running for `retry_after`; nothing changed.
+    Cooldown {
+        /// Time left on the cooldown.
+        retry_after: Duration,
+    },
+}
+
+/// What happened to a presented code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyOutcome {
+    /// Right code: it is deleted (usable once) and the resend cooldown is cleared.
+    Verified,
+    /// Wrong code: `remaining` wrong tries are left.
+    Invalid {
+        /// Wrong tries left.
+        remaining: u32,
+    },
+    /// No live code: expired, already used, or never sent.
+    Missing,
+    /// Too many wrong tries: the code no longer works until it expires or is replaced.
+    Burned,
+}
+
+/// What happened to a presented refresh token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// First use: the token is now spent.
+    Rotated,
+    /// Spent moments ago (within the grace window): a concurrent refresh, rotate again.
+    Grace,
+    /// Spent longer ago: reuse detected, the whole session was revoked just now.
+    Reused,
+    /// The session was already revoked (logout or earlier reuse).
+    Revoked,
+}
+
+/// Everything ephemeral and shared. Keys are plain strings (E.164 phones, session and token
+/// ids); backends add their own prefixes.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores `code_hash` for `phone` for `ttl`, replacing any earlier code and starting a
+    /// `cooldown` (zero = none), unless a cooldown is already running.
+    async fn issue_code(
+        &self,
+        phone: &str,
+        code_hash: &str,
+        ttl: Duration,
+        cooldown: Duration,
+    ) -> Result<IssueOutcome, StoreError>;
+
+    /// Checks `code_hash` against the live code of `phone`, atomically: a right code works
+    /// once, however many replicas receive it at the same moment.
+    async fn verify_code(
+        &self,
+        phone: &str,
+        code_hash: &str,
+        max_attempts: u32,
+    ) -> Result<VerifyOutcome, StoreError>;
+
+    /// Spends refresh token `jti` of session `sid`; reuse after `grace` revokes the session
+    /// for `ttl`.
+    async fn spend_refresh(
+        &self,
+        sid: &str,
+        jti: &str,
+        grace: Duration,
+        ttl: Duration,
+    ) -> Result<RefreshOutcome, StoreError>;
+
+    /// Revokes session `sid` (all its tokens) for `ttl`.
+    async fn revoke_session(&self, sid: &str, ttl: Duration) -> Result<(), StoreError>;
+
+    /// Whether session `sid` was revoked.
+    async fn is_session_revoked(&self, sid: &str) -> Result<bool, StoreError>;
+
+    /// Checks that the store answers (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Milliseconds of a duration for TTL arguments, at least 1 so a key never lives forever.
+pub(crate) fn ttl_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}

@@ -1,0 +1,225 @@
+//! The Redis store shared by every replica.
+//!
+//! Each operation is one round trip: `EVALSHA` of a script from `lua/` (falling back to `EVAL`
+//! once after a Redis restart), or one plain command. Keys carry a hash tag (`{…}`) so the keys
+//! one script touches live in one Redis Cluster slot. Every call is bounded by the configured
+//! timeout, pool wait included, so a dead Redis yields a 503 instead of a hung request.
+
+use std::future::Future;
+use std::time::Duration;
+
+use deadpool_redis::{Config, Pool, PoolConfig, Runtime, Timeouts};
+use redis::Script;
+
+use super::{IssueOutcome, RefreshOutcome, Store, StoreError, VerifyOutcome, ttl_ms};
+
+/// Redis-backed store: codes, cooldowns, spent refresh tokens and revocations.
+pub struct RedisStore {
+    pool: Pool,
+    prefix: String,
+    timeout: Duration,
+    issue_code: Script,
+    verify_code: Script,
+    spend_refresh: Script,
+}
+
+impl RedisStore {
+    /// A pooled store for `url`; `prefix` starts every key. Connections are made on demand, so
+    /// this succeeds while Redis is down (requests then get 503 until it is back).
+    pub fn new(
+        url: &str,
+        prefix: &str,
+        pool_size: usize,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let mut cfg = Config::from_url(url);
+        let mut pool_cfg = PoolConfig::new(pool_size.max(1));
+        pool_cfg.timeouts = Timeouts {
+            wait: Some(timeout),
+            create: Some(timeout),
+            recycle: Some(timeout),
+        };
+        cfg.pool = Some(pool_cfg);
+        let pool = cfg
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|e| StoreError::Pool(e.to_string()))?;
+        Ok(Self {
+            pool,
+            prefix: prefix.to_string(),
+            timeout,
+            issue_code: Script::new(include_str!("lua/issue_code.lua")),
+            verify_code: Script::new(include_str!("lua/verify_code.lua")),
+            spend_refresh: Script::new(include_str!("lua/spend_refresh.lua")),
+        })
+    }
+
+    fn key(&self, kind: &str, tag: &str) -> String {
+        format!("{}{kind}:{{{tag}}}", self.prefix)
+    }
+
+    fn token_key(&self, kind: &str, sid: &str, jti: &str) -> String {
+        format!("{}{kind}:{{{sid}}}:{jti}", self.prefix)
+    }
+
+    /// Runs `op` on a pooled connection within the timeout.
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(deadpool_redis::Connection) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let work = async {
+            let conn = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| StoreError::Pool(e.to_string()))?;
+            op(conn).await
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Timeout),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for RedisStore {
+    async fn issue_code(
+        &self,
+        phone: &str,
+        code_hash: &str,
+        ttl: Duration,
+        cooldown: Duration,
+    ) -> Result<IssueOutcome, StoreError> {
+        let code_key = self.key("otp", phone);
+        let cooldown_key = self.key("otp-cooldown", phone);
+        let cooldown_ms = if cooldown.is_zero() {
+            0
+        } else {
+            ttl_ms(cooldown)
+        };
+        let wait_ms: i64 = self
+            .run(|mut conn| async move {
+                Ok(self
+                    .issue_code
+                    .key(&code_key)
+                    .key(&cooldown_key)
+                    .arg(code_hash)
+                    .arg(ttl_ms(ttl))
+                    .arg(cooldown_ms)
+                    .invoke_async(&mut conn)
+                    .await?)
+            })
+            .await?;
+        Ok(match u64::try_from(wait_ms) {
+            Ok(0) | Err(_) => IssueOutcome::Issued,
+            Ok(ms) => IssueOutcome::Cooldown {
+                retry_after: Duration::from_millis(ms),
+            },
+        })
+    }
+
+    async fn verify_code(
+        &self,
+        phone: &str,
+        code_hash: &str,
+        max_attempts: u32,
+    ) -> Result<VerifyOutcome, StoreError> {
+        let code_key = self.key("otp", phone);
+        let cooldown_key = self.key("otp-cooldown", phone);
+        let (status, remaining): (i64, i64) = self
+            .run(|mut conn| async move {
+                Ok(self
+                    .verify_code
+                    .key(&code_key)
+                    .key(&cooldown_key)
+                    .arg(code_hash)
+                    .arg(max_attempts)
+                    .invoke_async(&mut conn)
+                    .await?)
+            })
+            .await?;
+        match status {
+            0 => Ok(VerifyOutcome::Verified),
+            1 => Ok(VerifyOutcome::Invalid {
+                remaining: u32::try_from(remaining).unwrap_or(0),
+            }),
+            2 => Ok(VerifyOutcome::Missing),
+            3 => Ok(VerifyOutcome::Burned),
+            other => Err(StoreError::Protocol(format!(
+                "verify_code returned {other}"
+            ))),
+        }
+    }
+
+    async fn spend_refresh(
+        &self,
+        sid: &str,
+        jti: &str,
+        grace: Duration,
+        ttl: Duration,
+    ) -> Result<RefreshOutcome, StoreError> {
+        let spent_key = self.token_key("refresh-spent", sid, jti);
+        let revoked_key = self.key("revoked", sid);
+        let status: i64 = self
+            .run(|mut conn| async move {
+                Ok(self
+                    .spend_refresh
+                    .key(&spent_key)
+                    .key(&revoked_key)
+                    .arg(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX))
+                    .arg(ttl_ms(ttl))
+                    .invoke_async(&mut conn)
+                    .await?)
+            })
+            .await?;
+        match status {
+            0 => Ok(RefreshOutcome::Rotated),
+            1 => Ok(RefreshOutcome::Grace),
+            2 => Ok(RefreshOutcome::Reused),
+            3 => Ok(RefreshOutcome::Revoked),
+            other => Err(StoreError::Protocol(format!(
+                "spend_refresh returned {other}"
+            ))),
+        }
+    }
+
+    async fn revoke_session(&self, sid: &str, ttl: Duration) -> Result<(), StoreError> {
+        let key = self.key("revoked", sid);
+        self.run(|mut conn| async move {
+            let () = redis::cmd("SET")
+                .arg(&key)
+                .arg("logout")
+                .arg("PX")
+                .arg(ttl_ms(ttl))
+                .query_async(&mut conn)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn is_session_revoked(&self, sid: &str) -> Result<bool, StoreError> {
+        let key = self.key("revoked", sid);
+        self.run(|mut conn| async move {
+            let exists: i64 = redis::cmd("EXISTS")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await?;
+            Ok(exists == 1)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.run(|mut conn| async move {
+            let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
+            if pong == "PONG" {
+                Ok(())
+            } else {
+                Err(StoreError::Protocol(format!("PING answered {pong:?}")))
+            }
+        })
+        .await
+    }
+}
