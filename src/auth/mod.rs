@@ -113,13 +113,17 @@ impl AuthService {
 
     /// Checks the code and opens a session. One store round trip; one `SELECT` for a returning
     /// user (plus a background `UPDATE` of `last_login_at`), `SELECT` + `INSERT` for a new one.
+    ///
+    /// The user is looked up before the code is spent, so a database outage answers 503 and
+    /// leaves the code usable.
     pub async fn verify(&self, phone: &str, code: &str) -> Result<LoggedIn, Error> {
         let phone = self.parse_phone(phone)?;
+        let existing = db::find_by_phone(&self.db, phone.as_str()).await?;
         if let Err(err) = self.otp.verify(&phone, code).await {
             tracing::info!(phone = %phone.masked(), outcome = err.code(), "verification refused");
             return Err(err);
         }
-        let user = db::login_by_phone(&self.db, phone.as_str(), Utc::now()).await?;
+        let user = db::complete_login(&self.db, existing, phone.as_str(), Utc::now()).await?;
         let sid = Uuid::new_v4().to_string();
         let tokens = self.tokens.issue_pair(user.id, &sid)?;
         tracing::info!(phone = %phone.masked(), user_id = %user.id, "session opened");

@@ -17,8 +17,8 @@ pub mod entities;
 pub use entities::{identity, user};
 
 /// Opens a connection pool. SQLite gets one connection (it serialises writers anyway), WAL and a
-/// busy timeout; PostgreSQL gets `max_connections`. Nothing is connected eagerly, so a server
-/// can start while its database is still coming up (`/ready` says so).
+/// busy timeout; PostgreSQL gets `max_connections`. Connections are made on demand, so a server
+/// with `RUN_MIGRATIONS=false` starts while its database is still coming up (`/ready` says so).
 pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, DbErr> {
     let sqlite = url.starts_with("sqlite:");
     let mut opts = ConnectOptions::new(url.to_string());
@@ -26,6 +26,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
         .min_connections(0)
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy(true)
         .sqlx_logging(false)
         .map_sqlx_sqlite_opts(|o| {
             o.busy_timeout(Duration::from_secs(5))
@@ -46,16 +47,27 @@ pub async fn ping(db: &DatabaseConnection) -> Result<(), DbErr> {
     db.ping().await
 }
 
-/// The user owning `phone`, created on first login.
-///
-/// Cost: one `SELECT` for a returning user, whose `last_login_at` is then written by a
-/// background task (the login does not wait for it); a `SELECT` and an `INSERT` for a new one.
-pub async fn login_by_phone(
+/// The user owning `phone`, if any.
+pub async fn find_by_phone(
     db: &DatabaseConnection,
+    phone: &str,
+) -> Result<Option<user::Model>, DbErr> {
+    user::Entity::find()
+        .filter(user::Column::Phone.eq(phone))
+        .one(db)
+        .await
+}
+
+/// Completes a login for `phone`: the `existing` user (from [`find_by_phone`]) gets its
+/// `last_login_at` written by a background task the login does not wait for; a new user is
+/// inserted (one `INSERT`). Two replicas creating the same user at once both end up with it.
+pub async fn complete_login(
+    db: &DatabaseConnection,
+    existing: Option<user::Model>,
     phone: &str,
     now: DateTime<Utc>,
 ) -> Result<user::Model, DbErr> {
-    if let Some(mut found) = find_by_phone(db, phone).await? {
+    if let Some(mut found) = existing {
         touch_last_login(db.clone(), found.id, now);
         found.last_login_at = Some(now);
         return Ok(found);
@@ -65,23 +77,15 @@ pub async fn login_by_phone(
         phone: Set(Some(phone.to_string())),
         created_at: Set(now),
         last_login_at: Set(Some(now)),
-        ..Default::default()
     };
     match new_user.insert(db).await {
         Ok(created) => Ok(created),
-        // Two replicas created the same new user at once: the other insert won.
+        // Another replica created the same new user at the same moment: its insert won.
         Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
             find_by_phone(db, phone).await?.ok_or(err)
         }
         Err(err) => Err(err),
     }
-}
-
-async fn find_by_phone(db: &DatabaseConnection, phone: &str) -> Result<Option<user::Model>, DbErr> {
-    user::Entity::find()
-        .filter(user::Column::Phone.eq(phone))
-        .one(db)
-        .await
 }
 
 /// Records a login time without making the request wait for the write.

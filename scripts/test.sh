@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against the embedded backends and against a real redis-server and
+# PostgreSQL, which this script installs when missing (apt), starts on loopback in a temporary
+# directory, and stops again. Extra arguments go to `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+pg_bindir() {
+  ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1
+}
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+[ -n "$(pg_bindir)" ] && [ -x "$(pg_bindir)/initdb" ] || missing+=(postgresql)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+PG_BIN=$(pg_bindir)
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+work=$(mktemp -d /tmp/otpgate-test.XXXXXX)
+chmod 755 "$work"
+redis_port=$(free_port)
+pg_port=$(free_port)
+
+# PostgreSQL refuses to run as root: run it as the postgres user when we are root.
+pg_user=$(id -un)
+run_pg() { "$@"; }
+if [ "$(id -u)" = 0 ]; then
+  pg_user=postgres
+  run_pg() { runuser -u postgres -- "$@"; }
+fi
+
+cleanup() {
+  status=$?
+  if [ -f "$work/pg/postmaster.pid" ]; then
+    run_pg "$PG_BIN/pg_ctl" -D "$work/pg" -m immediate stop >/dev/null 2>&1 || true
+  fi
+  if [ -f "$work/redis.pid" ]; then
+    kill "$(cat "$work/redis.pid")" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+  exit $status
+}
+trap cleanup EXIT INT TERM
+
+log "starting redis-server on 127.0.0.1:$redis_port"
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+  --daemonize yes --pidfile "$work/redis.pid" --logfile "$work/redis.log" --dir "$work"
+
+log "starting PostgreSQL on 127.0.0.1:$pg_port"
+mkdir -p "$work/pg"
+[ "$pg_user" = postgres ] && chown postgres "$work/pg"
+run_pg "$PG_BIN/initdb" -D "$work/pg" -U postgres -A trust --no-sync >/dev/null
+run_pg "$PG_BIN/pg_ctl" -D "$work/pg" -l "$work/pg/server.log" -w -t 60 start \
+  -o "-p $pg_port -k $work/pg -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" >/dev/null
+
+for _ in $(seq 1 50); do
+  redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+export TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
+export TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
+export OTPGATE_REQUIRE_BACKENDS=1
+
+log "cargo test"
+cargo test --locked --workspace "$@"

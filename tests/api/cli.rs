@@ -1,0 +1,141 @@
+//! The binary as ops run it: `otpgate` with no environment, `migrate`, `healthcheck`, and the
+//! production guards.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_otpgate");
+
+fn otpgate(dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear().current_dir(dir).stdin(Stdio::null());
+    if let Ok(path) = std::env::var("PATH") {
+        cmd.env("PATH", path);
+    }
+    cmd
+}
+
+fn temp_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("otpgate-cli-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+#[test]
+fn no_environment_serves_on_8000_and_stops_on_sigterm() {
+    let dir = temp_dir();
+    let mut child = otpgate(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut healthy = false;
+    while Instant::now() < deadline {
+        let probe = otpgate(&dir)
+            .arg("healthcheck")
+            .stderr(Stdio::null())
+            .status()
+            .expect("probe");
+        if probe.success() {
+            healthy = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SIGTERM: graceful shutdown, exit 0.
+    let killed = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    assert!(killed.is_ok_and(|s| s.success()));
+    let status = child.wait().expect("wait");
+    assert!(
+        healthy,
+        "otpgate with no environment did not answer /health on :8000"
+    );
+    assert!(status.success(), "exit after SIGTERM: {status:?}");
+    assert!(
+        dir.join("otpgate.db").exists(),
+        "the embedded SQLite file is created"
+    );
+    // Nothing listens any more: the probe fails.
+    assert!(
+        !otpgate(&dir)
+            .arg("healthcheck")
+            .stderr(Stdio::null())
+            .status()
+            .expect("probe")
+            .success()
+    );
+}
+
+#[test]
+fn production_with_the_default_secret_refuses_to_start() {
+    let output = otpgate(&temp_dir())
+        .env("ENVIRONMENT", "production")
+        .env("REDIS_URL", "redis://127.0.0.1:1")
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("JWT_SECRET_KEY"), "{stderr}");
+}
+
+#[test]
+fn bad_configuration_names_the_variable() {
+    let output = otpgate(&temp_dir())
+        .env("OTP_LENGTH", "twelve")
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("OTP_LENGTH"));
+    let output = otpgate(&temp_dir())
+        .arg("frobnicate")
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn seed_dotenv_is_read() {
+    let dir = temp_dir();
+    std::fs::write(dir.join(".env"), "OTP_LENGTH=3\n").expect("write .env");
+    let output = otpgate(&dir).arg("migrate").output().expect("run");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "the .env value must be read and refused"
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("OTP_LENGTH"));
+}
+
+#[test]
+fn migrate_exits_0_on_sqlite_and_postgres() {
+    let dir = temp_dir();
+    let status = otpgate(&dir)
+        .arg("migrate")
+        .stdout(Stdio::null())
+        .status()
+        .expect("run");
+    assert!(status.success());
+    assert!(dir.join("otpgate.db").exists());
+    if !crate::helpers::cluster_available() {
+        return;
+    }
+    let url = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(crate::helpers::fresh_postgres_database())
+        .2;
+    for _ in 0..2 {
+        // Twice: a second run finds nothing to do and still exits 0.
+        let status = otpgate(&dir)
+            .arg("migrate")
+            .env("DATABASE_URL", &url)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run");
+        assert!(status.success());
+    }
+}

@@ -1,0 +1,348 @@
+//! `spawn_app` and friends: apps on port 0, a fresh SQLite file or PostgreSQL database per app
+//! pair, a fresh Redis key prefix per test.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use otpgate::app::Application;
+use otpgate::config::Settings;
+use sea_orm::{ConnectionTrait, Database};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+static TRACING: LazyLock<()> = LazyLock::new(|| {
+    if std::env::var("TEST_LOG").is_ok() {
+        let settings = Settings::from_lookup(|k| (k == "LOG_LEVEL").then(|| "debug".into()))
+            .expect("settings");
+        otpgate::telemetry::init(&settings);
+    }
+});
+
+/// Where the shared state of a test app lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// In-process store + SQLite: one instance (both handles point at it).
+    Embedded,
+    /// Real Redis + PostgreSQL: two instances sharing them.
+    Cluster,
+}
+
+/// The cluster backend when its servers are configured. Missing servers fail the test when
+/// `OTPGATE_REQUIRE_BACKENDS` or `CI` is set, so CI cannot skip them silently.
+pub fn cluster_available() -> bool {
+    let configured =
+        std::env::var("TEST_REDIS_URL").is_ok() && std::env::var("TEST_POSTGRES_URL").is_ok();
+    if !configured {
+        if std::env::var("OTPGATE_REQUIRE_BACKENDS").is_ok() || std::env::var("CI").is_ok() {
+            panic!(
+                "TEST_REDIS_URL and TEST_POSTGRES_URL must be set (run scripts/test.sh, which \
+                 starts redis-server and PostgreSQL)"
+            );
+        }
+        eprintln!("skipping the Redis + PostgreSQL variant: run scripts/test.sh to include it");
+    }
+    configured
+}
+
+/// Runs each named scenario `async fn name(backend: Backend)` on both backends.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Embedded).await
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if $crate::helpers::cluster_available() {
+                        super::$name($crate::helpers::Backend::Cluster).await
+                    }
+                }
+            )*
+        }
+    };
+}
+
+/// Two handles on the app (two instances on the cluster backend, one on embedded).
+pub struct TestApp {
+    /// Base URL of instance A.
+    pub a: String,
+    /// Base URL of instance B.
+    pub b: String,
+    /// The HTTP client.
+    pub client: reqwest::Client,
+    /// The PostgreSQL database of a cluster app (admin URL, database name).
+    pub postgres: Option<(String, String)>,
+}
+
+/// A valid Indian mobile number (`+91 9…`) that no other test uses.
+pub fn unique_phone() -> String {
+    format!("+919{:09}", Uuid::new_v4().as_u128() % 1_000_000_000)
+}
+
+/// Starts the app with default test settings plus `overrides`.
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, &[]).await
+}
+
+/// Starts the app with `overrides` on top of the test defaults.
+pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)]) -> TestApp {
+    LazyLock::force(&TRACING);
+    let mut env: HashMap<String, String> = HashMap::from([
+        ("HOST".into(), "127.0.0.1".into()),
+        ("PORT".into(), "0".into()),
+        ("EXPOSE_OTP".into(), "true".into()),
+        (
+            "JWT_SECRET_KEY".into(),
+            "test-secret-test-secret-test-secret".into(),
+        ),
+        ("SHUTDOWN_GRACE_SECONDS".into(), "1".into()),
+    ]);
+    let mut postgres = None;
+    match backend {
+        Backend::Embedded => {
+            let file = std::env::temp_dir().join(format!("otpgate-test-{}.db", Uuid::new_v4()));
+            env.insert(
+                "DATABASE_URL".into(),
+                format!("sqlite://{}?mode=rwc", file.display()),
+            );
+        }
+        Backend::Cluster => {
+            env.insert(
+                "REDIS_URL".into(),
+                std::env::var("TEST_REDIS_URL").expect("TEST_REDIS_URL"),
+            );
+            env.insert(
+                "REDIS_KEY_PREFIX".into(),
+                format!("test:{}:", Uuid::new_v4().simple()),
+            );
+            let (admin_url, name, url) = fresh_postgres_database().await;
+            env.insert("DATABASE_URL".into(), url);
+            postgres = Some((admin_url, name));
+            env.insert("DATABASE_MAX_CONNECTIONS".into(), "4".into());
+        }
+    }
+    for (k, v) in overrides {
+        env.insert(k.to_string(), v.to_string());
+    }
+    let a = start(&env).await;
+    let b = if backend == Backend::Cluster {
+        // The second replica does not migrate, as in a deployment with a migration job.
+        let mut env_b = env.clone();
+        env_b.insert("RUN_MIGRATIONS".into(), "false".into());
+        start(&env_b).await
+    } else {
+        a.clone()
+    };
+    TestApp {
+        a,
+        b,
+        client: reqwest::Client::new(),
+        postgres,
+    }
+}
+
+async fn start(env: &HashMap<String, String>) -> String {
+    let settings = Settings::from_lookup(|k| env.get(k).cloned()).expect("test settings");
+    let app = Application::build(settings).await.expect("app starts");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    base
+}
+
+/// A new, empty PostgreSQL database on the test server: (admin URL, name, URL).
+pub async fn fresh_postgres_database() -> (String, String, String) {
+    let admin_url = std::env::var("TEST_POSTGRES_URL").expect("TEST_POSTGRES_URL");
+    let name = format!("otpgate_test_{}", Uuid::new_v4().simple());
+    let admin = Database::connect(&admin_url)
+        .await
+        .expect("connect to the test PostgreSQL");
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create test database");
+    admin.close().await.ok();
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .expect("TEST_POSTGRES_URL ends with /dbname");
+    let url = format!("{base}/{name}");
+    (admin_url, name, url)
+}
+
+/// A response as the tests look at it.
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers.
+    pub headers: reqwest::header::HeaderMap,
+    /// Parsed JSON body (`Value::Null` when not JSON).
+    pub body: Value,
+}
+
+impl Reply {
+    /// The `code` of a problem body.
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or("")
+    }
+
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts a problem+json error with this status and code.
+    pub fn assert_problem(&self, status: u16, code: &str) {
+        assert_eq!(self.status, status, "status of {}", self.body);
+        assert_eq!(self.code(), code, "code of {}", self.body);
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "content type of {}",
+            self.body
+        );
+        assert_eq!(self.body["status"], json!(status));
+        assert!(self.body["type"].is_string() && self.body["title"].is_string());
+        assert!(self.body["detail"].is_string());
+    }
+}
+
+impl TestApp {
+    /// Makes the app's PostgreSQL database refuse (`false`) or accept (`true`) connections;
+    /// refusing also ends the connections the app holds.
+    pub async fn set_database_connections(&self, allow: bool) {
+        let (admin_url, name) = self.postgres.as_ref().expect("a cluster app");
+        let admin = Database::connect(admin_url.as_str())
+            .await
+            .expect("admin connection");
+        admin
+            .execute_unprepared(&format!(
+                "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS {allow}"
+            ))
+            .await
+            .expect("alter database");
+        if !allow {
+            admin
+                .execute_unprepared(&format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+                ))
+                .await
+                .expect("terminate connections");
+        }
+        admin.close().await.ok();
+    }
+
+    /// Sends `method path` with an optional JSON body and bearer token to `base`.
+    pub async fn call(
+        &self,
+        base: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        bearer: Option<&str>,
+    ) -> Reply {
+        let mut req = self.client.request(method, format!("{base}{path}"));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        if let Some(token) = bearer {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("body read");
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// POST JSON to `base`.
+    pub async fn post(&self, base: &str, path: &str, body: Value) -> Reply {
+        self.call(base, reqwest::Method::POST, path, Some(body), None)
+            .await
+    }
+
+    /// `POST /api/auth/login` on `base`.
+    pub async fn login(&self, base: &str, phone: &str) -> Reply {
+        self.post(base, "/api/auth/login", json!({ "phone": phone }))
+            .await
+    }
+
+    /// Login that must succeed; returns the exposed code.
+    pub async fn login_code(&self, base: &str, phone: &str) -> String {
+        let reply = self.login(base, phone).await;
+        assert_eq!(reply.status, 200, "login: {}", reply.body);
+        reply.body["otp_code"]
+            .as_str()
+            .expect("otp_code exposed")
+            .to_string()
+    }
+
+    /// `POST /api/auth/verify-otp` on `base`.
+    pub async fn verify(&self, base: &str, phone: &str, code: &str) -> Reply {
+        self.post(
+            base,
+            "/api/auth/verify-otp",
+            json!({ "phone": phone, "otp_code": code }),
+        )
+        .await
+    }
+
+    /// Login + verify that must succeed; returns the token response.
+    pub async fn sign_in(&self, phone: &str) -> Value {
+        let code = self.login_code(&self.a, phone).await;
+        let reply = self.verify(&self.b, phone, &code).await;
+        assert_eq!(reply.status, 200, "verify: {}", reply.body);
+        reply.body
+    }
+
+    /// `POST /api/auth/refresh-token` on `base`.
+    pub async fn refresh(&self, base: &str, refresh_token: &str) -> Reply {
+        self.post(
+            base,
+            "/api/auth/refresh-token",
+            json!({ "refresh_token": refresh_token }),
+        )
+        .await
+    }
+
+    /// `GET /api/auth/me` on `base`.
+    pub async fn me(&self, base: &str, access_token: &str) -> Reply {
+        self.call(
+            base,
+            reqwest::Method::GET,
+            "/api/auth/me",
+            None,
+            Some(access_token),
+        )
+        .await
+    }
+
+    /// `POST /api/auth/logout` on `base`.
+    pub async fn logout(&self, base: &str, access_token: &str) -> Reply {
+        self.call(
+            base,
+            reqwest::Method::POST,
+            "/api/auth/logout",
+            None,
+            Some(access_token),
+        )
+        .await
+    }
+}
+
+/// A field of a token response as a string.
+pub fn field<'a>(body: &'a Value, name: &str) -> &'a str {
+    body[name]
+        .as_str()
+        .unwrap_or_else(|| panic!("{name} missing in {body}"))
+}

@@ -1,0 +1,198 @@
+//! Bad input gets a 4xx problem+json with a stable code, never a 5xx; docs and probes answer.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, spawn_app};
+
+crate::on_both_backends!(
+    bad_input_is_a_problem_never_a_5xx,
+    probes_docs_and_spec_answer
+);
+
+async fn bad_input_is_a_problem_never_a_5xx(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for phone in [
+        "",
+        "12",
+        "abc",
+        "+91 98765",
+        "+999 123456789",
+        "9+19876543210",
+        "0987654321",
+    ] {
+        let reply = app.login(&app.a, phone).await;
+        let expected = if phone.is_empty() {
+            "invalid_request"
+        } else {
+            "invalid_phone"
+        };
+        let status = if phone.is_empty() { 400 } else { 422 };
+        reply.assert_problem(status, expected);
+    }
+    // Wrong types, missing fields, unknown channels.
+    for body in [
+        json!({}),
+        json!({ "phone": { "number": "+919876543210" } }),
+        json!({ "phone": null }),
+        json!({ "phone": "+919876543210", "channel": "pigeon" }),
+        json!({ "phone": "+919876543210", "channel": 3 }),
+        json!([1, 2, 3]),
+        json!("+919876543210"),
+    ] {
+        app.post(&app.a, "/api/auth/login", body.clone())
+            .await
+            .assert_problem(400, "invalid_request");
+    }
+    // The seed's clients may send the digits as a JSON number: accepted.
+    let numeric = app
+        .post(
+            &app.a,
+            "/api/auth/login",
+            json!({ "phone": 14155552671u64 }),
+        )
+        .await;
+    assert_eq!(numeric.status, 200, "{}", numeric.body);
+    assert_eq!(numeric.body["phone"], json!("+14155552671"));
+    // Channels that are not configured in this deployment.
+    for channel in ["whatsapp", "telegram"] {
+        app.post(
+            &app.a,
+            "/api/auth/login",
+            json!({ "phone": "+919876543210", "channel": channel }),
+        )
+        .await
+        .assert_problem(422, "channel_unavailable");
+    }
+    for body in [
+        json!({ "phone": "+919876543210" }),
+        json!({ "otp_code": "123456" }),
+        json!({ "phone": "+919876543210", "otp_code": "" }),
+        json!({ "phone": "+919876543210", "otp_code": "12345" }),
+        json!({ "phone": "+919876543210", "otp_code": "１２３４５６" }),
+    ] {
+        app.post(&app.a, "/api/auth/verify-otp", body.clone())
+            .await
+            .assert_problem(400, "invalid_request");
+    }
+    app.post(
+        &app.a,
+        "/api/auth/verify-otp",
+        json!({ "phone": "nope", "otp_code": "123456" }),
+    )
+    .await
+    .assert_problem(422, "invalid_phone");
+    app.post(&app.a, "/api/auth/refresh-token", json!({}))
+        .await
+        .assert_problem(400, "invalid_request");
+
+    // Malformed JSON, a wrong content type, a huge phone.
+    let raw = |body: &'static str, content_type: &'static str| {
+        app.client
+            .post(format!("{}/api/auth/login", app.a))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    for (body, content_type, status, code) in [
+        ("{\"phone\":", "application/json", 400, "invalid_request"),
+        ("not json", "application/json", 400, "invalid_request"),
+        (
+            "phone=1",
+            "application/x-www-form-urlencoded",
+            415,
+            "unsupported_media_type",
+        ),
+    ] {
+        let resp = raw(body, content_type).await.expect("sent");
+        assert_eq!(resp.status().as_u16(), status, "{body}");
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+        let problem: Value = resp.json().await.expect("json");
+        assert_eq!(problem["code"], json!(code));
+    }
+    app.login(&app.a, &"9".repeat(5000))
+        .await
+        .assert_problem(400, "invalid_request");
+
+    // Unknown routes and wrong methods.
+    let reply = app
+        .call(&app.a, Method::GET, "/api/does-not-exist", None, None)
+        .await;
+    reply.assert_problem(404, "not_found");
+    let reply = app
+        .call(&app.a, Method::GET, "/api/auth/login", None, None)
+        .await;
+    reply.assert_problem(405, "method_not_allowed");
+    let reply = app
+        .call(&app.a, Method::GET, "/api/auth/me", None, None)
+        .await;
+    reply.assert_problem(401, "unauthorized");
+    assert!(
+        reply
+            .header("www-authenticate")
+            .is_some_and(|v| v.starts_with("Bearer"))
+    );
+}
+
+async fn probes_docs_and_spec_answer(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for base in [&app.a, &app.b] {
+        let health = app.call(base, Method::GET, "/health", None, None).await;
+        assert_eq!(health.status, 200);
+        assert_eq!(health.body, json!({ "status": "ok" }));
+        let ready = app.call(base, Method::GET, "/ready", None, None).await;
+        assert_eq!(ready.status, 200, "{}", ready.body);
+        assert_eq!(ready.body["store"], json!("ok"));
+        assert_eq!(ready.body["database"], json!("ok"));
+    }
+    for path in ["/docs", "/redoc"] {
+        let resp = app
+            .client
+            .get(format!("{}{path}", app.a))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(resp.status(), 200, "{path}");
+        assert!(
+            resp.text()
+                .await
+                .expect("html")
+                .to_lowercase()
+                .contains("<html"),
+            "{path}"
+        );
+    }
+    let spec = app
+        .call(&app.a, Method::GET, "/openapi.json", None, None)
+        .await;
+    assert_eq!(spec.status, 200);
+    assert!(
+        spec.body["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3."))
+    );
+    let schemes = &spec.body["components"]["securitySchemes"];
+    let bearer = schemes
+        .as_object()
+        .and_then(|s| s.values().next())
+        .expect("a security scheme");
+    assert_eq!(bearer["type"], json!("http"));
+    assert_eq!(bearer["scheme"], json!("bearer"));
+    for path in [
+        "/api/auth/login",
+        "/api/auth/verify-otp",
+        "/api/auth/refresh-token",
+        "/api/auth/me",
+        "/api/auth/logout",
+        "/health",
+        "/ready",
+    ] {
+        assert!(
+            spec.body["paths"][path].is_object(),
+            "{path} missing from the spec"
+        );
+    }
+    let login_errors = &spec.body["paths"]["/api/auth/login"]["post"]["responses"];
+    assert!(login_errors["429"]["content"]["application/problem+json"].is_object());
+    assert!(spec.body["paths"]["/api/auth/me"]["get"]["security"].is_array());
+}

@@ -1,0 +1,11 @@
+//! Integration tests: one binary. Each scenario runs against the embedded backends (in-process
+//! store + SQLite) and against a real Redis + PostgreSQL with two app instances sharing them.
+//! `scripts/test.sh` starts those servers and sets `TEST_REDIS_URL` / `TEST_POSTGRES_URL`.
+
+mod helpers;
+
+mod cli;
+mod flows;
+mod http_errors;
+mod outages;
+mod store;

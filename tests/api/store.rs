@@ -1,0 +1,267 @@
+//! One conformance suite for both store backends: the in-process map and real Redis.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use otpgate::store::{IssueOutcome, MemoryStore, RedisStore, RefreshOutcome, Store, VerifyOutcome};
+use uuid::Uuid;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(std::sync::Arc::new(otpgate::store::MemoryStore::new())).await
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(store) = super::redis_store() {
+                        super::$name(store).await
+                    }
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    issue_starts_a_cooldown_and_refuses_during_it,
+    zero_cooldown_lets_a_new_code_replace_the_old,
+    right_code_works_once_and_clears_the_cooldown,
+    wrong_codes_count_down_then_burn,
+    codes_and_cooldowns_expire,
+    concurrent_verifies_succeed_once,
+    refresh_rotation_grace_and_reuse,
+    revocation_is_seen_and_expires,
+    ping_answers,
+);
+
+fn redis_store() -> Option<Arc<dyn Store>> {
+    if !crate::helpers::cluster_available() {
+        return None;
+    }
+    let url = std::env::var("TEST_REDIS_URL").expect("TEST_REDIS_URL");
+    let prefix = format!("test:{}:", Uuid::new_v4().simple());
+    Some(Arc::new(
+        RedisStore::new(&url, &prefix, 8, Duration::from_secs(2)).expect("redis store"),
+    ))
+}
+
+fn key() -> String {
+    format!("+91{}", Uuid::new_v4().simple())
+}
+
+async fn issue_starts_a_cooldown_and_refuses_during_it(store: Arc<dyn Store>) {
+    let phone = key();
+    let cooldown = Duration::from_secs(30);
+    assert_eq!(
+        store
+            .issue_code(&phone, "h1", MINUTE, cooldown)
+            .await
+            .unwrap(),
+        IssueOutcome::Issued
+    );
+    match store
+        .issue_code(&phone, "h2", MINUTE, cooldown)
+        .await
+        .unwrap()
+    {
+        IssueOutcome::Cooldown { retry_after } => {
+            assert!(
+                retry_after > Duration::from_secs(28) && retry_after <= cooldown,
+                "{retry_after:?}"
+            )
+        }
+        other => panic!("expected a cooldown, got {other:?}"),
+    }
+    // The refused issue did not replace the code.
+    assert_eq!(
+        store.verify_code(&phone, "h1", 5).await.unwrap(),
+        VerifyOutcome::Verified
+    );
+}
+
+async fn zero_cooldown_lets_a_new_code_replace_the_old(store: Arc<dyn Store>) {
+    let phone = key();
+    store
+        .issue_code(&phone, "old", MINUTE, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .issue_code(&phone, "new", MINUTE, Duration::ZERO)
+            .await
+            .unwrap(),
+        IssueOutcome::Issued
+    );
+    assert_eq!(
+        store.verify_code(&phone, "old", 5).await.unwrap(),
+        VerifyOutcome::Invalid { remaining: 4 }
+    );
+    assert_eq!(
+        store.verify_code(&phone, "new", 5).await.unwrap(),
+        VerifyOutcome::Verified
+    );
+}
+
+async fn right_code_works_once_and_clears_the_cooldown(store: Arc<dyn Store>) {
+    let phone = key();
+    store.issue_code(&phone, "h", MINUTE, MINUTE).await.unwrap();
+    assert_eq!(
+        store.verify_code(&phone, "h", 5).await.unwrap(),
+        VerifyOutcome::Verified
+    );
+    assert_eq!(
+        store.verify_code(&phone, "h", 5).await.unwrap(),
+        VerifyOutcome::Missing
+    );
+    assert_eq!(
+        store
+            .issue_code(&phone, "h2", MINUTE, MINUTE)
+            .await
+            .unwrap(),
+        IssueOutcome::Issued
+    );
+    assert_eq!(
+        store.verify_code(&key(), "h", 5).await.unwrap(),
+        VerifyOutcome::Missing
+    );
+}
+
+async fn wrong_codes_count_down_then_burn(store: Arc<dyn Store>) {
+    let phone = key();
+    let right = "a".repeat(64);
+    let wrong = "b".repeat(64);
+    store
+        .issue_code(&phone, &right, MINUTE, MINUTE)
+        .await
+        .unwrap();
+    for remaining in (1..=2).rev() {
+        assert_eq!(
+            store.verify_code(&phone, &wrong, 3).await.unwrap(),
+            VerifyOutcome::Invalid { remaining }
+        );
+    }
+    // A prefix or a longer string is wrong too.
+    assert_eq!(
+        store.verify_code(&phone, &right[..63], 3).await.unwrap(),
+        VerifyOutcome::Burned
+    );
+    assert_eq!(
+        store.verify_code(&phone, &right, 3).await.unwrap(),
+        VerifyOutcome::Burned
+    );
+    // The cooldown stays, so a burned code cannot be replaced at once.
+    assert!(matches!(
+        store
+            .issue_code(&phone, &right, MINUTE, MINUTE)
+            .await
+            .unwrap(),
+        IssueOutcome::Cooldown { .. }
+    ));
+}
+
+async fn codes_and_cooldowns_expire(store: Arc<dyn Store>) {
+    let phone = key();
+    let short = Duration::from_millis(150);
+    store.issue_code(&phone, "h", short, short).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        store.verify_code(&phone, "h", 5).await.unwrap(),
+        VerifyOutcome::Missing
+    );
+    assert_eq!(
+        store.issue_code(&phone, "h", MINUTE, short).await.unwrap(),
+        IssueOutcome::Issued
+    );
+}
+
+async fn concurrent_verifies_succeed_once(store: Arc<dyn Store>) {
+    let phone = key();
+    store.issue_code(&phone, "h", MINUTE, MINUTE).await.unwrap();
+    let tasks: Vec<_> = (0..40)
+        .map(|_| {
+            let store = store.clone();
+            let phone = phone.clone();
+            tokio::spawn(async move { store.verify_code(&phone, "h", 5).await.unwrap() })
+        })
+        .collect();
+    let mut verified = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            VerifyOutcome::Verified => verified += 1,
+            VerifyOutcome::Missing => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(verified, 1);
+}
+
+async fn refresh_rotation_grace_and_reuse(store: Arc<dyn Store>) {
+    let sid = Uuid::new_v4().to_string();
+    let grace = Duration::from_millis(200);
+    let ttl = Duration::from_secs(60);
+    assert_eq!(
+        store.spend_refresh(&sid, "t1", grace, ttl).await.unwrap(),
+        RefreshOutcome::Rotated
+    );
+    assert_eq!(
+        store.spend_refresh(&sid, "t1", grace, ttl).await.unwrap(),
+        RefreshOutcome::Grace
+    );
+    assert_eq!(
+        store.spend_refresh(&sid, "t2", grace, ttl).await.unwrap(),
+        RefreshOutcome::Rotated
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        store.spend_refresh(&sid, "t1", grace, ttl).await.unwrap(),
+        RefreshOutcome::Reused
+    );
+    assert!(store.is_session_revoked(&sid).await.unwrap());
+    // Every token of the family is refused now, spent or not.
+    assert_eq!(
+        store.spend_refresh(&sid, "t3", grace, ttl).await.unwrap(),
+        RefreshOutcome::Revoked
+    );
+    // Other sessions are untouched.
+    let other = Uuid::new_v4().to_string();
+    assert_eq!(
+        store.spend_refresh(&other, "t1", grace, ttl).await.unwrap(),
+        RefreshOutcome::Rotated
+    );
+}
+
+async fn revocation_is_seen_and_expires(store: Arc<dyn Store>) {
+    let sid = Uuid::new_v4().to_string();
+    assert!(!store.is_session_revoked(&sid).await.unwrap());
+    store
+        .revoke_session(&sid, Duration::from_millis(150))
+        .await
+        .unwrap();
+    assert!(store.is_session_revoked(&sid).await.unwrap());
+    let grace = Duration::from_secs(1);
+    assert_eq!(
+        store.spend_refresh(&sid, "t", grace, MINUTE).await.unwrap(),
+        RefreshOutcome::Revoked
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(!store.is_session_revoked(&sid).await.unwrap());
+}
+
+async fn ping_answers(store: Arc<dyn Store>) {
+    store.ping().await.unwrap();
+}
+
+#[test]
+fn memory_store_is_a_store() {
+    fn assert_store<S: Store>(_: &S) {}
+    assert_store(&MemoryStore::new());
+}
