@@ -90,9 +90,9 @@ pub struct Settings {
     pub redis_url: Option<String>,
     /// `REDIS_KEY_PREFIX`: prefix of every Redis key, to share one Redis between deployments.
     pub redis_key_prefix: String,
-    /// `REDIS_POOL_SIZE`: connections per replica.
+    /// `REDIS_CONNECTIONS`: multiplexed connections per replica (`REDIS_POOL_SIZE` is read too).
     pub redis_pool_size: usize,
-    /// `REDIS_TIMEOUT_MS`: upper bound on one store operation, pool wait included.
+    /// `REDIS_TIMEOUT_MS`: upper bound on one store operation.
     pub redis_timeout: Duration,
     /// `JWT_SECRET_KEY`: HMAC key of HS256 tokens.
     pub jwt_secret: Secret,
@@ -238,7 +238,10 @@ impl Settings {
             redis_key_prefix: env
                 .get("REDIS_KEY_PREFIX")
                 .unwrap_or_else(|| "otpgate:".into()),
-            redis_pool_size: env.parse("REDIS_POOL_SIZE", 32)?,
+            redis_pool_size: match env.get("REDIS_CONNECTIONS") {
+                Some(_) => env.parse("REDIS_CONNECTIONS", 2)?,
+                None => env.parse("REDIS_POOL_SIZE", 2)?,
+            },
             redis_timeout: Duration::from_millis(redis_timeout_ms),
             jwt_secret: Secret::new(
                 env.get("JWT_SECRET_KEY")

@@ -23,9 +23,6 @@ pub enum StoreError {
     /// Redis answered with an error or the connection failed.
     #[error("redis: {0}")]
     Redis(#[from] ::redis::RedisError),
-    /// No pooled connection could be had.
-    #[error("redis pool: {0}")]
-    Pool(String),
     /// Redis answered something the script does not return.
     #[error("unexpected store reply: {0}")]
     Protocol(String),

@@ -1,21 +1,27 @@
 //! The Redis store shared by every replica.
 //!
-//! Each operation is one round trip: `EVALSHA` of a script from `lua/` (falling back to `EVAL`
-//! once after a Redis restart), or one plain command. Keys carry a hash tag (`{…}`) so the keys
-//! one script touches live in one Redis Cluster slot. Every call is bounded by the configured
-//! timeout, pool wait included, so a dead Redis yields a 503 instead of a hung request.
+//! Each operation is one round trip: `EVALSHA` of a script from `lua/` (loading it once after a
+//! Redis restart), or one plain command. Keys carry a hash tag (`{…}`) so the keys one script
+//! touches live in one Redis Cluster slot. Every call is bounded by the configured timeout, so a
+//! dead Redis yields a 503 instead of a hung request.
+//!
+//! Connections are redis-rs `ConnectionManager`s: multiplexed (many requests in flight on one
+//! socket) and reconnecting by themselves. A checkout pool (deadpool-redis) would add nothing but
+//! a `PING` round trip on every checkout, doubling the round trips of each operation.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use deadpool_redis::{Config, Pool, PoolConfig, Runtime, Timeouts};
 use redis::Script;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{IssueOutcome, RefreshOutcome, Store, StoreError, VerifyOutcome, ttl_ms};
 
 /// Redis-backed store: codes, cooldowns, spent refresh tokens and revocations.
 pub struct RedisStore {
-    pool: Pool,
+    connections: Vec<ConnectionManager>,
+    next: AtomicUsize,
     prefix: String,
     timeout: Duration,
     issue_code: Script,
@@ -24,27 +30,28 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// A pooled store for `url`; `prefix` starts every key. Connections are made on demand, so
-    /// this succeeds while Redis is down (requests then get 503 until it is back).
+    /// A store for `url` over `connections` multiplexed connections; `prefix` starts every key.
+    /// Connections are made on first use, so this succeeds while Redis is down (requests then
+    /// get 503 until it is back). Must be called inside a Tokio runtime.
     pub fn new(
         url: &str,
         prefix: &str,
-        pool_size: usize,
+        connections: usize,
         timeout: Duration,
     ) -> Result<Self, StoreError> {
-        let mut cfg = Config::from_url(url);
-        let mut pool_cfg = PoolConfig::new(pool_size.max(1));
-        pool_cfg.timeouts = Timeouts {
-            wait: Some(timeout),
-            create: Some(timeout),
-            recycle: Some(timeout),
-        };
-        cfg.pool = Some(pool_cfg);
-        let pool = cfg
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| StoreError::Pool(e.to_string()))?;
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1))
+            .set_number_of_retries(3);
+        let connections = (0..connections.max(1))
+            .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), config.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
-            pool,
+            connections,
+            next: AtomicUsize::new(0),
             prefix: prefix.to_string(),
             timeout,
             issue_code: Script::new(include_str!("lua/issue_code.lua")),
@@ -61,21 +68,14 @@ impl RedisStore {
         format!("{}{kind}:{{{sid}}}:{jti}", self.prefix)
     }
 
-    /// Runs `op` on a pooled connection within the timeout.
+    /// Runs `op` on the next connection (round robin) within the timeout.
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
-        F: FnOnce(deadpool_redis::Connection) -> Fut,
+        F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
-        let work = async {
-            let conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| StoreError::Pool(e.to_string()))?;
-            op(conn).await
-        };
-        match tokio::time::timeout(self.timeout, work).await {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
+        match tokio::time::timeout(self.timeout, op(self.connections[i].clone())).await {
             Ok(result) => result,
             Err(_) => Err(StoreError::Timeout),
         }

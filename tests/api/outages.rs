@@ -89,3 +89,78 @@ async fn database_outage_loses_nothing() {
     let ready = app.call(&app.b, Method::GET, "/ready", None, None).await;
     assert_eq!(ready.status, 200, "{}", ready.body);
 }
+
+/// A redis-server of our own on `port`, killed on drop.
+struct OwnRedis(std::process::Child);
+
+impl OwnRedis {
+    fn start(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (scripts/test.sh installs it)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        OwnRedis(child)
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Redis goes away and comes back: 503 while it is gone, then service resumes by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_is_503_then_recovers() {
+    if !crate::helpers::cluster_available() {
+        return;
+    }
+    let port = closed_port();
+    let redis = OwnRedis::start(port);
+    let url = format!("redis://127.0.0.1:{port}");
+    let app = spawn_app_with(
+        Backend::Embedded,
+        &[("REDIS_URL", url.as_str()), ("REDIS_TIMEOUT_MS", "500")],
+    )
+    .await;
+    let phone = unique_phone();
+    assert_eq!(app.login(&app.a, &phone).await.status, 200);
+
+    drop(redis);
+    let phone = unique_phone();
+    app.login(&app.a, &phone)
+        .await
+        .assert_problem(503, "store_unavailable");
+    app.verify(&app.a, &phone, "123456")
+        .await
+        .assert_problem(503, "store_unavailable");
+    let ready = app.call(&app.a, Method::GET, "/ready", None, None).await;
+    assert_eq!(ready.status, 503);
+
+    let _redis = OwnRedis::start(port);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let code = loop {
+        let reply = app.login(&app.a, &phone).await;
+        if reply.status == 200 {
+            break reply.body["otp_code"].as_str().expect("code").to_string();
+        }
+        reply.assert_problem(503, "store_unavailable");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no recovery within 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(app.verify(&app.a, &phone, &code).await.status, 200);
+    let ready = app.call(&app.a, Method::GET, "/ready", None, None).await;
+    assert_eq!(ready.status, 200);
+}
