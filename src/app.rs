@@ -13,6 +13,7 @@ use crate::auth::AuthService;
 use crate::config::Settings;
 use crate::delivery::Delivery;
 use crate::error::problem_response;
+use crate::ratelimit::{ClientGate, FrontDoor};
 use crate::store::{MemoryStore, RedisStore, Store, StoreError};
 
 /// Why the server could not start.
@@ -99,6 +100,17 @@ impl AppState {
 
 /// All routes: the API, its docs and spec, with every error rendered as problem+json.
 pub fn routes(state: Arc<AppState>) -> impl Endpoint {
+    let door = FrontDoor::new(
+        state.settings.frontdoor_per_second,
+        state.settings.frontdoor_burst,
+    );
+    if let Some(door) = &door {
+        door.spawn_sweeper();
+    }
+    let gate = ClientGate {
+        trusted: Arc::new(state.settings.trusted_proxies.clone()),
+        door,
+    };
     let api = crate::api::service(state);
     let spec = api.spec_endpoint();
     let swagger = api.swagger_ui();
@@ -109,7 +121,8 @@ pub fn routes(state: Arc<AppState>) -> impl Endpoint {
         .at("/openapi.json", spec)
         .nest(
             "/",
-            api.with(SetHeader::new().overriding(header::CACHE_CONTROL, "no-store")),
+            api.with(gate)
+                .with(SetHeader::new().overriding(header::CACHE_CONTROL, "no-store")),
         )
         .catch_all_error(|err| async move { problem_response(err) })
         .with(SetHeader::new().overriding(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))

@@ -10,6 +10,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::ratelimit::{Cidr, QuotaPolicy, parse_country, parse_country_caps};
+
 /// The JWT secret used when `JWT_SECRET_KEY` is unset. Fine on a laptop; production refuses it.
 pub const DEV_JWT_SECRET: &str = "otpgate-development-secret-do-not-use-in-production";
 
@@ -132,6 +134,19 @@ pub struct Settings {
     pub debug: bool,
     /// `SHUTDOWN_GRACE_SECONDS`: time in-flight requests get after SIGTERM.
     pub shutdown_grace: Duration,
+    /// `RATE_LIMIT_FRONTDOOR_PER_SECOND`: requests per second per client IP on `/api/*`, per
+    /// replica (0 = off).
+    pub frontdoor_per_second: u32,
+    /// `RATE_LIMIT_FRONTDOOR_BURST`: burst of the front door.
+    pub frontdoor_burst: u32,
+    /// Cluster-wide quotas (`RATE_LIMIT_*`, `DAILY_SEND_CAP`, `COUNTRY_DAILY_CAPS`).
+    pub quotas: QuotaPolicy,
+    /// `TRUSTED_PROXIES`: peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Cidr>,
+    /// `OTP_ALLOWED_COUNTRIES`: when not empty, codes go only to these countries.
+    pub allowed_countries: Vec<String>,
+    /// `OTP_BLOCKED_COUNTRIES`: codes never go to these countries.
+    pub blocked_countries: Vec<String>,
 }
 
 impl Settings {
@@ -225,6 +240,44 @@ impl Settings {
             }
         };
 
+        let rate_limit_enabled = env.bool("RATE_LIMIT_ENABLED", true)?;
+        let verify_failures: u32 =
+            env.parse("RATE_LIMIT_VERIFY_FAILURES_PER_PHONE_PER_HOUR", 20)?;
+        if !(1..=100).contains(&verify_failures) {
+            return Err(invalid(
+                "RATE_LIMIT_VERIFY_FAILURES_PER_PHONE_PER_HOUR",
+                "must be between 1 and 100 (NIST SP 800-63B caps failed attempts at 100)",
+            ));
+        }
+        let quotas = QuotaPolicy {
+            enabled: rate_limit_enabled,
+            phone_per_hour: env.parse("RATE_LIMIT_PHONE_PER_HOUR", 5)?,
+            ip_per_hour: env.parse("RATE_LIMIT_IP_PER_HOUR", 30)?,
+            prefix_per_hour: env.parse("RATE_LIMIT_PREFIX_PER_HOUR", 50)?,
+            verify_ip_per_hour: env.parse("RATE_LIMIT_VERIFY_IP_PER_HOUR", 60)?,
+            verify_failures_per_phone_per_hour: verify_failures,
+            daily_send_cap: env.parse("DAILY_SEND_CAP", 0)?,
+            country_daily_caps: match env.get("COUNTRY_DAILY_CAPS") {
+                None => Vec::new(),
+                Some(text) => {
+                    parse_country_caps(&text).map_err(|e| invalid("COUNTRY_DAILY_CAPS", e))?
+                }
+            },
+        };
+        let trusted_proxies = env
+            .list("TRUSTED_PROXIES")
+            .iter()
+            .map(|c| c.parse::<Cidr>().map_err(|e| invalid("TRUSTED_PROXIES", e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let countries = |var: &'static str| {
+            env.list(var)
+                .iter()
+                .map(|c| parse_country(c).map_err(|e| invalid(var, e)))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let allowed_countries = countries("OTP_ALLOWED_COUNTRIES")?;
+        let blocked_countries = countries("OTP_BLOCKED_COUNTRIES")?;
+
         let settings = Settings {
             host: env.get("HOST").unwrap_or_else(|| "0.0.0.0".into()),
             port: env.parse("PORT", 8000)?,
@@ -268,6 +321,16 @@ impl Settings {
             log_format,
             debug,
             shutdown_grace: Duration::from_secs(env.parse("SHUTDOWN_GRACE_SECONDS", 20)?),
+            frontdoor_per_second: if rate_limit_enabled {
+                env.parse("RATE_LIMIT_FRONTDOOR_PER_SECOND", 50)?
+            } else {
+                0
+            },
+            frontdoor_burst: env.parse("RATE_LIMIT_FRONTDOOR_BURST", 100)?,
+            quotas,
+            trusted_proxies,
+            allowed_countries,
+            blocked_countries,
         };
         settings.check_production()?;
         Ok(settings)
@@ -300,6 +363,9 @@ impl Settings {
         }
         if self.expose_otp {
             return Err(invalid("EXPOSE_OTP", "must be false in production"));
+        }
+        if !self.quotas.enabled {
+            return Err(invalid("RATE_LIMIT_ENABLED", "must be true in production"));
         }
         if !self.send_otp_via_sms {
             return Err(invalid(
@@ -336,6 +402,19 @@ impl Vars<'_> {
                 .parse()
                 .map_err(|e| invalid(name, format!("{raw:?} is not valid: {e}"))),
         }
+    }
+
+    /// A comma-separated list; unset means empty.
+    fn list(&self, name: &str) -> Vec<String> {
+        self.get(name)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn bool(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
@@ -428,6 +507,28 @@ mod tests {
         assert!(s.expose_otp);
         assert_eq!(s.otp_length, 6);
         assert_eq!(s.otp_ttl, Duration::from_secs(300));
+        assert!(s.quotas.enabled);
+        assert_eq!((s.quotas.phone_per_hour, s.quotas.ip_per_hour), (5, 30));
+        assert_eq!(s.frontdoor_per_second, 50);
+    }
+
+    #[test]
+    fn lists_parse() {
+        let s = settings(&[
+            ("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1"),
+            ("OTP_ALLOWED_COUNTRIES", "in,US"),
+            ("COUNTRY_DAILY_CAPS", "IN=50000,GB=2000"),
+        ])
+        .unwrap();
+        assert_eq!(s.trusted_proxies.len(), 2);
+        assert_eq!(s.allowed_countries, vec!["IN", "US"]);
+        assert_eq!(s.quotas.country_daily_caps.len(), 2);
+        assert!(
+            !settings(&[("RATE_LIMIT_ENABLED", "false")])
+                .unwrap()
+                .quotas
+                .enabled
+        );
     }
 
     #[test]

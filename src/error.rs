@@ -85,12 +85,26 @@ pub enum Error {
     /// 429 `too_many_attempts`: too many wrong tries; the code is burned.
     #[error("Too many wrong codes; this code no longer works. Request a new one.")]
     TooManyAttempts,
-    /// 429 `rate_limited`: try again after `retry_after` seconds (sent as `Retry-After`).
-    #[error("Too many requests; retry in {retry_after} s.")]
+    /// 429 `rate_limited`: policy `policy` refused; retry after `retry_after` seconds (sent as
+    /// `Retry-After`, with `RateLimit-Policy` and `RateLimit` naming the policy).
+    #[error("Too many requests ({policy}); retry in {retry_after} s.")]
     RateLimited {
         /// Whole seconds until a retry can succeed.
         retry_after: u64,
+        /// The policy that refused (`otp-resend`, `otp-phone`, `otp-ip`, …).
+        policy: &'static str,
+        /// Its limit per window.
+        limit: u32,
+        /// Its window in seconds.
+        window: u64,
     },
+    /// 422 `country_not_allowed`: codes are not sent to this country.
+    #[error("Codes are not sent to numbers of this country.")]
+    CountryNotAllowed,
+    /// 422 `unsupported_number`: this kind of number cannot receive a code (premium-rate,
+    /// shared-cost, toll-free, or a landline for SMS).
+    #[error("This kind of number cannot receive a code; use a mobile number.")]
+    UnsupportedNumber,
     /// 401 `invalid_token`: the token is malformed, expired, revoked or of the wrong kind.
     #[error("The token is invalid, expired or revoked.")]
     InvalidToken,
@@ -121,9 +135,10 @@ impl Error {
             Error::InvalidRequest(_) | Error::InvalidOtp { .. } | Error::OtpExpired => {
                 StatusCode::BAD_REQUEST
             }
-            Error::InvalidPhone(_) | Error::ChannelUnavailable(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            Error::InvalidPhone(_)
+            | Error::ChannelUnavailable(_)
+            | Error::CountryNotAllowed
+            | Error::UnsupportedNumber => StatusCode::UNPROCESSABLE_ENTITY,
             Error::TooManyAttempts | Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::InvalidToken | Error::TokenReused => StatusCode::UNAUTHORIZED,
             Error::Store(_) | Error::DeliveryFailed => StatusCode::SERVICE_UNAVAILABLE,
@@ -141,6 +156,8 @@ impl Error {
             Error::OtpExpired => "otp_expired",
             Error::TooManyAttempts => "too_many_attempts",
             Error::RateLimited { .. } => "rate_limited",
+            Error::CountryNotAllowed => "country_not_allowed",
+            Error::UnsupportedNumber => "unsupported_number",
             Error::InvalidToken => "invalid_token",
             Error::TokenReused => "token_reused",
             Error::ChannelUnavailable(_) => "channel_unavailable",
@@ -185,9 +202,23 @@ impl poem::error::ResponseError for Error {
         }
         let mut resp = self.problem().into_response();
         match self {
-            Error::RateLimited { retry_after } => {
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            Error::RateLimited {
+                retry_after,
+                policy,
+                limit,
+                window,
+            } => {
+                let headers = resp.headers_mut();
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+                let ratelimit_policy = format!("\"{policy}\";q={limit};w={window}");
+                let ratelimit = format!("\"{policy}\";r=0;t={retry_after}");
+                if let (Ok(p), Ok(r)) = (
+                    HeaderValue::from_str(&ratelimit_policy),
+                    HeaderValue::from_str(&ratelimit),
+                ) {
+                    headers.insert("ratelimit-policy", p);
+                    headers.insert("ratelimit", r);
+                }
             }
             Error::Store(_) | Error::DeliveryFailed => {
                 resp.headers_mut()
@@ -219,6 +250,13 @@ impl ApiResponse for Error {
                 }],
                 headers,
             };
+        let text_header = |name: &str| MetaHeader {
+            name: name.into(),
+            description: Some("IETF httpapi ratelimit-headers field.".into()),
+            required: false,
+            deprecated: false,
+            schema: String::schema_ref(),
+        };
         let retry_after = || MetaHeader {
             name: "Retry-After".into(),
             description: Some("Seconds to wait before retrying.".into()),
@@ -245,13 +283,17 @@ impl ApiResponse for Error {
                 ),
                 problem(
                     422,
-                    "Invalid phone number or unavailable channel (`invalid_phone`, `channel_unavailable`).",
+                    "Invalid, refused or unsupported phone number, or unavailable channel (`invalid_phone`, `country_not_allowed`, `unsupported_number`, `channel_unavailable`).",
                     vec![],
                 ),
                 problem(
                     429,
-                    "Too many requests or wrong codes (`rate_limited`, `too_many_attempts`).",
-                    vec![retry_after()],
+                    "Too many requests or wrong codes (`rate_limited`, `too_many_attempts`); `RateLimit-Policy` and `RateLimit` name the policy that refused.",
+                    vec![
+                        retry_after(),
+                        text_header("RateLimit-Policy"),
+                        text_header("RateLimit"),
+                    ],
                 ),
                 problem(
                     500,

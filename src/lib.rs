@@ -15,6 +15,7 @@
 //! - [`db`]: SeaORM entities and queries for users and their identities.
 //! - [`delivery`]: how a code reaches the user (one `Sender` trait per channel).
 //! - [`error`]: the one error type, rendered as RFC 9457 `application/problem+json`.
+//! - [`ratelimit`]: the per-replica front door, cluster-wide quotas, client IPs.
 //! - [`telemetry`]: the tracing subscriber.
 #![forbid(unsafe_code)]
 #![deny(
@@ -31,5 +32,6 @@ pub mod config;
 pub mod db;
 pub mod delivery;
 pub mod error;
+pub mod ratelimit;
 pub mod store;
 pub mod telemetry;

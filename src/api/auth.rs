@@ -3,9 +3,10 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use poem::Request;
 use poem_openapi::auth::Bearer;
 use poem_openapi::payload::Json;
-use poem_openapi::{Enum, Object, OpenApi, SecurityScheme};
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi, SecurityScheme};
 use uuid::Uuid;
 
 use super::ApiTags;
@@ -13,6 +14,7 @@ use crate::auth::AuthService;
 use crate::db::{identity, user};
 use crate::delivery::Channel;
 use crate::error::Error;
+use crate::ratelimit::{ClientIp, headers};
 
 /// Phone login endpoints.
 pub struct AuthApi {
@@ -98,6 +100,26 @@ pub struct LoginResponse {
     /// The code itself: only when the server runs with `EXPOSE_OTP=true` (development, tests).
     #[oai(skip_serializing_if_is_none)]
     pub otp_code: Option<String>,
+}
+
+/// Login answer, with the quota state in IETF ratelimit-headers fields.
+#[derive(ApiResponse)]
+pub enum LoginReply {
+    /// The code is on its way.
+    #[oai(status = 200)]
+    Sent(
+        Json<LoginResponse>,
+        /// The quotas this send counts against: `"otp-phone";q=5;w=3600, …`.
+        #[oai(header = "RateLimit-Policy")]
+        Option<String>,
+        /// What is left of each: `"otp-phone";r=4;t=720, …`.
+        #[oai(header = "RateLimit")]
+        Option<String>,
+    ),
+}
+
+fn client_ip(req: &Request) -> Option<std::net::IpAddr> {
+    req.extensions().get::<ClientIp>().map(|c| c.0)
 }
 
 /// Exchange a code for tokens.
@@ -222,19 +244,24 @@ impl AuthApi {
     /// phone within the resend window gets 429 with `Retry-After`. The answer is the same for
     /// known and new numbers.
     #[oai(path = "/login", method = "post")]
-    async fn login(&self, body: Json<LoginRequest>) -> Result<Json<LoginResponse>, Error> {
+    async fn login(&self, req: &Request, body: Json<LoginRequest>) -> Result<LoginReply, Error> {
         let started = self
             .auth
-            .login(&body.phone, body.channel.map(Channel::from))
+            .login(&body.phone, body.channel.map(Channel::from), client_ip(req))
             .await?;
-        Ok(Json(LoginResponse {
-            message: "OTP sent successfully".into(),
-            phone: started.phone.as_str().to_string(),
-            channel: started.channel.into(),
-            expires_in: started.expires_in,
-            resend_after: started.resend_after,
-            otp_code: started.exposed_code,
-        }))
+        let (policy, current) = headers(&started.quotas.0, &started.quotas.1).unzip();
+        Ok(LoginReply::Sent(
+            Json(LoginResponse {
+                message: "OTP sent successfully".into(),
+                phone: started.phone.as_str().to_string(),
+                channel: started.channel.into(),
+                expires_in: started.expires_in,
+                resend_after: started.resend_after,
+                otp_code: started.exposed_code,
+            }),
+            policy,
+            current,
+        ))
     }
 
     /// Verify a code and log in
@@ -242,8 +269,15 @@ impl AuthApi {
     /// A right code works once and opens a session; the user is created on first login.
     /// After too many wrong codes the code is burned and a new one must be requested.
     #[oai(path = "/verify-otp", method = "post")]
-    async fn verify_otp(&self, body: Json<VerifyRequest>) -> Result<Json<TokenResponse>, Error> {
-        let session = self.auth.verify(&body.phone, &body.otp_code).await?;
+    async fn verify_otp(
+        &self,
+        req: &Request,
+        body: Json<VerifyRequest>,
+    ) -> Result<Json<TokenResponse>, Error> {
+        let session = self
+            .auth
+            .verify(&body.phone, &body.otp_code, client_ip(req))
+            .await?;
         Ok(Json(TokenResponse {
             access_token: session.tokens.access_token,
             refresh_token: session.tokens.refresh_token,

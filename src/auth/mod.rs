@@ -1,5 +1,6 @@
 //! The login domain: phone numbers, codes, tokens and sessions. No HTTP types in here.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -10,6 +11,7 @@ use crate::config::Settings;
 use crate::db::{self, identity, user};
 use crate::delivery::{Channel, Delivery, OtpMessage};
 use crate::error::Error;
+use crate::ratelimit::{Quota, QuotaPolicy, QuotaState};
 use crate::store::{RefreshOutcome, Store};
 
 pub mod otp;
@@ -33,6 +35,8 @@ pub struct LoginStarted {
     pub resend_after: u64,
     /// The code itself, only when `EXPOSE_OTP` is on.
     pub exposed_code: Option<String>,
+    /// The quotas this send was charged to, and where each stands now.
+    pub quotas: (Vec<Quota>, Vec<QuotaState>),
 }
 
 /// A new session: tokens plus the user they belong to.
@@ -51,6 +55,9 @@ pub struct AuthService {
     store: Arc<dyn Store>,
     db: DatabaseConnection,
     delivery: Delivery,
+    quotas: QuotaPolicy,
+    allowed_countries: Vec<String>,
+    blocked_countries: Vec<String>,
     default_region: Option<phonenumber::country::Id>,
     expose_otp: bool,
     refresh_grace: std::time::Duration,
@@ -70,6 +77,9 @@ impl AuthService {
             store,
             db,
             delivery,
+            quotas: settings.quotas.clone(),
+            allowed_countries: settings.allowed_countries.clone(),
+            blocked_countries: settings.blocked_countries.clone(),
             default_region: settings.default_region,
             expose_otp: settings.expose_otp,
             refresh_grace: settings.refresh_reuse_grace,
@@ -81,18 +91,49 @@ impl AuthService {
         Phone::parse(input, self.default_region)
     }
 
-    /// Issues a code for `phone` and sends it. One store round trip; no database access, so the
-    /// answer is the same whether or not the number has an account.
+    /// Refuses numbers codes must not go to: countries outside `OTP_ALLOWED_COUNTRIES` or in
+    /// `OTP_BLOCKED_COUNTRIES`, and premium-rate, shared-cost and toll-free numbers (plus
+    /// landlines on SMS).
+    fn check_number_policy(&self, phone: &Phone, channel: Channel) -> Result<(), Error> {
+        let region = phone.region_code().unwrap_or_default();
+        if (!self.allowed_countries.is_empty() && !self.allowed_countries.contains(&region))
+            || self.blocked_countries.contains(&region)
+        {
+            return Err(Error::CountryNotAllowed);
+        }
+        let landline_on_sms = matches!(channel, Channel::Sms | Channel::Log)
+            && phone.kind() == phonenumber::Type::FixedLine;
+        if phone.is_unsupported() || landline_on_sms {
+            return Err(Error::UnsupportedNumber);
+        }
+        Ok(())
+    }
+
+    /// Issues a code for `phone` and sends it. One store round trip (cooldown, every quota and
+    /// the code in one script); no database access, so the answer is the same whether or not
+    /// the number has an account.
     pub async fn login(
         &self,
         phone: &str,
         channel: Option<Channel>,
+        client_ip: Option<IpAddr>,
     ) -> Result<LoginStarted, Error> {
         let phone = self.parse_phone(phone)?;
         let sender = self.delivery.sender_for(channel).ok_or_else(|| {
             Error::ChannelUnavailable(channel.map_or("default", Channel::as_str).to_string())
         })?;
-        let issued = self.otp.issue(&phone).await?;
+        let requested = channel.unwrap_or(Channel::Sms);
+        self.check_number_policy(&phone, requested)?;
+        let quotas = self.quotas.for_send(&phone, client_ip);
+        let issued = match self.otp.issue(&phone, &quotas).await {
+            Ok(issued) => issued,
+            Err(err) => {
+                if let Error::RateLimited { policy, .. } = &err {
+                    tracing::info!(phone = %phone.masked(), policy, "send refused by a limit");
+                }
+                return Err(err);
+            }
+        };
         let message = OtpMessage {
             code: &issued.code,
             minutes: issued.expires_in.as_secs() / 60,
@@ -107,6 +148,7 @@ impl AuthService {
             expires_in: issued.expires_in.as_secs(),
             resend_after: issued.resend_after.as_secs(),
             exposed_code: self.expose_otp.then_some(issued.code),
+            quotas: (quotas, issued.quotas),
             phone,
         })
     }
@@ -116,10 +158,16 @@ impl AuthService {
     ///
     /// The user is looked up before the code is spent, so a database outage answers 503 and
     /// leaves the code usable.
-    pub async fn verify(&self, phone: &str, code: &str) -> Result<LoggedIn, Error> {
+    pub async fn verify(
+        &self,
+        phone: &str,
+        code: &str,
+        client_ip: Option<IpAddr>,
+    ) -> Result<LoggedIn, Error> {
         let phone = self.parse_phone(phone)?;
         let existing = db::find_by_phone(&self.db, phone.as_str()).await?;
-        if let Err(err) = self.otp.verify(&phone, code).await {
+        let (attempts, failures) = self.quotas.for_verify(&phone, client_ip);
+        if let Err(err) = self.otp.verify(&phone, code, &attempts, &failures).await {
             tracing::info!(phone = %phone.masked(), outcome = err.code(), "verification refused");
             return Err(err);
         }

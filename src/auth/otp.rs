@@ -10,6 +10,7 @@ use sha2::Sha256;
 use crate::auth::phone::Phone;
 use crate::config::Settings;
 use crate::error::Error;
+use crate::ratelimit::{Quota, QuotaState};
 use crate::store::{IssueOutcome, Store, VerifyOutcome};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -23,6 +24,8 @@ pub struct IssuedCode {
     pub expires_in: Duration,
     /// When the next code for this phone may be requested.
     pub resend_after: Duration,
+    /// Where each quota charged for this send stands now.
+    pub quotas: Vec<QuotaState>,
 }
 
 /// Issues and verifies codes through the store.
@@ -76,28 +79,40 @@ impl OtpService {
     }
 
     /// Stores a new code for `phone`, replacing any earlier one, unless the resend cooldown
-    /// is running (then `rate_limited` with the seconds left).
-    pub async fn issue(&self, phone: &Phone) -> Result<IssuedCode, Error> {
+    /// is running or one of `quotas` refuses (then `rate_limited` with the seconds left).
+    pub async fn issue(&self, phone: &Phone, quotas: &[Quota]) -> Result<IssuedCode, Error> {
         let code = self.generate();
         let hash = self.hash(phone, &code);
         match self
             .store
-            .issue_code(phone.as_str(), &hash, self.ttl, self.resend)
+            .issue_code(phone.as_str(), &hash, self.ttl, self.resend, quotas)
             .await?
         {
-            IssueOutcome::Issued => Ok(IssuedCode {
+            IssueOutcome::Issued(states) => Ok(IssuedCode {
                 code,
                 expires_in: self.ttl,
                 resend_after: self.resend,
+                quotas: states,
             }),
             IssueOutcome::Cooldown { retry_after } => Err(Error::RateLimited {
                 retry_after: whole_seconds(retry_after),
+                policy: "otp-resend",
+                limit: 1,
+                window: self.resend.as_secs(),
             }),
+            IssueOutcome::Limited(refusal) => Err(refusal.into_error()),
         }
     }
 
     /// Checks `code` for `phone`: right once, then gone; burned after too many wrong tries.
-    pub async fn verify(&self, phone: &Phone, code: &str) -> Result<(), Error> {
+    /// `attempts` quotas are charged on every check, `failures` on a wrong code.
+    pub async fn verify(
+        &self,
+        phone: &Phone,
+        code: &str,
+        attempts: &[Quota],
+        failures: &[Quota],
+    ) -> Result<(), Error> {
         let code = code.trim();
         if code.len() != self.length as usize || !code.bytes().all(|b| b.is_ascii_digit()) {
             return Err(Error::InvalidRequest(format!(
@@ -108,13 +123,14 @@ impl OtpService {
         let hash = self.hash(phone, code);
         match self
             .store
-            .verify_code(phone.as_str(), &hash, self.max_attempts)
+            .verify_code(phone.as_str(), &hash, self.max_attempts, attempts, failures)
             .await?
         {
             VerifyOutcome::Verified => Ok(()),
             VerifyOutcome::Invalid { remaining } => Err(Error::InvalidOtp { remaining }),
             VerifyOutcome::Missing => Err(Error::OtpExpired),
             VerifyOutcome::Burned => Err(Error::TooManyAttempts),
+            VerifyOutcome::Limited(refusal) => Err(refusal.into_error()),
         }
     }
 }

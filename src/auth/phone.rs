@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-use phonenumber::Mode;
 use phonenumber::country::Id as Region;
+use phonenumber::{Mode, Type};
 
 use crate::error::Error;
 
@@ -16,6 +16,10 @@ pub struct Phone {
     e164: String,
     /// Digits of the country calling code (`91` for India).
     country_code_len: usize,
+    /// The region the number belongs to (`IN`), when libphonenumber knows one.
+    region: Option<Region>,
+    /// Mobile, fixed line, toll-free, premium rate, …
+    kind: Type,
 }
 
 impl Phone {
@@ -69,9 +73,13 @@ impl Phone {
             {
                 let e164 = number.format().mode(Mode::E164).to_string();
                 let country_code_len = number.code().value().to_string().len();
+                let kind = number.number_type(&phonenumber::metadata::DATABASE);
+                let region = number.country().id();
                 return Ok(Phone {
                     e164,
                     country_code_len,
+                    region,
+                    kind,
                 });
             }
         }
@@ -83,6 +91,31 @@ impl Phone {
     /// The E.164 form, `+919876543210`.
     pub fn as_str(&self) -> &str {
         &self.e164
+    }
+
+    /// The ISO 3166 alpha-2 code of the number's region (`IN`), when known.
+    pub fn region_code(&self) -> Option<String> {
+        self.region.map(|r| r.as_ref().to_string())
+    }
+
+    /// The number's type as libphonenumber classifies it.
+    pub fn kind(&self) -> Type {
+        self.kind
+    }
+
+    /// Whether the number is of a type that must not receive codes at all: premium-rate,
+    /// shared-cost and toll-free numbers are where SMS-pumping fraud sends its traffic.
+    pub fn is_unsupported(&self) -> bool {
+        matches!(
+            self.kind,
+            Type::PremiumRate | Type::SharedCost | Type::TollFree
+        )
+    }
+
+    /// The number without its last four digits (`+9198765`): a block of 10,000 numbers, the
+    /// unit pumping attacks walk through.
+    pub fn prefix(&self) -> &str {
+        &self.e164[..self.e164.len().saturating_sub(4).max(1)]
     }
 
     /// The form safe for logs: country code and last four digits, `+91******3210`.
@@ -172,6 +205,24 @@ mod tests {
                 "{bad:?} should be rejected"
             );
         }
+    }
+
+    #[test]
+    fn region_type_and_prefix() {
+        let phone = Phone::parse("+919876543210", None).unwrap();
+        assert_eq!(phone.region_code().as_deref(), Some("IN"));
+        assert_eq!(phone.kind(), Type::Mobile);
+        assert!(!phone.is_unsupported());
+        assert_eq!(phone.prefix(), "+91987654");
+        let uk = Phone::parse("+44 7400 123456", None).unwrap();
+        assert_eq!(uk.region_code().as_deref(), Some("GB"));
+        let us_toll_free = Phone::parse("+1 800 253 0000", None).unwrap();
+        assert_eq!(us_toll_free.kind(), Type::TollFree);
+        assert!(us_toll_free.is_unsupported());
+        let uk_premium = Phone::parse("+44 909 8790000", None).unwrap();
+        assert_eq!(uk_premium.kind(), Type::PremiumRate);
+        let uk_landline = Phone::parse("+44 20 7946 0000", None).unwrap();
+        assert_eq!(uk_landline.kind(), Type::FixedLine);
     }
 
     #[test]

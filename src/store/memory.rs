@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
 use super::{IssueOutcome, RefreshOutcome, Store, StoreError, VerifyOutcome};
+use crate::ratelimit::{Quota, QuotaState, Refusal, gcra};
 
 /// How often writes sweep expired entries.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
@@ -23,6 +24,8 @@ struct Code {
 struct Inner {
     codes: HashMap<String, Code>,
     cooldowns: HashMap<String, Instant>,
+    /// Quota key → GCRA theoretical arrival time, in ms since `MemoryStore::epoch`.
+    buckets: HashMap<String, u64>,
     /// `(sid, jti)` → (when it was spent, when the marker expires).
     spent: HashMap<(String, String), (Instant, Instant)>,
     revoked: HashMap<String, Instant>,
@@ -30,21 +33,66 @@ struct Inner {
 }
 
 impl Inner {
-    fn sweep(&mut self, now: Instant) {
+    fn sweep(&mut self, now: Instant, now_ms: u64) {
         if now.duration_since(self.last_sweep) < SWEEP_EVERY {
             return;
         }
         self.last_sweep = now;
         self.codes.retain(|_, c| c.expires > now);
         self.cooldowns.retain(|_, until| *until > now);
+        self.buckets.retain(|_, tat| *tat > now_ms);
         self.spent.retain(|_, (_, until)| *until > now);
         self.revoked.retain(|_, until| *until > now);
     }
+
+    /// The new arrival times if every quota admits an event at `now_ms`, else the refusal that
+    /// waits longest. Nothing is charged.
+    fn check(&self, quotas: &[Quota], now_ms: u64) -> Result<Vec<u64>, Refusal> {
+        let mut admitted = Vec::with_capacity(quotas.len());
+        let mut refusal: Option<Refusal> = None;
+        for q in quotas {
+            let tat = self.buckets.get(&q.key).copied().unwrap_or(0);
+            match gcra::check(tat, now_ms, q.limit, window_ms(q)) {
+                Ok(new_tat) => admitted.push(new_tat),
+                Err(wait) => {
+                    let retry_after = Duration::from_millis(wait);
+                    if refusal.as_ref().is_none_or(|r| r.retry_after < retry_after) {
+                        refusal = Some(Refusal {
+                            policy: q.policy,
+                            limit: q.limit,
+                            window: q.window,
+                            retry_after,
+                        });
+                    }
+                }
+            }
+        }
+        refusal.map_or(Ok(admitted), Err)
+    }
+
+    fn charge(&mut self, quotas: &[Quota], tats: &[u64], now_ms: u64) -> Vec<QuotaState> {
+        quotas
+            .iter()
+            .zip(tats)
+            .map(|(q, tat)| {
+                self.buckets.insert(q.key.clone(), *tat);
+                QuotaState {
+                    remaining: gcra::remaining(*tat, now_ms, q.limit, window_ms(q)),
+                    reset: Duration::from_millis(tat - now_ms),
+                }
+            })
+            .collect()
+    }
+}
+
+fn window_ms(q: &Quota) -> u64 {
+    super::ttl_ms(q.window)
 }
 
 /// State kept in this process only: right for one replica, wrong for several.
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    epoch: Instant,
 }
 
 impl Default for MemoryStore {
@@ -56,14 +104,17 @@ impl Default for MemoryStore {
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
+        let now = Instant::now();
         Self {
             inner: Mutex::new(Inner {
                 codes: HashMap::new(),
                 cooldowns: HashMap::new(),
+                buckets: HashMap::new(),
                 spent: HashMap::new(),
                 revoked: HashMap::new(),
-                last_sweep: Instant::now(),
+                last_sweep: now,
             }),
+            epoch: now,
         }
     }
 
@@ -73,6 +124,13 @@ impl MemoryStore {
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Now, and now in ms since the epoch (at least 1, so an absent bucket is always older).
+    fn now(&self) -> (Instant, u64) {
+        let now = Instant::now();
+        let ms = u64::try_from(now.duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX);
+        (now, ms + 1)
     }
 }
 
@@ -84,10 +142,11 @@ impl Store for MemoryStore {
         code_hash: &str,
         ttl: Duration,
         cooldown: Duration,
+        quotas: &[Quota],
     ) -> Result<IssueOutcome, StoreError> {
-        let now = Instant::now();
+        let (now, now_ms) = self.now();
         let mut inner = self.lock();
-        inner.sweep(now);
+        inner.sweep(now, now_ms);
         if let Some(until) = inner.cooldowns.get(phone)
             && *until > now
         {
@@ -95,6 +154,11 @@ impl Store for MemoryStore {
                 retry_after: *until - now,
             });
         }
+        let tats = match inner.check(quotas, now_ms) {
+            Ok(tats) => tats,
+            Err(refusal) => return Ok(IssueOutcome::Limited(refusal)),
+        };
+        let states = inner.charge(quotas, &tats, now_ms);
         inner.codes.insert(
             phone.to_string(),
             Code {
@@ -108,7 +172,7 @@ impl Store for MemoryStore {
         } else {
             inner.cooldowns.insert(phone.to_string(), now + cooldown);
         }
-        Ok(IssueOutcome::Issued)
+        Ok(IssueOutcome::Issued(states))
     }
 
     async fn verify_code(
@@ -116,9 +180,20 @@ impl Store for MemoryStore {
         phone: &str,
         code_hash: &str,
         max_attempts: u32,
+        attempts: &[Quota],
+        failures: &[Quota],
     ) -> Result<VerifyOutcome, StoreError> {
-        let now = Instant::now();
+        let (now, now_ms) = self.now();
         let mut inner = self.lock();
+        let attempt_tats = match inner.check(attempts, now_ms) {
+            Ok(tats) => tats,
+            Err(refusal) => return Ok(VerifyOutcome::Limited(refusal)),
+        };
+        let failure_tats = match inner.check(failures, now_ms) {
+            Ok(tats) => tats,
+            Err(refusal) => return Ok(VerifyOutcome::Limited(refusal)),
+        };
+        inner.charge(attempts, &attempt_tats, now_ms);
         let Some(code) = inner.codes.get_mut(phone).filter(|c| c.expires > now) else {
             return Ok(VerifyOutcome::Missing);
         };
@@ -131,13 +206,15 @@ impl Store for MemoryStore {
             return Ok(VerifyOutcome::Verified);
         }
         code.attempts += 1;
-        if code.attempts >= max_attempts {
-            Ok(VerifyOutcome::Burned)
+        let outcome = if code.attempts >= max_attempts {
+            VerifyOutcome::Burned
         } else {
-            Ok(VerifyOutcome::Invalid {
+            VerifyOutcome::Invalid {
                 remaining: max_attempts - code.attempts,
-            })
-        }
+            }
+        };
+        inner.charge(failures, &failure_tats, now_ms);
+        Ok(outcome)
     }
 
     async fn spend_refresh(
@@ -147,9 +224,9 @@ impl Store for MemoryStore {
         grace: Duration,
         ttl: Duration,
     ) -> Result<RefreshOutcome, StoreError> {
-        let now = Instant::now();
+        let (now, now_ms) = self.now();
         let mut inner = self.lock();
-        inner.sweep(now);
+        inner.sweep(now, now_ms);
         if inner.revoked.get(sid).is_some_and(|until| *until > now) {
             return Ok(RefreshOutcome::Revoked);
         }
@@ -171,9 +248,9 @@ impl Store for MemoryStore {
     }
 
     async fn revoke_session(&self, sid: &str, ttl: Duration) -> Result<(), StoreError> {
-        let now = Instant::now();
+        let (now, now_ms) = self.now();
         let mut inner = self.lock();
-        inner.sweep(now);
+        inner.sweep(now, now_ms);
         inner.revoked.insert(sid.to_string(), now + ttl);
         Ok(())
     }

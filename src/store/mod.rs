@@ -1,12 +1,15 @@
-//! Ephemeral state shared by every replica: codes, resend cooldowns, spent refresh tokens and
-//! revoked sessions.
+//! Ephemeral state shared by every replica: codes, resend cooldowns, rate-limit buckets, spent
+//! refresh tokens and revoked sessions.
 //!
 //! One trait, two backends with the same semantics (TTLs included): [`redis::RedisStore`] for
 //! clusters (every operation is one round trip; the ones that must be atomic are Lua scripts in
 //! `lua/`) and [`memory::MemoryStore`] for a single embedded server. The conformance suite in
-//! `tests/` runs against both.
+//! `tests/` runs against both. Quotas are GCRA buckets ([`crate::ratelimit::gcra`]): an event
+//! is admitted only when every quota of the call admits it, and then charged to all of them.
 
 use std::time::Duration;
+
+use crate::ratelimit::{Quota, QuotaState, Refusal};
 
 pub mod memory;
 pub mod redis;
@@ -29,19 +32,22 @@ pub enum StoreError {
 }
 
 /// What happened to a request for a new code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IssueOutcome {
-    /// The code is stored and replaced any earlier one; the cooldown started.
-    Issued,
+    /// The code is stored and replaced any earlier one; the cooldown started; every quota was
+    /// charged (their states, in the order given).
+    Issued(Vec<QuotaState>),
     /// The resend cooldown is still running for `retry_after`; nothing changed.
     Cooldown {
         /// Time left on the cooldown.
         retry_after: Duration,
     },
+    /// A quota refused; nothing changed.
+    Limited(Refusal),
 }
 
 /// What happened to a presented code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VerifyOutcome {
     /// Right code: it is deleted (usable once) and the resend cooldown is cleared.
     Verified,
@@ -54,6 +60,8 @@ pub enum VerifyOutcome {
     Missing,
     /// Too many wrong tries: the code no longer works until it expires or is replaced.
     Burned,
+    /// A quota refused before the code was looked at; nothing changed.
+    Limited(Refusal),
 }
 
 /// What happened to a presented refresh token.
@@ -74,22 +82,28 @@ pub enum RefreshOutcome {
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Stores `code_hash` for `phone` for `ttl`, replacing any earlier code and starting a
-    /// `cooldown` (zero = none), unless a cooldown is already running.
+    /// `cooldown` (zero = none), unless a cooldown is already running or one of `quotas`
+    /// refuses; all in one atomic step.
     async fn issue_code(
         &self,
         phone: &str,
         code_hash: &str,
         ttl: Duration,
         cooldown: Duration,
+        quotas: &[Quota],
     ) -> Result<IssueOutcome, StoreError>;
 
     /// Checks `code_hash` against the live code of `phone`, atomically: a right code works
-    /// once, however many replicas receive it at the same moment.
+    /// once, however many replicas receive it at the same moment. First every quota of
+    /// `attempts` and `failures` must admit the attempt; `attempts` are then charged, and
+    /// `failures` too when the code is wrong.
     async fn verify_code(
         &self,
         phone: &str,
         code_hash: &str,
         max_attempts: u32,
+        attempts: &[Quota],
+        failures: &[Quota],
     ) -> Result<VerifyOutcome, StoreError>;
 
     /// Spends refresh token `jti` of session `sid`; reuse after `grace` revokes the session

@@ -1,9 +1,10 @@
 //! The Redis store shared by every replica.
 //!
 //! Each operation is one round trip: `EVALSHA` of a script from `lua/` (loading it once after a
-//! Redis restart), or one plain command. Keys carry a hash tag (`{…}`) so the keys one script
-//! touches live in one Redis Cluster slot. Every call is bounded by the configured timeout, so a
-//! dead Redis yields a 503 instead of a hung request.
+//! Redis restart), or one plain command. Every call is bounded by the configured timeout, so a
+//! dead Redis yields a 503 instead of a hung request. One script touches a code, its cooldown
+//! and the quota buckets of the request together, so the store needs a standalone Redis (or a
+//! primary with replicas), not Redis Cluster.
 //!
 //! Connections are redis-rs `ConnectionManager`s: multiplexed (many requests in flight on one
 //! socket) and reconnecting by themselves. A checkout pool (deadpool-redis) would add nothing but
@@ -17,6 +18,7 @@ use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{IssueOutcome, RefreshOutcome, Store, StoreError, VerifyOutcome, ttl_ms};
+use crate::ratelimit::{Quota, QuotaState, Refusal};
 
 /// Redis-backed store: codes, cooldowns, spent refresh tokens and revocations.
 pub struct RedisStore {
@@ -54,18 +56,34 @@ impl RedisStore {
             next: AtomicUsize::new(0),
             prefix: prefix.to_string(),
             timeout,
-            issue_code: Script::new(include_str!("lua/issue_code.lua")),
-            verify_code: Script::new(include_str!("lua/verify_code.lua")),
+            issue_code: Script::new(concat!(
+                include_str!("lua/gcra.lua"),
+                include_str!("lua/issue_code.lua")
+            )),
+            verify_code: Script::new(concat!(
+                include_str!("lua/gcra.lua"),
+                include_str!("lua/verify_code.lua")
+            )),
             spend_refresh: Script::new(include_str!("lua/spend_refresh.lua")),
         })
     }
 
-    fn key(&self, kind: &str, tag: &str) -> String {
-        format!("{}{kind}:{{{tag}}}", self.prefix)
+    fn key(&self, kind: &str, id: &str) -> String {
+        format!("{}{kind}:{id}", self.prefix)
     }
 
     fn token_key(&self, kind: &str, sid: &str, jti: &str) -> String {
-        format!("{}{kind}:{{{sid}}}:{jti}", self.prefix)
+        format!("{}{kind}:{sid}:{jti}", self.prefix)
+    }
+
+    /// Adds the bucket keys and (limit, window) arguments of `quotas` to an invocation.
+    fn add_quotas(&self, invocation: &mut redis::ScriptInvocation<'_>, quotas: &[Quota]) {
+        for q in quotas {
+            invocation.key(self.key("rl", &q.key));
+        }
+        for q in quotas {
+            invocation.arg(q.limit).arg(ttl_ms(q.window));
+        }
     }
 
     /// Runs `op` on the next connection (round robin) within the timeout.
@@ -90,33 +108,42 @@ impl Store for RedisStore {
         code_hash: &str,
         ttl: Duration,
         cooldown: Duration,
+        quotas: &[Quota],
     ) -> Result<IssueOutcome, StoreError> {
-        let code_key = self.key("otp", phone);
-        let cooldown_key = self.key("otp-cooldown", phone);
         let cooldown_ms = if cooldown.is_zero() {
             0
         } else {
             ttl_ms(cooldown)
         };
-        let wait_ms: i64 = self
-            .run(|mut conn| async move {
-                Ok(self
-                    .issue_code
-                    .key(&code_key)
-                    .key(&cooldown_key)
-                    .arg(code_hash)
-                    .arg(ttl_ms(ttl))
-                    .arg(cooldown_ms)
-                    .invoke_async(&mut conn)
-                    .await?)
-            })
+        let mut invocation = self.issue_code.prepare_invoke();
+        invocation
+            .key(self.key("otp", phone))
+            .key(self.key("otp-cooldown", phone))
+            .arg(code_hash)
+            .arg(ttl_ms(ttl))
+            .arg(cooldown_ms);
+        self.add_quotas(&mut invocation, quotas);
+        let reply: Vec<i64> = self
+            .run(|mut conn| async move { Ok(invocation.invoke_async(&mut conn).await?) })
             .await?;
-        Ok(match u64::try_from(wait_ms) {
-            Ok(0) | Err(_) => IssueOutcome::Issued,
-            Ok(ms) => IssueOutcome::Cooldown {
-                retry_after: Duration::from_millis(ms),
-            },
-        })
+        match reply.as_slice() {
+            [0, states @ ..] if states.len() == 2 * quotas.len() => Ok(IssueOutcome::Issued(
+                states
+                    .chunks_exact(2)
+                    .map(|pair| QuotaState {
+                        remaining: u32::try_from(pair[0]).unwrap_or(0),
+                        reset: millis(pair[1]),
+                    })
+                    .collect(),
+            )),
+            [1, wait] => Ok(IssueOutcome::Cooldown {
+                retry_after: millis(*wait),
+            }),
+            [2, index, wait] => Ok(IssueOutcome::Limited(refusal(quotas, *index, *wait)?)),
+            other => Err(StoreError::Protocol(format!(
+                "issue_code returned {other:?}"
+            ))),
+        }
     }
 
     async fn verify_code(
@@ -124,30 +151,31 @@ impl Store for RedisStore {
         phone: &str,
         code_hash: &str,
         max_attempts: u32,
+        attempts: &[Quota],
+        failures: &[Quota],
     ) -> Result<VerifyOutcome, StoreError> {
-        let code_key = self.key("otp", phone);
-        let cooldown_key = self.key("otp-cooldown", phone);
-        let (status, remaining): (i64, i64) = self
-            .run(|mut conn| async move {
-                Ok(self
-                    .verify_code
-                    .key(&code_key)
-                    .key(&cooldown_key)
-                    .arg(code_hash)
-                    .arg(max_attempts)
-                    .invoke_async(&mut conn)
-                    .await?)
-            })
+        let mut invocation = self.verify_code.prepare_invoke();
+        invocation
+            .key(self.key("otp", phone))
+            .key(self.key("otp-cooldown", phone))
+            .arg(code_hash)
+            .arg(max_attempts)
+            .arg(attempts.len());
+        let quotas: Vec<Quota> = attempts.iter().chain(failures).cloned().collect();
+        self.add_quotas(&mut invocation, &quotas);
+        let reply: Vec<i64> = self
+            .run(|mut conn| async move { Ok(invocation.invoke_async(&mut conn).await?) })
             .await?;
-        match status {
-            0 => Ok(VerifyOutcome::Verified),
-            1 => Ok(VerifyOutcome::Invalid {
-                remaining: u32::try_from(remaining).unwrap_or(0),
+        match reply.as_slice() {
+            [0, _] => Ok(VerifyOutcome::Verified),
+            [1, remaining] => Ok(VerifyOutcome::Invalid {
+                remaining: u32::try_from(*remaining).unwrap_or(0),
             }),
-            2 => Ok(VerifyOutcome::Missing),
-            3 => Ok(VerifyOutcome::Burned),
+            [2, _] => Ok(VerifyOutcome::Missing),
+            [3, _] => Ok(VerifyOutcome::Burned),
+            [4, index, wait] => Ok(VerifyOutcome::Limited(refusal(&quotas, *index, *wait)?)),
             other => Err(StoreError::Protocol(format!(
-                "verify_code returned {other}"
+                "verify_code returned {other:?}"
             ))),
         }
     }
@@ -222,4 +250,23 @@ impl Store for RedisStore {
         })
         .await
     }
+}
+
+fn millis(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+/// The refusal of quota `index` (1-based, as the scripts count).
+fn refusal(quotas: &[Quota], index: i64, wait_ms: i64) -> Result<Refusal, StoreError> {
+    let q = usize::try_from(index)
+        .ok()
+        .and_then(|i| i.checked_sub(1))
+        .and_then(|i| quotas.get(i))
+        .ok_or_else(|| StoreError::Protocol(format!("quota index {index} out of range")))?;
+    Ok(Refusal {
+        policy: q.policy,
+        limit: q.limit,
+        window: q.window,
+        retry_after: millis(wait_ms),
+    })
 }

@@ -7,5 +7,6 @@ mod helpers;
 mod cli;
 mod flows;
 mod http_errors;
+mod limits;
 mod outages;
 mod store;

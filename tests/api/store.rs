@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use otpgate::ratelimit::Quota;
 use otpgate::store::{IssueOutcome, MemoryStore, RedisStore, RefreshOutcome, Store, VerifyOutcome};
 use uuid::Uuid;
 
@@ -41,6 +42,9 @@ conformance!(
     refresh_rotation_grace_and_reuse,
     revocation_is_seen_and_expires,
     ping_answers,
+    quotas_admit_the_limit_then_refuse_without_side_effects,
+    quota_buckets_drain_over_their_window,
+    verify_quotas_charge_attempts_always_and_failures_on_wrong_codes,
 );
 
 fn redis_store() -> Option<Arc<dyn Store>> {
@@ -63,13 +67,13 @@ async fn issue_starts_a_cooldown_and_refuses_during_it(store: Arc<dyn Store>) {
     let cooldown = Duration::from_secs(30);
     assert_eq!(
         store
-            .issue_code(&phone, "h1", MINUTE, cooldown)
+            .issue_code(&phone, "h1", MINUTE, cooldown, &[])
             .await
             .unwrap(),
-        IssueOutcome::Issued
+        IssueOutcome::Issued(vec![])
     );
     match store
-        .issue_code(&phone, "h2", MINUTE, cooldown)
+        .issue_code(&phone, "h2", MINUTE, cooldown, &[])
         .await
         .unwrap()
     {
@@ -83,7 +87,7 @@ async fn issue_starts_a_cooldown_and_refuses_during_it(store: Arc<dyn Store>) {
     }
     // The refused issue did not replace the code.
     assert_eq!(
-        store.verify_code(&phone, "h1", 5).await.unwrap(),
+        store.verify_code(&phone, "h1", 5, &[], &[]).await.unwrap(),
         VerifyOutcome::Verified
     );
 }
@@ -91,46 +95,49 @@ async fn issue_starts_a_cooldown_and_refuses_during_it(store: Arc<dyn Store>) {
 async fn zero_cooldown_lets_a_new_code_replace_the_old(store: Arc<dyn Store>) {
     let phone = key();
     store
-        .issue_code(&phone, "old", MINUTE, Duration::ZERO)
+        .issue_code(&phone, "old", MINUTE, Duration::ZERO, &[])
         .await
         .unwrap();
     assert_eq!(
         store
-            .issue_code(&phone, "new", MINUTE, Duration::ZERO)
+            .issue_code(&phone, "new", MINUTE, Duration::ZERO, &[])
             .await
             .unwrap(),
-        IssueOutcome::Issued
+        IssueOutcome::Issued(vec![])
     );
     assert_eq!(
-        store.verify_code(&phone, "old", 5).await.unwrap(),
+        store.verify_code(&phone, "old", 5, &[], &[]).await.unwrap(),
         VerifyOutcome::Invalid { remaining: 4 }
     );
     assert_eq!(
-        store.verify_code(&phone, "new", 5).await.unwrap(),
+        store.verify_code(&phone, "new", 5, &[], &[]).await.unwrap(),
         VerifyOutcome::Verified
     );
 }
 
 async fn right_code_works_once_and_clears_the_cooldown(store: Arc<dyn Store>) {
     let phone = key();
-    store.issue_code(&phone, "h", MINUTE, MINUTE).await.unwrap();
+    store
+        .issue_code(&phone, "h", MINUTE, MINUTE, &[])
+        .await
+        .unwrap();
     assert_eq!(
-        store.verify_code(&phone, "h", 5).await.unwrap(),
+        store.verify_code(&phone, "h", 5, &[], &[]).await.unwrap(),
         VerifyOutcome::Verified
     );
     assert_eq!(
-        store.verify_code(&phone, "h", 5).await.unwrap(),
+        store.verify_code(&phone, "h", 5, &[], &[]).await.unwrap(),
         VerifyOutcome::Missing
     );
     assert_eq!(
         store
-            .issue_code(&phone, "h2", MINUTE, MINUTE)
+            .issue_code(&phone, "h2", MINUTE, MINUTE, &[])
             .await
             .unwrap(),
-        IssueOutcome::Issued
+        IssueOutcome::Issued(vec![])
     );
     assert_eq!(
-        store.verify_code(&key(), "h", 5).await.unwrap(),
+        store.verify_code(&key(), "h", 5, &[], &[]).await.unwrap(),
         VerifyOutcome::Missing
     );
 }
@@ -140,28 +147,37 @@ async fn wrong_codes_count_down_then_burn(store: Arc<dyn Store>) {
     let right = "a".repeat(64);
     let wrong = "b".repeat(64);
     store
-        .issue_code(&phone, &right, MINUTE, MINUTE)
+        .issue_code(&phone, &right, MINUTE, MINUTE, &[])
         .await
         .unwrap();
     for remaining in (1..=2).rev() {
         assert_eq!(
-            store.verify_code(&phone, &wrong, 3).await.unwrap(),
+            store
+                .verify_code(&phone, &wrong, 3, &[], &[])
+                .await
+                .unwrap(),
             VerifyOutcome::Invalid { remaining }
         );
     }
     // A prefix or a longer string is wrong too.
     assert_eq!(
-        store.verify_code(&phone, &right[..63], 3).await.unwrap(),
+        store
+            .verify_code(&phone, &right[..63], 3, &[], &[])
+            .await
+            .unwrap(),
         VerifyOutcome::Burned
     );
     assert_eq!(
-        store.verify_code(&phone, &right, 3).await.unwrap(),
+        store
+            .verify_code(&phone, &right, 3, &[], &[])
+            .await
+            .unwrap(),
         VerifyOutcome::Burned
     );
     // The cooldown stays, so a burned code cannot be replaced at once.
     assert!(matches!(
         store
-            .issue_code(&phone, &right, MINUTE, MINUTE)
+            .issue_code(&phone, &right, MINUTE, MINUTE, &[])
             .await
             .unwrap(),
         IssueOutcome::Cooldown { .. }
@@ -171,26 +187,35 @@ async fn wrong_codes_count_down_then_burn(store: Arc<dyn Store>) {
 async fn codes_and_cooldowns_expire(store: Arc<dyn Store>) {
     let phone = key();
     let short = Duration::from_millis(150);
-    store.issue_code(&phone, "h", short, short).await.unwrap();
+    store
+        .issue_code(&phone, "h", short, short, &[])
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert_eq!(
-        store.verify_code(&phone, "h", 5).await.unwrap(),
+        store.verify_code(&phone, "h", 5, &[], &[]).await.unwrap(),
         VerifyOutcome::Missing
     );
     assert_eq!(
-        store.issue_code(&phone, "h", MINUTE, short).await.unwrap(),
-        IssueOutcome::Issued
+        store
+            .issue_code(&phone, "h", MINUTE, short, &[])
+            .await
+            .unwrap(),
+        IssueOutcome::Issued(vec![])
     );
 }
 
 async fn concurrent_verifies_succeed_once(store: Arc<dyn Store>) {
     let phone = key();
-    store.issue_code(&phone, "h", MINUTE, MINUTE).await.unwrap();
+    store
+        .issue_code(&phone, "h", MINUTE, MINUTE, &[])
+        .await
+        .unwrap();
     let tasks: Vec<_> = (0..40)
         .map(|_| {
             let store = store.clone();
             let phone = phone.clone();
-            tokio::spawn(async move { store.verify_code(&phone, "h", 5).await.unwrap() })
+            tokio::spawn(async move { store.verify_code(&phone, "h", 5, &[], &[]).await.unwrap() })
         })
         .collect();
     let mut verified = 0;
@@ -254,6 +279,161 @@ async fn revocation_is_seen_and_expires(store: Arc<dyn Store>) {
     );
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert!(!store.is_session_revoked(&sid).await.unwrap());
+}
+
+fn quota(policy: &'static str, limit: u32, window: Duration) -> Quota {
+    Quota {
+        policy,
+        key: format!("{policy}:{}", Uuid::new_v4().simple()),
+        limit,
+        window,
+    }
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+async fn quotas_admit_the_limit_then_refuse_without_side_effects(store: Arc<dyn Store>) {
+    let per_phone = quota("otp-phone", 2, HOUR);
+    let per_ip = quota("otp-ip", 10, HOUR);
+    let quotas = [per_phone.clone(), per_ip.clone()];
+    let phone = key();
+    for (n, hash) in ["h1", "h2"].into_iter().enumerate() {
+        let IssueOutcome::Issued(states) = store
+            .issue_code(&phone, hash, MINUTE, Duration::ZERO, &quotas)
+            .await
+            .unwrap()
+        else {
+            panic!("send {n} should pass");
+        };
+        assert_eq!(states.len(), 2);
+        assert_eq!(
+            states[0].remaining,
+            1 - n as u32,
+            "otp-phone after send {n}"
+        );
+        assert_eq!(states[1].remaining, 9 - n as u32, "otp-ip after send {n}");
+        assert!(states[0].reset > Duration::from_secs(1700) && states[0].reset <= HOUR);
+    }
+    match store
+        .issue_code(&phone, "h3", MINUTE, Duration::ZERO, &quotas)
+        .await
+        .unwrap()
+    {
+        IssueOutcome::Limited(refusal) => {
+            assert_eq!(refusal.policy, "otp-phone");
+            assert_eq!(refusal.limit, 2);
+            let wait = refusal.retry_after;
+            assert!(
+                wait > Duration::from_secs(1700) && wait <= Duration::from_secs(1800),
+                "{wait:?}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // The refused send changed nothing: the second code still works, the IP was not charged.
+    assert_eq!(
+        store.verify_code(&phone, "h2", 5, &[], &[]).await.unwrap(),
+        VerifyOutcome::Verified
+    );
+    let IssueOutcome::Issued(states) = store
+        .issue_code(
+            &key(),
+            "x",
+            MINUTE,
+            Duration::ZERO,
+            std::slice::from_ref(&per_ip),
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("another phone from the same IP should pass");
+    };
+    assert_eq!(states[0].remaining, 7);
+}
+
+async fn quota_buckets_drain_over_their_window(store: Arc<dyn Store>) {
+    let q = [quota("otp-phone", 2, Duration::from_millis(400))];
+    let phone = key();
+    for _ in 0..2 {
+        assert!(matches!(
+            store
+                .issue_code(&phone, "h", MINUTE, Duration::ZERO, &q)
+                .await
+                .unwrap(),
+            IssueOutcome::Issued(_)
+        ));
+    }
+    let IssueOutcome::Limited(refusal) = store
+        .issue_code(&phone, "h", MINUTE, Duration::ZERO, &q)
+        .await
+        .unwrap()
+    else {
+        panic!("the third send in the window must be refused");
+    };
+    assert!(
+        refusal.retry_after <= Duration::from_millis(200),
+        "{refusal:?}"
+    );
+    tokio::time::sleep(refusal.retry_after + Duration::from_millis(30)).await;
+    assert!(matches!(
+        store
+            .issue_code(&phone, "h", MINUTE, Duration::ZERO, &q)
+            .await
+            .unwrap(),
+        IssueOutcome::Issued(_)
+    ));
+}
+
+async fn verify_quotas_charge_attempts_always_and_failures_on_wrong_codes(store: Arc<dyn Store>) {
+    let attempts = [quota("verify-ip", 3, HOUR)];
+    let failures = [quota("verify-phone-failures", 1, HOUR)];
+    let phone = key();
+    store
+        .issue_code(&phone, "right", MINUTE, MINUTE, &[])
+        .await
+        .unwrap();
+    // 1st attempt: wrong, charges both.
+    assert_eq!(
+        store
+            .verify_code(&phone, "wrong", 5, &attempts, &failures)
+            .await
+            .unwrap(),
+        VerifyOutcome::Invalid { remaining: 4 }
+    );
+    // The failure quota is full: even the right code is refused, and nothing is spent.
+    match store
+        .verify_code(&phone, "right", 5, &attempts, &failures)
+        .await
+        .unwrap()
+    {
+        VerifyOutcome::Limited(r) => assert_eq!(r.policy, "verify-phone-failures"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // With a fresh failure bucket the right code still works (2nd attempt charged).
+    let fresh = [quota("verify-phone-failures", 1, HOUR)];
+    assert_eq!(
+        store
+            .verify_code(&phone, "right", 5, &attempts, &fresh)
+            .await
+            .unwrap(),
+        VerifyOutcome::Verified
+    );
+    // 3rd attempt: no code; charged to attempts, not to failures.
+    assert_eq!(
+        store
+            .verify_code(&phone, "right", 5, &attempts, &fresh)
+            .await
+            .unwrap(),
+        VerifyOutcome::Missing
+    );
+    match store
+        .verify_code(&phone, "right", 5, &attempts, &fresh)
+        .await
+        .unwrap()
+    {
+        VerifyOutcome::Limited(r) => assert_eq!(r.policy, "verify-ip"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }
 
 async fn ping_answers(store: Arc<dyn Store>) {

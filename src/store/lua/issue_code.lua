@@ -1,16 +1,26 @@
--- Store a new code for one phone unless its resend cooldown is still running.
+-- Store a new code for one phone unless its resend cooldown is running or a quota refuses.
 -- KEYS[1] the code hash (a hash: h = HMAC of the code, a = wrong attempts)
--- KEYS[2] the resend cooldown marker
--- ARGV[1] code HMAC (hex), ARGV[2] code lifetime (ms), ARGV[3] cooldown (ms, 0 = none)
--- Returns 0 when the code was stored, else the milliseconds left on the cooldown.
+-- KEYS[2] the resend cooldown marker, KEYS[3..] quota buckets
+-- ARGV[1] code HMAC (hex), ARGV[2] code lifetime (ms), ARGV[3] cooldown (ms, 0 = none),
+-- ARGV[4..] limit, window (ms) of each quota
+-- Returns {0, remaining, reset_ms, …per quota} when stored, {1, wait_ms} during the cooldown,
+-- {2, quota index, wait_ms} when a quota refuses. Nothing changes unless the code is stored.
 local wait = redis.call('PTTL', KEYS[2])
 if wait > 0 then
-  return wait
+  return {1, wait}
 end
+local n = #KEYS - 2
+local now = now_ms()
+local tats, refused = gcra_check(3, 4, n, now)
+if refused then
+  return {2, refused[1], refused[2]}
+end
+local out = {0}
+gcra_charge(3, 4, 1, n, now, tats, out)
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'h', ARGV[1], 'a', 0)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 if tonumber(ARGV[3]) > 0 then
   redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
 end
-return 0
+return out

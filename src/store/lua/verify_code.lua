@@ -1,7 +1,20 @@
 -- Check a code for one phone; a right code works once, wrong ones are counted.
--- KEYS[1] the code hash, KEYS[2] the resend cooldown marker (cleared on success)
--- ARGV[1] HMAC of the presented code (hex), ARGV[2] wrong attempts allowed
--- Returns {status, remaining}: 0 verified, 1 wrong, 2 no live code, 3 burned.
+-- KEYS[1] the code hash, KEYS[2] the resend cooldown marker (cleared on success),
+-- KEYS[3..] quota buckets: first the attempt quotas (charged on every check), then the failure
+-- quotas (charged on a wrong code). Every quota must admit the attempt first.
+-- ARGV[1] HMAC of the presented code (hex), ARGV[2] wrong attempts allowed,
+-- ARGV[3] number of attempt quotas, ARGV[4..] limit, window (ms) of each quota
+-- Returns {status, x}: {0, 0} verified, {1, remaining} wrong, {2, 0} no live code,
+-- {3, 0} burned, {4, quota index, wait_ms} refused by a quota (nothing changed).
+local n_all = #KEYS - 2
+local n_attempts = tonumber(ARGV[3])
+local now = now_ms()
+local tats, refused = gcra_check(3, 4, n_all, now)
+if refused then
+  return {4, refused[1], refused[2]}
+end
+gcra_charge(3, 4, 1, n_attempts, now, tats, nil)
+
 local stored = redis.call('HMGET', KEYS[1], 'h', 'a')
 local hash = stored[1]
 if not hash then
@@ -25,6 +38,7 @@ if diff == 0 then
   redis.call('DEL', KEYS[1], KEYS[2])
   return {0, 0}
 end
+gcra_charge(3, 4, n_attempts + 1, n_all, now, tats, nil)
 attempts = redis.call('HINCRBY', KEYS[1], 'a', 1)
 if attempts >= max then
   return {3, 0}
