@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite against the embedded backends and against a real redis-server and
 # PostgreSQL, which this script installs when missing (apt), starts on loopback in a temporary
-# directory, and stops again. Extra arguments go to `cargo test`.
+# directory, and stops again. It also provides promtool (apt: prometheus) and the official
+# Prometheus Python client (in a venv) for the /metrics format checks. Extra arguments go to
+# `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +19,7 @@ pg_bindir() {
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 [ -n "$(pg_bindir)" ] && [ -x "$(pg_bindir)/initdb" ] || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
@@ -71,9 +74,23 @@ for _ in $(seq 1 50); do
   sleep 0.1
 done
 
+log "checking the shipped alert rules and dashboard"
+promtool check rules helm/otpgate/dashboards/alerts.rules.yaml >/dev/null
+(cd helm/otpgate/dashboards && promtool test rules alerts.test.yaml)
+python3 -m json.tool helm/otpgate/dashboards/otpgate.json >/dev/null
+
+log "creating a venv with prometheus-client"
+python3 -m venv "$work/venv"
+"$work/venv/bin/pip" install -q --disable-pip-version-check prometheus-client
+export METRICS_PARSER_PYTHON="$work/venv/bin/python"
+
 export TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
 export TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
 export OTPGATE_REQUIRE_BACKENDS=1
 
 log "cargo test"
-cargo test --locked --workspace "$@"
+cargo test --locked --workspace --all-targets "$@" 2>&1 | tee "$work/cargo-test.log"
+
+# One closing line over every test binary (cargo prints one `test result:` line per binary).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' \
+  "$work/cargo-test.log"

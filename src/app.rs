@@ -1,20 +1,23 @@
 //! Builds the application from [`Settings`] and serves it until a shutdown signal.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 
-use poem::http::header;
+use poem::http::{StatusCode, header};
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use poem::middleware::SetHeader;
-use poem::{Endpoint, EndpointExt, Route, Server};
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server};
 use sea_orm::DatabaseConnection;
+use subtle::ConstantTimeEq;
 
 use crate::auth::AuthService;
-use crate::config::Settings;
+use crate::config::{Secret, Settings};
 use crate::delivery::Delivery;
-use crate::error::problem_response;
+use crate::error::{Problem, problem_response};
 use crate::ratelimit::{ClientGate, FrontDoor};
-use crate::store::{MemoryStore, RedisStore, Store, StoreError};
+use crate::store::{MemoryStore, Metered, RedisStore, Store, StoreError};
+use crate::telemetry::{Metrics, Observe};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +31,9 @@ pub enum StartupError {
     /// The listener could not be bound.
     #[error("listen: {0}")]
     Io(#[from] std::io::Error),
+    /// The metrics registry could not be built.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     /// Anything else that stops the wiring.
     #[error("{0}")]
     Other(String),
@@ -37,18 +43,24 @@ pub enum StartupError {
 pub struct AppState {
     /// The settings the server started with.
     pub settings: Settings,
-    /// Ephemeral shared state.
+    /// Ephemeral shared state (timed by [`Metered`]).
     pub store: Arc<dyn Store>,
     /// Users and identities.
     pub db: DatabaseConnection,
     /// The login domain.
     pub auth: Arc<AuthService>,
+    /// This app's metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
     /// Connects the store and the database (migrating it when `RUN_MIGRATIONS` is on).
     pub async fn build(settings: Settings) -> Result<Arc<Self>, StartupError> {
-        let store: Arc<dyn Store> = match &settings.redis_url {
+        let metrics = Metrics::new()?;
+        // libphonenumber loads its metadata on first use (about a second in debug builds): load
+        // it now rather than in the first user's request.
+        let _ = crate::auth::phone::Phone::parse("+14155552671", None);
+        let backend: Arc<dyn Store> = match &settings.redis_url {
             Some(url) => Arc::new(RedisStore::new(
                 url,
                 &settings.redis_key_prefix,
@@ -60,6 +72,7 @@ impl AppState {
                 Arc::new(MemoryStore::new())
             }
         };
+        let store: Arc<dyn Store> = Arc::new(Metered::new(backend, metrics.clone()));
         let db =
             crate::db::connect(&settings.database_url, settings.database_max_connections).await?;
         if settings.run_migrations {
@@ -77,6 +90,7 @@ impl AppState {
             store.clone(),
             db.clone(),
             Delivery::development(),
+            metrics.clone(),
         )
         .map_err(|e| StartupError::Other(e.to_string()))?;
         tracing::info!(
@@ -94,11 +108,56 @@ impl AppState {
             store,
             db,
             auth: Arc::new(auth),
+            metrics,
         }))
     }
 }
 
-/// All routes: the API, its docs and spec, with every error rendered as problem+json.
+/// `GET /metrics`: Prometheus text, behind `METRICS_TOKEN` when one is set.
+fn metrics_endpoint(metrics: Arc<Metrics>, token: Option<Secret>) -> impl Endpoint {
+    poem::endpoint::make_sync(move |req: Request| -> Response {
+        if let Some(token) = &token {
+            let presented = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if !bool::from(presented.as_bytes().ct_eq(token.expose().as_bytes())) {
+                let mut resp = Problem::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "A valid metrics token is required.",
+                )
+                .into_response();
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+                return resp;
+            }
+        }
+        metrics
+            .render()
+            .with_content_type("text/plain; version=0.0.4; charset=utf-8")
+            .into_response()
+    })
+}
+
+/// The paths of every operation in the spec, plus the docs: the `route` label values.
+fn known_routes(spec_json: &str, extra: &[&str]) -> HashSet<String> {
+    let spec: serde_json::Value = serde_json::from_str(spec_json).unwrap_or_default();
+    spec["paths"]
+        .as_object()
+        .map(|paths| paths.keys().cloned().collect::<HashSet<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(extra.iter().map(|s| s.to_string()))
+        .collect()
+}
+
+/// All routes: the API, its docs and spec (and `/metrics` unless it has its own port), with
+/// every error rendered as problem+json, and every request observed.
 pub fn routes(state: Arc<AppState>) -> impl Endpoint {
     let door = FrontDoor::new(
         state.settings.frontdoor_per_second,
@@ -110,15 +169,37 @@ pub fn routes(state: Arc<AppState>) -> impl Endpoint {
     let gate = ClientGate {
         trusted: Arc::new(state.settings.trusted_proxies.clone()),
         door,
+        metrics: state.metrics.clone(),
     };
+    let metrics = state.metrics.clone();
+    let metrics_here = state.settings.metrics_port.is_none();
+    let token = state.settings.metrics_token.clone();
     let api = crate::api::service(state);
+    let observed = Observe {
+        metrics: metrics.clone(),
+        routes: Arc::new(known_routes(
+            &api.spec(),
+            &[
+                "/docs",
+                "/docs/",
+                "/redoc",
+                "/redoc/",
+                "/openapi.json",
+                "/metrics",
+            ],
+        )),
+    };
     let spec = api.spec_endpoint();
     let swagger = api.swagger_ui();
     let redoc = api.redoc();
-    Route::new()
+    let mut route = Route::new()
         .nest("/docs", swagger)
         .nest("/redoc", redoc)
-        .at("/openapi.json", spec)
+        .at("/openapi.json", spec);
+    if metrics_here {
+        route = route.at("/metrics", metrics_endpoint(metrics.clone(), token));
+    }
+    route
         .nest(
             "/",
             api.with(gate)
@@ -126,29 +207,57 @@ pub fn routes(state: Arc<AppState>) -> impl Endpoint {
         )
         .catch_all_error(|err| async move { problem_response(err) })
         .with(SetHeader::new().overriding(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .with(observed)
+}
+
+/// The routes of the separate metrics listener (`METRICS_PORT`).
+fn metrics_routes(metrics: Arc<Metrics>, token: Option<Secret>) -> impl Endpoint {
+    Route::new()
+        .at("/metrics", metrics_endpoint(metrics, token))
+        .catch_all_error(|err| async move { problem_response(err) })
 }
 
 /// A bound, not yet running server (zero2prod's `Application`).
 pub struct Application {
     acceptor: TcpAcceptor,
+    metrics_acceptor: Option<TcpAcceptor>,
     port: u16,
+    metrics_port: Option<u16>,
     state: Arc<AppState>,
 }
 
+fn bound_port(acceptor: &TcpAcceptor) -> Result<u16, StartupError> {
+    acceptor
+        .local_addr()
+        .first()
+        .and_then(|a| a.as_socket_addr().map(|s| s.port()))
+        .ok_or_else(|| StartupError::Other("listener has no socket address".into()))
+}
+
 impl Application {
-    /// Connects everything and binds `HOST:PORT` (port 0 picks a free one).
+    /// Connects everything and binds `HOST:PORT` (and `HOST:METRICS_PORT`; port 0 picks a
+    /// free one).
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let address = format!("{}:{}", settings.host, settings.port);
+        let metrics_address = settings
+            .metrics_port
+            .map(|p| format!("{}:{p}", settings.host));
         let state = AppState::build(settings).await?;
         let acceptor = TcpListener::bind(address).into_acceptor().await?;
-        let port = acceptor
-            .local_addr()
-            .first()
-            .and_then(|a| a.as_socket_addr().map(|s| s.port()))
-            .ok_or_else(|| StartupError::Other("listener has no socket address".into()))?;
+        let port = bound_port(&acceptor)?;
+        let (metrics_acceptor, metrics_port) = match metrics_address {
+            Some(address) => {
+                let acceptor = TcpListener::bind(address).into_acceptor().await?;
+                let port = bound_port(&acceptor)?;
+                (Some(acceptor), Some(port))
+            }
+            None => (None, None),
+        };
         Ok(Self {
             acceptor,
+            metrics_acceptor,
             port,
+            metrics_port,
             state,
         })
     }
@@ -158,6 +267,11 @@ impl Application {
         self.port
     }
 
+    /// The metrics port actually bound, when `METRICS_PORT` is set.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_port
+    }
+
     /// Serves until `shutdown` completes, then stops accepting and gives in-flight requests
     /// `SHUTDOWN_GRACE_SECONDS` to finish.
     pub async fn run_until_stopped(
@@ -165,9 +279,37 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let grace = self.state.settings.shutdown_grace;
-        tracing::info!(port = self.port, "listening");
-        Server::new_with_acceptor(self.acceptor)
-            .run_with_graceful_shutdown(routes(self.state), shutdown, Some(grace))
-            .await
+        tracing::info!(
+            port = self.port,
+            metrics_port = self.metrics_port,
+            "listening"
+        );
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let metrics_server = self.metrics_acceptor.map(|acceptor| {
+            let app = metrics_routes(
+                self.state.metrics.clone(),
+                self.state.settings.metrics_token.clone(),
+            );
+            let stop = stopped(stop_rx.clone());
+            tokio::spawn(async move {
+                Server::new_with_acceptor(acceptor)
+                    .run_with_graceful_shutdown(app, stop, Some(grace))
+                    .await
+            })
+        });
+        let result = Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(routes(self.state), stopped(stop_rx), Some(grace))
+            .await;
+        if let Some(task) = metrics_server {
+            let _ = task.await;
+        }
+        result
     }
 }

@@ -147,6 +147,10 @@ pub struct Settings {
     pub allowed_countries: Vec<String>,
     /// `OTP_BLOCKED_COUNTRIES`: codes never go to these countries.
     pub blocked_countries: Vec<String>,
+    /// `METRICS_PORT`: serve `/metrics` on this port (same host) instead of the main one.
+    pub metrics_port: Option<u16>,
+    /// `METRICS_TOKEN`: when set, `/metrics` wants `Authorization: Bearer <token>`.
+    pub metrics_token: Option<Secret>,
 }
 
 impl Settings {
@@ -331,6 +335,11 @@ impl Settings {
             trusted_proxies,
             allowed_countries,
             blocked_countries,
+            metrics_port: match env.get("METRICS_PORT") {
+                None => None,
+                Some(_) => Some(env.parse("METRICS_PORT", 0)?),
+            },
+            metrics_token: env.get("METRICS_TOKEN").map(Secret::new),
         };
         settings.check_production()?;
         Ok(settings)

@@ -33,6 +33,9 @@ pub struct Problem {
     pub detail: String,
     /// Stable machine-readable code, e.g. `invalid_phone`, `rate_limited`.
     pub code: String,
+    /// The request id (also in the `X-Request-Id` response header), to quote in bug reports.
+    #[oai(skip_serializing_if_is_none)]
+    pub request_id: Option<String>,
 }
 
 impl Problem {
@@ -44,19 +47,23 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             code: code.to_string(),
+            request_id: crate::telemetry::current_request_id(),
         }
     }
 
     /// Renders the document as a response with the problem media type.
     pub fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "type": self.type_,
             "title": self.title,
             "status": self.status,
             "detail": self.detail,
             "code": self.code,
         });
+        if let Some(id) = self.request_id {
+            body["request_id"] = serde_json::Value::String(id);
+        }
         Response::builder()
             .status(status)
             .content_type(PROBLEM_JSON)

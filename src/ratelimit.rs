@@ -22,6 +22,7 @@ use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
 
 use crate::auth::phone::Phone;
 use crate::error::Error;
+use crate::telemetry::Metrics;
 
 /// How often idle front-door keys are dropped.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -397,6 +398,8 @@ pub struct ClientGate {
     pub trusted: Arc<Vec<Cidr>>,
     /// The front door, when enabled.
     pub door: Option<Arc<FrontDoor>>,
+    /// Where front-door refusals are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 impl<E: Endpoint> Middleware<E> for ClientGate {
@@ -407,6 +410,7 @@ impl<E: Endpoint> Middleware<E> for ClientGate {
             inner: ep,
             trusted: self.trusted.clone(),
             door: self.door.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -416,6 +420,7 @@ pub struct ClientGateEndpoint<E> {
     inner: E,
     trusted: Arc<Vec<Cidr>>,
     door: Option<Arc<FrontDoor>>,
+    metrics: Arc<Metrics>,
 }
 
 impl<E: Endpoint> Endpoint for ClientGateEndpoint<E> {
@@ -434,6 +439,7 @@ impl<E: Endpoint> Endpoint for ClientGateEndpoint<E> {
         if let (Some(door), Some(ip), true) = (&self.door, ip, gated)
             && let Err(wait) = door.check(ip)
         {
+            self.metrics.refused("frontdoor");
             tracing::debug!("front door refused a request");
             return Err(Error::RateLimited {
                 retry_after: crate::auth::otp::whole_seconds(wait),

@@ -1,5 +1,23 @@
-//! The tracing subscriber: human-readable in development, JSON lines in production.
+//! Logs, request ids and Prometheus metrics.
+//!
+//! - Logs: tracing, JSON lines in production, human-readable in development. Every request runs
+//!   in a span carrying its request id, and ends with one access-log line.
+//! - Request ids: an incoming `X-Request-Id` is kept when it is sane, else one is generated; it
+//!   is echoed in the response and put into problem bodies.
+//! - Metrics: one [`Metrics`] registry per app (so tests can run many apps in one process),
+//!   rendered in the Prometheus text format at `/metrics`.
 
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use poem::http::HeaderValue;
+use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, Settings};
@@ -12,7 +30,291 @@ pub fn init(settings: &Settings) {
         .with_env_filter(filter)
         .with_target(false);
     let _ = match settings.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
+}
+
+tokio::task_local! {
+    /// The id of the request the current task serves.
+    static REQUEST_ID: String;
+}
+
+/// The id of the request being served, when called inside one.
+pub fn current_request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+/// An incoming id is kept when it is 1–128 characters of `A-Za-z0-9._-`.
+fn sane_request_id(value: &str) -> bool {
+    (1..=128).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The route label for a path: the path itself for known routes, one value for the rest, so a
+/// scanner's random URLs cannot blow up the label set.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Every metric otpgate exports, registered in one registry.
+pub struct Metrics {
+    registry: Registry,
+    /// `otpgate_http_requests_total{method,route,status}`.
+    pub http_requests: IntCounterVec,
+    /// `otpgate_http_request_duration_seconds{method,route}`.
+    pub http_duration: HistogramVec,
+    /// `otpgate_otp_sent_total{channel,outcome}`.
+    pub otp_sent: IntCounterVec,
+    /// `otpgate_otp_verifications_total{outcome}`.
+    pub otp_verifications: IntCounterVec,
+    /// `otpgate_rate_limited_total{policy}`.
+    pub rate_limited: IntCounterVec,
+    /// `otpgate_sessions_total{event}`.
+    pub sessions: IntCounterVec,
+    /// `otpgate_store_operation_duration_seconds{op}`.
+    pub store_duration: HistogramVec,
+    /// `otpgate_store_errors_total{op}`.
+    pub store_errors: IntCounterVec,
+    /// `otpgate_db_query_duration_seconds{query}`.
+    pub db_duration: HistogramVec,
+    /// `otpgate_db_errors_total`.
+    pub db_errors: IntCounter,
+    /// `otpgate_delivery_duration_seconds{channel}`.
+    pub delivery_duration: HistogramVec,
+}
+
+impl Metrics {
+    /// A fresh registry with every metric, the build info and the process collector.
+    pub fn new() -> Result<Arc<Self>, prometheus::Error> {
+        let registry = Registry::new();
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let histogram =
+            |name: &str, help: &str, labels: &[&str]| -> Result<HistogramVec, prometheus::Error> {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                    labels,
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                Ok(h)
+            };
+        let metrics = Metrics {
+            http_requests: counter(
+                "otpgate_http_requests_total",
+                "HTTP requests by method, route template and status.",
+                &["method", "route", "status"],
+            )?,
+            http_duration: histogram(
+                "otpgate_http_request_duration_seconds",
+                "HTTP request latency by method and route template.",
+                &["method", "route"],
+            )?,
+            otp_sent: counter(
+                "otpgate_otp_sent_total",
+                "One-time codes handed to a delivery channel, by channel and outcome.",
+                &["channel", "outcome"],
+            )?,
+            otp_verifications: counter(
+                "otpgate_otp_verifications_total",
+                "Code verifications by outcome (success, invalid, expired, burned, rate_limited).",
+                &["outcome"],
+            )?,
+            rate_limited: counter(
+                "otpgate_rate_limited_total",
+                "Requests refused by a rate limit, by policy.",
+                &["policy"],
+            )?,
+            sessions: counter(
+                "otpgate_sessions_total",
+                "Session events (issued, refreshed, revoked, reuse_detected).",
+                &["event"],
+            )?,
+            store_duration: histogram(
+                "otpgate_store_operation_duration_seconds",
+                "Latency of store (Redis or in-process) operations.",
+                &["op"],
+            )?,
+            store_errors: counter(
+                "otpgate_store_errors_total",
+                "Store operations that failed or timed out.",
+                &["op"],
+            )?,
+            db_duration: histogram(
+                "otpgate_db_query_duration_seconds",
+                "Latency of database queries.",
+                &["query"],
+            )?,
+            db_errors: {
+                let c =
+                    IntCounter::new("otpgate_db_errors_total", "Database queries that failed.")?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
+            delivery_duration: histogram(
+                "otpgate_delivery_duration_seconds",
+                "Latency of code delivery by channel.",
+                &["channel"],
+            )?,
+            registry,
+        };
+        let build_info = IntGaugeVec::new(
+            Opts::new("otpgate_build_info", "Build information; always 1."),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        metrics.registry.register(Box::new(build_info))?;
+        #[cfg(target_os = "linux")]
+        metrics.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(Arc::new(metrics))
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %err, "encoding metrics failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Counts a refusal by `policy`.
+    pub fn refused(&self, policy: &str) {
+        self.rate_limited.with_label_values(&[policy]).inc();
+    }
+
+    /// Counts a session event.
+    pub fn session(&self, event: &str) {
+        self.sessions.with_label_values(&[event]).inc();
+    }
+}
+
+/// Middleware: request id, span, access log and HTTP metrics for every request.
+pub struct Observe {
+    /// Where the HTTP metrics go.
+    pub metrics: Arc<Metrics>,
+    /// The route templates that get their own label.
+    pub routes: Arc<HashSet<String>>,
+}
+
+impl<E: Endpoint> Middleware<E> for Observe {
+    type Output = ObserveEndpoint<E>;
+
+    fn transform(&self, ep: E) -> Self::Output {
+        ObserveEndpoint {
+            inner: ep,
+            metrics: self.metrics.clone(),
+            routes: self.routes.clone(),
+        }
+    }
+}
+
+/// The endpoint [`Observe`] wraps.
+pub struct ObserveEndpoint<E> {
+    inner: E,
+    metrics: Arc<Metrics>,
+    routes: Arc<HashSet<String>>,
+}
+
+impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> poem::Result<Self::Output> {
+        let started = Instant::now();
+        let request_id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| sane_request_id(v))
+            .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_string);
+        let method = req.method().as_str().to_string();
+        let path = req.uri().path();
+        let route = if self.routes.contains(path) {
+            path.to_string()
+        } else {
+            UNMATCHED_ROUTE.into()
+        };
+        let span = tracing::info_span!("request", request_id = %request_id, method = %method, route = %route);
+
+        let result = REQUEST_ID
+            .scope(
+                request_id.clone(),
+                self.inner.call(req).instrument(span.clone()),
+            )
+            .await;
+        // Errors that escaped every handler still become a response, so they are measured.
+        let mut resp = match result {
+            Ok(resp) => resp.into_response(),
+            Err(err) => {
+                REQUEST_ID
+                    .scope(request_id.clone(), async { err.into_response() })
+                    .await
+            }
+        };
+        let status = resp.status().as_u16();
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            resp.headers_mut().insert("x-request-id", value);
+        }
+        let elapsed = started.elapsed();
+        self.metrics
+            .http_requests
+            .with_label_values(&[&method, &route, &status.to_string()])
+            .inc();
+        self.metrics
+            .http_duration
+            .with_label_values(&[&method, &route])
+            .observe(elapsed.as_secs_f64());
+        span.in_scope(|| {
+            tracing::info!(
+                status,
+                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                "request"
+            );
+        });
+        Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_sanitised() {
+        assert!(sane_request_id("abc"));
+        assert!(sane_request_id("0d3f-9a_b.c"));
+        assert!(!sane_request_id(""));
+        assert!(!sane_request_id("has space"));
+        assert!(!sane_request_id("line\nbreak"));
+        assert!(!sane_request_id(&"x".repeat(129)));
+    }
+
+    #[test]
+    fn metrics_render_in_text_format() {
+        let m = Metrics::new().unwrap();
+        m.refused("otp-phone");
+        let text = m.render();
+        assert!(
+            text.contains("otpgate_rate_limited_total{policy=\"otp-phone\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("otpgate_build_info{version="));
+    }
 }

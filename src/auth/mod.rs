@@ -1,7 +1,9 @@
 //! The login domain: phone numbers, codes, tokens and sessions. No HTTP types in here.
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::Utc;
 use sea_orm::DatabaseConnection;
@@ -13,6 +15,7 @@ use crate::delivery::{Channel, Delivery, OtpMessage};
 use crate::error::Error;
 use crate::ratelimit::{Quota, QuotaPolicy, QuotaState};
 use crate::store::{RefreshOutcome, Store};
+use crate::telemetry::Metrics;
 
 pub mod otp;
 pub mod phone;
@@ -61,6 +64,7 @@ pub struct AuthService {
     default_region: Option<phonenumber::country::Id>,
     expose_otp: bool,
     refresh_grace: std::time::Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl AuthService {
@@ -70,6 +74,7 @@ impl AuthService {
         store: Arc<dyn Store>,
         db: DatabaseConnection,
         delivery: Delivery,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, Error> {
         Ok(Self {
             otp: OtpService::new(settings, store.clone())?,
@@ -83,7 +88,26 @@ impl AuthService {
             default_region: settings.default_region,
             expose_otp: settings.expose_otp,
             refresh_grace: settings.refresh_reuse_grace,
+            metrics,
         })
+    }
+
+    /// Runs a database query, timing it (`otpgate_db_query_duration_seconds{query}`).
+    async fn db_query<T>(
+        &self,
+        query: &str,
+        work: impl Future<Output = Result<T, sea_orm::DbErr>>,
+    ) -> Result<T, Error> {
+        let started = Instant::now();
+        let result = work.await;
+        self.metrics
+            .db_duration
+            .with_label_values(&[query])
+            .observe(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            self.metrics.db_errors.inc();
+        }
+        Ok(result?)
     }
 
     /// Parses a phone number as the API accepts it.
@@ -129,16 +153,29 @@ impl AuthService {
             Ok(issued) => issued,
             Err(err) => {
                 if let Error::RateLimited { policy, .. } = &err {
+                    self.metrics.refused(policy);
                     tracing::info!(phone = %phone.masked(), policy, "send refused by a limit");
                 }
                 return Err(err);
             }
         };
+        let channel = sender.channel().as_str();
         let message = OtpMessage {
             code: &issued.code,
             minutes: issued.expires_in.as_secs() / 60,
         };
-        if let Err(err) = sender.send(&phone, &message).await {
+        let started = Instant::now();
+        let sent = sender.send(&phone, &message).await;
+        self.metrics
+            .delivery_duration
+            .with_label_values(&[channel])
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = if sent.is_ok() { "sent" } else { "failed" };
+        self.metrics
+            .otp_sent
+            .with_label_values(&[channel, outcome])
+            .inc();
+        if let Err(err) = sent {
             tracing::warn!(phone = %phone.masked(), error = %err, "delivery failed");
             return Err(Error::DeliveryFailed);
         }
@@ -165,15 +202,51 @@ impl AuthService {
         client_ip: Option<IpAddr>,
     ) -> Result<LoggedIn, Error> {
         let phone = self.parse_phone(phone)?;
-        let existing = db::find_by_phone(&self.db, phone.as_str()).await?;
+        let existing = self
+            .db_query(
+                "find_user_by_phone",
+                db::find_by_phone(&self.db, phone.as_str()),
+            )
+            .await?;
         let (attempts, failures) = self.quotas.for_verify(&phone, client_ip);
         if let Err(err) = self.otp.verify(&phone, code, &attempts, &failures).await {
+            let outcome = match &err {
+                Error::InvalidOtp { .. } | Error::InvalidRequest(_) => Some("invalid"),
+                Error::OtpExpired => Some("expired"),
+                Error::TooManyAttempts => Some("burned"),
+                Error::RateLimited { policy, .. } => {
+                    self.metrics.refused(policy);
+                    Some("rate_limited")
+                }
+                _ => None,
+            };
+            if let Some(outcome) = outcome {
+                self.metrics
+                    .otp_verifications
+                    .with_label_values(&[outcome])
+                    .inc();
+            }
             tracing::info!(phone = %phone.masked(), outcome = err.code(), "verification refused");
             return Err(err);
         }
-        let user = db::complete_login(&self.db, existing, phone.as_str(), Utc::now()).await?;
+        self.metrics
+            .otp_verifications
+            .with_label_values(&["success"])
+            .inc();
+        let query = if existing.is_some() {
+            "touch_user"
+        } else {
+            "create_user"
+        };
+        let user = self
+            .db_query(
+                query,
+                db::complete_login(&self.db, existing, phone.as_str(), Utc::now()),
+            )
+            .await?;
         let sid = Uuid::new_v4().to_string();
         let tokens = self.tokens.issue_pair(user.id, &sid)?;
+        self.metrics.session("issued");
         tracing::info!(phone = %phone.masked(), user_id = %user.id, "session opened");
         Ok(LoggedIn { tokens, user })
     }
@@ -195,9 +268,11 @@ impl AuthService {
             .await?;
         match outcome {
             RefreshOutcome::Rotated | RefreshOutcome::Grace => {
+                self.metrics.session("refreshed");
                 self.tokens.issue_pair(user_id, &claims.sid)
             }
             RefreshOutcome::Reused => {
+                self.metrics.session("reuse_detected");
                 tracing::warn!(user_id = %user_id, "refresh token reuse: session revoked");
                 Err(Error::TokenReused)
             }
@@ -217,7 +292,7 @@ impl AuthService {
     /// The user of an authenticated session, with linked identities.
     pub async fn me(&self, claims: &Claims) -> Result<(user::Model, Vec<identity::Model>), Error> {
         let id = Uuid::parse_str(&claims.sub).map_err(|_| Error::InvalidToken)?;
-        db::find_user(&self.db, id)
+        self.db_query("find_user", db::find_user(&self.db, id))
             .await?
             .ok_or(Error::InvalidToken)
     }
@@ -227,6 +302,7 @@ impl AuthService {
         self.store
             .revoke_session(&claims.sid, self.tokens.longest_lifetime())
             .await?;
+        self.metrics.session("revoked");
         tracing::info!(user_id = %claims.sub, "session revoked by logout");
         Ok(())
     }

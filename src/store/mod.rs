@@ -7,9 +7,12 @@
 //! `tests/` runs against both. Quotas are GCRA buckets ([`crate::ratelimit::gcra`]): an event
 //! is admitted only when every quota of the call admits it, and then charged to all of them.
 
-use std::time::Duration;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::ratelimit::{Quota, QuotaState, Refusal};
+use crate::telemetry::Metrics;
 
 pub mod memory;
 pub mod redis;
@@ -129,4 +132,98 @@ pub trait Store: Send + Sync + 'static {
 /// Milliseconds of a duration for TTL arguments, at least 1 so a key never lives forever.
 pub(crate) fn ttl_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// A store that times every operation and counts failures (`otpgate_store_*` metrics).
+pub struct Metered {
+    inner: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+}
+
+impl Metered {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
+        Self { inner, metrics }
+    }
+
+    async fn timed<T>(
+        &self,
+        op: &str,
+        work: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = work.await;
+        self.metrics
+            .store_duration
+            .with_label_values(&[op])
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(err) = &result {
+            self.metrics.store_errors.with_label_values(&[op]).inc();
+            tracing::warn!(op, error = %err, "store operation failed");
+        }
+        result
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for Metered {
+    async fn issue_code(
+        &self,
+        phone: &str,
+        code_hash: &str,
+        ttl: Duration,
+        cooldown: Duration,
+        quotas: &[Quota],
+    ) -> Result<IssueOutcome, StoreError> {
+        self.timed(
+            "issue_code",
+            self.inner
+                .issue_code(phone, code_hash, ttl, cooldown, quotas),
+        )
+        .await
+    }
+
+    async fn verify_code(
+        &self,
+        phone: &str,
+        code_hash: &str,
+        max_attempts: u32,
+        attempts: &[Quota],
+        failures: &[Quota],
+    ) -> Result<VerifyOutcome, StoreError> {
+        self.timed(
+            "verify_code",
+            self.inner
+                .verify_code(phone, code_hash, max_attempts, attempts, failures),
+        )
+        .await
+    }
+
+    async fn spend_refresh(
+        &self,
+        sid: &str,
+        jti: &str,
+        grace: Duration,
+        ttl: Duration,
+    ) -> Result<RefreshOutcome, StoreError> {
+        self.timed(
+            "spend_refresh",
+            self.inner.spend_refresh(sid, jti, grace, ttl),
+        )
+        .await
+    }
+
+    async fn revoke_session(&self, sid: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.timed("revoke_session", self.inner.revoke_session(sid, ttl))
+            .await
+    }
+
+    async fn is_session_revoked(&self, sid: &str) -> Result<bool, StoreError> {
+        self.timed("is_session_revoked", self.inner.is_session_revoked(sid))
+            .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.timed("ping", self.inner.ping()).await
+    }
 }

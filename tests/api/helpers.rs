@@ -79,6 +79,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// The PostgreSQL database of a cluster app (admin URL, database name).
     pub postgres: Option<(String, String)>,
+    /// Base URL of instance A's metrics listener, when `METRICS_PORT` is set.
+    pub metrics: Option<String>,
 }
 
 /// A valid Indian mobile number (`+91 9…`) that no other test uses.
@@ -131,12 +133,12 @@ pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)]) -> Tes
     for (k, v) in overrides {
         env.insert(k.to_string(), v.to_string());
     }
-    let a = start(&env).await;
+    let (a, metrics) = start(&env).await;
     let b = if backend == Backend::Cluster {
         // The second replica does not migrate, as in a deployment with a migration job.
         let mut env_b = env.clone();
         env_b.insert("RUN_MIGRATIONS".into(), "false".into());
-        start(&env_b).await
+        start(&env_b).await.0
     } else {
         a.clone()
     };
@@ -145,15 +147,17 @@ pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)]) -> Tes
         b,
         client: reqwest::Client::new(),
         postgres,
+        metrics,
     }
 }
 
-async fn start(env: &HashMap<String, String>) -> String {
+async fn start(env: &HashMap<String, String>) -> (String, Option<String>) {
     let settings = Settings::from_lookup(|k| env.get(k).cloned()).expect("test settings");
     let app = Application::build(settings).await.expect("app starts");
     let base = format!("http://127.0.0.1:{}", app.port());
+    let metrics = app.metrics_port().map(|p| format!("http://127.0.0.1:{p}"));
     tokio::spawn(app.run_until_stopped(std::future::pending()));
-    base
+    (base, metrics)
 }
 
 /// A new, empty PostgreSQL database on the test server: (admin URL, name, URL).

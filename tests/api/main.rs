@@ -8,5 +8,6 @@ mod cli;
 mod flows;
 mod http_errors;
 mod limits;
+mod observability;
 mod outages;
 mod store;
