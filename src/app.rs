@@ -78,18 +78,11 @@ impl AppState {
         if settings.run_migrations {
             crate::db::migrate(&db).await?;
         }
-        if settings.send_otp_via_sms {
-            return Err(StartupError::Other(
-                "SEND_OTP_VIA_SMS=true: this build has no SMS provider yet (only the development \
-                 `log` channel); unset it or set it to false"
-                    .into(),
-            ));
-        }
         let auth = AuthService::new(
             &settings,
             store.clone(),
             db.clone(),
-            Delivery::development(),
+            Delivery::from_settings(&settings.delivery).map_err(StartupError::Other)?,
             metrics.clone(),
         )
         .map_err(|e| StartupError::Other(e.to_string()))?;

@@ -10,6 +10,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::delivery::Channel;
 use crate::ratelimit::{Cidr, QuotaPolicy, parse_country, parse_country_caps};
 
 /// The JWT secret used when `JWT_SECRET_KEY` is unset. Fine on a laptop; production refuses it.
@@ -56,6 +57,75 @@ impl fmt::Debug for Secret {
         f.write_str("Secret([redacted])")
     }
 }
+
+/// Twilio SMS (`SEND_OTP_VIA_SMS=true`).
+#[derive(Debug, Clone)]
+pub struct TwilioSettings {
+    /// `TWILIO_ACCOUNT_SID`.
+    pub account_sid: String,
+    /// `TWILIO_AUTH_TOKEN`.
+    pub auth_token: Secret,
+    /// `TWILIO_PHONE_NUMBER`: the sender number (`From`).
+    pub from: Option<String>,
+    /// `TWILIO_MESSAGING_SERVICE_SID`: send through a messaging service instead of `From`.
+    pub messaging_service_sid: Option<String>,
+    /// `TWILIO_API_BASE`.
+    pub api_base: String,
+}
+
+/// WhatsApp Cloud API.
+#[derive(Debug, Clone)]
+pub struct WhatsappSettings {
+    /// `WHATSAPP_ACCESS_TOKEN`.
+    pub access_token: Secret,
+    /// `WHATSAPP_PHONE_NUMBER_ID`.
+    pub phone_number_id: String,
+    /// `WHATSAPP_OTP_TEMPLATE`: an approved authentication template; unset = text messages.
+    pub template: Option<String>,
+    /// `WHATSAPP_TEMPLATE_LANGUAGE`.
+    pub template_language: String,
+    /// `WHATSAPP_API_BASE`.
+    pub api_base: String,
+}
+
+/// Telegram Bot API.
+#[derive(Debug, Clone)]
+pub struct TelegramSettings {
+    /// `TELEGRAM_BOT_TOKEN`.
+    pub bot_token: Secret,
+    /// `TELEGRAM_API_BASE`.
+    pub api_base: String,
+}
+
+/// How codes are delivered.
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    /// SMS through Twilio; `None` = the `sms` channel writes to the log (development) or is
+    /// off (production).
+    pub twilio: Option<TwilioSettings>,
+    /// WhatsApp, when configured.
+    pub whatsapp: Option<WhatsappSettings>,
+    /// Telegram, when configured.
+    pub telegram: Option<TelegramSettings>,
+    /// `DELIVERY_TIMEOUT_MS`: bound on one provider request.
+    pub timeout: Duration,
+    /// `OTP_CHANNEL_ORDER`: default channel first, then the fallbacks.
+    pub channel_order: Vec<Channel>,
+    /// `OTP_MESSAGE_TEMPLATE`: with `{code}`, `{minutes}`, `{app}`.
+    pub message_template: String,
+    /// `APP_NAME`: `{app}` in messages.
+    pub app_name: String,
+    /// `OTP_ANDROID_APP_HASH`: the 11-character SMS Retriever hash line.
+    pub android_app_hash: Option<String>,
+    /// `OTP_WEBOTP_DOMAIN`: adds the WebOTP line `@domain #code`.
+    pub webotp_domain: Option<String>,
+    /// Whether the development `log` channel may stand in for SMS (never in production).
+    pub log_channel: bool,
+}
+
+/// The default `OTP_MESSAGE_TEMPLATE`.
+pub const DEFAULT_MESSAGE_TEMPLATE: &str =
+    "{code} is your {app} verification code. It expires in {minutes} minutes. Do not share it.";
 
 /// `development` (friendly defaults) or `production` (refuses unsafe settings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +194,8 @@ pub struct Settings {
     pub default_region: Option<phonenumber::country::Id>,
     /// `SEND_OTP_VIA_SMS`: the seed's switch; false keeps codes on the `log` channel.
     pub send_otp_via_sms: bool,
+    /// Providers, channel order and message text.
+    pub delivery: DeliverySettings,
     /// `RUN_MIGRATIONS`: migrate the database at start-up.
     pub run_migrations: bool,
     /// `LOG_LEVEL`: a level or a tracing filter directive.
@@ -282,6 +354,9 @@ impl Settings {
         let allowed_countries = countries("OTP_ALLOWED_COUNTRIES")?;
         let blocked_countries = countries("OTP_BLOCKED_COUNTRIES")?;
 
+        let send_otp_via_sms = env.bool("SEND_OTP_VIA_SMS", false)?;
+        let delivery = delivery_settings(&env, send_otp_via_sms, production)?;
+
         let settings = Settings {
             host: env.get("HOST").unwrap_or_else(|| "0.0.0.0".into()),
             port: env.parse("PORT", 8000)?,
@@ -316,7 +391,8 @@ impl Settings {
             otp_pepper: env.get("OTP_PEPPER").map(Secret::new),
             expose_otp: env.bool("EXPOSE_OTP", !production)?,
             default_region,
-            send_otp_via_sms: env.bool("SEND_OTP_VIA_SMS", false)?,
+            send_otp_via_sms,
+            delivery,
             run_migrations: env.bool("RUN_MIGRATIONS", true)?,
             log_level: env
                 .get("LOG_LEVEL")
@@ -376,10 +452,12 @@ impl Settings {
         if !self.quotas.enabled {
             return Err(invalid("RATE_LIMIT_ENABLED", "must be true in production"));
         }
-        if !self.send_otp_via_sms {
+        let d = &self.delivery;
+        if d.twilio.is_none() && d.whatsapp.is_none() && d.telegram.is_none() {
             return Err(invalid(
                 "SEND_OTP_VIA_SMS",
-                "production refuses the development `log` channel as the only delivery channel",
+                "production needs a real delivery channel (SEND_OTP_VIA_SMS=true with Twilio, \
+                 WhatsApp or Telegram); the development `log` channel is refused",
             ));
         }
         Ok(())
@@ -389,6 +467,147 @@ impl Settings {
     pub fn embedded_store(&self) -> bool {
         self.redis_url.is_none()
     }
+}
+
+fn required(env: &Vars<'_>, var: &'static str, because: &str) -> Result<String, ConfigError> {
+    env.get(var)
+        .ok_or_else(|| invalid(var, format!("required {because}")))
+}
+
+fn delivery_settings(
+    env: &Vars<'_>,
+    send_otp_via_sms: bool,
+    production: bool,
+) -> Result<DeliverySettings, ConfigError> {
+    let twilio = if send_otp_via_sms {
+        let because = "when SEND_OTP_VIA_SMS=true";
+        let from = env.get("TWILIO_PHONE_NUMBER");
+        let messaging_service_sid = env.get("TWILIO_MESSAGING_SERVICE_SID");
+        if from.is_none() && messaging_service_sid.is_none() {
+            return Err(invalid(
+                "TWILIO_PHONE_NUMBER",
+                "SEND_OTP_VIA_SMS=true needs TWILIO_PHONE_NUMBER or TWILIO_MESSAGING_SERVICE_SID",
+            ));
+        }
+        Some(TwilioSettings {
+            account_sid: required(env, "TWILIO_ACCOUNT_SID", because)?,
+            auth_token: Secret::new(required(env, "TWILIO_AUTH_TOKEN", because)?),
+            from,
+            messaging_service_sid,
+            api_base: base_url(env, "TWILIO_API_BASE", "https://api.twilio.com")?,
+        })
+    } else {
+        None
+    };
+    let whatsapp = match (
+        env.get("WHATSAPP_ACCESS_TOKEN"),
+        env.get("WHATSAPP_PHONE_NUMBER_ID"),
+    ) {
+        (None, None) => None,
+        (Some(token), Some(id)) => Some(WhatsappSettings {
+            access_token: Secret::new(token),
+            phone_number_id: id,
+            template: env.get("WHATSAPP_OTP_TEMPLATE"),
+            template_language: env
+                .get("WHATSAPP_TEMPLATE_LANGUAGE")
+                .unwrap_or_else(|| "en_US".into()),
+            api_base: base_url(env, "WHATSAPP_API_BASE", "https://graph.facebook.com/v21.0")?,
+        }),
+        (Some(_), None) => {
+            return Err(invalid(
+                "WHATSAPP_PHONE_NUMBER_ID",
+                "required with WHATSAPP_ACCESS_TOKEN",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "WHATSAPP_ACCESS_TOKEN",
+                "required with WHATSAPP_PHONE_NUMBER_ID",
+            ));
+        }
+    };
+    let telegram = match env.get("TELEGRAM_BOT_TOKEN") {
+        None => None,
+        Some(token) => Some(TelegramSettings {
+            bot_token: Secret::new(token),
+            api_base: base_url(env, "TELEGRAM_API_BASE", "https://api.telegram.org")?,
+        }),
+    };
+    let channel_order = match env.get("OTP_CHANNEL_ORDER") {
+        None => vec![Channel::Sms],
+        Some(_) => env
+            .list("OTP_CHANNEL_ORDER")
+            .iter()
+            .map(|name| match name.to_ascii_lowercase().as_str() {
+                "sms" => Ok(Channel::Sms),
+                "whatsapp" => Ok(Channel::Whatsapp),
+                "telegram" => Ok(Channel::Telegram),
+                other => Err(invalid(
+                    "OTP_CHANNEL_ORDER",
+                    format!("{other:?} is not one of sms, whatsapp, telegram"),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let message_template = env
+        .get("OTP_MESSAGE_TEMPLATE")
+        .unwrap_or_else(|| DEFAULT_MESSAGE_TEMPLATE.into());
+    if !message_template.contains("{code}") {
+        return Err(invalid("OTP_MESSAGE_TEMPLATE", "must contain {code}"));
+    }
+    let android_app_hash = env
+        .get("OTP_ANDROID_APP_HASH")
+        .map(|h| h.trim().to_string());
+    if let Some(hash) = &android_app_hash
+        && (hash.len() != 11
+            || !hash
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/'))
+    {
+        return Err(invalid(
+            "OTP_ANDROID_APP_HASH",
+            "must be the 11-character app hash",
+        ));
+    }
+    let webotp_domain = env.get("OTP_WEBOTP_DOMAIN").map(|d| d.trim().to_string());
+    if let Some(domain) = &webotp_domain
+        && !domain
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'))
+    {
+        return Err(invalid(
+            "OTP_WEBOTP_DOMAIN",
+            "must be a host name such as example.com",
+        ));
+    }
+    let timeout_ms: u64 = env.parse("DELIVERY_TIMEOUT_MS", 5000)?;
+    if timeout_ms == 0 {
+        return Err(invalid("DELIVERY_TIMEOUT_MS", "must be at least 1"));
+    }
+    Ok(DeliverySettings {
+        twilio,
+        whatsapp,
+        telegram,
+        timeout: Duration::from_millis(timeout_ms),
+        channel_order,
+        message_template,
+        app_name: env.get("APP_NAME").unwrap_or_else(|| "otpgate".into()),
+        android_app_hash,
+        webotp_domain,
+        log_channel: !production && !send_otp_via_sms,
+    })
+}
+
+/// A provider base URL: `http(s)://…` without a trailing slash.
+fn base_url(env: &Vars<'_>, var: &'static str, default: &str) -> Result<String, ConfigError> {
+    let url = env.get(var).unwrap_or_else(|| default.into());
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(invalid(
+            var,
+            "must start with https:// (or http:// for a local stand-in)",
+        ));
+    }
+    Ok(url.trim_end_matches('/').to_string())
 }
 
 /// Typed access to a lookup function, with errors that name the variable.
@@ -522,6 +741,62 @@ mod tests {
     }
 
     #[test]
+    fn delivery_settings_are_checked() {
+        let var = |pairs: &[(&str, &str)]| settings(pairs).unwrap_err().var;
+        assert_eq!(var(&[("SEND_OTP_VIA_SMS", "true")]), "TWILIO_PHONE_NUMBER");
+        assert_eq!(
+            var(&[
+                ("SEND_OTP_VIA_SMS", "true"),
+                ("TWILIO_PHONE_NUMBER", "+15005550006")
+            ]),
+            "TWILIO_ACCOUNT_SID"
+        );
+        assert_eq!(
+            var(&[("WHATSAPP_ACCESS_TOKEN", "t")]),
+            "WHATSAPP_PHONE_NUMBER_ID"
+        );
+        assert_eq!(
+            var(&[("OTP_CHANNEL_ORDER", "sms,pigeon")]),
+            "OTP_CHANNEL_ORDER"
+        );
+        assert_eq!(
+            var(&[("OTP_ANDROID_APP_HASH", "short")]),
+            "OTP_ANDROID_APP_HASH"
+        );
+        assert_eq!(
+            var(&[("OTP_MESSAGE_TEMPLATE", "no code here")]),
+            "OTP_MESSAGE_TEMPLATE"
+        );
+        let twilio = [
+            ("SEND_OTP_VIA_SMS", "true"),
+            ("TWILIO_PHONE_NUMBER", "+15005550006"),
+            ("TWILIO_ACCOUNT_SID", "AC1"),
+            ("TWILIO_AUTH_TOKEN", "x"),
+        ];
+        assert!(settings(&twilio).unwrap().delivery.twilio.is_some());
+        let mut bad_base = twilio.to_vec();
+        bad_base.push(("TWILIO_API_BASE", "ftp://x"));
+        assert_eq!(var(&bad_base), "TWILIO_API_BASE");
+        let dev = settings(&[]).unwrap();
+        assert!(dev.delivery.log_channel && dev.delivery.twilio.is_none());
+        assert_eq!(dev.delivery.channel_order, vec![Channel::Sms]);
+        // Production with WhatsApp only: fine, and no log channel.
+        let prod = settings(&[
+            ("ENVIRONMENT", "production"),
+            ("JWT_SECRET_KEY", "0123456789abcdef0123456789abcdef"),
+            ("REDIS_URL", "redis://127.0.0.1"),
+            ("WHATSAPP_ACCESS_TOKEN", "t"),
+            ("WHATSAPP_PHONE_NUMBER_ID", "1"),
+        ])
+        .unwrap();
+        assert!(!prod.delivery.log_channel);
+        assert!(
+            !format!("{prod:?}").contains("\"t\""),
+            "tokens stay out of Debug output"
+        );
+    }
+
+    #[test]
     fn lists_parse() {
         let s = settings(&[
             ("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1"),
@@ -566,6 +841,9 @@ mod tests {
             ("JWT_SECRET_KEY", strong),
             ("REDIS_URL", "redis://127.0.0.1"),
             ("SEND_OTP_VIA_SMS", "true"),
+            ("TWILIO_ACCOUNT_SID", "AC123"),
+            ("TWILIO_AUTH_TOKEN", "token"),
+            ("TWILIO_PHONE_NUMBER", "+15005550006"),
         ];
         assert!(settings(&base).is_ok());
         assert!(!settings(&base).unwrap().expose_otp);

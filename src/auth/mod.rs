@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::config::Settings;
 use crate::db::{self, identity, user};
-use crate::delivery::{Channel, Delivery, OtpMessage};
+use crate::delivery::{Channel, Delivery, Destination, OtpMessage};
 use crate::error::Error;
 use crate::ratelimit::{Quota, QuotaPolicy, QuotaState};
 use crate::store::{RefreshOutcome, Store};
@@ -116,26 +116,69 @@ impl AuthService {
     }
 
     /// Refuses numbers codes must not go to: countries outside `OTP_ALLOWED_COUNTRIES` or in
-    /// `OTP_BLOCKED_COUNTRIES`, and premium-rate, shared-cost and toll-free numbers (plus
-    /// landlines on SMS).
-    fn check_number_policy(&self, phone: &Phone, channel: Channel) -> Result<(), Error> {
+    /// `OTP_BLOCKED_COUNTRIES`, and premium-rate, shared-cost and toll-free numbers.
+    fn check_number_policy(&self, phone: &Phone) -> Result<(), Error> {
         let region = phone.region_code().unwrap_or_default();
         if (!self.allowed_countries.is_empty() && !self.allowed_countries.contains(&region))
             || self.blocked_countries.contains(&region)
         {
             return Err(Error::CountryNotAllowed);
         }
-        let landline_on_sms = matches!(channel, Channel::Sms | Channel::Log)
-            && phone.kind() == phonenumber::Type::FixedLine;
-        if phone.is_unsupported() || landline_on_sms {
+        if phone.is_unsupported() {
             return Err(Error::UnsupportedNumber);
         }
         Ok(())
     }
 
-    /// Issues a code for `phone` and sends it. One store round trip (cooldown, every quota and
-    /// the code in one script); no database access, so the answer is the same whether or not
-    /// the number has an account.
+    /// The channels to try for `phone`, in order, and the Telegram chat when Telegram is one of
+    /// them. A requested channel that cannot reach this number is `channel_unavailable`; a
+    /// landline is never sent an SMS.
+    async fn delivery_plan(
+        &self,
+        phone: &Phone,
+        requested: Option<Channel>,
+    ) -> Result<(Vec<Channel>, Option<String>), Error> {
+        let unavailable =
+            || Error::ChannelUnavailable(requested.map_or("default", Channel::as_str).to_string());
+        let mut plan = self.delivery.plan(requested).ok_or_else(unavailable)?;
+        let telegram_chat = if plan.contains(&Channel::Telegram) {
+            self.db_query(
+                "telegram_chat_for_phone",
+                db::telegram_chat_for_phone(&self.db, phone.as_str()),
+            )
+            .await?
+        } else {
+            None
+        };
+        if telegram_chat.is_none() {
+            if requested == Some(Channel::Telegram) {
+                return Err(unavailable());
+            }
+            plan.retain(|c| *c != Channel::Telegram);
+        }
+        if phone.kind() == phonenumber::Type::FixedLine {
+            if requested == Some(Channel::Sms) {
+                return Err(Error::UnsupportedNumber);
+            }
+            plan.retain(|c| *c != Channel::Sms);
+        }
+        if plan.is_empty() {
+            return Err(if phone.kind() == phonenumber::Type::FixedLine {
+                Error::UnsupportedNumber
+            } else {
+                unavailable()
+            });
+        }
+        Ok((plan, telegram_chat))
+    }
+
+    /// Issues a code for `phone` and sends it over the requested channel, falling back to the
+    /// next configured channels when a provider fails. One store round trip (cooldown, every
+    /// quota and the code in one script); when no channel delivers, the code, its cooldown and
+    /// its quota charges are given back (a second round trip) and the answer is 503.
+    ///
+    /// The database is read only for Telegram (the linked chat), so for the other channels the
+    /// answer is the same whether or not the number has an account.
     pub async fn login(
         &self,
         phone: &str,
@@ -143,11 +186,8 @@ impl AuthService {
         client_ip: Option<IpAddr>,
     ) -> Result<LoginStarted, Error> {
         let phone = self.parse_phone(phone)?;
-        let sender = self.delivery.sender_for(channel).ok_or_else(|| {
-            Error::ChannelUnavailable(channel.map_or("default", Channel::as_str).to_string())
-        })?;
-        let requested = channel.unwrap_or(Channel::Sms);
-        self.check_number_policy(&phone, requested)?;
+        self.check_number_policy(&phone)?;
+        let (plan, telegram_chat) = self.delivery_plan(&phone, channel).await?;
         let quotas = self.quotas.for_send(&phone, client_ip);
         let issued = match self.otp.issue(&phone, &quotas).await {
             Ok(issued) => issued,
@@ -159,29 +199,56 @@ impl AuthService {
                 return Err(err);
             }
         };
-        let channel = sender.channel().as_str();
+        let text = self
+            .delivery
+            .render(&issued.code, issued.expires_in.as_secs() / 60);
         let message = OtpMessage {
             code: &issued.code,
-            minutes: issued.expires_in.as_secs() / 60,
+            text: &text,
         };
-        let started = Instant::now();
-        let sent = sender.send(&phone, &message).await;
-        self.metrics
-            .delivery_duration
-            .with_label_values(&[channel])
-            .observe(started.elapsed().as_secs_f64());
-        let outcome = if sent.is_ok() { "sent" } else { "failed" };
-        self.metrics
-            .otp_sent
-            .with_label_values(&[channel, outcome])
-            .inc();
-        if let Err(err) = sent {
-            tracing::warn!(phone = %phone.masked(), error = %err, "delivery failed");
-            return Err(Error::DeliveryFailed);
+        let destination = Destination {
+            phone: &phone,
+            telegram_chat: telegram_chat.as_deref(),
+        };
+        let mut delivered = None;
+        for channel in plan {
+            let Some(sender) = self.delivery.sender(channel) else {
+                continue;
+            };
+            let label = sender.channel().as_str();
+            let started = Instant::now();
+            let sent = sender.send(&destination, &message).await;
+            self.metrics
+                .delivery_duration
+                .with_label_values(&[label])
+                .observe(started.elapsed().as_secs_f64());
+            let outcome = if sent.is_ok() { "sent" } else { "failed" };
+            self.metrics
+                .otp_sent
+                .with_label_values(&[label, outcome])
+                .inc();
+            match sent {
+                Ok(()) => {
+                    delivered = Some(sender.channel());
+                    break;
+                }
+                Err(err) => {
+                    // Provider texts may quote the number: mask it before logging.
+                    let reason = err
+                        .reason
+                        .replace(phone.as_str(), &phone.masked())
+                        .replace(phone.as_str().trim_start_matches('+'), &phone.masked());
+                    tracing::warn!(phone = %phone.masked(), channel = label, reason, "delivery failed");
+                }
+            }
         }
-        tracing::info!(phone = %phone.masked(), channel = %sender.channel(), "code sent");
+        let Some(channel) = delivered else {
+            self.otp.release(&phone, &issued, &quotas).await?;
+            return Err(Error::DeliveryFailed);
+        };
+        tracing::info!(phone = %phone.masked(), channel = %channel, "code sent");
         Ok(LoginStarted {
-            channel: sender.channel(),
+            channel,
             expires_in: issued.expires_in.as_secs(),
             resend_after: issued.resend_after.as_secs(),
             exposed_code: self.expose_otp.then_some(issued.code),

@@ -20,6 +20,8 @@ type HmacSha256 = Hmac<Sha256>;
 pub struct IssuedCode {
     /// The digits; never logged outside the development `log` channel.
     pub code: String,
+    /// The stored HMAC of the code (to release it when delivery fails).
+    pub hash: String,
     /// Lifetime of the code.
     pub expires_in: Duration,
     /// When the next code for this phone may be requested.
@@ -90,6 +92,7 @@ impl OtpService {
         {
             IssueOutcome::Issued(states) => Ok(IssuedCode {
                 code,
+                hash,
                 expires_in: self.ttl,
                 resend_after: self.resend,
                 quotas: states,
@@ -102,6 +105,19 @@ impl OtpService {
             }),
             IssueOutcome::Limited(refusal) => Err(refusal.into_error()),
         }
+    }
+
+    /// Gives back a code that could not be delivered, with its cooldown and quota charges.
+    pub async fn release(
+        &self,
+        phone: &Phone,
+        issued: &IssuedCode,
+        quotas: &[Quota],
+    ) -> Result<(), Error> {
+        Ok(self
+            .store
+            .release_code(phone.as_str(), &issued.hash, quotas)
+            .await?)
     }
 
     /// Checks `code` for `phone`: right once, then gone; burned after too many wrong tries.

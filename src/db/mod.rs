@@ -102,6 +102,20 @@ fn touch_last_login(db: DatabaseConnection, id: Uuid, at: DateTime<Utc>) {
     });
 }
 
+/// The Telegram chat linked to the user owning `phone`, if any (for `channel: "telegram"`).
+pub async fn telegram_chat_for_phone(
+    db: &DatabaseConnection,
+    phone: &str,
+) -> Result<Option<String>, DbErr> {
+    Ok(identity::Entity::find()
+        .inner_join(user::Entity)
+        .filter(user::Column::Phone.eq(phone))
+        .filter(identity::Column::Provider.eq("telegram"))
+        .one(db)
+        .await?
+        .map(|i| i.subject))
+}
+
 /// A user and their linked identities, in one query.
 pub async fn find_user(
     db: &DatabaseConnection,

@@ -1,16 +1,28 @@
-//! How a code reaches its user: one [`Sender`] per channel.
+//! How a code reaches its user: one [`Sender`] per channel, one shared HTTP client.
 //!
-//! This build has the development `log` channel only: the code is written to the server log so
-//! a newcomer can log in without any provider account. Production refuses to start with it as
-//! the only channel (see `config`).
+//! - `sms`: Twilio's Messages API (or, in development with `SEND_OTP_VIA_SMS=false`, the `log`
+//!   channel, which writes the code to the server log as the seed did);
+//! - `whatsapp`: the WhatsApp Cloud API, as an authentication template or a text message;
+//! - `telegram`: a bot message to the user's linked Telegram chat.
+//!
+//! Every provider request is bounded by `DELIVERY_TIMEOUT_MS` and retried once, after a short
+//! pause, on a timeout, a connection failure, a 429 or a 5xx. Provider error texts are logged
+//! with phone numbers masked and never reach the client; tokens never appear in logs (URLs are
+//! stripped from transport errors because Telegram's carries the bot token).
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::auth::phone::Phone;
+use crate::config::DeliverySettings;
+
+mod providers;
+
+pub use providers::{LogSender, TelegramSender, TwilioSender, WhatsappSender};
 
 /// A delivery channel, as clients name it and as responses report it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Channel {
     /// SMS (Twilio).
     Sms,
@@ -46,17 +58,26 @@ impl fmt::Display for Channel {
 pub struct DeliveryError {
     /// The channel that failed.
     pub channel: Channel,
-    /// What went wrong (already free of secrets and codes).
+    /// What went wrong, already free of secrets; phones in it are masked by the caller.
     pub reason: String,
+}
+
+/// Where a code goes.
+#[derive(Debug)]
+pub struct Destination<'a> {
+    /// The phone number.
+    pub phone: &'a Phone,
+    /// The Telegram chat linked to the phone, when there is one.
+    pub telegram_chat: Option<&'a str>,
 }
 
 /// The message a sender delivers.
 #[derive(Debug)]
 pub struct OtpMessage<'a> {
-    /// The code.
+    /// The code alone (WhatsApp templates take it as a parameter).
     pub code: &'a str,
-    /// Minutes until the code expires.
-    pub minutes: u64,
+    /// The full text, autofill lines included.
+    pub text: &'a str,
 }
 
 /// Sends a code over one channel.
@@ -65,50 +86,170 @@ pub trait Sender: Send + Sync {
     /// The channel this sender delivers on.
     fn channel(&self) -> Channel;
 
-    /// Delivers `message` to `phone`.
-    async fn send(&self, phone: &Phone, message: &OtpMessage<'_>) -> Result<(), DeliveryError>;
+    /// Delivers `message` to `to`.
+    async fn send(
+        &self,
+        to: &Destination<'_>,
+        message: &OtpMessage<'_>,
+    ) -> Result<(), DeliveryError>;
 }
 
-/// Development delivery: the code goes to the log, with the phone masked.
-pub struct LogSender;
-
-#[async_trait::async_trait]
-impl Sender for LogSender {
-    fn channel(&self) -> Channel {
-        Channel::Log
-    }
-
-    async fn send(&self, phone: &Phone, message: &OtpMessage<'_>) -> Result<(), DeliveryError> {
-        tracing::info!(
-            phone = %phone.masked(),
-            code = message.code,
-            expires_in_minutes = message.minutes,
-            "development delivery (log channel): one-time code"
-        );
-        Ok(())
-    }
-}
-
-/// Picks the sender for a requested channel.
+/// The configured senders, the channel order and the message text.
 pub struct Delivery {
-    sms: Arc<dyn Sender>,
+    sms: Option<Arc<dyn Sender>>,
+    whatsapp: Option<Arc<dyn Sender>>,
+    telegram: Option<Arc<dyn Sender>>,
+    order: Vec<Channel>,
+    template: String,
+    app_name: String,
+    android_app_hash: Option<String>,
+    webotp_domain: Option<String>,
 }
 
 impl Delivery {
-    /// The senders of this build: `sms` (and the default) go to the log channel, as the seed
-    /// does with `SEND_OTP_VIA_SMS=false`.
-    pub fn development() -> Self {
-        Self {
-            sms: Arc::new(LogSender),
+    /// Builds the senders the settings configure, sharing one pooled HTTP client.
+    pub fn from_settings(settings: &DeliverySettings) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .user_agent(concat!("otpgate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        let sms: Option<Arc<dyn Sender>> = match (&settings.twilio, settings.log_channel) {
+            (Some(twilio), _) => Some(Arc::new(TwilioSender::new(client.clone(), twilio.clone()))),
+            (None, true) => Some(Arc::new(LogSender)),
+            (None, false) => None,
+        };
+        let whatsapp = settings
+            .whatsapp
+            .clone()
+            .map(|w| Arc::new(WhatsappSender::new(client.clone(), w)) as Arc<dyn Sender>);
+        let telegram = settings
+            .telegram
+            .clone()
+            .map(|t| Arc::new(TelegramSender::new(client.clone(), t)) as Arc<dyn Sender>);
+        Ok(Self {
+            sms,
+            whatsapp,
+            telegram,
+            order: settings.channel_order.clone(),
+            template: settings.message_template.clone(),
+            app_name: settings.app_name.clone(),
+            android_app_hash: settings.android_app_hash.clone(),
+            webotp_domain: settings.webotp_domain.clone(),
+        })
+    }
+
+    /// The sender of a requested channel, when configured.
+    pub fn sender(&self, channel: Channel) -> Option<&Arc<dyn Sender>> {
+        match channel {
+            Channel::Sms | Channel::Log => self.sms.as_ref(),
+            Channel::Whatsapp => self.whatsapp.as_ref(),
+            Channel::Telegram => self.telegram.as_ref(),
         }
     }
 
-    /// The sender for `requested` (`None` = the default channel), or `None` when that channel
-    /// is not configured.
-    pub fn sender_for(&self, requested: Option<Channel>) -> Option<&Arc<dyn Sender>> {
-        match requested {
-            None | Some(Channel::Sms) => Some(&self.sms),
-            Some(_) => None,
+    /// The channels to try, in order: the requested one (or the first configured channel of
+    /// `OTP_CHANNEL_ORDER`), then the other configured channels of the order as fallbacks.
+    /// `None` when the requested channel is not configured.
+    pub fn plan(&self, requested: Option<Channel>) -> Option<Vec<Channel>> {
+        let configured: Vec<Channel> = self
+            .order
+            .iter()
+            .copied()
+            .filter(|c| self.sender(*c).is_some())
+            .collect();
+        let first = match requested {
+            Some(channel) => {
+                self.sender(channel)?;
+                channel
+            }
+            None => *configured.first()?,
+        };
+        let mut plan = vec![first];
+        plan.extend(configured.into_iter().filter(|c| *c != first));
+        Some(plan)
+    }
+
+    /// The text of a code message: the template, then the SMS Retriever hash line, then the
+    /// WebOTP line (which must be the last line).
+    pub fn render(&self, code: &str, minutes: u64) -> String {
+        let mut text = self
+            .template
+            .replace("{code}", code)
+            .replace("{minutes}", &minutes.to_string())
+            .replace("{app}", &self.app_name);
+        if let Some(hash) = &self.android_app_hash {
+            text.push_str("\n\n");
+            text.push_str(hash);
         }
+        if let Some(domain) = &self.webotp_domain {
+            text.push_str(&format!("\n\n@{domain} #{code}"));
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use std::collections::HashMap;
+
+    fn delivery(pairs: &[(&str, &str)]) -> Delivery {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let settings = Settings::from_lookup(|k| map.get(k).cloned()).unwrap();
+        Delivery::from_settings(&settings.delivery).unwrap()
+    }
+
+    const WHATSAPP: [(&str, &str); 2] = [
+        ("WHATSAPP_ACCESS_TOKEN", "t"),
+        ("WHATSAPP_PHONE_NUMBER_ID", "123"),
+    ];
+
+    #[test]
+    fn plans_follow_the_channel_order() {
+        let d = delivery(&[]);
+        assert_eq!(d.plan(None), Some(vec![Channel::Sms]));
+        assert_eq!(d.plan(Some(Channel::Whatsapp)), None);
+        assert_eq!(d.plan(Some(Channel::Telegram)), None);
+
+        let mut pairs = WHATSAPP.to_vec();
+        pairs.push(("OTP_CHANNEL_ORDER", "whatsapp,sms"));
+        let d = delivery(&pairs);
+        assert_eq!(d.plan(None), Some(vec![Channel::Whatsapp, Channel::Sms]));
+        assert_eq!(
+            d.plan(Some(Channel::Sms)),
+            Some(vec![Channel::Sms, Channel::Whatsapp])
+        );
+        // A configured channel missing from the order may be asked for, without fallbacks
+        // beyond the order.
+        pairs.push(("TELEGRAM_BOT_TOKEN", "1:abc"));
+        let d = delivery(&pairs);
+        assert_eq!(
+            d.plan(Some(Channel::Telegram)),
+            Some(vec![Channel::Telegram, Channel::Whatsapp, Channel::Sms])
+        );
+    }
+
+    #[test]
+    fn messages_carry_autofill_lines_last() {
+        let d = delivery(&[
+            ("APP_NAME", "Acme"),
+            ("OTP_ANDROID_APP_HASH", "FA+9qCX9VSu"),
+            ("OTP_WEBOTP_DOMAIN", "acme.example"),
+        ]);
+        let text = d.render("123456", 5);
+        assert!(
+            text.starts_with("123456 is your Acme verification code. It expires in 5 minutes.")
+        );
+        assert!(text.contains("\n\nFA+9qCX9VSu\n\n"));
+        assert!(text.ends_with("\n@acme.example #123456"), "{text}");
+        let plain = delivery(&[("OTP_MESSAGE_TEMPLATE", "Code {code} for {app}")]).render("42", 5);
+        assert_eq!(plain, "Code 42 for otpgate");
     }
 }

@@ -217,6 +217,30 @@ impl Store for MemoryStore {
         Ok(outcome)
     }
 
+    async fn release_code(
+        &self,
+        phone: &str,
+        code_hash: &str,
+        quotas: &[Quota],
+    ) -> Result<(), StoreError> {
+        let (_, now_ms) = self.now();
+        let mut inner = self.lock();
+        if inner.codes.get(phone).is_some_and(|c| c.hash == code_hash) {
+            inner.codes.remove(phone);
+            inner.cooldowns.remove(phone);
+        }
+        for q in quotas {
+            let interval = gcra::interval_ms(q.limit, window_ms(q));
+            if let Some(tat) = inner.buckets.get_mut(&q.key) {
+                *tat = tat.saturating_sub(interval);
+                if *tat <= now_ms {
+                    inner.buckets.remove(&q.key);
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn spend_refresh(
         &self,
         sid: &str,

@@ -109,6 +109,15 @@ pub trait Store: Send + Sync + 'static {
         failures: &[Quota],
     ) -> Result<VerifyOutcome, StoreError>;
 
+    /// Undoes an issue whose code could not be delivered: removes the code (when it is still
+    /// `code_hash`) and its cooldown, and gives back the units `quotas` were charged.
+    async fn release_code(
+        &self,
+        phone: &str,
+        code_hash: &str,
+        quotas: &[Quota],
+    ) -> Result<(), StoreError>;
+
     /// Spends refresh token `jti` of session `sid`; reuse after `grace` revokes the session
     /// for `ttl`.
     async fn spend_refresh(
@@ -195,6 +204,19 @@ impl Store for Metered {
             "verify_code",
             self.inner
                 .verify_code(phone, code_hash, max_attempts, attempts, failures),
+        )
+        .await
+    }
+
+    async fn release_code(
+        &self,
+        phone: &str,
+        code_hash: &str,
+        quotas: &[Quota],
+    ) -> Result<(), StoreError> {
+        self.timed(
+            "release_code",
+            self.inner.release_code(phone, code_hash, quotas),
         )
         .await
     }

@@ -28,6 +28,7 @@ pub struct RedisStore {
     timeout: Duration,
     issue_code: Script,
     verify_code: Script,
+    release_code: Script,
     spend_refresh: Script,
 }
 
@@ -63,6 +64,10 @@ impl RedisStore {
             verify_code: Script::new(concat!(
                 include_str!("lua/gcra.lua"),
                 include_str!("lua/verify_code.lua")
+            )),
+            release_code: Script::new(concat!(
+                include_str!("lua/gcra.lua"),
+                include_str!("lua/release_code.lua")
             )),
             spend_refresh: Script::new(include_str!("lua/spend_refresh.lua")),
         })
@@ -178,6 +183,24 @@ impl Store for RedisStore {
                 "verify_code returned {other:?}"
             ))),
         }
+    }
+
+    async fn release_code(
+        &self,
+        phone: &str,
+        code_hash: &str,
+        quotas: &[Quota],
+    ) -> Result<(), StoreError> {
+        let mut invocation = self.release_code.prepare_invoke();
+        invocation
+            .key(self.key("otp", phone))
+            .key(self.key("otp-cooldown", phone))
+            .arg(code_hash);
+        self.add_quotas(&mut invocation, quotas);
+        let _: i64 = self
+            .run(|mut conn| async move { Ok(invocation.invoke_async(&mut conn).await?) })
+            .await?;
+        Ok(())
     }
 
     async fn spend_refresh(

@@ -139,3 +139,16 @@ fn migrate_exits_0_on_sqlite_and_postgres() {
         assert!(status.success());
     }
 }
+
+#[test]
+fn env_example_is_a_valid_env_file() {
+    let dir = temp_dir();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/.env.example");
+    std::fs::copy(example, dir.join(".env")).expect("copy .env.example");
+    let output = otpgate(&dir).arg("migrate").output().expect("run");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

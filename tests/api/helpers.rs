@@ -81,6 +81,8 @@ pub struct TestApp {
     pub postgres: Option<(String, String)>,
     /// Base URL of instance A's metrics listener, when `METRICS_PORT` is set.
     pub metrics: Option<String>,
+    /// The database URL the instances share.
+    pub database_url: String,
 }
 
 /// A valid Indian mobile number (`+91 9…`) that no other test uses.
@@ -133,6 +135,7 @@ pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)]) -> Tes
     for (k, v) in overrides {
         env.insert(k.to_string(), v.to_string());
     }
+    let database_url = env["DATABASE_URL"].clone();
     let (a, metrics) = start(&env).await;
     let b = if backend == Backend::Cluster {
         // The second replica does not migrate, as in a deployment with a migration job.
@@ -148,6 +151,7 @@ pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)]) -> Tes
         client: reqwest::Client::new(),
         postgres,
         metrics,
+        database_url,
     }
 }
 

@@ -5,9 +5,11 @@
 mod helpers;
 
 mod cli;
+mod delivery;
 mod flows;
 mod http_errors;
 mod limits;
 mod observability;
 mod outages;
+mod standin;
 mod store;

@@ -1,0 +1,264 @@
+//! The provider senders: Twilio, WhatsApp Cloud API, Telegram Bot API, and the log channel.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{Channel, DeliveryError, Destination, OtpMessage, Sender};
+use crate::config::{TelegramSettings, TwilioSettings, WhatsappSettings};
+
+/// Pause before the single retry.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// Sends a request built by `build`, retrying once on a timeout, a connection failure, a 429 or
+/// a 5xx. Any other non-2xx answer is final. The error text never contains the URL.
+async fn send_with_retry(
+    channel: Channel,
+    build: impl Fn() -> reqwest::RequestBuilder,
+) -> Result<reqwest::Response, DeliveryError> {
+    let fail = |reason: String| DeliveryError { channel, reason };
+    let mut last = String::new();
+    for attempt in 0..2 {
+        if attempt > 0 {
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+        match build().send().await {
+            Ok(resp) if resp.status().is_success() => return Ok(resp),
+            Ok(resp) => {
+                let status = resp.status();
+                let body = resp.text().await.unwrap_or_default();
+                let reason = format!("HTTP {}: {}", status.as_u16(), truncate(&body, 300));
+                if status.as_u16() == 429 || status.is_server_error() {
+                    last = reason;
+                    continue;
+                }
+                return Err(fail(reason));
+            }
+            Err(err) => {
+                // Without the URL: Telegram's contains the bot token.
+                let err = err.without_url();
+                last = if err.is_timeout() {
+                    "timed out".into()
+                } else {
+                    err.to_string()
+                };
+                if err.is_timeout() || err.is_connect() || err.is_request() {
+                    continue;
+                }
+                return Err(fail(last));
+            }
+        }
+    }
+    Err(fail(last))
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => &text[..i],
+        None => text,
+    }
+}
+
+/// SMS through Twilio's Messages API.
+pub struct TwilioSender {
+    client: reqwest::Client,
+    settings: TwilioSettings,
+    url: String,
+}
+
+impl TwilioSender {
+    /// A sender with its account settings.
+    pub fn new(client: reqwest::Client, settings: TwilioSettings) -> Self {
+        let url = format!(
+            "{}/2010-04-01/Accounts/{}/Messages.json",
+            settings.api_base, settings.account_sid
+        );
+        Self {
+            client,
+            settings,
+            url,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Sender for TwilioSender {
+    fn channel(&self) -> Channel {
+        Channel::Sms
+    }
+
+    async fn send(
+        &self,
+        to: &Destination<'_>,
+        message: &OtpMessage<'_>,
+    ) -> Result<(), DeliveryError> {
+        let mut form: Vec<(&str, &str)> = vec![("To", to.phone.as_str()), ("Body", message.text)];
+        match (&self.settings.messaging_service_sid, &self.settings.from) {
+            (Some(service), _) => form.push(("MessagingServiceSid", service)),
+            (None, Some(from)) => form.push(("From", from)),
+            (None, None) => {}
+        }
+        send_with_retry(Channel::Sms, || {
+            self.client
+                .post(&self.url)
+                .basic_auth(
+                    &self.settings.account_sid,
+                    Some(self.settings.auth_token.expose()),
+                )
+                .form(&form)
+        })
+        .await
+        .map(drop)
+    }
+}
+
+/// WhatsApp messages through the Cloud API.
+pub struct WhatsappSender {
+    client: reqwest::Client,
+    settings: WhatsappSettings,
+    url: String,
+}
+
+impl WhatsappSender {
+    /// A sender for one business phone number.
+    pub fn new(client: reqwest::Client, settings: WhatsappSettings) -> Self {
+        let url = format!(
+            "{}/{}/messages",
+            settings.api_base, settings.phone_number_id
+        );
+        Self {
+            client,
+            settings,
+            url,
+        }
+    }
+
+    /// The request body: an authentication template with the code as body parameter and as
+    /// the copy-code button's parameter, or a plain text message.
+    pub fn body(&self, to: &str, message: &OtpMessage<'_>) -> serde_json::Value {
+        match &self.settings.template {
+            Some(name) => json!({
+                "messaging_product": "whatsapp",
+                "recipient_type": "individual",
+                "to": to,
+                "type": "template",
+                "template": {
+                    "name": name,
+                    "language": { "code": self.settings.template_language },
+                    "components": [
+                        {
+                            "type": "body",
+                            "parameters": [{ "type": "text", "text": message.code }]
+                        },
+                        {
+                            "type": "button",
+                            "sub_type": "url",
+                            "index": "0",
+                            "parameters": [{ "type": "text", "text": message.code }]
+                        }
+                    ]
+                }
+            }),
+            None => json!({
+                "messaging_product": "whatsapp",
+                "recipient_type": "individual",
+                "to": to,
+                "type": "text",
+                "text": { "preview_url": false, "body": message.text }
+            }),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Sender for WhatsappSender {
+    fn channel(&self) -> Channel {
+        Channel::Whatsapp
+    }
+
+    async fn send(
+        &self,
+        to: &Destination<'_>,
+        message: &OtpMessage<'_>,
+    ) -> Result<(), DeliveryError> {
+        // The Cloud API takes the number as digits with country code, without `+`.
+        let body = self.body(to.phone.as_str().trim_start_matches('+'), message);
+        send_with_retry(Channel::Whatsapp, || {
+            self.client
+                .post(&self.url)
+                .bearer_auth(self.settings.access_token.expose())
+                .json(&body)
+        })
+        .await
+        .map(drop)
+    }
+}
+
+/// Telegram messages from the bot to a linked chat.
+pub struct TelegramSender {
+    client: reqwest::Client,
+    url: String,
+}
+
+impl TelegramSender {
+    /// A sender for one bot.
+    pub fn new(client: reqwest::Client, settings: TelegramSettings) -> Self {
+        let url = format!(
+            "{}/bot{}/sendMessage",
+            settings.api_base,
+            settings.bot_token.expose()
+        );
+        Self { client, url }
+    }
+}
+
+#[async_trait::async_trait]
+impl Sender for TelegramSender {
+    fn channel(&self) -> Channel {
+        Channel::Telegram
+    }
+
+    async fn send(
+        &self,
+        to: &Destination<'_>,
+        message: &OtpMessage<'_>,
+    ) -> Result<(), DeliveryError> {
+        let chat = to.telegram_chat.ok_or_else(|| DeliveryError {
+            channel: Channel::Telegram,
+            reason: "no Telegram chat is linked to this number".into(),
+        })?;
+        let chat_id: serde_json::Value = match chat.parse::<i64>() {
+            Ok(id) => id.into(),
+            Err(_) => chat.into(),
+        };
+        let body = json!({ "chat_id": chat_id, "text": message.text, "protect_content": true });
+        send_with_retry(Channel::Telegram, || {
+            self.client.post(&self.url).json(&body)
+        })
+        .await
+        .map(drop)
+    }
+}
+
+/// Development delivery: the code goes to the log, with the phone masked.
+pub struct LogSender;
+
+#[async_trait::async_trait]
+impl Sender for LogSender {
+    fn channel(&self) -> Channel {
+        Channel::Log
+    }
+
+    async fn send(
+        &self,
+        to: &Destination<'_>,
+        message: &OtpMessage<'_>,
+    ) -> Result<(), DeliveryError> {
+        tracing::info!(
+            phone = %to.phone.masked(),
+            code = message.code,
+            "development delivery (log channel): one-time code"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,298 @@
+//! Delivery channels against the provider stand-in: request shapes, fallback, retries,
+//! timeouts, nothing charged when nothing was sent, and autofill lines.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use sea_orm::{ActiveModelTrait, Set};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::{Backend, Reply, TestApp, spawn_app_with, unique_phone};
+use crate::standin::{
+    Mode, StandIn, TELEGRAM_TOKEN, TWILIO_FROM, TWILIO_SID, WHATSAPP_PHONE_ID, WHATSAPP_TOKEN,
+};
+
+crate::on_both_backends!(
+    sms_goes_to_twilio_with_basic_auth,
+    messaging_service_sid_replaces_from,
+    whatsapp_text_and_authentication_template,
+    telegram_needs_a_linked_chat,
+    provider_failure_falls_back_to_the_next_channel,
+    one_retry_rides_out_a_blip,
+    timeouts_and_total_failure_are_503_and_charge_nothing,
+    autofill_lines_end_the_sms,
+);
+
+/// An app wired to the stand-in with `extra` settings on top.
+async fn app_with(backend: Backend, standin: &StandIn, extra: &[(&str, &str)]) -> TestApp {
+    let base = standin.settings();
+    let mut settings: Vec<(&str, &str)> = base.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    settings.extend_from_slice(extra);
+    spawn_app_with(backend, &settings).await
+}
+
+const SMS: [(&str, &str); 2] = [
+    ("SEND_OTP_VIA_SMS", "true"),
+    ("TWILIO_PHONE_NUMBER", TWILIO_FROM),
+];
+const WHATSAPP: [(&str, &str); 2] = [
+    ("WHATSAPP_ACCESS_TOKEN", WHATSAPP_TOKEN),
+    ("WHATSAPP_PHONE_NUMBER_ID", WHATSAPP_PHONE_ID),
+];
+
+async fn login_via(app: &TestApp, phone: &str, channel: Option<&str>) -> Reply {
+    let body = match channel {
+        Some(c) => json!({ "phone": phone, "channel": c }),
+        None => json!({ "phone": phone }),
+    };
+    app.post(&app.a, "/api/auth/login", body).await
+}
+
+async fn sms_goes_to_twilio_with_basic_auth(backend: Backend) {
+    let standin = StandIn::start().await;
+    let app = app_with(backend, &standin, &SMS).await;
+    let phone = unique_phone();
+    let reply = login_via(&app, &phone, Some("sms")).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["channel"], json!("sms"));
+    let sent = standin.requests("twilio");
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        sent[0].path,
+        format!("/2010-04-01/Accounts/{TWILIO_SID}/Messages.json")
+    );
+    assert_eq!(sent[0].body["To"], json!(phone));
+    assert_eq!(sent[0].body["From"], json!(TWILIO_FROM));
+    let text = sent[0].body["Body"].as_str().expect("Body");
+    let code = reply.body["otp_code"].as_str().expect("code");
+    assert!(
+        text.starts_with(&format!("{code} is your otpgate verification code")),
+        "{text}"
+    );
+    // The delivered code is the one that verifies.
+    assert_eq!(app.verify(&app.b, &phone, code).await.status, 200);
+    // Without a channel, the default (`OTP_CHANNEL_ORDER`, sms) is used.
+    let reply = login_via(&app, &unique_phone(), None).await;
+    assert_eq!(reply.body["channel"], json!("sms"));
+    assert_eq!(standin.requests("twilio").len(), 2);
+}
+
+async fn messaging_service_sid_replaces_from(backend: Backend) {
+    let standin = StandIn::start().await;
+    let app = app_with(
+        backend,
+        &standin,
+        &[
+            ("SEND_OTP_VIA_SMS", "true"),
+            ("TWILIO_MESSAGING_SERVICE_SID", "MG0123"),
+        ],
+    )
+    .await;
+    assert_eq!(login_via(&app, &unique_phone(), None).await.status, 200);
+    let sent = standin.requests("twilio");
+    assert_eq!(sent[0].body["MessagingServiceSid"], json!("MG0123"));
+    assert!(sent[0].body.get("From").is_none());
+}
+
+async fn whatsapp_text_and_authentication_template(backend: Backend) {
+    let standin = StandIn::start().await;
+    let app = app_with(backend, &standin, &WHATSAPP).await;
+    let phone = unique_phone();
+    let reply = login_via(&app, &phone, Some("whatsapp")).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["channel"], json!("whatsapp"));
+    let code = reply.body["otp_code"].as_str().expect("code").to_string();
+    let sent = standin.requests("whatsapp");
+    assert_eq!(sent[0].path, format!("/v21.0/{WHATSAPP_PHONE_ID}/messages"));
+    assert_eq!(sent[0].body["to"], json!(phone.trim_start_matches('+')));
+    assert_eq!(sent[0].body["type"], json!("text"));
+    assert!(
+        sent[0].body["text"]["body"]
+            .as_str()
+            .expect("text")
+            .contains(&code)
+    );
+    // Without SEND_OTP_VIA_SMS, `sms` is the development log channel, as in the seed.
+    let reply = login_via(&app, &unique_phone(), Some("sms")).await;
+    assert_eq!(reply.body["channel"], json!("log"), "{}", reply.body);
+
+    let mut with_template = WHATSAPP.to_vec();
+    with_template.extend([
+        ("WHATSAPP_OTP_TEMPLATE", "login_code"),
+        ("WHATSAPP_TEMPLATE_LANGUAGE", "en_GB"),
+    ]);
+    let standin = StandIn::start().await;
+    let app = app_with(backend, &standin, &with_template).await;
+    let reply = login_via(&app, &unique_phone(), Some("whatsapp")).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let code = reply.body["otp_code"].as_str().expect("code");
+    let template = &standin.requests("whatsapp")[0].body["template"];
+    assert_eq!(template["name"], json!("login_code"));
+    assert_eq!(template["language"]["code"], json!("en_GB"));
+    assert_eq!(
+        template["components"][0]["parameters"][0]["text"],
+        json!(code)
+    );
+    assert_eq!(
+        template["components"][1]["parameters"][0]["text"],
+        json!(code)
+    );
+}
+
+/// Links a Telegram chat to a (new) user with `phone`, as the messaging-login flow will.
+async fn link_telegram(app: &TestApp, phone: &str, chat: i64) {
+    let db = otpgate::db::connect(&app.database_url, 1)
+        .await
+        .expect("db");
+    let now = Utc::now();
+    let user = otpgate::db::user::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        phone: Set(Some(phone.to_string())),
+        created_at: Set(now),
+        last_login_at: Set(None),
+    }
+    .insert(&db)
+    .await
+    .expect("user");
+    otpgate::db::identity::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        user_id: Set(user.id),
+        provider: Set("telegram".into()),
+        subject: Set(chat.to_string()),
+        created_at: Set(now),
+    }
+    .insert(&db)
+    .await
+    .expect("identity");
+}
+
+async fn telegram_needs_a_linked_chat(backend: Backend) {
+    let standin = StandIn::start().await;
+    let app = app_with(backend, &standin, &[("TELEGRAM_BOT_TOKEN", TELEGRAM_TOKEN)]).await;
+    let phone = unique_phone();
+    login_via(&app, &phone, Some("telegram"))
+        .await
+        .assert_problem(422, "channel_unavailable");
+    assert!(standin.requests("telegram").is_empty());
+    link_telegram(&app, &phone, 777_000_111).await;
+    let reply = login_via(&app, &phone, Some("telegram")).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["channel"], json!("telegram"));
+    let sent = standin.requests("telegram");
+    assert_eq!(sent[0].path, format!("/bot{TELEGRAM_TOKEN}/sendMessage"));
+    assert_eq!(sent[0].body["chat_id"], json!(777_000_111));
+    assert_eq!(sent[0].body["protect_content"], json!(true));
+    let code = reply.body["otp_code"].as_str().expect("code");
+    assert!(sent[0].body["text"].as_str().expect("text").contains(code));
+    // Its /me shows the linked identity.
+    let session = app.verify(&app.b, &phone, code).await;
+    let me = app
+        .me(
+            &app.a,
+            session.body["access_token"].as_str().expect("token"),
+        )
+        .await;
+    assert_eq!(me.body["identities"][0]["provider"], json!("telegram"));
+    assert_eq!(me.body["identities"][0]["subject"], json!("777000111"));
+}
+
+async fn provider_failure_falls_back_to_the_next_channel(backend: Backend) {
+    let standin = StandIn::start().await;
+    let mut settings = SMS.to_vec();
+    settings.extend(WHATSAPP);
+    settings.push(("OTP_CHANNEL_ORDER", "sms,whatsapp"));
+    let app = app_with(backend, &standin, &settings).await;
+    standin.set_mode("twilio", Mode::Status(500));
+    let reply = login_via(&app, &unique_phone(), None).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["channel"], json!("whatsapp"));
+    assert_eq!(standin.requests("twilio").len(), 2, "one retry on a 5xx");
+    assert_eq!(standin.requests("whatsapp").len(), 1);
+    // A refusal (4xx) is final for that provider: no retry, straight to the fallback.
+    standin.set_mode("twilio", Mode::Status(400));
+    let reply = login_via(&app, &unique_phone(), Some("sms")).await;
+    assert_eq!(reply.body["channel"], json!("whatsapp"));
+    assert_eq!(standin.requests("twilio").len(), 3);
+}
+
+async fn one_retry_rides_out_a_blip(backend: Backend) {
+    let standin = StandIn::start().await;
+    let app = app_with(backend, &standin, &SMS).await;
+    standin.set_mode("twilio", Mode::FailTimes(503, 1));
+    let reply = login_via(&app, &unique_phone(), None).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["channel"], json!("sms"));
+    assert_eq!(standin.requests("twilio").len(), 2);
+}
+
+async fn timeouts_and_total_failure_are_503_and_charge_nothing(backend: Backend) {
+    let standin = StandIn::start().await;
+    let mut settings = SMS.to_vec();
+    settings.extend(WHATSAPP);
+    settings.extend([
+        ("OTP_CHANNEL_ORDER", "sms,whatsapp"),
+        ("DELIVERY_TIMEOUT_MS", "300"),
+    ]);
+    let app = app_with(backend, &standin, &settings).await;
+    let phone = unique_phone();
+
+    // SMS times out (twice: one retry), WhatsApp delivers.
+    standin.set_mode("twilio", Mode::Hang(Duration::from_secs(2)));
+    let reply = login_via(&app, &phone, None).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["channel"], json!("whatsapp"));
+    let code = reply.body["otp_code"].as_str().expect("code").to_string();
+    assert_eq!(app.verify(&app.b, &phone, &code).await.status, 200);
+
+    // Everything down: 503, and neither the cooldown nor a quota is charged.
+    standin.set_mode("whatsapp", Mode::Status(502));
+    let down = login_via(&app, &phone, None).await;
+    down.assert_problem(503, "delivery_failed");
+    let detail = down.body["detail"].as_str().expect("detail");
+    assert!(
+        !detail.contains("502") && !detail.contains("scripted"),
+        "provider details stay server-side: {detail}"
+    );
+    let down = login_via(&app, &phone, None).await;
+    down.assert_problem(503, "delivery_failed");
+
+    standin.set_mode("twilio", Mode::Ok);
+    let back = login_via(&app, &phone, None).await;
+    assert_eq!(
+        back.status, 200,
+        "no cooldown after failed sends: {}",
+        back.body
+    );
+    let current = back.header("ratelimit").expect("RateLimit");
+    // One verified send before, two failed sends that were given back, this one: 5 - 2 = 3.
+    assert!(current.contains("\"otp-phone\";r=3;"), "{current}");
+}
+
+async fn autofill_lines_end_the_sms(backend: Backend) {
+    let standin = StandIn::start().await;
+    let mut settings = SMS.to_vec();
+    settings.extend([
+        ("APP_NAME", "Acme"),
+        ("OTP_ANDROID_APP_HASH", "FA+9qCX9VSu"),
+        ("OTP_WEBOTP_DOMAIN", "acme.example"),
+    ]);
+    let app = app_with(backend, &standin, &settings).await;
+    let reply = login_via(&app, &unique_phone(), None).await;
+    let code = reply.body["otp_code"].as_str().expect("code");
+    let text = standin.requests("twilio")[0].body["Body"]
+        .as_str()
+        .expect("Body")
+        .to_string();
+    assert!(
+        text.starts_with(&format!("{code} is your Acme verification code")),
+        "{text}"
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.last(),
+        Some(&format!("@acme.example #{code}").as_str()),
+        "{text}"
+    );
+    assert!(lines.contains(&"FA+9qCX9VSu"), "{text}");
+}

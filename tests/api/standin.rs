@@ -1,0 +1,331 @@
+//! A local stand-in for Twilio, the WhatsApp Cloud API and the Telegram Bot API. It checks each
+//! request as the provider documents it (method, path, auth header, content type, fields),
+//! records it, and answers as the provider does; a request that breaks the contract gets the
+//! provider's 400, so a malformed send fails the test. Failures can be scripted per provider.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use poem::http::StatusCode;
+use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::web::headers::authorization::{Basic, Bearer};
+use poem::web::headers::{Authorization, Header};
+use poem::{Request, Response, Server};
+use serde_json::{Value, json};
+
+/// Credentials the stand-in accepts (the tests configure otpgate with the same).
+pub const TWILIO_SID: &str = "AC0123456789abcdef0123456789abcdef";
+pub const TWILIO_TOKEN: &str = "twilio-auth-token";
+pub const TWILIO_FROM: &str = "+15005550006";
+pub const WHATSAPP_TOKEN: &str = "whatsapp-access-token";
+pub const WHATSAPP_PHONE_ID: &str = "106540352242922";
+pub const TELEGRAM_TOKEN: &str = "123456:ABC-telegram-bot-token";
+
+/// How a provider answers.
+#[derive(Debug, Clone, Copy)]
+pub enum Mode {
+    /// Check and accept.
+    Ok,
+    /// Answer this status to every request.
+    Status(u16),
+    /// Answer this status to the next `n` requests, then accept.
+    FailTimes(u16, u32),
+    /// Wait this long, then accept (longer than otpgate's timeout = a timeout).
+    Hang(Duration),
+}
+
+/// One request as the stand-in saw it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// `twilio`, `whatsapp` or `telegram`.
+    pub provider: &'static str,
+    /// The request path.
+    pub path: String,
+    /// Form fields (Twilio) or the JSON body (the others).
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct State {
+    requests: Vec<Recorded>,
+    modes: HashMap<&'static str, Mode>,
+}
+
+/// A running stand-in on a loopback port.
+#[derive(Clone)]
+pub struct StandIn {
+    /// Its base URL.
+    pub base: String,
+    state: Arc<Mutex<State>>,
+}
+
+impl StandIn {
+    /// Starts a stand-in on a free port.
+    pub async fn start() -> Self {
+        let state = Arc::new(Mutex::new(State::default()));
+        let acceptor = TcpListener::bind("127.0.0.1:0")
+            .into_acceptor()
+            .await
+            .expect("bind");
+        let port = acceptor.local_addr()[0]
+            .as_socket_addr()
+            .expect("socket")
+            .port();
+        let handler_state = state.clone();
+        let app = poem::endpoint::make(move |req: Request| {
+            let state = handler_state.clone();
+            async move { handle(state, req).await }
+        });
+        tokio::spawn(Server::new_with_acceptor(acceptor).run(app));
+        StandIn {
+            base: format!("http://127.0.0.1:{port}"),
+            state,
+        }
+    }
+
+    /// Sets how `provider` answers from now on.
+    pub fn set_mode(&self, provider: &'static str, mode: Mode) {
+        self.state
+            .lock()
+            .expect("lock")
+            .modes
+            .insert(provider, mode);
+    }
+
+    /// The requests `provider` received so far.
+    pub fn requests(&self, provider: &str) -> Vec<Recorded> {
+        let state = self.state.lock().expect("lock");
+        state
+            .requests
+            .iter()
+            .filter(|r| r.provider == provider)
+            .cloned()
+            .collect()
+    }
+
+    /// otpgate settings pointing every provider at this stand-in.
+    pub fn settings(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("TWILIO_API_BASE", self.base.clone()),
+            ("TWILIO_ACCOUNT_SID", TWILIO_SID.into()),
+            ("TWILIO_AUTH_TOKEN", TWILIO_TOKEN.into()),
+            ("WHATSAPP_API_BASE", format!("{}/v21.0", self.base)),
+            ("TELEGRAM_API_BASE", self.base.clone()),
+        ]
+    }
+}
+
+fn json_response(status: u16, body: Value) -> Response {
+    Response::builder()
+        .status(StatusCode::from_u16(status).expect("status"))
+        .content_type("application/json")
+        .body(body.to_string())
+}
+
+/// Decodes `application/x-www-form-urlencoded` into a JSON object (last value wins).
+fn parse_form(body: &str) -> Value {
+    let decode = |s: &str| {
+        let bytes = s.replace('+', " ").into_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' && i + 2 < bytes.len() {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                if let Ok(b) = u8::from_str_radix(hex, 16) {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+            }
+            out.push(bytes[i]);
+            i += 1;
+        }
+        String::from_utf8(out).expect("utf-8 form value")
+    };
+    let mut map = serde_json::Map::new();
+    for pair in body.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        map.insert(decode(k), Value::String(decode(v)));
+    }
+    Value::Object(map)
+}
+
+async fn handle(state: Arc<Mutex<State>>, mut req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    let provider: &'static str = if path.starts_with("/2010-04-01/Accounts/") {
+        "twilio"
+    } else if path.starts_with("/v21.0/") {
+        "whatsapp"
+    } else if path.starts_with("/bot") {
+        "telegram"
+    } else {
+        return json_response(404, json!({ "error": "no such endpoint" }));
+    };
+    let content_type = req.content_type().unwrap_or("").to_string();
+    let authorization = req.headers().get("authorization").cloned();
+    let raw = req.take_body().into_string().await.unwrap_or_default();
+    let body = if provider == "twilio" {
+        parse_form(&raw)
+    } else {
+        serde_json::from_str(&raw).unwrap_or(Value::Null)
+    };
+    let mode = {
+        let mut state = state.lock().expect("lock");
+        state.requests.push(Recorded {
+            provider,
+            path: path.clone(),
+            body: body.clone(),
+        });
+        let mode = state.modes.get(provider).copied().unwrap_or(Mode::Ok);
+        if let Mode::FailTimes(status, n) = mode {
+            let next = if n <= 1 {
+                Mode::Ok
+            } else {
+                Mode::FailTimes(status, n - 1)
+            };
+            state.modes.insert(provider, next);
+        }
+        mode
+    };
+    match mode {
+        Mode::Status(status) | Mode::FailTimes(status, _) => {
+            return json_response(status, json!({ "error": "scripted failure" }));
+        }
+        Mode::Hang(pause) => tokio::time::sleep(pause).await,
+        Mode::Ok => {}
+    }
+    if req.method() != poem::http::Method::POST {
+        return json_response(405, json!({ "error": "POST only" }));
+    }
+    let problems = match provider {
+        "twilio" => check_twilio(&path, &content_type, authorization.as_ref(), &body),
+        "whatsapp" => check_whatsapp(&path, &content_type, authorization.as_ref(), &body),
+        _ => check_telegram(&path, &content_type, &body),
+    };
+    if let Some(problem) = problems {
+        return match provider {
+            "twilio" => json_response(
+                400,
+                json!({ "code": 21211, "message": problem, "status": 400 }),
+            ),
+            "whatsapp" => json_response(
+                400,
+                json!({ "error": { "message": problem, "type": "OAuthException", "code": 100 } }),
+            ),
+            _ => json_response(
+                400,
+                json!({ "ok": false, "error_code": 400, "description": format!("Bad Request: {problem}") }),
+            ),
+        };
+    }
+    match provider {
+        "twilio" => json_response(
+            201,
+            json!({ "sid": "SM0123", "status": "queued", "to": body["To"] }),
+        ),
+        "whatsapp" => json_response(
+            200,
+            json!({
+                "messaging_product": "whatsapp",
+                "contacts": [{ "input": body["to"], "wa_id": body["to"] }],
+                "messages": [{ "id": "wamid.HBgLMTY0NjcwNDM1OTUVAgARGBI1RjQyNUE3NEYxMzAzMzQ5MkEA" }]
+            }),
+        ),
+        _ => json_response(
+            200,
+            json!({
+                "ok": true,
+                "result": { "message_id": 7, "chat": { "id": body["chat_id"], "type": "private" }, "text": body["text"] }
+            }),
+        ),
+    }
+}
+
+fn check_twilio(
+    path: &str,
+    content_type: &str,
+    auth: Option<&poem::http::HeaderValue>,
+    form: &Value,
+) -> Option<String> {
+    if path != format!("/2010-04-01/Accounts/{TWILIO_SID}/Messages.json") {
+        return Some(format!("unexpected path {path}"));
+    }
+    if !content_type.starts_with("application/x-www-form-urlencoded") {
+        return Some(format!("content type {content_type}"));
+    }
+    let basic = auth.and_then(|v| Authorization::<Basic>::decode(&mut std::iter::once(v)).ok());
+    match basic {
+        Some(b) if b.username() == TWILIO_SID && b.password() == TWILIO_TOKEN => {}
+        _ => return Some("authentication failed".into()),
+    }
+    let to = form["To"].as_str().unwrap_or("");
+    if !to.starts_with('+') || to.len() < 8 {
+        return Some(format!("The 'To' number {to} is not a valid phone number."));
+    }
+    if form["Body"].as_str().is_none_or(str::is_empty) {
+        return Some("A 'Body' is required".into());
+    }
+    match (form.get("From"), form.get("MessagingServiceSid")) {
+        (Some(_), None) | (None, Some(_)) => None,
+        _ => Some("exactly one of 'From' and 'MessagingServiceSid' is required".into()),
+    }
+}
+
+fn check_whatsapp(
+    path: &str,
+    content_type: &str,
+    auth: Option<&poem::http::HeaderValue>,
+    body: &Value,
+) -> Option<String> {
+    if path != format!("/v21.0/{WHATSAPP_PHONE_ID}/messages") {
+        return Some(format!("unexpected path {path}"));
+    }
+    if !content_type.starts_with("application/json") {
+        return Some(format!("content type {content_type}"));
+    }
+    let bearer = auth.and_then(|v| Authorization::<Bearer>::decode(&mut std::iter::once(v)).ok());
+    if bearer.is_none_or(|b| b.token() != WHATSAPP_TOKEN) {
+        return Some("Invalid OAuth access token".into());
+    }
+    if body["messaging_product"] != "whatsapp" {
+        return Some("messaging_product must be whatsapp".into());
+    }
+    let to = body["to"].as_str().unwrap_or("");
+    if to.is_empty() || !to.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(format!("'to' must be digits with country code, got {to:?}"));
+    }
+    match body["type"].as_str() {
+        Some("text") if body["text"]["body"].as_str().is_some_and(|t| !t.is_empty()) => None,
+        Some("template") => {
+            let t = &body["template"];
+            let ok = t["name"].is_string()
+                && t["language"]["code"].is_string()
+                && t["components"][0]["type"] == "body"
+                && t["components"][0]["parameters"][0]["type"] == "text"
+                && t["components"][1]["type"] == "button"
+                && t["components"][1]["sub_type"] == "url"
+                && t["components"][1]["index"] == "0"
+                && t["components"][1]["parameters"][0]["text"]
+                    == t["components"][0]["parameters"][0]["text"];
+            (!ok).then(|| "malformed authentication template".into())
+        }
+        other => Some(format!("unsupported message type {other:?}")),
+    }
+}
+
+fn check_telegram(path: &str, content_type: &str, body: &Value) -> Option<String> {
+    if path != format!("/bot{TELEGRAM_TOKEN}/sendMessage") {
+        return Some("Unauthorized".into());
+    }
+    if !content_type.starts_with("application/json") {
+        return Some(format!("content type {content_type}"));
+    }
+    if !(body["chat_id"].is_i64() || body["chat_id"].is_string()) {
+        return Some("chat_id is empty".into());
+    }
+    if body["text"].as_str().is_none_or(str::is_empty) {
+        return Some("message text is empty".into());
+    }
+    None
+}
