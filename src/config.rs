@@ -228,14 +228,7 @@ pub struct Settings {
 impl Settings {
     /// Reads the process environment, then `.env` in the working directory for what is unset.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let dotenv = std::fs::read_to_string(".env")
-            .map(|text| parse_dotenv(&text))
-            .unwrap_or_default();
-        Self::from_lookup(|name| {
-            std::env::var(name)
-                .ok()
-                .or_else(|| dotenv.get(name).cloned())
-        })
+        Self::from_lookup(env_lookup())
     }
 
     /// Builds settings from any key lookup (tests pass a map).
@@ -655,6 +648,38 @@ impl Vars<'_> {
             },
         }
     }
+}
+
+/// The process environment, then `.env` in the working directory for what is unset.
+pub fn env_lookup() -> impl Fn(&str) -> Option<String> {
+    let dotenv = std::fs::read_to_string(".env")
+        .map(|text| parse_dotenv(&text))
+        .unwrap_or_default();
+    move |name| {
+        std::env::var(name)
+            .ok()
+            .or_else(|| dotenv.get(name).cloned())
+    }
+}
+
+/// What `otpgate migrate` needs: only the database URL (a migration job carries no JWT or
+/// provider secrets, so the production guards of [`Settings`] do not apply).
+pub fn database_url(lookup: impl Fn(&str) -> Option<String>) -> String {
+    lookup("DATABASE_URL")
+        .filter(|v| !v.trim().is_empty())
+        .map(|url| normalize_database_url(&url))
+        .unwrap_or_else(|| DEFAULT_DATABASE_URL.into())
+}
+
+/// What `otpgate healthcheck` needs: the host and port the server listens on.
+pub fn listen_address(
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<(String, u16), ConfigError> {
+    let env = Vars(&lookup);
+    Ok((
+        env.get("HOST").unwrap_or_else(|| "0.0.0.0".into()),
+        env.parse("PORT", 8000)?,
+    ))
 }
 
 /// Accepts SQLAlchemy-style URLs from the seed (`postgresql+asyncpg://`, `sqlite+aiosqlite:///x.db`)

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use otpgate::app::Application;
-use otpgate::config::Settings;
+use otpgate::config::{self, Settings};
 
 const USAGE: &str = "usage: otpgate [serve|migrate|healthcheck]
 
@@ -27,17 +27,22 @@ async fn main() -> ExitCode {
         println!("otpgate {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    let settings = match Settings::from_env() {
-        Ok(settings) => settings,
-        Err(err) => {
-            eprintln!("otpgate: {err}");
-            return ExitCode::from(2);
-        }
-    };
     match command.as_deref() {
-        None | Some("serve") => serve(settings).await,
-        Some("migrate") => migrate(settings).await,
-        Some("healthcheck") => healthcheck(&settings),
+        None | Some("serve") => match Settings::from_env() {
+            Ok(settings) => serve(settings).await,
+            Err(err) => {
+                eprintln!("otpgate: {err}");
+                ExitCode::from(2)
+            }
+        },
+        Some("migrate") => migrate(&config::database_url(config::env_lookup())).await,
+        Some("healthcheck") => match config::listen_address(config::env_lookup()) {
+            Ok((host, port)) => healthcheck(&host, port),
+            Err(err) => {
+                eprintln!("otpgate: {err}");
+                ExitCode::from(2)
+            }
+        },
         Some(other) => {
             eprintln!("otpgate: unknown command {other:?}\n\n{USAGE}");
             ExitCode::from(2)
@@ -67,16 +72,15 @@ async fn serve(settings: Settings) -> ExitCode {
     }
 }
 
-async fn migrate(settings: Settings) -> ExitCode {
-    otpgate::telemetry::init(&settings);
+async fn migrate(database_url: &str) -> ExitCode {
     let result = async {
-        let db = otpgate::db::connect(&settings.database_url, 1).await?;
+        let db = otpgate::db::connect(database_url, 1).await?;
         otpgate::db::migrate(&db).await
     }
     .await;
     match result {
         Ok(()) => {
-            tracing::info!("migrations applied");
+            println!("otpgate: migrations applied");
             ExitCode::SUCCESS
         }
         Err(err) => {
@@ -87,14 +91,14 @@ async fn migrate(settings: Settings) -> ExitCode {
 }
 
 /// A dependency-free probe for container health checks.
-fn healthcheck(settings: &Settings) -> ExitCode {
-    let host = match settings.host.as_str() {
+fn healthcheck(host: &str, port: u16) -> ExitCode {
+    let host = match host {
         "0.0.0.0" | "::" | "[::]" => "127.0.0.1",
         other => other,
     };
     let probe = || -> std::io::Result<bool> {
         let timeout = Duration::from_secs(3);
-        let addr = (host, settings.port)
+        let addr = (host, port)
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| std::io::Error::other("no address"))?;
@@ -114,10 +118,7 @@ fn healthcheck(settings: &Settings) -> ExitCode {
             ExitCode::FAILURE
         }
         Err(err) => {
-            eprintln!(
-                "otpgate: /health unreachable on {host}:{}: {err}",
-                settings.port
-            );
+            eprintln!("otpgate: /health unreachable on {host}:{port}: {err}");
             ExitCode::FAILURE
         }
     }

@@ -102,7 +102,7 @@ fn bad_configuration_names_the_variable() {
 fn seed_dotenv_is_read() {
     let dir = temp_dir();
     std::fs::write(dir.join(".env"), "OTP_LENGTH=3\n").expect("write .env");
-    let output = otpgate(&dir).arg("migrate").output().expect("run");
+    let output = otpgate(&dir).arg("serve").output().expect("run");
     assert_eq!(
         output.status.code(),
         Some(2),
@@ -151,4 +151,21 @@ fn env_example_is_a_valid_env_file() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    // `serve` reads the whole file: check it the way serve does, without serving.
+    let env = otpgate::config::parse_dotenv(&std::fs::read_to_string(example).expect("read"));
+    otpgate::config::Settings::from_lookup(|k| env.get(k).cloned())
+        .expect("the example settings are valid");
+}
+
+#[test]
+fn migrate_needs_only_the_database_url() {
+    // A migration job in production carries no JWT or provider secrets.
+    let dir = temp_dir();
+    let status = otpgate(&dir)
+        .arg("migrate")
+        .env("ENVIRONMENT", "production")
+        .stdout(Stdio::null())
+        .status()
+        .expect("run");
+    assert!(status.success());
 }
