@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Checks rendered Kubernetes manifests for what the deploy issue promises:
+pods run as non-root with a read-only root filesystem and dropped capabilities, the server has
+startup, liveness and readiness probes, exactly one migration Job exists (a pre-install,
+pre-upgrade hook in the Helm chart), replicas never migrate, and the termination grace period
+covers the shutdown grace plus the preStop pause.
+
+Usage: check_manifests.py (--helm|--kustomize) FILE [--rules RULES_FILE]
+"""
+import argparse
+import sys
+
+import yaml
+
+parser = argparse.ArgumentParser()
+parser.add_argument("file")
+parser.add_argument("--helm", action="store_true")
+parser.add_argument("--rules")
+args = parser.parse_args()
+
+docs = [d for d in yaml.safe_load_all(open(args.file)) if d]
+errors = []
+
+
+def check(cond, message):
+    if not cond:
+        errors.append(message)
+
+
+by_kind = {}
+for d in docs:
+    by_kind.setdefault(d["kind"], []).append(d)
+
+configmaps = {c["metadata"]["name"]: c.get("data", {}) for c in by_kind.get("ConfigMap", [])}
+
+
+def pod_checks(owner, spec):
+    pod = spec["template"]["spec"]
+    sc = pod.get("securityContext", {})
+    check(sc.get("runAsNonRoot") is True, f"{owner}: pod securityContext.runAsNonRoot")
+    check(pod.get("automountServiceAccountToken") is False, f"{owner}: service account token mounted")
+    for c in pod["containers"]:
+        csc = c.get("securityContext", {})
+        check(csc.get("readOnlyRootFilesystem") is True, f"{owner}/{c['name']}: readOnlyRootFilesystem")
+        check(csc.get("allowPrivilegeEscalation") is False, f"{owner}/{c['name']}: allowPrivilegeEscalation")
+        check(csc.get("capabilities", {}).get("drop") == ["ALL"], f"{owner}/{c['name']}: drop ALL")
+        check("resources" in c, f"{owner}/{c['name']}: resources")
+    return pod
+
+
+deployments = by_kind.get("Deployment", [])
+check(len(deployments) == 1, f"expected one Deployment, got {len(deployments)}")
+for d in deployments:
+    name = d["metadata"]["name"]
+    pod = pod_checks(f"Deployment {name}", d["spec"])
+    c = pod["containers"][0]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        check(probe in c, f"Deployment {name}: {probe} missing")
+    check(c.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/ready", "readiness probes /ready")
+    check(c.get("livenessProbe", {}).get("httpGet", {}).get("path") == "/health", "liveness probes /health")
+    check("migrate" not in c.get("args", []), "the server does not run migrate")
+    env = {}
+    for source in c.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(configmaps.get(source["configMapRef"]["name"], {}))
+    for e in c.get("env", []):
+        if "value" in e:
+            env[e["name"]] = e["value"]
+    check(env.get("RUN_MIGRATIONS") == "false", "replicas must run with RUN_MIGRATIONS=false")
+    grace = int(env.get("SHUTDOWN_GRACE_SECONDS", "20"))
+    pause = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+    check(pause > 0, "a preStop pause lets the load balancer deregister the pod")
+    check(pod.get("terminationGracePeriodSeconds", 30) > grace + pause,
+          "terminationGracePeriodSeconds must exceed SHUTDOWN_GRACE_SECONDS + preStop")
+    check(len(pod.get("topologySpreadConstraints", [])) >= 1, "topology spread")
+
+jobs = by_kind.get("Job", [])
+check(len(jobs) == 1, f"expected exactly one migration Job, got {len(jobs)}")
+for j in jobs:
+    pod = pod_checks(f"Job {j['metadata']['name']}", j["spec"])
+    check(pod["containers"][0].get("args") == ["migrate"], "the Job runs `otpgate migrate`")
+    if args.helm:
+        hooks = j["metadata"].get("annotations", {}).get("helm.sh/hook", "")
+        check(set(hooks.split(",")) == {"pre-install", "pre-upgrade"}, f"Job hook is {hooks!r}")
+
+for rule in by_kind.get("PrometheusRule", []):
+    check(args.rules is not None, "PrometheusRule rendered but no rules file to compare")
+    if args.rules:
+        shipped = yaml.safe_load(open(args.rules))["groups"]
+        check(rule["spec"]["groups"] == shipped, "PrometheusRule differs from the shipped rules")
+
+if errors:
+    print("\n".join(f"FAIL {e}" for e in errors))
+    sys.exit(1)
+print(f"ok: {args.file}: {sum(len(v) for v in by_kind.values())} objects, {', '.join(sorted(by_kind))}")
