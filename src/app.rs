@@ -3,6 +3,9 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
 
 use poem::http::{StatusCode, header};
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
@@ -137,6 +140,84 @@ fn metrics_endpoint(metrics: Arc<Metrics>, token: Option<Secret>) -> impl Endpoi
     })
 }
 
+/// How long a client may take to send a request body.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Buffers request bodies up to `max` bytes (413 beyond, whatever `Content-Length` says or
+/// does not say) within [`BODY_READ_TIMEOUT`] (408 after), so a client can neither flood nor
+/// trickle.
+struct BodyLimit {
+    max: usize,
+}
+
+impl<E: Endpoint> poem::Middleware<E> for BodyLimit {
+    type Output = BodyLimitEndpoint<E>;
+
+    fn transform(&self, ep: E) -> Self::Output {
+        BodyLimitEndpoint {
+            inner: ep,
+            max: self.max,
+        }
+    }
+}
+
+struct BodyLimitEndpoint<E> {
+    inner: E,
+    max: usize,
+}
+
+impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
+    type Output = E::Output;
+
+    async fn call(&self, mut req: Request) -> poem::Result<Self::Output> {
+        let too_large = || poem::Error::from_status(StatusCode::PAYLOAD_TOO_LARGE);
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.max as u64) {
+            return Err(too_large());
+        }
+        if declared != Some(0) && req.method() != poem::http::Method::GET {
+            let limit = u64::try_from(self.max)
+                .unwrap_or(u64::MAX)
+                .saturating_add(1);
+            let mut reader = req.take_body().into_async_read().take(limit);
+            let mut buf = Vec::new();
+            match tokio::time::timeout(BODY_READ_TIMEOUT, reader.read_to_end(&mut buf)).await {
+                Err(_) => return Err(poem::Error::from_status(StatusCode::REQUEST_TIMEOUT)),
+                Ok(Err(_)) => return Err(poem::Error::from_status(StatusCode::BAD_REQUEST)),
+                Ok(Ok(_)) if buf.len() > self.max => return Err(too_large()),
+                Ok(Ok(_)) => req.set_body(buf),
+            }
+        }
+        self.inner.call(req).await
+    }
+}
+
+/// CORS for browser clients: the origins of `CORS_ORIGINS` (`*` = any, development only).
+fn cors(origins: &[String]) -> Option<poem::middleware::Cors> {
+    if origins.is_empty() {
+        return None;
+    }
+    let cors = poem::middleware::Cors::new()
+        .allow_methods([poem::http::Method::GET, poem::http::Method::POST])
+        .allow_headers(["authorization", "content-type", "x-request-id"])
+        .expose_headers([
+            "retry-after",
+            "ratelimit",
+            "ratelimit-policy",
+            "x-request-id",
+        ])
+        .max_age(600);
+    Some(if origins.iter().any(|o| o == "*") {
+        cors
+    } else {
+        cors.allow_origins(origins)
+    })
+}
+
 /// The paths of every operation in the spec, plus the docs: the `route` label values.
 fn known_routes(spec_json: &str, extra: &[&str]) -> HashSet<String> {
     let spec: serde_json::Value = serde_json::from_str(spec_json).unwrap_or_default();
@@ -165,8 +246,9 @@ pub fn routes(state: Arc<AppState>) -> impl Endpoint {
         metrics: state.metrics.clone(),
     };
     let metrics = state.metrics.clone();
-    let metrics_here = state.settings.metrics_port.is_none();
-    let token = state.settings.metrics_token.clone();
+    let settings = state.settings.clone();
+    let metrics_here = settings.metrics_port.is_none();
+    let token = settings.metrics_token.clone();
     let api = crate::api::service(state);
     let observed = Observe {
         metrics: metrics.clone(),
@@ -192,12 +274,17 @@ pub fn routes(state: Arc<AppState>) -> impl Endpoint {
     if metrics_here {
         route = route.at("/metrics", metrics_endpoint(metrics.clone(), token));
     }
+    let cors = cors(&settings.cors_origins);
     route
         .nest(
             "/",
             api.with(gate)
                 .with(SetHeader::new().overriding(header::CACHE_CONTROL, "no-store")),
         )
+        .with(BodyLimit {
+            max: settings.body_limit_bytes,
+        })
+        .with_if(cors.is_some(), cors.unwrap_or_default())
         .catch_all_error(|err| async move { problem_response(err) })
         .with(SetHeader::new().overriding(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .with(observed)
@@ -297,7 +384,9 @@ impl Application {
                     .await
             })
         });
+        let idle = self.state.settings.http_idle_timeout;
         let result = Server::new_with_acceptor(self.acceptor)
+            .idle_timeout(idle)
             .run_with_graceful_shutdown(routes(self.state), stopped(stop_rx), Some(grace))
             .await;
         if let Some(task) = metrics_server {

@@ -10,6 +10,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::auth::keys::{KeySet, SigningAlgorithm};
 use crate::delivery::Channel;
 use crate::ratelimit::{Cidr, QuotaPolicy, parse_country, parse_country_caps};
 
@@ -168,6 +169,14 @@ pub struct Settings {
     pub redis_timeout: Duration,
     /// `JWT_SECRET_KEY`: HMAC key of HS256 tokens.
     pub jwt_secret: Secret,
+    /// `JWT_ALGORITHM`: `HS256`, `ES256` or `EdDSA`.
+    pub jwt_algorithm: SigningAlgorithm,
+    /// The PEM read from `JWT_PRIVATE_KEY_FILE` (ES256/EdDSA).
+    pub jwt_private_key: Option<Secret>,
+    /// The PEMs read from `JWT_PREVIOUS_PUBLIC_KEY_FILES`: still verify, never sign.
+    pub jwt_previous_public_keys: Vec<String>,
+    /// `JWT_LEEWAY_SECONDS`: clock skew allowed on `exp` and `nbf`.
+    pub jwt_leeway_seconds: u64,
     /// `JWT_ISSUER`: the `iss` claim.
     pub jwt_issuer: String,
     /// `JWT_AUDIENCE`: the `aud` claim.
@@ -219,6 +228,12 @@ pub struct Settings {
     pub allowed_countries: Vec<String>,
     /// `OTP_BLOCKED_COUNTRIES`: codes never go to these countries.
     pub blocked_countries: Vec<String>,
+    /// `CORS_ORIGINS`: browser origins allowed to call the API (`*` only in development).
+    pub cors_origins: Vec<String>,
+    /// `BODY_LIMIT_BYTES`: largest request body (413 beyond).
+    pub body_limit_bytes: usize,
+    /// `HTTP_IDLE_TIMEOUT_SECONDS`: connections without traffic for this long are closed.
+    pub http_idle_timeout: Duration,
     /// `METRICS_PORT`: serve `/metrics` on this port (same host) instead of the main one.
     pub metrics_port: Option<u16>,
     /// `METRICS_TOKEN`: when set, `/metrics` wants `Authorization: Bearer <token>`.
@@ -233,6 +248,8 @@ impl Settings {
 
     /// Builds settings from any key lookup (tests pass a map).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let from_files = read_secret_files(&lookup)?;
+        let lookup = |name: &str| lookup(name).or_else(|| from_files.get(name).cloned());
         let env = Vars(&lookup);
         let environment = match env
             .get("ENVIRONMENT")
@@ -347,6 +364,41 @@ impl Settings {
         let allowed_countries = countries("OTP_ALLOWED_COUNTRIES")?;
         let blocked_countries = countries("OTP_BLOCKED_COUNTRIES")?;
 
+        let jwt_algorithm = match env.get("JWT_ALGORITHM") {
+            None => SigningAlgorithm::Hs256,
+            Some(name) => SigningAlgorithm::parse(&name).ok_or_else(|| {
+                invalid(
+                    "JWT_ALGORITHM",
+                    format!("expected HS256, ES256 or EdDSA, got {name:?}"),
+                )
+            })?,
+        };
+        let read = |var: &'static str, path: &str| {
+            std::fs::read_to_string(path.trim())
+                .map_err(|e| invalid(var, format!("cannot read {path:?}: {e}")))
+        };
+        let jwt_private_key = match env.get("JWT_PRIVATE_KEY_FILE") {
+            Some(path) => Some(read("JWT_PRIVATE_KEY_FILE", &path)?),
+            None => None,
+        };
+        let jwt_previous_public_keys = env
+            .list("JWT_PREVIOUS_PUBLIC_KEY_FILES")
+            .iter()
+            .map(|path| read("JWT_PREVIOUS_PUBLIC_KEY_FILES", path))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(pem) = &jwt_private_key {
+            if jwt_algorithm == SigningAlgorithm::Hs256 {
+                return Err(invalid(
+                    "JWT_ALGORITHM",
+                    "set ES256 or EdDSA to use JWT_PRIVATE_KEY_FILE",
+                ));
+            }
+            KeySet::asymmetric(jwt_algorithm, pem, &[])
+                .map_err(|e| invalid("JWT_PRIVATE_KEY_FILE", e))?;
+            KeySet::asymmetric(jwt_algorithm, pem, &jwt_previous_public_keys)
+                .map_err(|e| invalid("JWT_PREVIOUS_PUBLIC_KEY_FILES", e))?;
+        }
+
         let send_otp_via_sms = env.bool("SEND_OTP_VIA_SMS", false)?;
         let delivery = delivery_settings(&env, send_otp_via_sms, production)?;
 
@@ -372,6 +424,10 @@ impl Settings {
                 env.get("JWT_SECRET_KEY")
                     .unwrap_or_else(|| DEV_JWT_SECRET.into()),
             ),
+            jwt_algorithm,
+            jwt_private_key: jwt_private_key.map(Secret::new),
+            jwt_previous_public_keys,
+            jwt_leeway_seconds: env.parse("JWT_LEEWAY_SECONDS", 5)?,
             jwt_issuer: env.get("JWT_ISSUER").unwrap_or_else(|| "otpgate".into()),
             jwt_audience: env.get("JWT_AUDIENCE").unwrap_or_else(|| "otpgate".into()),
             access_token_ttl: Duration::from_secs(access_minutes * 60),
@@ -409,6 +465,9 @@ impl Settings {
                 Some(_) => Some(env.parse("METRICS_PORT", 0)?),
             },
             metrics_token: env.get("METRICS_TOKEN").map(Secret::new),
+            cors_origins: env.list("CORS_ORIGINS"),
+            body_limit_bytes: env.parse("BODY_LIMIT_BYTES", 64 * 1024)?,
+            http_idle_timeout: Duration::from_secs(env.parse("HTTP_IDLE_TIMEOUT_SECONDS", 30)?),
         };
         settings.check_production()?;
         Ok(settings)
@@ -419,6 +478,22 @@ impl Settings {
     fn check_production(&self) -> Result<(), ConfigError> {
         if self.environment != Environment::Production {
             return Ok(());
+        }
+        if self.jwt_algorithm != SigningAlgorithm::Hs256 {
+            if self.jwt_private_key.is_none() {
+                return Err(invalid(
+                    "JWT_PRIVATE_KEY_FILE",
+                    "production needs a private key for ES256/EdDSA (otpgate keygen makes one)",
+                ));
+            }
+            // The code pepper still needs a secret: OTP_PEPPER, or JWT_SECRET_KEY to derive it.
+            if self
+                .otp_pepper
+                .as_ref()
+                .is_some_and(|p| p.expose().len() >= 32)
+            {
+                return self.check_production_rest();
+            }
         }
         let secret = self.jwt_secret.expose();
         if secret == DEV_JWT_SECRET {
@@ -431,6 +506,16 @@ impl Settings {
             return Err(invalid(
                 "JWT_SECRET_KEY",
                 "production needs at least 32 bytes",
+            ));
+        }
+        self.check_production_rest()
+    }
+
+    fn check_production_rest(&self) -> Result<(), ConfigError> {
+        if self.cors_origins.iter().any(|o| o == "*") {
+            return Err(invalid(
+                "CORS_ORIGINS",
+                "`*` is refused in production: list the origins",
             ));
         }
         if self.redis_url.is_none() {
@@ -682,6 +767,46 @@ pub fn listen_address(
     ))
 }
 
+/// Variables that may also come from a file named by `NAME_FILE` (Kubernetes secrets mounted as
+/// files). A set `NAME` wins over `NAME_FILE`.
+pub const SECRET_VARIABLES: &[&str] = &[
+    "JWT_SECRET_KEY",
+    "OTP_PEPPER",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "TWILIO_ACCOUNT_SID",
+    "TWILIO_AUTH_TOKEN",
+    "WHATSAPP_ACCESS_TOKEN",
+    "WHATSAPP_VERIFY_TOKEN",
+    "WHATSAPP_WEBHOOK_SECRET",
+    "TELEGRAM_BOT_TOKEN",
+    "TELEGRAM_WEBHOOK_SECRET",
+    "METRICS_TOKEN",
+];
+
+fn read_secret_files(
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<HashMap<String, String>, ConfigError> {
+    let mut found = HashMap::new();
+    for name in SECRET_VARIABLES {
+        if lookup(name).is_some_and(|v| !v.trim().is_empty()) {
+            continue;
+        }
+        let file_var = format!("{name}_FILE");
+        if let Some(path) = lookup(&file_var).filter(|p| !p.trim().is_empty()) {
+            let value = std::fs::read_to_string(path.trim()).map_err(|e| ConfigError {
+                var: name,
+                message: format!("{file_var}: cannot read {path:?}: {e}"),
+            })?;
+            found.insert(
+                name.to_string(),
+                value.trim_end_matches(['\r', '\n']).to_string(),
+            );
+        }
+    }
+    Ok(found)
+}
+
 /// Accepts SQLAlchemy-style URLs from the seed (`postgresql+asyncpg://`, `sqlite+aiosqlite:///x.db`)
 /// and gives SQLite files `mode=rwc` so they are created on first start.
 pub fn normalize_database_url(url: &str) -> String {
@@ -818,6 +943,62 @@ mod tests {
         assert!(
             !format!("{prod:?}").contains("\"t\""),
             "tokens stay out of Debug output"
+        );
+    }
+
+    #[test]
+    fn secrets_come_from_files_too() {
+        let dir = std::env::temp_dir().join(format!("otpgate-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("jwt");
+        std::fs::write(&file, "from-a-file-from-a-file-from-a-file\n").unwrap();
+        let path = file.to_string_lossy().to_string();
+        let s = settings(&[("JWT_SECRET_KEY_FILE", path.as_str())]).unwrap();
+        assert_eq!(s.jwt_secret.expose(), "from-a-file-from-a-file-from-a-file");
+        // The variable itself wins over its file.
+        let s = settings(&[
+            ("JWT_SECRET_KEY_FILE", path.as_str()),
+            ("JWT_SECRET_KEY", "direct"),
+        ])
+        .unwrap();
+        assert_eq!(s.jwt_secret.expose(), "direct");
+        let err = settings(&[("REDIS_URL_FILE", "/nonexistent/otpgate")]).unwrap_err();
+        assert_eq!(err.var, "REDIS_URL");
+        assert!(err.message.contains("REDIS_URL_FILE"));
+    }
+
+    #[test]
+    fn signing_keys_are_checked() {
+        let var = |pairs: &[(&str, &str)]| settings(pairs).unwrap_err().var;
+        assert_eq!(var(&[("JWT_ALGORITHM", "RS256")]), "JWT_ALGORITHM");
+        assert_eq!(
+            var(&[
+                ("JWT_ALGORITHM", "ES256"),
+                ("JWT_PRIVATE_KEY_FILE", "/nonexistent")
+            ]),
+            "JWT_PRIVATE_KEY_FILE"
+        );
+        let prod = [
+            ("ENVIRONMENT", "production"),
+            ("JWT_ALGORITHM", "ES256"),
+            ("JWT_SECRET_KEY", "0123456789abcdef0123456789abcdef"),
+            ("REDIS_URL", "redis://127.0.0.1"),
+            ("TELEGRAM_BOT_TOKEN", "1:x"),
+        ];
+        assert_eq!(
+            var(&prod),
+            "JWT_PRIVATE_KEY_FILE",
+            "production needs the key file"
+        );
+        assert_eq!(
+            var(&[
+                ("ENVIRONMENT", "production"),
+                ("CORS_ORIGINS", "*"),
+                ("JWT_SECRET_KEY", "0123456789abcdef0123456789abcdef"),
+                ("REDIS_URL", "redis://x"),
+                ("TELEGRAM_BOT_TOKEN", "1:x")
+            ]),
+            "CORS_ORIGINS"
         );
     }
 

@@ -6,13 +6,17 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use otpgate::app::Application;
+use otpgate::auth::keys::{self, SigningAlgorithm};
 use otpgate::config::{self, Settings};
 
-const USAGE: &str = "usage: otpgate [serve|migrate|healthcheck]
+const USAGE: &str = "usage: otpgate [serve|migrate|healthcheck|keygen]
 
   serve        run the HTTP server (the default)
   migrate      apply database migrations and exit
   healthcheck  GET /health on the configured port; exit 0 when it answers 200
+  keygen [--alg ES256|EdDSA] [--public FILE]
+               print a new PKCS#8 private key for JWT_PRIVATE_KEY_FILE, or, with --public,
+               the public key of FILE (for JWT_PREVIOUS_PUBLIC_KEY_FILES when rotating)
 
 Configuration comes from the environment and an optional .env file (see README.md).";
 
@@ -43,6 +47,7 @@ async fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Some("keygen") => keygen(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some(other) => {
             eprintln!("otpgate: unknown command {other:?}\n\n{USAGE}");
             ExitCode::from(2)
@@ -85,6 +90,44 @@ async fn migrate(database_url: &str) -> ExitCode {
         }
         Err(err) => {
             eprintln!("otpgate: migration failed: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn keygen(args: &[String]) -> ExitCode {
+    let mut algorithm = SigningAlgorithm::Es256;
+    let mut public_of = None;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match (arg.as_str(), it.next()) {
+            ("--alg", Some(name)) => match SigningAlgorithm::parse(name) {
+                Some(SigningAlgorithm::Hs256) | None => {
+                    eprintln!("otpgate: keygen makes ES256 or EdDSA keys, not {name:?}");
+                    return ExitCode::from(2);
+                }
+                Some(alg) => algorithm = alg,
+            },
+            ("--public", Some(path)) => public_of = Some(path.clone()),
+            _ => {
+                eprintln!("otpgate: bad keygen arguments\n\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let result = match public_of {
+        Some(path) => std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {path:?}: {e}"))
+            .and_then(|pem| keys::public_pem(algorithm, &pem)),
+        None => keys::generate_pem(algorithm),
+    };
+    match result {
+        Ok(pem) => {
+            print!("{pem}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("otpgate: keygen: {err}");
             ExitCode::FAILURE
         }
     }

@@ -9,6 +9,7 @@ use crate::app::AppState;
 
 pub mod auth;
 pub mod health;
+pub mod keys;
 
 /// Groups of operations in the docs.
 #[derive(Tags)]
@@ -20,13 +21,16 @@ pub enum ApiTags {
 }
 
 /// The OpenAPI service of every area.
-pub type Api = OpenApiService<(auth::AuthApi, health::HealthApi), ()>;
+pub type Api = OpenApiService<(auth::AuthApi, keys::KeysApi, health::HealthApi), ()>;
 
 /// Builds the API with its spec metadata.
 pub fn service(state: Arc<AppState>) -> Api {
     OpenApiService::new(
         (
             auth::AuthApi {
+                auth: state.auth.clone(),
+            },
+            keys::KeysApi {
                 auth: state.auth.clone(),
             },
             health::HealthApi { state },

@@ -17,6 +17,7 @@ use crate::ratelimit::{Quota, QuotaPolicy, QuotaState};
 use crate::store::{RefreshOutcome, Store};
 use crate::telemetry::Metrics;
 
+pub mod keys;
 pub mod otp;
 pub mod phone;
 pub mod tokens;
@@ -78,7 +79,7 @@ impl AuthService {
     ) -> Result<Self, Error> {
         Ok(Self {
             otp: OtpService::new(settings, store.clone())?,
-            tokens: TokenService::new(settings),
+            tokens: TokenService::new(settings).map_err(Error::Internal)?,
             store,
             db,
             delivery,
@@ -362,6 +363,11 @@ impl AuthService {
         self.db_query("find_user", db::find_user(&self.db, id))
             .await?
             .ok_or(Error::InvalidToken)
+    }
+
+    /// The public keys tokens are verified with (JWKS; empty for HS256).
+    pub fn jwks(&self) -> serde_json::Value {
+        self.tokens.jwks()
     }
 
     /// Revokes the session of `claims` on every replica: its access and refresh tokens die.

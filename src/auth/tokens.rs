@@ -1,16 +1,15 @@
-//! JWT access and refresh tokens (HS256), with the claims every replica checks.
+//! JWT access and refresh tokens, signed with the configured key ([`super::keys`]), with the
+//! claims every replica checks.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Header, Validation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::keys::{KeySet, SigningAlgorithm, generate_pem};
 use crate::config::Settings;
 use crate::error::Error;
-
-/// Allowed clock difference between replicas when checking `exp`.
-const LEEWAY_SECONDS: u64 = 5;
 
 /// What a token may be used for; an access token is never accepted as a refresh token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +32,8 @@ pub struct Claims {
     pub jti: String,
     /// Issued at (Unix seconds).
     pub iat: u64,
+    /// Not before (Unix seconds).
+    pub nbf: u64,
     /// Expires at (Unix seconds).
     pub exp: u64,
     /// Issuer (`JWT_ISSUER`).
@@ -54,10 +55,9 @@ pub struct TokenPair {
     pub expires_in: u64,
 }
 
-/// Signs and checks tokens with the configured key, algorithm, issuer and audience.
+/// Signs and checks tokens with the configured keys, algorithm, issuer and audience.
 pub struct TokenService {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
+    keys: KeySet,
     header: Header,
     validation: Validation,
     issuer: String,
@@ -67,27 +67,52 @@ pub struct TokenService {
 }
 
 impl TokenService {
-    /// A service for HS256 tokens keyed by `JWT_SECRET_KEY`.
-    pub fn new(settings: &Settings) -> Self {
-        let secret = settings.jwt_secret.expose().as_bytes();
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.algorithms = vec![Algorithm::HS256];
-        validation.leeway = LEEWAY_SECONDS;
+    /// A service for the configured algorithm. ES256/EdDSA without `JWT_PRIVATE_KEY_FILE`
+    /// (development only; production refuses it) get a key generated for this process.
+    pub fn new(settings: &Settings) -> Result<Self, String> {
+        let algorithm = settings.jwt_algorithm;
+        let keys = match (algorithm, &settings.jwt_private_key) {
+            (SigningAlgorithm::Hs256, _) => KeySet::hmac(settings.jwt_secret.expose().as_bytes()),
+            (_, Some(pem)) => {
+                KeySet::asymmetric(algorithm, pem.expose(), &settings.jwt_previous_public_keys)?
+            }
+            (_, None) => {
+                tracing::warn!(
+                    algorithm = algorithm.name(),
+                    "JWT_PRIVATE_KEY_FILE is unset: signing with a key generated for this process \
+                     (tokens die with it; development only)"
+                );
+                KeySet::asymmetric(
+                    algorithm,
+                    &generate_pem(algorithm)?,
+                    &settings.jwt_previous_public_keys,
+                )?
+            }
+        };
+        let mut header = Header::new(algorithm.jose());
+        header.kid = keys.kid.clone();
+        let mut validation = Validation::new(algorithm.jose());
+        validation.algorithms = vec![algorithm.jose()];
+        validation.leeway = settings.jwt_leeway_seconds;
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.set_issuer(&[settings.jwt_issuer.as_str()]);
         validation.set_audience(&[settings.jwt_audience.as_str()]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        Self {
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
-            header: Header::new(Algorithm::HS256),
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        Ok(Self {
+            keys,
+            header,
             validation,
             issuer: settings.jwt_issuer.clone(),
             audience: settings.jwt_audience.clone(),
             access_ttl: settings.access_token_ttl,
             refresh_ttl: settings.refresh_token_ttl,
-        }
+        })
+    }
+
+    /// The public keys as a JWKS document (empty for HS256).
+    pub fn jwks(&self) -> serde_json::Value {
+        self.keys.jwks()
     }
 
     /// Lifetime of refresh tokens, the longest any token lives.
@@ -118,18 +143,28 @@ impl TokenService {
             sid: sid.to_string(),
             jti: Uuid::new_v4().to_string(),
             iat: now,
+            nbf: now,
             exp: now + ttl.as_secs(),
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
             typ,
         };
-        jsonwebtoken::encode(&self.header, &claims, &self.encoding)
+        jsonwebtoken::encode(&self.header, &claims, &self.keys.encoding)
             .map_err(|e| Error::Internal(format!("signing a token failed: {e}")))
     }
 
-    /// Checks signature, algorithm, `exp`, `iss`, `aud` and the token kind.
+    /// Checks algorithm (only the configured one), key (`kid`), signature, `exp`, `nbf`,
+    /// `iss`, `aud` and the token kind.
     pub fn decode(&self, token: &str, expected: TokenKind) -> Result<Claims, Error> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Error::InvalidToken)?;
+        if header.alg != self.keys.algorithm.jose() {
+            return Err(Error::InvalidToken);
+        }
+        let key = self
+            .keys
+            .key_for(header.kid.as_deref())
+            .ok_or(Error::InvalidToken)?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
             .map_err(|_| Error::InvalidToken)?;
         if data.claims.typ != expected {
             return Err(Error::InvalidToken);
@@ -155,7 +190,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        TokenService::new(&Settings::from_lookup(|k| map.get(k).cloned()).unwrap())
+        TokenService::new(&Settings::from_lookup(|k| map.get(k).cloned()).unwrap()).unwrap()
     }
 
     #[test]

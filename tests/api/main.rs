@@ -13,3 +13,4 @@ mod observability;
 mod outages;
 mod standin;
 mod store;
+mod tokens;
