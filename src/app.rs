@@ -1,6 +1,6 @@
 //! Builds the application from [`Settings`] and serves it until a shutdown signal.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -218,16 +218,25 @@ fn cors(origins: &[String]) -> Option<poem::middleware::Cors> {
     })
 }
 
-/// The paths of every operation in the spec, plus the docs: the `route` label values.
-fn known_routes(spec_json: &str, extra: &[&str]) -> HashSet<String> {
+/// The methods of every path in the spec (`/api/auth/login` → `POST`), for `Allow` headers and
+/// the `route` label of metrics.
+fn spec_methods(spec_json: &str) -> HashMap<String, String> {
     let spec: serde_json::Value = serde_json::from_str(spec_json).unwrap_or_default();
     spec["paths"]
         .as_object()
-        .map(|paths| paths.keys().cloned().collect::<HashSet<_>>())
+        .map(|paths| {
+            paths
+                .iter()
+                .map(|(path, ops)| {
+                    let methods: Vec<String> = ops
+                        .as_object()
+                        .map(|o| o.keys().map(|m| m.to_ascii_uppercase()).collect())
+                        .unwrap_or_default();
+                    (path.clone(), methods.join(", "))
+                })
+                .collect()
+        })
         .unwrap_or_default()
-        .into_iter()
-        .chain(extra.iter().map(|s| s.to_string()))
-        .collect()
 }
 
 /// All routes: the API, its docs and spec (and `/metrics` unless it has its own port), with
@@ -250,20 +259,21 @@ pub fn routes(state: Arc<AppState>) -> impl Endpoint {
     let metrics_here = settings.metrics_port.is_none();
     let token = settings.metrics_token.clone();
     let api = crate::api::service(state);
+    let mut allow = spec_methods(&api.spec());
+    for path in ["/docs", "/redoc", "/openapi.json", "/metrics"] {
+        allow.insert(path.to_string(), "GET".to_string());
+    }
     let observed = Observe {
         metrics: metrics.clone(),
-        routes: Arc::new(known_routes(
-            &api.spec(),
-            &[
-                "/docs",
-                "/docs/",
-                "/redoc",
-                "/redoc/",
-                "/openapi.json",
-                "/metrics",
-            ],
-        )),
+        routes: Arc::new(
+            allow
+                .keys()
+                .cloned()
+                .chain(["/docs/".to_string(), "/redoc/".to_string()])
+                .collect(),
+        ),
     };
+    let allow = Arc::new(allow);
     let spec = api.spec_endpoint();
     let swagger = api.swagger_ui();
     let redoc = api.redoc();
@@ -286,6 +296,20 @@ pub fn routes(state: Arc<AppState>) -> impl Endpoint {
         })
         .with_if(cors.is_some(), cors.unwrap_or_default())
         .catch_all_error(|err| async move { problem_response(err) })
+        .around(move |ep, req| {
+            // RFC 9110: a 405 names the methods the resource supports.
+            let methods = allow.get(req.uri().path()).cloned();
+            async move {
+                let mut resp = ep.call(req).await?;
+                if resp.status() == StatusCode::METHOD_NOT_ALLOWED
+                    && let Some(value) =
+                        methods.and_then(|m| header::HeaderValue::from_str(&m).ok())
+                {
+                    resp.headers_mut().insert(header::ALLOW, value);
+                }
+                Ok(resp)
+            }
+        })
         .with(SetHeader::new().overriding(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .with(observed)
 }

@@ -78,7 +78,7 @@ impl From<Channel> for DeliveredChannel {
 pub struct LoginRequest {
     /// Phone number with country code: `+919876543210`, `919876543210`, `+91 98765 43210` or
     /// `0091…` (national numbers only when the server sets `DEFAULT_REGION`).
-    #[oai(validator(min_length = 1, max_length = 32))]
+    #[oai(validator(max_length = 32, pattern = r"^[+(]?[0-9][0-9 ().-]*$"))]
     pub phone: String,
     /// Delivery channel; the server's default when absent.
     pub channel: Option<RequestedChannel>,
@@ -126,10 +126,10 @@ fn client_ip(req: &Request) -> Option<std::net::IpAddr> {
 #[derive(Debug, Object)]
 pub struct VerifyRequest {
     /// The phone number the code was sent to (any accepted form).
-    #[oai(validator(min_length = 1, max_length = 32))]
+    #[oai(validator(max_length = 32, pattern = r"^[+(]?[0-9][0-9 ().-]*$"))]
     pub phone: String,
     /// The digits received.
-    #[oai(validator(min_length = 1, max_length = 16))]
+    #[oai(validator(pattern = r"^[0-9]{4,10}$"))]
     pub otp_code: String,
 }
 

@@ -12,23 +12,29 @@ crate::on_both_backends!(
 
 async fn bad_input_is_a_problem_never_a_5xx(backend: Backend) {
     let app = spawn_app(backend).await;
+    // Not shaped like a phone number at all: the schema refuses it (400).
     for phone in [
         "",
-        "12",
         "abc",
+        "9+19876543210",
+        "+91 98765 43210 ext 5",
+        "١٢٣٤٥٦٧٨٩٠",
+    ] {
+        app.login(&app.a, phone)
+            .await
+            .assert_problem(400, "invalid_request");
+    }
+    // Shaped like one, but not a valid number: 422.
+    for phone in [
+        "12",
         "+91 98765",
         "+999 123456789",
-        "9+19876543210",
         "0987654321",
+        "+0000000000",
     ] {
-        let reply = app.login(&app.a, phone).await;
-        let expected = if phone.is_empty() {
-            "invalid_request"
-        } else {
-            "invalid_phone"
-        };
-        let status = if phone.is_empty() { 400 } else { 422 };
-        reply.assert_problem(status, expected);
+        app.login(&app.a, phone)
+            .await
+            .assert_problem(422, "invalid_phone");
     }
     // Wrong types, missing fields, unknown channels.
     for body in [
@@ -78,7 +84,7 @@ async fn bad_input_is_a_problem_never_a_5xx(backend: Backend) {
     app.post(
         &app.a,
         "/api/auth/verify-otp",
-        json!({ "phone": "nope", "otp_code": "123456" }),
+        json!({ "phone": "12", "otp_code": "123456" }),
     )
     .await
     .assert_problem(422, "invalid_phone");

@@ -192,7 +192,7 @@ async fn request_ids_are_kept_or_made_and_echoed(backend: Backend) {
         .client
         .post(format!("{}/api/auth/login", app.a))
         .header("x-request-id", "req-42")
-        .json(&serde_json::json!({ "phone": "nope" }))
+        .json(&serde_json::json!({ "phone": "12" }))
         .send()
         .await
         .expect("sent");
