@@ -234,3 +234,59 @@ mod tests {
         assert_eq!(us.masked(), "+1******2671");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Valid numbers of a few regions: (country code, national number).
+    fn numbers() -> impl Strategy<Value = (&'static str, String)> {
+        prop_oneof![
+            "9[0-9]{9}".prop_map(|n| ("91", n)),    // India, mobile
+            "4155[0-9]{6}".prop_map(|n| ("1", n)),  // US, San Francisco
+            "7400[0-9]{6}".prop_map(|n| ("44", n)), // UK, mobile
+            "15[0-9]{9}".prop_map(|n| ("49", n)),   // Germany, mobile
+        ]
+    }
+
+    proptest! {
+        /// Every accepted spelling of a number normalises to the same E.164, and E.164 is a
+        /// fixed point.
+        #[test]
+        fn spellings_round_trip((cc, national) in numbers(), cut in 1usize..6, sep in "[ .-]") {
+            let Ok(canonical) = Phone::parse(&format!("+{cc}{national}"), None) else {
+                // A range libphonenumber does not know: nothing to round-trip.
+                return Ok(());
+            };
+            let e164 = canonical.as_str().to_string();
+            let (head, tail) = national.split_at(cut.min(national.len() - 1));
+            for spelling in [
+                format!("{cc}{national}"),
+                format!("00{cc}{national}"),
+                format!("+{cc}{sep}{head}{sep}{tail}"),
+                format!("+{cc} ({head}) {tail}"),
+                format!("  +{cc}{national}  "),
+                e164.clone(),
+            ] {
+                let parsed = Phone::parse(&spelling, None);
+                prop_assert!(parsed.is_ok(), "{spelling:?} of {e164} was refused");
+                let parsed = parsed.unwrap();
+                prop_assert_eq!(parsed.as_str(), e164.as_str());
+            }
+            prop_assert!(canonical.masked().ends_with(&e164[e164.len() - 4..]));
+            prop_assert!(!canonical.masked().contains(&national[..national.len() - 4]));
+        }
+
+        /// Whatever arrives, parsing answers (never panics) and an answer is valid E.164.
+        #[test]
+        fn any_input_is_answered(input in "\\PC{0,40}") {
+            if let Ok(phone) = Phone::parse(&input, None) {
+                prop_assert!(phone.as_str().starts_with('+'));
+                prop_assert!(phone.as_str()[1..].bytes().all(|b| b.is_ascii_digit()));
+                let again = Phone::parse(phone.as_str(), None).unwrap();
+                prop_assert_eq!(again.as_str(), phone.as_str());
+            }
+        }
+    }
+}
