@@ -863,17 +863,21 @@ pub fn parse_dotenv(text: &str) -> HashMap<String, String> {
         .collect()
 }
 
+/// Settings from `KEY=value` pairs alone (unit tests of every module).
+#[cfg(test)]
+pub(crate) fn settings_from(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    let map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Settings::from_lookup(|k| map.get(k).cloned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Settings::from_lookup(|k| map.get(k).cloned())
-    }
+    use super::settings_from as settings;
 
     #[test]
     fn defaults_need_nothing() {

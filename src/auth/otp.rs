@@ -164,14 +164,9 @@ pub fn whole_seconds(d: Duration) -> u64 {
 mod tests {
     use super::*;
     use crate::store::MemoryStore;
-    use std::collections::HashMap;
 
     fn service(pairs: &[(&str, &str)]) -> OtpService {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let settings = Settings::from_lookup(|k| map.get(k).cloned()).unwrap();
+        let settings = crate::config::settings_from(pairs).unwrap();
         OtpService::new(&settings, Arc::new(MemoryStore::new())).unwrap()
     }
 

@@ -183,14 +183,9 @@ fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn service(pairs: &[(&str, &str)]) -> TokenService {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        TokenService::new(&Settings::from_lookup(|k| map.get(k).cloned()).unwrap()).unwrap()
+        TokenService::new(&crate::config::settings_from(pairs).unwrap()).unwrap()
     }
 
     #[test]

@@ -194,15 +194,9 @@ impl Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Settings;
-    use std::collections::HashMap;
 
     fn delivery(pairs: &[(&str, &str)]) -> Delivery {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let settings = Settings::from_lookup(|k| map.get(k).cloned()).unwrap();
+        let settings = crate::config::settings_from(pairs).unwrap();
         Delivery::from_settings(&settings.delivery).unwrap()
     }
 

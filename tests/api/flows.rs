@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{Backend, field, spawn_app, spawn_app_with, unique_phone};
+use crate::helpers::{
+    Backend, field, spawn_app, spawn_app_with, statuses_in_parallel, unique_phone,
+};
 
 crate::on_both_backends!(
     full_flow_login_verify_me_refresh_logout,
@@ -115,21 +117,11 @@ async fn parallel_verifies_give_exactly_one_success(backend: Backend) {
     let phone = unique_phone();
     let code = app.login_code(&app.a, &phone).await;
     let app = std::sync::Arc::new(app);
-    let tasks: Vec<_> = (0..40)
-        .map(|i| {
-            let app = app.clone();
-            let phone = phone.clone();
-            let code = code.clone();
-            tokio::spawn(async move {
-                let base = if i % 2 == 0 { &app.a } else { &app.b };
-                app.verify(base, &phone, &code).await.status
-            })
-        })
-        .collect();
-    let mut statuses = Vec::new();
-    for task in tasks {
-        statuses.push(task.await.expect("verify task"));
-    }
+    let statuses = statuses_in_parallel(&app, 40, |app, base| {
+        let (phone, code) = (phone.clone(), code.clone());
+        async move { app.verify(&base, &phone, &code).await }
+    })
+    .await;
     assert_eq!(
         statuses.iter().filter(|s| **s == 200).count(),
         1,

@@ -354,3 +354,30 @@ pub fn field<'a>(body: &'a Value, name: &str) -> &'a str {
         .as_str()
         .unwrap_or_else(|| panic!("{name} missing in {body}"))
 }
+
+/// Sends `n` requests at once, alternating between the two instances; their statuses.
+pub async fn statuses_in_parallel<F, Fut>(
+    app: &std::sync::Arc<TestApp>,
+    n: usize,
+    request: F,
+) -> Vec<u16>
+where
+    F: Fn(std::sync::Arc<TestApp>, String) -> Fut,
+    Fut: std::future::Future<Output = Reply> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let base = if i % 2 == 0 {
+                app.a.clone()
+            } else {
+                app.b.clone()
+            };
+            tokio::spawn(request(app.clone(), base))
+        })
+        .collect();
+    let mut statuses = Vec::with_capacity(n);
+    for task in tasks {
+        statuses.push(task.await.expect("request task").status);
+    }
+    statuses
+}

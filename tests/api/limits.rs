@@ -4,7 +4,9 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, Reply, TestApp, spawn_app, spawn_app_with, unique_phone};
+use crate::helpers::{
+    Backend, Reply, TestApp, spawn_app, spawn_app_with, statuses_in_parallel, unique_phone,
+};
 
 crate::on_both_backends!(
     second_login_on_another_replica_is_429_with_ratelimit_fields,
@@ -88,20 +90,11 @@ async fn second_login_on_another_replica_is_429_with_ratelimit_fields(backend: B
 async fn parallel_logins_for_one_phone_give_one_success(backend: Backend) {
     let app = std::sync::Arc::new(spawn_app(backend).await);
     let phone = unique_phone();
-    let tasks: Vec<_> = (0..40)
-        .map(|i| {
-            let app = app.clone();
-            let phone = phone.clone();
-            tokio::spawn(async move {
-                let base = if i % 2 == 0 { &app.a } else { &app.b };
-                app.login(base, &phone).await.status
-            })
-        })
-        .collect();
-    let mut statuses = Vec::new();
-    for task in tasks {
-        statuses.push(task.await.expect("task"));
-    }
+    let statuses = statuses_in_parallel(&app, 40, |app, base| {
+        let phone = phone.clone();
+        async move { app.login(&base, &phone).await }
+    })
+    .await;
     assert_eq!(
         statuses.iter().filter(|s| **s == 200).count(),
         1,
