@@ -21,6 +21,7 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// An RFC 9457 problem document.
 #[derive(Debug, Clone, Object)]
+#[oai(example)]
 pub struct Problem {
     /// A URI naming the problem type (`urn:otpgate:problem:<code>`).
     #[oai(rename = "type")]
@@ -36,6 +37,19 @@ pub struct Problem {
     /// The request id (also in the `X-Request-Id` response header), to quote in bug reports.
     #[oai(skip_serializing_if_is_none)]
     pub request_id: Option<String>,
+}
+
+impl poem_openapi::types::Example for Problem {
+    fn example() -> Self {
+        Problem {
+            type_: "urn:otpgate:problem:rate_limited".into(),
+            title: "Too Many Requests".into(),
+            status: 429,
+            detail: "Too many requests (otp-resend); retry in 42 s.".into(),
+            code: "rate_limited".into(),
+            request_id: Some("0d3f6c1e9a7b4d2c8e5f1a2b3c4d5e6f".into()),
+        }
+    }
 }
 
 impl Problem {

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use poem::Request;
 use poem_openapi::auth::Bearer;
 use poem_openapi::payload::Json;
+use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi, SecurityScheme};
 use uuid::Uuid;
 
@@ -75,6 +76,7 @@ impl From<Channel> for DeliveredChannel {
 
 /// Ask for a one-time code.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct LoginRequest {
     /// Phone number with country code: `+919876543210`, `919876543210`, `+91 98765 43210` or
     /// `0091…` (national numbers only when the server sets `DEFAULT_REGION`).
@@ -86,6 +88,7 @@ pub struct LoginRequest {
 
 /// A code is on its way.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct LoginResponse {
     /// Human-readable confirmation.
     pub message: String,
@@ -118,12 +121,60 @@ pub enum LoginReply {
     ),
 }
 
+impl Example for LoginRequest {
+    fn example() -> Self {
+        LoginRequest {
+            phone: "+919876543210".into(),
+            channel: Some(RequestedChannel::Sms),
+        }
+    }
+}
+
+impl Example for LoginResponse {
+    fn example() -> Self {
+        LoginResponse {
+            message: "OTP sent successfully".into(),
+            phone: "+919876543210".into(),
+            channel: DeliveredChannel::Sms,
+            expires_in: 300,
+            resend_after: 60,
+            otp_code: None,
+        }
+    }
+}
+
+impl Example for VerifyRequest {
+    fn example() -> Self {
+        VerifyRequest {
+            phone: "+919876543210".into(),
+            otp_code: "123456".into(),
+        }
+    }
+}
+
+impl Example for RefreshRequest {
+    fn example() -> Self {
+        RefreshRequest {
+            refresh_token: "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.e30.c2lnbmF0dXJl".into(),
+        }
+    }
+}
+
+impl Example for LogoutResponse {
+    fn example() -> Self {
+        LogoutResponse {
+            status: "logged_out".into(),
+        }
+    }
+}
+
 fn client_ip(req: &Request) -> Option<std::net::IpAddr> {
     req.extensions().get::<ClientIp>().map(|c| c.0)
 }
 
 /// Exchange a code for tokens.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct VerifyRequest {
     /// The phone number the code was sent to (any accepted form).
     #[oai(validator(max_length = 32, pattern = r"^[+(]?[0-9][0-9 ().-]*$"))]
@@ -135,6 +186,7 @@ pub struct VerifyRequest {
 
 /// Exchange a refresh token for a new pair.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct RefreshRequest {
     /// The refresh token; it is spent by this call.
     #[oai(validator(min_length = 1, max_length = 4096))]
@@ -231,6 +283,7 @@ pub struct TokenPairResponse {
 
 /// The session is over.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct LogoutResponse {
     /// Always `logged_out`.
     pub status: String,
