@@ -82,7 +82,8 @@ pub struct LoginRequest {
     /// `0091…` (national numbers only when the server sets `DEFAULT_REGION`).
     #[oai(validator(max_length = 32, pattern = r"^[+(]?[0-9][0-9 ().-]*$"))]
     pub phone: String,
-    /// Delivery channel; the server's default when absent.
+    /// Delivery channel; the server's default when absent or null.
+    #[oai(nullable)]
     pub channel: Option<RequestedChannel>,
 }
 
