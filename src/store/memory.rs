@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use subtle::ConstantTimeEq;
 
-use super::{IssueOutcome, RefreshOutcome, Store, StoreError, VerifyOutcome};
+use super::{
+    BindOutcome, ClaimOutcome, IssueOutcome, RefreshOutcome, Store, StoreError, VerifyOutcome,
+};
 use crate::ratelimit::{Quota, QuotaState, Refusal, gcra};
 
 /// How often writes sweep expired entries.
@@ -21,6 +23,22 @@ struct Code {
     expires: Instant,
 }
 
+/// Where a login intent stands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum IntentState {
+    Pending,
+    Bound,
+    Claimed,
+}
+
+struct Intent {
+    poll_hash: String,
+    channel: String,
+    state: IntentState,
+    subject: String,
+    expires: Instant,
+}
+
 struct Inner {
     codes: HashMap<String, Code>,
     cooldowns: HashMap<String, Instant>,
@@ -29,6 +47,9 @@ struct Inner {
     /// `(sid, jti)` → (when it was spent, when the marker expires).
     spent: HashMap<(String, String), (Instant, Instant)>,
     revoked: HashMap<String, Instant>,
+    intents: HashMap<String, Intent>,
+    /// Inbound event keys → when the mark expires.
+    seen: HashMap<String, Instant>,
     last_sweep: Instant,
 }
 
@@ -43,6 +64,13 @@ impl Inner {
         self.buckets.retain(|_, tat| *tat > now_ms);
         self.spent.retain(|_, (_, until)| *until > now);
         self.revoked.retain(|_, until| *until > now);
+        self.intents.retain(|_, i| i.expires > now);
+        self.seen.retain(|_, until| *until > now);
+    }
+
+    /// The live intent `id`.
+    fn intent(&mut self, id: &str, now: Instant) -> Option<&mut Intent> {
+        self.intents.get_mut(id).filter(|i| i.expires > now)
     }
 
     /// The new arrival times if every quota admits an event at `now_ms`, else the refusal that
@@ -112,6 +140,8 @@ impl MemoryStore {
                 buckets: HashMap::new(),
                 spent: HashMap::new(),
                 revoked: HashMap::new(),
+                intents: HashMap::new(),
+                seen: HashMap::new(),
                 last_sweep: now,
             }),
             epoch: now,
@@ -286,6 +316,96 @@ impl Store for MemoryStore {
             .revoked
             .get(sid)
             .is_some_and(|until| *until > now))
+    }
+
+    async fn create_intent(
+        &self,
+        id: &str,
+        poll_hash: &str,
+        channel: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let (now, now_ms) = self.now();
+        let mut inner = self.lock();
+        inner.sweep(now, now_ms);
+        inner.intents.insert(
+            id.to_string(),
+            Intent {
+                poll_hash: poll_hash.to_string(),
+                channel: channel.to_string(),
+                state: IntentState::Pending,
+                subject: String::new(),
+                expires: now + ttl,
+            },
+        );
+        Ok(())
+    }
+
+    async fn bind_intent(
+        &self,
+        id: &str,
+        channel: &str,
+        subject: &str,
+    ) -> Result<BindOutcome, StoreError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let Some(intent) = inner.intent(id, now).filter(|i| i.channel == channel) else {
+            return Ok(BindOutcome::Unknown);
+        };
+        if intent.state != IntentState::Pending {
+            return Ok(BindOutcome::AlreadyBound);
+        }
+        intent.state = IntentState::Bound;
+        intent.subject = subject.to_string();
+        Ok(BindOutcome::Bound)
+    }
+
+    async fn claim_intent(&self, id: &str, poll_hash: &str) -> Result<ClaimOutcome, StoreError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let Some(intent) = inner.intent(id, now) else {
+            return Ok(ClaimOutcome::Missing);
+        };
+        if !bool::from(intent.poll_hash.as_bytes().ct_eq(poll_hash.as_bytes())) {
+            return Ok(ClaimOutcome::Forbidden);
+        }
+        Ok(match intent.state {
+            IntentState::Pending => ClaimOutcome::Pending,
+            IntentState::Claimed => ClaimOutcome::Consumed,
+            IntentState::Bound => {
+                intent.state = IntentState::Claimed;
+                ClaimOutcome::Claimed {
+                    channel: intent.channel.clone(),
+                    subject: intent.subject.clone(),
+                }
+            }
+        })
+    }
+
+    async fn unclaim_intent(&self, id: &str) -> Result<(), StoreError> {
+        let now = Instant::now();
+        if let Some(intent) = self.lock().intent(id, now)
+            && intent.state == IntentState::Claimed
+        {
+            intent.state = IntentState::Bound;
+        }
+        Ok(())
+    }
+
+    async fn first_delivery(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let (now, now_ms) = self.now();
+        let mut inner = self.lock();
+        inner.sweep(now, now_ms);
+        if inner.seen.get(key).is_some_and(|until| *until > now) {
+            return Ok(false);
+        }
+        inner.seen.insert(key.to_string(), now + ttl);
+        Ok(true)
+    }
+
+    async fn forget_delivery(&self, key: &str) -> Result<(), StoreError> {
+        self.lock().seen.remove(key);
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -1,5 +1,5 @@
 //! Ephemeral state shared by every replica: codes, resend cooldowns, rate-limit buckets, spent
-//! refresh tokens and revoked sessions.
+//! refresh tokens, revoked sessions, login intents and the ids of webhook events already seen.
 //!
 //! One trait, two backends with the same semantics (TTLs included): [`redis::RedisStore`] for
 //! clusters (every operation is one round trip; the ones that must be atomic are Lua scripts in
@@ -80,6 +80,38 @@ pub enum RefreshOutcome {
     Revoked,
 }
 
+/// The state of a login intent, as the poll finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// Nobody has sent the intent's code yet.
+    Pending,
+    /// Bound, and now claimed by this poll (exactly once): `channel` and the `subject` that
+    /// sent the code (an E.164 phone for WhatsApp, a Telegram user id).
+    Claimed {
+        /// The channel the intent was created for.
+        channel: String,
+        /// Who sent the code.
+        subject: String,
+    },
+    /// An earlier poll already received the tokens.
+    Consumed,
+    /// No such intent: never created, or expired.
+    Missing,
+    /// The poll token does not match; nothing changed.
+    Forbidden,
+}
+
+/// What happened when an inbound message presented an intent code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindOutcome {
+    /// The intent is now bound to the sender.
+    Bound,
+    /// No live intent of this channel has this id.
+    Unknown,
+    /// The intent was bound before (one binding per intent); nothing changed.
+    AlreadyBound,
+}
+
 /// Everything ephemeral and shared. Keys are plain strings (E.164 phones, session and token
 /// ids); backends add their own prefixes.
 #[async_trait::async_trait]
@@ -133,6 +165,38 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether session `sid` was revoked.
     async fn is_session_revoked(&self, sid: &str) -> Result<bool, StoreError>;
+
+    /// Stores a pending login intent `id` for `channel` whose poll token hashes to
+    /// `poll_hash`, for `ttl`.
+    async fn create_intent(
+        &self,
+        id: &str,
+        poll_hash: &str,
+        channel: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+
+    /// Binds pending intent `id` of `channel` to `subject`, once.
+    async fn bind_intent(
+        &self,
+        id: &str,
+        channel: &str,
+        subject: &str,
+    ) -> Result<BindOutcome, StoreError>;
+
+    /// Polls intent `id` with the hash of its poll token: a bound intent is claimed, atomically,
+    /// so exactly one poll receives it.
+    async fn claim_intent(&self, id: &str, poll_hash: &str) -> Result<ClaimOutcome, StoreError>;
+
+    /// Gives a claim back (the session could not be opened), so the next poll claims it again.
+    async fn unclaim_intent(&self, id: &str) -> Result<(), StoreError>;
+
+    /// Marks inbound event `key` (a webhook message or update id) as seen for `ttl`; `true` the
+    /// first time, `false` for a repeated delivery.
+    async fn first_delivery(&self, key: &str, ttl: Duration) -> Result<bool, StoreError>;
+
+    /// Forgets event `key`, so a redelivery is processed (its processing failed).
+    async fn forget_delivery(&self, key: &str) -> Result<(), StoreError>;
 
     /// Checks that the store answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
@@ -242,6 +306,50 @@ impl Store for Metered {
 
     async fn is_session_revoked(&self, sid: &str) -> Result<bool, StoreError> {
         self.timed("is_session_revoked", self.inner.is_session_revoked(sid))
+            .await
+    }
+
+    async fn create_intent(
+        &self,
+        id: &str,
+        poll_hash: &str,
+        channel: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.timed(
+            "create_intent",
+            self.inner.create_intent(id, poll_hash, channel, ttl),
+        )
+        .await
+    }
+
+    async fn bind_intent(
+        &self,
+        id: &str,
+        channel: &str,
+        subject: &str,
+    ) -> Result<BindOutcome, StoreError> {
+        self.timed("bind_intent", self.inner.bind_intent(id, channel, subject))
+            .await
+    }
+
+    async fn claim_intent(&self, id: &str, poll_hash: &str) -> Result<ClaimOutcome, StoreError> {
+        self.timed("claim_intent", self.inner.claim_intent(id, poll_hash))
+            .await
+    }
+
+    async fn unclaim_intent(&self, id: &str) -> Result<(), StoreError> {
+        self.timed("unclaim_intent", self.inner.unclaim_intent(id))
+            .await
+    }
+
+    async fn first_delivery(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.timed("first_delivery", self.inner.first_delivery(key, ttl))
+            .await
+    }
+
+    async fn forget_delivery(&self, key: &str) -> Result<(), StoreError> {
+        self.timed("forget_delivery", self.inner.forget_delivery(key))
             .await
     }
 

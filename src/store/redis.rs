@@ -17,7 +17,10 @@ use std::time::Duration;
 use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::{IssueOutcome, RefreshOutcome, Store, StoreError, VerifyOutcome, ttl_ms};
+use super::{
+    BindOutcome, ClaimOutcome, IssueOutcome, RefreshOutcome, Store, StoreError, VerifyOutcome,
+    ttl_ms,
+};
 use crate::ratelimit::{Quota, QuotaState, Refusal};
 
 /// Redis-backed store: codes, cooldowns, spent refresh tokens and revocations.
@@ -30,6 +33,10 @@ pub struct RedisStore {
     verify_code: Script,
     release_code: Script,
     spend_refresh: Script,
+    create_intent: Script,
+    bind_intent: Script,
+    claim_intent: Script,
+    unclaim_intent: Script,
 }
 
 impl RedisStore {
@@ -63,6 +70,7 @@ impl RedisStore {
             )),
             verify_code: Script::new(concat!(
                 include_str!("lua/gcra.lua"),
+                include_str!("lua/ct_equal.lua"),
                 include_str!("lua/verify_code.lua")
             )),
             release_code: Script::new(concat!(
@@ -70,6 +78,13 @@ impl RedisStore {
                 include_str!("lua/release_code.lua")
             )),
             spend_refresh: Script::new(include_str!("lua/spend_refresh.lua")),
+            create_intent: Script::new(include_str!("lua/create_intent.lua")),
+            bind_intent: Script::new(include_str!("lua/bind_intent.lua")),
+            claim_intent: Script::new(concat!(
+                include_str!("lua/ct_equal.lua"),
+                include_str!("lua/claim_intent.lua")
+            )),
+            unclaim_intent: Script::new(include_str!("lua/unclaim_intent.lua")),
         })
     }
 
@@ -258,6 +273,123 @@ impl Store for RedisStore {
                 .query_async(&mut conn)
                 .await?;
             Ok(exists == 1)
+        })
+        .await
+    }
+
+    async fn create_intent(
+        &self,
+        id: &str,
+        poll_hash: &str,
+        channel: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let key = self.key("intent", id);
+        let _: i64 = self
+            .run(|mut conn| async move {
+                Ok(self
+                    .create_intent
+                    .key(&key)
+                    .arg(poll_hash)
+                    .arg(channel)
+                    .arg(ttl_ms(ttl))
+                    .invoke_async(&mut conn)
+                    .await?)
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn bind_intent(
+        &self,
+        id: &str,
+        channel: &str,
+        subject: &str,
+    ) -> Result<BindOutcome, StoreError> {
+        let key = self.key("intent", id);
+        let status: i64 = self
+            .run(|mut conn| async move {
+                Ok(self
+                    .bind_intent
+                    .key(&key)
+                    .arg(channel)
+                    .arg(subject)
+                    .invoke_async(&mut conn)
+                    .await?)
+            })
+            .await?;
+        match status {
+            0 => Ok(BindOutcome::Bound),
+            1 => Ok(BindOutcome::Unknown),
+            2 => Ok(BindOutcome::AlreadyBound),
+            other => Err(StoreError::Protocol(format!(
+                "bind_intent returned {other}"
+            ))),
+        }
+    }
+
+    async fn claim_intent(&self, id: &str, poll_hash: &str) -> Result<ClaimOutcome, StoreError> {
+        let key = self.key("intent", id);
+        let reply: Vec<String> = self
+            .run(|mut conn| async move {
+                Ok(self
+                    .claim_intent
+                    .key(&key)
+                    .arg(poll_hash)
+                    .invoke_async(&mut conn)
+                    .await?)
+            })
+            .await?;
+        match reply.as_slice() {
+            [s] if s == "pending" => Ok(ClaimOutcome::Pending),
+            [s, channel, subject] if s == "claimed" => Ok(ClaimOutcome::Claimed {
+                channel: channel.clone(),
+                subject: subject.clone(),
+            }),
+            [s] if s == "consumed" => Ok(ClaimOutcome::Consumed),
+            [s] if s == "missing" => Ok(ClaimOutcome::Missing),
+            [s] if s == "forbidden" => Ok(ClaimOutcome::Forbidden),
+            other => Err(StoreError::Protocol(format!(
+                "claim_intent returned {other:?}"
+            ))),
+        }
+    }
+
+    async fn unclaim_intent(&self, id: &str) -> Result<(), StoreError> {
+        let key = self.key("intent", id);
+        let _: i64 = self
+            .run(|mut conn| async move {
+                Ok(self
+                    .unclaim_intent
+                    .key(&key)
+                    .invoke_async(&mut conn)
+                    .await?)
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn first_delivery(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let key = self.key("seen", key);
+        self.run(|mut conn| async move {
+            let set: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms(ttl))
+                .query_async(&mut conn)
+                .await?;
+            Ok(set.is_some())
+        })
+        .await
+    }
+
+    async fn forget_delivery(&self, key: &str) -> Result<(), StoreError> {
+        let key = self.key("seen", key);
+        self.run(|mut conn| async move {
+            let _: i64 = redis::cmd("DEL").arg(&key).query_async(&mut conn).await?;
+            Ok(())
         })
         .await
     }

@@ -4,7 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use otpgate::ratelimit::Quota;
-use otpgate::store::{IssueOutcome, MemoryStore, RedisStore, RefreshOutcome, Store, VerifyOutcome};
+use otpgate::store::{
+    BindOutcome, ClaimOutcome, IssueOutcome, MemoryStore, RedisStore, RefreshOutcome, Store,
+    VerifyOutcome,
+};
 use uuid::Uuid;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -45,6 +48,9 @@ conformance!(
     quotas_admit_the_limit_then_refuse_without_side_effects,
     quota_buckets_drain_over_their_window,
     verify_quotas_charge_attempts_always_and_failures_on_wrong_codes,
+    intents_bind_once_and_are_claimed_once,
+    concurrent_polls_claim_once,
+    intents_and_seen_marks_expire,
 );
 
 fn redis_store() -> Option<Arc<dyn Store>> {
@@ -444,4 +450,116 @@ async fn ping_answers(store: Arc<dyn Store>) {
 fn memory_store_is_a_store() {
     fn assert_store<S: Store>(_: &S) {}
     assert_store(&MemoryStore::new());
+}
+
+async fn intents_bind_once_and_are_claimed_once(store: Arc<dyn Store>) {
+    let id = Uuid::new_v4().simple().to_string();
+    store
+        .create_intent(&id, "poll-hash", "whatsapp", MINUTE)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.claim_intent(&id, "poll-hash").await.unwrap(),
+        ClaimOutcome::Pending
+    );
+    assert_eq!(
+        store.claim_intent(&id, "guess").await.unwrap(),
+        ClaimOutcome::Forbidden
+    );
+    assert_eq!(
+        store.claim_intent("nope", "poll-hash").await.unwrap(),
+        ClaimOutcome::Missing
+    );
+    // Another channel's code, or an unknown one, binds nothing.
+    assert_eq!(
+        store.bind_intent(&id, "telegram", "42").await.unwrap(),
+        BindOutcome::Unknown
+    );
+    assert_eq!(
+        store.bind_intent("nope", "whatsapp", "+1").await.unwrap(),
+        BindOutcome::Unknown
+    );
+    assert_eq!(
+        store
+            .bind_intent(&id, "whatsapp", "+919800000001")
+            .await
+            .unwrap(),
+        BindOutcome::Bound
+    );
+    assert_eq!(
+        store
+            .bind_intent(&id, "whatsapp", "+919800000002")
+            .await
+            .unwrap(),
+        BindOutcome::AlreadyBound
+    );
+    // A wrong poll token still changes nothing.
+    assert_eq!(
+        store.claim_intent(&id, "guess").await.unwrap(),
+        ClaimOutcome::Forbidden
+    );
+    let claimed = ClaimOutcome::Claimed {
+        channel: "whatsapp".into(),
+        subject: "+919800000001".into(),
+    };
+    assert_eq!(store.claim_intent(&id, "poll-hash").await.unwrap(), claimed);
+    assert_eq!(
+        store.claim_intent(&id, "poll-hash").await.unwrap(),
+        ClaimOutcome::Consumed
+    );
+    // A claim given back is claimed again, once.
+    store.unclaim_intent(&id).await.unwrap();
+    assert_eq!(store.claim_intent(&id, "poll-hash").await.unwrap(), claimed);
+    assert_eq!(
+        store.claim_intent(&id, "poll-hash").await.unwrap(),
+        ClaimOutcome::Consumed
+    );
+}
+
+async fn concurrent_polls_claim_once(store: Arc<dyn Store>) {
+    let id = Uuid::new_v4().simple().to_string();
+    store
+        .create_intent(&id, "p", "telegram", MINUTE)
+        .await
+        .unwrap();
+    store.bind_intent(&id, "telegram", "7").await.unwrap();
+    let polls: Vec<_> = (0..16)
+        .map(|_| {
+            let store = store.clone();
+            let id = id.clone();
+            tokio::spawn(async move { store.claim_intent(&id, "p").await.unwrap() })
+        })
+        .collect();
+    let mut claimed = 0;
+    for poll in polls {
+        match poll.await.unwrap() {
+            ClaimOutcome::Claimed { .. } => claimed += 1,
+            other => assert_eq!(other, ClaimOutcome::Consumed),
+        }
+    }
+    assert_eq!(claimed, 1);
+}
+
+async fn intents_and_seen_marks_expire(store: Arc<dyn Store>) {
+    let id = Uuid::new_v4().simple().to_string();
+    let short = Duration::from_millis(150);
+    store
+        .create_intent(&id, "p", "whatsapp", short)
+        .await
+        .unwrap();
+    let key = format!("whatsapp:{id}");
+    assert!(store.first_delivery(&key, short).await.unwrap());
+    assert!(!store.first_delivery(&key, short).await.unwrap());
+    store.forget_delivery(&key).await.unwrap();
+    assert!(store.first_delivery(&key, short).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        store.claim_intent(&id, "p").await.unwrap(),
+        ClaimOutcome::Missing
+    );
+    assert_eq!(
+        store.bind_intent(&id, "whatsapp", "+1").await.unwrap(),
+        BindOutcome::Unknown
+    );
+    assert!(store.first_delivery(&key, short).await.unwrap());
 }

@@ -25,16 +25,7 @@ local attempts = tonumber(stored[2]) or max
 if attempts >= max then
   return {3, 0}
 end
--- Constant-time comparison: every byte is looked at whatever the first difference.
-local given = ARGV[1]
-local diff = 0
-if #given ~= #hash then
-  diff = 1
-end
-for i = 1, #hash do
-  diff = bit.bor(diff, bit.bxor(string.byte(hash, i), string.byte(given, i) or 0))
-end
-if diff == 0 then
+if ct_equal(hash, ARGV[1]) then
   redis.call('DEL', KEYS[1], KEYS[2])
   return {0, 0}
 end
