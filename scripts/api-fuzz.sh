@@ -8,7 +8,7 @@
 # MIN_REQUESTS generated test cases. Extra arguments go to `schemathesis run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXAMPLES=${EXAMPLES:-1000}
+EXAMPLES=${EXAMPLES:-500}
 MIN_REQUESTS=${MIN_REQUESTS:-2000}
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -34,7 +34,11 @@ port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 log "starting otpgate on 127.0.0.1:$port"
 (cd "$work" && env -i PATH="$PATH" HOST=127.0.0.1 PORT="$port" LOG_LEVEL=warn \
   RATE_LIMIT_ENABLED=false OTP_RESEND_SECONDS=0 JWT_ALGORITHM=ES256 \
-  JWT_PRIVATE_KEY_FILE="$work/jwt.pem" "$bin" serve > "$work/server.log" 2>&1) &
+  JWT_PRIVATE_KEY_FILE="$work/jwt.pem" \
+  WHATSAPP_VERIFY_TOKEN=fuzz-verify WHATSAPP_WEBHOOK_SECRET=fuzz-secret \
+  WHATSAPP_BUSINESS_NUMBER=+15550001234 TELEGRAM_BOT_TOKEN=1:fuzz \
+  TELEGRAM_API_BASE=http://127.0.0.1:9 TELEGRAM_WEBHOOK_SECRET=fuzz-secret \
+  TELEGRAM_BOT_USERNAME=otpgate_fuzz_bot "$bin" serve > "$work/server.log" 2>&1) &
 server_pid=$!
 base="http://127.0.0.1:$port"
 for _ in $(seq 1 100); do

@@ -18,6 +18,7 @@ use crate::auth::AuthService;
 use crate::config::{Secret, Settings};
 use crate::delivery::Delivery;
 use crate::error::{Problem, problem_response};
+use crate::messaging::Messaging;
 use crate::ratelimit::{ClientGate, FrontDoor};
 use crate::store::{MemoryStore, Metered, RedisStore, Store, StoreError};
 use crate::telemetry::{Metrics, Observe};
@@ -54,6 +55,8 @@ pub struct AppState {
     pub auth: Arc<AuthService>,
     /// This app's metrics.
     pub metrics: Arc<Metrics>,
+    /// Webhooks and the Telegram Login Widget.
+    pub messaging: Arc<Messaging>,
 }
 
 impl AppState {
@@ -99,12 +102,20 @@ impl AppState {
             expose_otp = settings.expose_otp,
             "state ready"
         );
+        let auth = Arc::new(auth);
+        let messaging = Arc::new(Messaging::new(
+            &settings,
+            auth.clone(),
+            store.clone(),
+            metrics.clone(),
+        ));
         Ok(Arc::new(Self {
             settings,
             store,
             db,
-            auth: Arc::new(auth),
+            auth,
             metrics,
+            messaging,
         }))
     }
 }

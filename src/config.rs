@@ -146,6 +146,27 @@ pub enum LogFormat {
     Json,
 }
 
+/// Login by message: webhooks, login intents and the Telegram Login Widget.
+#[derive(Debug, Clone)]
+pub struct MessagingSettings {
+    /// `WHATSAPP_VERIFY_TOKEN`: the token Meta echoes in the webhook handshake.
+    pub whatsapp_verify_token: Option<Secret>,
+    /// `WHATSAPP_WEBHOOK_SECRET` (the app secret): key of `X-Hub-Signature-256`.
+    pub whatsapp_webhook_secret: Option<Secret>,
+    /// `WHATSAPP_BUSINESS_NUMBER`: the number users message, digits with country code.
+    pub whatsapp_business_number: Option<String>,
+    /// `TELEGRAM_WEBHOOK_SECRET`: `secret_token` given to `setWebhook`.
+    pub telegram_webhook_secret: Option<Secret>,
+    /// `TELEGRAM_BOT_USERNAME`: the bot's username, for `t.me` links.
+    pub telegram_bot_username: Option<String>,
+    /// `INTENT_EXPIRY_SECONDS`: lifetime of a login intent.
+    pub intent_ttl: Duration,
+    /// `TELEGRAM_AUTH_MAX_AGE_SECONDS`: oldest Login Widget `auth_date` accepted.
+    pub telegram_auth_max_age: Duration,
+    /// `SUPPORT_CONTACT`: where users report a login that was not theirs.
+    pub support_contact: Option<String>,
+}
+
 /// Everything the service reads from its environment.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -236,6 +257,8 @@ pub struct Settings {
     pub http_idle_timeout: Duration,
     /// `METRICS_PORT`: serve `/metrics` on this port (same host) instead of the main one.
     pub metrics_port: Option<u16>,
+    /// Login by WhatsApp/Telegram message and the Telegram Login Widget.
+    pub messaging: MessagingSettings,
     /// `METRICS_TOKEN`: when set, `/metrics` wants `Authorization: Bearer <token>`.
     pub metrics_token: Option<Secret>,
 }
@@ -468,6 +491,7 @@ impl Settings {
             cors_origins: env.list("CORS_ORIGINS"),
             body_limit_bytes: env.parse("BODY_LIMIT_BYTES", 64 * 1024)?,
             http_idle_timeout: Duration::from_secs(env.parse("HTTP_IDLE_TIMEOUT_SECONDS", 30)?),
+            messaging: messaging_settings(&env)?,
         };
         settings.check_production()?;
         Ok(settings)
@@ -550,6 +574,78 @@ impl Settings {
 fn required(env: &Vars<'_>, var: &'static str, because: &str) -> Result<String, ConfigError> {
     env.get(var)
         .ok_or_else(|| invalid(var, format!("required {because}")))
+}
+
+fn messaging_settings(env: &Vars<'_>) -> Result<MessagingSettings, ConfigError> {
+    let whatsapp_business_number = match env.get("WHATSAPP_BUSINESS_NUMBER") {
+        None => None,
+        Some(number) => {
+            let digits: String = number
+                .chars()
+                .filter(|c| !matches!(c, '+' | ' ' | '-' | '(' | ')'))
+                .collect();
+            if !(6..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(invalid(
+                    "WHATSAPP_BUSINESS_NUMBER",
+                    "expected the number in international form, e.g. +15550001234",
+                ));
+            }
+            Some(digits)
+        }
+    };
+    let telegram_bot_username = match env.get("TELEGRAM_BOT_USERNAME") {
+        None => None,
+        Some(name) => {
+            let name = name.trim().trim_start_matches('@').to_string();
+            if !(5..=32).contains(&name.len())
+                || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                return Err(invalid(
+                    "TELEGRAM_BOT_USERNAME",
+                    "expected a bot username (5-32 letters, digits or _)",
+                ));
+            }
+            Some(name)
+        }
+    };
+    let telegram_webhook_secret = env.get("TELEGRAM_WEBHOOK_SECRET");
+    // Telegram allows 1-256 characters A-Z, a-z, 0-9, _ and - in `secret_token`.
+    if let Some(secret) = &telegram_webhook_secret
+        && (secret.is_empty()
+            || secret.len() > 256
+            || !secret
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+    {
+        return Err(invalid(
+            "TELEGRAM_WEBHOOK_SECRET",
+            "Telegram accepts 1-256 characters of A-Z, a-z, 0-9, _ and -",
+        ));
+    }
+    let intent_seconds: u64 = env.parse("INTENT_EXPIRY_SECONDS", 300)?;
+    if !(1..=3600).contains(&intent_seconds) {
+        return Err(invalid(
+            "INTENT_EXPIRY_SECONDS",
+            "must be between 1 and 3600",
+        ));
+    }
+    let max_age: u64 = env.parse("TELEGRAM_AUTH_MAX_AGE_SECONDS", 300)?;
+    if !(10..=86_400).contains(&max_age) {
+        return Err(invalid(
+            "TELEGRAM_AUTH_MAX_AGE_SECONDS",
+            "must be between 10 and 86400",
+        ));
+    }
+    Ok(MessagingSettings {
+        whatsapp_verify_token: env.get("WHATSAPP_VERIFY_TOKEN").map(Secret::new),
+        whatsapp_webhook_secret: env.get("WHATSAPP_WEBHOOK_SECRET").map(Secret::new),
+        whatsapp_business_number,
+        telegram_webhook_secret: telegram_webhook_secret.map(Secret::new),
+        telegram_bot_username,
+        intent_ttl: Duration::from_secs(intent_seconds),
+        telegram_auth_max_age: Duration::from_secs(max_age),
+        support_contact: env.get("SUPPORT_CONTACT"),
+    })
 }
 
 fn delivery_settings(

@@ -133,8 +133,30 @@ pub enum Error {
     #[error("This refresh token was already used; the session has been revoked.")]
     TokenReused,
     /// 422 `channel_unavailable`: the requested delivery channel is not configured.
-    #[error("The channel {0:?} is not available for this phone number.")]
+    #[error(
+        "The channel {0:?} is not available here (not configured, or not linked to this number)."
+    )]
     ChannelUnavailable(String),
+    /// 403 `invalid_signature`: a webhook request without the platform's valid signature,
+    /// secret token or verify token; nothing was processed.
+    #[error("The request is not signed by the messaging platform.")]
+    InvalidSignature,
+    /// 403 `invalid_poll_token`: the poll token does not belong to this login intent.
+    #[error("The poll token does not match this login intent.")]
+    InvalidPollToken,
+    /// 410 `intent_expired`: no such login intent (expired or never created).
+    #[error("This login intent has expired; create a new one.")]
+    IntentExpired,
+    /// 410 `intent_consumed`: the login intent's tokens were already handed out.
+    #[error("This login intent was already used.")]
+    IntentConsumed,
+    /// 401 `invalid_telegram_auth`: the Telegram Login Widget data is not signed by our bot, or
+    /// was already used.
+    #[error("The Telegram login data is not valid.")]
+    InvalidTelegramAuth,
+    /// 401 `telegram_auth_expired`: the widget's `auth_date` is too old (or in the future).
+    #[error("The Telegram login data is too old; log in again.")]
+    TelegramAuthExpired,
     /// 503 `delivery_failed`: no channel could deliver the code; nothing was charged.
     #[error("The code could not be delivered; retry shortly.")]
     DeliveryFailed,
@@ -161,7 +183,12 @@ impl Error {
             | Error::CountryNotAllowed
             | Error::UnsupportedNumber => StatusCode::UNPROCESSABLE_ENTITY,
             Error::TooManyAttempts | Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Error::InvalidToken | Error::TokenReused => StatusCode::UNAUTHORIZED,
+            Error::InvalidToken
+            | Error::TokenReused
+            | Error::InvalidTelegramAuth
+            | Error::TelegramAuthExpired => StatusCode::UNAUTHORIZED,
+            Error::InvalidSignature | Error::InvalidPollToken => StatusCode::FORBIDDEN,
+            Error::IntentExpired | Error::IntentConsumed => StatusCode::GONE,
             Error::Store(_) | Error::DeliveryFailed => StatusCode::SERVICE_UNAVAILABLE,
             Error::Database(e) if db_unavailable(e) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Database(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -182,6 +209,12 @@ impl Error {
             Error::InvalidToken => "invalid_token",
             Error::TokenReused => "token_reused",
             Error::ChannelUnavailable(_) => "channel_unavailable",
+            Error::InvalidSignature => "invalid_signature",
+            Error::InvalidPollToken => "invalid_poll_token",
+            Error::IntentExpired => "intent_expired",
+            Error::IntentConsumed => "intent_consumed",
+            Error::InvalidTelegramAuth => "invalid_telegram_auth",
+            Error::TelegramAuthExpired => "telegram_auth_expired",
             Error::DeliveryFailed => "delivery_failed",
             Error::Store(_) => "store_unavailable",
             Error::Database(e) if db_unavailable(e) => "database_unavailable",
@@ -294,7 +327,17 @@ impl ApiResponse for Error {
                 ),
                 problem(
                     401,
-                    "Missing, invalid, expired, revoked or reused token (`unauthorized`, `invalid_token`, `token_reused`).",
+                    "Missing, invalid, expired, revoked or reused token, or invalid Telegram login data (`unauthorized`, `invalid_token`, `token_reused`, `invalid_telegram_auth`, `telegram_auth_expired`).",
+                    vec![],
+                ),
+                problem(
+                    403,
+                    "Unsigned webhook call or wrong poll token (`invalid_signature`, `invalid_poll_token`).",
+                    vec![],
+                ),
+                problem(
+                    410,
+                    "The login intent expired or was already used (`intent_expired`, `intent_consumed`).",
                     vec![],
                 ),
                 problem(

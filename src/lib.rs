@@ -32,6 +32,7 @@ pub mod config;
 pub mod db;
 pub mod delivery;
 pub mod error;
+pub mod messaging;
 pub mod ratelimit;
 pub mod store;
 pub mod telemetry;

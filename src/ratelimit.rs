@@ -391,8 +391,11 @@ impl FrontDoor {
     }
 }
 
+/// Paths the front door leaves alone.
+const WEBHOOKS: [&str; 2] = ["/api/whatsapp/webhook", "/api/telegram/webhook"];
+
 /// Middleware: finds the client IP, stores it in the request for the handlers, and applies the
-/// front door (when there is one) to `/api/*`; probes and docs pass freely.
+/// front door (when there is one) to `/api/*` but the webhooks; probes and docs pass freely.
 pub struct ClientGate {
     /// Trusted proxies.
     pub trusted: Arc<Vec<Cidr>>,
@@ -435,7 +438,10 @@ impl<E: Endpoint> Endpoint for ClientGateEndpoint<E> {
             .filter_map(|v| v.to_str().ok())
             .collect();
         let ip = client_ip(peer, &forwarded, &self.trusted);
-        let gated = req.uri().path().starts_with("/api/");
+        // Webhooks come from the platforms' few addresses and are authenticated by signature:
+        // a per-IP limit would only make WhatsApp and Telegram retry.
+        let path = req.uri().path();
+        let gated = path.starts_with("/api/") && !WEBHOOKS.contains(&path);
         if let (Some(door), Some(ip), true) = (&self.door, ip, gated)
             && let Err(wait) = door.check(ip)
         {

@@ -91,6 +91,10 @@ pub struct Metrics {
     pub db_errors: IntCounter,
     /// `otpgate_delivery_duration_seconds{channel}`.
     pub delivery_duration: HistogramVec,
+    /// `otpgate_login_intents_total{channel,outcome}`.
+    pub login_intents: IntCounterVec,
+    /// `otpgate_webhook_events_total{source,outcome}`.
+    pub webhook_events: IntCounterVec,
 }
 
 impl Metrics {
@@ -169,6 +173,16 @@ impl Metrics {
                 "Latency of code delivery by channel.",
                 &["channel"],
             )?,
+            login_intents: counter(
+                "otpgate_login_intents_total",
+                "Login intents by channel and outcome (created, bound, claimed, expired, rejected).",
+                &["channel", "outcome"],
+            )?,
+            webhook_events: counter(
+                "otpgate_webhook_events_total",
+                "Inbound webhook events by source (whatsapp, telegram) and outcome.",
+                &["source", "outcome"],
+            )?,
             registry,
         };
         let build_info = IntGaugeVec::new(
@@ -193,6 +207,20 @@ impl Metrics {
             tracing::error!(error = %err, "encoding metrics failed");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Counts a login-intent event.
+    pub fn intent(&self, channel: &str, outcome: &str) {
+        self.login_intents
+            .with_label_values(&[channel, outcome])
+            .inc();
+    }
+
+    /// Counts an inbound webhook event.
+    pub fn webhook(&self, source: &str, outcome: &str) {
+        self.webhook_events
+            .with_label_values(&[source, outcome])
+            .inc();
     }
 
     /// Counts a refusal by `policy`.

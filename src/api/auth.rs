@@ -11,7 +11,7 @@ use poem_openapi::{ApiResponse, Enum, Object, OpenApi, SecurityScheme};
 use uuid::Uuid;
 
 use super::ApiTags;
-use crate::auth::AuthService;
+use crate::auth::{AuthService, LoggedIn};
 use crate::db::{identity, user};
 use crate::delivery::Channel;
 use crate::error::Error;
@@ -269,6 +269,18 @@ pub struct TokenResponse {
     pub user: User,
 }
 
+impl From<LoggedIn> for TokenResponse {
+    fn from(session: LoggedIn) -> Self {
+        TokenResponse {
+            access_token: session.tokens.access_token,
+            refresh_token: session.tokens.refresh_token,
+            token_type: "bearer".into(),
+            expires_in: session.tokens.expires_in,
+            user: session.user.into(),
+        }
+    }
+}
+
 /// A rotated token pair.
 #[derive(Debug, Object)]
 pub struct TokenPairResponse {
@@ -332,13 +344,7 @@ impl AuthApi {
             .auth
             .verify(&body.phone, &body.otp_code, client_ip(req))
             .await?;
-        Ok(Json(TokenResponse {
-            access_token: session.tokens.access_token,
-            refresh_token: session.tokens.refresh_token,
-            token_type: "bearer".into(),
-            expires_in: session.tokens.expires_in,
-            user: session.user.into(),
-        }))
+        Ok(Json(session.into()))
     }
 
     /// Rotate a refresh token

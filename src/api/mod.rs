@@ -10,18 +10,31 @@ use crate::app::AppState;
 pub mod auth;
 pub mod health;
 pub mod keys;
+pub mod messaging;
 
 /// Groups of operations in the docs.
 #[derive(Tags)]
 pub enum ApiTags {
     /// Phone login: codes, tokens, sessions.
     Auth,
+    /// Login by WhatsApp or Telegram message, and the Telegram Login Widget.
+    Messaging,
+    /// Called by WhatsApp and Telegram, not by apps.
+    Webhooks,
     /// Liveness and readiness probes.
     Ops,
 }
 
 /// The OpenAPI service of every area.
-pub type Api = OpenApiService<(auth::AuthApi, keys::KeysApi, health::HealthApi), ()>;
+pub type Api = OpenApiService<
+    (
+        auth::AuthApi,
+        messaging::MessagingApi,
+        keys::KeysApi,
+        health::HealthApi,
+    ),
+    (),
+>;
 
 /// Builds the API with its spec metadata.
 pub fn service(state: Arc<AppState>) -> Api {
@@ -29,6 +42,10 @@ pub fn service(state: Arc<AppState>) -> Api {
         (
             auth::AuthApi {
                 auth: state.auth.clone(),
+            },
+            messaging::MessagingApi {
+                auth: state.auth.clone(),
+                messaging: state.messaging.clone(),
             },
             keys::KeysApi {
                 auth: state.auth.clone(),

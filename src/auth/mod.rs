@@ -9,7 +9,7 @@ use chrono::Utc;
 use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
-use crate::config::Settings;
+use crate::config::{MessagingSettings, Settings};
 use crate::db::{self, identity, user};
 use crate::delivery::{Channel, Delivery, Destination, OtpMessage};
 use crate::error::Error;
@@ -17,6 +17,7 @@ use crate::ratelimit::{Quota, QuotaPolicy, QuotaState};
 use crate::store::{RefreshOutcome, Store};
 use crate::telemetry::Metrics;
 
+pub mod intents;
 pub mod keys;
 pub mod otp;
 pub mod phone;
@@ -66,6 +67,8 @@ pub struct AuthService {
     expose_otp: bool,
     refresh_grace: std::time::Duration,
     metrics: Arc<Metrics>,
+    messaging: MessagingSettings,
+    app_name: String,
 }
 
 impl AuthService {
@@ -90,6 +93,8 @@ impl AuthService {
             expose_otp: settings.expose_otp,
             refresh_grace: settings.refresh_reuse_grace,
             metrics,
+            messaging: settings.messaging.clone(),
+            app_name: settings.delivery.app_name.clone(),
         })
     }
 
@@ -312,11 +317,27 @@ impl AuthService {
                 db::complete_login(&self.db, existing, phone.as_str(), Utc::now()),
             )
             .await?;
+        tracing::info!(phone = %phone.masked(), user_id = %user.id, "code verified");
+        self.open_session(user)
+    }
+
+    /// Opens a new session for `user`: a fresh session id and token pair.
+    pub fn open_session(&self, user: user::Model) -> Result<LoggedIn, Error> {
         let sid = Uuid::new_v4().to_string();
         let tokens = self.tokens.issue_pair(user.id, &sid)?;
         self.metrics.session("issued");
-        tracing::info!(phone = %phone.masked(), user_id = %user.id, "session opened");
+        tracing::info!(user_id = %user.id, "session opened");
         Ok(LoggedIn { tokens, user })
+    }
+
+    /// The senders, for replies to inbound messages.
+    pub fn delivery(&self) -> &Delivery {
+        &self.delivery
+    }
+
+    /// The application name users see in messages (`APP_NAME`).
+    pub fn app_name(&self) -> &str {
+        &self.app_name
     }
 
     /// Rotates a refresh token: the presented one is spent. A spent token presented again

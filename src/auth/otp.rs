@@ -80,6 +80,16 @@ impl OtpService {
         hex::encode(mac.finalize().into_bytes())
     }
 
+    /// HMAC-SHA256(pepper, `domain` ‖ 0x00 ‖ `value`), hex: for other secrets that are looked
+    /// up by value (login-intent codes), so the store never holds them in the clear.
+    pub fn keyed_hash(&self, domain: &str, value: &str) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(domain.as_bytes());
+        mac.update(&[0]);
+        mac.update(value.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
     /// Stores a new code for `phone`, replacing any earlier one, unless the resend cooldown
     /// is running or one of `quotas` refuses (then `rate_limited` with the seconds left).
     pub async fn issue(&self, phone: &Phone, quotas: &[Quota]) -> Result<IssuedCode, Error> {

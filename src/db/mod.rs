@@ -7,8 +7,8 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::sea_query::Expr;
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectOptions, Database, DatabaseConnection, DbErr,
-    EntityTrait, QueryFilter, Set, SqlErr,
+    ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DbErr, EntityTrait, QueryFilter, Set, SqlErr, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -114,6 +114,147 @@ pub async fn telegram_chat_for_phone(
         .one(db)
         .await?
         .map(|i| i.subject))
+}
+
+/// The user an external identity (`telegram`, user id) belongs to, if it is linked.
+pub async fn user_for_identity(
+    db: &DatabaseConnection,
+    provider: &str,
+    subject: &str,
+) -> Result<Option<user::Model>, DbErr> {
+    Ok(identity::Entity::find()
+        .filter(identity::Column::Provider.eq(provider))
+        .filter(identity::Column::Subject.eq(subject))
+        .find_also_related(user::Entity)
+        .one(db)
+        .await?
+        .and_then(|(_, user)| user))
+}
+
+/// Logs in through an external identity: its user, or a new user without a phone that owns
+/// it (one transaction: `INSERT` user + `INSERT` identity). Two replicas racing end up with the
+/// same user.
+pub async fn login_identity(
+    db: &DatabaseConnection,
+    provider: &str,
+    subject: &str,
+    now: DateTime<Utc>,
+) -> Result<user::Model, DbErr> {
+    if let Some(user) = user_for_identity(db, provider, subject).await? {
+        let mut user = user;
+        touch_last_login(db.clone(), user.id, now);
+        user.last_login_at = Some(now);
+        return Ok(user);
+    }
+    let txn = db.begin().await?;
+    let created = user::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        phone: Set(None),
+        created_at: Set(now),
+        last_login_at: Set(Some(now)),
+    }
+    .insert(&txn)
+    .await?;
+    match insert_identity(&txn, created.id, provider, subject, now).await {
+        Ok(()) => {
+            txn.commit().await?;
+            Ok(created)
+        }
+        Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+            txn.rollback().await?;
+            user_for_identity(db, provider, subject).await?.ok_or(err)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+async fn insert_identity(
+    db: &impl ConnectionTrait,
+    user_id: Uuid,
+    provider: &str,
+    subject: &str,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    identity::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        user_id: Set(user_id),
+        provider: Set(provider.to_string()),
+        subject: Set(subject.to_string()),
+        created_at: Set(now),
+    }
+    .insert(db)
+    .await
+    .map(drop)
+}
+
+/// Links `phone`, proven by the provider (a Telegram contact the user shared about
+/// themselves), to identity (`provider`, `subject`), in one transaction. The phone's user is
+/// the one that counts: the identity joins it (created if needed). An identity whose user has
+/// no phone yet hands that user the phone instead, so its sessions keep their user.
+pub async fn link_phone(
+    db: &DatabaseConnection,
+    provider: &str,
+    subject: &str,
+    phone: &str,
+    now: DateTime<Utc>,
+) -> Result<user::Model, DbErr> {
+    let txn = db.begin().await?;
+    let phone_user = user::Entity::find()
+        .filter(user::Column::Phone.eq(phone))
+        .one(&txn)
+        .await?;
+    let linked = identity::Entity::find()
+        .filter(identity::Column::Provider.eq(provider))
+        .filter(identity::Column::Subject.eq(subject))
+        .find_also_related(user::Entity)
+        .one(&txn)
+        .await?;
+    let user = match (linked, phone_user) {
+        // Already linked to the phone's user.
+        (Some((_, Some(owner))), Some(phone_user)) if owner.id == phone_user.id => phone_user,
+        // A phoneless user (from the widget or /start) gets the phone.
+        (Some((_, Some(owner))), None) if owner.phone.is_none() => {
+            let mut active: user::ActiveModel = owner.into();
+            active.phone = Set(Some(phone.to_string()));
+            active.update(&txn).await?
+        }
+        // The identity moves to the phone's user (created when the phone is new).
+        (Some((ident, _)), phone_user) => {
+            let target = match phone_user {
+                Some(u) => u,
+                None => new_phone_user(&txn, phone, now).await?,
+            };
+            let mut active: identity::ActiveModel = ident.into();
+            active.user_id = Set(target.id);
+            active.update(&txn).await?;
+            target
+        }
+        (None, phone_user) => {
+            let target = match phone_user {
+                Some(u) => u,
+                None => new_phone_user(&txn, phone, now).await?,
+            };
+            insert_identity(&txn, target.id, provider, subject, now).await?;
+            target
+        }
+    };
+    txn.commit().await?;
+    Ok(user)
+}
+
+async fn new_phone_user(
+    db: &impl ConnectionTrait,
+    phone: &str,
+    now: DateTime<Utc>,
+) -> Result<user::Model, DbErr> {
+    user::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        phone: Set(Some(phone.to_string())),
+        created_at: Set(now),
+        last_login_at: Set(None),
+    }
+    .insert(db)
+    .await
 }
 
 /// A user and their linked identities, in one query.

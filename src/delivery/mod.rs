@@ -99,6 +99,8 @@ pub struct Delivery {
     sms: Option<Arc<dyn Sender>>,
     whatsapp: Option<Arc<dyn Sender>>,
     telegram: Option<Arc<dyn Sender>>,
+    whatsapp_api: Option<Arc<WhatsappSender>>,
+    telegram_api: Option<Arc<TelegramSender>>,
     order: Vec<Channel>,
     template: String,
     app_name: String,
@@ -121,18 +123,20 @@ impl Delivery {
             (None, true) => Some(Arc::new(LogSender)),
             (None, false) => None,
         };
-        let whatsapp = settings
+        let whatsapp_api = settings
             .whatsapp
             .clone()
-            .map(|w| Arc::new(WhatsappSender::new(client.clone(), w)) as Arc<dyn Sender>);
-        let telegram = settings
+            .map(|w| Arc::new(WhatsappSender::new(client.clone(), w)));
+        let telegram_api = settings
             .telegram
             .clone()
-            .map(|t| Arc::new(TelegramSender::new(client.clone(), t)) as Arc<dyn Sender>);
+            .map(|t| Arc::new(TelegramSender::new(client.clone(), t)));
         Ok(Self {
             sms,
-            whatsapp,
-            telegram,
+            whatsapp: whatsapp_api.clone().map(|w| w as Arc<dyn Sender>),
+            telegram: telegram_api.clone().map(|t| t as Arc<dyn Sender>),
+            whatsapp_api,
+            telegram_api,
             order: settings.channel_order.clone(),
             template: settings.message_template.clone(),
             app_name: settings.app_name.clone(),
@@ -148,6 +152,16 @@ impl Delivery {
             Channel::Whatsapp => self.whatsapp.as_ref(),
             Channel::Telegram => self.telegram.as_ref(),
         }
+    }
+
+    /// The WhatsApp Cloud API client, for replies to inbound messages.
+    pub fn whatsapp_api(&self) -> Option<&Arc<WhatsappSender>> {
+        self.whatsapp_api.as_ref()
+    }
+
+    /// The Telegram Bot API client, for replies to bot messages.
+    pub fn telegram_api(&self) -> Option<&Arc<TelegramSender>> {
+        self.telegram_api.as_ref()
     }
 
     /// The channels to try, in order: the requested one (or the first configured channel of

@@ -183,14 +183,33 @@ impl Sender for WhatsappSender {
     ) -> Result<(), DeliveryError> {
         // The Cloud API takes the number as digits with country code, without `+`.
         let body = self.body(to.phone.as_str().trim_start_matches('+'), message);
+        self.post(&body).await
+    }
+}
+
+impl WhatsappSender {
+    async fn post(&self, body: &serde_json::Value) -> Result<(), DeliveryError> {
         send_with_retry(Channel::Whatsapp, || {
             self.client
                 .post(&self.url)
                 .bearer_auth(self.settings.access_token.expose())
-                .json(&body)
+                .json(body)
         })
         .await
         .map(drop)
+    }
+
+    /// Replies with a text message to `to` (digits with country code), who wrote to us within
+    /// the last 24 hours (the customer-service window that allows free-form messages).
+    pub async fn send_text(&self, to: &str, text: &str) -> Result<(), DeliveryError> {
+        self.post(&json!({
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": to,
+            "type": "text",
+            "text": { "preview_url": false, "body": text }
+        }))
+        .await
     }
 }
 
@@ -232,11 +251,29 @@ impl Sender for TelegramSender {
             Err(_) => chat.into(),
         };
         let body = json!({ "chat_id": chat_id, "text": message.text, "protect_content": true });
-        send_with_retry(Channel::Telegram, || {
-            self.client.post(&self.url).json(&body)
-        })
-        .await
-        .map(drop)
+        self.post(&body).await
+    }
+}
+
+impl TelegramSender {
+    async fn post(&self, body: &serde_json::Value) -> Result<(), DeliveryError> {
+        send_with_retry(Channel::Telegram, || self.client.post(&self.url).json(body))
+            .await
+            .map(drop)
+    }
+
+    /// Sends `text` to chat `chat_id`, with an optional `reply_markup` (a keyboard).
+    pub async fn send_message(
+        &self,
+        chat_id: i64,
+        text: &str,
+        reply_markup: Option<serde_json::Value>,
+    ) -> Result<(), DeliveryError> {
+        let mut body = json!({ "chat_id": chat_id, "text": text });
+        if let Some(markup) = reply_markup {
+            body["reply_markup"] = markup;
+        }
+        self.post(&body).await
     }
 }
 

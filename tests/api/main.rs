@@ -9,6 +9,7 @@ mod delivery;
 mod flows;
 mod http_errors;
 mod limits;
+mod messaging;
 mod observability;
 mod outages;
 mod standin;

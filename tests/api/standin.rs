@@ -104,6 +104,21 @@ impl StandIn {
             .collect()
     }
 
+    /// Waits (up to 5 s) until `provider` has received `n` requests; returns them.
+    pub async fn wait_for(&self, provider: &str, n: usize) -> Vec<Recorded> {
+        for _ in 0..250 {
+            let seen = self.requests(provider);
+            if seen.len() >= n {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "{provider} received {} request(s), expected {n}",
+            self.requests(provider).len()
+        );
+    }
+
     /// otpgate settings pointing every provider at this stand-in.
     pub fn settings(&self) -> Vec<(&'static str, String)> {
         vec![
@@ -327,5 +342,25 @@ fn check_telegram(path: &str, content_type: &str, body: &Value) -> Option<String
     if body["text"].as_str().is_none_or(str::is_empty) {
         return Some("message text is empty".into());
     }
-    None
+    match body.get("reply_markup") {
+        None => None,
+        // ReplyKeyboardRemove.
+        Some(markup) if markup["remove_keyboard"] == json!(true) => None,
+        // ReplyKeyboardMarkup: rows of buttons, each with a text.
+        Some(markup) => {
+            let rows = markup["keyboard"].as_array();
+            let ok = rows.is_some_and(|rows| {
+                !rows.is_empty()
+                    && rows.iter().all(|row| {
+                        row.as_array().is_some_and(|buttons| {
+                            !buttons.is_empty()
+                                && buttons
+                                    .iter()
+                                    .all(|b| b["text"].as_str().is_some_and(|t| !t.is_empty()))
+                        })
+                    })
+            });
+            (!ok).then(|| "can't parse reply keyboard markup JSON object".into())
+        }
+    }
 }

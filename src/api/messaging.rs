@@ -1,0 +1,346 @@
+//! Login without typing a code: login intents (`/api/auth/intents`), the Telegram Login Widget,
+//! and the WhatsApp and Telegram webhooks that complete intents.
+
+use std::sync::Arc;
+
+use poem::Request;
+use poem_openapi::param::{Header, Query};
+use poem_openapi::payload::{Json, PlainText};
+use poem_openapi::registry::{MetaMediaType, MetaRequest, MetaSchema, MetaSchemaRef, Registry};
+use poem_openapi::types::Example;
+use poem_openapi::{
+    ApiExtractor, ApiExtractorType, ApiResponse, Enum, ExtractParamOptions, Object, OpenApi,
+};
+
+use super::ApiTags;
+use super::auth::TokenResponse;
+use crate::auth::AuthService;
+use crate::auth::intents::{IntentChannel, PollResult};
+use crate::error::Error;
+use crate::messaging::Messaging;
+use crate::messaging::telegram::WidgetLogin;
+
+/// Login intents, the widget and the webhooks.
+pub struct MessagingApi {
+    pub(crate) auth: Arc<AuthService>,
+    pub(crate) messaging: Arc<Messaging>,
+}
+
+/// Where the user completes a login intent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum IntentChannelName {
+    /// Send a prefilled message to the business WhatsApp number.
+    Whatsapp,
+    /// Tap Start in the Telegram bot.
+    Telegram,
+}
+
+/// Start a login by message.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct IntentRequest {
+    /// The messaging app the user will confirm in.
+    pub channel: IntentChannelName,
+}
+
+/// A login intent: open `deep_link` on the user's device, then poll.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct IntentResponse {
+    /// The intent's id, for polling.
+    pub intent_id: String,
+    /// Secret proof that the poller created the intent; keep it on the device.
+    pub poll_token: String,
+    /// `https://wa.me/…?text=…` or `https://t.me/…?start=…`.
+    pub deep_link: String,
+    /// Seconds until the intent expires.
+    pub expires_in: u64,
+}
+
+/// Poll a login intent.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct PollRequest {
+    /// From the intent.
+    #[oai(validator(pattern = r"^[0-9a-f]{32}$"))]
+    pub intent_id: String,
+    /// From the intent (43 characters of base64url).
+    #[oai(validator(pattern = r"^[A-Za-z0-9_-]{43}$"))]
+    pub poll_token: String,
+}
+
+/// The user has not confirmed yet.
+#[derive(Debug, Object)]
+pub struct PollPending {
+    /// Always `pending`.
+    pub status: String,
+}
+
+/// Poll answer.
+#[derive(ApiResponse)]
+pub enum PollReply {
+    /// Confirmed: a new session (handed out once; later polls get 410).
+    #[oai(status = 200)]
+    LoggedIn(Json<TokenResponse>),
+    /// Not confirmed yet: poll again in a second or two.
+    #[oai(status = 202)]
+    Pending(Json<PollPending>),
+}
+
+/// Intent created.
+#[derive(ApiResponse)]
+pub enum IntentCreated {
+    /// The intent.
+    #[oai(status = 201)]
+    Created(Json<IntentResponse>),
+}
+
+/// The fields the Telegram Login Widget passes to its callback, unchanged.
+#[derive(Debug, Object)]
+pub struct TelegramWidgetRequest {
+    /// Telegram user id.
+    pub id: i64,
+    /// First name.
+    pub first_name: Option<String>,
+    /// Last name.
+    pub last_name: Option<String>,
+    /// Username.
+    pub username: Option<String>,
+    /// Profile photo URL.
+    pub photo_url: Option<String>,
+    /// Unix time of the authentication.
+    pub auth_date: i64,
+    /// Hex HMAC-SHA256 of the other fields (see Telegram's widget documentation).
+    #[oai(validator(pattern = r"^[0-9a-fA-F]{64}$"))]
+    pub hash: String,
+}
+
+/// A webhook delivery was accepted.
+#[derive(Debug, Object)]
+pub struct WebhookAck {
+    /// Always `ok`.
+    pub status: String,
+}
+
+impl Example for IntentRequest {
+    fn example() -> Self {
+        IntentRequest {
+            channel: IntentChannelName::Whatsapp,
+        }
+    }
+}
+
+impl Example for IntentResponse {
+    fn example() -> Self {
+        IntentResponse {
+            intent_id: "3f2a9c0e5b7d41a8b6c2d9e0f1a2b3c4".into(),
+            poll_token: "n3Vq0c8yFh2kXb1eP5sZr7tW9aLm4dGj6uYiQoKxE0c".into(),
+            deep_link: "https://wa.me/15550001234?text=Log%20me%20in%20to%20otpgate.%20Code%3A%207KQ2M9XW4HTA3C8R"
+                .into(),
+            expires_in: 300,
+        }
+    }
+}
+
+impl Example for PollRequest {
+    fn example() -> Self {
+        PollRequest {
+            intent_id: "3f2a9c0e5b7d41a8b6c2d9e0f1a2b3c4".into(),
+            poll_token: "n3Vq0c8yFh2kXb1eP5sZr7tW9aLm4dGj6uYiQoKxE0c".into(),
+        }
+    }
+}
+
+/// A request body read as raw bytes (a webhook's signature covers the exact bytes sent),
+/// documented as JSON.
+pub struct RawJson(pub Vec<u8>);
+
+impl<'a> ApiExtractor<'a> for RawJson {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
+
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(_registry: &mut Registry) {}
+
+    fn request_meta() -> Option<MetaRequest> {
+        Some(MetaRequest {
+            description: Some("The platform's JSON notification, byte for byte as sent."),
+            content: vec![MetaMediaType {
+                content_type: "application/json",
+                schema: MetaSchemaRef::Inline(Box::new(MetaSchema::new("object"))),
+            }],
+            required: true,
+        })
+    }
+
+    async fn from_request(
+        request: &'a Request,
+        body: &mut poem::RequestBody,
+        _param_opts: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        let bytes = <Vec<u8> as poem::FromRequest>::from_request(request, body).await?;
+        Ok(RawJson(bytes))
+    }
+}
+
+fn ack() -> Json<WebhookAck> {
+    Json(WebhookAck {
+        status: "ok".into(),
+    })
+}
+
+#[OpenApi]
+impl MessagingApi {
+    /// Start a login by WhatsApp or Telegram message
+    ///
+    /// Creates a login intent. Open `deep_link` on the user's device: WhatsApp opens with a
+    /// prefilled message to the business number, Telegram opens the bot. When the user sends
+    /// the message (or taps Start), the platform tells otpgate who they are, and the next poll
+    /// returns tokens. No code to type.
+    #[oai(
+        path = "/api/auth/intents",
+        method = "post",
+        tag = "ApiTags::Messaging"
+    )]
+    async fn create_intent(&self, body: Json<IntentRequest>) -> Result<IntentCreated, Error> {
+        let channel = match body.channel {
+            IntentChannelName::Whatsapp => IntentChannel::Whatsapp,
+            IntentChannelName::Telegram => IntentChannel::Telegram,
+        };
+        let intent = self.auth.create_intent(channel).await?;
+        Ok(IntentCreated::Created(Json(IntentResponse {
+            intent_id: intent.intent_id,
+            poll_token: intent.poll_token,
+            deep_link: intent.deep_link,
+            expires_in: intent.expires_in,
+        })))
+    }
+
+    /// Poll a login intent
+    ///
+    /// 202 until the user has sent the message, then 200 with the same body as
+    /// `verify-otp` (exactly once), then 410. Works on any replica.
+    #[oai(
+        path = "/api/auth/intents/poll",
+        method = "post",
+        tag = "ApiTags::Messaging"
+    )]
+    async fn poll_intent(&self, body: Json<PollRequest>) -> Result<PollReply, Error> {
+        match self
+            .auth
+            .poll_intent(&body.intent_id, &body.poll_token)
+            .await?
+        {
+            PollResult::Pending => Ok(PollReply::Pending(Json(PollPending {
+                status: "pending".into(),
+            }))),
+            PollResult::LoggedIn(session) => Ok(PollReply::LoggedIn(Json((*session).into()))),
+        }
+    }
+
+    /// Log in with the Telegram Login Widget
+    ///
+    /// Send the widget's callback fields unchanged. They must be signed by the bot and at
+    /// most `TELEGRAM_AUTH_MAX_AGE_SECONDS` old; each signed login works once.
+    #[oai(
+        path = "/api/auth/telegram/widget",
+        method = "post",
+        tag = "ApiTags::Messaging"
+    )]
+    async fn telegram_widget(
+        &self,
+        body: Json<TelegramWidgetRequest>,
+    ) -> Result<Json<TokenResponse>, Error> {
+        let body = body.0;
+        let mut fields = vec![
+            ("id".to_string(), body.id.to_string()),
+            ("auth_date".to_string(), body.auth_date.to_string()),
+        ];
+        for (name, value) in [
+            ("first_name", body.first_name),
+            ("last_name", body.last_name),
+            ("username", body.username),
+            ("photo_url", body.photo_url),
+        ] {
+            if let Some(value) = value {
+                fields.push((name.to_string(), value));
+            }
+        }
+        let session = self
+            .messaging
+            .telegram_widget(WidgetLogin {
+                fields,
+                id: body.id,
+                auth_date: body.auth_date,
+                hash: body.hash,
+            })
+            .await?;
+        Ok(Json(session.into()))
+    }
+
+    /// WhatsApp webhook verification
+    ///
+    /// Meta's subscription handshake: echoes `hub.challenge` when `hub.mode` is `subscribe`
+    /// and `hub.verify_token` equals `WHATSAPP_VERIFY_TOKEN`; otherwise 403.
+    #[oai(
+        path = "/api/whatsapp/webhook",
+        method = "get",
+        tag = "ApiTags::Webhooks"
+    )]
+    async fn whatsapp_verify(
+        &self,
+        #[oai(name = "hub.mode")] mode: Query<Option<String>>,
+        #[oai(name = "hub.verify_token")] token: Query<Option<String>>,
+        #[oai(name = "hub.challenge")] challenge: Query<Option<String>>,
+    ) -> Result<PlainText<String>, Error> {
+        self.messaging
+            .whatsapp_handshake(mode.0.as_deref(), token.0.as_deref(), challenge.0)
+            .map(PlainText)
+    }
+
+    /// WhatsApp webhook
+    ///
+    /// Notifications from the WhatsApp Cloud API, signed with `X-Hub-Signature-256`
+    /// (HMAC-SHA256 of the raw body with `WHATSAPP_WEBHOOK_SECRET`); unsigned calls are 403.
+    /// Messages: a login-intent code binds the intent; `OTP` or `CODE` sends a code by
+    /// WhatsApp; anything else gets a short help reply.
+    #[oai(
+        path = "/api/whatsapp/webhook",
+        method = "post",
+        tag = "ApiTags::Webhooks"
+    )]
+    async fn whatsapp_webhook(
+        &self,
+        #[oai(name = "X-Hub-Signature-256")] signature: Header<Option<String>>,
+        body: RawJson,
+    ) -> Result<Json<WebhookAck>, Error> {
+        self.messaging
+            .whatsapp_notification(&body.0, signature.0.as_deref())
+            .await?;
+        Ok(ack())
+    }
+
+    /// Telegram webhook
+    ///
+    /// Bot updates, authenticated by `X-Telegram-Bot-Api-Secret-Token` (=
+    /// `TELEGRAM_WEBHOOK_SECRET`, given to `setWebhook`); other calls are 403. `/start <code>`
+    /// binds a login intent; a shared own contact links the phone; `/otp` sends a code to the
+    /// chat.
+    #[oai(
+        path = "/api/telegram/webhook",
+        method = "post",
+        tag = "ApiTags::Webhooks"
+    )]
+    async fn telegram_webhook(
+        &self,
+        #[oai(name = "X-Telegram-Bot-Api-Secret-Token")] secret: Header<Option<String>>,
+        body: RawJson,
+    ) -> Result<Json<WebhookAck>, Error> {
+        self.messaging
+            .telegram_update(&body.0, secret.0.as_deref())
+            .await?;
+        Ok(ack())
+    }
+}

@@ -1,0 +1,144 @@
+//! Login by message: the WhatsApp and Telegram webhooks and the Telegram Login Widget.
+//!
+//! Every webhook call is authenticated first (WhatsApp: `X-Hub-Signature-256`, an HMAC of the
+//! raw body; Telegram: the `X-Telegram-Bot-Api-Secret-Token` given to `setWebhook`); an
+//! unauthenticated call is 403 and changes nothing. An authentic delivery is answered 200
+//! quickly, also when a message is not understood or a reply fails (replies go out in the
+//! background), so the platforms do not retry-storm. Each event is processed once: its id is
+//! marked in the store first, and unmarked again only when processing failed because the store
+//! or the database is down; then the answer is 503 so the platform delivers it again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::auth::AuthService;
+use crate::config::{MessagingSettings, Secret, Settings};
+use crate::error::Error;
+use crate::store::Store;
+use crate::telemetry::Metrics;
+
+pub mod telegram;
+pub mod whatsapp;
+
+/// How long event ids are remembered: the platforms retry for up to a day (Meta: with
+/// decreasing frequency for up to 7 days, but the same message is then past any use).
+const SEEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The inbound side: webhooks and the widget.
+pub struct Messaging {
+    auth: Arc<AuthService>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    settings: MessagingSettings,
+    bot_token: Option<Secret>,
+}
+
+impl Messaging {
+    /// Wires the webhooks to the login domain.
+    pub fn new(
+        settings: &Settings,
+        auth: Arc<AuthService>,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            auth,
+            store,
+            metrics,
+            settings: settings.messaging.clone(),
+            bot_token: settings
+                .delivery
+                .telegram
+                .as_ref()
+                .map(|t| t.bot_token.clone()),
+        }
+    }
+
+    /// Runs `work` for event `key` unless it was seen before. When `work` fails with a
+    /// dependency error, the mark is removed so a redelivery runs it again.
+    async fn once(
+        &self,
+        source: &'static str,
+        key: &str,
+        work: impl Future<Output = Result<(), Error>>,
+    ) -> Result<(), Error> {
+        let key = format!("{source}:{key}");
+        if !self.store.first_delivery(&key, SEEN_TTL).await? {
+            self.metrics.webhook(source, "duplicate");
+            return Ok(());
+        }
+        let result = work.await;
+        if let Err(err) = &result {
+            self.metrics.webhook(source, "failed");
+            tracing::warn!(source, code = err.code(), error = %err, "webhook event failed; the platform will redeliver it");
+            if let Err(forget) = self.store.forget_delivery(&key).await {
+                tracing::warn!(source, error = %forget, "could not unmark a failed webhook event");
+            }
+        }
+        result
+    }
+
+    /// The confirmation sent after a login by message: it names the app and says how to report
+    /// a login that was not the user's (the defence against reverse-OTP phishing).
+    fn confirmation(&self) -> String {
+        let app = self.auth.app_name();
+        let report = match &self.settings.support_contact {
+            Some(contact) => format!("report it at {contact}"),
+            None => format!("report it to {app} support"),
+        };
+        format!(
+            "You are now logged in to {app} on the device that asked for it. If that was not \
+             you, someone may have tricked you into sending a login code: {report}. Never send \
+             a login message someone else gave you."
+        )
+    }
+}
+
+/// Runs `work` in the background (replies must not delay the webhook's answer).
+fn background(work: impl Future<Output = ()> + Send + 'static) {
+    tokio::spawn(work);
+}
+
+/// What a background reply needs: the senders and the counters.
+#[derive(Clone)]
+struct Replier {
+    auth: Arc<AuthService>,
+    metrics: Arc<Metrics>,
+}
+
+impl Messaging {
+    fn replier(&self) -> Replier {
+        Replier {
+            auth: self.auth.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+impl Replier {
+    /// Sends a WhatsApp text to `to` (digits); a failure is logged and counted.
+    async fn whatsapp(&self, to: &str, text: String) {
+        let Some(api) = self.auth.delivery().whatsapp_api() else {
+            self.metrics.webhook("whatsapp", "reply_skipped");
+            return;
+        };
+        if let Err(err) = api.send_text(to, &text).await {
+            // Provider texts may quote the number.
+            let reason = err.reason.replace(to, "…");
+            tracing::warn!(reason, "WhatsApp reply failed");
+            self.metrics.webhook("whatsapp", "reply_failed");
+        }
+    }
+
+    /// Sends a Telegram message to `chat`; a failure is logged and counted.
+    async fn telegram(&self, chat: i64, text: String, markup: Option<serde_json::Value>) {
+        let Some(api) = self.auth.delivery().telegram_api() else {
+            self.metrics.webhook("telegram", "reply_skipped");
+            return;
+        };
+        if let Err(err) = api.send_message(chat, &text, markup).await {
+            tracing::warn!(reason = err.reason, "Telegram reply failed");
+            self.metrics.webhook("telegram", "reply_failed");
+        }
+    }
+}

@@ -1,0 +1,891 @@
+//! Login by message: the WhatsApp and Telegram webhooks (signatures over the exact bytes,
+//! duplicates, replies through the stand-ins), login intents across replicas, contact linking
+//! and the Telegram Login Widget.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::helpers::{Backend, Reply, TestApp, field, spawn_app_with, unique_phone};
+use crate::standin::{StandIn, TELEGRAM_TOKEN, WHATSAPP_PHONE_ID, WHATSAPP_TOKEN};
+
+crate::on_both_backends!(
+    whatsapp_handshake_echoes_the_challenge,
+    unauthentic_webhook_calls_change_nothing,
+    whatsapp_intent_logs_in_on_the_other_replica,
+    duplicate_deliveries_act_once,
+    whatsapp_otp_command_sends_a_code_that_verifies,
+    telegram_start_binds_the_intent_and_asks_for_the_contact,
+    own_contact_links_the_phone_and_foreign_contacts_nothing,
+    telegram_widget_checks_hash_age_and_replay,
+    intents_expire_and_need_configuration,
+);
+
+const VERIFY_TOKEN: &str = "verify-me-please";
+const APP_SECRET: &str = "whatsapp-app-secret";
+const BUSINESS_NUMBER: &str = "15550001234";
+const TG_SECRET: &str = "telegram-webhook-secret_1";
+const BOT: &str = "otpgate_test_bot";
+
+struct Messaging {
+    app: TestApp,
+    standin: StandIn,
+}
+
+async fn messaging_app(backend: Backend, extra: &[(&str, &str)]) -> Messaging {
+    let standin = StandIn::start().await;
+    let base = standin.settings();
+    let mut settings: Vec<(&str, &str)> = base.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    settings.extend_from_slice(&[
+        ("APP_NAME", "Acme"),
+        ("SUPPORT_CONTACT", "security@acme.example"),
+        ("WHATSAPP_ACCESS_TOKEN", WHATSAPP_TOKEN),
+        ("WHATSAPP_PHONE_NUMBER_ID", WHATSAPP_PHONE_ID),
+        ("WHATSAPP_VERIFY_TOKEN", VERIFY_TOKEN),
+        ("WHATSAPP_WEBHOOK_SECRET", APP_SECRET),
+        ("WHATSAPP_BUSINESS_NUMBER", "+1 555 000 1234"),
+        ("TELEGRAM_BOT_TOKEN", TELEGRAM_TOKEN),
+        ("TELEGRAM_WEBHOOK_SECRET", TG_SECRET),
+        ("TELEGRAM_BOT_USERNAME", BOT),
+        ("OTP_CHANNEL_ORDER", "whatsapp"),
+    ]);
+    settings.extend_from_slice(extra);
+    Messaging {
+        app: spawn_app_with(backend, &settings).await,
+        standin,
+    }
+}
+
+fn signature(body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(APP_SECRET.as_bytes()).expect("key");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// A Cloud API notification with one text message from `from` (digits).
+fn whatsapp_message(from: &str, id: &str, text: &str) -> Value {
+    json!({
+        "object": "whatsapp_business_account",
+        "entry": [{
+            "id": "102290129340398",
+            "changes": [{
+                "field": "messages",
+                "value": {
+                    "messaging_product": "whatsapp",
+                    "metadata": { "display_phone_number": BUSINESS_NUMBER, "phone_number_id": WHATSAPP_PHONE_ID },
+                    "contacts": [{ "profile": { "name": "Kerry" }, "wa_id": from }],
+                    "messages": [{
+                        "from": from,
+                        "id": id,
+                        "timestamp": "1760000000",
+                        "type": "text",
+                        "text": { "body": text }
+                    }]
+                }
+            }]
+        }]
+    })
+}
+
+async fn raw_post(
+    app: &TestApp,
+    base: &str,
+    path: &str,
+    body: &[u8],
+    headers: &[(&str, String)],
+) -> Reply {
+    let mut req = app
+        .client
+        .post(format!("{base}{path}"))
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    for (name, value) in headers {
+        req = req.header(*name, value);
+    }
+    let resp = req.send().await.expect("request sent");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.expect("body");
+    Reply {
+        status,
+        headers,
+        body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    }
+}
+
+/// POSTs `body` to the WhatsApp webhook, correctly signed over these exact bytes.
+async fn whatsapp_signed(app: &TestApp, base: &str, body: &Value) -> Reply {
+    let bytes = serde_json::to_vec(body).expect("json");
+    let sig = signature(&bytes);
+    raw_post(
+        app,
+        base,
+        "/api/whatsapp/webhook",
+        &bytes,
+        &[("X-Hub-Signature-256", sig)],
+    )
+    .await
+}
+
+/// POSTs a Telegram update with the secret token.
+async fn telegram_update(app: &TestApp, base: &str, update: &Value) -> Reply {
+    let bytes = serde_json::to_vec(update).expect("json");
+    raw_post(
+        app,
+        base,
+        "/api/telegram/webhook",
+        &bytes,
+        &[("X-Telegram-Bot-Api-Secret-Token", TG_SECRET.to_string())],
+    )
+    .await
+}
+
+fn update_id() -> i64 {
+    i64::try_from(Uuid::new_v4().as_u128() % 1_000_000_000).expect("fits")
+}
+
+fn telegram_user() -> i64 {
+    1_000_000_000 + update_id()
+}
+
+/// An update with a private message from `user`.
+fn telegram_message(user: i64, message: Value) -> Value {
+    let mut msg = json!({
+        "message_id": 11,
+        "from": { "id": user, "is_bot": false, "first_name": "Kerry", "language_code": "en" },
+        "chat": { "id": user, "first_name": "Kerry", "type": "private" },
+        "date": 1_760_000_000
+    });
+    for (k, v) in message.as_object().expect("object") {
+        msg[k] = v.clone();
+    }
+    json!({ "update_id": update_id(), "message": msg })
+}
+
+async fn create_intent(app: &TestApp, base: &str, channel: &str) -> Value {
+    let reply = app
+        .post(base, "/api/auth/intents", json!({ "channel": channel }))
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    reply.body
+}
+
+async fn poll(app: &TestApp, base: &str, intent: &Value) -> Reply {
+    app.post(
+        base,
+        "/api/auth/intents/poll",
+        json!({ "intent_id": intent["intent_id"], "poll_token": intent["poll_token"] }),
+    )
+    .await
+}
+
+/// The text a WhatsApp deep link prefills.
+fn prefilled_text(deep_link: &str) -> String {
+    let (_, encoded) = deep_link.split_once("?text=").expect("text parameter");
+    let bytes = encoded.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            out.push(u8::from_str_radix(&encoded[i + 1..i + 3], 16).expect("hex"));
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).expect("utf-8")
+}
+
+fn digits(phone: &str) -> String {
+    phone.trim_start_matches('+').to_string()
+}
+
+async fn whatsapp_handshake_echoes_the_challenge(backend: Backend) {
+    let m = messaging_app(backend, &[]).await;
+    let url = |mode: &str, token: &str| {
+        format!(
+            "{}/api/whatsapp/webhook?hub.mode={mode}&hub.verify_token={token}&hub.challenge=1158201444",
+            m.app.b
+        )
+    };
+    let resp = m
+        .app
+        .client
+        .get(url("subscribe", VERIFY_TOKEN))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/plain")
+    );
+    assert_eq!(resp.text().await.expect("body"), "1158201444");
+    for wrong in [url("subscribe", "guess"), url("unsubscribe", VERIFY_TOKEN)] {
+        let resp = m.app.client.get(wrong).send().await.expect("sent");
+        assert_eq!(resp.status(), 403);
+    }
+    let bare = m
+        .app
+        .client
+        .get(format!("{}/api/whatsapp/webhook", m.app.a))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(bare.status(), 403);
+}
+
+async fn unauthentic_webhook_calls_change_nothing(backend: Backend) {
+    let m = messaging_app(backend, &[]).await;
+    let intent = create_intent(&m.app, &m.app.a, "whatsapp").await;
+    let text = prefilled_text(field(&intent, "deep_link"));
+    let sender = digits(&unique_phone());
+    let body = whatsapp_message(&sender, "wamid.unsigned", &text);
+    let compact = serde_json::to_vec(&body).expect("json");
+    let pretty = serde_json::to_vec_pretty(&body).expect("json");
+    let path = "/api/whatsapp/webhook";
+    // No signature; a wrong one; another key; a signature of the same JSON serialised
+    // differently (the HMAC covers the bytes, not the meaning).
+    let mut other_key = Hmac::<Sha256>::new_from_slice(b"not-the-app-secret").expect("key");
+    other_key.update(&compact);
+    let cases = [
+        vec![],
+        vec![("X-Hub-Signature-256", "sha256=00".to_string())],
+        vec![(
+            "X-Hub-Signature-256",
+            format!("sha256={}", hex::encode(other_key.finalize().into_bytes())),
+        )],
+        vec![("X-Hub-Signature-256", signature(&pretty))],
+        vec![(
+            "X-Hub-Signature-256",
+            signature(&compact).replace("sha256=", ""),
+        )],
+    ];
+    for headers in cases {
+        raw_post(&m.app, &m.app.b, path, &compact, &headers)
+            .await
+            .assert_problem(403, "invalid_signature");
+    }
+    // Telegram: a missing or wrong secret token.
+    let user = telegram_user();
+    let tg = create_intent(&m.app, &m.app.a, "telegram").await;
+    let code = field(&tg, "deep_link")
+        .rsplit_once("start=")
+        .expect("start")
+        .1
+        .to_string();
+    let update = serde_json::to_vec(&telegram_message(
+        user,
+        json!({ "text": format!("/start {code}") }),
+    ))
+    .expect("json");
+    for headers in [
+        vec![],
+        vec![("X-Telegram-Bot-Api-Secret-Token", "wrong".to_string())],
+    ] {
+        raw_post(&m.app, &m.app.b, "/api/telegram/webhook", &update, &headers)
+            .await
+            .assert_problem(403, "invalid_signature");
+    }
+    // Nothing was bound, and nothing was replied.
+    assert_eq!(poll(&m.app, &m.app.a, &intent).await.status, 202);
+    assert_eq!(poll(&m.app, &m.app.a, &tg).await.status, 202);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(m.standin.requests("whatsapp").is_empty());
+    assert!(m.standin.requests("telegram").is_empty());
+    // The same bytes, correctly signed, do bind.
+    let reply = raw_post(
+        &m.app,
+        &m.app.b,
+        path,
+        &compact,
+        &[("X-Hub-Signature-256", signature(&compact))],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(poll(&m.app, &m.app.a, &intent).await.status, 200);
+}
+
+async fn whatsapp_intent_logs_in_on_the_other_replica(backend: Backend) {
+    let m = messaging_app(backend, &[]).await;
+    let intent = create_intent(&m.app, &m.app.a, "whatsapp").await;
+    let link = field(&intent, "deep_link");
+    assert!(
+        link.starts_with(&format!("https://wa.me/{BUSINESS_NUMBER}?text=")),
+        "{link}"
+    );
+    assert_eq!(intent["expires_in"], json!(300));
+    assert_eq!(
+        poll(&m.app, &m.app.b, &intent).await.body,
+        json!({ "status": "pending" })
+    );
+
+    let phone = unique_phone();
+    let text = prefilled_text(link);
+    assert!(text.contains("Acme"), "{text}");
+    let reply = whatsapp_signed(
+        &m.app,
+        &m.app.b,
+        &whatsapp_message(&digits(&phone), "wamid.bind-1", &text),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    // A wrong poll token gets nothing and spends nothing.
+    let mut stolen = intent.clone();
+    stolen["poll_token"] = json!("x".repeat(43));
+    poll(&m.app, &m.app.a, &stolen)
+        .await
+        .assert_problem(403, "invalid_poll_token");
+
+    let first = poll(&m.app, &m.app.a, &intent).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.body["token_type"], json!("bearer"));
+    assert_eq!(first.body["user"]["phone"], json!(phone));
+    let me = m.app.me(&m.app.b, field(&first.body, "access_token")).await;
+    assert_eq!(me.body["phone"], json!(phone));
+    // Exactly once.
+    poll(&m.app, &m.app.b, &intent)
+        .await
+        .assert_problem(410, "intent_consumed");
+    poll(&m.app, &m.app.a, &intent)
+        .await
+        .assert_problem(410, "intent_consumed");
+    // The refresh token works like any other.
+    assert_eq!(
+        m.app
+            .refresh(&m.app.a, field(&first.body, "refresh_token"))
+            .await
+            .status,
+        200
+    );
+
+    // The sender got a confirmation naming the app and how to report a login that was not theirs.
+    let sent = m.standin.wait_for("whatsapp", 1).await;
+    assert_eq!(sent[0].body["to"], json!(digits(&phone)));
+    let confirmation = sent[0].body["text"]["body"].as_str().expect("text");
+    assert!(
+        confirmation.contains("Acme") && confirmation.contains("security@acme.example"),
+        "{confirmation}"
+    );
+
+    // The same login code from someone else binds nothing.
+    let other = digits(&unique_phone());
+    whatsapp_signed(
+        &m.app,
+        &m.app.a,
+        &whatsapp_message(&other, "wamid.bind-2", &text),
+    )
+    .await;
+    let sent = m.standin.wait_for("whatsapp", 2).await;
+    assert_eq!(sent[1].body["to"], json!(other));
+    assert!(
+        sent[1].body["text"]["body"]
+            .as_str()
+            .expect("text")
+            .contains("already used")
+    );
+
+    // Unknown text gets a help reply.
+    whatsapp_signed(
+        &m.app,
+        &m.app.a,
+        &whatsapp_message(&other, "wamid.hello", "hello"),
+    )
+    .await;
+    let sent = m.standin.wait_for("whatsapp", 3).await;
+    assert!(
+        sent[2].body["text"]["body"]
+            .as_str()
+            .expect("text")
+            .contains("Send OTP")
+    );
+
+    let metrics = m
+        .app
+        .client
+        .get(format!("{}/metrics", m.app.a))
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        metrics.contains("otpgate_login_intents_total{channel=\"whatsapp\",outcome=\"created\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("otpgate_webhook_events_total"),
+        "{metrics}"
+    );
+}
+
+async fn duplicate_deliveries_act_once(backend: Backend) {
+    let m = messaging_app(backend, &[]).await;
+    let phone = unique_phone();
+    let body = whatsapp_message(
+        &digits(&phone),
+        &format!("wamid.{}", Uuid::new_v4().simple()),
+        "OTP",
+    );
+    for base in [&m.app.a, &m.app.b, &m.app.a] {
+        assert_eq!(whatsapp_signed(&m.app, base, &body).await.status, 200);
+    }
+    m.standin.wait_for("whatsapp", 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        m.standin.requests("whatsapp").len(),
+        1,
+        "one code for three deliveries"
+    );
+
+    // A status update is accepted and ignored.
+    let status = json!({ "object": "whatsapp_business_account", "entry": [{ "id": "1", "changes": [{ "field": "messages", "value": {
+        "messaging_product": "whatsapp",
+        "statuses": [{ "id": "wamid.x", "status": "delivered", "timestamp": "1760000000", "recipient_id": digits(&phone) }]
+    }}]}]});
+    assert_eq!(whatsapp_signed(&m.app, &m.app.b, &status).await.status, 200);
+    // Signed but not understood: still 200, so WhatsApp does not retry it forever.
+    let junk = b"[not json";
+    let reply = raw_post(
+        &m.app,
+        &m.app.a,
+        "/api/whatsapp/webhook",
+        junk,
+        &[("X-Hub-Signature-256", signature(junk))],
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+
+    // Telegram: a redelivered update (same update_id) acts once.
+    let user = telegram_user();
+    let update = telegram_message(user, json!({ "text": "hello" }));
+    for base in [&m.app.a, &m.app.b] {
+        assert_eq!(telegram_update(&m.app, base, &update).await.status, 200);
+    }
+    m.standin.wait_for("telegram", 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(m.standin.requests("telegram").len(), 1);
+    assert_eq!(m.standin.requests("whatsapp").len(), 1);
+}
+
+async fn whatsapp_otp_command_sends_a_code_that_verifies(backend: Backend) {
+    let m = messaging_app(backend, &[]).await;
+    let phone = unique_phone();
+    let reply = whatsapp_signed(
+        &m.app,
+        &m.app.a,
+        &whatsapp_message(&digits(&phone), "wamid.otp-1", " code "),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    let sent = m.standin.wait_for("whatsapp", 1).await;
+    assert_eq!(sent[0].path, format!("/v21.0/{WHATSAPP_PHONE_ID}/messages"));
+    assert_eq!(sent[0].body["to"], json!(digits(&phone)));
+    let text = sent[0].body["text"]["body"].as_str().expect("text");
+    let code: String = text.chars().take_while(char::is_ascii_digit).collect();
+    assert_eq!(code.len(), 6, "{text}");
+    // Same limits as a login: the resend cooldown refuses a second request, and the user is told.
+    whatsapp_signed(
+        &m.app,
+        &m.app.b,
+        &whatsapp_message(&digits(&phone), "wamid.otp-2", "OTP"),
+    )
+    .await;
+    let sent = m.standin.wait_for("whatsapp", 2).await;
+    assert!(
+        sent[1].body["text"]["body"]
+            .as_str()
+            .expect("text")
+            .contains("Too many codes")
+    );
+    let verified = m.app.verify(&m.app.b, &phone, &code).await;
+    assert_eq!(verified.status, 200, "{}", verified.body);
+}
+
+async fn telegram_start_binds_the_intent_and_asks_for_the_contact(backend: Backend) {
+    let m = messaging_app(backend, &[]).await;
+    let intent = create_intent(&m.app, &m.app.a, "telegram").await;
+    let link = field(&intent, "deep_link");
+    let (prefix, code) = link.rsplit_once("?start=").expect("start parameter");
+    assert_eq!(prefix, format!("https://t.me/{BOT}"));
+    assert!(
+        code.len() <= 64
+            && code
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    );
+    assert_eq!(poll(&m.app, &m.app.b, &intent).await.status, 202);
+
+    let user = telegram_user();
+    let reply = telegram_update(
+        &m.app,
+        &m.app.b,
+        &telegram_message(user, json!({ "text": format!("/start {code}") })),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let tokens = poll(&m.app, &m.app.a, &intent).await;
+    assert_eq!(tokens.status, 200, "{}", tokens.body);
+    assert_eq!(tokens.body["user"]["phone"], Value::Null);
+    let me = m
+        .app
+        .me(&m.app.b, field(&tokens.body, "access_token"))
+        .await;
+    assert_eq!(me.body["identities"][0]["provider"], json!("telegram"));
+    assert_eq!(me.body["identities"][0]["subject"], json!(user.to_string()));
+    poll(&m.app, &m.app.b, &intent)
+        .await
+        .assert_problem(410, "intent_consumed");
+
+    // The bot confirmed and, with no phone linked, offered the share-contact button.
+    let sent = m.standin.wait_for("telegram", 1).await;
+    assert_eq!(sent[0].path, format!("/bot{TELEGRAM_TOKEN}/sendMessage"));
+    assert_eq!(sent[0].body["chat_id"], json!(user));
+    assert!(
+        sent[0].body["text"]
+            .as_str()
+            .expect("text")
+            .contains("Acme")
+    );
+    assert_eq!(
+        sent[0].body["reply_markup"]["keyboard"][0][0]["request_contact"],
+        json!(true)
+    );
+
+    // A second Telegram login of the same account is the same user.
+    let again = create_intent(&m.app, &m.app.b, "telegram").await;
+    let code = field(&again, "deep_link")
+        .rsplit_once("start=")
+        .expect("start")
+        .1
+        .to_string();
+    telegram_update(
+        &m.app,
+        &m.app.a,
+        &telegram_message(user, json!({ "text": format!("/start {code}") })),
+    )
+    .await;
+    let second = poll(&m.app, &m.app.b, &again).await;
+    assert_eq!(second.body["user"]["id"], tokens.body["user"]["id"]);
+    // A WhatsApp code sent to the Telegram bot binds nothing.
+    let wa = create_intent(&m.app, &m.app.a, "whatsapp").await;
+    let wa_code = prefilled_text(field(&wa, "deep_link"))
+        .rsplit_once(' ')
+        .expect("code")
+        .1
+        .to_string();
+    telegram_update(
+        &m.app,
+        &m.app.a,
+        &telegram_message(user, json!({ "text": format!("/start {wa_code}") })),
+    )
+    .await;
+    assert_eq!(poll(&m.app, &m.app.a, &wa).await.status, 202);
+}
+
+async fn own_contact_links_the_phone_and_foreign_contacts_nothing(backend: Backend) {
+    let m = messaging_app(backend, &[]).await;
+    let user = telegram_user();
+    // Logged in by Telegram first: a user without a phone.
+    let intent = create_intent(&m.app, &m.app.a, "telegram").await;
+    let code = field(&intent, "deep_link")
+        .rsplit_once("start=")
+        .expect("start")
+        .1
+        .to_string();
+    telegram_update(
+        &m.app,
+        &m.app.a,
+        &telegram_message(user, json!({ "text": format!("/start {code}") })),
+    )
+    .await;
+    let session = poll(&m.app, &m.app.b, &intent).await;
+    assert_eq!(session.status, 200);
+
+    // Someone else's contact links nothing.
+    let stranger = unique_phone();
+    let foreign = telegram_message(
+        user,
+        json!({ "contact": {
+            "phone_number": digits(&stranger), "first_name": "Eve", "user_id": user + 1
+        }}),
+    );
+    assert_eq!(
+        telegram_update(&m.app, &m.app.b, &foreign).await.status,
+        200
+    );
+    let no_chat = m
+        .app
+        .post(
+            &m.app.a,
+            "/api/auth/login",
+            json!({ "phone": stranger, "channel": "telegram" }),
+        )
+        .await;
+    no_chat.assert_problem(422, "channel_unavailable");
+    // A contact card without a Telegram user id is not proof either.
+    let card = telegram_message(
+        user,
+        json!({ "contact": { "phone_number": digits(&stranger), "first_name": "Eve" } }),
+    );
+    telegram_update(&m.app, &m.app.b, &card).await;
+    let no_chat = m
+        .app
+        .post(
+            &m.app.a,
+            "/api/auth/login",
+            json!({ "phone": stranger, "channel": "telegram" }),
+        )
+        .await;
+    no_chat.assert_problem(422, "channel_unavailable");
+
+    // The user's own contact links the phone to the same user.
+    let phone = unique_phone();
+    let own = telegram_message(
+        user,
+        json!({ "contact": {
+            "phone_number": digits(&phone), "first_name": "Kerry", "user_id": user
+        }}),
+    );
+    assert_eq!(telegram_update(&m.app, &m.app.a, &own).await.status, 200);
+    let me = m
+        .app
+        .me(&m.app.a, field(&session.body, "access_token"))
+        .await;
+    assert_eq!(me.body["phone"], json!(phone), "{}", me.body);
+
+    // Codes for the phone can now go to the chat.
+    let login = m
+        .app
+        .post(
+            &m.app.b,
+            "/api/auth/login",
+            json!({ "phone": phone, "channel": "telegram" }),
+        )
+        .await;
+    assert_eq!(login.status, 200, "{}", login.body);
+    assert_eq!(login.body["channel"], json!("telegram"));
+    let code = login.body["otp_code"].as_str().expect("code").to_string();
+    let sent = m.standin.requests("telegram");
+    let delivered = sent.iter().find(|r| {
+        r.body["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with(&code))
+    });
+    let delivered = delivered.expect("code sent to the chat");
+    assert_eq!(delivered.body["chat_id"], json!(user));
+    let verified = m.app.verify(&m.app.a, &phone, &code).await;
+    assert_eq!(verified.body["user"]["id"], session.body["user"]["id"]);
+
+    // Replies: the foreign contact was refused with a reason, the own one confirmed.
+    let texts: Vec<String> = m
+        .standin
+        .requests("telegram")
+        .iter()
+        .filter_map(|r| r.body["text"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        texts.iter().any(|t| t.contains("not your own contact")),
+        "{texts:?}"
+    );
+    assert!(
+        texts.iter().any(|t| t.contains("is now linked")),
+        "{texts:?}"
+    );
+
+    // `/otp` from the linked account sends a code to the chat (after the cooldown: a new phone).
+    let before = m.standin.requests("telegram").len();
+    let fresh_user = telegram_user();
+    let fresh_phone = unique_phone();
+    telegram_update(&m.app, &m.app.a, &telegram_message(fresh_user, json!({ "contact": {
+        "phone_number": format!("+{}", digits(&fresh_phone)), "user_id": fresh_user, "first_name": "Ann"
+    }}))).await;
+    telegram_update(
+        &m.app,
+        &m.app.b,
+        &telegram_message(fresh_user, json!({ "text": "/otp" })),
+    )
+    .await;
+    let sent = m.standin.wait_for("telegram", before + 2).await;
+    let code_message = sent[before..].iter().find(|r| {
+        r.body["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("verification code"))
+    });
+    let text = code_message.expect("a code message").body["text"]
+        .as_str()
+        .expect("text")
+        .to_string();
+    let code: String = text.chars().take_while(char::is_ascii_digit).collect();
+    assert_eq!(
+        m.app.verify(&m.app.a, &fresh_phone, &code).await.status,
+        200
+    );
+}
+
+/// Widget fields signed with the bot token, as Telegram does.
+fn widget(id: i64, auth_date: u64) -> Value {
+    let fields = [
+        ("auth_date", auth_date.to_string()),
+        ("first_name", "Kerry".to_string()),
+        ("id", id.to_string()),
+        ("username", "kerry".to_string()),
+    ];
+    let check = fields
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(&Sha256::digest(TELEGRAM_TOKEN.as_bytes())).expect("key");
+    mac.update(check.as_bytes());
+    json!({
+        "id": id, "first_name": "Kerry", "username": "kerry", "auth_date": auth_date,
+        "hash": hex::encode(mac.finalize().into_bytes())
+    })
+}
+
+async fn telegram_widget_checks_hash_age_and_replay(backend: Backend) {
+    let m = messaging_app(backend, &[]).await;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let user = telegram_user();
+    let path = "/api/auth/telegram/widget";
+    let login = widget(user, now - 5);
+    let reply = m.app.post(&m.app.a, path, login.clone()).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let me = m.app.me(&m.app.b, field(&reply.body, "access_token")).await;
+    assert_eq!(me.body["identities"][0]["subject"], json!(user.to_string()));
+    // Each signed login works once.
+    m.app
+        .post(&m.app.b, path, login)
+        .await
+        .assert_problem(401, "invalid_telegram_auth");
+    // Too old.
+    m.app
+        .post(&m.app.a, path, widget(user, now - 301))
+        .await
+        .assert_problem(401, "telegram_auth_expired");
+    // Tampered: another id with the same hash.
+    let mut forged = widget(user, now - 1);
+    forged["id"] = json!(user + 1);
+    m.app
+        .post(&m.app.a, path, forged)
+        .await
+        .assert_problem(401, "invalid_telegram_auth");
+    // A field left out of the signature.
+    let mut extra = widget(user, now - 2);
+    extra["last_name"] = json!("Mallory");
+    m.app
+        .post(&m.app.a, path, extra)
+        .await
+        .assert_problem(401, "invalid_telegram_auth");
+}
+
+async fn intents_expire_and_need_configuration(backend: Backend) {
+    let m = messaging_app(backend, &[("INTENT_EXPIRY_SECONDS", "1")]).await;
+    let intent = create_intent(&m.app, &m.app.a, "whatsapp").await;
+    assert_eq!(intent["expires_in"], json!(1));
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    poll(&m.app, &m.app.b, &intent)
+        .await
+        .assert_problem(410, "intent_expired");
+    let text = prefilled_text(field(&intent, "deep_link"));
+    let phone = unique_phone();
+    whatsapp_signed(
+        &m.app,
+        &m.app.a,
+        &whatsapp_message(&digits(&phone), "wamid.late", &text),
+    )
+    .await;
+    let sent = m.standin.wait_for("whatsapp", 1).await;
+    assert!(
+        sent[0].body["text"]["body"]
+            .as_str()
+            .expect("text")
+            .contains("expired")
+    );
+    poll(&m.app, &m.app.b, &intent)
+        .await
+        .assert_problem(410, "intent_expired");
+
+    // Without the link settings there is no intent (and no webhook works).
+    let bare = spawn_app_with(backend, &[]).await;
+    for channel in ["whatsapp", "telegram"] {
+        bare.post(&bare.a, "/api/auth/intents", json!({ "channel": channel }))
+            .await
+            .assert_problem(422, "channel_unavailable");
+    }
+    bare.post(&bare.a, "/api/auth/intents", json!({ "channel": "sms" }))
+        .await
+        .assert_problem(400, "invalid_request");
+    let body =
+        serde_json::to_vec(&whatsapp_message("919000000000", "wamid.x", "OTP")).expect("json");
+    raw_post(
+        &bare,
+        &bare.a,
+        "/api/whatsapp/webhook",
+        &body,
+        &[("X-Hub-Signature-256", signature(&body))],
+    )
+    .await
+    .assert_problem(403, "invalid_signature");
+}
+
+/// A database outage: the webhook answers 503 and the platform's redelivery is processed; a
+/// poll answers 503 and the next poll still gets the tokens. Nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_loses_no_webhook_event_and_no_login() {
+    if !crate::helpers::cluster_available() {
+        return;
+    }
+    let m = messaging_app(Backend::Cluster, &[]).await;
+    let user = telegram_user();
+    let phone = unique_phone();
+    let own = telegram_message(
+        user,
+        json!({ "contact": { "phone_number": digits(&phone), "first_name": "Kerry", "user_id": user } }),
+    );
+    let intent = create_intent(&m.app, &m.app.a, "whatsapp").await;
+    let text = prefilled_text(field(&intent, "deep_link"));
+    let sender = unique_phone();
+    whatsapp_signed(
+        &m.app,
+        &m.app.b,
+        &whatsapp_message(&digits(&sender), "wamid.outage", &text),
+    )
+    .await;
+
+    m.app.set_database_connections(false).await;
+    telegram_update(&m.app, &m.app.a, &own)
+        .await
+        .assert_problem(503, "database_unavailable");
+    poll(&m.app, &m.app.a, &intent)
+        .await
+        .assert_problem(503, "database_unavailable");
+    m.app.set_database_connections(true).await;
+
+    assert_eq!(telegram_update(&m.app, &m.app.b, &own).await.status, 200);
+    let login = m
+        .app
+        .post(
+            &m.app.a,
+            "/api/auth/login",
+            json!({ "phone": phone, "channel": "telegram" }),
+        )
+        .await;
+    assert_eq!(login.status, 200, "{}", login.body);
+    let tokens = poll(&m.app, &m.app.b, &intent).await;
+    assert_eq!(tokens.status, 200, "{}", tokens.body);
+    assert_eq!(tokens.body["user"]["phone"], json!(sender));
+}
