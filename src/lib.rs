@@ -14,6 +14,7 @@
 //! - [`store`]: ephemeral shared state behind one trait, with Redis and in-process backends.
 //! - [`db`]: SeaORM entities and queries for users and their identities.
 //! - [`delivery`]: how a code reaches the user (one `Sender` trait per channel).
+//! - [`messaging`]: login by WhatsApp/Telegram message: webhooks and the Telegram Login Widget.
 //! - [`error`]: the one error type, rendered as RFC 9457 `application/problem+json`.
 //! - [`ratelimit`]: the per-replica front door, cluster-wide quotas, client IPs.
 //! - [`telemetry`]: the tracing subscriber.

@@ -1,0 +1,795 @@
+//! otpgate-loadtest: drives otpgate's real flows and reports throughput, latency per step and
+//! errors by status, as a table and as JSON.
+//!
+//! Two load models:
+//! - **closed** (`--concurrency N`): N workers, each starting its next flow when the last one
+//!   ends — the maximum throughput;
+//! - **open** (`--rate R`): flows start at a constant R per second whatever the answers do, and a
+//!   flow's latency counts from when it was *due*, so a slow server cannot hide behind a
+//!   throttled generator (no coordinated omission). Flows that would exceed `--max-in-flight`
+//!   are counted as dropped, never silently skipped.
+//!
+//! Scenarios (`--scenario`): `login` (login → verify: the code is read from the response, so
+//! the server runs with `EXPOSE_OTP=true`), `full` (login → verify → me → refresh → logout),
+//! `verify` (login, three wrong codes, the right one), `refresh` (login → verify → five
+//! refreshes), `webhook` (login intent → signed WhatsApp message → poll), `health`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hmac::{Hmac, KeyInit, Mac};
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rand::RngExt;
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+const USAGE: &str = "\
+usage: otpgate-loadtest [options]
+  --target URL          base URL (default http://127.0.0.1:8000)
+  --scenario NAME       login | full | verify | refresh | webhook | health (default login)
+  --rate R              open model: start R flows per second
+  --concurrency N       closed model: N concurrent flows (default 64; ignored with --rate)
+  --duration SECONDS    how long to start flows (default 10)
+  --max-in-flight N     open model: flows beyond this many in flight are dropped (default 20000)
+  --users N             draw phones from N numbers (returning users); default: a new number per flow
+  --replay-check        after each successful verify, present the same code again: it must fail
+  --webhook-secret S    WHATSAPP_WEBHOOK_SECRET of the server (webhook scenario)
+  --json FILE           also write the report as JSON
+  --quiet               no table, only the JSON file";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    Login,
+    Full,
+    Verify,
+    Refresh,
+    Webhook,
+    Health,
+}
+
+impl Scenario {
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "login" => Scenario::Login,
+            "full" => Scenario::Full,
+            "verify" => Scenario::Verify,
+            "refresh" => Scenario::Refresh,
+            "webhook" => Scenario::Webhook,
+            "health" => Scenario::Health,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Login => "login",
+            Scenario::Full => "full",
+            Scenario::Verify => "verify",
+            Scenario::Refresh => "refresh",
+            Scenario::Webhook => "webhook",
+            Scenario::Health => "health",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Args {
+    target: String,
+    scenario: Scenario,
+    rate: Option<f64>,
+    concurrency: usize,
+    duration: Duration,
+    max_in_flight: usize,
+    users: Option<u64>,
+    replay_check: bool,
+    webhook_secret: String,
+    json: Option<String>,
+    quiet: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        target: "http://127.0.0.1:8000".into(),
+        scenario: Scenario::Login,
+        rate: None,
+        concurrency: 64,
+        duration: Duration::from_secs(10),
+        max_in_flight: 20_000,
+        users: None,
+        replay_check: false,
+        webhook_secret: String::new(),
+        json: None,
+        quiet: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+        match flag.as_str() {
+            "--target" => args.target = value("--target")?.trim_end_matches('/').to_string(),
+            "--scenario" => {
+                let name = value("--scenario")?;
+                args.scenario =
+                    Scenario::parse(&name).ok_or_else(|| format!("unknown scenario {name:?}"))?;
+            }
+            "--rate" => {
+                let rate: f64 = number(&value("--rate")?)?;
+                if rate <= 0.0 {
+                    return Err("--rate must be positive".into());
+                }
+                args.rate = Some(rate);
+            }
+            "--concurrency" => args.concurrency = number(&value("--concurrency")?)?,
+            "--duration" => args.duration = Duration::from_secs_f64(number(&value("--duration")?)?),
+            "--max-in-flight" => args.max_in_flight = number(&value("--max-in-flight")?)?,
+            "--users" => args.users = Some(number(&value("--users")?)?),
+            "--replay-check" => args.replay_check = true,
+            "--webhook-secret" => args.webhook_secret = value("--webhook-secret")?,
+            "--json" => args.json = Some(value("--json")?),
+            "--quiet" => args.quiet = true,
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown option {other:?}")),
+        }
+    }
+    if args.concurrency == 0 || args.users == Some(0) {
+        return Err("--concurrency and --users must be positive".into());
+    }
+    Ok(args)
+}
+
+fn number<T: std::str::FromStr>(text: &str) -> Result<T, String> {
+    text.parse()
+        .map_err(|_| format!("{text:?} is not a valid number"))
+}
+
+/// Latencies and statuses of one step (`login`, `verify`, …).
+#[derive(Default)]
+struct StepStats {
+    /// Microseconds, every answered request.
+    latencies: Vec<u32>,
+    statuses: BTreeMap<u16, u64>,
+    /// Connection failures and timeouts.
+    transport_errors: u64,
+}
+
+/// Everything a run measures.
+struct Recorder {
+    steps: Mutex<BTreeMap<&'static str, StepStats>>,
+    /// Flow latency (from when the flow was due), microseconds, completed flows only.
+    flows: Mutex<Vec<u32>>,
+    started: Instant,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    dropped: AtomicU64,
+    /// A verify accepted a code that had already been accepted once.
+    double_accepts: AtomicU64,
+    failures: Mutex<BTreeMap<String, u64>>,
+    /// Per second since the start: completed flows, failed flows, 503 answers, other 5xx.
+    timeline: Mutex<Vec<[u64; 4]>>,
+}
+
+impl Recorder {
+    fn new() -> Self {
+        Self {
+            steps: Mutex::new(BTreeMap::new()),
+            flows: Mutex::new(Vec::new()),
+            started: Instant::now(),
+            completed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            double_accepts: AtomicU64::new(0),
+            failures: Mutex::new(BTreeMap::new()),
+            timeline: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn tick(&self, column: usize) {
+        let second = usize::try_from(self.started.elapsed().as_secs()).unwrap_or(usize::MAX);
+        let mut timeline = lock(&self.timeline);
+        if timeline.len() <= second {
+            timeline.resize(second + 1, [0; 4]);
+        }
+        timeline[second][column] += 1;
+    }
+
+    fn request(&self, step: &'static str, latency: Duration, status: Option<u16>) {
+        {
+            let mut steps = lock(&self.steps);
+            let stats = steps.entry(step).or_default();
+            match status {
+                Some(status) => {
+                    stats
+                        .latencies
+                        .push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX));
+                    *stats.statuses.entry(status).or_default() += 1;
+                }
+                None => stats.transport_errors += 1,
+            }
+        }
+        match status {
+            Some(503) => self.tick(2),
+            Some(s) if s >= 500 => self.tick(3),
+            _ => {}
+        }
+    }
+
+    fn flow_done(&self, due: Instant, outcome: Result<(), String>) {
+        match outcome {
+            Ok(()) => {
+                self.completed.fetch_add(1, Ordering::Relaxed);
+                let micros = u32::try_from(due.elapsed().as_micros()).unwrap_or(u32::MAX);
+                lock(&self.flows).push(micros);
+                self.tick(0);
+            }
+            Err(why) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                *lock(&self.failures).entry(why).or_default() += 1;
+                self.tick(1);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The HTTP side: one pooled keep-alive client.
+struct Driver {
+    client: Client<HttpConnector, Full<Bytes>>,
+    target: String,
+    recorder: Arc<Recorder>,
+    phones: AtomicU64,
+    phone_base: u64,
+    users: Option<u64>,
+    replay_check: bool,
+    webhook_secret: String,
+}
+
+/// An answer: status and JSON body (`Null` when the body is not JSON).
+struct Answer {
+    status: u16,
+    body: Value,
+}
+
+impl Driver {
+    async fn call(
+        &self,
+        step: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Result<Answer, String> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.target));
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| format!("{step}: {e}"))?;
+        let started = Instant::now();
+        let sent = tokio::time::timeout(Duration::from_secs(30), async {
+            let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok::<_, String>((status, bytes))
+        })
+        .await;
+        match sent {
+            Ok(Ok((status, bytes))) => {
+                self.recorder.request(step, started.elapsed(), Some(status));
+                Ok(Answer {
+                    status,
+                    body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                })
+            }
+            Ok(Err(_)) | Err(_) => {
+                self.recorder.request(step, started.elapsed(), None);
+                Err(format!("{step} transport"))
+            }
+        }
+    }
+
+    async fn post(&self, step: &'static str, path: &str, body: &Value) -> Result<Answer, String> {
+        self.call(
+            step,
+            Method::POST,
+            path,
+            Some(body.to_string().into_bytes()),
+            &[],
+        )
+        .await
+    }
+
+    /// The next phone: a new number per flow, or one of `--users` numbers.
+    fn phone(&self) -> String {
+        let n = self.phones.fetch_add(1, Ordering::Relaxed);
+        let n = match self.users {
+            Some(users) => n % users,
+            None => n,
+        };
+        format!("+919{:09}", (self.phone_base + n) % 1_000_000_000)
+    }
+
+    /// Login → verify; returns the token response.
+    async fn sign_in(&self) -> Result<Value, String> {
+        let phone = self.phone();
+        let login = expect(
+            self.post("login", "/api/auth/login", &json!({ "phone": phone }))
+                .await?,
+            "login",
+            200,
+        )?;
+        let code = login.body["otp_code"]
+            .as_str()
+            .ok_or("login: no otp_code (run the server with EXPOSE_OTP=true)")?
+            .to_string();
+        let verify_body = json!({ "phone": phone, "otp_code": code });
+        let tokens = expect(
+            self.post("verify", "/api/auth/verify-otp", &verify_body)
+                .await?,
+            "verify",
+            200,
+        )?;
+        if self.replay_check {
+            let replay = self
+                .post("replay", "/api/auth/verify-otp", &verify_body)
+                .await?;
+            if replay.status == 200 {
+                self.recorder.double_accepts.fetch_add(1, Ordering::Relaxed);
+                return Err("replay 200: a code was accepted twice".into());
+            }
+        }
+        Ok(tokens.body)
+    }
+
+    async fn flow(&self, scenario: Scenario) -> Result<(), String> {
+        match scenario {
+            Scenario::Health => {
+                expect(
+                    self.call("health", Method::GET, "/health", None, &[])
+                        .await?,
+                    "health",
+                    200,
+                )?;
+            }
+            Scenario::Login => {
+                self.sign_in().await?;
+            }
+            Scenario::Full => {
+                let tokens = self.sign_in().await?;
+                let bearer = format!("Bearer {}", text(&tokens, "access_token")?);
+                expect(
+                    self.call(
+                        "me",
+                        Method::GET,
+                        "/api/auth/me",
+                        None,
+                        &[("authorization", &bearer)],
+                    )
+                    .await?,
+                    "me",
+                    200,
+                )?;
+                let pair = expect(
+                    self.post(
+                        "refresh",
+                        "/api/auth/refresh-token",
+                        &json!({ "refresh_token": text(&tokens, "refresh_token")? }),
+                    )
+                    .await?,
+                    "refresh",
+                    200,
+                )?;
+                let bearer = format!("Bearer {}", text(&pair.body, "access_token")?);
+                expect(
+                    self.call(
+                        "logout",
+                        Method::POST,
+                        "/api/auth/logout",
+                        None,
+                        &[("authorization", &bearer)],
+                    )
+                    .await?,
+                    "logout",
+                    200,
+                )?;
+            }
+            Scenario::Verify => {
+                let phone = self.phone();
+                let login = expect(
+                    self.post("login", "/api/auth/login", &json!({ "phone": phone }))
+                        .await?,
+                    "login",
+                    200,
+                )?;
+                let code = text(&login.body, "otp_code")?.to_string();
+                for _ in 0..3 {
+                    let wrong = wrong_code(&code);
+                    expect(
+                        self.post(
+                            "verify_wrong",
+                            "/api/auth/verify-otp",
+                            &json!({ "phone": phone, "otp_code": wrong }),
+                        )
+                        .await?,
+                        "verify_wrong",
+                        400,
+                    )?;
+                }
+                expect(
+                    self.post(
+                        "verify",
+                        "/api/auth/verify-otp",
+                        &json!({ "phone": phone, "otp_code": code }),
+                    )
+                    .await?,
+                    "verify",
+                    200,
+                )?;
+            }
+            Scenario::Refresh => {
+                let mut refresh = text(&self.sign_in().await?, "refresh_token")?.to_string();
+                for _ in 0..5 {
+                    let pair = expect(
+                        self.post(
+                            "refresh",
+                            "/api/auth/refresh-token",
+                            &json!({ "refresh_token": refresh }),
+                        )
+                        .await?,
+                        "refresh",
+                        200,
+                    )?;
+                    refresh = text(&pair.body, "refresh_token")?.to_string();
+                }
+            }
+            Scenario::Webhook => self.webhook_flow().await?,
+        }
+        Ok(())
+    }
+
+    /// Login intent → a signed WhatsApp message carrying its code → poll until the tokens come.
+    async fn webhook_flow(&self) -> Result<(), String> {
+        let intent = expect(
+            self.post(
+                "intent",
+                "/api/auth/intents",
+                &json!({ "channel": "whatsapp" }),
+            )
+            .await?,
+            "intent",
+            201,
+        )?;
+        let link = text(&intent.body, "deep_link")?;
+        let code = link
+            .rsplit("%20")
+            .next()
+            .ok_or("intent: no code in the deep link")?
+            .to_string();
+        let phone = self.phone();
+        let message_id = format!("wamid.{:032x}", rand::rng().random::<u128>());
+        let body = json!({
+            "object": "whatsapp_business_account",
+            "entry": [{ "id": "1", "changes": [{ "field": "messages", "value": {
+                "messaging_product": "whatsapp",
+                "metadata": { "display_phone_number": "15550001234", "phone_number_id": "1" },
+                "messages": [{
+                    "from": phone.trim_start_matches('+'), "id": message_id,
+                    "timestamp": "1760000000", "type": "text",
+                    "text": { "body": format!("Log me in. Code: {code}") }
+                }]
+            }}]}]
+        })
+        .to_string()
+        .into_bytes();
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.webhook_secret.as_bytes())
+            .map_err(|e| e.to_string())?;
+        mac.update(&body);
+        let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        expect(
+            self.call(
+                "webhook",
+                Method::POST,
+                "/api/whatsapp/webhook",
+                Some(body),
+                &[("x-hub-signature-256", &signature)],
+            )
+            .await?,
+            "webhook",
+            200,
+        )?;
+        let poll = json!({ "intent_id": intent.body["intent_id"], "poll_token": intent.body["poll_token"] });
+        for _ in 0..50 {
+            let answer = self.post("poll", "/api/auth/intents/poll", &poll).await?;
+            match answer.status {
+                200 => return Ok(()),
+                202 => tokio::time::sleep(Duration::from_millis(5)).await,
+                other => return Err(format!("poll {other}")),
+            }
+        }
+        Err("poll: still pending".into())
+    }
+}
+
+fn expect(answer: Answer, step: &str, status: u16) -> Result<Answer, String> {
+    if answer.status == status {
+        Ok(answer)
+    } else {
+        Err(format!("{step} {}", answer.status))
+    }
+}
+
+fn text<'a>(body: &'a Value, name: &str) -> Result<&'a str, String> {
+    body[name]
+        .as_str()
+        .ok_or_else(|| format!("{name} missing in the answer"))
+}
+
+/// A code of the same length that is not `code`.
+fn wrong_code(code: &str) -> String {
+    code.chars()
+        .map(|c| if c == '0' { '1' } else { '0' })
+        .collect()
+}
+
+/// The latency summary of `micros` in milliseconds.
+fn summary(micros: &mut [u32]) -> Value {
+    if micros.is_empty() {
+        return json!({ "count": 0 });
+    }
+    micros.sort_unstable();
+    let at = |q: f64| {
+        let i = ((micros.len() as f64 * q).ceil() as usize).clamp(1, micros.len()) - 1;
+        f64::from(micros[i]) / 1000.0
+    };
+    json!({
+        "count": micros.len(),
+        "p50_ms": at(0.50),
+        "p90_ms": at(0.90),
+        "p99_ms": at(0.99),
+        "max_ms": f64::from(micros[micros.len() - 1]) / 1000.0,
+    })
+}
+
+async fn run(args: Args) -> Value {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector);
+    let recorder = Arc::new(Recorder::new());
+    let driver = Arc::new(Driver {
+        client,
+        target: args.target.clone(),
+        recorder: recorder.clone(),
+        phones: AtomicU64::new(0),
+        phone_base: rand::rng().random_range(0..1_000_000_000),
+        users: args.users,
+        replay_check: args.replay_check,
+        webhook_secret: args.webhook_secret.clone(),
+    });
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    match args.rate {
+        Some(rate) => {
+            // Open model: flow i is due at start + i / rate.
+            let mut next: u64 = 0;
+            loop {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                let due_count = (now.duration_since(started).as_secs_f64() * rate) as u64;
+                while next <= due_count {
+                    let due = started + Duration::from_secs_f64(next as f64 / rate);
+                    next += 1;
+                    if in_flight.load(Ordering::Relaxed) >= args.max_in_flight {
+                        recorder.dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    in_flight.fetch_add(1, Ordering::Relaxed);
+                    let (driver, in_flight) = (driver.clone(), in_flight.clone());
+                    let scenario = args.scenario;
+                    tokio::spawn(async move {
+                        let outcome = driver.flow(scenario).await;
+                        driver.recorder.flow_done(due, outcome);
+                        in_flight.fetch_sub(1, Ordering::Relaxed);
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            // Let the flows in flight finish (bounded).
+            let drain = Instant::now() + Duration::from_secs(30);
+            while in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < drain {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        None => {
+            for _ in 0..args.concurrency {
+                let driver = driver.clone();
+                let scenario = args.scenario;
+                tasks.spawn(async move {
+                    while Instant::now() < deadline {
+                        let due = Instant::now();
+                        let outcome = driver.flow(scenario).await;
+                        driver.recorder.flow_done(due, outcome);
+                    }
+                });
+            }
+            while tasks.join_next().await.is_some() {}
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    report(&args, &recorder, elapsed)
+}
+
+fn report(args: &Args, recorder: &Recorder, elapsed: f64) -> Value {
+    let mut steps = serde_json::Map::new();
+    let mut requests: u64 = 0;
+    let mut non_503_5xx: u64 = 0;
+    let mut transport_errors: u64 = 0;
+    for (name, stats) in lock(&recorder.steps).iter_mut() {
+        let answered: u64 = stats.statuses.values().sum();
+        requests += answered + stats.transport_errors;
+        transport_errors += stats.transport_errors;
+        non_503_5xx += stats
+            .statuses
+            .iter()
+            .filter(|(s, _)| **s >= 500 && **s != 503)
+            .map(|(_, n)| n)
+            .sum::<u64>();
+        let mut entry = summary(&mut stats.latencies);
+        entry["statuses"] = json!(
+            stats
+                .statuses
+                .iter()
+                .map(|(s, n)| (s.to_string(), *n))
+                .collect::<BTreeMap<_, _>>()
+        );
+        entry["transport_errors"] = json!(stats.transport_errors);
+        steps.insert((*name).to_string(), entry);
+    }
+    let completed = recorder.completed.load(Ordering::Relaxed);
+    let timeline: Vec<Value> = lock(&recorder.timeline)
+        .iter()
+        .enumerate()
+        .map(|(t, [ok, failed, s503, s5xx])| {
+            json!({ "t": t, "completed": ok, "failed": failed, "status_503": s503, "other_5xx": s5xx })
+        })
+        .collect();
+    json!({
+        "scenario": args.scenario.name(),
+        "model": if args.rate.is_some() { "open" } else { "closed" },
+        "rate": args.rate,
+        "concurrency": if args.rate.is_some() { Value::Null } else { json!(args.concurrency) },
+        "target": args.target,
+        "seconds": elapsed,
+        "flows": {
+            "completed": completed,
+            "failed": recorder.failed.load(Ordering::Relaxed),
+            "dropped": recorder.dropped.load(Ordering::Relaxed),
+            "per_second": completed as f64 / elapsed,
+            "latency": summary(&mut lock(&recorder.flows)),
+        },
+        "requests": { "total": requests, "per_second": requests as f64 / elapsed },
+        "steps": steps,
+        "failures": *lock(&recorder.failures),
+        "non_503_5xx": non_503_5xx,
+        "transport_errors": transport_errors,
+        "double_accepts": recorder.double_accepts.load(Ordering::Relaxed),
+        "timeline": timeline,
+    })
+}
+
+fn print_table(report: &Value) {
+    let f = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.2}"));
+    println!(
+        "scenario {} ({} model{}), {:.1} s against {}",
+        report["scenario"].as_str().unwrap_or(""),
+        report["model"].as_str().unwrap_or(""),
+        match (&report["rate"], &report["concurrency"]) {
+            (Value::Number(r), _) => format!(", {r} flows/s offered"),
+            (_, Value::Number(c)) => format!(", concurrency {c}"),
+            _ => String::new(),
+        },
+        report["seconds"].as_f64().unwrap_or(0.0),
+        report["target"].as_str().unwrap_or(""),
+    );
+    let flows = &report["flows"];
+    println!(
+        "flows: {} completed ({:.1}/s), {} failed, {} dropped; requests: {} ({:.1}/s)",
+        flows["completed"],
+        flows["per_second"].as_f64().unwrap_or(0.0),
+        flows["failed"],
+        flows["dropped"],
+        report["requests"]["total"],
+        report["requests"]["per_second"].as_f64().unwrap_or(0.0),
+    );
+    println!(
+        "{:<13} {:>9} {:>9} {:>9} {:>9} {:>9}  statuses",
+        "step", "count", "p50 ms", "p90 ms", "p99 ms", "max ms"
+    );
+    let mut rows: Vec<(&str, &Value)> = vec![("flow", &flows["latency"])];
+    if let Some(steps) = report["steps"].as_object() {
+        rows.extend(steps.iter().map(|(k, v)| (k.as_str(), v)));
+    }
+    for (name, s) in rows {
+        println!(
+            "{:<13} {:>9} {:>9} {:>9} {:>9} {:>9}  {}",
+            name,
+            s["count"].to_string(),
+            f(&s["p50_ms"]),
+            f(&s["p90_ms"]),
+            f(&s["p99_ms"]),
+            f(&s["max_ms"]),
+            if s["statuses"].is_null() {
+                String::new()
+            } else {
+                s["statuses"].to_string()
+            }
+        );
+    }
+    if report["failures"]
+        .as_object()
+        .is_some_and(|m| !m.is_empty())
+    {
+        println!("failures: {}", report["failures"]);
+    }
+    println!(
+        "non-503 5xx: {}, transport errors: {}, codes accepted twice: {}",
+        report["non_503_5xx"], report["transport_errors"], report["double_accepts"]
+    );
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            if !message.is_empty() {
+                eprintln!("otpgate-loadtest: {message}");
+            }
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("otpgate-loadtest: cannot start the runtime: {err}");
+            std::process::exit(1);
+        }
+    };
+    let report = runtime.block_on(run(args.clone()));
+    if !args.quiet {
+        print_table(&report);
+    }
+    if let Some(path) = &args.json
+        && let Err(err) = std::fs::write(path, format!("{report:#}\n"))
+    {
+        eprintln!("otpgate-loadtest: cannot write {path}: {err}");
+        std::process::exit(1);
+    }
+}
