@@ -11,6 +11,7 @@ use poem_openapi::{ApiResponse, Enum, Object, OpenApi, SecurityScheme};
 use uuid::Uuid;
 
 use super::ApiTags;
+use super::text::{OtpText, PhoneText};
 use crate::auth::{AuthService, LoggedIn};
 use crate::db::{identity, user};
 use crate::delivery::Channel;
@@ -80,8 +81,7 @@ impl From<Channel> for DeliveredChannel {
 pub struct LoginRequest {
     /// Phone number with country code: `+919876543210`, `919876543210`, `+91 98765 43210` or
     /// `0091…` (national numbers only when the server sets `DEFAULT_REGION`).
-    #[oai(validator(max_length = 32, pattern = r"^[+(]?[0-9][0-9 ().-]*$"))]
-    pub phone: String,
+    pub phone: PhoneText,
     /// Delivery channel; the server's default when absent or null.
     #[oai(nullable)]
     pub channel: Option<RequestedChannel>,
@@ -125,7 +125,7 @@ pub enum LoginReply {
 impl Example for LoginRequest {
     fn example() -> Self {
         LoginRequest {
-            phone: "+919876543210".into(),
+            phone: PhoneText("+919876543210".into()),
             channel: Some(RequestedChannel::Sms),
         }
     }
@@ -147,8 +147,8 @@ impl Example for LoginResponse {
 impl Example for VerifyRequest {
     fn example() -> Self {
         VerifyRequest {
-            phone: "+919876543210".into(),
-            otp_code: "123456".into(),
+            phone: PhoneText("+919876543210".into()),
+            otp_code: OtpText("123456".into()),
         }
     }
 }
@@ -178,11 +178,9 @@ fn client_ip(req: &Request) -> Option<std::net::IpAddr> {
 #[oai(example)]
 pub struct VerifyRequest {
     /// The phone number the code was sent to (any accepted form).
-    #[oai(validator(max_length = 32, pattern = r"^[+(]?[0-9][0-9 ().-]*$"))]
-    pub phone: String,
+    pub phone: PhoneText,
     /// The digits received.
-    #[oai(validator(pattern = r"^[0-9]{4,10}$"))]
-    pub otp_code: String,
+    pub otp_code: OtpText,
 }
 
 /// Exchange a refresh token for a new pair.

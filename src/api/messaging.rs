@@ -14,6 +14,7 @@ use poem_openapi::{
 
 use super::ApiTags;
 use super::auth::TokenResponse;
+use super::text::{HexHashText, IntentIdText, PollTokenText};
 use crate::auth::AuthService;
 use crate::auth::intents::{IntentChannel, PollResult};
 use crate::error::Error;
@@ -63,11 +64,9 @@ pub struct IntentResponse {
 #[oai(example)]
 pub struct PollRequest {
     /// From the intent.
-    #[oai(validator(pattern = r"^[0-9a-f]{32}$"))]
-    pub intent_id: String,
+    pub intent_id: IntentIdText,
     /// From the intent (43 characters of base64url).
-    #[oai(validator(pattern = r"^[A-Za-z0-9_-]{43}$"))]
-    pub poll_token: String,
+    pub poll_token: PollTokenText,
 }
 
 /// The user has not confirmed yet.
@@ -112,8 +111,7 @@ pub struct TelegramWidgetRequest {
     /// Unix time of the authentication.
     pub auth_date: i64,
     /// Hex HMAC-SHA256 of the other fields (see Telegram's widget documentation).
-    #[oai(validator(pattern = r"^[0-9a-fA-F]{64}$"))]
-    pub hash: String,
+    pub hash: HexHashText,
 }
 
 /// A webhook delivery was accepted.
@@ -146,8 +144,8 @@ impl Example for IntentResponse {
 impl Example for PollRequest {
     fn example() -> Self {
         PollRequest {
-            intent_id: "3f2a9c0e5b7d41a8b6c2d9e0f1a2b3c4".into(),
-            poll_token: "n3Vq0c8yFh2kXb1eP5sZr7tW9aLm4dGj6uYiQoKxE0c".into(),
+            intent_id: IntentIdText("3f2a9c0e5b7d41a8b6c2d9e0f1a2b3c4".into()),
+            poll_token: PollTokenText("n3Vq0c8yFh2kXb1eP5sZr7tW9aLm4dGj6uYiQoKxE0c".into()),
         }
     }
 }
@@ -274,7 +272,7 @@ impl MessagingApi {
                 fields,
                 id: body.id,
                 auth_date: body.auth_date,
-                hash: body.hash,
+                hash: body.hash.0,
             })
             .await?;
         Ok(Json(session.into()))

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod health;
 pub mod keys;
 pub mod messaging;
+pub mod text;
 
 /// Groups of operations in the docs.
 #[derive(Tags)]

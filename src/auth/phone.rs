@@ -2,8 +2,8 @@
 
 use std::fmt;
 
+use phonenumber::Type;
 use phonenumber::country::Id as Region;
-use phonenumber::{Mode, Type};
 
 use crate::error::Error;
 
@@ -68,13 +68,27 @@ impl Phone {
             (None, None) => vec![(None, format!("+{compact}"))],
         };
         for (region, text) in candidates {
-            if let Ok(number) = phonenumber::parse(region, &text)
-                && phonenumber::is_valid(&number)
-            {
-                let e164 = number.format().mode(Mode::E164).to_string();
+            let Ok(number) = phonenumber::parse(region, &text) else {
+                continue;
+            };
+            // `is_valid` is "the number's type is known", so for most numbers computing the
+            // type once (a dozen regex matches) validates and classifies together. The library
+            // classifies without the national number's leading zeros (Italy's fixed lines
+            // keep theirs), so those numbers are validated the long way.
+            let kind = number.number_type(&phonenumber::metadata::DATABASE);
+            let valid = if number.national().zeros() == 0 {
+                kind != Type::Unknown
+            } else {
+                phonenumber::is_valid(&number)
+            };
+            if valid {
+                // E.164 is `+`, the country code and the national number (leading zeros
+                // included); the library's formatter would first match every format pattern.
+                let e164 = format!("+{}{}", number.code().value(), number.national());
                 let country_code_len = number.code().value().to_string().len();
-                let kind = number.number_type(&phonenumber::metadata::DATABASE);
-                let region = number.country().id();
+                let region = number
+                    .metadata(&phonenumber::metadata::DATABASE)
+                    .and_then(|m| m.id().parse().ok());
                 return Ok(Phone {
                     e164,
                     country_code_len,
@@ -164,6 +178,8 @@ mod tests {
         }
         assert_eq!(e164("+1 415 555 2671"), "+14155552671");
         assert_eq!(e164("+44 7400 123456"), "+447400123456");
+        // Italian fixed lines keep their leading zero in E.164.
+        assert_eq!(e164("+39 06 4567 8901"), "+390645678901");
     }
 
     #[test]

@@ -1,0 +1,349 @@
+#!/usr/bin/env bash
+# A whole cluster on loopback: Redis, PostgreSQL, N otpgate replicas and nginx in front (the
+# deploy/nginx.conf location block), then otpgate-loadtest against nginx. Prints the report —
+# the /health ceiling of the same cluster, flows/s and latency per step, RSS per replica, Redis
+# round trips and commands per flow, SQL statements per flow — and stops everything it started.
+#
+#   loadtest/cluster.sh [--replicas 3] [--scenario login] [--duration 20]
+#                       [--rate R | --concurrency 96] [--users N] [--replay-check]
+#                       [--chaos none|sigterm|redis-restart] [--no-health] [--smoke]
+#                       [--profile release|debug]
+#
+# --chaos sigterm: a third into the run, one replica gets SIGTERM and is started again 2 s after
+# it exited; the run must have no failed flow. --chaos redis-restart: Redis is shut down (nosave)
+# and started again 2 s later; only 503s may fail, no other 5xx, no code accepted twice, and the
+# rate must be back within 5 s. --smoke: 10 s, debug binaries, 2 replicas, modest load; fails
+# on any failed flow (used by .ci/run). Exit status 1 when a check fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REPLICAS=3 SCENARIO=login DURATION=20 RATE="" CONCURRENCY=96 USERS="" CHAOS=none
+HEALTH=1 PROFILE=release SMOKE=0 REPLAY=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --replicas) REPLICAS=$2; shift 2 ;;
+    --scenario) SCENARIO=$2; shift 2 ;;
+    --duration) DURATION=$2; shift 2 ;;
+    --rate) RATE=$2; shift 2 ;;
+    --concurrency) CONCURRENCY=$2; shift 2 ;;
+    --users) USERS=$2; shift 2 ;;
+    --replay-check) REPLAY=--replay-check; shift ;;
+    --chaos) CHAOS=$2; shift 2 ;;
+    --no-health) HEALTH=0; shift ;;
+    --profile) PROFILE=$2; shift 2 ;;
+    --smoke) SMOKE=1; PROFILE=debug; DURATION=10; REPLICAS=2; CONCURRENCY=8; HEALTH=0; shift ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+case "$CHAOS" in none|sigterm|redis-restart) ;; *) echo "--chaos: none, sigterm or redis-restart" >&2; exit 2 ;; esac
+[ "$CHAOS" != none ] && REPLAY=--replay-check
+
+log() { printf '==> %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+pg_bindir() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
+[ -n "$(pg_bindir)" ] && [ -x "$(pg_bindir)/initdb" ] || missing+=(postgresql)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+PG_BIN=$(pg_bindir)
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+if [ "$PROFILE" = release ]; then
+  log "building release binaries (minutes on 2 cores)"
+  cargo build --locked --release --quiet -p otpgate -p otpgate-loadtest
+  target=target/release
+else
+  cargo build --locked --quiet -p otpgate -p otpgate-loadtest
+  target=target/debug
+fi
+bin="$PWD/$target/otpgate"
+loadtest="$PWD/$target/otpgate-loadtest"
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+work=$(mktemp -d /tmp/otpgate-cluster.XXXXXX)
+chmod 755 "$work"
+redis_port=$(free_port) pg_port=$(free_port) lb_port=$(free_port) stub_port=$(free_port)
+pg_user=$(id -un)
+run_pg() { "$@"; }
+if [ "$(id -u)" = 0 ]; then
+  pg_user=postgres
+  run_pg() { runuser -u postgres -- "$@"; }
+fi
+
+declare -a replica_ports replica_pids
+cleanup() {
+  status=$?
+  for pid in "${replica_pids[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  [ -n "${sampler_pid:-}" ] && kill "$sampler_pid" 2>/dev/null || true
+  redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
+  [ -f "$work/pg/postmaster.pid" ] && run_pg "$PG_BIN/pg_ctl" -D "$work/pg" -m immediate stop >/dev/null 2>&1 || true
+  wait 2>/dev/null || true
+  if [ "${KEEP:-0}" = 1 ]; then log "kept $work"; else rm -rf "$work"; fi
+  exit $status
+}
+trap cleanup EXIT INT TERM
+
+start_redis() {
+  redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+    --daemonize yes --pidfile "$work/redis.pid" --logfile "$work/redis.log" --dir "$work"
+  for _ in $(seq 1 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && return; sleep 0.1; done
+  log "redis did not start"; return 1
+}
+log "starting Redis on :$redis_port and PostgreSQL on :$pg_port"
+start_redis
+mkdir -p "$work/pg"
+[ "$pg_user" = postgres ] && chown postgres "$work/pg"
+run_pg "$PG_BIN/initdb" -D "$work/pg" -U postgres -A trust >/dev/null
+run_pg "$PG_BIN/pg_ctl" -D "$work/pg" -l "$work/pg/server.log" -w -t 60 start \
+  -o "-p $pg_port -k $work/pg -c listen_addresses=127.0.0.1 -c max_connections=200 -c shared_preload_libraries=pg_stat_statements ${PG_OPTS:-}" >/dev/null
+psql_q() { psql -h 127.0.0.1 -p "$pg_port" -U postgres -d otpgate -Atq -c "$1"; }
+psql -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -q -c "CREATE DATABASE otpgate" >/dev/null
+psql_q "CREATE EXTENSION pg_stat_statements" >/dev/null
+database_url="postgres://postgres@127.0.0.1:$pg_port/otpgate"
+DATABASE_URL="$database_url" "$bin" migrate >/dev/null
+
+webhook_secret=loadtest-webhook-secret
+replica_vars=(
+  PATH="$PATH" HOST=127.0.0.1 LOG_LEVEL=warn LOG_FORMAT=json \
+    REDIS_URL="redis://127.0.0.1:$redis_port" DATABASE_URL="$database_url" \
+    RUN_MIGRATIONS=false DATABASE_MAX_CONNECTIONS=8 REDIS_CONNECTIONS=2 \
+    JWT_SECRET_KEY=loadtest-secret-loadtest-secret-loadtest EXPOSE_OTP=true \
+    SHUTDOWN_GRACE_SECONDS=5 TRUSTED_PROXIES=127.0.0.1/32 \
+    RATE_LIMIT_FRONTDOOR_PER_SECOND=1000000 RATE_LIMIT_FRONTDOOR_BURST=1000000 \
+    RATE_LIMIT_PHONE_PER_HOUR=1000000 RATE_LIMIT_IP_PER_HOUR=1000000000 \
+    RATE_LIMIT_PREFIX_PER_HOUR=1000000000 RATE_LIMIT_VERIFY_IP_PER_HOUR=1000000000 \
+    OTP_RESEND_SECONDS=0 TOKIO_WORKER_THREADS="${REPLICA_THREADS:-2}" \
+    WHATSAPP_WEBHOOK_SECRET="$webhook_secret" WHATSAPP_BUSINESS_NUMBER=+15550001234 \
+    WHATSAPP_ACCESS_TOKEN=stub WHATSAPP_PHONE_NUMBER_ID=1 \
+    WHATSAPP_API_BASE="http://127.0.0.1:$stub_port/v21.0"
+)
+start_replica() {
+  local i=$1
+  # env execs otpgate, so $! is the server itself (SIGTERM reaches it).
+  env -i "${replica_vars[@]}" PORT="${replica_ports[$i]}" "$bin" serve >> "$work/replica-$i.log" 2>&1 &
+  replica_pids[$i]=$!
+  echo "${replica_pids[$i]}" > "$work/replica-$i.pid"
+  for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:${replica_ports[$i]}/ready" >/dev/null 2>&1 && return
+    sleep 0.1
+  done
+  log "replica $i did not become ready"; cat "$work/replica-$i.log" >&2; return 1
+}
+log "starting $REPLICAS replicas ($PROFILE build)"
+for i in $(seq 1 "$REPLICAS"); do
+  replica_ports[$i]=$(free_port)
+  start_replica "$i"
+done
+
+# nginx: the location block of deploy/nginx.conf, with the loopback replicas as upstream.
+servers=""
+for i in $(seq 1 "$REPLICAS"); do
+  servers+="    server 127.0.0.1:${replica_ports[$i]} max_fails=1 fail_timeout=2s;"$'\n'
+done
+location=$(sed -n '/^    location \/ {/,/^    }/p' deploy/nginx.conf)
+run_as=""
+[ "$(id -u)" = 0 ] && run_as="user root;"
+cat > "$work/nginx.conf" <<EOF
+$run_as
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx-body;
+  proxy_temp_path $work/nginx-proxy;
+  fastcgi_temp_path $work/nginx-fastcgi;
+  uwsgi_temp_path $work/nginx-uwsgi;
+  scgi_temp_path $work/nginx-scgi;
+  upstream otpgate {
+$servers    keepalive 64;
+  }
+  server {
+    listen 127.0.0.1:$lb_port;
+    client_max_body_size 64k;
+$location
+  }
+  # Stand-in for the WhatsApp Cloud API (webhook replies).
+  server {
+    listen 127.0.0.1:$stub_port;
+    location / {
+      default_type application/json;
+      return 200 '{"messaging_product":"whatsapp","messages":[{"id":"wamid.stub"}]}';
+    }
+  }
+}
+EOF
+"$NGINX" -p "$work" -c "$work/nginx.conf" -e "$work/nginx-error.log"
+target_url="http://127.0.0.1:$lb_port"
+for _ in $(seq 1 50); do curl -fsS "$target_url/health" >/dev/null 2>&1 && break; sleep 0.1; done
+
+# Peak RSS of each replica (VmHWM: the kernel's own high-water mark), read every 0.5 s so a
+# restarted replica's peak is kept too.
+(
+  while true; do
+    for i in $(seq 1 "$REPLICAS"); do
+      pid=$(cat "$work/replica-$i.pid" 2>/dev/null) || continue
+      while read -r key kb _; do
+        if [ "$key" = VmHWM: ]; then
+          prev=$(cat "$work/rss-$i" 2>/dev/null || echo 0)
+          [ "$kb" -gt "$prev" ] && echo "$kb" > "$work/rss-$i"
+        fi
+      done < "/proc/$pid/status" 2>/dev/null || true
+    done
+    sleep 0.5
+  done
+) &
+sampler_pid=$!
+
+if [ "$HEALTH" = 1 ]; then
+  log "phase 1: /health through nginx, closed model, 5 s (the framework ceiling)"
+  "$loadtest" --target "$target_url" --scenario health --concurrency 64 --duration 5 \
+    --json "$work/health.json" --quiet
+fi
+
+# Counters from zero for the measured phase.
+redis-cli -p "$redis_port" config resetstat >/dev/null
+psql_q "SELECT pg_stat_statements_reset()" >/dev/null
+for i in $(seq 1 "$REPLICAS"); do
+  curl -fsS "http://127.0.0.1:${replica_ports[$i]}/metrics" > "$work/metrics-before-$i" || true
+done
+
+chaos() {
+  sleep "$(python3 -c "print($DURATION / 3)")"
+  case "$CHAOS" in
+    sigterm)
+      log "chaos: SIGTERM to replica 1"
+      kill -TERM "${replica_pids[1]}"
+      wait "${replica_pids[1]}" 2>/dev/null || true
+      sleep 2
+      log "chaos: replica 1 starting again"
+      start_replica 1
+      ;;
+    redis-restart)
+      log "chaos: Redis shut down"
+      date +%s.%N > "$work/outage-start"
+      redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
+      sleep 2
+      start_redis
+      date +%s.%N > "$work/outage-end"
+      log "chaos: Redis back"
+      ;;
+  esac
+}
+model=(--concurrency "$CONCURRENCY")
+[ -n "$RATE" ] && model=(--rate "$RATE")
+users=()
+[ -n "$USERS" ] && users=(--users "$USERS")
+log "phase 2: $SCENARIO, ${model[*]}, ${DURATION}s, chaos $CHAOS"
+date +%s.%N > "$work/run-start"
+if [ "$CHAOS" != none ]; then chaos & chaos_pid=$!; fi
+"$loadtest" --target "$target_url" --scenario "$SCENARIO" "${model[@]}" "${users[@]}" $REPLAY \
+  --duration "$DURATION" --webhook-secret "$webhook_secret" --json "$work/report.json"
+[ -n "${chaos_pid:-}" ] && wait "$chaos_pid"
+
+redis-cli -p "$redis_port" info commandstats > "$work/commandstats.txt" || true
+psql_q "SELECT split_part(ltrim(query), ' ', 1), sum(calls) FROM pg_stat_statements
+        WHERE query !~* 'pg_stat_statements|^\s*(BEGIN|COMMIT|ROLLBACK|SET|SHOW)' GROUP BY 1" > "$work/sql.txt" || true
+for i in $(seq 1 "$REPLICAS"); do
+  curl -fsS "http://127.0.0.1:${replica_ports[$i]}/metrics" > "$work/metrics-after-$i" || true
+done
+sleep 0.3
+
+WORK="$work" REPLICAS="$REPLICAS" CHAOS="$CHAOS" SMOKE="$SMOKE" python3 - <<'PY'
+import json, os, re, sys
+work = os.environ["WORK"]; replicas = int(os.environ["REPLICAS"])
+chaos = os.environ["CHAOS"]; smoke = os.environ["SMOKE"] == "1"
+report = json.load(open(f"{work}/report.json"))
+flows = report["flows"]; done = max(flows["completed"], 1)
+print()
+print("== cluster summary ==")
+print(f"flows: {flows['completed']} completed, {flows['per_second']:.0f}/s; failed {flows['failed']}, "
+      f"dropped {flows['dropped']}; requests {report['requests']['per_second']:.0f}/s; "
+      f"flow p50 {flows['latency'].get('p50_ms', 0):.2f} ms, p99 {flows['latency'].get('p99_ms', 0):.2f} ms")
+if os.path.exists(f"{work}/health.json"):
+    health = json.load(open(f"{work}/health.json"))["requests"]["per_second"]
+    ratio = report["requests"]["per_second"] / health if health else 0
+    print(f"/health ceiling: {health:.0f} req/s; flow requests are {100 * ratio:.0f}% of it")
+rss = []
+for i in range(1, replicas + 1):
+    try:
+        rss.append(int(open(f"{work}/rss-{i}").read()) / 1024)
+    except (OSError, ValueError):
+        rss.append(0)
+print("peak RSS per replica (MiB): " + ", ".join(f"{r:.1f}" for r in rss))
+# Store round trips: one per store operation, counted by every replica.
+def ops(path):
+    total = {}
+    try:
+        for line in open(path):
+            m = re.match(r'otpgate_store_operation_duration_seconds_count\{op="([^"]+)"\} (\S+)', line)
+            if m:
+                total[m.group(1)] = total.get(m.group(1), 0) + float(m.group(2))
+    except OSError:
+        pass
+    return total
+round_trips = {}
+for i in range(1, replicas + 1):
+    before, after = ops(f"{work}/metrics-before-{i}"), ops(f"{work}/metrics-after-{i}")
+    for op, n in after.items():
+        round_trips[op] = round_trips.get(op, 0) + n - before.get(op, 0)
+rt = sum(v for k, v in round_trips.items() if k != "ping")
+print(f"Redis round trips per flow: {rt / done:.2f} ({', '.join(f'{k} {v / done:.2f}' for k, v in sorted(round_trips.items()) if v)})"
+      + (" — approximate: a replica restarted" if chaos == "sigterm" else ""))
+cmds = {}
+for line in open(f"{work}/commandstats.txt"):
+    m = re.match(r"cmdstat_([a-z|]+):calls=(\d+)", line)
+    if m and m.group(1).split("|")[0] not in ("info", "config", "ping", "command", "client", "hello", "script"):
+        cmds[m.group(1)] = int(m.group(2))
+print(f"Redis commands per flow (scripts' inner commands included): {sum(cmds.values()) / done:.2f} "
+      f"({', '.join(f'{k} {v / done:.2f}' for k, v in sorted(cmds.items()))})")
+sql = {}
+for line in open(f"{work}/sql.txt"):
+    if "|" in line:
+        kind, n = line.strip().rsplit("|", 1)
+        sql[kind.upper()] = sql.get(kind.upper(), 0) + int(n)
+print(f"SQL statements per flow: {sum(sql.values()) / done:.2f} "
+      f"({', '.join(f'{k} {v / done:.2f}' for k, v in sorted(sql.items()))})")
+print(f"non-503 5xx: {report['non_503_5xx']}, transport errors: {report['transport_errors']}, "
+      f"codes accepted twice: {report['double_accepts']}")
+if report["failures"]:
+    print(f"failures: {report['failures']}")
+problems = []
+if chaos == "sigterm":
+    if flows["failed"] or report["transport_errors"] or flows["dropped"]:
+        problems.append("SIGTERM of a replica failed requests")
+if chaos == "redis-restart":
+    if report["non_503_5xx"] or report["double_accepts"]:
+        problems.append("a 5xx other than 503, or a code accepted twice")
+    start = float(open(f"{work}/run-start").read())
+    end = float(open(f"{work}/outage-end").read()) - start
+    outage = float(open(f"{work}/outage-start").read()) - start
+    timeline = report["timeline"]
+    before = [s["completed"] for s in timeline if s["t"] < int(outage) and s["t"] >= 1]
+    baseline = sum(before) / len(before) if before else 0
+    back = next((s["t"] for s in timeline if s["t"] >= int(end) and s["completed"] >= 0.8 * baseline), None)
+    print(f"Redis down from {outage:.1f} s to {end:.1f} s; {baseline:.0f} flows/s before; "
+          + (f"back to >= 80% in second {back} ({back - end:.1f} s after Redis returned)" if back is not None else "never back"))
+    if back is None or back - end > 5:
+        problems.append("the rate did not come back within 5 s")
+    print("per second (completed/failed/503/other 5xx): " + " ".join(
+        f"{s['completed']}/{s['failed']}/{s['status_503']}/{s['other_5xx']}" for s in timeline))
+if smoke and (flows["failed"] or flows["completed"] == 0 or report["non_503_5xx"]):
+    problems.append("the smoke run had failures")
+for p in problems:
+    print(f"FAILED: {p}")
+print("cluster: " + ("checks failed" if problems else "ok"))
+sys.exit(1 if problems else 0)
+PY

@@ -1,0 +1,181 @@
+//! Checked strings for request fields. The OpenAPI schema carries each field's pattern and
+//! length, and the check is a few lines of code: poem-openapi's `pattern` validator compiles its
+//! regular expression on every request, which cost more than the rest of a login's parsing.
+
+use std::borrow::Cow;
+
+use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
+use poem_openapi::types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type};
+use serde_json::Value;
+
+macro_rules! checked_text {
+    (
+        $(#[$doc:meta])*
+        $name:ident {
+            pattern: $pattern:literal,
+            max_length: $max:expr,
+            numbers: $numbers:expr,
+            check: $check:expr $(,)?
+        }
+    ) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct $name(pub String);
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl Type for $name {
+            const IS_REQUIRED: bool = true;
+            type RawValueType = Self;
+            type RawElementValueType = Self;
+
+            fn name() -> Cow<'static, str> {
+                "string".into()
+            }
+
+            fn schema_ref() -> MetaSchemaRef {
+                MetaSchemaRef::Inline(Box::new(MetaSchema {
+                    pattern: Some($pattern.to_string()),
+                    max_length: Some($max),
+                    ..MetaSchema::new("string")
+                }))
+            }
+
+            fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+                Some(self)
+            }
+
+            fn raw_element_iter<'a>(
+                &'a self,
+            ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+                Box::new(self.as_raw_value().into_iter())
+            }
+        }
+
+        impl ParseFromJSON for $name {
+            fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+                let text = match value.unwrap_or_default() {
+                    Value::String(text) => text,
+                    Value::Number(n) if $numbers => n.to_string(),
+                    other => return Err(ParseError::expected_type(other)),
+                };
+                let check: fn(&str) -> bool = $check;
+                if text.len() <= $max && check(&text) {
+                    Ok(Self(text))
+                } else {
+                    Err(ParseError::custom(concat!(
+                        "verification failed: expected a string matching ",
+                        $pattern
+                    )))
+                }
+            }
+        }
+
+        impl ToJSON for $name {
+            fn to_json(&self) -> Option<Value> {
+                Some(Value::String(self.0.clone()))
+            }
+        }
+    };
+}
+
+checked_text! {
+    /// A phone number as typed: digits, spaces, `+`, `(`, `)`, `.` and `-`. A JSON number is
+    /// accepted too (the seed's clients send the digits that way).
+    PhoneText {
+        pattern: r"^[+(]?[0-9][0-9 ().-]*$",
+        max_length: 32,
+        numbers: true,
+        check: |t| {
+            let rest = t.strip_prefix(['+', '(']).unwrap_or(t);
+            rest.starts_with(|c: char| c.is_ascii_digit())
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || matches!(b, b' ' | b'(' | b')' | b'.' | b'-'))
+        },
+    }
+}
+
+checked_text! {
+    /// A one-time code: 4 to 10 digits (a JSON number is accepted too).
+    OtpText {
+        pattern: r"^[0-9]{4,10}$",
+        max_length: 10,
+        numbers: true,
+        check: |t| (4..=10).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_digit()),
+    }
+}
+
+checked_text! {
+    /// A login intent id: 32 lowercase hex digits.
+    IntentIdText {
+        pattern: r"^[0-9a-f]{32}$",
+        max_length: 32,
+        numbers: false,
+        check: |t| t.len() == 32 && t.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+    }
+}
+
+checked_text! {
+    /// A poll token: 43 characters of base64url.
+    PollTokenText {
+        pattern: r"^[A-Za-z0-9_-]{43}$",
+        max_length: 43,
+        numbers: false,
+        check: |t| t.len() == 43 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+    }
+}
+
+checked_text! {
+    /// A hex SHA-256 HMAC: 64 hex digits.
+    HexHashText {
+        pattern: r"^[0-9a-fA-F]{64}$",
+        max_length: 64,
+        numbers: false,
+        check: |t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse<T: ParseFromJSON>(v: Value) -> bool {
+        T::parse_from_json(Some(v)).is_ok()
+    }
+
+    #[test]
+    fn checks_match_the_documented_patterns() {
+        use serde_json::json;
+        for ok in ["+919876543210", "(91) 98765-43210", "0091 98765.43210", "9"] {
+            assert!(parse::<PhoneText>(json!(ok)), "{ok}");
+        }
+        for bad in ["", "+", "++91", "+ 91", "91a", "(+91)", &"9".repeat(33)] {
+            assert!(!parse::<PhoneText>(json!(bad)), "{bad}");
+        }
+        assert!(parse::<PhoneText>(json!(14155552671u64)));
+        assert!(!parse::<PhoneText>(json!(-5)));
+        assert!(!parse::<PhoneText>(json!(true)));
+        assert!(parse::<OtpText>(json!("0123")) && parse::<OtpText>(json!(123456)));
+        assert!(!parse::<OtpText>(json!("123")) && !parse::<OtpText>(json!("12345678901")));
+        assert!(!parse::<OtpText>(json!("12 34")));
+        assert!(parse::<IntentIdText>(json!(
+            "0123456789abcdef0123456789abcdef"
+        )));
+        assert!(!parse::<IntentIdText>(json!(
+            "0123456789ABCDEF0123456789abcdef"
+        )));
+        assert!(parse::<PollTokenText>(json!("a".repeat(43))));
+        assert!(
+            !parse::<PollTokenText>(json!("a".repeat(42))) && !parse::<PollTokenText>(json!(1))
+        );
+        assert!(parse::<HexHashText>(json!("aF".repeat(32))));
+        assert!(!parse::<HexHashText>(json!("g".repeat(64))));
+    }
+}
