@@ -46,6 +46,7 @@ pg_bindir() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1;
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 [ -n "$(pg_bindir)" ] && [ -x "$(pg_bindir)/initdb" ] || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
@@ -200,7 +201,7 @@ for _ in $(seq 1 50); do curl -fsS "$target_url/health" >/dev/null 2>&1 && break
           prev=$(cat "$work/rss-$i" 2>/dev/null || echo 0)
           [ "$kb" -gt "$prev" ] && echo "$kb" > "$work/rss-$i"
         fi
-      done < "/proc/$pid/status" 2>/dev/null || true
+      done 2>/dev/null < "/proc/$pid/status" || true
     done
     sleep 0.5
   done

@@ -332,6 +332,34 @@ fn metrics_routes(metrics: Arc<Metrics>, token: Option<Secret>) -> impl Endpoint
         .catch_all_error(|err| async move { problem_response(err) })
 }
 
+/// Accepted connections with `TCP_NODELAY`: a response goes out at once instead of waiting,
+/// under Nagle's algorithm, for the peer's delayed ACK (40 ms on Linux) whenever it takes more
+/// than one write.
+struct NoDelay(TcpAcceptor);
+
+impl Acceptor for NoDelay {
+    type Io = <TcpAcceptor as Acceptor>::Io;
+
+    fn local_addr(&self) -> Vec<poem::web::LocalAddr> {
+        self.0.local_addr()
+    }
+
+    async fn accept(
+        &mut self,
+    ) -> std::io::Result<(
+        Self::Io,
+        poem::web::LocalAddr,
+        poem::web::RemoteAddr,
+        poem::http::uri::Scheme,
+    )> {
+        let accepted = self.0.accept().await?;
+        if let Err(err) = accepted.0.set_nodelay(true) {
+            tracing::debug!(error = %err, "could not set TCP_NODELAY");
+        }
+        Ok(accepted)
+    }
+}
+
 /// A bound, not yet running server (zero2prod's `Application`).
 pub struct Application {
     acceptor: TcpAcceptor,
@@ -420,7 +448,7 @@ impl Application {
             })
         });
         let idle = self.state.settings.http_idle_timeout;
-        let result = Server::new_with_acceptor(self.acceptor)
+        let result = Server::new_with_acceptor(NoDelay(self.acceptor))
             .idle_timeout(idle)
             .run_with_graceful_shutdown(routes(self.state), stopped(stop_rx), Some(grace))
             .await;

@@ -49,7 +49,11 @@ impl RedisStore {
         connections: usize,
         timeout: Duration,
     ) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)?;
+        // TCP_NODELAY: requests are small and multiplexed; Nagle would hold one back until the
+        // previous one is acknowledged.
+        let info = redis::IntoConnectionInfo::into_connection_info(url)?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
