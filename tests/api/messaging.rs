@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::helpers::{Backend, Reply, TestApp, field, spawn_app_with, unique_phone};
-use crate::standin::{StandIn, TELEGRAM_TOKEN, WHATSAPP_PHONE_ID, WHATSAPP_TOKEN};
+use crate::standin::{Mode, StandIn, TELEGRAM_TOKEN, WHATSAPP_PHONE_ID, WHATSAPP_TOKEN};
 
 crate::on_both_backends!(
     whatsapp_handshake_echoes_the_challenge,
@@ -22,6 +22,7 @@ crate::on_both_backends!(
     own_contact_links_the_phone_and_foreign_contacts_nothing,
     telegram_widget_checks_hash_age_and_replay,
     intents_expire_and_need_configuration,
+    failed_replies_still_answer_200_and_are_counted,
 );
 
 const VERIFY_TOKEN: &str = "verify-me-please";
@@ -888,4 +889,59 @@ async fn database_outage_loses_no_webhook_event_and_no_login() {
     let tokens = poll(&m.app, &m.app.b, &intent).await;
     assert_eq!(tokens.status, 200, "{}", tokens.body);
     assert_eq!(tokens.body["user"]["phone"], json!(sender));
+}
+
+async fn failed_replies_still_answer_200_and_are_counted(backend: Backend) {
+    let m = messaging_app(backend, &[]).await;
+    m.standin.set_mode("whatsapp", Mode::Status(500));
+    m.standin.set_mode("telegram", Mode::Status(400));
+    // The intent still binds although the confirmation cannot be sent.
+    let intent = create_intent(&m.app, &m.app.a, "whatsapp").await;
+    let text = prefilled_text(field(&intent, "deep_link"));
+    let phone = unique_phone();
+    let reply = whatsapp_signed(
+        &m.app,
+        &m.app.b,
+        &whatsapp_message(&digits(&phone), "wamid.no-reply", &text),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let user = telegram_user();
+    let update = telegram_message(user, json!({ "text": "hello" }));
+    assert_eq!(telegram_update(&m.app, &m.app.a, &update).await.status, 200);
+    assert_eq!(poll(&m.app, &m.app.a, &intent).await.status, 200);
+    // Both replies were tried (WhatsApp twice: one retry on a 5xx) and counted as failed.
+    m.standin.wait_for("whatsapp", 2).await;
+    m.standin.wait_for("telegram", 1).await;
+    let mut counted = false;
+    for _ in 0..50 {
+        let metrics = m
+            .app
+            .client
+            .get(format!("{}/metrics", m.app.a))
+            .send()
+            .await
+            .expect("sent")
+            .text()
+            .await
+            .expect("body");
+        let b = m
+            .app
+            .client
+            .get(format!("{}/metrics", m.app.b))
+            .send()
+            .await
+            .expect("sent")
+            .text()
+            .await
+            .expect("body");
+        let wa = "otpgate_webhook_events_total{outcome=\"reply_failed\",source=\"whatsapp\"}";
+        let tg = "otpgate_webhook_events_total{outcome=\"reply_failed\",source=\"telegram\"}";
+        if (metrics.contains(wa) || b.contains(wa)) && metrics.contains(tg) {
+            counted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(counted, "reply failures are counted");
 }
