@@ -14,6 +14,8 @@
 # and started again 2 s later; only 503s may fail, no other 5xx, no code accepted twice, and the
 # rate must be back within 5 s. --smoke: 10 s, debug binaries, 2 replicas, modest load; fails
 # on any failed flow (used by .ci/run). Exit status 1 when a check fails.
+# Environment: PG_OPTS (extra PostgreSQL -c options, e.g. "-c synchronous_commit=off"),
+# REPLICA_THREADS (Tokio worker threads per replica, default 2), KEEP=1 (keep the work folder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,7 +34,7 @@ while [ $# -gt 0 ]; do
     --no-health) HEALTH=0; shift ;;
     --profile) PROFILE=$2; shift 2 ;;
     --smoke) SMOKE=1; PROFILE=debug; DURATION=10; REPLICAS=2; CONCURRENCY=8; HEALTH=0; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done

@@ -328,6 +328,22 @@ impl Driver {
         format!("+919{:09}", (self.phone_base + n) % 1_000_000_000)
     }
 
+    /// Presents `code` for `phone` as step `step`, expecting `status`.
+    async fn verify(
+        &self,
+        step: &'static str,
+        phone: &str,
+        code: &str,
+        status: u16,
+    ) -> Result<Answer, String> {
+        let body = json!({ "phone": phone, "otp_code": code });
+        expect(
+            self.post(step, "/api/auth/verify-otp", &body).await?,
+            step,
+            status,
+        )
+    }
+
     /// Login → verify; returns the token response.
     async fn sign_in(&self) -> Result<Value, String> {
         let phone = self.phone();
@@ -341,16 +357,14 @@ impl Driver {
             .as_str()
             .ok_or("login: no otp_code (run the server with EXPOSE_OTP=true)")?
             .to_string();
-        let verify_body = json!({ "phone": phone, "otp_code": code });
-        let tokens = expect(
-            self.post("verify", "/api/auth/verify-otp", &verify_body)
-                .await?,
-            "verify",
-            200,
-        )?;
+        let tokens = self.verify("verify", &phone, &code, 200).await?;
         if self.replay_check {
             let replay = self
-                .post("replay", "/api/auth/verify-otp", &verify_body)
+                .post(
+                    "replay",
+                    "/api/auth/verify-otp",
+                    &json!({ "phone": phone, "otp_code": code }),
+                )
                 .await?;
             if replay.status == 200 {
                 self.recorder.double_accepts.fetch_add(1, Ordering::Relaxed);
@@ -422,28 +436,10 @@ impl Driver {
                 )?;
                 let code = text(&login.body, "otp_code")?.to_string();
                 for _ in 0..3 {
-                    let wrong = wrong_code(&code);
-                    expect(
-                        self.post(
-                            "verify_wrong",
-                            "/api/auth/verify-otp",
-                            &json!({ "phone": phone, "otp_code": wrong }),
-                        )
-                        .await?,
-                        "verify_wrong",
-                        400,
-                    )?;
+                    self.verify("verify_wrong", &phone, &wrong_code(&code), 400)
+                        .await?;
                 }
-                expect(
-                    self.post(
-                        "verify",
-                        "/api/auth/verify-otp",
-                        &json!({ "phone": phone, "otp_code": code }),
-                    )
-                    .await?,
-                    "verify",
-                    200,
-                )?;
+                self.verify("verify", &phone, &code, 200).await?;
             }
             Scenario::Refresh => {
                 let mut refresh = text(&self.sign_in().await?, "refresh_token")?.to_string();

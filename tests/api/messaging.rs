@@ -183,6 +183,47 @@ async fn poll(app: &TestApp, base: &str, intent: &Value) -> Reply {
     .await
 }
 
+/// The `/start` payload of a Telegram intent's link.
+fn start_code(intent: &Value) -> String {
+    field(intent, "deep_link")
+        .rsplit_once("start=")
+        .expect("start parameter")
+        .1
+        .to_string()
+}
+
+/// Telegram user `user` taps Start on a link carrying `code`; the update goes to `base`.
+async fn tap_start(app: &TestApp, base: &str, user: i64, code: &str) -> Reply {
+    telegram_update(
+        app,
+        base,
+        &telegram_message(user, json!({ "text": format!("/start {code}") })),
+    )
+    .await
+}
+
+/// `POST /api/auth/login` asking for the Telegram channel.
+async fn telegram_login(app: &TestApp, base: &str, phone: &str) -> Reply {
+    app.post(
+        base,
+        "/api/auth/login",
+        json!({ "phone": phone, "channel": "telegram" }),
+    )
+    .await
+}
+
+/// The metrics text of `base`.
+async fn metrics(app: &TestApp, base: &str) -> String {
+    app.client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("body")
+}
+
 /// The text a WhatsApp deep link prefills.
 fn prefilled_text(deep_link: &str) -> String {
     let (_, encoded) = deep_link.split_once("?text=").expect("text parameter");
@@ -276,11 +317,7 @@ async fn unauthentic_webhook_calls_change_nothing(backend: Backend) {
     // Telegram: a missing or wrong secret token.
     let user = telegram_user();
     let tg = create_intent(&m.app, &m.app.a, "telegram").await;
-    let code = field(&tg, "deep_link")
-        .rsplit_once("start=")
-        .expect("start")
-        .1
-        .to_string();
+    let code = start_code(&tg);
     let update = serde_json::to_vec(&telegram_message(
         user,
         json!({ "text": format!("/start {code}") }),
@@ -408,16 +445,7 @@ async fn whatsapp_intent_logs_in_on_the_other_replica(backend: Backend) {
             .contains("Send OTP")
     );
 
-    let metrics = m
-        .app
-        .client
-        .get(format!("{}/metrics", m.app.a))
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("body");
+    let metrics = metrics(&m.app, &m.app.a).await;
     assert!(
         metrics.contains("otpgate_login_intents_total{channel=\"whatsapp\",outcome=\"created\"}"),
         "{metrics}"
@@ -526,12 +554,7 @@ async fn telegram_start_binds_the_intent_and_asks_for_the_contact(backend: Backe
     assert_eq!(poll(&m.app, &m.app.b, &intent).await.status, 202);
 
     let user = telegram_user();
-    let reply = telegram_update(
-        &m.app,
-        &m.app.b,
-        &telegram_message(user, json!({ "text": format!("/start {code}") })),
-    )
-    .await;
+    let reply = tap_start(&m.app, &m.app.b, user, code).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let tokens = poll(&m.app, &m.app.a, &intent).await;
     assert_eq!(tokens.status, 200, "{}", tokens.body);
@@ -563,17 +586,7 @@ async fn telegram_start_binds_the_intent_and_asks_for_the_contact(backend: Backe
 
     // A second Telegram login of the same account is the same user.
     let again = create_intent(&m.app, &m.app.b, "telegram").await;
-    let code = field(&again, "deep_link")
-        .rsplit_once("start=")
-        .expect("start")
-        .1
-        .to_string();
-    telegram_update(
-        &m.app,
-        &m.app.a,
-        &telegram_message(user, json!({ "text": format!("/start {code}") })),
-    )
-    .await;
+    tap_start(&m.app, &m.app.a, user, &start_code(&again)).await;
     let second = poll(&m.app, &m.app.b, &again).await;
     assert_eq!(second.body["user"]["id"], tokens.body["user"]["id"]);
     // A WhatsApp code sent to the Telegram bot binds nothing.
@@ -583,12 +596,7 @@ async fn telegram_start_binds_the_intent_and_asks_for_the_contact(backend: Backe
         .expect("code")
         .1
         .to_string();
-    telegram_update(
-        &m.app,
-        &m.app.a,
-        &telegram_message(user, json!({ "text": format!("/start {wa_code}") })),
-    )
-    .await;
+    tap_start(&m.app, &m.app.a, user, &wa_code).await;
     assert_eq!(poll(&m.app, &m.app.a, &wa).await.status, 202);
 }
 
@@ -597,17 +605,7 @@ async fn own_contact_links_the_phone_and_foreign_contacts_nothing(backend: Backe
     let user = telegram_user();
     // Logged in by Telegram first: a user without a phone.
     let intent = create_intent(&m.app, &m.app.a, "telegram").await;
-    let code = field(&intent, "deep_link")
-        .rsplit_once("start=")
-        .expect("start")
-        .1
-        .to_string();
-    telegram_update(
-        &m.app,
-        &m.app.a,
-        &telegram_message(user, json!({ "text": format!("/start {code}") })),
-    )
-    .await;
+    tap_start(&m.app, &m.app.a, user, &start_code(&intent)).await;
     let session = poll(&m.app, &m.app.b, &intent).await;
     assert_eq!(session.status, 200);
 
@@ -623,14 +621,7 @@ async fn own_contact_links_the_phone_and_foreign_contacts_nothing(backend: Backe
         telegram_update(&m.app, &m.app.b, &foreign).await.status,
         200
     );
-    let no_chat = m
-        .app
-        .post(
-            &m.app.a,
-            "/api/auth/login",
-            json!({ "phone": stranger, "channel": "telegram" }),
-        )
-        .await;
+    let no_chat = telegram_login(&m.app, &m.app.a, &stranger).await;
     no_chat.assert_problem(422, "channel_unavailable");
     // A contact card without a Telegram user id is not proof either.
     let card = telegram_message(
@@ -638,14 +629,7 @@ async fn own_contact_links_the_phone_and_foreign_contacts_nothing(backend: Backe
         json!({ "contact": { "phone_number": digits(&stranger), "first_name": "Eve" } }),
     );
     telegram_update(&m.app, &m.app.b, &card).await;
-    let no_chat = m
-        .app
-        .post(
-            &m.app.a,
-            "/api/auth/login",
-            json!({ "phone": stranger, "channel": "telegram" }),
-        )
-        .await;
+    let no_chat = telegram_login(&m.app, &m.app.a, &stranger).await;
     no_chat.assert_problem(422, "channel_unavailable");
 
     // The user's own contact links the phone to the same user.
@@ -664,14 +648,7 @@ async fn own_contact_links_the_phone_and_foreign_contacts_nothing(backend: Backe
     assert_eq!(me.body["phone"], json!(phone), "{}", me.body);
 
     // Codes for the phone can now go to the chat.
-    let login = m
-        .app
-        .post(
-            &m.app.b,
-            "/api/auth/login",
-            json!({ "phone": phone, "channel": "telegram" }),
-        )
-        .await;
+    let login = telegram_login(&m.app, &m.app.b, &phone).await;
     assert_eq!(login.status, 200, "{}", login.body);
     assert_eq!(login.body["channel"], json!("telegram"));
     let code = login.body["otp_code"].as_str().expect("code").to_string();
@@ -877,14 +854,7 @@ async fn database_outage_loses_no_webhook_event_and_no_login() {
     m.app.set_database_connections(true).await;
 
     assert_eq!(telegram_update(&m.app, &m.app.b, &own).await.status, 200);
-    let login = m
-        .app
-        .post(
-            &m.app.a,
-            "/api/auth/login",
-            json!({ "phone": phone, "channel": "telegram" }),
-        )
-        .await;
+    let login = telegram_login(&m.app, &m.app.a, &phone).await;
     assert_eq!(login.status, 200, "{}", login.body);
     let tokens = poll(&m.app, &m.app.b, &intent).await;
     assert_eq!(tokens.status, 200, "{}", tokens.body);
@@ -915,29 +885,11 @@ async fn failed_replies_still_answer_200_and_are_counted(backend: Backend) {
     m.standin.wait_for("telegram", 1).await;
     let mut counted = false;
     for _ in 0..50 {
-        let metrics = m
-            .app
-            .client
-            .get(format!("{}/metrics", m.app.a))
-            .send()
-            .await
-            .expect("sent")
-            .text()
-            .await
-            .expect("body");
-        let b = m
-            .app
-            .client
-            .get(format!("{}/metrics", m.app.b))
-            .send()
-            .await
-            .expect("sent")
-            .text()
-            .await
-            .expect("body");
+        let a = metrics(&m.app, &m.app.a).await;
+        let b = metrics(&m.app, &m.app.b).await;
         let wa = "otpgate_webhook_events_total{outcome=\"reply_failed\",source=\"whatsapp\"}";
         let tg = "otpgate_webhook_events_total{outcome=\"reply_failed\",source=\"telegram\"}";
-        if (metrics.contains(wa) || b.contains(wa)) && metrics.contains(tg) {
+        if (a.contains(wa) || b.contains(wa)) && a.contains(tg) {
             counted = true;
             break;
         }
