@@ -15,7 +15,8 @@
 # rate must be back within 5 s. --smoke: 10 s, debug binaries, 2 replicas, modest load; fails
 # on any failed flow (used by .ci/run). Exit status 1 when a check fails.
 # Environment: PG_OPTS (extra PostgreSQL -c options, e.g. "-c synchronous_commit=off"),
-# REPLICA_THREADS (Tokio worker threads per replica, default 2), KEEP=1 (keep the work folder).
+# REPLICA_THREADS (Tokio worker threads per replica, default 2), DB_CONNECTIONS (per replica,
+# default 8), KEEP=1 (keep the work folder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,7 +35,7 @@ while [ $# -gt 0 ]; do
     --no-health) HEALTH=0; shift ;;
     --profile) PROFILE=$2; shift 2 ;;
     --smoke) SMOKE=1; PROFILE=debug; DURATION=10; REPLICAS=2; CONCURRENCY=8; HEALTH=0; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -120,7 +121,7 @@ webhook_secret=loadtest-webhook-secret
 replica_vars=(
   PATH="$PATH" HOST=127.0.0.1 LOG_LEVEL=warn LOG_FORMAT=json \
     REDIS_URL="redis://127.0.0.1:$redis_port" DATABASE_URL="$database_url" \
-    RUN_MIGRATIONS=false DATABASE_MAX_CONNECTIONS=8 REDIS_CONNECTIONS=2 \
+    RUN_MIGRATIONS=false DATABASE_MAX_CONNECTIONS="${DB_CONNECTIONS:-8}" REDIS_CONNECTIONS=2 \
     JWT_SECRET_KEY=loadtest-secret-loadtest-secret-loadtest EXPOSE_OTP=true \
     SHUTDOWN_GRACE_SECONDS=5 TRUSTED_PROXIES=127.0.0.1/32 \
     RATE_LIMIT_FRONTDOOR_PER_SECOND=1000000 RATE_LIMIT_FRONTDOOR_BURST=1000000 \
