@@ -16,7 +16,7 @@
 # on any failed flow (used by .ci/run). Exit status 1 when a check fails.
 # Environment: PG_OPTS (extra PostgreSQL -c options, e.g. "-c synchronous_commit=off"),
 # REPLICA_THREADS (Tokio worker threads per replica, default 2), DB_CONNECTIONS (per replica,
-# default 8), KEEP=1 (keep the work folder).
+# default 8), EXTRA_ENV (more VAR=value settings for the replicas), KEEP=1 (keep the work folder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -127,7 +127,7 @@ replica_vars=(
     RATE_LIMIT_FRONTDOOR_PER_SECOND=1000000 RATE_LIMIT_FRONTDOOR_BURST=1000000 \
     RATE_LIMIT_PHONE_PER_HOUR=1000000 RATE_LIMIT_IP_PER_HOUR=1000000000 \
     RATE_LIMIT_PREFIX_PER_HOUR=1000000000 RATE_LIMIT_VERIFY_IP_PER_HOUR=1000000000 \
-    OTP_RESEND_SECONDS=0 TOKIO_WORKER_THREADS="${REPLICA_THREADS:-2}" \
+    OTP_RESEND_SECONDS=0 TOKIO_WORKER_THREADS="${REPLICA_THREADS:-2}" ${EXTRA_ENV:-} \
     WHATSAPP_WEBHOOK_SECRET="$webhook_secret" WHATSAPP_BUSINESS_NUMBER=+15550001234 \
     WHATSAPP_ACCESS_TOKEN=stub WHATSAPP_PHONE_NUMBER_ID=1 \
     WHATSAPP_API_BASE="http://127.0.0.1:$stub_port/v21.0"
