@@ -328,6 +328,23 @@ impl Driver {
         format!("+919{:09}", (self.phone_base + n) % 1_000_000_000)
     }
 
+    /// `method path` with the access token of `tokens` as bearer; 200 expected.
+    async fn authorized(
+        &self,
+        step: &'static str,
+        method: Method,
+        path: &str,
+        tokens: &Value,
+    ) -> Result<Answer, String> {
+        let bearer = format!("Bearer {}", text(tokens, "access_token")?);
+        expect(
+            self.call(step, method, path, None, &[("authorization", &bearer)])
+                .await?,
+            step,
+            200,
+        )
+    }
+
     /// Presents `code` for `phone` as step `step`, expecting `status`.
     async fn verify(
         &self,
@@ -389,19 +406,8 @@ impl Driver {
             }
             Scenario::Full => {
                 let tokens = self.sign_in().await?;
-                let bearer = format!("Bearer {}", text(&tokens, "access_token")?);
-                expect(
-                    self.call(
-                        "me",
-                        Method::GET,
-                        "/api/auth/me",
-                        None,
-                        &[("authorization", &bearer)],
-                    )
-                    .await?,
-                    "me",
-                    200,
-                )?;
+                self.authorized("me", Method::GET, "/api/auth/me", &tokens)
+                    .await?;
                 let pair = expect(
                     self.post(
                         "refresh",
@@ -412,19 +418,8 @@ impl Driver {
                     "refresh",
                     200,
                 )?;
-                let bearer = format!("Bearer {}", text(&pair.body, "access_token")?);
-                expect(
-                    self.call(
-                        "logout",
-                        Method::POST,
-                        "/api/auth/logout",
-                        None,
-                        &[("authorization", &bearer)],
-                    )
-                    .await?,
-                    "logout",
-                    200,
-                )?;
+                self.authorized("logout", Method::POST, "/api/auth/logout", &pair.body)
+                    .await?;
             }
             Scenario::Verify => {
                 let phone = self.phone();

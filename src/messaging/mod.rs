@@ -12,9 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::AuthService;
+use crate::auth::intents::IntentChannel;
 use crate::config::{MessagingSettings, Secret, Settings};
+use crate::delivery::Channel;
 use crate::error::Error;
-use crate::store::Store;
+use crate::store::{BindOutcome, Store};
 use crate::telemetry::Metrics;
 
 pub mod telegram;
@@ -94,6 +96,34 @@ impl Messaging {
     }
 }
 
+impl Messaging {
+    /// Binds the intent whose `code` arrived on `channel` from `subject` (once); the reply for
+    /// the sender: the confirmation, or why nothing was bound.
+    async fn bind(
+        &self,
+        channel: IntentChannel,
+        code: &str,
+        subject: &str,
+    ) -> Result<String, Error> {
+        let source = channel.as_str();
+        Ok(match self.auth.bind_intent(channel, code, subject).await? {
+            BindOutcome::Bound => {
+                self.metrics.webhook(source, "intent_bound");
+                tracing::info!(channel = source, "login intent bound");
+                self.confirmation()
+            }
+            BindOutcome::AlreadyBound => {
+                self.metrics.webhook(source, "intent_rebind");
+                "This login link was already used. Start again in the app.".into()
+            }
+            BindOutcome::Unknown => {
+                self.metrics.webhook(source, "intent_unknown");
+                "This login link has expired. Start again in the app.".into()
+            }
+        })
+    }
+}
+
 /// Runs `work` in the background (replies must not delay the webhook's answer).
 fn background(work: impl Future<Output = ()> + Send + 'static) {
     tokio::spawn(work);
@@ -116,6 +146,23 @@ impl Messaging {
 }
 
 impl Replier {
+    /// Sends a code for `phone` over `channel` through the normal login (same limits). Returns
+    /// what to tell the user when a limit refused; other failures are logged and counted.
+    async fn send_code(&self, phone: &str, channel: Channel) -> Option<String> {
+        match self.auth.login(phone, Some(channel), None).await {
+            Ok(_) => None,
+            Err(Error::RateLimited { retry_after, .. }) => Some(format!(
+                "Too many codes were asked for this number. Try again in {} minute(s).",
+                retry_after.div_ceil(60).max(1)
+            )),
+            Err(err) => {
+                tracing::warn!(channel = %channel, code = err.code(), "code by message command failed");
+                self.metrics.webhook(channel.as_str(), "otp_failed");
+                None
+            }
+        }
+    }
+
     /// Sends a WhatsApp text to `to` (digits); a failure is logged and counted.
     async fn whatsapp(&self, to: &str, text: String) {
         let Some(api) = self.auth.delivery().whatsapp_api() else {

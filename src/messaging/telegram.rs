@@ -9,11 +9,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::{Messaging, Replier, background};
+use crate::auth::LoggedIn;
 use crate::auth::intents::{IntentChannel, is_code};
-use crate::auth::{AuthService, LoggedIn};
 use crate::delivery::Channel;
 use crate::error::Error;
-use crate::store::BindOutcome;
 
 const SOURCE: &str = "telegram";
 
@@ -190,26 +189,10 @@ impl Messaging {
                     background(me.telegram_welcome(from, chat, None));
                     return Ok(());
                 }
-                let outcome = self
-                    .auth
-                    .bind_intent(IntentChannel::Telegram, payload, &from.to_string())
+                let reply = self
+                    .bind(IntentChannel::Telegram, payload, &from.to_string())
                     .await?;
-                let confirmation = match outcome {
-                    BindOutcome::Bound => {
-                        self.metrics.webhook(SOURCE, "intent_bound");
-                        tracing::info!(telegram_id = from, "login intent bound by Telegram");
-                        Some(self.confirmation())
-                    }
-                    BindOutcome::AlreadyBound => {
-                        self.metrics.webhook(SOURCE, "intent_rebind");
-                        Some("This login link was already used. Start again in the app.".into())
-                    }
-                    BindOutcome::Unknown => {
-                        self.metrics.webhook(SOURCE, "intent_unknown");
-                        Some("This login link has expired. Start again in the app.".into())
-                    }
-                };
-                background(me.telegram_welcome(from, chat, confirmation));
+                background(me.telegram_welcome(from, chat, Some(reply)));
             }
             "/otp" | "/code" => {
                 self.metrics.webhook(SOURCE, "otp_command");
@@ -319,27 +302,8 @@ impl Replier {
                 return;
             }
         };
-        send_code(&self.auth, &self, &phone, chat).await;
-    }
-}
-
-async fn send_code(auth: &AuthService, me: &Replier, phone: &str, chat: i64) {
-    match auth.login(phone, Some(Channel::Telegram), None).await {
-        Ok(_) => {}
-        Err(Error::RateLimited { retry_after, .. }) => {
-            me.telegram(
-                chat,
-                format!(
-                    "Too many codes were asked for this number. Try again in {} minute(s).",
-                    retry_after.div_ceil(60).max(1)
-                ),
-                None,
-            )
-            .await;
-        }
-        Err(err) => {
-            tracing::warn!(code = err.code(), "Telegram /otp failed");
-            me.metrics.webhook(SOURCE, "otp_failed");
+        if let Some(refusal) = self.send_code(&phone, Channel::Telegram).await {
+            self.telegram(chat, refusal, None).await;
         }
     }
 }

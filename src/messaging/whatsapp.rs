@@ -9,7 +9,6 @@ use super::{Messaging, background};
 use crate::auth::intents::{IntentChannel, find_code};
 use crate::delivery::Channel;
 use crate::error::Error;
-use crate::store::BindOutcome;
 
 const SOURCE: &str = "whatsapp";
 
@@ -160,53 +159,18 @@ impl Messaging {
         let command = text.to_ascii_uppercase();
         if command == "OTP" || command == "CODE" {
             self.metrics.webhook(SOURCE, "otp_command");
-            let auth = self.auth.clone();
             let me = self.replier();
             background(async move {
-                match auth
-                    .login(phone.as_str(), Some(Channel::Whatsapp), None)
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(Error::RateLimited { retry_after, .. }) => {
-                        me.whatsapp(
-                            &to,
-                            format!(
-                                "Too many codes were asked for this number. Try again in {} minute(s).",
-                                retry_after.div_ceil(60).max(1)
-                            ),
-                        )
-                        .await;
-                    }
-                    Err(err) => {
-                        tracing::warn!(phone = %phone.masked(), code = err.code(), "OTP command failed");
-                        me.metrics.webhook(SOURCE, "otp_failed");
-                    }
+                if let Some(refusal) = me.send_code(phone.as_str(), Channel::Whatsapp).await {
+                    me.whatsapp(&to, refusal).await;
                 }
             });
             return Ok(());
         }
         let reply = match find_code(text) {
             Some(code) => {
-                match self
-                    .auth
-                    .bind_intent(IntentChannel::Whatsapp, &code, phone.as_str())
+                self.bind(IntentChannel::Whatsapp, &code, phone.as_str())
                     .await?
-                {
-                    BindOutcome::Bound => {
-                        self.metrics.webhook(SOURCE, "intent_bound");
-                        tracing::info!(phone = %phone.masked(), "login intent bound by WhatsApp");
-                        self.confirmation()
-                    }
-                    BindOutcome::AlreadyBound => {
-                        self.metrics.webhook(SOURCE, "intent_rebind");
-                        "This login link was already used. Start again in the app.".to_string()
-                    }
-                    BindOutcome::Unknown => {
-                        self.metrics.webhook(SOURCE, "intent_unknown");
-                        "This login link has expired. Start again in the app.".to_string()
-                    }
-                }
             }
             None => {
                 self.metrics.webhook(SOURCE, "help");
