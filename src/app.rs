@@ -18,6 +18,7 @@ use crate::auth::AuthService;
 use crate::config::{Secret, Settings};
 use crate::delivery::Delivery;
 use crate::error::{Problem, problem_response};
+use crate::listener::{ConnectionPolicy, Connections, GuardedAcceptor, TrackRequests};
 use crate::messaging::Messaging;
 use crate::ratelimit::{ClientGate, FrontDoor};
 use crate::store::{MemoryStore, Metered, RedisStore, Store, StoreError};
@@ -26,12 +27,13 @@ use crate::telemetry::{Metrics, Observe};
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    /// The store could not be set up.
+    /// The store could not be set up (the text has its URL passwords redacted).
     #[error("store: {0}")]
-    Store(#[from] StoreError),
-    /// The database could not be opened or migrated.
+    Store(String),
+    /// The database could not be opened or migrated (the text has its URL passwords
+    /// redacted: drivers quote the connection string).
     #[error("database: {0}")]
-    Database(#[from] sea_orm::DbErr),
+    Database(String),
     /// The listener could not be bound.
     #[error("listen: {0}")]
     Io(#[from] std::io::Error),
@@ -41,6 +43,18 @@ pub enum StartupError {
     /// Anything else that stops the wiring.
     #[error("{0}")]
     Other(String),
+}
+
+impl From<StoreError> for StartupError {
+    fn from(err: StoreError) -> Self {
+        Self::Store(crate::config::redact_credentials(&err.to_string()))
+    }
+}
+
+impl From<sea_orm::DbErr> for StartupError {
+    fn from(err: sea_orm::DbErr) -> Self {
+        Self::Database(crate::config::redact_credentials(&err.to_string()))
+    }
 }
 
 /// What every request handler can reach.
@@ -250,9 +264,22 @@ fn spec_methods(spec_json: &str) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
-/// All routes: the API, its docs and spec (and `/metrics` unless it has its own port), with
-/// every error rendered as problem+json, and every request observed.
+/// The Content-Security-Policy of the documentation pages: their scripts and styles are
+/// inline (Swagger UI and Redoc ship as one page); nothing may frame them.
+const DOCS_CSP: &str = "default-src 'none'; script-src 'self' 'unsafe-inline'; \
+     style-src 'self' 'unsafe-inline' https://fonts.googleapis.com; \
+     font-src 'self' data: https://fonts.gstatic.com; img-src 'self' data:; \
+     connect-src 'self'; worker-src 'self' blob:; frame-ancestors 'none'; base-uri 'none'; \
+     form-action 'none'";
+
+/// All routes: the API, its docs and spec (when `DOCS_ENABLED`) and `/metrics` (unless it has
+/// its own port), with every error rendered as problem+json, every request observed, and the
+/// front door on every path but the probes and webhooks.
 pub fn routes(state: Arc<AppState>) -> impl Endpoint {
+    routes_with(state, None)
+}
+
+fn routes_with(state: Arc<AppState>, connections: Option<Arc<Connections>>) -> impl Endpoint {
     let door = FrontDoor::new(
         state.settings.frontdoor_per_second,
         state.settings.frontdoor_burst,
@@ -264,6 +291,7 @@ pub fn routes(state: Arc<AppState>) -> impl Endpoint {
         trusted: Arc::new(state.settings.trusted_proxies.clone()),
         door,
         metrics: state.metrics.clone(),
+        v6_prefix: state.settings.ipv6_prefix,
     };
     let metrics = state.metrics.clone();
     let settings = state.settings.clone();
@@ -271,7 +299,11 @@ pub fn routes(state: Arc<AppState>) -> impl Endpoint {
     let token = settings.metrics_token.clone();
     let api = crate::api::service(state);
     let mut allow = spec_methods(&api.spec());
-    for path in ["/docs", "/redoc", "/openapi.json", "/metrics"] {
+    let mut extra = vec!["/metrics"];
+    if settings.docs_enabled {
+        extra.extend(["/docs", "/redoc", "/openapi.json"]);
+    }
+    for path in extra {
         allow.insert(path.to_string(), "GET".to_string());
     }
     let observed = Observe {
@@ -285,27 +317,37 @@ pub fn routes(state: Arc<AppState>) -> impl Endpoint {
         ),
     };
     let allow = Arc::new(allow);
-    let spec = api.spec_endpoint();
-    let swagger = api.swagger_ui();
-    let redoc = api.redoc();
-    let mut route = Route::new()
-        .nest("/docs", swagger)
-        .nest("/redoc", redoc)
-        .at("/openapi.json", spec);
+    let mut route = Route::new();
+    if settings.docs_enabled {
+        let docs_headers = || {
+            SetHeader::new()
+                .overriding(header::CONTENT_SECURITY_POLICY, DOCS_CSP)
+                .overriding(header::X_FRAME_OPTIONS, "DENY")
+                .overriding(header::REFERRER_POLICY, "no-referrer")
+        };
+        route = route
+            .nest("/docs", api.swagger_ui().with(docs_headers()))
+            .nest("/redoc", api.redoc().with(docs_headers()))
+            .at("/openapi.json", api.spec_endpoint());
+    }
     if metrics_here {
         route = route.at("/metrics", metrics_endpoint(metrics.clone(), token));
     }
     let cors = cors(&settings.cors_origins);
+    let vary = cors.is_some();
+    let tracked = connections.is_some();
     route
         .nest(
             "/",
-            api.with(gate)
-                .with(SetHeader::new().overriding(header::CACHE_CONTROL, "no-store")),
+            api.with(SetHeader::new().overriding(header::CACHE_CONTROL, "no-store")),
         )
         .with(BodyLimit {
             max: settings.body_limit_bytes,
         })
+        .with(gate)
         .with_if(cors.is_some(), cors.unwrap_or_default())
+        // The CORS answer depends on `Origin`: caches must keep one per origin.
+        .with_if(vary, SetHeader::new().appending(header::VARY, "Origin"))
         .catch_all_error(|err| async move { problem_response(err) })
         .around(move |ep, req| {
             // RFC 9110: a 405 names the methods the resource supports.
@@ -323,6 +365,22 @@ pub fn routes(state: Arc<AppState>) -> impl Endpoint {
         })
         .with(SetHeader::new().overriding(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .with(observed)
+        .with_if(
+            tracked,
+            TrackRequests {
+                connections: connections
+                    .unwrap_or_else(|| Connections::new(connection_policy(&settings), metrics)),
+            },
+        )
+}
+
+fn connection_policy(settings: &Settings) -> ConnectionPolicy {
+    ConnectionPolicy {
+        header_timeout: settings.http_header_timeout,
+        max_total: settings.http_max_connections,
+        max_per_ip: settings.http_max_connections_per_ip,
+        trusted: Arc::new(settings.trusted_proxies.clone()),
+    }
 }
 
 /// The routes of the separate metrics listener (`METRICS_PORT`).
@@ -330,34 +388,6 @@ fn metrics_routes(metrics: Arc<Metrics>, token: Option<Secret>) -> impl Endpoint
     Route::new()
         .at("/metrics", metrics_endpoint(metrics, token))
         .catch_all_error(|err| async move { problem_response(err) })
-}
-
-/// Accepted connections with `TCP_NODELAY`: a response goes out at once instead of waiting,
-/// under Nagle's algorithm, for the peer's delayed ACK (40 ms on Linux) whenever it takes more
-/// than one write.
-struct NoDelay(TcpAcceptor);
-
-impl Acceptor for NoDelay {
-    type Io = <TcpAcceptor as Acceptor>::Io;
-
-    fn local_addr(&self) -> Vec<poem::web::LocalAddr> {
-        self.0.local_addr()
-    }
-
-    async fn accept(
-        &mut self,
-    ) -> std::io::Result<(
-        Self::Io,
-        poem::web::LocalAddr,
-        poem::web::RemoteAddr,
-        poem::http::uri::Scheme,
-    )> {
-        let accepted = self.0.accept().await?;
-        if let Err(err) = accepted.0.set_nodelay(true) {
-            tracing::debug!(error = %err, "could not set TCP_NODELAY");
-        }
-        Ok(accepted)
-    }
 }
 
 /// A bound, not yet running server (zero2prod's `Application`).
@@ -448,9 +478,15 @@ impl Application {
             })
         });
         let idle = self.state.settings.http_idle_timeout;
-        let result = Server::new_with_acceptor(NoDelay(self.acceptor))
+        let connections = Connections::new(
+            connection_policy(&self.state.settings),
+            self.state.metrics.clone(),
+        );
+        let acceptor = GuardedAcceptor::new(self.acceptor, connections.clone());
+        let app = routes_with(self.state, Some(connections));
+        let result = Server::new_with_acceptor(acceptor)
             .idle_timeout(idle)
-            .run_with_graceful_shutdown(routes(self.state), stopped(stop_rx), Some(grace))
+            .run_with_graceful_shutdown(app, stopped(stop_rx), Some(grace))
             .await;
         if let Some(task) = metrics_server {
             let _ = task.await;

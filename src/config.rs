@@ -165,6 +165,9 @@ pub struct MessagingSettings {
     pub telegram_auth_max_age: Duration,
     /// `SUPPORT_CONTACT`: where users report a login that was not theirs.
     pub support_contact: Option<String>,
+    /// `WHATSAPP_MAX_MESSAGE_AGE_SECONDS`: inbound messages older than this, by their own
+    /// timestamp, are ignored (a captured webhook body cannot be replayed later).
+    pub whatsapp_max_message_age: Duration,
 }
 
 /// Everything the service reads from its environment.
@@ -261,6 +264,19 @@ pub struct Settings {
     pub messaging: MessagingSettings,
     /// `METRICS_TOKEN`: when set, `/metrics` wants `Authorization: Bearer <token>`.
     pub metrics_token: Option<Secret>,
+    /// `DOCS_ENABLED`: serve `/docs`, `/redoc` and `/openapi.json` (default: on in
+    /// development, off in production).
+    pub docs_enabled: bool,
+    /// `RATE_LIMIT_IPV6_PREFIX`: bits of an IPv6 address that count as one client (default 64).
+    pub ipv6_prefix: u8,
+    /// `HTTP_HEADER_TIMEOUT_SECONDS`: time a client has to send a complete request head, from
+    /// accept or from the first byte after the previous response.
+    pub http_header_timeout: Duration,
+    /// `HTTP_MAX_CONNECTIONS`: open connections per replica; more are closed at accept.
+    pub http_max_connections: usize,
+    /// `HTTP_MAX_CONNECTIONS_PER_IP`: open connections per client address (trusted proxies
+    /// are exempt; 0 = no per-address cap).
+    pub http_max_connections_per_ip: usize,
 }
 
 impl Settings {
@@ -365,6 +381,8 @@ impl Settings {
             prefix_per_hour: env.parse("RATE_LIMIT_PREFIX_PER_HOUR", 50)?,
             verify_ip_per_hour: env.parse("RATE_LIMIT_VERIFY_IP_PER_HOUR", 60)?,
             verify_failures_per_phone_per_hour: verify_failures,
+            intent_ip_per_hour: env.parse("RATE_LIMIT_INTENT_IP_PER_HOUR", 30)?,
+            intent_global_per_minute: env.parse("RATE_LIMIT_INTENT_GLOBAL_PER_MINUTE", 3000)?,
             daily_send_cap: env.parse("DAILY_SEND_CAP", 0)?,
             country_daily_caps: match env.get("COUNTRY_DAILY_CAPS") {
                 None => Vec::new(),
@@ -420,6 +438,25 @@ impl Settings {
                 .map_err(|e| invalid("JWT_PRIVATE_KEY_FILE", e))?;
             KeySet::asymmetric(jwt_algorithm, pem, &jwt_previous_public_keys)
                 .map_err(|e| invalid("JWT_PREVIOUS_PUBLIC_KEY_FILES", e))?;
+        }
+
+        let ipv6_prefix: u8 = env.parse("RATE_LIMIT_IPV6_PREFIX", 64)?;
+        if !(32..=128).contains(&ipv6_prefix) {
+            return Err(invalid(
+                "RATE_LIMIT_IPV6_PREFIX",
+                "must be between 32 and 128 (64 is one customer network)",
+            ));
+        }
+        let header_timeout: u64 = env.parse("HTTP_HEADER_TIMEOUT_SECONDS", 10)?;
+        if !(1..=300).contains(&header_timeout) {
+            return Err(invalid(
+                "HTTP_HEADER_TIMEOUT_SECONDS",
+                "must be between 1 and 300",
+            ));
+        }
+        let cors_origins = env.list("CORS_ORIGINS");
+        for origin in &cors_origins {
+            check_origin(origin).map_err(|e| invalid("CORS_ORIGINS", e))?;
         }
 
         let send_otp_via_sms = env.bool("SEND_OTP_VIA_SMS", false)?;
@@ -488,7 +525,12 @@ impl Settings {
                 Some(_) => Some(env.parse("METRICS_PORT", 0)?),
             },
             metrics_token: env.get("METRICS_TOKEN").map(Secret::new),
-            cors_origins: env.list("CORS_ORIGINS"),
+            docs_enabled: env.bool("DOCS_ENABLED", !production)?,
+            ipv6_prefix,
+            http_header_timeout: Duration::from_secs(header_timeout),
+            http_max_connections: env.parse("HTTP_MAX_CONNECTIONS", 20_000)?,
+            http_max_connections_per_ip: env.parse("HTTP_MAX_CONNECTIONS_PER_IP", 512)?,
+            cors_origins,
             body_limit_bytes: env.parse("BODY_LIMIT_BYTES", 64 * 1024)?,
             http_idle_timeout: Duration::from_secs(env.parse("HTTP_IDLE_TIMEOUT_SECONDS", 30)?),
             messaging: messaging_settings(&env)?,
@@ -497,45 +539,46 @@ impl Settings {
         Ok(settings)
     }
 
-    /// The production guards: no weak secret, no in-process store, no code exposure, no
-    /// log-only delivery.
+    /// The production guards: no weak secret or pepper, no in-process store, no code exposure,
+    /// no log-only delivery, no quota switched off, no open `/metrics`.
     fn check_production(&self) -> Result<(), ConfigError> {
         if self.environment != Environment::Production {
             return Ok(());
         }
-        if self.jwt_algorithm != SigningAlgorithm::Hs256 {
-            if self.jwt_private_key.is_none() {
+        if self.jwt_algorithm != SigningAlgorithm::Hs256 && self.jwt_private_key.is_none() {
+            return Err(invalid(
+                "JWT_PRIVATE_KEY_FILE",
+                "production needs a private key for ES256/EdDSA (otpgate keygen makes one)",
+            ));
+        }
+        // The code pepper keys the HMAC of every stored code: a weak one lets whoever reads
+        // Redis brute-force the codes. It is OTP_PEPPER, or derived from JWT_SECRET_KEY.
+        match &self.otp_pepper {
+            Some(pepper) if pepper.expose().len() < 32 => {
                 return Err(invalid(
-                    "JWT_PRIVATE_KEY_FILE",
-                    "production needs a private key for ES256/EdDSA (otpgate keygen makes one)",
+                    "OTP_PEPPER",
+                    "production needs at least 32 bytes (for example `openssl rand -hex 32`)",
                 ));
             }
-            // The code pepper still needs a secret: OTP_PEPPER, or JWT_SECRET_KEY to derive it.
-            if self
-                .otp_pepper
-                .as_ref()
-                .is_some_and(|p| p.expose().len() >= 32)
-            {
-                return self.check_production_rest();
+            Some(_) if self.jwt_algorithm != SigningAlgorithm::Hs256 => {}
+            _ => {
+                // HS256 signs with JWT_SECRET_KEY; without OTP_PEPPER the pepper comes from it.
+                let secret = self.jwt_secret.expose();
+                if secret == DEV_JWT_SECRET {
+                    return Err(invalid(
+                        "JWT_SECRET_KEY",
+                        "production needs its own secret (at least 32 bytes); the development \
+                         default is refused",
+                    ));
+                }
+                if secret.len() < 32 {
+                    return Err(invalid(
+                        "JWT_SECRET_KEY",
+                        "production needs at least 32 bytes",
+                    ));
+                }
             }
         }
-        let secret = self.jwt_secret.expose();
-        if secret == DEV_JWT_SECRET {
-            return Err(invalid(
-                "JWT_SECRET_KEY",
-                "production needs its own secret (at least 32 bytes); the development default is refused",
-            ));
-        }
-        if secret.len() < 32 {
-            return Err(invalid(
-                "JWT_SECRET_KEY",
-                "production needs at least 32 bytes",
-            ));
-        }
-        self.check_production_rest()
-    }
-
-    fn check_production_rest(&self) -> Result<(), ConfigError> {
         if self.cors_origins.iter().any(|o| o == "*") {
             return Err(invalid(
                 "CORS_ORIGINS",
@@ -553,6 +596,34 @@ impl Settings {
         }
         if !self.quotas.enabled {
             return Err(invalid("RATE_LIMIT_ENABLED", "must be true in production"));
+        }
+        let q = &self.quotas;
+        for (var, value) in [
+            ("RATE_LIMIT_PHONE_PER_HOUR", q.phone_per_hour),
+            ("RATE_LIMIT_IP_PER_HOUR", q.ip_per_hour),
+            ("RATE_LIMIT_PREFIX_PER_HOUR", q.prefix_per_hour),
+            ("RATE_LIMIT_VERIFY_IP_PER_HOUR", q.verify_ip_per_hour),
+            ("RATE_LIMIT_INTENT_IP_PER_HOUR", q.intent_ip_per_hour),
+            (
+                "RATE_LIMIT_INTENT_GLOBAL_PER_MINUTE",
+                q.intent_global_per_minute,
+            ),
+            ("RATE_LIMIT_FRONTDOOR_PER_SECOND", self.frontdoor_per_second),
+        ] {
+            if value == 0 {
+                return Err(invalid(
+                    var,
+                    "0 switches this limit off, which production refuses: set a number of at \
+                     least 1",
+                ));
+            }
+        }
+        if self.metrics_port.is_none() && self.metrics_token.is_none() {
+            return Err(invalid(
+                "METRICS_PORT",
+                "production serves /metrics only on its own port (METRICS_PORT) or behind a \
+                 token (METRICS_TOKEN); set one of them",
+            ));
         }
         let d = &self.delivery;
         if d.twilio.is_none() && d.whatsapp.is_none() && d.telegram.is_none() {
@@ -636,6 +707,13 @@ fn messaging_settings(env: &Vars<'_>) -> Result<MessagingSettings, ConfigError> 
             "must be between 10 and 86400",
         ));
     }
+    let max_message_age: u64 = env.parse("WHATSAPP_MAX_MESSAGE_AGE_SECONDS", 600)?;
+    if !(10..=86_400).contains(&max_message_age) {
+        return Err(invalid(
+            "WHATSAPP_MAX_MESSAGE_AGE_SECONDS",
+            "must be between 10 and 86400",
+        ));
+    }
     Ok(MessagingSettings {
         whatsapp_verify_token: env.get("WHATSAPP_VERIFY_TOKEN").map(Secret::new),
         whatsapp_webhook_secret: env.get("WHATSAPP_WEBHOOK_SECRET").map(Secret::new),
@@ -645,6 +723,7 @@ fn messaging_settings(env: &Vars<'_>) -> Result<MessagingSettings, ConfigError> 
         intent_ttl: Duration::from_secs(intent_seconds),
         telegram_auth_max_age: Duration::from_secs(max_age),
         support_contact: env.get("SUPPORT_CONTACT"),
+        whatsapp_max_message_age: Duration::from_secs(max_message_age),
     })
 }
 
@@ -770,6 +849,57 @@ fn delivery_settings(
         webotp_domain,
         log_channel: !production && !send_otp_via_sms,
     })
+}
+
+/// A `CORS_ORIGINS` entry: `*`, or `scheme://host[:port]` as browsers send it in `Origin`
+/// (no path, no trailing slash, no user info).
+pub fn check_origin(origin: &str) -> Result<(), String> {
+    if origin == "*" {
+        return Ok(());
+    }
+    let bad = |why: &str| {
+        Err(format!(
+            "{origin:?} is not an origin ({why}); expected `*` or scheme://host[:port], \
+             e.g. https://app.example.com"
+        ))
+    };
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return bad("no scheme");
+    };
+    if scheme.is_empty()
+        || !scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        || !scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+    {
+        return bad("bad scheme");
+    }
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        match v6.split_once(']') {
+            Some((addr, tail)) if addr.parse::<std::net::Ipv6Addr>().is_ok() => (addr, tail),
+            _ => return bad("bad IPv6 address"),
+        }
+    } else {
+        match rest.split_once(':') {
+            Some((host, _)) => (host, &rest[host.len()..]),
+            None => (rest, ""),
+        }
+    };
+    let host_ok = rest.starts_with('[')
+        || (!host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')));
+    if !host_ok {
+        return bad("bad host; no path or trailing slash");
+    }
+    if !port.is_empty() {
+        let digits = port.strip_prefix(':').unwrap_or("x");
+        if digits.is_empty() || digits.len() > 5 || digits.parse::<u16>().is_err() {
+            return bad("bad port");
+        }
+    }
+    Ok(())
 }
 
 /// A provider base URL: `http(s)://…` without a trailing slash.
@@ -901,6 +1031,43 @@ fn read_secret_files(
         }
     }
     Ok(found)
+}
+
+/// Hides the passwords of URLs in `text` (`postgres://u:secret@db/x` → `postgres://u:***@db/x`),
+/// for anything that may be printed: start-up errors, driver errors, log lines. A URL's user
+/// info ends at the last `@` before the host's `/`, `?` or `#`.
+pub fn redact_credentials(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        out.push_str(before);
+        let end = after
+            .find(|c: char| {
+                matches!(c, '/' | '?' | '#' | '\'' | '"' | ',' | '>') || c.is_whitespace()
+            })
+            .unwrap_or(after.len());
+        let authority = &after[..end];
+        match authority.rfind('@') {
+            Some(at) => {
+                let userinfo = &authority[..at];
+                match userinfo.split_once(':') {
+                    Some((user, _password)) => {
+                        out.push_str(user);
+                        out.push_str(":***");
+                    }
+                    // `scheme://token@host`: the whole user info may be the secret.
+                    None if !userinfo.is_empty() => out.push_str("***"),
+                    None => {}
+                }
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Accepts SQLAlchemy-style URLs from the seed (`postgresql+asyncpg://`, `sqlite+aiosqlite:///x.db`)
@@ -1037,6 +1204,7 @@ mod tests {
             ("REDIS_URL", "redis://127.0.0.1"),
             ("WHATSAPP_ACCESS_TOKEN", "t"),
             ("WHATSAPP_PHONE_NUMBER_ID", "1"),
+            ("METRICS_PORT", "9090"),
         ])
         .unwrap();
         assert!(!prod.delivery.log_channel);
@@ -1150,6 +1318,7 @@ mod tests {
             ("TWILIO_ACCOUNT_SID", "AC123"),
             ("TWILIO_AUTH_TOKEN", "token"),
             ("TWILIO_PHONE_NUMBER", "+15005550006"),
+            ("METRICS_PORT", "9090"),
         ];
         assert!(settings(&base).is_ok());
         assert!(!settings(&base).unwrap().expose_otp);
@@ -1178,6 +1347,163 @@ mod tests {
             .filter(|(k, _)| *k != "JWT_SECRET_KEY")
             .collect();
         assert_eq!(settings(&no_secret).unwrap_err().var, "JWT_SECRET_KEY");
+    }
+
+    #[test]
+    fn production_refuses_a_weak_pepper_whatever_the_algorithm() {
+        let strong = "0123456789abcdef0123456789abcdef";
+        let dir = std::env::temp_dir().join(format!("otpgate-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("es256.pem");
+        std::fs::write(
+            &key,
+            crate::auth::keys::generate_pem(SigningAlgorithm::Es256).unwrap(),
+        )
+        .unwrap();
+        let key = key.display().to_string();
+        let production = |extra: &[(&'static str, &str)]| {
+            let mut pairs: Vec<(&str, &str)> = vec![
+                ("ENVIRONMENT", "production"),
+                ("REDIS_URL", "redis://127.0.0.1"),
+                ("SEND_OTP_VIA_SMS", "true"),
+                ("TWILIO_ACCOUNT_SID", "AC123"),
+                ("TWILIO_AUTH_TOKEN", "token"),
+                ("TWILIO_PHONE_NUMBER", "+15005550006"),
+                ("METRICS_PORT", "9090"),
+            ];
+            pairs.extend_from_slice(extra);
+            settings(&pairs)
+        };
+        // HS256: a short pepper is refused even with a strong signing secret.
+        assert_eq!(
+            production(&[("JWT_SECRET_KEY", strong), ("OTP_PEPPER", "x")])
+                .unwrap_err()
+                .var,
+            "OTP_PEPPER"
+        );
+        assert!(production(&[("JWT_SECRET_KEY", strong), ("OTP_PEPPER", strong)]).is_ok());
+        // ES256: the same.
+        let es = [
+            ("JWT_ALGORITHM", "ES256"),
+            ("JWT_PRIVATE_KEY_FILE", key.as_str()),
+        ];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut pairs = es.to_vec();
+            pairs.extend_from_slice(extra);
+            production(&pairs)
+        };
+        assert_eq!(with(&[("OTP_PEPPER", "x")]).unwrap_err().var, "OTP_PEPPER");
+        assert_eq!(
+            with(&[("OTP_PEPPER", "x"), ("JWT_SECRET_KEY", strong)])
+                .unwrap_err()
+                .var,
+            "OTP_PEPPER"
+        );
+        assert!(with(&[("OTP_PEPPER", strong)]).is_ok());
+        // No pepper: it is derived from JWT_SECRET_KEY, which must then be strong.
+        assert_eq!(with(&[]).unwrap_err().var, "JWT_SECRET_KEY");
+        assert_eq!(
+            with(&[("JWT_SECRET_KEY", "short")]).unwrap_err().var,
+            "JWT_SECRET_KEY"
+        );
+        assert!(with(&[("JWT_SECRET_KEY", strong)]).is_ok());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn production_refuses_switched_off_limits_and_open_metrics() {
+        let strong = "0123456789abcdef0123456789abcdef";
+        let base = vec![
+            ("ENVIRONMENT", "production"),
+            ("JWT_SECRET_KEY", strong),
+            ("REDIS_URL", "redis://127.0.0.1"),
+            ("SEND_OTP_VIA_SMS", "true"),
+            ("TWILIO_ACCOUNT_SID", "AC123"),
+            ("TWILIO_AUTH_TOKEN", "token"),
+            ("TWILIO_PHONE_NUMBER", "+15005550006"),
+            ("METRICS_PORT", "9090"),
+        ];
+        let ok = settings(&base).unwrap();
+        assert!(!ok.docs_enabled, "docs are off in production by default");
+        for var in [
+            "RATE_LIMIT_PHONE_PER_HOUR",
+            "RATE_LIMIT_IP_PER_HOUR",
+            "RATE_LIMIT_PREFIX_PER_HOUR",
+            "RATE_LIMIT_VERIFY_IP_PER_HOUR",
+            "RATE_LIMIT_INTENT_IP_PER_HOUR",
+            "RATE_LIMIT_INTENT_GLOBAL_PER_MINUTE",
+            "RATE_LIMIT_FRONTDOOR_PER_SECOND",
+        ] {
+            let mut pairs = base.clone();
+            pairs.push((var, "0"));
+            assert_eq!(settings(&pairs).unwrap_err().var, var);
+        }
+        let open: Vec<_> = base
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "METRICS_PORT")
+            .collect();
+        assert_eq!(settings(&open).unwrap_err().var, "METRICS_PORT");
+        let mut with_token = open.clone();
+        with_token.push(("METRICS_TOKEN", "scrape-me"));
+        assert!(settings(&with_token).is_ok());
+        // Development keeps 0 = off, and the docs.
+        let dev = settings(&[("RATE_LIMIT_IP_PER_HOUR", "0")]).unwrap();
+        assert_eq!(dev.quotas.ip_per_hour, 0);
+        assert!(dev.docs_enabled);
+    }
+
+    #[test]
+    fn cors_origins_are_validated_at_load() {
+        for good in [
+            "*",
+            "https://app.example.com",
+            "http://localhost:3000",
+            "https://[::1]:8443",
+            "capacitor://localhost",
+        ] {
+            assert!(
+                settings(&[("CORS_ORIGINS", good)]).is_ok(),
+                "{good} should be accepted"
+            );
+        }
+        for bad in [
+            "app.example.com",
+            "https://app.example.com/",
+            "https://app.example.com/path",
+            "https://",
+            "https://host:99999",
+            "https://ho st",
+            "https://user@host",
+            "https://host:",
+            "ht tp://host",
+        ] {
+            let err = settings(&[("CORS_ORIGINS", bad)]).unwrap_err();
+            assert_eq!(err.var, "CORS_ORIGINS", "{bad}");
+        }
+    }
+
+    #[test]
+    fn credentials_are_redacted() {
+        assert_eq!(
+            redact_credentials(
+                "Connection Error: The connection string 'postgress://u:SuperSecret123@db/x' has no supporting driver"
+            ),
+            "Connection Error: The connection string 'postgress://u:***@db/x' has no supporting driver"
+        );
+        assert_eq!(
+            redact_credentials("redis://:pw@a:6379,redis://user:p%40ss@b:6380/0"),
+            "redis://:***@a:6379,redis://user:***@b:6380/0"
+        );
+        assert_eq!(
+            redact_credentials("rediss://token@cache.example.com"),
+            "rediss://***@cache.example.com"
+        );
+        assert_eq!(
+            redact_credentials("sqlite://otpgate.db?mode=rwc and https://h/p?a=b@c"),
+            "sqlite://otpgate.db?mode=rwc and https://h/p?a=b@c"
+        );
+        assert_eq!(redact_credentials("no urls here"), "no urls here");
     }
 
     #[test]

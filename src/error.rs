@@ -252,7 +252,8 @@ impl poem::error::ResponseError for Error {
 
     fn as_response(&self) -> Response {
         if self.status().is_server_error() {
-            tracing::error!(code = self.code(), error = %self, "request failed");
+            let error = crate::config::redact_credentials(&self.to_string());
+            tracing::error!(code = self.code(), error, "request failed");
         }
         let mut resp = self.problem().into_response();
         match self {
@@ -394,13 +395,17 @@ pub fn problem_response(err: poem::Error) -> Response {
         StatusCode::NOT_FOUND => "not_found",
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
         StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
+        StatusCode::URI_TOO_LONG => "uri_too_long",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
         StatusCode::TOO_MANY_REQUESTS => "rate_limited",
         s if s.is_server_error() => "internal_error",
         _ => "error",
     };
     let detail = if status.is_server_error() {
-        tracing::error!(status = status.as_u16(), error = %err, "request failed");
+        let error = crate::config::redact_credentials(&err.to_string());
+        tracing::error!(status = status.as_u16(), error, "request failed");
         "Internal server error.".to_string()
     } else if status == StatusCode::UNAUTHORIZED {
         "A valid bearer token is required.".to_string()

@@ -16,6 +16,7 @@
 //! - [`delivery`]: how a code reaches the user (one `Sender` trait per channel).
 //! - [`messaging`]: login by WhatsApp/Telegram message: webhooks and the Telegram Login Widget.
 //! - [`error`]: the one error type, rendered as RFC 9457 `application/problem+json`.
+//! - [`listener`]: connection caps, the request-head deadline, hyper's errors as problems.
 //! - [`ratelimit`]: the per-replica front door, cluster-wide quotas, client IPs.
 //! - [`telemetry`]: the tracing subscriber.
 #![forbid(unsafe_code)]
@@ -33,6 +34,7 @@ pub mod config;
 pub mod db;
 pub mod delivery;
 pub mod error;
+pub mod listener;
 pub mod messaging;
 pub mod ratelimit;
 pub mod store;

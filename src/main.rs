@@ -89,6 +89,7 @@ async fn migrate(database_url: &str) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
+            let err = config::redact_credentials(&err.to_string());
             eprintln!("otpgate: migration failed: {err}");
             ExitCode::FAILURE
         }

@@ -185,7 +185,7 @@ impl FromStr for Cidr {
     }
 }
 
-/// The client address as the quotas see it.
+/// The client address as the quotas see it: its [`ip_bucket`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
 
@@ -226,6 +226,10 @@ pub struct QuotaPolicy {
     pub verify_ip_per_hour: u32,
     /// Failed verifications per phone per hour, across codes.
     pub verify_failures_per_phone_per_hour: u32,
+    /// Login intents per client IP per hour.
+    pub intent_ip_per_hour: u32,
+    /// Login intents per minute over all clients.
+    pub intent_global_per_minute: u32,
     /// Sends per day over all numbers (0 = off).
     pub daily_send_cap: u32,
     /// Sends per day per country (ISO 3166 alpha-2 → cap).
@@ -276,6 +280,32 @@ impl QuotaPolicy {
                 format!("country:{}", country.unwrap_or_default()),
                 country_cap,
                 DAY,
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    /// The quotas one login intent is charged against: per client IP and over all clients.
+    pub fn for_intent(&self, ip: Option<IpAddr>) -> Vec<Quota> {
+        if !self.enabled {
+            return Vec::new();
+        }
+        [
+            ip.and_then(|ip| {
+                Self::quota(
+                    "intent-ip",
+                    format!("intent-ip:{ip}"),
+                    self.intent_ip_per_hour,
+                    HOUR,
+                )
+            }),
+            Self::quota(
+                "intent-global",
+                "intent-global".into(),
+                self.intent_global_per_minute,
+                Duration::from_secs(60),
             ),
         ]
         .into_iter()
@@ -391,11 +421,34 @@ impl FrontDoor {
     }
 }
 
-/// Paths the front door leaves alone.
-const WEBHOOKS: [&str; 2] = ["/api/whatsapp/webhook", "/api/telegram/webhook"];
+/// Paths the front door leaves alone: the probes (a kubelet or Prometheus must never be
+/// refused) and the webhooks (Meta and Telegram send from few addresses and are authenticated
+/// by signature; a per-IP limit would only make them retry).
+const UNGATED: [&str; 5] = [
+    "/health",
+    "/ready",
+    "/metrics",
+    "/api/whatsapp/webhook",
+    "/api/telegram/webhook",
+];
 
-/// Middleware: finds the client IP, stores it in the request for the handlers, and applies the
-/// front door (when there is one) to `/api/*` but the webhooks; probes and docs pass freely.
+/// The address the limits count: IPv4 as is, IPv6 cut to its first `v6_prefix` bits (a holder
+/// of a /64 has 2^64 addresses; counting each apart would give it an unlimited budget).
+pub fn ip_bucket(ip: IpAddr, v6_prefix: u8) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(v6_prefix.min(128)))
+                .unwrap_or(0);
+            IpAddr::V6((u128::from(v6) & mask).into())
+        }
+    }
+}
+
+/// Middleware: finds the client IP, stores its bucket ([`ip_bucket`]) in the request for the
+/// quotas, and applies the front door (when there is one) to every path but the probes and the
+/// webhooks.
 pub struct ClientGate {
     /// Trusted proxies.
     pub trusted: Arc<Vec<Cidr>>,
@@ -403,6 +456,8 @@ pub struct ClientGate {
     pub door: Option<Arc<FrontDoor>>,
     /// Where front-door refusals are counted.
     pub metrics: Arc<Metrics>,
+    /// `RATE_LIMIT_IPV6_PREFIX`: bits of an IPv6 address that identify one client.
+    pub v6_prefix: u8,
 }
 
 impl<E: Endpoint> Middleware<E> for ClientGate {
@@ -414,6 +469,7 @@ impl<E: Endpoint> Middleware<E> for ClientGate {
             trusted: self.trusted.clone(),
             door: self.door.clone(),
             metrics: self.metrics.clone(),
+            v6_prefix: self.v6_prefix,
         }
     }
 }
@@ -424,6 +480,7 @@ pub struct ClientGateEndpoint<E> {
     trusted: Arc<Vec<Cidr>>,
     door: Option<Arc<FrontDoor>>,
     metrics: Arc<Metrics>,
+    v6_prefix: u8,
 }
 
 impl<E: Endpoint> Endpoint for ClientGateEndpoint<E> {
@@ -437,11 +494,8 @@ impl<E: Endpoint> Endpoint for ClientGateEndpoint<E> {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
-        let ip = client_ip(peer, &forwarded, &self.trusted);
-        // Webhooks come from the platforms' few addresses and are authenticated by signature:
-        // a per-IP limit would only make WhatsApp and Telegram retry.
-        let path = req.uri().path();
-        let gated = path.starts_with("/api/") && !WEBHOOKS.contains(&path);
+        let ip = client_ip(peer, &forwarded, &self.trusted).map(|ip| ip_bucket(ip, self.v6_prefix));
+        let gated = !UNGATED.contains(&req.uri().path());
         if let (Some(door), Some(ip), true) = (&self.door, ip, gated)
             && let Err(wait) = door.check(ip)
         {
@@ -516,6 +570,26 @@ mod tests {
         );
         // Garbage stops the walk at the last good address.
         assert_eq!(client_ip(Some(lb), &["1.2.3.4, junk"], &trusted), Some(lb));
+    }
+
+    #[test]
+    fn ipv6_clients_are_bucketed_by_prefix() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            ip_bucket(ip("2001:db8:1:2:aaaa::1"), 64),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(
+            ip_bucket(ip("2001:db8:1:2:aaaa::1"), 64),
+            ip_bucket(ip("2001:db8:1:2:ffff:1:2:3"), 64)
+        );
+        assert_ne!(
+            ip_bucket(ip("2001:db8:1:3::1"), 64),
+            ip_bucket(ip("2001:db8:1:2::1"), 64)
+        );
+        assert_eq!(ip_bucket(ip("2001:db8::1"), 128), ip("2001:db8::1"));
+        assert_eq!(ip_bucket(ip("203.0.113.7"), 64), ip("203.0.113.7"));
+        assert_eq!(ip_bucket(ip("::ffff:203.0.113.7"), 64), ip("203.0.113.7"));
     }
 
     #[test]

@@ -58,6 +58,24 @@ fn sane_request_id(value: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// The `method` label: the standard methods by name, anything else as `other` (any token is a
+/// valid HTTP method, so labelling raw methods would let a client mint series without bound).
+pub fn method_label(method: &poem::http::Method) -> &'static str {
+    use poem::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
+}
+
 /// The route label for a path: the path itself for known routes, one value for the rest, so a
 /// scanner's random URLs cannot blow up the label set.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
@@ -95,6 +113,10 @@ pub struct Metrics {
     pub login_intents: IntCounterVec,
     /// `otpgate_webhook_events_total{source,outcome}`.
     pub webhook_events: IntCounterVec,
+    /// `otpgate_connection_events_total{event}`.
+    pub connection_events: IntCounterVec,
+    /// `otpgate_open_connections`.
+    pub open_connections: prometheus::IntGauge,
 }
 
 impl Metrics {
@@ -183,6 +205,20 @@ impl Metrics {
                 "Inbound webhook events by source (whatsapp, telegram) and outcome.",
                 &["source", "outcome"],
             )?,
+            connection_events: counter(
+                "otpgate_connection_events_total",
+                "Connections refused at accept (refused_total_cap, refused_ip_cap) or closed \
+                 because a request head did not arrive in time (header_timeout).",
+                &["event"],
+            )?,
+            open_connections: {
+                let g = prometheus::IntGauge::new(
+                    "otpgate_open_connections",
+                    "HTTP connections open on the main port.",
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
             registry,
         };
         let build_info = IntGaugeVec::new(
@@ -226,6 +262,11 @@ impl Metrics {
     /// Counts a refusal by `policy`.
     pub fn refused(&self, policy: &str) {
         self.rate_limited.with_label_values(&[policy]).inc();
+    }
+
+    /// Counts a connection event.
+    pub fn connection(&self, event: &str) {
+        self.connection_events.with_label_values(&[event]).inc();
     }
 
     /// Counts a session event.
@@ -272,14 +313,14 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
             .and_then(|v| v.to_str().ok())
             .filter(|v| sane_request_id(v))
             .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_string);
-        let method = req.method().as_str().to_string();
+        let method = method_label(req.method());
         let path = req.uri().path();
         let route = if self.routes.contains(path) {
             path.to_string()
         } else {
             UNMATCHED_ROUTE.into()
         };
-        let span = tracing::info_span!("request", request_id = %request_id, method = %method, route = %route);
+        let span = tracing::info_span!("request", request_id = %request_id, method, route = %route);
 
         let result = REQUEST_ID
             .scope(
@@ -303,11 +344,11 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
         let elapsed = started.elapsed();
         self.metrics
             .http_requests
-            .with_label_values(&[&method, &route, &status.to_string()])
+            .with_label_values(&[method, &route, &status.to_string()])
             .inc();
         self.metrics
             .http_duration
-            .with_label_values(&[&method, &route])
+            .with_label_values(&[method, &route])
             .observe(elapsed.as_secs_f64());
         span.in_scope(|| {
             tracing::info!(

@@ -484,7 +484,11 @@ impl Driver {
                 "metadata": { "display_phone_number": "15550001234", "phone_number_id": "1" },
                 "messages": [{
                     "from": phone.trim_start_matches('+'), "id": message_id,
-                    "timestamp": "1760000000", "type": "text",
+                    "timestamp": std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs())
+                        .to_string(),
+                    "type": "text",
                     "text": { "body": format!("Log me in. Code: {code}") }
                 }]
             }}]}]

@@ -202,12 +202,20 @@ impl MessagingApi {
         method = "post",
         tag = "ApiTags::Messaging"
     )]
-    async fn create_intent(&self, body: Json<IntentRequest>) -> Result<IntentCreated, Error> {
+    async fn create_intent(
+        &self,
+        req: &poem::Request,
+        body: Json<IntentRequest>,
+    ) -> Result<IntentCreated, Error> {
         let channel = match body.channel {
             IntentChannelName::Whatsapp => IntentChannel::Whatsapp,
             IntentChannelName::Telegram => IntentChannel::Telegram,
         };
-        let intent = self.auth.create_intent(channel).await?;
+        let client_ip = req
+            .extensions()
+            .get::<crate::ratelimit::ClientIp>()
+            .map(|c| c.0);
+        let intent = self.auth.create_intent(channel, client_ip).await?;
         Ok(IntentCreated::Created(Json(IntentResponse {
             intent_id: intent.intent_id,
             poll_token: intent.poll_token,

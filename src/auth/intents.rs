@@ -130,8 +130,13 @@ impl AuthService {
     }
 
     /// Creates a login intent for `channel`: 422 `channel_unavailable` when the channel's
-    /// webhook and link settings are missing. One store round trip.
-    pub async fn create_intent(&self, channel: IntentChannel) -> Result<NewIntent, Error> {
+    /// webhook and link settings are missing; 429 when the client's or the global intent
+    /// quota refuses (`RATE_LIMIT_INTENT_*`). Two store round trips (quotas, then the intent).
+    pub async fn create_intent(
+        &self,
+        channel: IntentChannel,
+        client_ip: Option<std::net::IpAddr>,
+    ) -> Result<NewIntent, Error> {
         let unavailable = || Error::ChannelUnavailable(channel.as_str().to_string());
         let m = &self.messaging;
         let code = generate_code();
@@ -157,6 +162,12 @@ impl AuthService {
                 format!("https://t.me/{bot}?start={code}")
             }
         };
+        let quotas = self.quotas.for_intent(client_ip);
+        if let Err(refusal) = self.store.charge_quotas(&quotas).await? {
+            self.metrics.refused(refusal.policy);
+            self.metrics.intent(channel.as_str(), "rate_limited");
+            return Err(refusal.into_error());
+        }
         let intent_id = self.intent_id(&code);
         let poll_token = generate_poll_token();
         self.store

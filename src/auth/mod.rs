@@ -137,8 +137,10 @@ impl AuthService {
     }
 
     /// The channels to try for `phone`, in order, and the Telegram chat when Telegram is one of
-    /// them. A requested channel that cannot reach this number is `channel_unavailable`; a
-    /// landline is never sent an SMS.
+    /// them. A requested channel the server does not offer is `channel_unavailable`; a
+    /// landline is never sent an SMS. `channel: telegram` for a number without a linked chat
+    /// is planned like any other (an empty plan: the code is issued, quota spent, nothing
+    /// delivered), so the answer does not tell who uses the bot.
     async fn delivery_plan(
         &self,
         phone: &Phone,
@@ -158,7 +160,7 @@ impl AuthService {
         };
         if telegram_chat.is_none() {
             if requested == Some(Channel::Telegram) {
-                return Err(unavailable());
+                return Ok((Vec::new(), None));
             }
             plan.retain(|c| *c != Channel::Telegram);
         }
@@ -217,6 +219,14 @@ impl AuthService {
             telegram_chat: telegram_chat.as_deref(),
         };
         let mut delivered = None;
+        if plan.is_empty() {
+            // `channel: telegram` for a number without a linked chat: answered as if sent.
+            self.metrics
+                .otp_sent
+                .with_label_values(&[Channel::Telegram.as_str(), "unlinked"])
+                .inc();
+            delivered = Some(Channel::Telegram);
+        }
         for channel in plan {
             let Some(sender) = self.delivery.sender(channel) else {
                 continue;
@@ -341,8 +351,9 @@ impl AuthService {
     }
 
     /// Rotates a refresh token: the presented one is spent. A spent token presented again
-    /// within the grace window rotates again (concurrent mobile refreshes); later, the whole
-    /// session is revoked. One store round trip.
+    /// within the grace window gets the same successor refresh token again (concurrent mobile
+    /// refreshes; one chain per session); later, the whole session is revoked. One store round
+    /// trip.
     pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, Error> {
         let claims = self.tokens.decode(refresh_token, TokenKind::Refresh)?;
         let user_id = Uuid::parse_str(&claims.sub).map_err(|_| Error::InvalidToken)?;
@@ -356,9 +367,10 @@ impl AuthService {
             )
             .await?;
         match outcome {
-            RefreshOutcome::Rotated | RefreshOutcome::Grace => {
+            RefreshOutcome::Rotated { spent_at_ms } | RefreshOutcome::Grace { spent_at_ms } => {
                 self.metrics.session("refreshed");
-                self.tokens.issue_pair(user_id, &claims.sid)
+                self.tokens
+                    .issue_successor(user_id, &claims.sid, &claims.jti, spent_at_ms / 1000)
             }
             RefreshOutcome::Reused => {
                 self.metrics.session("reuse_detected");

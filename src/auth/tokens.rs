@@ -130,6 +130,39 @@ impl TokenService {
         })
     }
 
+    /// The pair that replaces refresh token `previous_jti` of session `sid`, spent at
+    /// `spent_at` (Unix seconds): a fresh access token, and a refresh token whose id and dates
+    /// derive from the spent one. Concurrent refreshes of one token within the grace window
+    /// thus all receive the same successor (one chain per session), and the successor's own
+    /// spent marker sees every later use of it.
+    pub fn issue_successor(
+        &self,
+        user_id: Uuid,
+        sid: &str,
+        previous_jti: &str,
+        spent_at: u64,
+    ) -> Result<TokenPair, Error> {
+        let jti = successor_jti(sid, previous_jti);
+        Ok(TokenPair {
+            access_token: self.sign(
+                user_id,
+                sid,
+                TokenKind::Access,
+                unix_now(),
+                self.access_ttl,
+            )?,
+            refresh_token: self.sign_with_id(
+                user_id,
+                sid,
+                TokenKind::Refresh,
+                spent_at,
+                self.refresh_ttl,
+                jti,
+            )?,
+            expires_in: self.access_ttl.as_secs(),
+        })
+    }
+
     fn sign(
         &self,
         user_id: Uuid,
@@ -138,10 +171,22 @@ impl TokenService {
         now: u64,
         ttl: Duration,
     ) -> Result<String, Error> {
+        self.sign_with_id(user_id, sid, typ, now, ttl, Uuid::new_v4().to_string())
+    }
+
+    fn sign_with_id(
+        &self,
+        user_id: Uuid,
+        sid: &str,
+        typ: TokenKind,
+        now: u64,
+        ttl: Duration,
+        jti: String,
+    ) -> Result<String, Error> {
         let claims = Claims {
             sub: user_id.to_string(),
             sid: sid.to_string(),
-            jti: Uuid::new_v4().to_string(),
+            jti,
             iat: now,
             nbf: now,
             exp: now + ttl.as_secs(),
@@ -171,6 +216,23 @@ impl TokenService {
         }
         Ok(data.claims)
     }
+}
+
+/// The id of the refresh token that succeeds `jti` in session `sid`: a hash of both, so every
+/// replica derives the same one (it is no secret: the token's signature is what counts).
+fn successor_jti(sid: &str, jti: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"otpgate refresh successor\0")
+        .chain_update(sid.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(jti.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 fn unix_now() -> u64 {
@@ -232,6 +294,25 @@ mod tests {
         let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}.");
         assert!(tokens.decode(&none, TokenKind::Access).is_err());
         assert!(tokens.decode("not-a-token", TokenKind::Access).is_err());
+    }
+
+    #[test]
+    fn successors_are_derived_from_the_spent_token() {
+        let tokens = service(&[]);
+        let user = Uuid::now_v7();
+        let a = tokens
+            .issue_successor(user, "s1", "jti-1", 1_700_000_000)
+            .unwrap();
+        let b = tokens
+            .issue_successor(user, "s1", "jti-1", 1_700_000_000)
+            .unwrap();
+        // HS256 signs deterministically: the very same refresh token.
+        assert_eq!(a.refresh_token, b.refresh_token);
+        let other = tokens
+            .issue_successor(user, "s1", "jti-2", 1_700_000_000)
+            .unwrap();
+        assert_ne!(a.refresh_token, other.refresh_token);
+        assert_ne!(successor_jti("s1", "jti-1"), successor_jti("s2", "jti-1"));
     }
 
     #[test]

@@ -46,9 +46,25 @@ struct Message {
     from: String,
     /// The message id (`wamid.…`), unique per message; redeliveries repeat it.
     id: String,
+    /// When the user sent it (Unix seconds, as a string).
+    #[serde(default)]
+    timestamp: Option<String>,
     #[serde(rename = "type", default)]
     kind: String,
     text: Option<Text>,
+}
+
+/// Whether `message` is older than `max_age` by its own timestamp (a missing or unreadable
+/// one counts as old: Meta always sends it, and a replayed body cannot change it).
+fn is_stale(message: &Message, max_age: std::time::Duration, now: u64) -> bool {
+    match message
+        .timestamp
+        .as_deref()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+    {
+        Some(sent) => now.saturating_sub(sent) > max_age.as_secs(),
+        None => true,
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,7 +149,18 @@ impl Messaging {
             for _ in &value.statuses {
                 self.metrics.webhook(SOURCE, "status");
             }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
             for message in &value.messages {
+                if is_stale(message, self.settings.whatsapp_max_message_age, now) {
+                    // A replay of a captured body, or a delivery Meta retried for too long.
+                    self.metrics.webhook(SOURCE, "stale");
+                    tracing::info!(
+                        "WhatsApp message older than WHATSAPP_MAX_MESSAGE_AGE_SECONDS ignored"
+                    );
+                    continue;
+                }
                 let handled = self
                     .once(SOURCE, &message.id, self.whatsapp_message(message))
                     .await;

@@ -44,8 +44,9 @@ struct Inner {
     cooldowns: HashMap<String, Instant>,
     /// Quota key → GCRA theoretical arrival time, in ms since `MemoryStore::epoch`.
     buckets: HashMap<String, u64>,
-    /// `(sid, jti)` → (when it was spent, when the marker expires).
-    spent: HashMap<(String, String), (Instant, Instant)>,
+    /// `(sid, jti)` → (when it was spent, as an instant and in Unix ms; when the marker
+    /// expires).
+    spent: HashMap<(String, String), (Instant, u64, Instant)>,
     revoked: HashMap<String, Instant>,
     intents: HashMap<String, Intent>,
     /// Inbound event keys → when the mark expires.
@@ -62,7 +63,7 @@ impl Inner {
         self.codes.retain(|_, c| c.expires > now);
         self.cooldowns.retain(|_, until| *until > now);
         self.buckets.retain(|_, tat| *tat > now_ms);
-        self.spent.retain(|_, (_, until)| *until > now);
+        self.spent.retain(|_, (_, _, until)| *until > now);
         self.revoked.retain(|_, until| *until > now);
         self.intents.retain(|_, i| i.expires > now);
         self.seen.retain(|_, until| *until > now);
@@ -271,6 +272,18 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn charge_quotas(
+        &self,
+        quotas: &[Quota],
+    ) -> Result<Result<Vec<QuotaState>, Refusal>, StoreError> {
+        let (now, now_ms) = self.now();
+        let mut inner = self.lock();
+        inner.sweep(now, now_ms);
+        Ok(inner
+            .check(quotas, now_ms)
+            .map(|tats| inner.charge(quotas, &tats, now_ms)))
+    }
+
     async fn spend_refresh(
         &self,
         sid: &str,
@@ -286,17 +299,20 @@ impl Store for MemoryStore {
         }
         let key = (sid.to_string(), jti.to_string());
         match inner.spent.get(&key) {
-            Some((spent_at, until)) if *until > now => {
+            Some((spent_at, spent_at_ms, until)) if *until > now => {
                 if now.duration_since(*spent_at) <= grace {
-                    Ok(RefreshOutcome::Grace)
+                    Ok(RefreshOutcome::Grace {
+                        spent_at_ms: *spent_at_ms,
+                    })
                 } else {
                     inner.revoked.insert(sid.to_string(), now + ttl);
                     Ok(RefreshOutcome::Reused)
                 }
             }
             _ => {
-                inner.spent.insert(key, (now, now + ttl));
-                Ok(RefreshOutcome::Rotated)
+                let spent_at_ms = crate::store::unix_ms();
+                inner.spent.insert(key, (now, spent_at_ms, now + ttl));
+                Ok(RefreshOutcome::Rotated { spent_at_ms })
             }
         }
     }

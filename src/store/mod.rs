@@ -70,10 +70,17 @@ pub enum VerifyOutcome {
 /// What happened to a presented refresh token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefreshOutcome {
-    /// First use: the token is now spent.
-    Rotated,
-    /// Spent moments ago (within the grace window): a concurrent refresh, rotate again.
-    Grace,
+    /// First use: the token is now spent, at `spent_at_ms` (Unix milliseconds).
+    Rotated {
+        /// When the token was spent (Unix ms): the successor is dated from it.
+        spent_at_ms: u64,
+    },
+    /// Spent moments ago (within the grace window): a concurrent refresh, which gets the same
+    /// successor as the first one (dated from the same `spent_at_ms`).
+    Grace {
+        /// When the token was first spent (Unix ms).
+        spent_at_ms: u64,
+    },
     /// Spent longer ago: reuse detected, the whole session was revoked just now.
     Reused,
     /// The session was already revoked (logout or earlier reuse).
@@ -150,6 +157,13 @@ pub trait Store: Send + Sync + 'static {
         quotas: &[Quota],
     ) -> Result<(), StoreError>;
 
+    /// Charges one event to every quota of `quotas`, atomically: all are charged (their states,
+    /// in order) or, when one refuses, none.
+    async fn charge_quotas(
+        &self,
+        quotas: &[Quota],
+    ) -> Result<Result<Vec<QuotaState>, Refusal>, StoreError>;
+
     /// Spends refresh token `jti` of session `sid`; reuse after `grace` revokes the session
     /// for `ttl`.
     async fn spend_refresh(
@@ -202,6 +216,13 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
+/// The wall clock in Unix milliseconds.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Milliseconds of a duration for TTL arguments, at least 1 so a key never lives forever.
 pub(crate) fn ttl_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
@@ -232,7 +253,8 @@ impl Metered {
             .observe(started.elapsed().as_secs_f64());
         if let Err(err) = &result {
             self.metrics.store_errors.with_label_values(&[op]).inc();
-            tracing::warn!(op, error = %err, "store operation failed");
+            let error = crate::config::redact_credentials(&err.to_string());
+            tracing::warn!(op, error, "store operation failed");
         }
         result
     }
@@ -283,6 +305,14 @@ impl Store for Metered {
             self.inner.release_code(phone, code_hash, quotas),
         )
         .await
+    }
+
+    async fn charge_quotas(
+        &self,
+        quotas: &[Quota],
+    ) -> Result<Result<Vec<QuotaState>, Refusal>, StoreError> {
+        self.timed("charge_quotas", self.inner.charge_quotas(quotas))
+            .await
     }
 
     async fn spend_refresh(

@@ -33,6 +33,7 @@ pub struct RedisStore {
     verify_code: Script,
     release_code: Script,
     spend_refresh: Script,
+    charge: Script,
     create_intent: Script,
     bind_intent: Script,
     claim_intent: Script,
@@ -82,6 +83,10 @@ impl RedisStore {
                 include_str!("lua/release_code.lua")
             )),
             spend_refresh: Script::new(include_str!("lua/spend_refresh.lua")),
+            charge: Script::new(concat!(
+                include_str!("lua/gcra.lua"),
+                include_str!("lua/charge.lua")
+            )),
             create_intent: Script::new(include_str!("lua/create_intent.lua")),
             bind_intent: Script::new(include_str!("lua/bind_intent.lua")),
             claim_intent: Script::new(concat!(
@@ -222,6 +227,36 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    async fn charge_quotas(
+        &self,
+        quotas: &[Quota],
+    ) -> Result<Result<Vec<QuotaState>, Refusal>, StoreError> {
+        if quotas.is_empty() {
+            return Ok(Ok(Vec::new()));
+        }
+        let mut invocation = self.charge.prepare_invoke();
+        for q in quotas {
+            invocation.key(self.key("rl", &q.key));
+        }
+        for q in quotas {
+            invocation.arg(q.limit).arg(ttl_ms(q.window));
+        }
+        let reply: Vec<i64> = self
+            .run(|mut conn| async move { Ok(invocation.invoke_async(&mut conn).await?) })
+            .await?;
+        match reply.as_slice() {
+            [0, states @ ..] if states.len() == 2 * quotas.len() => Ok(Ok(states
+                .chunks_exact(2)
+                .map(|pair| QuotaState {
+                    remaining: u32::try_from(pair[0]).unwrap_or(0),
+                    reset: millis(pair[1]),
+                })
+                .collect())),
+            [2, index, wait] => Ok(Err(refusal(quotas, *index, *wait)?)),
+            other => Err(StoreError::Protocol(format!("charge returned {other:?}"))),
+        }
+    }
+
     async fn spend_refresh(
         &self,
         sid: &str,
@@ -231,7 +266,7 @@ impl Store for RedisStore {
     ) -> Result<RefreshOutcome, StoreError> {
         let spent_key = self.token_key("refresh-spent", sid, jti);
         let revoked_key = self.key("revoked", sid);
-        let status: i64 = self
+        let reply: Vec<i64> = self
             .run(|mut conn| async move {
                 Ok(self
                     .spend_refresh
@@ -243,13 +278,18 @@ impl Store for RedisStore {
                     .await?)
             })
             .await?;
-        match status {
-            0 => Ok(RefreshOutcome::Rotated),
-            1 => Ok(RefreshOutcome::Grace),
-            2 => Ok(RefreshOutcome::Reused),
-            3 => Ok(RefreshOutcome::Revoked),
+        let at = |ms: i64| u64::try_from(ms).unwrap_or(0);
+        match reply.as_slice() {
+            [0, ms] => Ok(RefreshOutcome::Rotated {
+                spent_at_ms: at(*ms),
+            }),
+            [1, ms] => Ok(RefreshOutcome::Grace {
+                spent_at_ms: at(*ms),
+            }),
+            [2, _] => Ok(RefreshOutcome::Reused),
+            [3, _] => Ok(RefreshOutcome::Revoked),
             other => Err(StoreError::Protocol(format!(
-                "spend_refresh returned {other}"
+                "spend_refresh returned {other:?}"
             ))),
         }
     }

@@ -169,3 +169,43 @@ fn migrate_needs_only_the_database_url() {
         .expect("run");
     assert!(status.success());
 }
+
+#[test]
+fn a_bad_cors_origin_exits_2_naming_the_variable() {
+    let output = otpgate(&temp_dir())
+        .env("PORT", "0")
+        .env("CORS_ORIGINS", "https://ok.example.com, not an origin")
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2), "no panic, exit 2");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("CORS_ORIGINS"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn database_passwords_never_reach_the_output() {
+    for (args, url) in [
+        (vec![], "postgress://u:SuperSecret123@db/x"),
+        (vec!["migrate"], "postgress://u:SuperSecret123@db/x"),
+    ] {
+        let output = otpgate(&temp_dir())
+            .args(&args)
+            .env("PORT", "0")
+            .env("DATABASE_URL", url)
+            .env("LOG_FORMAT", "json")
+            .output()
+            .expect("run");
+        assert!(!output.status.success());
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!all.contains("SuperSecret123"), "{args:?} {url}: {all}");
+        assert!(
+            all.contains("u:***@"),
+            "the URL is still recognisable: {all}"
+        );
+    }
+}

@@ -7,6 +7,7 @@ mod helpers;
 mod cli;
 mod delivery;
 mod flows;
+mod hardening;
 mod http_errors;
 mod limits;
 mod messaging;

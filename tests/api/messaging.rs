@@ -18,6 +18,7 @@ crate::on_both_backends!(
     whatsapp_intent_logs_in_on_the_other_replica,
     duplicate_deliveries_act_once,
     whatsapp_otp_command_sends_a_code_that_verifies,
+    old_whatsapp_messages_are_ignored,
     telegram_start_binds_the_intent_and_asks_for_the_contact,
     own_contact_links_the_phone_and_foreign_contacts_nothing,
     telegram_widget_checks_hash_age_and_replay,
@@ -68,6 +69,18 @@ fn signature(body: &[u8]) -> String {
 
 /// A Cloud API notification with one text message from `from` (digits).
 fn whatsapp_message(from: &str, id: &str, text: &str) -> Value {
+    whatsapp_message_at(from, id, text, unix_now())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// A WhatsApp message notification sent at `sent` (Unix seconds).
+fn whatsapp_message_at(from: &str, id: &str, text: &str, sent: u64) -> Value {
     json!({
         "object": "whatsapp_business_account",
         "entry": [{
@@ -81,7 +94,7 @@ fn whatsapp_message(from: &str, id: &str, text: &str) -> Value {
                     "messages": [{
                         "from": from,
                         "id": id,
-                        "timestamp": "1760000000",
+                        "timestamp": sent.to_string(),
                         "type": "text",
                         "text": { "body": text }
                     }]
@@ -539,6 +552,53 @@ async fn whatsapp_otp_command_sends_a_code_that_verifies(backend: Backend) {
     assert_eq!(verified.status, 200, "{}", verified.body);
 }
 
+async fn old_whatsapp_messages_are_ignored(backend: Backend) {
+    let m = messaging_app(backend, &[("WHATSAPP_MAX_MESSAGE_AGE_SECONDS", "600")]).await;
+    let phone = unique_phone();
+    // A captured body replayed 11 minutes later: authentic, answered 200, but acts on nothing.
+    let old = whatsapp_message_at(&digits(&phone), "wamid.old-1", "OTP", unix_now() - 660);
+    assert_eq!(whatsapp_signed(&m.app, &m.app.a, &old).await.status, 200);
+    let intent = create_intent(&m.app, &m.app.a, "whatsapp").await;
+    let stale_bind = whatsapp_message_at(
+        &digits(&phone),
+        "wamid.old-2",
+        &prefilled_text(field(&intent, "deep_link")),
+        unix_now() - 3600,
+    );
+    assert_eq!(
+        whatsapp_signed(&m.app, &m.app.a, &stale_bind).await.status,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        m.standin.requests("whatsapp").is_empty(),
+        "no reply, no code"
+    );
+    assert_eq!(
+        poll(&m.app, &m.app.b, &intent).await.status,
+        202,
+        "not bound"
+    );
+    let text = m
+        .app
+        .client
+        .get(format!("{}/metrics", m.app.a))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        text.contains("otpgate_webhook_events_total{outcome=\"stale\",source=\"whatsapp\"} 2"),
+        "{text}"
+    );
+    // A fresh message still works.
+    let fresh = whatsapp_message(&digits(&phone), "wamid.new-1", "OTP");
+    assert_eq!(whatsapp_signed(&m.app, &m.app.a, &fresh).await.status, 200);
+    m.standin.wait_for("whatsapp", 1).await;
+}
+
 async fn telegram_start_binds_the_intent_and_asks_for_the_contact(backend: Backend) {
     let m = messaging_app(backend, &[]).await;
     let intent = create_intent(&m.app, &m.app.a, "telegram").await;
@@ -621,16 +681,27 @@ async fn own_contact_links_the_phone_and_foreign_contacts_nothing(backend: Backe
         telegram_update(&m.app, &m.app.b, &foreign).await.status,
         200
     );
+    // A number without a linked chat is answered like one with it (the answer must not tell
+    // who uses the bot): 200, channel telegram, quota spent, nothing sent.
     let no_chat = telegram_login(&m.app, &m.app.a, &stranger).await;
-    no_chat.assert_problem(422, "channel_unavailable");
+    assert_eq!(no_chat.status, 200, "{}", no_chat.body);
+    assert_eq!(no_chat.body["channel"], json!("telegram"));
+    let unsent = field(&no_chat.body, "otp_code").to_string();
     // A contact card without a Telegram user id is not proof either.
     let card = telegram_message(
         user,
         json!({ "contact": { "phone_number": digits(&stranger), "first_name": "Eve" } }),
     );
     telegram_update(&m.app, &m.app.b, &card).await;
-    let no_chat = telegram_login(&m.app, &m.app.a, &stranger).await;
-    no_chat.assert_problem(422, "channel_unavailable");
+    let again = telegram_login(&m.app, &m.app.a, &stranger).await;
+    again.assert_problem(429, "rate_limited");
+    assert!(
+        !m.standin
+            .requests("telegram")
+            .iter()
+            .any(|r| r.body["text"].as_str().is_some_and(|t| t.contains(&unsent))),
+        "no code goes to an unlinked number"
+    );
 
     // The user's own contact links the phone to the same user.
     let phone = unique_phone();
