@@ -6,14 +6,20 @@
 #
 #   loadtest/cluster.sh [--replicas 3] [--scenario login] [--duration 20]
 #                       [--rate R | --concurrency 96] [--users N] [--replay-check]
-#                       [--chaos none|sigterm|redis-restart] [--no-health] [--smoke]
-#                       [--profile release|debug]
+#                       [--chaos none|sigterm|redis-restart|redis-failover] [--no-health]
+#                       [--smoke] [--profile release|debug] [--redis standalone|cluster]
 #
 # --chaos sigterm: a third into the run, one replica gets SIGTERM and is started again 2 s after
 # it exited; the run must have no failed flow. --chaos redis-restart: Redis is shut down (nosave)
 # and started again 2 s later; only 503s may fail, no other 5xx, no code accepted twice, and the
-# rate must be back within 5 s. --smoke: 10 s, debug binaries, 2 replicas, modest load; fails
-# on any failed flow (used by .ci/run). Exit status 1 when a check fails.
+# rate must be back within 5 s. --redis cluster: a 6-node Redis Cluster (3 primaries, 3
+# replicas, cluster-node-timeout 2000) instead of one Redis, the replicas in REDIS_MODE=cluster.
+# --chaos redis-failover (with --redis cluster): a third into the run the primary of slot 0 is
+# killed (SHUTDOWN NOSAVE); only 503s may fail, no code accepted twice, and the rate must be back
+# within 5 s of the cluster reporting cluster_state:ok. The report gives CPU µs per flow of the
+# replicas, Redis, PostgreSQL and nginx (utime+stime from /proc over the measured phase).
+# --smoke: 10 s, debug binaries, 2 replicas, modest load; fails on any failed flow (used by
+# .ci/run). Exit status 1 when a check fails.
 # Environment: PG_OPTS (extra PostgreSQL -c options, e.g. "-c synchronous_commit=off"),
 # REPLICA_THREADS (Tokio worker threads per replica, default 2), DB_CONNECTIONS (per replica,
 # default 8), EXTRA_ENV (more VAR=value settings for the replicas), KEEP=1 (keep the work folder).
@@ -21,7 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 REPLICAS=3 SCENARIO=login DURATION=20 RATE="" CONCURRENCY=96 USERS="" CHAOS=none
-HEALTH=1 PROFILE=release SMOKE=0 REPLAY=""
+HEALTH=1 PROFILE=release SMOKE=0 REPLAY="" REDIS=standalone
 while [ $# -gt 0 ]; do
   case "$1" in
     --replicas) REPLICAS=$2; shift 2 ;;
@@ -34,12 +40,20 @@ while [ $# -gt 0 ]; do
     --chaos) CHAOS=$2; shift 2 ;;
     --no-health) HEALTH=0; shift ;;
     --profile) PROFILE=$2; shift 2 ;;
+    --redis) REDIS=$2; shift 2 ;;
     --smoke) SMOKE=1; PROFILE=debug; DURATION=10; REPLICAS=2; CONCURRENCY=8; HEALTH=0; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
-case "$CHAOS" in none|sigterm|redis-restart) ;; *) echo "--chaos: none, sigterm or redis-restart" >&2; exit 2 ;; esac
+case "$CHAOS" in none|sigterm|redis-restart|redis-failover) ;; *) echo "--chaos: none, sigterm, redis-restart or redis-failover" >&2; exit 2 ;; esac
+case "$REDIS" in standalone|cluster) ;; *) echo "--redis: standalone or cluster" >&2; exit 2 ;; esac
+if [ "$CHAOS" = redis-failover ] && [ "$REDIS" != cluster ]; then
+  echo "--chaos redis-failover needs --redis cluster" >&2; exit 2
+fi
+if [ "$CHAOS" = redis-restart ] && [ "$REDIS" != standalone ]; then
+  echo "--chaos redis-restart needs --redis standalone" >&2; exit 2
+fi
 [ "$CHAOS" != none ] && REPLAY=--replay-check
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -91,6 +105,9 @@ cleanup() {
   [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
   [ -n "${sampler_pid:-}" ] && kill "$sampler_pid" 2>/dev/null || true
   redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
+  for p in "${cluster_ports[@]:-}"; do
+    [ -n "$p" ] && redis-cli -p "$p" shutdown nosave >/dev/null 2>&1 || true
+  done
   [ -f "$work/pg/postmaster.pid" ] && run_pg "$PG_BIN/pg_ctl" -D "$work/pg" -m immediate stop >/dev/null 2>&1 || true
   wait 2>/dev/null || true
   if [ "${KEEP:-0}" = 1 ]; then log "kept $work"; else rm -rf "$work"; fi
@@ -104,8 +121,51 @@ start_redis() {
   for _ in $(seq 1 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && return; sleep 0.1; done
   log "redis did not start"; return 1
 }
-log "starting Redis on :$redis_port and PostgreSQL on :$pg_port"
-start_redis
+cluster_ports=()
+start_redis_cluster() {
+  while [ ${#cluster_ports[@]} -lt 6 ]; do
+    p=$(python3 -c 'import random, socket
+while True:
+    p = random.randint(20000, 29999)
+    try:
+        for q in (p, p + 10000):
+            s = socket.socket(); s.bind(("127.0.0.1", q)); s.close()
+        print(p); break
+    except OSError:
+        pass')
+    case " ${cluster_ports[*]} " in *" $p "*) ;; *) cluster_ports+=("$p") ;; esac
+  done
+  for p in "${cluster_ports[@]}"; do
+    mkdir -p "$work/cluster-$p"
+    redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes --cluster-node-timeout 2000 \
+      --cluster-config-file "$work/cluster-$p/nodes.conf" --save '' --appendonly no \
+      --daemonize yes --pidfile "$work/cluster-$p/redis.pid" --logfile "$work/cluster-$p/redis.log" \
+      --dir "$work/cluster-$p"
+  done
+  for p in "${cluster_ports[@]}"; do
+    for _ in $(seq 1 50); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+  redis-cli --cluster create $(printf '127.0.0.1:%s ' "${cluster_ports[@]}") \
+    --cluster-replicas 1 --cluster-yes >/dev/null
+  for _ in $(seq 1 100); do
+    redis-cli -p "${cluster_ports[0]}" cluster info | grep -q cluster_state:ok && return
+    sleep 0.1
+  done
+  log "the Redis Cluster did not form"; return 1
+}
+# The Redis nodes that serve traffic (for counters and CPU).
+redis_nodes() {
+  if [ "$REDIS" = cluster ]; then printf '%s\n' "${cluster_ports[@]}"; else echo "$redis_port"; fi
+}
+if [ "$REDIS" = cluster ]; then
+  log "starting a Redis Cluster and PostgreSQL on :$pg_port"
+  start_redis_cluster
+  redis_env=(REDIS_MODE=cluster REDIS_URL="$(printf 'redis://127.0.0.1:%s,' "${cluster_ports[@]}" | sed 's/,$//')")
+else
+  log "starting Redis on :$redis_port and PostgreSQL on :$pg_port"
+  start_redis
+  redis_env=(REDIS_URL="redis://127.0.0.1:$redis_port")
+fi
 mkdir -p "$work/pg"
 [ "$pg_user" = postgres ] && chown postgres "$work/pg"
 run_pg "$PG_BIN/initdb" -D "$work/pg" -U postgres -A trust >/dev/null
@@ -120,7 +180,7 @@ DATABASE_URL="$database_url" "$bin" migrate >/dev/null
 webhook_secret=loadtest-webhook-secret
 replica_vars=(
   PATH="$PATH" HOST=127.0.0.1 LOG_LEVEL=warn LOG_FORMAT=json \
-    REDIS_URL="redis://127.0.0.1:$redis_port" DATABASE_URL="$database_url" \
+    "${redis_env[@]}" DATABASE_URL="$database_url" \
     RUN_MIGRATIONS=false DATABASE_MAX_CONNECTIONS="${DB_CONNECTIONS:-8}" REDIS_CONNECTIONS=2 \
     JWT_SECRET_KEY=loadtest-secret-loadtest-secret-loadtest EXPOSE_OTP=true \
     SHUTDOWN_GRACE_SECONDS=5 TRUSTED_PROXIES=127.0.0.1/32 \
@@ -218,7 +278,7 @@ if [ "$HEALTH" = 1 ]; then
 fi
 
 # Counters from zero for the measured phase.
-redis-cli -p "$redis_port" config resetstat >/dev/null
+for p in $(redis_nodes); do redis-cli -p "$p" config resetstat >/dev/null; done
 psql_q "SELECT pg_stat_statements_reset()" >/dev/null
 for i in $(seq 1 "$REPLICAS"); do
   curl -fsS "http://127.0.0.1:${replica_ports[$i]}/metrics" > "$work/metrics-before-$i" || true
@@ -234,6 +294,20 @@ chaos() {
       sleep 2
       log "chaos: replica 1 starting again"
       start_replica 1
+      ;;
+    redis-failover)
+      victim=$(for p in "${cluster_ports[@]}"; do
+        redis-cli -p "$p" cluster nodes | awk -v p=":$p@" 'index($2, p) && $3 ~ /myself,master/ && $9 ~ /^0-/ { print substr($2, 1, index($2, "@") - 1) }'
+      done | head -n 1)
+      victim=${victim##*:}
+      survivor=$(for p in "${cluster_ports[@]}"; do [ "$p" != "$victim" ] && echo "$p"; done | head -n 1)
+      log "chaos: Redis Cluster primary :$victim (slot 0) killed"
+      date +%s.%N > "$work/outage-start"
+      redis-cli -p "$victim" shutdown nosave >/dev/null 2>&1 || true
+      sleep 0.5
+      until redis-cli -p "$survivor" cluster info | grep -q cluster_state:ok; do sleep 0.05; done
+      date +%s.%N > "$work/outage-end"
+      log "chaos: cluster_state:ok again"
       ;;
     redis-restart)
       log "chaos: Redis shut down"
@@ -251,13 +325,43 @@ model=(--concurrency "$CONCURRENCY")
 users=()
 [ -n "$USERS" ] && users=(--users "$USERS")
 log "phase 2: $SCENARIO, ${model[*]}, ${DURATION}s, chaos $CHAOS"
+# CPU of every process of the cluster: utime+stime ticks from /proc, per group.
+cpu_ticks() {
+  local total=0 pid
+  for pid in "$@"; do
+    [ -r "/proc/$pid/stat" ] || continue
+    total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat")))
+  done
+  echo "$total"
+}
+group_pids() {
+  case "$1" in
+    replicas) printf '%s\n' "${replica_pids[@]}" ;;
+    redis) for p in $(redis_nodes); do
+             f="$work/redis.pid"; [ "$REDIS" = cluster ] && f="$work/cluster-$p/redis.pid"
+             [ -f "$f" ] && cat "$f"
+           done ;;
+    postgres) pm=$(head -n 1 "$work/pg/postmaster.pid"); echo "$pm"; pgrep -P "$pm" || true ;;
+    nginx) [ -f "$work/nginx.pid" ] && { cat "$work/nginx.pid"; pgrep -P "$(cat "$work/nginx.pid")" || true; } ;;
+  esac
+}
+cpu_snapshot() {
+  for g in replicas redis postgres nginx; do
+    echo "$g $(cpu_ticks $(group_pids "$g"))"
+  done > "$1"
+}
+
 date +%s.%N > "$work/run-start"
+cpu_snapshot "$work/cpu-before"
 if [ "$CHAOS" != none ]; then chaos & chaos_pid=$!; fi
 "$loadtest" --target "$target_url" --scenario "$SCENARIO" "${model[@]}" "${users[@]}" $REPLAY \
   --duration "$DURATION" --webhook-secret "$webhook_secret" --json "$work/report.json"
 [ -n "${chaos_pid:-}" ] && wait "$chaos_pid"
+cpu_snapshot "$work/cpu-after"
 
-redis-cli -p "$redis_port" info commandstats > "$work/commandstats.txt" || true
+for p in $(redis_nodes); do
+  redis-cli -p "$p" info commandstats 2>/dev/null || true
+done > "$work/commandstats.txt"
 psql_q "SELECT split_part(ltrim(query), ' ', 1), sum(calls) FROM pg_stat_statements
         WHERE query !~* 'pg_stat_statements|^\s*(BEGIN|COMMIT|ROLLBACK|SET|SHOW)' GROUP BY 1" > "$work/sql.txt" || true
 for i in $(seq 1 "$REPLICAS"); do
@@ -265,7 +369,8 @@ for i in $(seq 1 "$REPLICAS"); do
 done
 sleep 0.3
 
-WORK="$work" REPLICAS="$REPLICAS" CHAOS="$CHAOS" SMOKE="$SMOKE" python3 - <<'PY'
+WORK="$work" REPLICAS="$REPLICAS" CHAOS="$CHAOS" SMOKE="$SMOKE" REDIS="$REDIS" \
+  CLK_TCK="$(getconf CLK_TCK)" python3 - <<'PY'
 import json, os, re, sys
 work = os.environ["WORK"]; replicas = int(os.environ["REPLICAS"])
 chaos = os.environ["CHAOS"]; smoke = os.environ["SMOKE"] == "1"
@@ -309,8 +414,8 @@ print(f"Redis round trips per flow: {rt / done:.2f} ({', '.join(f'{k} {v / done:
 cmds = {}
 for line in open(f"{work}/commandstats.txt"):
     m = re.match(r"cmdstat_([a-z|]+):calls=(\d+)", line)
-    if m and m.group(1).split("|")[0] not in ("info", "config", "ping", "command", "client", "hello", "script"):
-        cmds[m.group(1)] = int(m.group(2))
+    if m and m.group(1).split("|")[0] not in ("info", "config", "ping", "command", "client", "hello", "script", "cluster", "readonly"):
+        cmds[m.group(1)] = cmds.get(m.group(1), 0) + int(m.group(2))
 print(f"Redis commands per flow (scripts' inner commands included): {sum(cmds.values()) / done:.2f} "
       f"({', '.join(f'{k} {v / done:.2f}' for k, v in sorted(cmds.items()))})")
 sql = {}
@@ -320,6 +425,17 @@ for line in open(f"{work}/sql.txt"):
         sql[kind.upper()] = sql.get(kind.upper(), 0) + int(n)
 print(f"SQL statements per flow: {sum(sql.values()) / done:.2f} "
       f"({', '.join(f'{k} {v / done:.2f}' for k, v in sorted(sql.items()))})")
+def cpu(path):
+    try:
+        return {g: int(n) for g, n in (line.split() for line in open(path))}
+    except (OSError, ValueError):
+        return {}
+before, after = cpu(f"{work}/cpu-before"), cpu(f"{work}/cpu-after")
+tick_us = 1e6 / int(os.environ["CLK_TCK"])
+print(f"Redis: {os.environ['REDIS']}; CPU µs per flow: " + ", ".join(
+    f"{g} {(after.get(g, 0) - before.get(g, 0)) * tick_us / done:.0f}"
+    for g in ("replicas", "redis", "postgres", "nginx"))
+    + (" — approximate: a process restarted" if chaos != "none" else ""))
 print(f"non-503 5xx: {report['non_503_5xx']}, transport errors: {report['transport_errors']}, "
       f"codes accepted twice: {report['double_accepts']}")
 if report["failures"]:
@@ -328,7 +444,7 @@ problems = []
 if chaos == "sigterm":
     if flows["failed"] or report["transport_errors"] or flows["dropped"]:
         problems.append("SIGTERM of a replica failed requests")
-if chaos == "redis-restart":
+if chaos in ("redis-restart", "redis-failover"):
     if report["non_503_5xx"] or report["double_accepts"]:
         problems.append("a 5xx other than 503, or a code accepted twice")
     start = float(open(f"{work}/run-start").read())
@@ -338,7 +454,7 @@ if chaos == "redis-restart":
     before = [s["completed"] for s in timeline if s["t"] < int(outage) and s["t"] >= 1]
     baseline = sum(before) / len(before) if before else 0
     back = next((s["t"] for s in timeline if s["t"] >= int(end) and s["completed"] >= 0.8 * baseline), None)
-    print(f"Redis down from {outage:.1f} s to {end:.1f} s; {baseline:.0f} flows/s before; "
+    print(f"Redis {'down' if chaos == 'redis-restart' else 'failing over'} from {outage:.1f} s to {end:.1f} s; {baseline:.0f} flows/s before; "
           + (f"back to >= 80% in second {back} ({back - end:.1f} s after Redis returned)" if back is not None else "never back"))
     if back is None or back - end > 5:
         problems.append("the rate did not come back within 5 s")

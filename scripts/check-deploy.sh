@@ -41,6 +41,11 @@ log "helm template (default values, every feature on)"
 "$HELM" template otpgate helm/otpgate --namespace otpgate > "$out/helm-default.yaml"
 "$HELM" template otpgate helm/otpgate --namespace otpgate \
   -f helm/otpgate/ci/full-values.yaml > "$out/helm-full.yaml"
+for mode in cluster sentinel; do
+  "$HELM" lint --strict helm/otpgate -f "helm/otpgate/ci/redis-$mode-values.yaml" >/dev/null
+  "$HELM" template otpgate helm/otpgate --namespace otpgate \
+    -f "helm/otpgate/ci/redis-$mode-values.yaml" > "$out/helm-redis-$mode.yaml"
+done
 
 log "kubectl kustomize k8s/"
 "$KUBECTL" kustomize k8s > "$out/k8s.yaml"
@@ -50,7 +55,8 @@ log "kubernetes-validate --strict against Kubernetes $KUBE_VERSION"
 # Custom resources (ServiceMonitor, PrometheusRule) have no upstream schema: reported as
 # warnings and checked by check_manifests.py and promtool instead.
 "$VALIDATE" -k "$KUBE_VERSION" --strict --quiet \
-  "$out/helm-default.yaml" "$out/helm-full.yaml" "$out/k8s.yaml" "$out/k8s-servicemonitor.yaml"
+  "$out/helm-default.yaml" "$out/helm-full.yaml" "$out/helm-redis-cluster.yaml" \
+  "$out/helm-redis-sentinel.yaml" "$out/k8s.yaml" "$out/k8s-servicemonitor.yaml"
 
 log "deploy promises (non-root, read-only root, probes, one migration Job, no migrating replicas)"
 "$PY" scripts/check_manifests.py --helm "$out/helm-default.yaml"

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Runs the whole test suite against the embedded backends and against a real redis-server and
-# PostgreSQL, which this script installs when missing (apt), starts on loopback in a temporary
-# directory, and stops again. It also provides promtool (apt: prometheus) and the official
-# Prometheus Python client (in a venv) for the /metrics format checks. Extra arguments go to
-# `cargo test`.
+# Runs the whole test suite against the embedded backends, against a real redis-server and
+# PostgreSQL, and against a real 6-node Redis Cluster with PostgreSQL, which this script installs
+# when missing (apt), starts on loopback in a temporary directory, and stops again. The failover
+# and restart tests start their own Redis servers (redis-server, run as a sentinel too, and
+# redis-cli: the redis-server package brings both). It also provides promtool (apt: prometheus)
+# and the official Prometheus Python client (in a venv) for the /metrics format checks. Extra
+# arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,9 +52,9 @@ cleanup() {
   if [ -f "$work/pg/postmaster.pid" ]; then
     run_pg "$PG_BIN/pg_ctl" -D "$work/pg" -m immediate stop >/dev/null 2>&1 || true
   fi
-  if [ -f "$work/redis.pid" ]; then
-    kill "$(cat "$work/redis.pid")" 2>/dev/null || true
-  fi
+  for pidfile in "$work"/redis.pid "$work"/cluster-*/redis.pid; do
+    [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+  done
   rm -rf "$work"
   exit $status
 }
@@ -61,6 +63,42 @@ trap cleanup EXIT INT TERM
 log "starting redis-server on 127.0.0.1:$redis_port"
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
   --daemonize yes --pidfile "$work/redis.pid" --logfile "$work/redis.log" --dir "$work"
+
+# A real 6-node Redis Cluster (3 primaries, 3 replicas) for the cluster variant of the suite.
+cluster_ports=()
+while [ ${#cluster_ports[@]} -lt 6 ]; do
+  p=$(python3 -c 'import random, socket
+while True:
+    p = random.randint(20000, 29999)
+    try:
+        for q in (p, p + 10000):
+            s = socket.socket(); s.bind(("127.0.0.1", q)); s.close()
+        print(p); break
+    except OSError:
+        pass')
+  case " ${cluster_ports[*]} " in *" $p "*) ;; *) cluster_ports+=("$p") ;; esac
+done
+log "starting a Redis Cluster on 127.0.0.1:${cluster_ports[*]}"
+for p in "${cluster_ports[@]}"; do
+  mkdir -p "$work/cluster-$p"
+  redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes \
+    --cluster-config-file "$work/cluster-$p/nodes.conf" --cluster-node-timeout 2000 \
+    --save '' --appendonly no --daemonize yes --pidfile "$work/cluster-$p/redis.pid" \
+    --logfile "$work/cluster-$p/redis.log" --dir "$work/cluster-$p"
+done
+for p in "${cluster_ports[@]}"; do
+  for _ in $(seq 1 50); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
+done
+redis-cli --cluster create $(printf '127.0.0.1:%s ' "${cluster_ports[@]}") \
+  --cluster-replicas 1 --cluster-yes >/dev/null
+for _ in $(seq 1 100); do
+  ok=1
+  for p in "${cluster_ports[@]}"; do
+    redis-cli -p "$p" cluster info 2>/dev/null | grep -q 'cluster_state:ok' || ok=0
+  done
+  [ "$ok" = 1 ] && break
+  sleep 0.1
+done
 
 log "starting PostgreSQL on 127.0.0.1:$pg_port"
 mkdir -p "$work/pg"
@@ -85,6 +123,8 @@ python3 -m venv "$work/venv"
 export METRICS_PARSER_PYTHON="$work/venv/bin/python"
 
 export TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
+TEST_REDIS_CLUSTER_URL=$(printf 'redis://127.0.0.1:%s,' "${cluster_ports[@]}")
+export TEST_REDIS_CLUSTER_URL=${TEST_REDIS_CLUSTER_URL%,}
 export TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
 export OTPGATE_REQUIRE_BACKENDS=1
 

@@ -21,6 +21,7 @@ use crate::error::{Problem, problem_response};
 use crate::listener::{ConnectionPolicy, Connections, GuardedAcceptor, TrackRequests};
 use crate::messaging::Messaging;
 use crate::ratelimit::{ClientGate, FrontDoor};
+use crate::store::redis::RedisOptions;
 use crate::store::{MemoryStore, Metered, RedisStore, Store, StoreError};
 use crate::telemetry::{Metrics, Observe};
 
@@ -81,20 +82,29 @@ impl AppState {
         // it now rather than in the first user's request.
         let _ = crate::auth::phone::Phone::parse("+14155552671", None);
         let backend: Arc<dyn Store> = match &settings.redis_url {
-            Some(url) => Arc::new(RedisStore::new(
-                url,
-                &settings.redis_key_prefix,
-                settings.redis_pool_size,
-                settings.redis_timeout,
-            )?),
+            Some(_) => RedisStore::with_options(&RedisOptions {
+                mode: settings.redis_mode,
+                urls: settings
+                    .redis_nodes
+                    .iter()
+                    .map(|u| u.expose().to_string())
+                    .collect(),
+                sentinel_master: settings.redis_sentinel_master.clone(),
+                prefix: settings.redis_key_prefix.clone(),
+                connections: settings.redis_pool_size,
+                timeout: settings.redis_timeout,
+            })?,
             None => {
                 tracing::warn!("REDIS_URL is unset: using the in-process store (one replica only)");
                 Arc::new(MemoryStore::new())
             }
         };
         let store: Arc<dyn Store> = Arc::new(Metered::new(backend, metrics.clone()));
-        let db =
-            crate::db::connect(&settings.database_url, settings.database_max_connections).await?;
+        let db = crate::db::connect(
+            settings.database_url.expose(),
+            settings.database_max_connections,
+        )
+        .await?;
         if settings.run_migrations {
             crate::db::migrate(&db).await?;
         }
@@ -111,7 +121,7 @@ impl AppState {
             store = if settings.embedded_store() {
                 "memory"
             } else {
-                "redis"
+                settings.redis_mode.name()
             },
             expose_otp = settings.expose_otp,
             "state ready"

@@ -137,6 +137,28 @@ pub enum Environment {
     Production,
 }
 
+/// How otpgate reaches Redis (`REDIS_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisMode {
+    /// One Redis (`REDIS_URL` is one URL).
+    Standalone,
+    /// Redis Cluster (`REDIS_URL` lists seed nodes).
+    Cluster,
+    /// A primary found through Sentinel (`REDIS_URL` lists the sentinels).
+    Sentinel,
+}
+
+impl RedisMode {
+    /// The mode's name, as `REDIS_MODE` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Standalone => "standalone",
+            Self::Cluster => "cluster",
+            Self::Sentinel => "sentinel",
+        }
+    }
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -180,11 +202,18 @@ pub struct Settings {
     /// `ENVIRONMENT`: development or production.
     pub environment: Environment,
     /// `DATABASE_URL`: `postgres://…` or `sqlite://…`.
-    pub database_url: String,
+    pub database_url: Secret,
     /// `DATABASE_MAX_CONNECTIONS`: pool size (SQLite always uses 1).
     pub database_max_connections: u32,
-    /// `REDIS_URL`: shared store; unset means the in-process store.
-    pub redis_url: Option<String>,
+    /// `REDIS_URL`: shared store; unset means the in-process store. One URL in standalone
+    /// mode, a comma-separated list of seed nodes (cluster) or sentinels (sentinel).
+    pub redis_url: Option<Secret>,
+    /// `REDIS_MODE`: standalone, cluster or sentinel.
+    pub redis_mode: RedisMode,
+    /// The URLs of `REDIS_URL`, checked.
+    pub redis_nodes: Vec<Secret>,
+    /// `REDIS_SENTINEL_MASTER`: the primary's name in sentinel mode.
+    pub redis_sentinel_master: Option<String>,
     /// `REDIS_KEY_PREFIX`: prefix of every Redis key, to share one Redis between deployments.
     pub redis_key_prefix: String,
     /// `REDIS_CONNECTIONS`: multiplexed connections per replica (`REDIS_POOL_SIZE` is read too).
@@ -459,6 +488,8 @@ impl Settings {
             check_origin(origin).map_err(|e| invalid("CORS_ORIGINS", e))?;
         }
 
+        let (redis_mode, redis_nodes, redis_sentinel_master) = redis_settings(&env)?;
+
         let send_otp_via_sms = env.bool("SEND_OTP_VIA_SMS", false)?;
         let delivery = delivery_settings(&env, send_otp_via_sms, production)?;
 
@@ -468,10 +499,13 @@ impl Settings {
             environment,
             database_url: env
                 .get("DATABASE_URL")
-                .map(|url| normalize_database_url(&url))
-                .unwrap_or_else(|| DEFAULT_DATABASE_URL.into()),
+                .map(|url| Secret::new(normalize_database_url(&url)))
+                .unwrap_or_else(|| Secret::new(DEFAULT_DATABASE_URL)),
             database_max_connections: env.parse("DATABASE_MAX_CONNECTIONS", 10)?,
-            redis_url: env.get("REDIS_URL"),
+            redis_url: env.get("REDIS_URL").map(Secret::new),
+            redis_mode,
+            redis_nodes,
+            redis_sentinel_master,
             redis_key_prefix: env
                 .get("REDIS_KEY_PREFIX")
                 .unwrap_or_else(|| "otpgate:".into()),
@@ -640,6 +674,88 @@ impl Settings {
     pub fn embedded_store(&self) -> bool {
         self.redis_url.is_none()
     }
+}
+
+/// `REDIS_MODE`, the URLs of `REDIS_URL` and `REDIS_SENTINEL_MASTER`, checked together.
+fn redis_settings(env: &Vars<'_>) -> Result<(RedisMode, Vec<Secret>, Option<String>), ConfigError> {
+    let mode = match env
+        .get("REDIS_MODE")
+        .map(|m| m.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("standalone") => RedisMode::Standalone,
+        Some("cluster") => RedisMode::Cluster,
+        Some("sentinel") => RedisMode::Sentinel,
+        Some(other) => {
+            return Err(invalid(
+                "REDIS_MODE",
+                format!("expected standalone, cluster or sentinel, got {other:?}"),
+            ));
+        }
+    };
+    if let Some(prefix) = env.get("REDIS_KEY_PREFIX")
+        && prefix.contains(['{', '}'])
+    {
+        return Err(invalid(
+            "REDIS_KEY_PREFIX",
+            "must not contain { or }: otpgate places hash tags in its keys itself",
+        ));
+    }
+    let urls = env.list("REDIS_URL");
+    if urls.is_empty() {
+        if mode != RedisMode::Standalone {
+            return Err(invalid(
+                "REDIS_URL",
+                format!("REDIS_MODE={} needs REDIS_URL", mode.name()),
+            ));
+        }
+        return Ok((mode, Vec::new(), None));
+    }
+    if mode == RedisMode::Standalone && urls.len() > 1 {
+        return Err(invalid(
+            "REDIS_URL",
+            "standalone mode takes one URL; for a list of nodes set REDIS_MODE=cluster \
+             (seed nodes) or REDIS_MODE=sentinel (sentinels)",
+        ));
+    }
+    for url in &urls {
+        let shown = redact_credentials(url);
+        let info = redis::IntoConnectionInfo::into_connection_info(url.as_str()).map_err(|_| {
+            invalid(
+                "REDIS_URL",
+                format!("{shown:?} is not a Redis URL (redis://[user:password@]host:port[/db])"),
+            )
+        })?;
+        if !matches!(
+            info.addr(),
+            redis::ConnectionAddr::Tcp(..) | redis::ConnectionAddr::TcpTls { .. }
+        ) && mode != RedisMode::Standalone
+        {
+            return Err(invalid(
+                "REDIS_URL",
+                format!("{shown:?}: cluster and sentinel nodes need host:port addresses"),
+            ));
+        }
+    }
+    let master = env
+        .get("REDIS_SENTINEL_MASTER")
+        .map(|m| m.trim().to_string());
+    match (mode, &master) {
+        (RedisMode::Sentinel, None) => {
+            return Err(invalid(
+                "REDIS_SENTINEL_MASTER",
+                "REDIS_MODE=sentinel needs the primary's name (as in `sentinel monitor NAME …`)",
+            ));
+        }
+        (RedisMode::Standalone | RedisMode::Cluster, Some(_)) => {
+            return Err(invalid(
+                "REDIS_SENTINEL_MASTER",
+                "only used with REDIS_MODE=sentinel",
+            ));
+        }
+        _ => {}
+    }
+    Ok((mode, urls.into_iter().map(Secret::new).collect(), master))
 }
 
 fn required(env: &Vars<'_>, var: &'static str, because: &str) -> Result<String, ConfigError> {
@@ -1147,7 +1263,7 @@ mod tests {
         let s = settings(&[]).unwrap();
         assert_eq!(s.port, 8000);
         assert_eq!(s.host, "0.0.0.0");
-        assert_eq!(s.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(s.database_url.expose(), DEFAULT_DATABASE_URL);
         assert!(s.embedded_store());
         assert!(s.expose_otp);
         assert_eq!(s.otp_length, 6);
@@ -1484,6 +1600,46 @@ mod tests {
     }
 
     #[test]
+    fn redis_modes_are_checked() {
+        let var = |pairs: &[(&str, &str)]| settings(pairs).unwrap_err().var;
+        let s = settings(&[("REDIS_URL", "redis://:pw@127.0.0.1:6379/2")]).unwrap();
+        assert_eq!(s.redis_mode, RedisMode::Standalone);
+        assert_eq!(s.redis_nodes.len(), 1);
+        let nodes = "redis://10.0.0.1:6379, redis://10.0.0.2:6379";
+        assert_eq!(var(&[("REDIS_URL", nodes)]), "REDIS_URL");
+        let c = settings(&[("REDIS_MODE", "cluster"), ("REDIS_URL", nodes)]).unwrap();
+        assert_eq!((c.redis_mode, c.redis_nodes.len()), (RedisMode::Cluster, 2));
+        assert_eq!(
+            var(&[("REDIS_MODE", "sentinel"), ("REDIS_URL", nodes)]),
+            "REDIS_SENTINEL_MASTER"
+        );
+        let s = settings(&[
+            ("REDIS_MODE", "Sentinel"),
+            ("REDIS_URL", nodes),
+            ("REDIS_SENTINEL_MASTER", "mymaster"),
+        ])
+        .unwrap();
+        assert_eq!(s.redis_sentinel_master.as_deref(), Some("mymaster"));
+        assert_eq!(var(&[("REDIS_MODE", "sharded")]), "REDIS_MODE");
+        assert_eq!(var(&[("REDIS_MODE", "cluster")]), "REDIS_URL");
+        let bad = settings(&[
+            ("REDIS_MODE", "cluster"),
+            ("REDIS_URL", "redis://:secretpw@10.0.0.1:6379,http//nope"),
+        ])
+        .unwrap_err();
+        assert_eq!(bad.var, "REDIS_URL");
+        assert!(!bad.message.contains("secretpw"), "{}", bad.message);
+        assert_eq!(
+            var(&[
+                ("REDIS_URL", "redis://127.0.0.1"),
+                ("REDIS_SENTINEL_MASTER", "m")
+            ]),
+            "REDIS_SENTINEL_MASTER"
+        );
+        assert_eq!(var(&[("REDIS_KEY_PREFIX", "app{1}:")]), "REDIS_KEY_PREFIX");
+    }
+
+    #[test]
     fn credentials_are_redacted() {
         assert_eq!(
             redact_credentials(
@@ -1541,7 +1697,12 @@ mod tests {
 
     #[test]
     fn secrets_do_not_debug_print() {
-        let s = settings(&[("JWT_SECRET_KEY", "hunter2-hunter2")]).unwrap();
+        let s = settings(&[
+            ("JWT_SECRET_KEY", "hunter2-hunter2"),
+            ("DATABASE_URL", "postgres://u:dbhunter2@db/x"),
+            ("REDIS_URL", "redis://:redishunter2@cache:6379"),
+        ])
+        .unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
     }
 }

@@ -36,8 +36,21 @@ pub struct Quota {
     pub key: String,
     /// Events allowed per window.
     pub limit: u32,
-    /// The window.
+    /// Its window.
     pub window: Duration,
+    /// The bucket belongs to the phone of the call: a Redis Cluster keeps it in the phone's
+    /// hash slot, so it is charged in the same atomic script as the phone's code.
+    pub with_phone: bool,
+}
+
+/// How the quotas name a phone without the number itself: keyed hashes (made by the OTP
+/// service with the server pepper), so no store key, dump or `MONITOR` shows a number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    /// The phone.
+    pub phone: String,
+    /// Its number block (the number without its last four digits).
+    pub prefix: String,
 }
 
 /// Where a quota stands after an allowed event.
@@ -246,11 +259,27 @@ impl QuotaPolicy {
             key,
             limit,
             window,
+            with_phone: false,
+        })
+    }
+
+    fn phone_quota(
+        policy: &'static str,
+        subjects: &Subjects,
+        limit: u32,
+        window: Duration,
+    ) -> Option<Quota> {
+        (limit > 0).then_some(Quota {
+            policy,
+            key: format!("{policy}:{}", subjects.phone),
+            limit,
+            window,
+            with_phone: true,
         })
     }
 
     /// The quotas one code send is charged against.
-    pub fn for_send(&self, phone: &Phone, ip: Option<IpAddr>) -> Vec<Quota> {
+    pub fn for_send(&self, phone: &Phone, subjects: &Subjects, ip: Option<IpAddr>) -> Vec<Quota> {
         if !self.enabled {
             return Vec::new();
         }
@@ -261,16 +290,11 @@ impl QuotaPolicy {
             .find(|(c, _)| Some(c.as_str()) == country.as_deref())
             .map_or(0, |(_, cap)| *cap);
         [
-            Self::quota(
-                "otp-phone",
-                format!("phone:{}", phone.as_str()),
-                self.phone_per_hour,
-                HOUR,
-            ),
+            Self::phone_quota("otp-phone", subjects, self.phone_per_hour, HOUR),
             ip.and_then(|ip| Self::quota("otp-ip", format!("ip:{ip}"), self.ip_per_hour, HOUR)),
             Self::quota(
                 "otp-prefix",
-                format!("prefix:{}", phone.prefix()),
+                format!("prefix:{}", subjects.prefix),
                 self.prefix_per_hour,
                 HOUR,
             ),
@@ -315,7 +339,7 @@ impl QuotaPolicy {
 
     /// The quotas of one verification: attempts (charged every time) and failures (checked
     /// every time, charged on a wrong code).
-    pub fn for_verify(&self, phone: &Phone, ip: Option<IpAddr>) -> (Vec<Quota>, Vec<Quota>) {
+    pub fn for_verify(&self, subjects: &Subjects, ip: Option<IpAddr>) -> (Vec<Quota>, Vec<Quota>) {
         if !self.enabled {
             return (Vec::new(), Vec::new());
         }
@@ -330,9 +354,9 @@ impl QuotaPolicy {
             })
             .into_iter()
             .collect();
-        let failures = Self::quota(
+        let failures = Self::phone_quota(
             "verify-phone-failures",
-            format!("verify-fail:{}", phone.as_str()),
+            subjects,
             self.verify_failures_per_phone_per_hour,
             HOUR,
         )
@@ -626,12 +650,14 @@ mod tests {
                 key: "p".into(),
                 limit: 5,
                 window: HOUR,
+                with_phone: true,
             },
             Quota {
                 policy: "otp-ip",
                 key: "i".into(),
                 limit: 30,
                 window: HOUR,
+                with_phone: false,
             },
         ];
         let states = vec![

@@ -196,8 +196,9 @@ impl AuthService {
         let phone = self.parse_phone(phone)?;
         self.check_number_policy(&phone)?;
         let (plan, telegram_chat) = self.delivery_plan(&phone, channel).await?;
-        let quotas = self.quotas.for_send(&phone, client_ip);
-        let issued = match self.otp.issue(&phone, &quotas).await {
+        let subjects = self.otp.subjects(&phone);
+        let quotas = self.quotas.for_send(&phone, &subjects, client_ip);
+        let issued = match self.otp.issue(&phone, &subjects, &quotas).await {
             Ok(issued) => issued,
             Err(err) => {
                 if let Error::RateLimited { policy, .. } = &err {
@@ -259,7 +260,7 @@ impl AuthService {
             }
         }
         let Some(channel) = delivered else {
-            self.otp.release(&phone, &issued, &quotas).await?;
+            self.otp.release(&subjects, &issued, &quotas).await?;
             return Err(Error::DeliveryFailed);
         };
         tracing::info!(phone = %phone.masked(), channel = %channel, "code sent");
@@ -291,8 +292,13 @@ impl AuthService {
                 db::find_by_phone(&self.db, phone.as_str()),
             )
             .await?;
-        let (attempts, failures) = self.quotas.for_verify(&phone, client_ip);
-        if let Err(err) = self.otp.verify(&phone, code, &attempts, &failures).await {
+        let subjects = self.otp.subjects(&phone);
+        let (attempts, failures) = self.quotas.for_verify(&subjects, client_ip);
+        if let Err(err) = self
+            .otp
+            .verify(&phone, &subjects, code, &attempts, &failures)
+            .await
+        {
             let outcome = match &err {
                 Error::InvalidOtp { .. } | Error::InvalidRequest(_) => Some("invalid"),
                 Error::OtpExpired => Some("expired"),

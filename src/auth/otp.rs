@@ -10,7 +10,7 @@ use sha2::Sha256;
 use crate::auth::phone::Phone;
 use crate::config::Settings;
 use crate::error::Error;
-use crate::ratelimit::{Quota, QuotaState};
+use crate::ratelimit::{Quota, QuotaState, Subjects};
 use crate::store::{IssueOutcome, Store, VerifyOutcome};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -80,6 +80,18 @@ impl OtpService {
         hex::encode(mac.finalize().into_bytes())
     }
 
+    /// How the store and the quotas name `phone`: keyed hashes, never the number.
+    pub fn subjects(&self, phone: &Phone) -> Subjects {
+        let mut subject = self.keyed_hash("store-phone", phone.as_str());
+        subject.truncate(32);
+        let mut prefix = self.keyed_hash("store-prefix", phone.prefix());
+        prefix.truncate(32);
+        Subjects {
+            phone: subject,
+            prefix,
+        }
+    }
+
     /// HMAC-SHA256(pepper, `domain` ‖ 0x00 ‖ `value`), hex: for other secrets that are looked
     /// up by value (login-intent codes), so the store never holds them in the clear.
     pub fn keyed_hash(&self, domain: &str, value: &str) -> String {
@@ -92,12 +104,17 @@ impl OtpService {
 
     /// Stores a new code for `phone`, replacing any earlier one, unless the resend cooldown
     /// is running or one of `quotas` refuses (then `rate_limited` with the seconds left).
-    pub async fn issue(&self, phone: &Phone, quotas: &[Quota]) -> Result<IssuedCode, Error> {
+    pub async fn issue(
+        &self,
+        phone: &Phone,
+        subjects: &Subjects,
+        quotas: &[Quota],
+    ) -> Result<IssuedCode, Error> {
         let code = self.generate();
         let hash = self.hash(phone, &code);
         match self
             .store
-            .issue_code(phone.as_str(), &hash, self.ttl, self.resend, quotas)
+            .issue_code(&subjects.phone, &hash, self.ttl, self.resend, quotas)
             .await?
         {
             IssueOutcome::Issued(states) => Ok(IssuedCode {
@@ -120,13 +137,13 @@ impl OtpService {
     /// Gives back a code that could not be delivered, with its cooldown and quota charges.
     pub async fn release(
         &self,
-        phone: &Phone,
+        subjects: &Subjects,
         issued: &IssuedCode,
         quotas: &[Quota],
     ) -> Result<(), Error> {
         Ok(self
             .store
-            .release_code(phone.as_str(), &issued.hash, quotas)
+            .release_code(&subjects.phone, &issued.hash, quotas)
             .await?)
     }
 
@@ -135,6 +152,7 @@ impl OtpService {
     pub async fn verify(
         &self,
         phone: &Phone,
+        subjects: &Subjects,
         code: &str,
         attempts: &[Quota],
         failures: &[Quota],
@@ -149,7 +167,13 @@ impl OtpService {
         let hash = self.hash(phone, code);
         match self
             .store
-            .verify_code(phone.as_str(), &hash, self.max_attempts, attempts, failures)
+            .verify_code(
+                &subjects.phone,
+                &hash,
+                self.max_attempts,
+                attempts,
+                failures,
+            )
             .await?
         {
             VerifyOutcome::Verified => Ok(()),

@@ -1,31 +1,219 @@
-//! The Redis store shared by every replica.
+//! The Redis store shared by every replica, on a standalone Redis, a Redis Cluster, or a primary
+//! found through Sentinel (`REDIS_MODE`).
 //!
-//! Each operation is one round trip: `EVALSHA` of a script from `lua/` (loading it once after a
-//! Redis restart), or one plain command. Every call is bounded by the configured timeout, so a
-//! dead Redis yields a 503 instead of a hung request. One script touches a code, its cooldown
-//! and the quota buckets of the request together, so the store needs a standalone Redis (or a
-//! primary with replicas), not Redis Cluster.
+//! # Keys
 //!
-//! Connections are redis-rs `ConnectionManager`s: multiplexed (many requests in flight on one
-//! socket) and reconnecting by themselves. A checkout pool (deadpool-redis) would add nothing but
-//! a `PING` round trip on every checkout, doubling the round trips of each operation.
+//! Every key starts with `REDIS_KEY_PREFIX`. No key carries a phone number: a phone is named by a
+//! keyed hash of it (the OTP service's `subjects`), so a dump or `MONITOR` lists no user's number.
+//! Keys that one script must touch together share a hash tag, so they live in one Cluster slot:
+//!
+//! | key | what |
+//! |---|---|
+//! | `{p:<phone hash>}:otp`, `{p:…}:cd`, `{p:…}:rl:<policy>` | a phone's code, resend cooldown and per-phone quota buckets |
+//! | `rl:<quota key>` | every other quota bucket (IP, number block, country, global, intents): one slot each |
+//! | `{s:<session id>}:revoked`, `{s:…}:spent:<token id>` | a session's revocation and its spent refresh tokens |
+//! | `intent:<id>`, `seen:<event id>` | login intents, inbound webhook events already handled |
+//!
+//! # Atomicity per operation
+//!
+//! On a standalone Redis (and on a Sentinel primary) every operation is still **one** round trip
+//! and one script over all its keys, exactly as before. On a Cluster a script can only touch one
+//! slot, so:
+//!
+//! - **issue_code**: the quotas outside the phone's slot are charged first, concurrently, one
+//!   script each; then one script in the phone's slot checks the cooldown and the per-phone
+//!   quotas and stores the code. When anything refuses, what was charged is refunded. Given up:
+//!   the all-or-nothing of one script. Two concurrent sends may both be refused where one would
+//!   have passed (each sees the other's charge before its refund): a refusal too many, never a
+//!   send too many. If a refund itself fails, a bucket keeps at most one extra unit until its
+//!   window passes.
+//! - **verify_code**: the per-IP attempt quota is charged first; the code, its attempt counter
+//!   and the per-phone failure quota are one script in the phone's slot, so **a right code is
+//!   still accepted at most once**. When the failure quota refuses, the attempt is refunded.
+//!   Given up: between the charge and its refund another verify from the same IP may see one
+//!   unit less (a refusal too many, never an attempt too many).
+//! - **release_code**: the phone's slot (code, cooldown, per-phone units) in one script, the other
+//!   refunds one call each.
+//! - **charge_quotas** (intents): one call per bucket, refunded when another refuses.
+//! - **spend_refresh**, **revoke_session**, **is_session_revoked**: one slot per session, so reuse
+//!   detection and revocation keep their atomicity in every mode: a spent refresh token still
+//!   revokes its family, and a logout holds on every replica.
+//! - Intents and seen marks have one key each: unchanged.
+//!
+//! # Upgrading from the earlier key names
+//!
+//! Codes, cooldowns and buckets under the old names (which held the number) simply expire
+//! (within an hour). Revocations and spent-token marks must not be lost: outside Cluster mode the
+//! scripts also read the old `revoked:<sid>` and `refresh-spent:<sid>:<jti>` keys, and a logout
+//! writes both names, so replicas of the old and new version agree during a rolling upgrade.
+//!
+//! # Connections and recovery
+//!
+//! - **standalone**: `REDIS_CONNECTIONS` redis-rs `ConnectionManager`s (multiplexed, reconnecting)
+//!   over RESP3, whose disconnect notice makes a manager reconnect as soon as Redis goes away,
+//!   not when the next request finds the socket dead.
+//! - **cluster**: one async `ClusterConnection` (multiplexed per node) with redis-rs retries off,
+//!   so it never re-sends a script after an I/O error.
+//! - **sentinel**: one multiplexed connection to the primary the sentinels name.
+//!
+//! Every call is bounded by `REDIS_TIMEOUT_MS`. A call is tried again (within that bound) only
+//! when the failure proves the command did not run: the connection was refused, or Redis
+//! answered MOVED, ASK, TRYAGAIN, CLUSTERDOWN, MASTERDOWN, LOADING or READONLY. A script that
+//! may have run is never sent twice. In cluster and sentinel mode a connection-level failure
+//! rebuilds the connection from the seeds or sentinels (at most one rebuild at a time), which is
+//! how a replica follows a failover. A health task pings every connection each second, so a
+//! connection broken by a Redis restart is replaced before a request needs it, and `/ready`
+//! checks every connection.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
-use redis::Script;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
 
 use super::{
     BindOutcome, ClaimOutcome, IssueOutcome, RefreshOutcome, Store, StoreError, VerifyOutcome,
     ttl_ms,
 };
+use crate::config::{RedisMode, redact_credentials};
 use crate::ratelimit::{Quota, QuotaState, Refusal};
 
-/// Redis-backed store: codes, cooldowns, spent refresh tokens and revocations.
+/// How to reach Redis.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// Standalone, cluster or sentinel.
+    pub mode: RedisMode,
+    /// One URL (standalone), the seed nodes (cluster) or the sentinels (sentinel).
+    pub urls: Vec<String>,
+    /// The primary's name (sentinel).
+    pub sentinel_master: Option<String>,
+    /// Prefix of every key.
+    pub prefix: String,
+    /// Multiplexed connections (standalone).
+    pub connections: usize,
+    /// Bound on one operation.
+    pub timeout: Duration,
+}
+
+/// One connection of any mode; all of them multiplex many requests.
+#[derive(Clone)]
+enum Conn {
+    Manager(ConnectionManager),
+    Cluster(ClusterConnection),
+    Multiplexed(MultiplexedConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Manager(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Multiplexed(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Manager(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Multiplexed(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Manager(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+            Conn::Multiplexed(c) => c.get_db(),
+        }
+    }
+}
+
+/// Builds a fresh connection in cluster or sentinel mode.
+enum Factory {
+    Cluster(ClusterClient),
+    Sentinel {
+        sentinels: Vec<redis::ConnectionInfo>,
+        master: String,
+        node: redis::sentinel::SentinelNodeConnectionInfo,
+        config: redis::AsyncConnectionConfig,
+    },
+}
+
+impl Factory {
+    async fn build(&self) -> Result<Conn, RedisError> {
+        match self {
+            Factory::Cluster(client) => Ok(Conn::Cluster(client.get_async_connection().await?)),
+            Factory::Sentinel {
+                sentinels,
+                master,
+                node,
+                config,
+            } => {
+                let mut sentinel = redis::sentinel::Sentinel::build(sentinels.clone())?;
+                let client = sentinel.async_master_for(master, Some(node)).await?;
+                Ok(Conn::Multiplexed(
+                    client
+                        .get_multiplexed_async_connection_with_config(config)
+                        .await?,
+                ))
+            }
+        }
+    }
+}
+
+/// A connection that is replaced when it fails (cluster and sentinel modes).
+struct Rebuilt {
+    factory: Factory,
+    /// The current connection and its generation.
+    current: RwLock<(u64, Option<Conn>)>,
+    /// One rebuild at a time.
+    rebuilding: tokio::sync::Mutex<()>,
+}
+
+impl Rebuilt {
+    fn get(&self) -> (u64, Option<Conn>) {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        (current.0, current.1.clone())
+    }
+
+    /// A connection newer than generation `failed`: the one another caller already built, or a
+    /// new one.
+    async fn refresh(&self, failed: u64) -> Result<(u64, Conn), RedisError> {
+        let _one_at_a_time = self.rebuilding.lock().await;
+        if let (generation, Some(conn)) = self.get()
+            && generation != failed
+        {
+            return Ok((generation, conn));
+        }
+        let conn = self.factory.build().await?;
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        current.0 += 1;
+        current.1 = Some(conn.clone());
+        Ok((current.0, conn))
+    }
+}
+
+enum Link {
+    Standalone(Vec<ConnectionManager>),
+    Rebuilt(Arc<Rebuilt>),
+}
+
+/// Redis-backed store: codes, cooldowns, quotas, spent refresh tokens, revocations, intents.
 pub struct RedisStore {
-    connections: Vec<ConnectionManager>,
+    link: Link,
+    mode: RedisMode,
     next: AtomicUsize,
     prefix: String,
     timeout: Duration,
@@ -34,40 +222,148 @@ pub struct RedisStore {
     release_code: Script,
     spend_refresh: Script,
     charge: Script,
+    refund: Script,
     create_intent: Script,
     bind_intent: Script,
     claim_intent: Script,
     unclaim_intent: Script,
 }
 
+/// Whether `err` proves the command never ran, so sending it again cannot do anything twice.
+fn not_executed(err: &RedisError) -> bool {
+    err.is_connection_refusal()
+        || matches!(err.kind(), redis::ErrorKind::ClusterConnectionNotFound)
+        || matches!(
+            err.code(),
+            Some(
+                "MOVED"
+                    | "ASK"
+                    | "TRYAGAIN"
+                    | "CLUSTERDOWN"
+                    | "MASTERDOWN"
+                    | "LOADING"
+                    | "READONLY"
+            )
+        )
+}
+
+/// Whether `err` says the connection (or the topology behind it) is no longer good.
+fn connection_failed(err: &RedisError) -> bool {
+    not_executed(err) || err.is_io_error() || err.is_timeout() || err.is_connection_dropped()
+}
+
+/// Waits before the retries of a call that did not run.
+const RETRY_WAITS: [Duration; 3] = [
+    Duration::from_millis(20),
+    Duration::from_millis(80),
+    Duration::from_millis(250),
+];
+
 impl RedisStore {
-    /// A store for `url` over `connections` multiplexed connections; `prefix` starts every key.
-    /// Connections are made on first use, so this succeeds while Redis is down (requests then
-    /// get 503 until it is back). Must be called inside a Tokio runtime.
+    /// A standalone store for `url` over `connections` multiplexed connections; `prefix`
+    /// starts every key.
     pub fn new(
         url: &str,
         prefix: &str,
         connections: usize,
         timeout: Duration,
-    ) -> Result<Self, StoreError> {
+    ) -> Result<Arc<Self>, StoreError> {
+        Self::with_options(&RedisOptions {
+            mode: RedisMode::Standalone,
+            urls: vec![url.to_string()],
+            sentinel_master: None,
+            prefix: prefix.to_string(),
+            connections,
+            timeout,
+        })
+    }
+
+    /// A store in any mode. Connections are made on first use (and by the health task), so
+    /// this succeeds while Redis is down: requests get 503 and `/ready` says so until it is
+    /// back. Must be called inside a Tokio runtime.
+    pub fn with_options(options: &RedisOptions) -> Result<Arc<Self>, StoreError> {
         // TCP_NODELAY: requests are small and multiplexed; Nagle would hold one back until the
         // previous one is acknowledged.
-        let info = redis::IntoConnectionInfo::into_connection_info(url)?
-            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client = redis::Client::open(info)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1))
-            .set_number_of_retries(3);
-        let connections = (0..connections.max(1))
-            .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), config.clone()))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
-            connections,
+        let tcp = || redis::io::tcp::TcpSettings::default().set_nodelay(true);
+        let infos = options
+            .urls
+            .iter()
+            .map(|url| {
+                Ok(
+                    redis::IntoConnectionInfo::into_connection_info(url.as_str())?
+                        .set_tcp_settings(tcp()),
+                )
+            })
+            .collect::<Result<Vec<_>, RedisError>>()?;
+        let Some(first) = infos.first().cloned() else {
+            return Err(StoreError::Protocol("no Redis URL".into()));
+        };
+        let timeout = options.timeout;
+        let link = match options.mode {
+            RedisMode::Standalone => {
+                // RESP3: the server's disconnect is noticed at once, and the manager reconnects
+                // before the next request instead of failing it.
+                let redis_info = first
+                    .redis_settings()
+                    .clone()
+                    .set_protocol(redis::ProtocolVersion::RESP3);
+                let client = redis::Client::open(first.set_redis_settings(redis_info))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_min_delay(Duration::from_millis(50))
+                    .set_max_delay(Duration::from_secs(1))
+                    .set_number_of_retries(3);
+                Link::Standalone(
+                    (0..options.connections.max(1))
+                        .map(|_| {
+                            ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                )
+            }
+            RedisMode::Cluster => {
+                let client = ClusterClient::builder(infos)
+                    .retries(0)
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .tcp_settings(tcp())
+                    .build()?;
+                Link::Rebuilt(Arc::new(Rebuilt {
+                    factory: Factory::Cluster(client),
+                    current: RwLock::new((0, None)),
+                    rebuilding: tokio::sync::Mutex::new(()),
+                }))
+            }
+            RedisMode::Sentinel => {
+                let master = options
+                    .sentinel_master
+                    .clone()
+                    .ok_or_else(|| StoreError::Protocol("sentinel mode needs a master".into()))?;
+                // The credentials and database of the URLs are the primary's too.
+                let node = redis::sentinel::SentinelNodeConnectionInfo::default()
+                    .set_redis_connection_info(first.redis_settings().clone())
+                    .set_tcp_settings(tcp());
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout));
+                Link::Rebuilt(Arc::new(Rebuilt {
+                    factory: Factory::Sentinel {
+                        sentinels: infos,
+                        master,
+                        node,
+                        config,
+                    },
+                    current: RwLock::new((0, None)),
+                    rebuilding: tokio::sync::Mutex::new(()),
+                }))
+            }
+        };
+        let store = Arc::new(Self {
+            link,
+            mode: options.mode,
             next: AtomicUsize::new(0),
-            prefix: prefix.to_string(),
+            prefix: options.prefix.clone(),
             timeout,
             issue_code: Script::new(concat!(
                 include_str!("lua/gcra.lua"),
@@ -87,6 +383,10 @@ impl RedisStore {
                 include_str!("lua/gcra.lua"),
                 include_str!("lua/charge.lua")
             )),
+            refund: Script::new(concat!(
+                include_str!("lua/gcra.lua"),
+                include_str!("lua/refund.lua")
+            )),
             create_intent: Script::new(include_str!("lua/create_intent.lua")),
             bind_intent: Script::new(include_str!("lua/bind_intent.lua")),
             claim_intent: Script::new(concat!(
@@ -94,38 +394,298 @@ impl RedisStore {
                 include_str!("lua/claim_intent.lua")
             )),
             unclaim_intent: Script::new(include_str!("lua/unclaim_intent.lua")),
-        })
+        });
+        store.spawn_health_task(options.urls.clone());
+        Ok(store)
+    }
+
+    /// Every second, pings every connection: a broken one is replaced (or reconnected) before a
+    /// request needs it. The first failure is logged with the nodes tried; recovery too.
+    fn spawn_health_task(self: &Arc<Self>, urls: Vec<String>) {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        let nodes = redact_credentials(&urls.join(","));
+        tokio::spawn(async move {
+            let mut healthy = true;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(store) = weak.upgrade() else { break };
+                let result = store.ping_all().await;
+                drop(store);
+                match (healthy, result) {
+                    (true, Err(err)) => {
+                        tracing::warn!(
+                            nodes,
+                            error = %redact_credentials(&err.to_string()),
+                            "Redis does not answer; requests get 503 until it does"
+                        );
+                        healthy = false;
+                    }
+                    (false, Ok(())) => {
+                        tracing::info!(nodes, "Redis answers again");
+                        healthy = true;
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+
+    /// Pings every connection this replica holds (each standalone manager, or the cluster /
+    /// sentinel connection with the cluster's own state).
+    async fn ping_all(&self) -> Result<(), StoreError> {
+        match &self.link {
+            Link::Standalone(managers) => {
+                let pings = managers.iter().map(|m| {
+                    let mut conn = Conn::Manager(m.clone());
+                    async move {
+                        match tokio::time::timeout(self.timeout, ping_once(&mut conn)).await {
+                            Ok(result) => result,
+                            Err(_) => Err(StoreError::Timeout),
+                        }
+                    }
+                });
+                for result in futures_util::future::join_all(pings).await {
+                    result?;
+                }
+                Ok(())
+            }
+            Link::Rebuilt(_) => {
+                let cluster = self.mode == RedisMode::Cluster;
+                self.run(move |mut conn| async move {
+                    ping_once(&mut conn).await?;
+                    if cluster {
+                        let info: String = redis::cmd("CLUSTER")
+                            .arg("INFO")
+                            .query_async(&mut conn)
+                            .await?;
+                        if !info.contains("cluster_state:ok") {
+                            return Err(StoreError::Protocol(
+                                "the cluster reports cluster_state:fail".into(),
+                            ));
+                        }
+                    }
+                    Ok(())
+                })
+                .await
+            }
+        }
+    }
+
+    /// Whether one script may span unrelated keys (one node holds them all).
+    fn single_node(&self) -> bool {
+        self.mode != RedisMode::Cluster
     }
 
     fn key(&self, kind: &str, id: &str) -> String {
         format!("{}{kind}:{id}", self.prefix)
     }
 
-    fn token_key(&self, kind: &str, sid: &str, jti: &str) -> String {
-        format!("{}{kind}:{sid}:{jti}", self.prefix)
+    /// A key of phone `subject`'s slot.
+    fn phone_key(&self, subject: &str, what: &str) -> String {
+        format!("{}{{p:{subject}}}:{what}", self.prefix)
+    }
+
+    /// A key of session `sid`'s slot.
+    fn session_key(&self, sid: &str, what: &str) -> String {
+        format!("{}{{s:{sid}}}:{what}", self.prefix)
+    }
+
+    /// The bucket of quota `q` for phone `subject`.
+    fn bucket(&self, subject: &str, q: &Quota) -> String {
+        if q.with_phone {
+            self.phone_key(subject, &format!("rl:{}", q.key))
+        } else {
+            self.key("rl", &q.key)
+        }
     }
 
     /// Adds the bucket keys and (limit, window) arguments of `quotas` to an invocation.
-    fn add_quotas(&self, invocation: &mut redis::ScriptInvocation<'_>, quotas: &[Quota]) {
+    fn add_quotas(
+        &self,
+        invocation: &mut redis::ScriptInvocation<'_>,
+        subject: &str,
+        quotas: &[Quota],
+    ) {
         for q in quotas {
-            invocation.key(self.key("rl", &q.key));
+            invocation.key(self.bucket(subject, q));
         }
         for q in quotas {
             invocation.arg(q.limit).arg(ttl_ms(q.window));
         }
     }
 
-    /// Runs `op` on the next connection (round robin) within the timeout.
+    /// The connection for the next call, and the generation it belongs to.
+    async fn connection(&self) -> Result<(u64, Conn), RedisError> {
+        match &self.link {
+            Link::Standalone(managers) => {
+                let i = self.next.fetch_add(1, Ordering::Relaxed) % managers.len();
+                Ok((0, Conn::Manager(managers[i].clone())))
+            }
+            Link::Rebuilt(rebuilt) => match rebuilt.get() {
+                (generation, Some(conn)) => Ok((generation, conn)),
+                (generation, None) => rebuilt.refresh(generation).await,
+            },
+        }
+    }
+
+    /// After a connection-level failure in cluster or sentinel mode: rebuild in the background
+    /// (the failed call is not waited for).
+    fn rebuild_soon(&self, failed: u64) {
+        if let Link::Rebuilt(rebuilt) = &self.link {
+            let rebuilt = rebuilt.clone();
+            tokio::spawn(async move {
+                if let Err(err) = rebuilt.refresh(failed).await {
+                    tracing::debug!(
+                        error = %redact_credentials(&err.to_string()),
+                        "Redis reconnect failed"
+                    );
+                }
+            });
+        }
+    }
+
+    /// Runs `op` within the timeout; tries it again only while its failure proves it did not
+    /// run (see the module docs).
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
-        match tokio::time::timeout(self.timeout, op(self.connections[i].clone())).await {
+        let attempt = async {
+            let mut waits = RETRY_WAITS.iter();
+            loop {
+                let (generation, conn) = match self.connection().await {
+                    Ok(c) => c,
+                    Err(err) => match waits.next() {
+                        // No connection could be made: nothing was sent.
+                        Some(wait) if connection_failed(&err) => {
+                            tokio::time::sleep(*wait).await;
+                            continue;
+                        }
+                        _ => return Err(StoreError::Redis(err)),
+                    },
+                };
+                match op(conn).await {
+                    Err(StoreError::Redis(err)) if connection_failed(&err) => {
+                        self.rebuild_soon(generation);
+                        match waits.next() {
+                            Some(wait) if not_executed(&err) => {
+                                tokio::time::sleep(*wait).await;
+                            }
+                            _ => return Err(StoreError::Redis(err)),
+                        }
+                    }
+                    other => return other,
+                }
+            }
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
             Ok(result) => result,
             Err(_) => Err(StoreError::Timeout),
         }
+    }
+
+    /// Runs `invocation` and reads its integer array.
+    async fn invoke(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<Vec<i64>, StoreError> {
+        self.invoke_as(invocation).await
+    }
+
+    /// Runs `invocation` and reads its reply as `T`.
+    async fn invoke_as<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        self.run(|mut conn| async move { Ok(invocation.invoke_async(&mut conn).await?) })
+            .await
+    }
+
+    /// Charges `quotas` (none of them in a phone's slot) one call each, concurrently; when one
+    /// refuses, refunds the others. Cluster mode only.
+    async fn charge_apart(
+        &self,
+        subject: &str,
+        quotas: &[Quota],
+    ) -> Result<Result<Vec<QuotaState>, Refusal>, StoreError> {
+        let calls = quotas.iter().map(|q| async move {
+            let mut invocation = self.charge.prepare_invoke();
+            self.add_quotas(&mut invocation, subject, std::slice::from_ref(q));
+            self.invoke(&invocation).await
+        });
+        let replies = futures_util::future::join_all(calls).await;
+        let mut states = Vec::with_capacity(quotas.len());
+        let mut refused = None;
+        let mut charged = Vec::new();
+        let mut failure = None;
+        for (q, reply) in quotas.iter().zip(replies) {
+            match reply {
+                Ok(reply) => match reply.as_slice() {
+                    [0, remaining, reset] => {
+                        charged.push(q.clone());
+                        states.push(QuotaState {
+                            remaining: u32::try_from(*remaining).unwrap_or(0),
+                            reset: millis(*reset),
+                        });
+                    }
+                    [2, _, wait] => {
+                        let refusal = Refusal {
+                            policy: q.policy,
+                            limit: q.limit,
+                            window: q.window,
+                            retry_after: millis(*wait),
+                        };
+                        // The longest wait is the one to report.
+                        if refused
+                            .as_ref()
+                            .is_none_or(|r: &Refusal| r.retry_after < refusal.retry_after)
+                        {
+                            refused = Some(refusal);
+                        }
+                    }
+                    other => {
+                        failure = Some(StoreError::Protocol(format!("charge returned {other:?}")));
+                    }
+                },
+                Err(err) => failure = Some(err),
+            }
+        }
+        if let Some(err) = failure {
+            self.refund_apart(subject, &charged).await;
+            return Err(err);
+        }
+        if let Some(refusal) = refused {
+            self.refund_apart(subject, &charged).await;
+            return Ok(Err(refusal));
+        }
+        Ok(Ok(states))
+    }
+
+    /// Gives back one unit of each of `quotas`, one call each; failures are logged (a bucket then
+    /// keeps one unit too many until its window passes).
+    async fn refund_apart(&self, subject: &str, quotas: &[Quota]) {
+        let calls = quotas.iter().map(|q| async move {
+            let mut invocation = self.refund.prepare_invoke();
+            self.add_quotas(&mut invocation, subject, std::slice::from_ref(q));
+            (q.policy, self.invoke(&invocation).await)
+        });
+        for (policy, result) in futures_util::future::join_all(calls).await {
+            if let Err(err) = result {
+                tracing::warn!(policy, error = %err, "quota refund failed");
+            }
+        }
+    }
+}
+
+async fn ping_once(conn: &mut Conn) -> Result<(), StoreError> {
+    let pong: String = redis::cmd("PING").query_async(conn).await?;
+    if pong == "PONG" {
+        Ok(())
+    } else {
+        Err(StoreError::Protocol(format!("PING answered {pong:?}")))
     }
 }
 
@@ -144,35 +704,68 @@ impl Store for RedisStore {
         } else {
             ttl_ms(cooldown)
         };
+        // On a Cluster the quotas outside the phone's slot are charged apart, first.
+        let (together, apart): (Vec<Quota>, Vec<Quota>) = if self.single_node() {
+            (quotas.to_vec(), Vec::new())
+        } else {
+            quotas.iter().cloned().partition(|q| q.with_phone)
+        };
+        let apart_states = if apart.is_empty() {
+            Vec::new()
+        } else {
+            match self.charge_apart(phone, &apart).await? {
+                Ok(states) => states,
+                Err(refusal) => return Ok(IssueOutcome::Limited(refusal)),
+            }
+        };
         let mut invocation = self.issue_code.prepare_invoke();
         invocation
-            .key(self.key("otp", phone))
-            .key(self.key("otp-cooldown", phone))
+            .key(self.phone_key(phone, "otp"))
+            .key(self.phone_key(phone, "cd"))
             .arg(code_hash)
             .arg(ttl_ms(ttl))
             .arg(cooldown_ms);
-        self.add_quotas(&mut invocation, quotas);
-        let reply: Vec<i64> = self
-            .run(|mut conn| async move { Ok(invocation.invoke_async(&mut conn).await?) })
-            .await?;
-        match reply.as_slice() {
-            [0, states @ ..] if states.len() == 2 * quotas.len() => Ok(IssueOutcome::Issued(
-                states
-                    .chunks_exact(2)
-                    .map(|pair| QuotaState {
-                        remaining: u32::try_from(pair[0]).unwrap_or(0),
-                        reset: millis(pair[1]),
+        self.add_quotas(&mut invocation, phone, &together);
+        let reply = match self.invoke(&invocation).await {
+            Ok(reply) => reply,
+            Err(err) => {
+                self.refund_apart(phone, &apart).await;
+                return Err(err);
+            }
+        };
+        let outcome = match reply.as_slice() {
+            [0, states @ ..] if states.len() == 2 * together.len() => {
+                let mut together_states = states.chunks_exact(2).map(|pair| QuotaState {
+                    remaining: u32::try_from(pair[0]).unwrap_or(0),
+                    reset: millis(pair[1]),
+                });
+                let mut apart_states = apart_states.into_iter();
+                // Back in the order the quotas were given.
+                let states = quotas
+                    .iter()
+                    .filter_map(|q| {
+                        if q.with_phone || self.single_node() {
+                            together_states.next()
+                        } else {
+                            apart_states.next()
+                        }
                     })
-                    .collect(),
-            )),
-            [1, wait] => Ok(IssueOutcome::Cooldown {
+                    .collect();
+                return Ok(IssueOutcome::Issued(states));
+            }
+            [1, wait] => IssueOutcome::Cooldown {
                 retry_after: millis(*wait),
-            }),
-            [2, index, wait] => Ok(IssueOutcome::Limited(refusal(quotas, *index, *wait)?)),
-            other => Err(StoreError::Protocol(format!(
-                "issue_code returned {other:?}"
-            ))),
-        }
+            },
+            [2, index, wait] => IssueOutcome::Limited(refusal(&together, *index, *wait)?),
+            other => {
+                self.refund_apart(phone, &apart).await;
+                return Err(StoreError::Protocol(format!(
+                    "issue_code returned {other:?}"
+                )));
+            }
+        };
+        self.refund_apart(phone, &apart).await;
+        Ok(outcome)
     }
 
     async fn verify_code(
@@ -183,18 +776,39 @@ impl Store for RedisStore {
         attempts: &[Quota],
         failures: &[Quota],
     ) -> Result<VerifyOutcome, StoreError> {
+        // On a Cluster the attempt quotas outside the phone's slot are charged apart, first.
+        let (attempts, apart): (Vec<Quota>, Vec<Quota>) = if self.single_node() {
+            (attempts.to_vec(), Vec::new())
+        } else {
+            attempts.iter().cloned().partition(|q| q.with_phone)
+        };
+        let failures: Vec<Quota> = if self.single_node() {
+            failures.to_vec()
+        } else {
+            // Failure quotas not in the phone's slot are checked with the attempts apart (they
+            // are per phone in every policy otpgate has).
+            failures.iter().filter(|q| q.with_phone).cloned().collect()
+        };
+        if !apart.is_empty()
+            && let Err(refusal) = self.charge_apart(phone, &apart).await?
+        {
+            return Ok(VerifyOutcome::Limited(refusal));
+        }
         let mut invocation = self.verify_code.prepare_invoke();
         invocation
-            .key(self.key("otp", phone))
-            .key(self.key("otp-cooldown", phone))
+            .key(self.phone_key(phone, "otp"))
+            .key(self.phone_key(phone, "cd"))
             .arg(code_hash)
             .arg(max_attempts)
             .arg(attempts.len());
-        let quotas: Vec<Quota> = attempts.iter().chain(failures).cloned().collect();
-        self.add_quotas(&mut invocation, &quotas);
-        let reply: Vec<i64> = self
-            .run(|mut conn| async move { Ok(invocation.invoke_async(&mut conn).await?) })
-            .await?;
+        let quotas: Vec<Quota> = attempts.iter().chain(&failures).cloned().collect();
+        self.add_quotas(&mut invocation, phone, &quotas);
+        let reply = self.invoke(&invocation).await?;
+        if matches!(reply.as_slice(), [4, ..]) {
+            // Refused before the code was looked at: the attempt charged apart is given back,
+            // so a refusal changes nothing, as in one script.
+            self.refund_apart(phone, &apart).await;
+        }
         match reply.as_slice() {
             [0, _] => Ok(VerifyOutcome::Verified),
             [1, remaining] => Ok(VerifyOutcome::Invalid {
@@ -215,15 +829,19 @@ impl Store for RedisStore {
         code_hash: &str,
         quotas: &[Quota],
     ) -> Result<(), StoreError> {
+        let (together, apart): (Vec<Quota>, Vec<Quota>) = if self.single_node() {
+            (quotas.to_vec(), Vec::new())
+        } else {
+            quotas.iter().cloned().partition(|q| q.with_phone)
+        };
         let mut invocation = self.release_code.prepare_invoke();
         invocation
-            .key(self.key("otp", phone))
-            .key(self.key("otp-cooldown", phone))
+            .key(self.phone_key(phone, "otp"))
+            .key(self.phone_key(phone, "cd"))
             .arg(code_hash);
-        self.add_quotas(&mut invocation, quotas);
-        let _: i64 = self
-            .run(|mut conn| async move { Ok(invocation.invoke_async(&mut conn).await?) })
-            .await?;
+        self.add_quotas(&mut invocation, phone, &together);
+        let _: i64 = self.invoke_as(&invocation).await?;
+        self.refund_apart(phone, &apart).await;
         Ok(())
     }
 
@@ -234,16 +852,12 @@ impl Store for RedisStore {
         if quotas.is_empty() {
             return Ok(Ok(Vec::new()));
         }
+        if !self.single_node() {
+            return self.charge_apart("", quotas).await;
+        }
         let mut invocation = self.charge.prepare_invoke();
-        for q in quotas {
-            invocation.key(self.key("rl", &q.key));
-        }
-        for q in quotas {
-            invocation.arg(q.limit).arg(ttl_ms(q.window));
-        }
-        let reply: Vec<i64> = self
-            .run(|mut conn| async move { Ok(invocation.invoke_async(&mut conn).await?) })
-            .await?;
+        self.add_quotas(&mut invocation, "", quotas);
+        let reply = self.invoke(&invocation).await?;
         match reply.as_slice() {
             [0, states @ ..] if states.len() == 2 * quotas.len() => Ok(Ok(states
                 .chunks_exact(2)
@@ -264,20 +878,20 @@ impl Store for RedisStore {
         grace: Duration,
         ttl: Duration,
     ) -> Result<RefreshOutcome, StoreError> {
-        let spent_key = self.token_key("refresh-spent", sid, jti);
-        let revoked_key = self.key("revoked", sid);
-        let reply: Vec<i64> = self
-            .run(|mut conn| async move {
-                Ok(self
-                    .spend_refresh
-                    .key(&spent_key)
-                    .key(&revoked_key)
-                    .arg(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX))
-                    .arg(ttl_ms(ttl))
-                    .invoke_async(&mut conn)
-                    .await?)
-            })
-            .await?;
+        let mut invocation = self.spend_refresh.prepare_invoke();
+        invocation
+            .key(self.session_key(sid, &format!("spent:{jti}")))
+            .key(self.session_key(sid, "revoked"));
+        if self.single_node() {
+            // The names before hash tags, read until they expire.
+            invocation
+                .key(self.key("revoked", sid))
+                .key(format!("{}refresh-spent:{sid}:{jti}", self.prefix));
+        }
+        invocation
+            .arg(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX))
+            .arg(ttl_ms(ttl));
+        let reply = self.invoke(&invocation).await?;
         let at = |ms: i64| u64::try_from(ms).unwrap_or(0);
         match reply.as_slice() {
             [0, ms] => Ok(RefreshOutcome::Rotated {
@@ -295,28 +909,49 @@ impl Store for RedisStore {
     }
 
     async fn revoke_session(&self, sid: &str, ttl: Duration) -> Result<(), StoreError> {
-        let key = self.key("revoked", sid);
-        self.run(|mut conn| async move {
-            let () = redis::cmd("SET")
-                .arg(&key)
-                .arg("logout")
-                .arg("PX")
-                .arg(ttl_ms(ttl))
-                .query_async(&mut conn)
-                .await?;
-            Ok(())
+        let key = self.session_key(sid, "revoked");
+        // Outside Cluster mode the old name is written too, for replicas of the previous
+        // version during a rolling upgrade.
+        let legacy = self.single_node().then(|| self.key("revoked", sid));
+        self.run(|mut conn| {
+            let (key, legacy) = (key.clone(), legacy.clone());
+            async move {
+                let mut pipe = redis::pipe();
+                pipe.cmd("SET")
+                    .arg(&key)
+                    .arg("logout")
+                    .arg("PX")
+                    .arg(ttl_ms(ttl))
+                    .ignore();
+                if let Some(legacy) = &legacy {
+                    pipe.cmd("SET")
+                        .arg(legacy)
+                        .arg("logout")
+                        .arg("PX")
+                        .arg(ttl_ms(ttl))
+                        .ignore();
+                }
+                let () = pipe.query_async(&mut conn).await?;
+                Ok(())
+            }
         })
         .await
     }
 
     async fn is_session_revoked(&self, sid: &str) -> Result<bool, StoreError> {
-        let key = self.key("revoked", sid);
-        self.run(|mut conn| async move {
-            let exists: i64 = redis::cmd("EXISTS")
-                .arg(&key)
-                .query_async(&mut conn)
-                .await?;
-            Ok(exists == 1)
+        let key = self.session_key(sid, "revoked");
+        let legacy = self.single_node().then(|| self.key("revoked", sid));
+        self.run(|mut conn| {
+            let (key, legacy) = (key.clone(), legacy.clone());
+            async move {
+                let mut cmd = redis::cmd("EXISTS");
+                cmd.arg(&key);
+                if let Some(legacy) = &legacy {
+                    cmd.arg(legacy);
+                }
+                let exists: i64 = cmd.query_async(&mut conn).await?;
+                Ok(exists >= 1)
+            }
         })
         .await
     }
@@ -328,19 +963,9 @@ impl Store for RedisStore {
         channel: &str,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let key = self.key("intent", id);
-        let _: i64 = self
-            .run(|mut conn| async move {
-                Ok(self
-                    .create_intent
-                    .key(&key)
-                    .arg(poll_hash)
-                    .arg(channel)
-                    .arg(ttl_ms(ttl))
-                    .invoke_async(&mut conn)
-                    .await?)
-            })
-            .await?;
+        let mut invocation = self.create_intent.key(self.key("intent", id));
+        invocation.arg(poll_hash).arg(channel).arg(ttl_ms(ttl));
+        let _: i64 = self.invoke_as(&invocation).await?;
         Ok(())
     }
 
@@ -350,18 +975,9 @@ impl Store for RedisStore {
         channel: &str,
         subject: &str,
     ) -> Result<BindOutcome, StoreError> {
-        let key = self.key("intent", id);
-        let status: i64 = self
-            .run(|mut conn| async move {
-                Ok(self
-                    .bind_intent
-                    .key(&key)
-                    .arg(channel)
-                    .arg(subject)
-                    .invoke_async(&mut conn)
-                    .await?)
-            })
-            .await?;
+        let mut invocation = self.bind_intent.key(self.key("intent", id));
+        invocation.arg(channel).arg(subject);
+        let status: i64 = self.invoke_as(&invocation).await?;
         match status {
             0 => Ok(BindOutcome::Bound),
             1 => Ok(BindOutcome::Unknown),
@@ -373,17 +989,9 @@ impl Store for RedisStore {
     }
 
     async fn claim_intent(&self, id: &str, poll_hash: &str) -> Result<ClaimOutcome, StoreError> {
-        let key = self.key("intent", id);
-        let reply: Vec<String> = self
-            .run(|mut conn| async move {
-                Ok(self
-                    .claim_intent
-                    .key(&key)
-                    .arg(poll_hash)
-                    .invoke_async(&mut conn)
-                    .await?)
-            })
-            .await?;
+        let mut invocation = self.claim_intent.key(self.key("intent", id));
+        invocation.arg(poll_hash);
+        let reply: Vec<String> = self.invoke_as(&invocation).await?;
         match reply.as_slice() {
             [s] if s == "pending" => Ok(ClaimOutcome::Pending),
             [s, channel, subject] if s == "claimed" => Ok(ClaimOutcome::Claimed {
@@ -400,54 +1008,44 @@ impl Store for RedisStore {
     }
 
     async fn unclaim_intent(&self, id: &str) -> Result<(), StoreError> {
-        let key = self.key("intent", id);
-        let _: i64 = self
-            .run(|mut conn| async move {
-                Ok(self
-                    .unclaim_intent
-                    .key(&key)
-                    .invoke_async(&mut conn)
-                    .await?)
-            })
-            .await?;
+        let invocation = self.unclaim_intent.key(self.key("intent", id));
+        let _: i64 = self.invoke_as(&invocation).await?;
         Ok(())
     }
 
     async fn first_delivery(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
         let key = self.key("seen", key);
-        self.run(|mut conn| async move {
-            let set: Option<String> = redis::cmd("SET")
-                .arg(&key)
-                .arg(1)
-                .arg("NX")
-                .arg("PX")
-                .arg(ttl_ms(ttl))
-                .query_async(&mut conn)
-                .await?;
-            Ok(set.is_some())
+        self.run(|mut conn| {
+            let key = key.clone();
+            async move {
+                let set: Option<String> = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms(ttl))
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(set.is_some())
+            }
         })
         .await
     }
 
     async fn forget_delivery(&self, key: &str) -> Result<(), StoreError> {
         let key = self.key("seen", key);
-        self.run(|mut conn| async move {
-            let _: i64 = redis::cmd("DEL").arg(&key).query_async(&mut conn).await?;
-            Ok(())
+        self.run(|mut conn| {
+            let key = key.clone();
+            async move {
+                let _: i64 = redis::cmd("DEL").arg(&key).query_async(&mut conn).await?;
+                Ok(())
+            }
         })
         .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.run(|mut conn| async move {
-            let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
-            if pong == "PONG" {
-                Ok(())
-            } else {
-                Err(StoreError::Protocol(format!("PING answered {pong:?}")))
-            }
-        })
-        .await
+        self.ping_all().await
     }
 }
 

@@ -209,3 +209,102 @@ fn database_passwords_never_reach_the_output() {
         );
     }
 }
+
+#[test]
+fn bad_redis_settings_exit_2_naming_the_variable() {
+    for (env, var) in [
+        (
+            vec![("REDIS_URL", "redis://10.0.0.1:6379,redis://10.0.0.2:6379")],
+            "REDIS_URL",
+        ),
+        (
+            vec![
+                ("REDIS_MODE", "sentinel"),
+                ("REDIS_URL", "redis://10.0.0.1:26379"),
+            ],
+            "REDIS_SENTINEL_MASTER",
+        ),
+        (vec![("REDIS_MODE", "sharded")], "REDIS_MODE"),
+        (
+            vec![
+                ("REDIS_MODE", "cluster"),
+                ("REDIS_URL", "redis://:pw1234@10.0.0.1:6379,::nope"),
+            ],
+            "REDIS_URL",
+        ),
+    ] {
+        let output = otpgate(&temp_dir())
+            .env("PORT", "0")
+            .envs(env.clone())
+            .output()
+            .expect("run");
+        assert_eq!(output.status.code(), Some(2), "{env:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(var), "{env:?}: {stderr}");
+        assert!(!stderr.contains("pw1234"), "{stderr}");
+    }
+}
+
+#[test]
+fn unreachable_cluster_nodes_start_unready_and_are_named() {
+    let dir = temp_dir();
+    let port = free_port();
+    let mut child = otpgate(&dir)
+        .env("PORT", port.to_string())
+        .env("HOST", "127.0.0.1")
+        .env("REDIS_MODE", "cluster")
+        .env("REDIS_URL", "redis://127.0.0.1:1,redis://127.0.0.1:2")
+        .env("REDIS_TIMEOUT_MS", "300")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let get = |path: &str| -> Option<u16> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        out.get(9..12)?.parse().ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get("/health") != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "the replica starts without Redis"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let started = Instant::now();
+    assert_eq!(get("/ready"), Some(503));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "no hang past the timeout"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    stop(&mut child);
+    let mut logs = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().expect("stdout"), &mut logs).ok();
+    assert!(
+        logs.contains("127.0.0.1:1") && logs.contains("127.0.0.1:2"),
+        "the warning names the nodes tried: {logs}"
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Stops a child with SIGTERM (via `kill`) and waits for it.
+fn stop(child: &mut std::process::Child) {
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+}

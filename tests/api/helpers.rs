@@ -25,6 +25,31 @@ pub enum Backend {
     Embedded,
     /// Real Redis + PostgreSQL: two instances sharing them.
     Cluster,
+    /// A real 6-node Redis Cluster (`REDIS_MODE=cluster`) + PostgreSQL: two instances.
+    RedisCluster,
+}
+
+impl Backend {
+    /// Whether two app instances share real servers.
+    pub fn shared(self) -> bool {
+        self != Backend::Embedded
+    }
+}
+
+/// The Redis Cluster variant when `TEST_REDIS_CLUSTER_URL` (the seed nodes) is set; required,
+/// like the others, under `OTPGATE_REQUIRE_BACKENDS` or `CI`.
+pub fn redis_cluster_available() -> bool {
+    if std::env::var("TEST_REDIS_CLUSTER_URL").is_err() {
+        if std::env::var("OTPGATE_REQUIRE_BACKENDS").is_ok() || std::env::var("CI").is_ok() {
+            panic!(
+                "TEST_REDIS_CLUSTER_URL must be set (run scripts/test.sh, which starts a Redis \
+                 Cluster)"
+            );
+        }
+        eprintln!("skipping the Redis Cluster variant: run scripts/test.sh to include it");
+        return false;
+    }
+    cluster_available()
 }
 
 /// The cluster backend when its servers are configured. Missing servers fail the test when
@@ -44,7 +69,8 @@ pub fn cluster_available() -> bool {
     configured
 }
 
-/// Runs each named scenario `async fn name(backend: Backend)` on both backends.
+/// Runs each named scenario `async fn name(backend: Backend)` on every backend: embedded,
+/// standalone Redis + PostgreSQL, Redis Cluster + PostgreSQL.
 #[macro_export]
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -62,6 +88,16 @@ macro_rules! on_both_backends {
                 async fn $name() {
                     if $crate::helpers::cluster_available() {
                         super::$name($crate::helpers::Backend::Cluster).await
+                    }
+                }
+            )*
+        }
+        mod redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if $crate::helpers::redis_cluster_available() {
+                        super::$name($crate::helpers::Backend::RedisCluster).await
                     }
                 }
             )*
@@ -117,11 +153,19 @@ pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)]) -> Tes
                 format!("sqlite://{}?mode=rwc", file.display()),
             );
         }
-        Backend::Cluster => {
-            env.insert(
-                "REDIS_URL".into(),
-                std::env::var("TEST_REDIS_URL").expect("TEST_REDIS_URL"),
-            );
+        Backend::Cluster | Backend::RedisCluster => {
+            if backend == Backend::RedisCluster {
+                env.insert("REDIS_MODE".into(), "cluster".into());
+                env.insert(
+                    "REDIS_URL".into(),
+                    std::env::var("TEST_REDIS_CLUSTER_URL").expect("TEST_REDIS_CLUSTER_URL"),
+                );
+            } else {
+                env.insert(
+                    "REDIS_URL".into(),
+                    std::env::var("TEST_REDIS_URL").expect("TEST_REDIS_URL"),
+                );
+            }
             env.insert(
                 "REDIS_KEY_PREFIX".into(),
                 format!("test:{}:", Uuid::new_v4().simple()),
@@ -137,7 +181,7 @@ pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)]) -> Tes
     }
     let database_url = env["DATABASE_URL"].clone();
     let (a, metrics) = start(&env).await;
-    let b = if backend == Backend::Cluster {
+    let b = if backend.shared() {
         // The second replica does not migrate, as in a deployment with a migration job.
         let mut env_b = env.clone();
         env_b.insert("RUN_MIGRATIONS".into(), "false".into());
