@@ -14,6 +14,7 @@ mod limits;
 mod messaging;
 mod observability;
 mod outages;
+mod redis_keys;
 mod standin;
 mod store;
 mod tokens;

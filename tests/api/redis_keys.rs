@@ -1,0 +1,127 @@
+//! What Redis holds: no key names a phone number, and the revocations and spent refresh-token
+//! marks of the earlier key names still count after an upgrade.
+
+use std::time::Duration;
+
+use otpgate::store::{RedisStore, RefreshOutcome, Store};
+use uuid::Uuid;
+
+use crate::helpers::{Backend, cluster_available, field, spawn_app_with, unique_phone};
+
+async fn redis() -> redis::aio::MultiplexedConnection {
+    let url = std::env::var("TEST_REDIS_URL").expect("TEST_REDIS_URL");
+    redis::Client::open(url)
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection")
+}
+
+async fn keys(prefix: &str) -> Vec<String> {
+    let mut conn = redis().await;
+    redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_key_names_a_phone_number() {
+    if !cluster_available() {
+        return;
+    }
+    let prefix = format!("keys:{}:", Uuid::new_v4().simple());
+    let app = spawn_app_with(Backend::Cluster, &[("REDIS_KEY_PREFIX", &prefix)]).await;
+    let phone = unique_phone();
+    let code = app.login_code(&app.a, &phone).await;
+    // A wrong code first, so the failure bucket exists too.
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    assert_eq!(app.verify(&app.b, &phone, wrong).await.status, 400);
+    let second = unique_phone();
+    app.login_code(&app.b, &second).await;
+    let session = app.sign_in(&unique_phone()).await;
+    app.logout(&app.a, field(&session, "access_token")).await;
+    let found = keys(&prefix).await;
+    assert!(found.len() >= 5, "{found:?}");
+    for p in [&phone, &second] {
+        let digits = p.trim_start_matches('+');
+        let national = &digits[2..];
+        let block = &digits[..digits.len() - 4];
+        for key in &found {
+            assert!(
+                !key.contains(digits) && !key.contains(national) && !key.contains(block),
+                "{key} names {p}"
+            );
+        }
+    }
+    // A phone's code and cooldown share one hash tag (one Cluster slot).
+    assert!(
+        found
+            .iter()
+            .any(|k| k.contains("{p:") && k.ends_with(":otp")),
+        "{found:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn earlier_key_names_still_count_after_an_upgrade() {
+    if !cluster_available() {
+        return;
+    }
+    let url = std::env::var("TEST_REDIS_URL").expect("TEST_REDIS_URL");
+    let prefix = format!("legacy:{}:", Uuid::new_v4().simple());
+    let store = RedisStore::new(&url, &prefix, 1, Duration::from_secs(2)).expect("store");
+    let mut conn = redis().await;
+    let minute = Duration::from_secs(60);
+    // A logout written by the previous version.
+    let revoked = Uuid::new_v4().to_string();
+    let () = redis::cmd("SET")
+        .arg(format!("{prefix}revoked:{revoked}"))
+        .arg("logout")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut conn)
+        .await
+        .expect("SET");
+    assert!(store.is_session_revoked(&revoked).await.expect("revoked"));
+    assert_eq!(
+        store
+            .spend_refresh(&revoked, "t1", Duration::from_secs(1), minute)
+            .await
+            .expect("spend"),
+        RefreshOutcome::Revoked
+    );
+    // A refresh token the previous version saw spent a minute ago: presenting it again is reuse.
+    let spent = Uuid::new_v4().to_string();
+    let long_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+        - 60_000;
+    let () = redis::cmd("SET")
+        .arg(format!("{prefix}refresh-spent:{spent}:t1"))
+        .arg(long_ago)
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut conn)
+        .await
+        .expect("SET");
+    assert_eq!(
+        store
+            .spend_refresh(&spent, "t1", Duration::from_secs(1), minute)
+            .await
+            .expect("spend"),
+        RefreshOutcome::Reused
+    );
+    assert!(store.is_session_revoked(&spent).await.expect("revoked"));
+    // A logout by this version is written under both names, for old replicas mid-upgrade.
+    let fresh = Uuid::new_v4().to_string();
+    store.revoke_session(&fresh, minute).await.expect("revoke");
+    let old_name: i64 = redis::cmd("EXISTS")
+        .arg(format!("{prefix}revoked:{fresh}"))
+        .query_async(&mut conn)
+        .await
+        .expect("EXISTS");
+    assert_eq!(old_name, 1);
+}
