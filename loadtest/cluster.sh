@@ -122,44 +122,14 @@ start_redis() {
   log "redis did not start"; return 1
 }
 cluster_ports=()
-start_redis_cluster() {
-  while [ ${#cluster_ports[@]} -lt 6 ]; do
-    p=$(python3 -c 'import random, socket
-while True:
-    p = random.randint(20000, 29999)
-    try:
-        for q in (p, p + 10000):
-            s = socket.socket(); s.bind(("127.0.0.1", q)); s.close()
-        print(p); break
-    except OSError:
-        pass')
-    case " ${cluster_ports[*]} " in *" $p "*) ;; *) cluster_ports+=("$p") ;; esac
-  done
-  for p in "${cluster_ports[@]}"; do
-    mkdir -p "$work/cluster-$p"
-    redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes --cluster-node-timeout 2000 \
-      --cluster-config-file "$work/cluster-$p/nodes.conf" --save '' --appendonly no \
-      --daemonize yes --pidfile "$work/cluster-$p/redis.pid" --logfile "$work/cluster-$p/redis.log" \
-      --dir "$work/cluster-$p"
-  done
-  for p in "${cluster_ports[@]}"; do
-    for _ in $(seq 1 50); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
-  done
-  redis-cli --cluster create $(printf '127.0.0.1:%s ' "${cluster_ports[@]}") \
-    --cluster-replicas 1 --cluster-yes >/dev/null
-  for _ in $(seq 1 100); do
-    redis-cli -p "${cluster_ports[0]}" cluster info | grep -q cluster_state:ok && return
-    sleep 0.1
-  done
-  log "the Redis Cluster did not form"; return 1
-}
+. scripts/lib/redis-cluster.sh
 # The Redis nodes that serve traffic (for counters and CPU).
 redis_nodes() {
   if [ "$REDIS" = cluster ]; then printf '%s\n' "${cluster_ports[@]}"; else echo "$redis_port"; fi
 }
 if [ "$REDIS" = cluster ]; then
   log "starting a Redis Cluster and PostgreSQL on :$pg_port"
-  start_redis_cluster
+  start_redis_cluster "$work"
   redis_env=(REDIS_MODE=cluster REDIS_URL="$(printf 'redis://127.0.0.1:%s,' "${cluster_ports[@]}" | sed 's/,$//')")
 else
   log "starting Redis on :$redis_port and PostgreSQL on :$pg_port"

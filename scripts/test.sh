@@ -65,40 +65,9 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
   --daemonize yes --pidfile "$work/redis.pid" --logfile "$work/redis.log" --dir "$work"
 
 # A real 6-node Redis Cluster (3 primaries, 3 replicas) for the cluster variant of the suite.
-cluster_ports=()
-while [ ${#cluster_ports[@]} -lt 6 ]; do
-  p=$(python3 -c 'import random, socket
-while True:
-    p = random.randint(20000, 29999)
-    try:
-        for q in (p, p + 10000):
-            s = socket.socket(); s.bind(("127.0.0.1", q)); s.close()
-        print(p); break
-    except OSError:
-        pass')
-  case " ${cluster_ports[*]} " in *" $p "*) ;; *) cluster_ports+=("$p") ;; esac
-done
-log "starting a Redis Cluster on 127.0.0.1:${cluster_ports[*]}"
-for p in "${cluster_ports[@]}"; do
-  mkdir -p "$work/cluster-$p"
-  redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes \
-    --cluster-config-file "$work/cluster-$p/nodes.conf" --cluster-node-timeout 2000 \
-    --save '' --appendonly no --daemonize yes --pidfile "$work/cluster-$p/redis.pid" \
-    --logfile "$work/cluster-$p/redis.log" --dir "$work/cluster-$p"
-done
-for p in "${cluster_ports[@]}"; do
-  for _ in $(seq 1 50); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
-done
-redis-cli --cluster create $(printf '127.0.0.1:%s ' "${cluster_ports[@]}") \
-  --cluster-replicas 1 --cluster-yes >/dev/null
-for _ in $(seq 1 100); do
-  ok=1
-  for p in "${cluster_ports[@]}"; do
-    redis-cli -p "$p" cluster info 2>/dev/null | grep -q 'cluster_state:ok' || ok=0
-  done
-  [ "$ok" = 1 ] && break
-  sleep 0.1
-done
+. scripts/lib/redis-cluster.sh
+log "starting a Redis Cluster on 127.0.0.1"
+start_redis_cluster "$work"
 
 log "starting PostgreSQL on 127.0.0.1:$pg_port"
 mkdir -p "$work/pg"

@@ -378,8 +378,9 @@ fn routes_with(state: Arc<AppState>, connections: Option<Arc<Connections>>) -> i
         .with_if(
             tracked,
             TrackRequests {
-                connections: connections
-                    .unwrap_or_else(|| Connections::new(connection_policy(&settings), metrics)),
+                connections: connections.unwrap_or_else(|| {
+                    Connections::new(connection_policy(&settings), metrics, false)
+                }),
             },
         )
 }
@@ -390,14 +391,21 @@ fn connection_policy(settings: &Settings) -> ConnectionPolicy {
         max_total: settings.http_max_connections,
         max_per_ip: settings.http_max_connections_per_ip,
         trusted: Arc::new(settings.trusted_proxies.clone()),
+        v6_prefix: settings.ipv6_prefix,
+        idle_timeout: settings.http_idle_timeout,
     }
 }
 
 /// The routes of the separate metrics listener (`METRICS_PORT`).
-fn metrics_routes(metrics: Arc<Metrics>, token: Option<Secret>) -> impl Endpoint {
+fn metrics_routes(
+    metrics: Arc<Metrics>,
+    token: Option<Secret>,
+    connections: Arc<Connections>,
+) -> impl Endpoint {
     Route::new()
         .at("/metrics", metrics_endpoint(metrics, token))
         .catch_all_error(|err| async move { problem_response(err) })
+        .with(TrackRequests { connections })
 }
 
 /// A bound, not yet running server (zero2prod's `Application`).
@@ -475,22 +483,32 @@ impl Application {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
+        let idle = self.state.settings.http_idle_timeout;
         let metrics_server = self.metrics_acceptor.map(|acceptor| {
+            // The same caps and deadlines as the main port (it is not behind the front door).
+            let connections = Connections::new(
+                connection_policy(&self.state.settings),
+                self.state.metrics.clone(),
+                false,
+            );
             let app = metrics_routes(
                 self.state.metrics.clone(),
                 self.state.settings.metrics_token.clone(),
+                connections.clone(),
             );
+            let acceptor = GuardedAcceptor::new(acceptor, connections);
             let stop = stopped(stop_rx.clone());
             tokio::spawn(async move {
                 Server::new_with_acceptor(acceptor)
+                    .idle_timeout(idle)
                     .run_with_graceful_shutdown(app, stop, Some(grace))
                     .await
             })
         });
-        let idle = self.state.settings.http_idle_timeout;
         let connections = Connections::new(
             connection_policy(&self.state.settings),
             self.state.metrics.clone(),
+            true,
         );
         let acceptor = GuardedAcceptor::new(self.acceptor, connections.clone());
         let app = routes_with(self.state, Some(connections));

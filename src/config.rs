@@ -337,18 +337,9 @@ impl Settings {
         let production = environment == Environment::Production;
         let debug = env.bool("DEBUG", false)?;
 
-        let otp_length: u32 = env.parse("OTP_LENGTH", 6)?;
-        if !(4..=10).contains(&otp_length) {
-            return Err(invalid("OTP_LENGTH", "must be between 4 and 10"));
-        }
-        let otp_minutes: u64 = env.parse("OTP_EXPIRY_MINUTES", 5)?;
-        if !(1..=10).contains(&otp_minutes) {
-            return Err(invalid("OTP_EXPIRY_MINUTES", "must be between 1 and 10"));
-        }
-        let otp_max_attempts: u32 = env.parse("OTP_MAX_ATTEMPTS", 5)?;
-        if !(1..=20).contains(&otp_max_attempts) {
-            return Err(invalid("OTP_MAX_ATTEMPTS", "must be between 1 and 20"));
-        }
+        let otp_length: u32 = env.ranged("OTP_LENGTH", 6, 4..=10)?;
+        let otp_minutes: u64 = env.ranged("OTP_EXPIRY_MINUTES", 5, 1..=10)?;
+        let otp_max_attempts: u32 = env.ranged("OTP_MAX_ATTEMPTS", 5, 1..=20)?;
         let access_minutes: u64 = env.parse("ACCESS_TOKEN_EXPIRE_MINUTES", 30)?;
         if access_minutes == 0 {
             return Err(invalid("ACCESS_TOKEN_EXPIRE_MINUTES", "must be at least 1"));
@@ -469,20 +460,8 @@ impl Settings {
                 .map_err(|e| invalid("JWT_PREVIOUS_PUBLIC_KEY_FILES", e))?;
         }
 
-        let ipv6_prefix: u8 = env.parse("RATE_LIMIT_IPV6_PREFIX", 64)?;
-        if !(32..=128).contains(&ipv6_prefix) {
-            return Err(invalid(
-                "RATE_LIMIT_IPV6_PREFIX",
-                "must be between 32 and 128 (64 is one customer network)",
-            ));
-        }
-        let header_timeout: u64 = env.parse("HTTP_HEADER_TIMEOUT_SECONDS", 10)?;
-        if !(1..=300).contains(&header_timeout) {
-            return Err(invalid(
-                "HTTP_HEADER_TIMEOUT_SECONDS",
-                "must be between 1 and 300",
-            ));
-        }
+        let ipv6_prefix: u8 = env.ranged("RATE_LIMIT_IPV6_PREFIX", 64, 32..=128)?;
+        let header_timeout: u64 = env.ranged("HTTP_HEADER_TIMEOUT_SECONDS", 10, 1..=300)?;
         let cors_origins = env.list("CORS_ORIGINS");
         for origin in &cors_origins {
             check_origin(origin).map_err(|e| invalid("CORS_ORIGINS", e))?;
@@ -562,7 +541,7 @@ impl Settings {
             docs_enabled: env.bool("DOCS_ENABLED", !production)?,
             ipv6_prefix,
             http_header_timeout: Duration::from_secs(header_timeout),
-            http_max_connections: env.parse("HTTP_MAX_CONNECTIONS", 20_000)?,
+            http_max_connections: env.ranged("HTTP_MAX_CONNECTIONS", 20_000, 1..=10_000_000)?,
             http_max_connections_per_ip: env.parse("HTTP_MAX_CONNECTIONS_PER_IP", 512)?,
             cors_origins,
             body_limit_bytes: env.parse("BODY_LIMIT_BYTES", 64 * 1024)?,
@@ -651,6 +630,16 @@ impl Settings {
                      least 1",
                 ));
             }
+        }
+        if self
+            .metrics_token
+            .as_ref()
+            .is_some_and(|t| t.expose().len() < 16)
+        {
+            return Err(invalid(
+                "METRICS_TOKEN",
+                "production needs at least 16 characters (for example `openssl rand -hex 16`)",
+            ));
         }
         if self.metrics_port.is_none() && self.metrics_token.is_none() {
             return Err(invalid(
@@ -809,27 +798,9 @@ fn messaging_settings(env: &Vars<'_>) -> Result<MessagingSettings, ConfigError> 
             "Telegram accepts 1-256 characters of A-Z, a-z, 0-9, _ and -",
         ));
     }
-    let intent_seconds: u64 = env.parse("INTENT_EXPIRY_SECONDS", 300)?;
-    if !(1..=3600).contains(&intent_seconds) {
-        return Err(invalid(
-            "INTENT_EXPIRY_SECONDS",
-            "must be between 1 and 3600",
-        ));
-    }
-    let max_age: u64 = env.parse("TELEGRAM_AUTH_MAX_AGE_SECONDS", 300)?;
-    if !(10..=86_400).contains(&max_age) {
-        return Err(invalid(
-            "TELEGRAM_AUTH_MAX_AGE_SECONDS",
-            "must be between 10 and 86400",
-        ));
-    }
-    let max_message_age: u64 = env.parse("WHATSAPP_MAX_MESSAGE_AGE_SECONDS", 600)?;
-    if !(10..=86_400).contains(&max_message_age) {
-        return Err(invalid(
-            "WHATSAPP_MAX_MESSAGE_AGE_SECONDS",
-            "must be between 10 and 86400",
-        ));
-    }
+    let intent_seconds: u64 = env.ranged("INTENT_EXPIRY_SECONDS", 300, 1..=3600)?;
+    let max_age: u64 = env.ranged("TELEGRAM_AUTH_MAX_AGE_SECONDS", 300, 10..=86_400)?;
+    let max_message_age: u64 = env.ranged("WHATSAPP_MAX_MESSAGE_AGE_SECONDS", 600, 10..=86_400)?;
     Ok(MessagingSettings {
         whatsapp_verify_token: env.get("WHATSAPP_VERIFY_TOKEN").map(Secret::new),
         whatsapp_webhook_secret: env.get("WHATSAPP_WEBHOOK_SECRET").map(Secret::new),
@@ -1052,6 +1023,28 @@ impl Vars<'_> {
         }
     }
 
+    /// A number within `range` (inclusive), else an error naming the variable and the range.
+    fn ranged<T>(
+        &self,
+        name: &'static str,
+        default: T,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + fmt::Display,
+        T::Err: fmt::Display,
+    {
+        let value = self.parse(name, default)?;
+        if range.contains(&value) {
+            Ok(value)
+        } else {
+            Err(invalid(
+                name,
+                format!("must be between {} and {}", range.start(), range.end()),
+            ))
+        }
+    }
+
     /// A comma-separated list; unset means empty.
     fn list(&self, name: &str) -> Vec<String> {
         self.get(name)
@@ -1158,11 +1151,18 @@ pub fn redact_credentials(text: &str) -> String {
     while let Some(at) = rest.find("://") {
         let (before, after) = rest.split_at(at + 3);
         out.push_str(before);
-        let end = after
-            .find(|c: char| {
-                matches!(c, '/' | '?' | '#' | '\'' | '"' | ',' | '>') || c.is_whitespace()
-            })
+        // The user info may hold any character but these (a password may contain `/`): the
+        // URL's span ends at the first of them, and its user info at the last `@` in the span
+        // unless a query or fragment starts before it.
+        let span = after
+            .find(|c: char| matches!(c, '\'' | '"' | ',' | '>') || c.is_whitespace())
             .unwrap_or(after.len());
+        let end = match after[..span].rfind('@') {
+            Some(at) if !after[..at].contains(['?', '#']) => after[at..span]
+                .find(['/', '?', '#'])
+                .map_or(span, |i| at + i),
+            _ => after[..span].find(['/', '?', '#']).unwrap_or(span),
+        };
         let authority = &after[..end];
         match authority.rfind('@') {
             Some(at) => {
@@ -1562,6 +1562,9 @@ mod tests {
         assert_eq!(settings(&open).unwrap_err().var, "METRICS_PORT");
         let mut with_token = open.clone();
         with_token.push(("METRICS_TOKEN", "scrape-me"));
+        assert_eq!(settings(&with_token).unwrap_err().var, "METRICS_TOKEN");
+        with_token.pop();
+        with_token.push(("METRICS_TOKEN", "0123456789abcdef-scrape"));
         assert!(settings(&with_token).is_ok());
         // Development keeps 0 = off, and the docs.
         let dev = settings(&[("RATE_LIMIT_IP_PER_HOUR", "0")]).unwrap();
@@ -1660,6 +1663,10 @@ mod tests {
             "sqlite://otpgate.db?mode=rwc and https://h/p?a=b@c"
         );
         assert_eq!(redact_credentials("no urls here"), "no urls here");
+        assert_eq!(
+            redact_credentials("redis://:ab/cd+ef@h:6379/0 next"),
+            "redis://:***@h:6379/0 next"
+        );
     }
 
     #[test]

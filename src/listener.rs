@@ -10,8 +10,13 @@
 //!   does not stop a slow-header client: it resets on every byte. The deadline lives in the
 //!   connection's I/O ([`GuardedIo`]), which hyper reads: when it passes, the read fails and the
 //!   connection closes (after a 408 problem on HTTP/1 when part of a head was sent). A request
-//!   reaching the application ([`TrackRequests`]) stops the clock; this works alike for
-//!   HTTP/1 and HTTP/2.
+//!   reaching the application ([`TrackRequests`]) stops the clock. On HTTP/2 the head deadline
+//!   runs until the first request only (later bytes may be control frames of an idle
+//!   connection).
+//! - **Idle and stalled connections, closed hard.** No byte while no request is served for
+//!   `HTTP_IDLE_TIMEOUT_SECONDS` fails the connection's read (poem's own idle close only asks
+//!   hyper to finish, which can wait forever on a half-sent head); a response write that makes no
+//!   progress for as long (a client that stopped reading) fails the write.
 //! - **hyper's own errors.** A head hyper cannot parse (too long a URI, too large headers,
 //!   broken framing) is answered by hyper itself with an empty body. Every response of the
 //!   application carries `x-request-id`; an HTTP/1 error response without one is hyper's, and
@@ -34,7 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-use crate::ratelimit::Cidr;
+use crate::ratelimit::{Cidr, ip_bucket};
 use crate::telemetry::Metrics;
 
 /// Limits on connections, from the settings.
@@ -48,6 +53,11 @@ pub struct ConnectionPolicy {
     pub max_per_ip: usize,
     /// Peers exempt from the per-address cap.
     pub trusted: Arc<Vec<Cidr>>,
+    /// Bits of an IPv6 peer that count as one address (as the rate limits count them).
+    pub v6_prefix: u8,
+    /// No byte in or out for this long while no request is served, or a write stalled this
+    /// long: the connection is closed.
+    pub idle_timeout: Duration,
 }
 
 /// What one connection shares with the requests it carries.
@@ -63,6 +73,8 @@ struct ConnState {
 pub struct Connections {
     policy: ConnectionPolicy,
     metrics: Arc<Metrics>,
+    /// Whether this server's count is `otpgate_open_connections` (the main port's).
+    report_open: bool,
     inner: Mutex<Open>,
 }
 
@@ -74,11 +86,13 @@ struct Open {
 }
 
 impl Connections {
-    /// An empty registry enforcing `policy`.
-    pub fn new(policy: ConnectionPolicy, metrics: Arc<Metrics>) -> Arc<Self> {
+    /// An empty registry enforcing `policy`; `report_open` makes its count the
+    /// `otpgate_open_connections` gauge.
+    pub fn new(policy: ConnectionPolicy, metrics: Arc<Metrics>, report_open: bool) -> Arc<Self> {
         Arc::new(Self {
             policy,
             metrics,
+            report_open,
             inner: Mutex::new(Open::default()),
         })
     }
@@ -89,8 +103,12 @@ impl Connections {
 
     /// Registers a new connection from `peer`, or `None` when a cap refuses it.
     fn admit(&self, peer: SocketAddr) -> Option<Arc<ConnState>> {
-        let ip = peer.ip().to_canonical();
-        let exempt = self.policy.trusted.iter().any(|c| c.contains(ip));
+        let exempt = self
+            .policy
+            .trusted
+            .iter()
+            .any(|c| c.contains(peer.ip().to_canonical()));
+        let ip = ip_bucket(peer.ip(), self.policy.v6_prefix);
         let mut open = self.lock();
         if open.total >= self.policy.max_total {
             drop(open);
@@ -107,12 +125,14 @@ impl Connections {
         open.total += 1;
         *open.per_ip.entry(ip).or_insert(0) += 1;
         open.by_peer.insert(peer, state.clone());
-        self.metrics.open_connections.set(gauge(open.total));
+        if self.report_open {
+            self.metrics.open_connections.set(gauge(open.total));
+        }
         Some(state)
     }
 
     fn release(&self, peer: SocketAddr) {
-        let ip = peer.ip().to_canonical();
+        let ip = ip_bucket(peer.ip(), self.policy.v6_prefix);
         let mut open = self.lock();
         open.total = open.total.saturating_sub(1);
         if let Some(n) = open.per_ip.get_mut(&ip) {
@@ -122,7 +142,9 @@ impl Connections {
             }
         }
         open.by_peer.remove(&peer);
-        self.metrics.open_connections.set(gauge(open.total));
+        if self.report_open {
+            self.metrics.open_connections.set(gauge(open.total));
+        }
     }
 
     fn state_of(&self, peer: SocketAddr) -> Option<Arc<ConnState>> {
@@ -187,8 +209,11 @@ pub struct GuardedIo {
     peer: SocketAddr,
     state: Arc<ConnState>,
     connections: Arc<Connections>,
-    /// The running head deadline and the request count it was armed at.
-    deadline: Option<(Pin<Box<Sleep>>, u64)>,
+    /// The running read deadline, the request count it was armed at, and whether it is the
+    /// head deadline (else the idle one).
+    deadline: Option<(Pin<Box<Sleep>>, u64, bool)>,
+    /// Running while a write cannot make progress.
+    write_stall: Option<Pin<Box<Sleep>>>,
     /// Whether bytes of the current head arrived (a 408 is owed when the deadline passes).
     head_started: bool,
     /// The connection speaks HTTP/2 (its preface was seen): no HTTP/1 text is written.
@@ -214,12 +239,41 @@ impl GuardedIo {
             peer,
             state,
             connections,
-            deadline: Some((Box::pin(tokio::time::sleep(timeout)), 0)),
+            deadline: Some((Box::pin(tokio::time::sleep(timeout)), 0, true)),
+            write_stall: None,
             head_started: false,
             http2: false,
             read_any: false,
             pending: Vec::new(),
         }
+    }
+
+    /// Arms a read deadline of `timeout` for request count `started`.
+    fn arm(&mut self, cx: &mut Context<'_>, timeout: Duration, started: u64, head: bool) {
+        let mut sleep = Box::pin(tokio::time::sleep(timeout));
+        // Registers the waker, so the deadline wakes this task.
+        let _ = sleep.as_mut().poll(cx);
+        self.deadline = Some((sleep, started, head));
+    }
+
+    /// Tracks a write's progress: `Err` once it has been stalled for the idle timeout.
+    fn check_stall(&mut self, cx: &mut Context<'_>, progressed: bool) -> io::Result<()> {
+        if progressed {
+            self.write_stall = None;
+            return Ok(());
+        }
+        let timeout = self.connections.policy.idle_timeout;
+        let stall = self
+            .write_stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if stall.as_mut().poll(cx).is_ready() {
+            self.connections.metrics.connection("write_stalled");
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            ));
+        }
+        Ok(())
     }
 
     /// Writes what is owed; `Ready(Ok)` once nothing is.
@@ -231,7 +285,10 @@ impl GuardedIo {
                     self.pending.drain(..n);
                 }
                 Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    self.check_stall(cx, false)?;
+                    return Poll::Pending;
+                }
             }
         }
         Poll::Ready(Ok(()))
@@ -254,21 +311,40 @@ impl AsyncRead for GuardedIo {
         let started = this.state.started.load(Ordering::Acquire);
         let busy = this.state.busy.load(Ordering::Acquire) > 0;
         // A request reached the application since the clock started: its head is complete.
-        if busy || this.deadline.as_ref().is_some_and(|(_, at)| *at != started) {
+        if busy
+            || this
+                .deadline
+                .as_ref()
+                .is_some_and(|(_, at, _)| *at != started)
+        {
             this.deadline = None;
             this.head_started = false;
         }
-        if let Some((sleep, _)) = &mut this.deadline
+        if !busy && this.deadline.is_none() {
+            // Waiting for the next request: at most the idle timeout without a byte.
+            let idle = this.connections.policy.idle_timeout;
+            this.arm(cx, idle, started, false);
+        }
+        if let Some((sleep, _, head)) = &mut this.deadline
             && sleep.as_mut().poll(cx).is_ready()
         {
-            this.connections.metrics.connection("header_timeout");
-            if this.head_started && !this.http2 {
+            let head = *head;
+            this.connections.metrics.connection(if head {
+                "header_timeout"
+            } else {
+                "idle_timeout"
+            });
+            if head && this.head_started && !this.http2 {
                 // Best effort: the client may not be reading.
                 let _ = Pin::new(&mut this.inner).poll_write(cx, &problem_bytes(408));
             }
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                "request head not received in time",
+                if head {
+                    "request head not received in time"
+                } else {
+                    "connection idle"
+                },
             )));
         }
         let before = buf.filled().len();
@@ -281,13 +357,17 @@ impl AsyncRead for GuardedIo {
                     this.http2 = read.starts_with(H2_PREFACE);
                 }
                 if !busy {
-                    this.head_started = true;
-                    if this.deadline.is_none() {
-                        let mut sleep =
-                            Box::pin(tokio::time::sleep(this.connections.policy.header_timeout));
-                        // Registers the waker, so the deadline wakes this task.
-                        let _ = sleep.as_mut().poll(cx);
-                        this.deadline = Some((sleep, started));
+                    let head_armed = this.deadline.as_ref().is_some_and(|(_, _, head)| *head);
+                    if this.http2 && started > 0 {
+                        // Control frames of a live HTTP/2 connection: activity, not a head.
+                        let idle = this.connections.policy.idle_timeout;
+                        this.arm(cx, idle, started, false);
+                    } else if !head_armed {
+                        this.head_started = true;
+                        let timeout = this.connections.policy.header_timeout;
+                        this.arm(cx, timeout, started, true);
+                    } else {
+                        this.head_started = true;
                     }
                 }
             }
@@ -314,7 +394,9 @@ impl AsyncWrite for GuardedIo {
             let _ = this.poll_pending(cx)?;
             return Poll::Ready(Ok(buf.len()));
         }
-        Pin::new(&mut this.inner).poll_write(cx, buf)
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.check_stall(cx, result.is_ready())?;
+        result
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -322,7 +404,9 @@ impl AsyncWrite for GuardedIo {
         if this.poll_pending(cx)?.is_pending() {
             return Poll::Pending;
         }
-        Pin::new(&mut this.inner).poll_flush(cx)
+        let result = Pin::new(&mut this.inner).poll_flush(cx);
+        this.check_stall(cx, result.is_ready())?;
+        result
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -477,6 +561,38 @@ mod tests {
         assert_eq!(hypers_own_error(ok), None);
         let with_body = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\n{}";
         assert_eq!(hypers_own_error(with_body), None);
+    }
+
+    #[test]
+    fn ipv6_peers_share_the_cap_of_their_prefix() {
+        let policy = ConnectionPolicy {
+            header_timeout: Duration::from_secs(10),
+            max_total: 100,
+            max_per_ip: 1,
+            trusted: Arc::new(vec!["2001:db8:ffff::/48".parse().unwrap()]),
+            v6_prefix: 64,
+            idle_timeout: Duration::from_secs(30),
+        };
+        let connections = Connections::new(policy, Metrics::new().unwrap(), true);
+        let peer = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(connections.admit(peer("[2001:db8:1:2::1]:40000")).is_some());
+        // Another address of the same /64: the same client.
+        assert!(
+            connections
+                .admit(peer("[2001:db8:1:2::99]:40001"))
+                .is_none()
+        );
+        // Another /64, and a trusted proxy's range, are apart.
+        assert!(connections.admit(peer("[2001:db8:1:3::1]:40002")).is_some());
+        assert!(connections.admit(peer("[2001:db8:ffff::1]:1")).is_some());
+        assert!(connections.admit(peer("[2001:db8:ffff::1]:2")).is_some());
+        connections.release(peer("[2001:db8:1:2::1]:40000"));
+        assert!(
+            connections
+                .admit(peer("[2001:db8:1:2::99]:40001"))
+                .is_some()
+        );
+        assert_eq!(connections.open(), 4);
     }
 
     #[test]

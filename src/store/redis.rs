@@ -44,8 +44,11 @@
 //!
 //! Codes, cooldowns and buckets under the old names (which held the number) simply expire
 //! (within an hour). Revocations and spent-token marks must not be lost: outside Cluster mode the
-//! scripts also read the old `revoked:<sid>` and `refresh-spent:<sid>:<jti>` keys, and a logout
-//! writes both names, so replicas of the old and new version agree during a rolling upgrade.
+//! scripts also read and write the old `revoked:<sid>` and `refresh-spent:<sid>:<jti>` keys, so
+//! replicas of the old and new version agree during a rolling upgrade. Left: a refresh token
+//! spent on an old replica and presented to a new one within the grace window gets the new
+//! version's successor (the old version's was random), so for that window one session may have
+//! two chains; both end with the session.
 //!
 //! # Connections and recovery
 //!
@@ -61,7 +64,9 @@
 //! answered MOVED, ASK, TRYAGAIN, CLUSTERDOWN, MASTERDOWN, LOADING or READONLY. A script that
 //! may have run is never sent twice. In cluster and sentinel mode a connection-level failure
 //! rebuilds the connection from the seeds or sentinels (at most one rebuild at a time), which is
-//! how a replica follows a failover. A health task pings every connection each second, so a
+//! how a replica follows a failover. With redis-rs retries off, an ASK redirect (a slot being
+//! migrated while resharding) is not followed: calls on the keys of that slot get 503 until its
+//! migration ends. A health task pings every connection each second, so a
 //! connection broken by a Redis restart is replaced before a request needs it, and `/ready`
 //! checks every connection.
 
@@ -180,6 +185,8 @@ struct Rebuilt {
     current: RwLock<(u64, Option<Conn>)>,
     /// One rebuild at a time.
     rebuilding: tokio::sync::Mutex<()>,
+    /// A background rebuild is queued or running (failed calls do not queue more).
+    rebuild_queued: std::sync::atomic::AtomicBool,
 }
 
 impl Rebuilt {
@@ -333,6 +340,7 @@ impl RedisStore {
                     factory: Factory::Cluster(client),
                     current: RwLock::new((0, None)),
                     rebuilding: tokio::sync::Mutex::new(()),
+                    rebuild_queued: std::sync::atomic::AtomicBool::new(false),
                 }))
             }
             RedisMode::Sentinel => {
@@ -356,6 +364,7 @@ impl RedisStore {
                     },
                     current: RwLock::new((0, None)),
                     rebuilding: tokio::sync::Mutex::new(()),
+                    rebuild_queued: std::sync::atomic::AtomicBool::new(false),
                 }))
             }
         };
@@ -534,6 +543,9 @@ impl RedisStore {
     /// (the failed call is not waited for).
     fn rebuild_soon(&self, failed: u64) {
         if let Link::Rebuilt(rebuilt) = &self.link {
+            if rebuilt.rebuild_queued.swap(true, Ordering::AcqRel) {
+                return;
+            }
             let rebuilt = rebuilt.clone();
             tokio::spawn(async move {
                 if let Err(err) = rebuilt.refresh(failed).await {
@@ -542,6 +554,7 @@ impl RedisStore {
                         "Redis reconnect failed"
                     );
                 }
+                rebuilt.rebuild_queued.store(false, Ordering::Release);
             });
         }
     }
@@ -785,8 +798,10 @@ impl Store for RedisStore {
         let failures: Vec<Quota> = if self.single_node() {
             failures.to_vec()
         } else {
-            // Failure quotas not in the phone's slot are checked with the attempts apart (they
-            // are per phone in every policy otpgate has).
+            // Failure quotas are charged only on a wrong code, which only the phone's script
+            // knows: they must live in the phone's slot (every failure policy otpgate has is per
+            // phone). One elsewhere would be skipped here.
+            debug_assert!(failures.iter().all(|q| q.with_phone));
             failures.iter().filter(|q| q.with_phone).cloned().collect()
         };
         if !apart.is_empty()

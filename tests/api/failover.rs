@@ -160,6 +160,33 @@ async fn code_accepted_at_most_once(app: &Arc<TestApp>) {
     );
 }
 
+/// Traffic over both replicas until `recovered` says the failover is over (and at least 20
+/// logins were tried): only 200s and 503 problems, no code accepted twice.
+async fn ride_out_failover(app: &Arc<TestApp>, recovered: impl Fn() -> bool) {
+    let watch = async {
+        let mut total = (0, 0);
+        while !recovered() || total.0 + total.1 < 20 {
+            let (ok, unavailable) = only_200_or_503_during(app, Duration::from_millis(500)).await;
+            total = (total.0 + ok, total.1 + unavailable);
+            code_accepted_at_most_once(app).await;
+        }
+        total
+    };
+    let (ok, unavailable) = tokio::time::timeout(Duration::from_secs(60), watch)
+        .await
+        .expect("the failover ends");
+    eprintln!("during failover: {ok} logins served, {unavailable} answered 503");
+}
+
+/// `redis://127.0.0.1:P` for each port, comma-separated (a `REDIS_URL` list).
+fn redis_urls(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .map(|p| format!("redis://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Waits until `base` logs a new number in; the time it took.
 async fn until_logins_succeed(app: &TestApp, limit: Duration) -> Duration {
     let started = Instant::now();
@@ -276,11 +303,7 @@ async fn cluster_primary_failover_loses_nothing() {
             .iter()
             .all(|p| cli(*p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
     });
-    let seeds = ports
-        .iter()
-        .map(|p| format!("redis://127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let seeds = redis_urls(&ports);
     let app = Arc::new(
         spawn_app_with(
             Backend::Cluster,
@@ -306,21 +329,10 @@ async fn cluster_primary_failover_loses_nothing() {
     let survivor = ports[(0..6).find(|i| *i != victim).expect("another node")];
 
     // While it fails over: only 200 and 503 problems, and no code accepted twice.
-    let watch = async {
-        let mut total = (0, 0);
-        while !cli(survivor, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
-            || total.0 + total.1 < 20
-        {
-            let (ok, unavailable) = only_200_or_503_during(&app, Duration::from_millis(500)).await;
-            total = (total.0 + ok, total.1 + unavailable);
-            code_accepted_at_most_once(&app).await;
-        }
-        total
-    };
-    let (ok, unavailable) = tokio::time::timeout(Duration::from_secs(60), watch)
-        .await
-        .expect("the cluster recovers");
-    eprintln!("during failover: {ok} logins served, {unavailable} answered 503");
+    ride_out_failover(&app, || {
+        cli(survivor, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+    })
+    .await;
     wait_for(Duration::from_secs(30), || {
         cli(survivor, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
     });
@@ -388,11 +400,7 @@ async fn sentinel_primary_failover_loses_nothing() {
             Server { child, port: *p }
         })
         .collect();
-    let sentinels = sentinel_ports
-        .iter()
-        .map(|p| format!("redis://127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let sentinels = redis_urls(&sentinel_ports);
     let app = Arc::new(
         spawn_app_with(
             Backend::Cluster,
@@ -416,19 +424,7 @@ async fn sentinel_primary_failover_loses_nothing() {
         )
         .contains(&replica_port.to_string())
     };
-    let watch = async {
-        let mut total = (0, 0);
-        while !promoted() || total.0 + total.1 < 20 {
-            let (ok, unavailable) = only_200_or_503_during(&app, Duration::from_millis(500)).await;
-            total = (total.0 + ok, total.1 + unavailable);
-            code_accepted_at_most_once(&app).await;
-        }
-        total
-    };
-    let (ok, unavailable) = tokio::time::timeout(Duration::from_secs(60), watch)
-        .await
-        .expect("sentinel fails over");
-    eprintln!("during failover: {ok} logins served, {unavailable} answered 503");
+    ride_out_failover(&app, promoted).await;
     wait_for(Duration::from_secs(10), || {
         cli(replica_port, &["ROLE"]).starts_with("master")
     });

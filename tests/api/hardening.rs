@@ -18,6 +18,7 @@ crate::on_both_backends!(
     invented_methods_do_not_grow_the_metrics,
     front_door_covers_every_path_but_the_probes,
     trickled_headers_are_cut_off_and_keepalive_still_works,
+    a_client_that_stops_reading_is_cut_off,
     connections_over_a_cap_are_closed,
     hyper_errors_are_problems,
     refreshes_in_the_grace_window_share_one_successor,
@@ -177,6 +178,54 @@ fn trickle_then_keepalive(base: &str) {
         assert!(text.starts_with("HTTP/1.1 200"), "round {round}: {text}");
         std::thread::sleep(Duration::from_millis(1500));
     }
+}
+
+async fn a_client_that_stops_reading_is_cut_off(backend: Backend) {
+    let app = spawn_app_with(backend, &[("HTTP_IDLE_TIMEOUT_SECONDS", "1")]).await;
+    let page = app
+        .client
+        .get(format!("{}/docs/", app.a))
+        .send()
+        .await
+        .expect("docs")
+        .bytes()
+        .await
+        .expect("body")
+        .len();
+    let base = app.a.clone();
+    let (received, closed) = tokio::task::spawn_blocking(move || {
+        // 20 large responses asked for at once, none read: the socket buffers fill and the
+        // server's writes stall.
+        let mut stream = TcpStream::connect(address(&base)).expect("connect");
+        let request = "GET /docs/ HTTP/1.1\r\nHost: t\r\n\r\n".repeat(20);
+        stream.write_all(request.as_bytes()).expect("write");
+        std::thread::sleep(Duration::from_secs(4));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        let mut received = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => return (received, true),
+                Ok(n) => received += n,
+                Err(_) => return (received, false),
+            }
+        }
+    })
+    .await
+    .expect("raw client");
+    assert!(closed, "a stalled connection is closed");
+    assert!(
+        received < 20 * page,
+        "closed before every response went out ({received} of {} bytes)",
+        20 * page
+    );
+    let text = metrics_text(&app).await;
+    assert!(
+        text.contains("otpgate_connection_events_total{event=\"write_stalled\"}"),
+        "{text}"
+    );
 }
 
 /// Whether the server closes a fresh connection at once (read gives EOF or a reset).
