@@ -1,89 +1,10 @@
-//! The one error type, rendered as RFC 9457 `application/problem+json`.
-//!
-//! Every variant documents its HTTP status and its stable machine `code`. Server-side failures
-//! (5xx) are logged with their cause and answered with an opaque body. Errors raised by the
-//! framework itself (malformed JSON, unknown routes, a missing bearer token) are converted by
-//! [`problem_response`] into the same shape.
+//! The one error type of the service, with the HTTP status and stable machine `code` of every
+//! variant. Rendering it (RFC 9457 problem documents, headers) is the HTTP edge's job:
+//! [`crate::api::problem`]. Lower layers' errors convert into it with `From`.
 
-use poem::Response;
-use poem::http::{HeaderValue, StatusCode, header};
-use poem_openapi::ApiResponse;
-use poem_openapi::Object;
-use poem_openapi::registry::{
-    MetaHeader, MetaMediaType, MetaResponse, MetaResponses, MetaSchemaRef, Registry,
-};
-use poem_openapi::types::Type;
-
+use crate::domain::phone::InvalidPhone;
+use crate::domain::quota::{Refusal, whole_seconds};
 use crate::store::StoreError;
-
-/// The media type of every error body.
-pub const PROBLEM_JSON: &str = "application/problem+json";
-
-/// An RFC 9457 problem document.
-#[derive(Debug, Clone, Object)]
-#[oai(example)]
-pub struct Problem {
-    /// A URI naming the problem type (`urn:otpgate:problem:<code>`).
-    #[oai(rename = "type")]
-    pub type_: String,
-    /// A short summary of the problem type.
-    pub title: String,
-    /// The HTTP status code.
-    pub status: u16,
-    /// What went wrong with this request.
-    pub detail: String,
-    /// Stable machine-readable code, e.g. `invalid_phone`, `rate_limited`.
-    pub code: String,
-    /// The request id (also in the `X-Request-Id` response header), to quote in bug reports.
-    #[oai(skip_serializing_if_is_none)]
-    pub request_id: Option<String>,
-}
-
-impl poem_openapi::types::Example for Problem {
-    fn example() -> Self {
-        Problem {
-            type_: "urn:otpgate:problem:rate_limited".into(),
-            title: "Too Many Requests".into(),
-            status: 429,
-            detail: "Too many requests (otp-resend); retry in 42 s.".into(),
-            code: "rate_limited".into(),
-            request_id: Some("0d3f6c1e9a7b4d2c8e5f1a2b3c4d5e6f".into()),
-        }
-    }
-}
-
-impl Problem {
-    /// A problem document for `status` with the given code and detail.
-    pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Self {
-        Self {
-            type_: format!("urn:otpgate:problem:{code}"),
-            title: status.canonical_reason().unwrap_or("Error").to_string(),
-            status: status.as_u16(),
-            detail: detail.into(),
-            code: code.to_string(),
-            request_id: crate::telemetry::current_request_id(),
-        }
-    }
-
-    /// Renders the document as a response with the problem media type.
-    pub fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut body = serde_json::json!({
-            "type": self.type_,
-            "title": self.title,
-            "status": self.status,
-            "detail": self.detail,
-            "code": self.code,
-        });
-        if let Some(id) = self.request_id {
-            body["request_id"] = serde_json::Value::String(id);
-        }
-        Response::builder()
-            .status(status)
-            .content_type(PROBLEM_JSON)
-            .body(body.to_string())
-    }
-}
 
 /// Everything that can go wrong while serving a request.
 #[derive(Debug, thiserror::Error)]
@@ -173,25 +94,23 @@ pub enum Error {
 
 impl Error {
     /// The HTTP status of this error.
-    pub fn status(&self) -> StatusCode {
+    pub fn status(&self) -> u16 {
         match self {
-            Error::InvalidRequest(_) | Error::InvalidOtp { .. } | Error::OtpExpired => {
-                StatusCode::BAD_REQUEST
-            }
+            Error::InvalidRequest(_) | Error::InvalidOtp { .. } | Error::OtpExpired => 400,
             Error::InvalidPhone(_)
             | Error::ChannelUnavailable(_)
             | Error::CountryNotAllowed
-            | Error::UnsupportedNumber => StatusCode::UNPROCESSABLE_ENTITY,
-            Error::TooManyAttempts | Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            | Error::UnsupportedNumber => 422,
+            Error::TooManyAttempts | Error::RateLimited { .. } => 429,
             Error::InvalidToken
             | Error::TokenReused
             | Error::InvalidTelegramAuth
-            | Error::TelegramAuthExpired => StatusCode::UNAUTHORIZED,
-            Error::InvalidSignature | Error::InvalidPollToken => StatusCode::FORBIDDEN,
-            Error::IntentExpired | Error::IntentConsumed => StatusCode::GONE,
-            Error::Store(_) | Error::DeliveryFailed => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Database(e) if db_unavailable(e) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Database(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            | Error::TelegramAuthExpired => 401,
+            Error::InvalidSignature | Error::InvalidPollToken => 403,
+            Error::IntentExpired | Error::IntentConsumed => 410,
+            Error::Store(_) | Error::DeliveryFailed => 503,
+            Error::Database(e) if db_unavailable(e) => 503,
+            Error::Database(_) | Error::Internal(_) => 500,
         }
     }
 
@@ -222,18 +141,22 @@ impl Error {
         }
     }
 
-    /// The problem document of this error; server-side details stay out of it.
-    pub fn problem(&self) -> Problem {
+    /// What the client may be told; server-side details stay out of it.
+    pub fn public_detail(&self) -> String {
         let status = self.status();
-        let detail = match self {
+        match self {
             Error::Store(_) => "The session store is unavailable; retry shortly.".to_string(),
-            Error::Database(_) if status == StatusCode::SERVICE_UNAVAILABLE => {
+            Error::Database(_) if status == 503 => {
                 "The database is unavailable; retry shortly.".to_string()
             }
             Error::Database(_) | Error::Internal(_) => "Internal server error.".to_string(),
             other => other.to_string(),
-        };
-        Problem::new(status, self.code(), detail)
+        }
+    }
+
+    /// Whether this is the server's fault (5xx): logged with its cause, answered opaquely.
+    pub fn is_server_error(&self) -> bool {
+        self.status() >= 500
     }
 }
 
@@ -245,179 +168,19 @@ fn db_unavailable(err: &sea_orm::DbErr) -> bool {
     )
 }
 
-impl poem::error::ResponseError for Error {
-    fn status(&self) -> StatusCode {
-        Error::status(self)
-    }
-
-    fn as_response(&self) -> Response {
-        if self.status().is_server_error() {
-            let error = crate::config::redact_credentials(&self.to_string());
-            tracing::error!(code = self.code(), error, "request failed");
+impl From<Refusal> for Error {
+    fn from(refusal: Refusal) -> Self {
+        Error::RateLimited {
+            retry_after: whole_seconds(refusal.retry_after),
+            policy: refusal.policy,
+            limit: refusal.limit,
+            window: refusal.window.as_secs(),
         }
-        let mut resp = self.problem().into_response();
-        match self {
-            Error::RateLimited {
-                retry_after,
-                policy,
-                limit,
-                window,
-            } => {
-                let headers = resp.headers_mut();
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
-                let ratelimit_policy = format!("\"{policy}\";q={limit};w={window}");
-                let ratelimit = format!("\"{policy}\";r=0;t={retry_after}");
-                if let (Ok(p), Ok(r)) = (
-                    HeaderValue::from_str(&ratelimit_policy),
-                    HeaderValue::from_str(&ratelimit),
-                ) {
-                    headers.insert("ratelimit-policy", p);
-                    headers.insert("ratelimit", r);
-                }
-            }
-            Error::Store(_) | Error::DeliveryFailed => {
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
-            }
-            Error::InvalidToken | Error::TokenReused => {
-                resp.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
-                );
-            }
-            _ => {}
-        }
-        resp
     }
 }
 
-/// Declares the problem responses in the OpenAPI document.
-impl ApiResponse for Error {
-    fn meta() -> MetaResponses {
-        let problem =
-            |status: u16, description: &'static str, headers: Vec<MetaHeader>| MetaResponse {
-                description,
-                status: Some(status),
-                status_range: None,
-                content: vec![MetaMediaType {
-                    content_type: PROBLEM_JSON,
-                    schema: MetaSchemaRef::Reference(Problem::name().into_owned()),
-                }],
-                headers,
-            };
-        let text_header = |name: &str| MetaHeader {
-            name: name.into(),
-            description: Some("IETF httpapi ratelimit-headers field.".into()),
-            required: false,
-            deprecated: false,
-            schema: String::schema_ref(),
-        };
-        let retry_after = || MetaHeader {
-            name: "Retry-After".into(),
-            description: Some("Seconds to wait before retrying.".into()),
-            required: false,
-            deprecated: false,
-            schema: u64::schema_ref(),
-        };
-        MetaResponses {
-            responses: vec![
-                problem(
-                    400,
-                    "Malformed request, wrong or expired code (`invalid_request`, `invalid_otp`, `otp_expired`).",
-                    vec![],
-                ),
-                problem(
-                    401,
-                    "Missing, invalid, expired, revoked or reused token, or invalid Telegram login data (`unauthorized`, `invalid_token`, `token_reused`, `invalid_telegram_auth`, `telegram_auth_expired`).",
-                    vec![],
-                ),
-                problem(
-                    403,
-                    "Unsigned webhook call or wrong poll token (`invalid_signature`, `invalid_poll_token`).",
-                    vec![],
-                ),
-                problem(
-                    410,
-                    "The login intent expired or was already used (`intent_expired`, `intent_consumed`).",
-                    vec![],
-                ),
-                problem(
-                    415,
-                    "The body is not `application/json` (`unsupported_media_type`).",
-                    vec![],
-                ),
-                problem(
-                    422,
-                    "Invalid, refused or unsupported phone number, or unavailable channel (`invalid_phone`, `country_not_allowed`, `unsupported_number`, `channel_unavailable`).",
-                    vec![],
-                ),
-                problem(
-                    429,
-                    "Too many requests or wrong codes (`rate_limited`, `too_many_attempts`); `RateLimit-Policy` and `RateLimit` name the policy that refused.",
-                    vec![
-                        retry_after(),
-                        text_header("RateLimit-Policy"),
-                        text_header("RateLimit"),
-                    ],
-                ),
-                problem(
-                    500,
-                    "Internal error; the body carries no details (`internal_error`).",
-                    vec![],
-                ),
-                problem(
-                    503,
-                    "Redis, the database or every delivery channel is unavailable; nothing was changed (`store_unavailable`, `database_unavailable`, `delivery_failed`).",
-                    vec![retry_after()],
-                ),
-            ],
-        }
+impl From<InvalidPhone> for Error {
+    fn from(err: InvalidPhone) -> Self {
+        Error::InvalidPhone(err.0)
     }
-
-    fn register(registry: &mut Registry) {
-        Problem::register(registry);
-    }
-}
-
-/// Converts any error that reaches the top of the app into a problem response.
-///
-/// Our own [`Error`] renders itself; framework errors (unknown route, wrong method, malformed
-/// JSON, missing bearer token, validator failures) keep their status and get a stable code.
-pub fn problem_response(err: poem::Error) -> Response {
-    if err.is::<Error>() {
-        return err.into_response();
-    }
-    let status = err.status();
-    let code = match status {
-        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => "invalid_request",
-        StatusCode::UNAUTHORIZED => "unauthorized",
-        StatusCode::FORBIDDEN => "forbidden",
-        StatusCode::NOT_FOUND => "not_found",
-        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-        StatusCode::REQUEST_TIMEOUT => "request_timeout",
-        StatusCode::URI_TOO_LONG => "uri_too_long",
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        StatusCode::TOO_MANY_REQUESTS => "rate_limited",
-        s if s.is_server_error() => "internal_error",
-        _ => "error",
-    };
-    let detail = if status.is_server_error() {
-        let error = crate::config::redact_credentials(&err.to_string());
-        tracing::error!(status = status.as_u16(), error, "request failed");
-        "Internal server error.".to_string()
-    } else if status == StatusCode::UNAUTHORIZED {
-        "A valid bearer token is required.".to_string()
-    } else if status == StatusCode::NOT_FOUND {
-        "No such resource.".to_string()
-    } else {
-        err.to_string()
-    };
-    let mut resp = Problem::new(status, code, detail).into_response();
-    if status == StatusCode::UNAUTHORIZED {
-        resp.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
-    resp
 }

@@ -5,20 +5,20 @@
 //! lives in the [`store`] (Redis, or an in-process map for a single embedded server) and in
 //! the SQL database behind [`db`] (PostgreSQL, or SQLite when embedded).
 //!
-//! # Layout
+//! # Layout: layers that import only downward
 //!
-//! - [`config`]: [`config::Settings`] read from the environment and an optional `.env`.
-//! - [`app`]: builds the HTTP application from the settings and serves it until shutdown.
-//! - [`api`]: the HTTP surface (poem-openapi), one struct per area; no storage access here.
-//! - [`auth`]: the domain: phone numbers, code issue/verify, tokens and sessions.
-//! - [`store`]: ephemeral shared state behind one trait, with Redis and in-process backends.
-//! - [`db`]: SeaORM entities and queries for users and their identities.
-//! - [`delivery`]: how a code reaches the user (one `Sender` trait per channel).
-//! - [`messaging`]: login by WhatsApp/Telegram message: webhooks and the Telegram Login Widget.
-//! - [`error`]: the one error type, rendered as RFC 9457 `application/problem+json`.
-//! - [`listener`]: connection caps, the request-head deadline, hyper's errors as problems.
-//! - [`ratelimit`]: the per-replica front door, cluster-wide quotas, client IPs.
-//! - [`telemetry`]: the tracing subscriber.
+//! A module imports only from layers below it (`tests/api/layers.rs` checks it):
+//!
+//! 1. [`domain`] (plain types and rules), [`keys`] (JWT keys, JWKS), [`telemetry`] (logs,
+//!    request ids, metrics).
+//! 2. [`config`]: [`config::Settings`], one section per concern, read from the environment.
+//! 3. [`store`] (ephemeral shared state: Redis or in-process), [`db`] (SeaORM), [`delivery`]
+//!    (one `Sender` per channel).
+//! 4. [`error`]: the error enum and its stable codes; no HTTP types.
+//! 5. [`auth`]: the login domain: codes, tokens, sessions, login intents.
+//! 6. [`messaging`]: WhatsApp and Telegram webhooks, the Telegram Login Widget.
+//! 7. [`api`]: the only place that knows HTTP: poem-openapi handlers and problem documents.
+//! 8. [`app`]: the composition root: state, routes, middleware, the listener, serving.
 #![forbid(unsafe_code)]
 #![deny(
     clippy::unwrap_used,
@@ -33,9 +33,9 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod delivery;
+pub mod domain;
 pub mod error;
-pub mod listener;
+pub mod keys;
 pub mod messaging;
-pub mod ratelimit;
 pub mod store;
 pub mod telemetry;

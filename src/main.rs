@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use otpgate::app::Application;
-use otpgate::auth::keys::{self, SigningAlgorithm};
 use otpgate::config::{self, Settings};
+use otpgate::keys::{self, SigningAlgorithm};
 
 const USAGE: &str = "usage: otpgate [serve|migrate|healthcheck|keygen]
 
@@ -56,7 +56,7 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(settings: Settings) -> ExitCode {
-    otpgate::telemetry::init(&settings);
+    otpgate::telemetry::init(&settings.server.log_level, settings.server.log_format);
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(err) => {
@@ -89,7 +89,7 @@ async fn migrate(database_url: &str) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            let err = config::redact_credentials(&err.to_string());
+            let err = otpgate::domain::secret::redact_credentials(&err.to_string());
             eprintln!("otpgate: migration failed: {err}");
             ExitCode::FAILURE
         }

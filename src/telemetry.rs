@@ -1,4 +1,5 @@
-//! Logs, request ids and Prometheus metrics.
+//! Logs, request ids and Prometheus metrics (layer 1: nothing of the crate below it). The
+//! middleware that applies them to HTTP requests is [`crate::app::observe`].
 //!
 //! - Logs: tracing, JSON lines in production, human-readable in development. Every request runs
 //!   in a span carrying its request id, and ends with one access-log line.
@@ -7,29 +8,31 @@
 //! - Metrics: one [`Metrics`] registry per app (so tests can run many apps in one process),
 //!   rendered in the Prometheus text format at `/metrics`.
 
-use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Instant;
 
-use poem::http::HeaderValue;
-use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
-use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogFormat, Settings};
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (the development default).
+    Pretty,
+    /// One JSON object per line (the production default).
+    Json,
+}
 
-/// Installs the global subscriber once; later calls (tests) do nothing.
-pub fn init(settings: &Settings) {
-    // `LOG_LEVEL` may be a bare level (`info`) or a full directive (`otpgate=debug,poem=info`).
-    let filter = EnvFilter::try_new(&settings.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the global subscriber once; later calls (tests) do nothing. `level` may be a bare
+/// level (`info`) or a full directive (`otpgate=debug,poem=info`).
+pub fn init(level: &str, format: LogFormat) {
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);
-    let _ = match settings.log_format {
+    let _ = match format {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
@@ -45,35 +48,22 @@ tokio::task_local! {
     static REQUEST_ID: String;
 }
 
+/// Runs `work` as part of request `id`: log lines and problem bodies inside it carry the id.
+pub async fn with_request_id<F: std::future::Future>(id: String, work: F) -> F::Output {
+    REQUEST_ID.scope(id, work).await
+}
+
 /// The id of the request being served, when called inside one.
 pub fn current_request_id() -> Option<String> {
     REQUEST_ID.try_with(Clone::clone).ok()
 }
 
 /// An incoming id is kept when it is 1–128 characters of `A-Za-z0-9._-`.
-fn sane_request_id(value: &str) -> bool {
+pub fn sane_request_id(value: &str) -> bool {
     (1..=128).contains(&value.len())
         && value
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-/// The `method` label: the standard methods by name, anything else as `other` (any token is a
-/// valid HTTP method, so labelling raw methods would let a client mint series without bound).
-pub fn method_label(method: &poem::http::Method) -> &'static str {
-    use poem::http::Method;
-    match *method {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::OPTIONS => "OPTIONS",
-        Method::PATCH => "PATCH",
-        Method::TRACE => "TRACE",
-        Method::CONNECT => "CONNECT",
-        _ => "other",
-    }
 }
 
 /// The route label for a path: the path itself for known routes, one value for the rest, so a
@@ -245,6 +235,25 @@ impl Metrics {
         String::from_utf8(buf).unwrap_or_default()
     }
 
+    /// Runs `work`, timing it into `histogram{label}`; `failed` sees the error when it fails
+    /// (to count it). The one way otpgate times store, database and provider calls.
+    pub async fn timed<T, E>(
+        histogram: &HistogramVec,
+        label: &str,
+        work: impl std::future::Future<Output = Result<T, E>>,
+        failed: impl FnOnce(&E),
+    ) -> Result<T, E> {
+        let started = std::time::Instant::now();
+        let result = work.await;
+        histogram
+            .with_label_values(&[label])
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(err) = &result {
+            failed(err);
+        }
+        result
+    }
+
     /// Counts a login-intent event.
     pub fn intent(&self, channel: &str, outcome: &str) {
         self.login_intents
@@ -272,92 +281,6 @@ impl Metrics {
     /// Counts a session event.
     pub fn session(&self, event: &str) {
         self.sessions.with_label_values(&[event]).inc();
-    }
-}
-
-/// Middleware: request id, span, access log and HTTP metrics for every request.
-pub struct Observe {
-    /// Where the HTTP metrics go.
-    pub metrics: Arc<Metrics>,
-    /// The route templates that get their own label.
-    pub routes: Arc<HashSet<String>>,
-}
-
-impl<E: Endpoint> Middleware<E> for Observe {
-    type Output = ObserveEndpoint<E>;
-
-    fn transform(&self, ep: E) -> Self::Output {
-        ObserveEndpoint {
-            inner: ep,
-            metrics: self.metrics.clone(),
-            routes: self.routes.clone(),
-        }
-    }
-}
-
-/// The endpoint [`Observe`] wraps.
-pub struct ObserveEndpoint<E> {
-    inner: E,
-    metrics: Arc<Metrics>,
-    routes: Arc<HashSet<String>>,
-}
-
-impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
-    type Output = Response;
-
-    async fn call(&self, req: Request) -> poem::Result<Self::Output> {
-        let started = Instant::now();
-        let request_id = req
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| sane_request_id(v))
-            .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_string);
-        let method = method_label(req.method());
-        let path = req.uri().path();
-        let route = if self.routes.contains(path) {
-            path.to_string()
-        } else {
-            UNMATCHED_ROUTE.into()
-        };
-        let span = tracing::info_span!("request", request_id = %request_id, method, route = %route);
-
-        let result = REQUEST_ID
-            .scope(
-                request_id.clone(),
-                self.inner.call(req).instrument(span.clone()),
-            )
-            .await;
-        // Errors that escaped every handler still become a response, so they are measured.
-        let mut resp = match result {
-            Ok(resp) => resp.into_response(),
-            Err(err) => {
-                REQUEST_ID
-                    .scope(request_id.clone(), async { err.into_response() })
-                    .await
-            }
-        };
-        let status = resp.status().as_u16();
-        if let Ok(value) = HeaderValue::from_str(&request_id) {
-            resp.headers_mut().insert("x-request-id", value);
-        }
-        let elapsed = started.elapsed();
-        self.metrics
-            .http_requests
-            .with_label_values(&[method, &route, &status.to_string()])
-            .inc();
-        self.metrics
-            .http_duration
-            .with_label_values(&[method, &route])
-            .observe(elapsed.as_secs_f64());
-        span.in_scope(|| {
-            tracing::info!(
-                status,
-                latency_ms = elapsed.as_secs_f64() * 1000.0,
-                "request"
-            );
-        });
-        Ok(resp)
     }
 }
 

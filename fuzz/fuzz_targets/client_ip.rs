@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use libfuzzer_sys::fuzz_target;
-use otpgate::ratelimit::{Cidr, client_ip};
+use otpgate::domain::net::{Cidr, client_ip};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -10,5 +10,5 @@ fuzz_target!(|data: &[u8]| {
     let env = otpgate::config::parse_dotenv(text);
     let _ = otpgate::config::Settings::from_lookup(|k| env.get(k).cloned());
     let _ = otpgate::config::normalize_database_url(text);
-    let _ = otpgate::ratelimit::parse_country_caps(text);
+    let _ = otpgate::domain::country::parse_country_caps(text);
 });

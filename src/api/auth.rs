@@ -12,11 +12,12 @@ use uuid::Uuid;
 
 use super::ApiTags;
 use super::text::{OtpText, PhoneText};
+use crate::api::problem::headers;
 use crate::auth::{AuthService, LoggedIn};
 use crate::db::{identity, user};
-use crate::delivery::Channel;
+use crate::domain::channel::Channel;
+use crate::domain::net::ClientIp;
 use crate::error::Error;
-use crate::ratelimit::{ClientIp, headers};
 
 /// Phone login endpoints.
 pub struct AuthApi {

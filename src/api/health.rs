@@ -6,15 +6,20 @@ use std::time::Duration;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object};
 
+use sea_orm::DatabaseConnection;
+
 use super::ApiTags;
-use crate::app::AppState;
+use crate::store::Store;
 
 /// Upper bound on each readiness check.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Probes for load balancers and Kubernetes.
 pub struct HealthApi {
-    pub(crate) state: Arc<AppState>,
+    /// Checked by `/ready`.
+    pub store: Arc<dyn Store>,
+    /// Checked by `/ready`.
+    pub db: DatabaseConnection,
 }
 
 /// The process is up.
@@ -63,8 +68,8 @@ impl HealthApi {
     /// Readiness: checks the store and the database, each within 2 s.
     #[oai(path = "/ready", method = "get")]
     async fn ready(&self) -> ReadyResponse {
-        let store = tokio::time::timeout(CHECK_TIMEOUT, self.state.store.ping());
-        let database = tokio::time::timeout(CHECK_TIMEOUT, crate::db::ping(&self.state.db));
+        let store = tokio::time::timeout(CHECK_TIMEOUT, self.store.ping());
+        let database = tokio::time::timeout(CHECK_TIMEOUT, crate::db::ping(&self.db));
         let (store, database) = tokio::join!(store, database);
         let store_ok = matches!(store, Ok(Ok(())));
         let database_ok = matches!(database, Ok(Ok(())));

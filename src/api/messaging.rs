@@ -213,7 +213,7 @@ impl MessagingApi {
         };
         let client_ip = req
             .extensions()
-            .get::<crate::ratelimit::ClientIp>()
+            .get::<crate::domain::net::ClientIp>()
             .map(|c| c.0);
         let intent = self.auth.create_intent(channel, client_ip).await?;
         Ok(IntentCreated::Created(Json(IntentResponse {

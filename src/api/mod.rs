@@ -5,12 +5,17 @@ use std::sync::Arc;
 
 use poem_openapi::{OpenApiService, Tags};
 
-use crate::app::AppState;
+use sea_orm::DatabaseConnection;
+
+use crate::auth::AuthService;
+use crate::messaging::Messaging;
+use crate::store::Store;
 
 pub mod auth;
 pub mod health;
 pub mod keys;
 pub mod messaging;
+pub mod problem;
 pub mod text;
 
 /// Groups of operations in the docs.
@@ -37,21 +42,35 @@ pub type Api = OpenApiService<
     (),
 >;
 
+/// What the API areas need; each area struct keeps its own part.
+#[derive(Clone)]
+pub struct Deps {
+    /// The login domain.
+    pub auth: Arc<AuthService>,
+    /// Webhooks and the Telegram Login Widget.
+    pub messaging: Arc<Messaging>,
+    /// Ephemeral shared state (for readiness).
+    pub store: Arc<dyn Store>,
+    /// The database (for readiness).
+    pub db: DatabaseConnection,
+}
+
 /// Builds the API with its spec metadata.
-pub fn service(state: Arc<AppState>) -> Api {
+pub fn service(deps: Deps) -> Api {
     OpenApiService::new(
         (
             auth::AuthApi {
-                auth: state.auth.clone(),
+                auth: deps.auth.clone(),
             },
             messaging::MessagingApi {
-                auth: state.auth.clone(),
-                messaging: state.messaging.clone(),
+                auth: deps.auth.clone(),
+                messaging: deps.messaging,
             },
-            keys::KeysApi {
-                auth: state.auth.clone(),
+            keys::KeysApi { auth: deps.auth },
+            health::HealthApi {
+                store: deps.store,
+                db: deps.db,
             },
-            health::HealthApi { state },
         ),
         "otpgate",
         env!("CARGO_PKG_VERSION"),

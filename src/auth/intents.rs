@@ -166,7 +166,7 @@ impl AuthService {
         if let Err(refusal) = self.store.charge_quotas(&quotas).await? {
             self.metrics.refused(refusal.policy);
             self.metrics.intent(channel.as_str(), "rate_limited");
-            return Err(refusal.into_error());
+            return Err(Error::from(refusal));
         }
         let intent_id = self.intent_id(&code);
         let poll_token = generate_poll_token();

@@ -1,4 +1,7 @@
 //! The login domain: phone numbers, codes, tokens and sessions. No HTTP types in here.
+//!
+//! Why this file is long: the login flow (login, verify, refresh, logout, me) is one service
+//! whose steps share the same checks and metrics.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -9,23 +12,22 @@ use chrono::Utc;
 use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
-use crate::config::{MessagingSettings, Settings};
+use crate::config::{LimitSettings, MessagingSettings, OtpSettings, TokenSettings};
 use crate::db::{self, identity, user};
-use crate::delivery::{Channel, Delivery, Destination, OtpMessage};
+use crate::delivery::{Delivery, Destination, OtpMessage};
+use crate::domain::channel::Channel;
+use crate::domain::quota::{Quota, QuotaPolicy, QuotaState};
 use crate::error::Error;
-use crate::ratelimit::{Quota, QuotaPolicy, QuotaState};
 use crate::store::{RefreshOutcome, Store};
 use crate::telemetry::Metrics;
 
 pub mod intents;
-pub mod keys;
 pub mod otp;
-pub mod phone;
 pub mod tokens;
 
 use self::otp::OtpService;
-use self::phone::Phone;
 use self::tokens::{Claims, TokenKind, TokenPair, TokenService};
+use crate::domain::phone::Phone;
 
 /// A code on its way to the user.
 #[derive(Debug)]
@@ -71,30 +73,45 @@ pub struct AuthService {
     app_name: String,
 }
 
+/// The sections of the settings the login domain reads.
+#[derive(Clone, Copy)]
+pub struct AuthConfig<'a> {
+    /// Codes and the numbers they go to.
+    pub otp: &'a OtpSettings,
+    /// Token signing and lifetimes.
+    pub tokens: &'a TokenSettings,
+    /// Quotas and country lists.
+    pub limits: &'a LimitSettings,
+    /// Login intents.
+    pub messaging: &'a MessagingSettings,
+    /// `APP_NAME`, named in messages.
+    pub app_name: &'a str,
+}
+
 impl AuthService {
     /// Wires the domain to its store, database and senders.
     pub fn new(
-        settings: &Settings,
+        config: AuthConfig<'_>,
         store: Arc<dyn Store>,
         db: DatabaseConnection,
         delivery: Delivery,
         metrics: Arc<Metrics>,
     ) -> Result<Self, Error> {
         Ok(Self {
-            otp: OtpService::new(settings, store.clone())?,
-            tokens: TokenService::new(settings).map_err(Error::Internal)?,
+            otp: OtpService::new(config.otp, store.clone())?,
+            tokens: TokenService::new(config.tokens).map_err(Error::Internal)?,
             store,
             db,
             delivery,
-            quotas: settings.quotas.clone(),
-            allowed_countries: settings.allowed_countries.clone(),
-            blocked_countries: settings.blocked_countries.clone(),
-            default_region: settings.default_region,
-            expose_otp: settings.expose_otp,
-            refresh_grace: settings.refresh_reuse_grace,
+            quotas: config.limits.quotas.clone(),
+            allowed_countries: config.limits.allowed_countries.clone(),
+            blocked_countries: config.limits.blocked_countries.clone(),
+            default_region: config.otp.default_region,
+            expose_otp: config.otp.expose,
+            refresh_grace: config.tokens.refresh_reuse_grace,
             metrics,
-            messaging: settings.messaging.clone(),
-            app_name: settings.delivery.app_name.clone(),
+            messaging: config.messaging.clone(),
+            app_name: config.app_name.to_string(),
         })
     }
 
@@ -104,21 +121,16 @@ impl AuthService {
         query: &str,
         work: impl Future<Output = Result<T, sea_orm::DbErr>>,
     ) -> Result<T, Error> {
-        let started = Instant::now();
-        let result = work.await;
-        self.metrics
-            .db_duration
-            .with_label_values(&[query])
-            .observe(started.elapsed().as_secs_f64());
-        if result.is_err() {
-            self.metrics.db_errors.inc();
-        }
-        Ok(result?)
+        let metrics = &self.metrics;
+        Ok(Metrics::timed(&metrics.db_duration, query, work, |_| {
+            metrics.db_errors.inc()
+        })
+        .await?)
     }
 
     /// Parses a phone number as the API accepts it.
     pub fn parse_phone(&self, input: &str) -> Result<Phone, Error> {
-        Phone::parse(input, self.default_region)
+        Ok(Phone::parse(input, self.default_region)?)
     }
 
     /// Refuses numbers codes must not go to: countries outside `OTP_ALLOWED_COUNTRIES` or in

@@ -7,10 +7,10 @@ use hmac::{Hmac, KeyInit, Mac};
 use rand::RngExt;
 use sha2::Sha256;
 
-use crate::auth::phone::Phone;
-use crate::config::Settings;
+use crate::config::{OtpSettings, Pepper};
+use crate::domain::phone::Phone;
+use crate::domain::quota::{Quota, QuotaState, Subjects, whole_seconds};
 use crate::error::Error;
-use crate::ratelimit::{Quota, QuotaState, Subjects};
 use crate::store::{IssueOutcome, Store, VerifyOutcome};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -42,13 +42,12 @@ pub struct OtpService {
 
 impl OtpService {
     /// A service keyed by `OTP_PEPPER`, or by a key derived from the JWT secret.
-    pub fn new(settings: &Settings, store: Arc<dyn Store>) -> Result<Self, Error> {
-        let pepper: Vec<u8> = match &settings.otp_pepper {
-            Some(p) => p.expose().as_bytes().to_vec(),
-            None => {
-                let mut derive =
-                    HmacSha256::new_from_slice(settings.jwt_secret.expose().as_bytes())
-                        .map_err(|e| Error::Internal(e.to_string()))?;
+    pub fn new(settings: &OtpSettings, store: Arc<dyn Store>) -> Result<Self, Error> {
+        let pepper: Vec<u8> = match &settings.pepper {
+            Pepper::Set(p) => p.expose().as_bytes().to_vec(),
+            Pepper::FromJwtSecret(jwt_secret) => {
+                let mut derive = HmacSha256::new_from_slice(jwt_secret.expose().as_bytes())
+                    .map_err(|e| Error::Internal(e.to_string()))?;
                 derive.update(b"otpgate/otp-pepper/v1");
                 derive.finalize().into_bytes().to_vec()
             }
@@ -56,10 +55,10 @@ impl OtpService {
         Ok(Self {
             store,
             mac: HmacSha256::new_from_slice(&pepper).map_err(|e| Error::Internal(e.to_string()))?,
-            length: settings.otp_length,
-            ttl: settings.otp_ttl,
-            max_attempts: settings.otp_max_attempts,
-            resend: settings.otp_resend,
+            length: settings.length,
+            ttl: settings.ttl,
+            max_attempts: settings.max_attempts,
+            resend: settings.resend,
         })
     }
 
@@ -130,7 +129,7 @@ impl OtpService {
                 limit: 1,
                 window: self.resend.as_secs(),
             }),
-            IssueOutcome::Limited(refusal) => Err(refusal.into_error()),
+            IssueOutcome::Limited(refusal) => Err(Error::from(refusal)),
         }
     }
 
@@ -180,18 +179,9 @@ impl OtpService {
             VerifyOutcome::Invalid { remaining } => Err(Error::InvalidOtp { remaining }),
             VerifyOutcome::Missing => Err(Error::OtpExpired),
             VerifyOutcome::Burned => Err(Error::TooManyAttempts),
-            VerifyOutcome::Limited(refusal) => Err(refusal.into_error()),
+            VerifyOutcome::Limited(refusal) => Err(Error::from(refusal)),
         }
     }
-}
-
-/// Rounds up to whole seconds, at least 1, as `Retry-After` needs.
-pub fn whole_seconds(d: Duration) -> u64 {
-    d.as_millis()
-        .div_ceil(1000)
-        .max(1)
-        .try_into()
-        .unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -201,7 +191,7 @@ mod tests {
 
     fn service(pairs: &[(&str, &str)]) -> OtpService {
         let settings = crate::config::settings_from(pairs).unwrap();
-        OtpService::new(&settings, Arc::new(MemoryStore::new())).unwrap()
+        OtpService::new(&settings.otp, Arc::new(MemoryStore::new())).unwrap()
     }
 
     #[test]
@@ -230,13 +220,5 @@ mod tests {
         let peppered = service(&[("OTP_PEPPER", "another pepper")]);
         assert_ne!(otp.hash(&a, "123456"), peppered.hash(&a, "123456"));
         assert_eq!(otp.hash(&a, "123456").len(), 64);
-    }
-
-    #[test]
-    fn retry_after_rounds_up() {
-        assert_eq!(whole_seconds(Duration::from_millis(1)), 1);
-        assert_eq!(whole_seconds(Duration::from_millis(1000)), 1);
-        assert_eq!(whole_seconds(Duration::from_millis(1001)), 2);
-        assert_eq!(whole_seconds(Duration::ZERO), 1);
     }
 }

@@ -7,9 +7,9 @@ use jsonwebtoken::{Header, Validation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::keys::{KeySet, SigningAlgorithm, generate_pem};
-use crate::config::Settings;
+use crate::config::TokenSettings;
 use crate::error::Error;
+use crate::keys::{KeySet, SigningAlgorithm, generate_pem};
 
 /// What a token may be used for; an access token is never accepted as a refresh token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,7 +69,7 @@ pub struct TokenService {
 impl TokenService {
     /// A service for the configured algorithm. ES256/EdDSA without `JWT_PRIVATE_KEY_FILE`
     /// (development only; production refuses it) get a key generated for this process.
-    pub fn new(settings: &Settings) -> Result<Self, String> {
+    pub fn new(settings: &TokenSettings) -> Result<Self, String> {
         let algorithm = settings.jwt_algorithm;
         let keys = match (algorithm, &settings.jwt_private_key) {
             (SigningAlgorithm::Hs256, _) => KeySet::hmac(settings.jwt_secret.expose().as_bytes()),
@@ -247,7 +247,7 @@ mod tests {
     use super::*;
 
     fn service(pairs: &[(&str, &str)]) -> TokenService {
-        TokenService::new(&crate::config::settings_from(pairs).unwrap()).unwrap()
+        TokenService::new(&crate::config::settings_from(pairs).unwrap().tokens).unwrap()
     }
 
     #[test]

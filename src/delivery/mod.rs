@@ -10,47 +10,16 @@
 //! with phone numbers masked and never reach the client; tokens never appear in logs (URLs are
 //! stripped from transport errors because Telegram's carries the bot token).
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::auth::phone::Phone;
 use crate::config::DeliverySettings;
+pub use crate::domain::channel::Channel;
+use crate::domain::phone::Phone;
 
 mod providers;
 
 pub use providers::{LogSender, TelegramSender, TwilioSender, WhatsappSender};
-
-/// A delivery channel, as clients name it and as responses report it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Channel {
-    /// SMS (Twilio).
-    Sms,
-    /// WhatsApp Cloud API.
-    Whatsapp,
-    /// Telegram bot message.
-    Telegram,
-    /// Development only: written to the server log.
-    Log,
-}
-
-impl Channel {
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Channel::Sms => "sms",
-            Channel::Whatsapp => "whatsapp",
-            Channel::Telegram => "telegram",
-            Channel::Log => "log",
-        }
-    }
-}
-
-impl fmt::Display for Channel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// A provider refused or did not answer.
 #[derive(Debug, thiserror::Error)]

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use crate::auth::AuthService;
 use crate::auth::intents::IntentChannel;
-use crate::config::{MessagingSettings, Secret, Settings};
-use crate::delivery::Channel;
+use crate::config::MessagingSettings;
+use crate::domain::channel::Channel;
+use crate::domain::secret::Secret;
 use crate::error::Error;
 use crate::store::{BindOutcome, Store};
 use crate::telemetry::Metrics;
@@ -38,7 +39,8 @@ pub struct Messaging {
 impl Messaging {
     /// Wires the webhooks to the login domain.
     pub fn new(
-        settings: &Settings,
+        settings: &MessagingSettings,
+        bot_token: Option<Secret>,
         auth: Arc<AuthService>,
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
@@ -47,12 +49,35 @@ impl Messaging {
             auth,
             store,
             metrics,
-            settings: settings.messaging.clone(),
-            bot_token: settings
-                .delivery
-                .telegram
-                .as_ref()
-                .map(|t| t.bot_token.clone()),
+            settings: settings.clone(),
+            bot_token,
+        }
+    }
+
+    /// The first steps of every webhook call: refuse it (403, counted) unless `authentic`,
+    /// then parse the body. A signed body that does not parse is counted and acknowledged
+    /// (`None`): redelivering it would not make it parse.
+    fn authentic_body<T: serde::de::DeserializeOwned>(
+        &self,
+        source: &'static str,
+        authentic: bool,
+        body: &[u8],
+    ) -> Result<Option<T>, Error> {
+        if !authentic {
+            self.metrics.webhook(source, "forbidden");
+            tracing::warn!(
+                source,
+                "webhook call without a valid signature or secret refused"
+            );
+            return Err(Error::InvalidSignature);
+        }
+        match serde_json::from_slice(body) {
+            Ok(parsed) => Ok(Some(parsed)),
+            Err(err) => {
+                self.metrics.webhook(source, "malformed");
+                tracing::warn!(source, error = %err, "signed webhook body not understood");
+                Ok(None)
+            }
         }
     }
 

@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 use super::{Messaging, Replier, background};
 use crate::auth::LoggedIn;
 use crate::auth::intents::{IntentChannel, is_code};
-use crate::delivery::Channel;
+use crate::domain::channel::Channel;
 use crate::error::Error;
 
 const SOURCE: &str = "telegram";
@@ -142,18 +142,8 @@ impl Messaging {
             }
             _ => false,
         };
-        if !authentic {
-            self.metrics.webhook(SOURCE, "forbidden");
-            tracing::warn!("Telegram webhook call without the secret token refused");
-            return Err(Error::InvalidSignature);
-        }
-        let update: Update = match serde_json::from_slice(body) {
-            Ok(update) => update,
-            Err(err) => {
-                self.metrics.webhook(SOURCE, "malformed");
-                tracing::warn!(error = %err, "Telegram update not understood");
-                return Ok(());
-            }
+        let Some(update) = self.authentic_body::<Update>(SOURCE, authentic, body)? else {
+            return Ok(());
         };
         let key = update.update_id.to_string();
         self.once(SOURCE, &key, self.telegram_message(update.message))

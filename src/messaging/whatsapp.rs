@@ -7,7 +7,7 @@ use subtle::ConstantTimeEq;
 
 use super::{Messaging, background};
 use crate::auth::intents::{IntentChannel, find_code};
-use crate::delivery::Channel;
+use crate::domain::channel::Channel;
 use crate::error::Error;
 
 const SOURCE: &str = "whatsapp";
@@ -126,18 +126,8 @@ impl Messaging {
             .whatsapp_webhook_secret
             .as_ref()
             .is_some_and(|secret| signature_valid(secret.expose().as_bytes(), body, signature));
-        if !signed {
-            self.metrics.webhook(SOURCE, "forbidden");
-            tracing::warn!("WhatsApp webhook call without a valid signature refused");
-            return Err(Error::InvalidSignature);
-        }
-        let notification: Notification = match serde_json::from_slice(body) {
-            Ok(n) => n,
-            Err(err) => {
-                self.metrics.webhook(SOURCE, "malformed");
-                tracing::warn!(error = %err, "signed WhatsApp notification not understood");
-                return Ok(());
-            }
+        let Some(notification) = self.authentic_body::<Notification>(SOURCE, signed, body)? else {
+            return Ok(());
         };
         let mut failure = None;
         for value in notification

@@ -1,5 +1,8 @@
 //! The in-process store of an embedded (single-replica) server.
 //!
+//! Why this file is long: one implementation of every store operation, the in-process twin
+//! of the Redis scripts, kept in one place like them.
+//!
 //! Same semantics as the Redis scripts, with one mutex over a few maps. Expired entries are
 //! ignored on read and swept on writes at most every [`SWEEP_EVERY`], so memory stays bounded.
 
@@ -12,7 +15,7 @@ use subtle::ConstantTimeEq;
 use super::{
     BindOutcome, ClaimOutcome, IssueOutcome, RefreshOutcome, Store, StoreError, VerifyOutcome,
 };
-use crate::ratelimit::{Quota, QuotaState, Refusal, gcra};
+use crate::domain::quota::{Quota, QuotaState, Refusal, gcra};
 
 /// How often writes sweep expired entries.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);

@@ -4,14 +4,15 @@
 //! One trait, two backends with the same semantics (TTLs included): [`redis::RedisStore`] for
 //! clusters (every operation is one round trip; the ones that must be atomic are Lua scripts in
 //! `lua/`) and [`memory::MemoryStore`] for a single embedded server. The conformance suite in
-//! `tests/` runs against both. Quotas are GCRA buckets ([`crate::ratelimit::gcra`]): an event
+//! `tests/` runs against both. Quotas are GCRA buckets ([`crate::domain::quota::gcra`]): an event
 //! is admitted only when every quota of the call admits it, and then charged to all of them.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::ratelimit::{Quota, QuotaState, Refusal};
+use crate::domain::quota::{Quota, QuotaState, Refusal};
+use crate::domain::secret::redact_credentials;
 use crate::telemetry::Metrics;
 
 pub mod memory;
@@ -245,18 +246,13 @@ impl Metered {
         op: &str,
         work: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let started = Instant::now();
-        let result = work.await;
-        self.metrics
-            .store_duration
-            .with_label_values(&[op])
-            .observe(started.elapsed().as_secs_f64());
-        if let Err(err) = &result {
-            self.metrics.store_errors.with_label_values(&[op]).inc();
-            let error = crate::config::redact_credentials(&err.to_string());
+        let metrics = &self.metrics;
+        Metrics::timed(&metrics.store_duration, op, work, |err| {
+            metrics.store_errors.with_label_values(&[op]).inc();
+            let error = redact_credentials(&err.to_string());
             tracing::warn!(op, error, "store operation failed");
-        }
-        result
+        })
+        .await
     }
 }
 

@@ -14,7 +14,7 @@ static TRACING: LazyLock<()> = LazyLock::new(|| {
     if std::env::var("TEST_LOG").is_ok() {
         let settings = Settings::from_lookup(|k| (k == "LOG_LEVEL").then(|| "debug".into()))
             .expect("settings");
-        otpgate::telemetry::init(&settings);
+        otpgate::telemetry::init(&settings.server.log_level, settings.server.log_format);
     }
 });
 

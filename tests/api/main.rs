@@ -10,6 +10,7 @@ mod failover;
 mod flows;
 mod hardening;
 mod http_errors;
+mod layers;
 mod limits;
 mod messaging;
 mod observability;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use otpgate::config::RedisMode;
-use otpgate::ratelimit::Quota;
+use otpgate::domain::quota::Quota;
 use otpgate::store::redis::RedisOptions;
 use otpgate::store::{
     BindOutcome, ClaimOutcome, IssueOutcome, MemoryStore, RedisStore, RefreshOutcome, Store,

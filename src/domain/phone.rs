@@ -5,7 +5,10 @@ use std::fmt;
 use phonenumber::Type;
 use phonenumber::country::Id as Region;
 
-use crate::error::Error;
+/// Why a phone number was refused; the text is safe to show the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidPhone(pub String);
 
 /// Longest input we try to parse; real numbers are far shorter, even with spacing.
 const MAX_INPUT_LEN: usize = 32;
@@ -26,19 +29,19 @@ impl Phone {
     /// Parses `+919876543210`, `919876543210` (digits with country code, the seed's form),
     /// `+91 98765 43210`, `0091 98765 43210`, and, when `default_region` is set, national
     /// numbers such as `098765 43210`.
-    pub fn parse(input: &str, default_region: Option<Region>) -> Result<Self, Error> {
+    pub fn parse(input: &str, default_region: Option<Region>) -> Result<Self, InvalidPhone> {
         let input = input.trim();
         if input.is_empty() {
-            return Err(Error::InvalidPhone("The phone number is empty.".into()));
+            return Err(InvalidPhone("The phone number is empty.".into()));
         }
         if input.len() > MAX_INPUT_LEN {
-            return Err(Error::InvalidPhone("The phone number is too long.".into()));
+            return Err(InvalidPhone("The phone number is too long.".into()));
         }
         if !input
             .chars()
             .all(|c| c.is_ascii_digit() || matches!(c, '+' | ' ' | '-' | '.' | '(' | ')'))
         {
-            return Err(Error::InvalidPhone(
+            return Err(InvalidPhone(
                 "A phone number may contain only digits, spaces, '+', '-', '.' and parentheses."
                     .into(),
             ));
@@ -48,7 +51,7 @@ impl Phone {
             .filter(|c| c.is_ascii_digit() || *c == '+')
             .collect();
         if compact.rfind('+').is_some_and(|i| i > 0) {
-            return Err(Error::InvalidPhone("'+' may only start the number.".into()));
+            return Err(InvalidPhone("'+' may only start the number.".into()));
         }
         let international = if let Some(rest) = compact.strip_prefix("00") {
             Some(format!("+{rest}"))
@@ -97,7 +100,7 @@ impl Phone {
                 });
             }
         }
-        Err(Error::InvalidPhone(
+        Err(InvalidPhone(
             "Not a valid phone number; send it with its country code, like +919876543210.".into(),
         ))
     }

@@ -1,0 +1,283 @@
+//! The routes of a replica and the middleware around them: request bodies bounded in size and
+//! time, CORS, the front door, the docs' headers, `Allow` on 405, observation.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use poem::http::{StatusCode, header};
+use poem::middleware::SetHeader;
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
+use subtle::ConstantTimeEq;
+use tokio::io::AsyncReadExt;
+
+use super::frontdoor::{ClientGate, FrontDoor};
+use super::listener::{ConnectionPolicy, Connections, TrackRequests};
+use super::observe::Observe;
+use super::state::AppState;
+use crate::api::problem::{problem_response, unauthorized};
+use crate::config::Settings;
+use crate::domain::secret::Secret;
+use crate::telemetry::Metrics;
+
+/// `GET /metrics`: Prometheus text, behind `METRICS_TOKEN` when one is set.
+fn metrics_endpoint(metrics: Arc<Metrics>, token: Option<Secret>) -> impl Endpoint {
+    poem::endpoint::make_sync(move |req: Request| -> Response {
+        if let Some(token) = &token {
+            let presented = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if !bool::from(presented.as_bytes().ct_eq(token.expose().as_bytes())) {
+                return unauthorized("A valid metrics token is required.");
+            }
+        }
+        metrics
+            .render()
+            .with_content_type("text/plain; version=0.0.4; charset=utf-8")
+            .into_response()
+    })
+}
+
+/// How long a client may take to send a request body.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Buffers request bodies up to `max` bytes (413 beyond, whatever `Content-Length` says or
+/// does not say) within [`BODY_READ_TIMEOUT`] (408 after), so a client can neither flood nor
+/// trickle.
+struct BodyLimit {
+    max: usize,
+}
+
+impl<E: Endpoint> poem::Middleware<E> for BodyLimit {
+    type Output = BodyLimitEndpoint<E>;
+
+    fn transform(&self, ep: E) -> Self::Output {
+        BodyLimitEndpoint {
+            inner: ep,
+            max: self.max,
+        }
+    }
+}
+
+struct BodyLimitEndpoint<E> {
+    inner: E,
+    max: usize,
+}
+
+impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
+    type Output = E::Output;
+
+    async fn call(&self, mut req: Request) -> poem::Result<Self::Output> {
+        let too_large = || poem::Error::from_status(StatusCode::PAYLOAD_TOO_LARGE);
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.max as u64) {
+            return Err(too_large());
+        }
+        if declared != Some(0) && req.method() != poem::http::Method::GET {
+            let limit = u64::try_from(self.max)
+                .unwrap_or(u64::MAX)
+                .saturating_add(1);
+            let mut reader = req.take_body().into_async_read().take(limit);
+            let mut buf = Vec::new();
+            match tokio::time::timeout(BODY_READ_TIMEOUT, reader.read_to_end(&mut buf)).await {
+                Err(_) => return Err(poem::Error::from_status(StatusCode::REQUEST_TIMEOUT)),
+                Ok(Err(_)) => return Err(poem::Error::from_status(StatusCode::BAD_REQUEST)),
+                Ok(Ok(_)) if buf.len() > self.max => return Err(too_large()),
+                Ok(Ok(_)) => req.set_body(buf),
+            }
+        }
+        self.inner.call(req).await
+    }
+}
+
+/// CORS for browser clients: the origins of `CORS_ORIGINS` (`*` = any, development only).
+fn cors(origins: &[String]) -> Option<poem::middleware::Cors> {
+    if origins.is_empty() {
+        return None;
+    }
+    let cors = poem::middleware::Cors::new()
+        .allow_methods([poem::http::Method::GET, poem::http::Method::POST])
+        .allow_headers(["authorization", "content-type", "x-request-id"])
+        .expose_headers([
+            "retry-after",
+            "ratelimit",
+            "ratelimit-policy",
+            "x-request-id",
+        ])
+        .max_age(600);
+    Some(if origins.iter().any(|o| o == "*") {
+        cors
+    } else {
+        cors.allow_origins(origins)
+    })
+}
+
+/// The methods of every path in the spec (`/api/auth/login` → `POST`), for `Allow` headers and
+/// the `route` label of metrics.
+fn spec_methods(spec_json: &str) -> HashMap<String, String> {
+    let spec: serde_json::Value = serde_json::from_str(spec_json).unwrap_or_default();
+    spec["paths"]
+        .as_object()
+        .map(|paths| {
+            paths
+                .iter()
+                .map(|(path, ops)| {
+                    let methods: Vec<String> = ops
+                        .as_object()
+                        .map(|o| o.keys().map(|m| m.to_ascii_uppercase()).collect())
+                        .unwrap_or_default();
+                    (path.clone(), methods.join(", "))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The Content-Security-Policy of the documentation pages: their scripts and styles are
+/// inline (Swagger UI and Redoc ship as one page); nothing may frame them.
+const DOCS_CSP: &str = "default-src 'none'; script-src 'self' 'unsafe-inline'; \
+     style-src 'self' 'unsafe-inline' https://fonts.googleapis.com; \
+     font-src 'self' data: https://fonts.gstatic.com; img-src 'self' data:; \
+     connect-src 'self'; worker-src 'self' blob:; frame-ancestors 'none'; base-uri 'none'; \
+     form-action 'none'";
+
+/// All routes: the API, its docs and spec (when `DOCS_ENABLED`) and `/metrics` (unless it has
+/// its own port), with every error rendered as problem+json, every request observed, and the
+/// front door on every path but the probes and webhooks.
+pub fn routes(state: Arc<AppState>) -> impl Endpoint {
+    routes_with(state, None)
+}
+
+pub(super) fn routes_with(
+    state: Arc<AppState>,
+    connections: Option<Arc<Connections>>,
+) -> impl Endpoint {
+    let door = FrontDoor::new(
+        state.settings.limits.frontdoor_per_second,
+        state.settings.limits.frontdoor_burst,
+    );
+    if let Some(door) = &door {
+        door.spawn_sweeper();
+    }
+    let gate = ClientGate {
+        trusted: Arc::new(state.settings.limits.trusted_proxies.clone()),
+        door,
+        metrics: state.metrics.clone(),
+        v6_prefix: state.settings.limits.ipv6_prefix,
+    };
+    let metrics = state.metrics.clone();
+    let settings = state.settings.clone();
+    let metrics_here = settings.server.metrics_port.is_none();
+    let token = settings.server.metrics_token.clone();
+    let api = crate::api::service(crate::api::Deps {
+        auth: state.auth.clone(),
+        messaging: state.messaging.clone(),
+        store: state.store.clone(),
+        db: state.db.clone(),
+    });
+    let mut allow = spec_methods(&api.spec());
+    let mut extra = vec!["/metrics"];
+    if settings.server.docs_enabled {
+        extra.extend(["/docs", "/redoc", "/openapi.json"]);
+    }
+    for path in extra {
+        allow.insert(path.to_string(), "GET".to_string());
+    }
+    let observed = Observe {
+        metrics: metrics.clone(),
+        routes: Arc::new(
+            allow
+                .keys()
+                .cloned()
+                .chain(["/docs/".to_string(), "/redoc/".to_string()])
+                .collect(),
+        ),
+    };
+    let allow = Arc::new(allow);
+    let mut route = Route::new();
+    if settings.server.docs_enabled {
+        let docs_headers = || {
+            SetHeader::new()
+                .overriding(header::CONTENT_SECURITY_POLICY, DOCS_CSP)
+                .overriding(header::X_FRAME_OPTIONS, "DENY")
+                .overriding(header::REFERRER_POLICY, "no-referrer")
+        };
+        route = route
+            .nest("/docs", api.swagger_ui().with(docs_headers()))
+            .nest("/redoc", api.redoc().with(docs_headers()))
+            .at("/openapi.json", api.spec_endpoint());
+    }
+    if metrics_here {
+        route = route.at("/metrics", metrics_endpoint(metrics.clone(), token));
+    }
+    let cors = cors(&settings.server.cors_origins);
+    let vary = cors.is_some();
+    let tracked = connections.is_some();
+    route
+        .nest(
+            "/",
+            api.with(SetHeader::new().overriding(header::CACHE_CONTROL, "no-store")),
+        )
+        .with(BodyLimit {
+            max: settings.server.body_limit_bytes,
+        })
+        .with(gate)
+        .with_if(cors.is_some(), cors.unwrap_or_default())
+        // The CORS answer depends on `Origin`: caches must keep one per origin.
+        .with_if(vary, SetHeader::new().appending(header::VARY, "Origin"))
+        .catch_all_error(|err| async move { problem_response(err) })
+        .around(move |ep, req| {
+            // RFC 9110: a 405 names the methods the resource supports.
+            let methods = allow.get(req.uri().path()).cloned();
+            async move {
+                let mut resp = ep.call(req).await?;
+                if resp.status() == StatusCode::METHOD_NOT_ALLOWED
+                    && let Some(value) =
+                        methods.and_then(|m| header::HeaderValue::from_str(&m).ok())
+                {
+                    resp.headers_mut().insert(header::ALLOW, value);
+                }
+                Ok(resp)
+            }
+        })
+        .with(SetHeader::new().overriding(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .with(observed)
+        .with_if(
+            tracked,
+            TrackRequests {
+                connections: connections.unwrap_or_else(|| {
+                    Connections::new(connection_policy(&settings), metrics, false)
+                }),
+            },
+        )
+}
+
+pub(super) fn connection_policy(settings: &Settings) -> ConnectionPolicy {
+    ConnectionPolicy {
+        header_timeout: settings.server.http_header_timeout,
+        max_total: settings.server.http_max_connections,
+        max_per_ip: settings.server.http_max_connections_per_ip,
+        trusted: Arc::new(settings.limits.trusted_proxies.clone()),
+        v6_prefix: settings.limits.ipv6_prefix,
+        idle_timeout: settings.server.http_idle_timeout,
+    }
+}
+
+/// The routes of the separate metrics listener (`METRICS_PORT`).
+pub(super) fn metrics_routes(
+    metrics: Arc<Metrics>,
+    token: Option<Secret>,
+    connections: Arc<Connections>,
+) -> impl Endpoint {
+    Route::new()
+        .at("/metrics", metrics_endpoint(metrics, token))
+        .catch_all_error(|err| async move { problem_response(err) })
+        .with(TrackRequests { connections })
+}

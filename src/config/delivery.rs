@@ -1,0 +1,211 @@
+//! Delivery: the providers (Twilio, WhatsApp Cloud API, Telegram Bot API), the channel order,
+//! and the message text.
+
+use std::time::Duration;
+
+use super::env::{ConfigError, Vars, base_url, invalid, required};
+use crate::domain::channel::Channel;
+use crate::domain::secret::Secret;
+
+/// Twilio SMS (`SEND_OTP_VIA_SMS=true`).
+#[derive(Debug, Clone)]
+pub struct TwilioSettings {
+    /// `TWILIO_ACCOUNT_SID`.
+    pub account_sid: String,
+    /// `TWILIO_AUTH_TOKEN`.
+    pub auth_token: Secret,
+    /// `TWILIO_PHONE_NUMBER`: the sender number (`From`).
+    pub from: Option<String>,
+    /// `TWILIO_MESSAGING_SERVICE_SID`: send through a messaging service instead of `From`.
+    pub messaging_service_sid: Option<String>,
+    /// `TWILIO_API_BASE`.
+    pub api_base: String,
+}
+
+/// WhatsApp Cloud API.
+#[derive(Debug, Clone)]
+pub struct WhatsappSettings {
+    /// `WHATSAPP_ACCESS_TOKEN`.
+    pub access_token: Secret,
+    /// `WHATSAPP_PHONE_NUMBER_ID`.
+    pub phone_number_id: String,
+    /// `WHATSAPP_OTP_TEMPLATE`: an approved authentication template; unset = text messages.
+    pub template: Option<String>,
+    /// `WHATSAPP_TEMPLATE_LANGUAGE`.
+    pub template_language: String,
+    /// `WHATSAPP_API_BASE`.
+    pub api_base: String,
+}
+
+/// Telegram Bot API.
+#[derive(Debug, Clone)]
+pub struct TelegramSettings {
+    /// `TELEGRAM_BOT_TOKEN`.
+    pub bot_token: Secret,
+    /// `TELEGRAM_API_BASE`.
+    pub api_base: String,
+}
+
+/// How codes are delivered.
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    /// SMS through Twilio; `None` = the `sms` channel writes to the log (development) or is
+    /// off (production).
+    pub twilio: Option<TwilioSettings>,
+    /// WhatsApp, when configured.
+    pub whatsapp: Option<WhatsappSettings>,
+    /// Telegram, when configured.
+    pub telegram: Option<TelegramSettings>,
+    /// `DELIVERY_TIMEOUT_MS`: bound on one provider request.
+    pub timeout: Duration,
+    /// `OTP_CHANNEL_ORDER`: default channel first, then the fallbacks.
+    pub channel_order: Vec<Channel>,
+    /// `OTP_MESSAGE_TEMPLATE`: with `{code}`, `{minutes}`, `{app}`.
+    pub message_template: String,
+    /// `APP_NAME`: `{app}` in messages.
+    pub app_name: String,
+    /// `OTP_ANDROID_APP_HASH`: the 11-character SMS Retriever hash line.
+    pub android_app_hash: Option<String>,
+    /// `OTP_WEBOTP_DOMAIN`: adds the WebOTP line `@domain #code`.
+    pub webotp_domain: Option<String>,
+    /// Whether the development `log` channel may stand in for SMS (never in production).
+    pub log_channel: bool,
+    /// `SEND_OTP_VIA_SMS`: the seed's switch; false keeps codes on the `log` channel.
+    pub send_otp_via_sms: bool,
+}
+
+/// The default `OTP_MESSAGE_TEMPLATE`.
+pub const DEFAULT_MESSAGE_TEMPLATE: &str =
+    "{code} is your {app} verification code. It expires in {minutes} minutes. Do not share it.";
+
+impl DeliverySettings {
+    pub(crate) fn from_env(env: &Vars<'_>, production: bool) -> Result<Self, ConfigError> {
+        let send_otp_via_sms = env.bool("SEND_OTP_VIA_SMS", false)?;
+        delivery_settings(env, send_otp_via_sms, production)
+    }
+}
+
+fn delivery_settings(
+    env: &Vars<'_>,
+    send_otp_via_sms: bool,
+    production: bool,
+) -> Result<DeliverySettings, ConfigError> {
+    let twilio = if send_otp_via_sms {
+        let because = "when SEND_OTP_VIA_SMS=true";
+        let from = env.get("TWILIO_PHONE_NUMBER");
+        let messaging_service_sid = env.get("TWILIO_MESSAGING_SERVICE_SID");
+        if from.is_none() && messaging_service_sid.is_none() {
+            return Err(invalid(
+                "TWILIO_PHONE_NUMBER",
+                "SEND_OTP_VIA_SMS=true needs TWILIO_PHONE_NUMBER or TWILIO_MESSAGING_SERVICE_SID",
+            ));
+        }
+        Some(TwilioSettings {
+            account_sid: required(env, "TWILIO_ACCOUNT_SID", because)?,
+            auth_token: Secret::new(required(env, "TWILIO_AUTH_TOKEN", because)?),
+            from,
+            messaging_service_sid,
+            api_base: base_url(env, "TWILIO_API_BASE", "https://api.twilio.com")?,
+        })
+    } else {
+        None
+    };
+    let whatsapp = match (
+        env.get("WHATSAPP_ACCESS_TOKEN"),
+        env.get("WHATSAPP_PHONE_NUMBER_ID"),
+    ) {
+        (None, None) => None,
+        (Some(token), Some(id)) => Some(WhatsappSettings {
+            access_token: Secret::new(token),
+            phone_number_id: id,
+            template: env.get("WHATSAPP_OTP_TEMPLATE"),
+            template_language: env
+                .get("WHATSAPP_TEMPLATE_LANGUAGE")
+                .unwrap_or_else(|| "en_US".into()),
+            api_base: base_url(env, "WHATSAPP_API_BASE", "https://graph.facebook.com/v21.0")?,
+        }),
+        (Some(_), None) => {
+            return Err(invalid(
+                "WHATSAPP_PHONE_NUMBER_ID",
+                "required with WHATSAPP_ACCESS_TOKEN",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "WHATSAPP_ACCESS_TOKEN",
+                "required with WHATSAPP_PHONE_NUMBER_ID",
+            ));
+        }
+    };
+    let telegram = match env.get("TELEGRAM_BOT_TOKEN") {
+        None => None,
+        Some(token) => Some(TelegramSettings {
+            bot_token: Secret::new(token),
+            api_base: base_url(env, "TELEGRAM_API_BASE", "https://api.telegram.org")?,
+        }),
+    };
+    let channel_order = match env.get("OTP_CHANNEL_ORDER") {
+        None => vec![Channel::Sms],
+        Some(_) => env
+            .list("OTP_CHANNEL_ORDER")
+            .iter()
+            .map(|name| match name.to_ascii_lowercase().as_str() {
+                "sms" => Ok(Channel::Sms),
+                "whatsapp" => Ok(Channel::Whatsapp),
+                "telegram" => Ok(Channel::Telegram),
+                other => Err(invalid(
+                    "OTP_CHANNEL_ORDER",
+                    format!("{other:?} is not one of sms, whatsapp, telegram"),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let message_template = env
+        .get("OTP_MESSAGE_TEMPLATE")
+        .unwrap_or_else(|| DEFAULT_MESSAGE_TEMPLATE.into());
+    if !message_template.contains("{code}") {
+        return Err(invalid("OTP_MESSAGE_TEMPLATE", "must contain {code}"));
+    }
+    let android_app_hash = env
+        .get("OTP_ANDROID_APP_HASH")
+        .map(|h| h.trim().to_string());
+    if let Some(hash) = &android_app_hash
+        && (hash.len() != 11
+            || !hash
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/'))
+    {
+        return Err(invalid(
+            "OTP_ANDROID_APP_HASH",
+            "must be the 11-character app hash",
+        ));
+    }
+    let webotp_domain = env.get("OTP_WEBOTP_DOMAIN").map(|d| d.trim().to_string());
+    if let Some(domain) = &webotp_domain
+        && !domain
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'))
+    {
+        return Err(invalid(
+            "OTP_WEBOTP_DOMAIN",
+            "must be a host name such as example.com",
+        ));
+    }
+    let timeout_ms: u64 = env.parse("DELIVERY_TIMEOUT_MS", 5000)?;
+    if timeout_ms == 0 {
+        return Err(invalid("DELIVERY_TIMEOUT_MS", "must be at least 1"));
+    }
+    Ok(DeliverySettings {
+        twilio,
+        whatsapp,
+        telegram,
+        timeout: Duration::from_millis(timeout_ms),
+        channel_order,
+        message_template,
+        app_name: env.get("APP_NAME").unwrap_or_else(|| "otpgate".into()),
+        android_app_hash,
+        webotp_domain,
+        log_channel: !production && !send_otp_via_sms,
+        send_otp_via_sms,
+    })
+}

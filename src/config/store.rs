@@ -1,0 +1,277 @@
+//! Where state lives: the SQL database (users) and Redis (everything ephemeral and shared).
+
+use std::time::Duration;
+
+use super::env::{ConfigError, Vars, invalid};
+use crate::domain::secret::{Secret, redact_credentials};
+
+/// The SQLite file used when `DATABASE_URL` is unset.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://otpgate.db?mode=rwc";
+
+/// How otpgate reaches Redis (`REDIS_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisMode {
+    /// One Redis (`REDIS_URL` is one URL).
+    Standalone,
+    /// Redis Cluster (`REDIS_URL` lists seed nodes).
+    Cluster,
+    /// A primary found through Sentinel (`REDIS_URL` lists the sentinels).
+    Sentinel,
+}
+
+impl RedisMode {
+    /// The mode's name, as `REDIS_MODE` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Standalone => "standalone",
+            Self::Cluster => "cluster",
+            Self::Sentinel => "sentinel",
+        }
+    }
+}
+
+/// The database and Redis.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// `DATABASE_URL`: `postgres://…` or `sqlite://…`.
+    pub database_url: Secret,
+    /// `DATABASE_MAX_CONNECTIONS`: pool size (SQLite always uses 1).
+    pub database_max_connections: u32,
+    /// `RUN_MIGRATIONS`: migrate the database at start-up.
+    pub run_migrations: bool,
+    /// `REDIS_URL`: shared store; unset means the in-process store. One URL in standalone
+    /// mode, a comma-separated list of seed nodes (cluster) or sentinels (sentinel).
+    pub redis_url: Option<Secret>,
+    /// `REDIS_MODE`: standalone, cluster or sentinel.
+    pub redis_mode: RedisMode,
+    /// The URLs of `REDIS_URL`, checked.
+    pub redis_nodes: Vec<Secret>,
+    /// `REDIS_SENTINEL_MASTER`: the primary's name in sentinel mode.
+    pub redis_sentinel_master: Option<String>,
+    /// `REDIS_KEY_PREFIX`: prefix of every Redis key, to share one Redis between deployments.
+    pub redis_key_prefix: String,
+    /// `REDIS_CONNECTIONS`: multiplexed connections per replica (`REDIS_POOL_SIZE` is read too).
+    pub redis_pool_size: usize,
+    /// `REDIS_TIMEOUT_MS`: upper bound on one store operation.
+    pub redis_timeout: Duration,
+}
+
+impl StoreSettings {
+    pub(crate) fn from_env(env: &Vars<'_>) -> Result<Self, ConfigError> {
+        let redis_timeout_ms: u64 = env.parse("REDIS_TIMEOUT_MS", 1000)?;
+        if redis_timeout_ms == 0 {
+            return Err(invalid("REDIS_TIMEOUT_MS", "must be at least 1"));
+        }
+        let (redis_mode, redis_nodes, redis_sentinel_master) = redis_settings(env)?;
+        Ok(Self {
+            database_url: env
+                .get("DATABASE_URL")
+                .map(|url| Secret::new(normalize_database_url(&url)))
+                .unwrap_or_else(|| Secret::new(DEFAULT_DATABASE_URL)),
+            database_max_connections: env.parse("DATABASE_MAX_CONNECTIONS", 10)?,
+            run_migrations: env.bool("RUN_MIGRATIONS", true)?,
+            redis_url: env.get("REDIS_URL").map(Secret::new),
+            redis_mode,
+            redis_nodes,
+            redis_sentinel_master,
+            redis_key_prefix: env
+                .get("REDIS_KEY_PREFIX")
+                .unwrap_or_else(|| "otpgate:".into()),
+            redis_pool_size: match env.get("REDIS_CONNECTIONS") {
+                Some(_) => env.parse("REDIS_CONNECTIONS", 2)?,
+                None => env.parse("REDIS_POOL_SIZE", 2)?,
+            },
+            redis_timeout: Duration::from_millis(redis_timeout_ms),
+        })
+    }
+
+    /// Whether the in-process store is in use (no `REDIS_URL`).
+    pub fn embedded(&self) -> bool {
+        self.redis_url.is_none()
+    }
+}
+
+/// `REDIS_MODE`, the URLs of `REDIS_URL` and `REDIS_SENTINEL_MASTER`, checked together.
+fn redis_settings(env: &Vars<'_>) -> Result<(RedisMode, Vec<Secret>, Option<String>), ConfigError> {
+    let mode = match env
+        .get("REDIS_MODE")
+        .map(|m| m.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("standalone") => RedisMode::Standalone,
+        Some("cluster") => RedisMode::Cluster,
+        Some("sentinel") => RedisMode::Sentinel,
+        Some(other) => {
+            return Err(invalid(
+                "REDIS_MODE",
+                format!("expected standalone, cluster or sentinel, got {other:?}"),
+            ));
+        }
+    };
+    if let Some(prefix) = env.get("REDIS_KEY_PREFIX")
+        && prefix.contains(['{', '}'])
+    {
+        return Err(invalid(
+            "REDIS_KEY_PREFIX",
+            "must not contain { or }: otpgate places hash tags in its keys itself",
+        ));
+    }
+    let urls = env.list("REDIS_URL");
+    if urls.is_empty() {
+        if mode != RedisMode::Standalone {
+            return Err(invalid(
+                "REDIS_URL",
+                format!("REDIS_MODE={} needs REDIS_URL", mode.name()),
+            ));
+        }
+        return Ok((mode, Vec::new(), None));
+    }
+    if mode == RedisMode::Standalone && urls.len() > 1 {
+        return Err(invalid(
+            "REDIS_URL",
+            "standalone mode takes one URL; for a list of nodes set REDIS_MODE=cluster \
+             (seed nodes) or REDIS_MODE=sentinel (sentinels)",
+        ));
+    }
+    for url in &urls {
+        let shown = redact_credentials(url);
+        let info = redis::IntoConnectionInfo::into_connection_info(url.as_str()).map_err(|_| {
+            invalid(
+                "REDIS_URL",
+                format!("{shown:?} is not a Redis URL (redis://[user:password@]host:port[/db])"),
+            )
+        })?;
+        if !matches!(
+            info.addr(),
+            redis::ConnectionAddr::Tcp(..) | redis::ConnectionAddr::TcpTls { .. }
+        ) && mode != RedisMode::Standalone
+        {
+            return Err(invalid(
+                "REDIS_URL",
+                format!("{shown:?}: cluster and sentinel nodes need host:port addresses"),
+            ));
+        }
+    }
+    let master = env
+        .get("REDIS_SENTINEL_MASTER")
+        .map(|m| m.trim().to_string());
+    match (mode, &master) {
+        (RedisMode::Sentinel, None) => {
+            return Err(invalid(
+                "REDIS_SENTINEL_MASTER",
+                "REDIS_MODE=sentinel needs the primary's name (as in `sentinel monitor NAME …`)",
+            ));
+        }
+        (RedisMode::Standalone | RedisMode::Cluster, Some(_)) => {
+            return Err(invalid(
+                "REDIS_SENTINEL_MASTER",
+                "only used with REDIS_MODE=sentinel",
+            ));
+        }
+        _ => {}
+    }
+    Ok((mode, urls.into_iter().map(Secret::new).collect(), master))
+}
+
+/// Accepts SQLAlchemy-style URLs from the seed (`postgresql+asyncpg://`, `sqlite+aiosqlite:///x.db`)
+/// and gives SQLite files `mode=rwc` so they are created on first start.
+pub fn normalize_database_url(url: &str) -> String {
+    let url = url.trim();
+    let (scheme, rest) = match url.split_once("://") {
+        Some(parts) => parts,
+        None => return url.to_string(),
+    };
+    let (base, had_driver) = match scheme.split_once('+') {
+        Some((base, _driver)) => (base, true),
+        None => (scheme, false),
+    };
+    let base = if base == "postgresql" {
+        "postgres"
+    } else {
+        base
+    };
+    if base != "sqlite" {
+        return format!("{base}://{rest}");
+    }
+    // SQLAlchemy's `sqlite:///relative.db` has one slash more than sqlx's `sqlite://relative.db`.
+    let path = if had_driver {
+        rest.strip_prefix('/').unwrap_or(rest)
+    } else {
+        rest
+    };
+    if path.contains('?') || path.starts_with(":memory:") {
+        format!("sqlite://{path}")
+    } else {
+        format!("sqlite://{path}?mode=rwc")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::settings_from as settings;
+
+    #[test]
+    fn redis_modes_are_checked() {
+        let var = |pairs: &[(&str, &str)]| settings(pairs).unwrap_err().var;
+        let s = settings(&[("REDIS_URL", "redis://:pw@127.0.0.1:6379/2")]).unwrap();
+        assert_eq!(s.store.redis_mode, RedisMode::Standalone);
+        assert_eq!(s.store.redis_nodes.len(), 1);
+        let nodes = "redis://10.0.0.1:6379, redis://10.0.0.2:6379";
+        assert_eq!(var(&[("REDIS_URL", nodes)]), "REDIS_URL");
+        let c = settings(&[("REDIS_MODE", "cluster"), ("REDIS_URL", nodes)]).unwrap();
+        assert_eq!(
+            (c.store.redis_mode, c.store.redis_nodes.len()),
+            (RedisMode::Cluster, 2)
+        );
+        assert_eq!(
+            var(&[("REDIS_MODE", "sentinel"), ("REDIS_URL", nodes)]),
+            "REDIS_SENTINEL_MASTER"
+        );
+        let s = settings(&[
+            ("REDIS_MODE", "Sentinel"),
+            ("REDIS_URL", nodes),
+            ("REDIS_SENTINEL_MASTER", "mymaster"),
+        ])
+        .unwrap();
+        assert_eq!(s.store.redis_sentinel_master.as_deref(), Some("mymaster"));
+        assert_eq!(var(&[("REDIS_MODE", "sharded")]), "REDIS_MODE");
+        assert_eq!(var(&[("REDIS_MODE", "cluster")]), "REDIS_URL");
+        let bad = settings(&[
+            ("REDIS_MODE", "cluster"),
+            ("REDIS_URL", "redis://:secretpw@10.0.0.1:6379,http//nope"),
+        ])
+        .unwrap_err();
+        assert_eq!(bad.var, "REDIS_URL");
+        assert!(!bad.message.contains("secretpw"), "{}", bad.message);
+        assert_eq!(
+            var(&[
+                ("REDIS_URL", "redis://127.0.0.1"),
+                ("REDIS_SENTINEL_MASTER", "m")
+            ]),
+            "REDIS_SENTINEL_MASTER"
+        );
+        assert_eq!(var(&[("REDIS_KEY_PREFIX", "app{1}:")]), "REDIS_KEY_PREFIX");
+    }
+
+    #[test]
+    fn seed_database_urls_are_accepted() {
+        assert_eq!(
+            normalize_database_url("postgresql+asyncpg://u:p@db:5432/app"),
+            "postgres://u:p@db:5432/app"
+        );
+        assert_eq!(
+            normalize_database_url("postgresql://h/app"),
+            "postgres://h/app"
+        );
+        assert_eq!(
+            normalize_database_url("sqlite+aiosqlite:///./app.db"),
+            "sqlite://./app.db?mode=rwc"
+        );
+        assert_eq!(
+            normalize_database_url("sqlite://data/app.db"),
+            "sqlite://data/app.db?mode=rwc"
+        );
+        assert_eq!(normalize_database_url("sqlite::memory:"), "sqlite::memory:");
+    }
+}

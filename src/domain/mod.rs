@@ -1,0 +1,15 @@
+//! Layer 1: plain types and rules, no I/O, no HTTP, nothing of the crate outside this folder.
+//!
+//! - [`phone`]: [`phone::Phone`] parsed from what clients send, and its [`phone::InvalidPhone`].
+//! - [`channel`]: the delivery channels.
+//! - [`quota`]: quotas, their states and refusals, GCRA, and the policy that picks them.
+//! - [`net`]: CIDR blocks, the client IP behind proxies, IP buckets.
+//! - [`country`]: ISO 3166 country codes and per-country caps.
+//! - [`secret`]: values that never print, redacted connection strings.
+
+pub mod channel;
+pub mod country;
+pub mod net;
+pub mod phone;
+pub mod quota;
+pub mod secret;
