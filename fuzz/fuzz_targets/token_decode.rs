@@ -9,7 +9,7 @@ use otpgate::config::Settings;
 
 static TOKENS: LazyLock<TokenService> = LazyLock::new(|| {
     let settings = Settings::from_lookup(|_| None).expect("default settings");
-    TokenService::new(&settings).expect("token service")
+    TokenService::new(&settings.tokens).expect("token service")
 });
 
 fuzz_target!(|data: &[u8]| {
