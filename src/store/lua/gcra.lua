@@ -50,3 +50,14 @@ local function gcra_charge(first_key, first_arg, from, to, now, tats, out)
   end
 end
 
+-- Checks quotas 1..n and, when every one admits the event, charges them all: {0, remaining,
+-- reset_ms, …per quota}; else {2, quota index, wait_ms} and nothing changes.
+local function gcra_take(first_key, first_arg, n, now)
+  local tats, refused = gcra_check(first_key, first_arg, n, now)
+  if refused then
+    return {2, refused[1], refused[2]}
+  end
+  local out = {0}
+  gcra_charge(first_key, first_arg, 1, n, now, tats, out)
+  return out
+end

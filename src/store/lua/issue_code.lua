@@ -9,14 +9,10 @@ local wait = redis.call('PTTL', KEYS[2])
 if wait > 0 then
   return {1, wait}
 end
-local n = #KEYS - 2
-local now = now_ms()
-local tats, refused = gcra_check(3, 4, n, now)
-if refused then
-  return {2, refused[1], refused[2]}
+local out = gcra_take(3, 4, #KEYS - 2, now_ms())
+if out[1] ~= 0 then
+  return out
 end
-local out = {0}
-gcra_charge(3, 4, 1, n, now, tats, out)
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'h', ARGV[1], 'a', 0)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])

@@ -260,12 +260,9 @@ impl RedisStore {
         for (q, reply) in quotas.iter().zip(replies) {
             match reply {
                 Ok(reply) => match reply.as_slice() {
-                    [0, remaining, reset] => {
+                    [0, pair @ ..] if pair.len() == 2 => {
                         charged.push(q.clone());
-                        states.push(QuotaState {
-                            remaining: u32::try_from(*remaining).unwrap_or(0),
-                            reset: millis(*reset),
-                        });
+                        states.extend(quota_states(pair));
                     }
                     [2, _, wait] => {
                         let refusal = Refusal {
@@ -362,10 +359,7 @@ impl Store for RedisStore {
         };
         let outcome = match reply.as_slice() {
             [0, states @ ..] if states.len() == 2 * together.len() => {
-                let mut together_states = states.chunks_exact(2).map(|pair| QuotaState {
-                    remaining: u32::try_from(pair[0]).unwrap_or(0),
-                    reset: millis(pair[1]),
-                });
+                let mut together_states = quota_states(states);
                 let mut apart_states = apart_states.into_iter();
                 // Back in the order the quotas were given.
                 let states = quotas
@@ -488,13 +482,9 @@ impl Store for RedisStore {
         self.add_quotas(&mut invocation, "", quotas);
         let reply = self.invoke(&invocation).await?;
         match reply.as_slice() {
-            [0, states @ ..] if states.len() == 2 * quotas.len() => Ok(Ok(states
-                .chunks_exact(2)
-                .map(|pair| QuotaState {
-                    remaining: u32::try_from(pair[0]).unwrap_or(0),
-                    reset: millis(pair[1]),
-                })
-                .collect())),
+            [0, states @ ..] if states.len() == 2 * quotas.len() => {
+                Ok(Ok(quota_states(states).collect()))
+            }
             [2, index, wait] => Ok(Err(refusal(quotas, *index, *wait)?)),
             other => Err(StoreError::Protocol(format!("charge returned {other:?}"))),
         }
@@ -676,6 +666,14 @@ impl Store for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.link.ping_all().await
     }
+}
+
+/// The states a script returns as `remaining, reset_ms` pairs, one per quota, in order.
+fn quota_states(pairs: &[i64]) -> impl Iterator<Item = QuotaState> + '_ {
+    pairs.chunks_exact(2).map(|pair| QuotaState {
+        remaining: u32::try_from(pair[0]).unwrap_or(0),
+        reset: millis(pair[1]),
+    })
 }
 
 fn millis(ms: i64) -> Duration {
