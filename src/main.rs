@@ -1,4 +1,5 @@
-//! `otpgate [serve|migrate|healthcheck]`: thin dispatch; the work is in the library.
+//! `otpgate [serve|check|migrate|healthcheck|keygen]`: thin dispatch; the work is in the
+//! library.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -9,36 +10,124 @@ use otpgate::app::Application;
 use otpgate::config::{self, Settings};
 use otpgate::keys::{self, SigningAlgorithm};
 
-const USAGE: &str = "usage: otpgate [serve|migrate|healthcheck|keygen]
+const USAGE: &str = "usage: otpgate [COMMAND] [--help]
 
+commands:
   serve        run the HTTP server (the default)
+  check        check the configuration, report every problem at once, and try Redis and the
+               database; exit 2 when the configuration is invalid
   migrate      apply database migrations and exit
   healthcheck  GET /health on the configured port; exit 0 when it answers 200
-  keygen [--alg ES256|EdDSA] [--public FILE]
-               print a new PKCS#8 private key for JWT_PRIVATE_KEY_FILE, or, with --public,
-               the public key of FILE (for JWT_PREVIOUS_PUBLIC_KEY_FILES when rotating)
+  keygen       print a new signing key (ES256 or EdDSA), or the public key of one
 
-Configuration comes from the environment and an optional .env file (see README.md).";
+  otpgate COMMAND --help   what a command does and takes
+  otpgate --version        the version
+
+Configuration comes from the environment and an optional .env file in the working directory;
+every variable is in .env.example and in README.md (Configuration).";
+
+const SERVE_HELP: &str = "usage: otpgate serve
+
+Runs the HTTP server on HOST:PORT (default 0.0.0.0:8000) with the settings of the environment
+and ./.env. Without REDIS_URL and DATABASE_URL it runs embedded: codes and limits in memory,
+users in ./otpgate.db (SQLite). The first log lines say where the API and /docs are, and which
+store and database are in use. Stops on SIGTERM or Ctrl-C after in-flight requests finish
+(SHUTDOWN_GRACE_SECONDS).
+
+A configuration with problems is refused with every problem listed (exit 2); `otpgate check`
+shows the same without starting.";
+
+const CHECK_HELP: &str = "usage: otpgate check
+
+Reads the configuration as `serve` would and reports every problem at once, each naming its
+variable; warns about variables that look like otpgate's but are not read (misspellings) and
+.env lines that do not parse; then tries Redis and the database (3 s each) and warns when one
+does not answer, naming the host:port it tried (never a password). Starts nothing, writes
+nothing.
+
+Exit status: 0 when the configuration is valid (warnings included), 2 when it is not.";
+
+const MIGRATE_HELP: &str = "usage: otpgate migrate
+
+Applies every pending database migration to DATABASE_URL and exits (0 on success). Needs only
+DATABASE_URL, so a migration job carries no other secret. `serve` migrates at start too unless
+RUN_MIGRATIONS=false.";
+
+const HEALTHCHECK_HELP: &str = "usage: otpgate healthcheck
+
+GET /health on HOST:PORT (127.0.0.1 when HOST is a wildcard); exit 0 when it answers 200, 1
+otherwise. For container HEALTHCHECK lines: the image has no shell or curl.";
+
+const KEYGEN_HELP: &str = "usage: otpgate keygen [--alg ES256|EdDSA] [--public FILE]
+
+Prints a new PKCS#8 private key (PEM) for JWT_PRIVATE_KEY_FILE, ES256 unless --alg says EdDSA.
+With --public FILE, prints the public key of the private key in FILE instead (for
+JWT_PREVIOUS_PUBLIC_KEY_FILES when rotating keys).
+
+  otpgate keygen --alg ES256 > jwt-key.pem
+  otpgate keygen --alg ES256 --public jwt-key.pem > jwt-key.pub.pem";
+
+/// `println!` that does not panic when stdout is closed (`otpgate --help | head -1`).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+fn is_help(arg: &str) -> bool {
+    matches!(arg, "-h" | "--help" | "help")
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let command = std::env::args().nth(1);
-    if matches!(command.as_deref(), Some("-h" | "--help" | "help")) {
-        println!("{USAGE}");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = args.first().map(String::as_str);
+    let rest = args.get(1..).unwrap_or_default();
+    match command {
+        Some(arg) if is_help(arg) => {
+            say!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some("-V" | "--version" | "version") => {
+            say!("otpgate {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    let help = match command.unwrap_or("serve") {
+        "serve" => SERVE_HELP,
+        "check" => CHECK_HELP,
+        "migrate" => MIGRATE_HELP,
+        "healthcheck" => HEALTHCHECK_HELP,
+        "keygen" => KEYGEN_HELP,
+        other => {
+            eprintln!("otpgate: unknown command {other:?}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    if rest.iter().any(|a| is_help(a)) {
+        say!("{help}");
         return ExitCode::SUCCESS;
     }
-    if matches!(command.as_deref(), Some("-V" | "--version")) {
-        println!("otpgate {}", env!("CARGO_PKG_VERSION"));
-        return ExitCode::SUCCESS;
+    if command != Some("keygen")
+        && let Some(extra) = rest.first()
+    {
+        eprintln!("otpgate: unexpected argument {extra:?}\n\n{help}");
+        return ExitCode::from(2);
     }
-    match command.as_deref() {
+    match command {
         None | Some("serve") => match Settings::from_env() {
             Ok(settings) => serve(settings).await,
-            Err(err) => {
-                eprintln!("otpgate: {err}");
+            Err(errors) => {
+                for warning in config::lint::environment_warnings() {
+                    eprintln!("otpgate: warning: {warning}");
+                }
+                eprintln!("otpgate: {errors}");
+                eprintln!("otpgate: nothing was started; `otpgate check` lists the same problems");
                 ExitCode::from(2)
             }
         },
+        Some("check") => check().await,
         Some("migrate") => migrate(&config::database_url(config::env_lookup())).await,
         Some("healthcheck") => match config::listen_address(config::env_lookup()) {
             Ok((host, port)) => healthcheck(&host, port),
@@ -47,16 +136,15 @@ async fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Some("keygen") => keygen(&std::env::args().skip(2).collect::<Vec<_>>()),
-        Some(other) => {
-            eprintln!("otpgate: unknown command {other:?}\n\n{USAGE}");
-            ExitCode::from(2)
-        }
+        _ => keygen(rest),
     }
 }
 
 async fn serve(settings: Settings) -> ExitCode {
     otpgate::telemetry::init(&settings.server.log_level, settings.server.log_format);
+    for warning in config::lint::environment_warnings() {
+        tracing::warn!("{warning}");
+    }
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(err) => {
@@ -77,6 +165,47 @@ async fn serve(settings: Settings) -> ExitCode {
     }
 }
 
+/// `otpgate check`: every configuration problem at once, then whether Redis and the database
+/// answer.
+async fn check() -> ExitCode {
+    let warnings = config::lint::environment_warnings();
+    for warning in &warnings {
+        say!("warning: {warning}");
+    }
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(errors) => {
+            for e in &errors.0 {
+                say!("error: {}: {}", e.var, e.message);
+            }
+            say!(
+                "configuration invalid: {} error(s), {} warning(s)",
+                errors.0.len(),
+                warnings.len()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let store = &settings.store;
+    say!("environment: {:?}", settings.environment);
+    say!(
+        "listen:      {}:{}",
+        settings.server.host,
+        settings.server.port
+    );
+    say!("store:       {}", store.redis_shown());
+    say!("database:    {}", store.database_shown());
+    let unreachable = otpgate::app::state::probe_backends(&settings).await;
+    for problem in &unreachable {
+        say!("warning: {problem}");
+    }
+    say!(
+        "configuration valid: {} warning(s)",
+        warnings.len() + unreachable.len()
+    );
+    ExitCode::SUCCESS
+}
+
 async fn migrate(database_url: &str) -> ExitCode {
     let result = async {
         let db = otpgate::db::connect(database_url, 1).await?;
@@ -85,7 +214,7 @@ async fn migrate(database_url: &str) -> ExitCode {
     .await;
     match result {
         Ok(()) => {
-            println!("otpgate: migrations applied");
+            say!("otpgate: migrations applied");
             ExitCode::SUCCESS
         }
         Err(err) => {
@@ -111,7 +240,7 @@ fn keygen(args: &[String]) -> ExitCode {
             },
             ("--public", Some(path)) => public_of = Some(path.clone()),
             _ => {
-                eprintln!("otpgate: bad keygen arguments\n\n{USAGE}");
+                eprintln!("otpgate: bad keygen arguments {args:?}\n\n{KEYGEN_HELP}");
                 return ExitCode::from(2);
             }
         }
@@ -124,7 +253,7 @@ fn keygen(args: &[String]) -> ExitCode {
     };
     match result {
         Ok(pem) => {
-            print!("{pem}");
+            let _ = write!(std::io::stdout(), "{pem}");
             ExitCode::SUCCESS
         }
         Err(err) => {

@@ -85,10 +85,29 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let grace = self.state.settings.server.shutdown_grace;
+        let settings = &self.state.settings;
+        let host = match settings.server.host.as_str() {
+            "0.0.0.0" | "::" | "[::]" => "localhost",
+            other => other,
+        };
+        let base = if host.contains(':') && !host.starts_with('[') {
+            format!("http://[{host}]:{}", self.port)
+        } else {
+            format!("http://{host}:{}", self.port)
+        };
+        let docs = if settings.server.docs_enabled {
+            format!("{base}/docs")
+        } else {
+            "off (DOCS_ENABLED=false)".to_string()
+        };
         tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
             port = self.port,
             metrics_port = self.metrics_port,
-            "listening"
+            store = %settings.store.redis_shown(),
+            database = %settings.store.database_shown(),
+            "otpgate {} listening: API at {base}/api/auth, docs at {docs}",
+            env!("CARGO_PKG_VERSION")
         );
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {

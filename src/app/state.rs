@@ -46,6 +46,85 @@ impl From<sea_orm::DbErr> for StartupError {
     }
 }
 
+/// The Redis store of `REDIS_URL`, or `None` for the in-process store.
+fn redis_store(settings: &Settings) -> Result<Option<Arc<dyn Store>>, StartupError> {
+    if settings.store.redis_url.is_none() {
+        return Ok(None);
+    }
+    let store = RedisStore::with_options(&RedisOptions {
+        mode: settings.store.redis_mode,
+        urls: settings
+            .store
+            .redis_nodes
+            .iter()
+            .map(|u| u.expose().to_string())
+            .collect(),
+        sentinel_master: settings.store.redis_sentinel_master.clone(),
+        prefix: settings.store.redis_key_prefix.clone(),
+        connections: settings.store.redis_pool_size,
+        timeout: settings.store.redis_timeout,
+    })?;
+    Ok(Some(store))
+}
+
+/// Whether Redis and the database answer within 3 s each: one line per one that does not,
+/// naming what was tried (host:port, never a password). For `otpgate check`.
+pub async fn probe_backends(settings: &Settings) -> Vec<String> {
+    use crate::domain::secret::redact_credentials;
+    let limit = std::time::Duration::from_secs(3);
+    let mut problems = Vec::new();
+    match redis_store(settings) {
+        Ok(None) => {}
+        Ok(Some(store)) => match tokio::time::timeout(limit, store.ping()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => problems.push(format!(
+                "{} does not answer: {}",
+                settings.store.redis_shown(),
+                redact_credentials(&err.to_string())
+            )),
+            Err(_) => problems.push(format!(
+                "{} does not answer within 3 s",
+                settings.store.redis_shown()
+            )),
+        },
+        Err(err) => problems.push(err.to_string()),
+    }
+    let database = settings.store.database_shown();
+    if let Some(file) = settings
+        .store
+        .database_url
+        .expose()
+        .strip_prefix("sqlite://")
+    {
+        // Checked without opening it: `check` creates nothing.
+        let path = std::path::Path::new(file.split('?').next().unwrap_or(file));
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        if !path.exists() && !dir.is_dir() {
+            problems.push(format!(
+                "{database}: the directory {} does not exist",
+                dir.display()
+            ));
+        }
+        return problems;
+    }
+    let answer = async {
+        let db = crate::db::connect(settings.store.database_url.expose(), 1).await?;
+        crate::db::ping(&db).await
+    };
+    match tokio::time::timeout(limit, answer).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => problems.push(format!(
+            "{database} does not answer: {}",
+            redact_credentials(&err.to_string())
+        )),
+        Err(_) => problems.push(format!("{database} does not answer within 3 s")),
+    }
+    problems
+}
+
 /// What every request handler can reach.
 pub struct AppState {
     /// The settings the server started with.
@@ -69,33 +148,42 @@ impl AppState {
         // libphonenumber loads its metadata on first use (about a second in debug builds): load
         // it now rather than in the first user's request.
         let _ = crate::domain::phone::Phone::parse("+14155552671", None);
-        let backend: Arc<dyn Store> = match &settings.store.redis_url {
-            Some(_) => RedisStore::with_options(&RedisOptions {
-                mode: settings.store.redis_mode,
-                urls: settings
-                    .store
-                    .redis_nodes
-                    .iter()
-                    .map(|u| u.expose().to_string())
-                    .collect(),
-                sentinel_master: settings.store.redis_sentinel_master.clone(),
-                prefix: settings.store.redis_key_prefix.clone(),
-                connections: settings.store.redis_pool_size,
-                timeout: settings.store.redis_timeout,
-            })?,
+        let backend: Arc<dyn Store> = match redis_store(&settings)? {
+            Some(redis) => redis,
             None => {
                 tracing::warn!("REDIS_URL is unset: using the in-process store (one replica only)");
                 Arc::new(MemoryStore::new())
             }
         };
         let store: Arc<dyn Store> = Arc::new(Metered::new(backend, metrics.clone()));
+        let database = settings.store.database_shown();
+        let at = |err: sea_orm::DbErr| {
+            StartupError::Database(format!(
+                "{database}: {}",
+                crate::domain::secret::redact_credentials(&err.to_string())
+            ))
+        };
         let db = crate::db::connect(
             settings.store.database_url.expose(),
             settings.store.database_max_connections,
         )
-        .await?;
+        .await
+        .map_err(at)?;
         if settings.store.run_migrations {
-            crate::db::migrate(&db).await?;
+            crate::db::migrate(&db).await.map_err(at)?;
+        } else {
+            // Not needed to start (`/ready` reports it), but say so now rather than at the
+            // first login.
+            let db = db.clone();
+            tokio::spawn(async move {
+                if let Err(err) = crate::db::ping(&db).await {
+                    tracing::warn!(
+                        database,
+                        error = %crate::domain::secret::redact_credentials(&err.to_string()),
+                        "the database does not answer; logins get 503 until it does"
+                    );
+                }
+            });
         }
         let auth = AuthService::new(
             AuthConfig {

@@ -164,7 +164,7 @@ fn delivery_settings(
         .get("OTP_MESSAGE_TEMPLATE")
         .unwrap_or_else(|| DEFAULT_MESSAGE_TEMPLATE.into());
     if !message_template.contains("{code}") {
-        return Err(invalid("OTP_MESSAGE_TEMPLATE", "must contain {code}"));
+        env.report(invalid("OTP_MESSAGE_TEMPLATE", "must contain {code}"));
     }
     let android_app_hash = env
         .get("OTP_ANDROID_APP_HASH")
@@ -175,7 +175,7 @@ fn delivery_settings(
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/'))
     {
-        return Err(invalid(
+        env.report(invalid(
             "OTP_ANDROID_APP_HASH",
             "must be the 11-character app hash",
         ));
@@ -186,15 +186,12 @@ fn delivery_settings(
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'))
     {
-        return Err(invalid(
+        env.report(invalid(
             "OTP_WEBOTP_DOMAIN",
             "must be a host name such as example.com",
         ));
     }
-    let timeout_ms: u64 = env.parse("DELIVERY_TIMEOUT_MS", 5000)?;
-    if timeout_ms == 0 {
-        return Err(invalid("DELIVERY_TIMEOUT_MS", "must be at least 1"));
-    }
+    let timeout_ms: u64 = env.ranged("DELIVERY_TIMEOUT_MS", 5000, 1..=60_000)?;
     Ok(DeliverySettings {
         twilio,
         whatsapp,

@@ -1,6 +1,7 @@
 //! Reading the environment: the process environment, then `.env` for what is unset, then
 //! `NAME_FILE` for secrets; typed access with errors that name the variable.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
@@ -22,25 +23,104 @@ pub(crate) fn invalid(var: &'static str, message: impl Into<String>) -> ConfigEr
     }
 }
 
-/// Typed access to a lookup function, with errors that name the variable.
-pub(crate) struct Vars<'a>(pub(crate) &'a dyn Fn(&str) -> Option<String>);
+/// Every configuration problem found, in the order the variables were read: start-up and
+/// `otpgate check` report them all at once rather than one per restart.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    /// The first problem (the one a reader fixes first).
+    pub fn first(&self) -> &ConfigError {
+        &self.0[0]
+    }
+
+    /// Whether some problem names `var`.
+    pub fn names(&self, var: &str) -> bool {
+        self.0.iter().any(|e| e.var == var)
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.as_slice() {
+            [one] => write!(f, "{one}"),
+            all => {
+                write!(f, "{} configuration errors:", all.len())?;
+                for e in all {
+                    write!(f, "\n  {}: {}", e.var, e.message)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(err: ConfigError) -> Self {
+        Self(vec![err])
+    }
+}
+
+/// Typed access to a lookup function, with errors that name the variable. A malformed value
+/// is recorded and its default used, so reading goes on and every problem is reported
+/// ([`Vars::finish`]).
+pub(crate) struct Vars<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    errors: RefCell<Vec<ConfigError>>,
+}
+
+impl<'a> Vars<'a> {
+    pub(crate) fn new(lookup: &'a dyn Fn(&str) -> Option<String>) -> Self {
+        Self {
+            lookup,
+            errors: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Records a problem found while reading; reading goes on.
+    pub(crate) fn report(&self, err: ConfigError) {
+        self.errors.borrow_mut().push(err);
+    }
+
+    /// A section's value, or `None` with its problem recorded.
+    pub(crate) fn section<T>(&self, result: Result<T, ConfigError>) -> Option<T> {
+        result.map_err(|e| self.report(e)).ok()
+    }
+
+    /// Every problem recorded, or `Ok` when there was none.
+    pub(crate) fn finish(self) -> Result<(), ConfigErrors> {
+        let errors = self.errors.into_inner();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}
 
 impl Vars<'_> {
     /// The value, with empty strings treated as unset (as `.env` templates leave them).
     pub(crate) fn get(&self, name: &str) -> Option<String> {
-        (self.0)(name).filter(|v| !v.trim().is_empty())
+        (self.lookup)(name).filter(|v| !v.trim().is_empty())
     }
 
+    /// The value parsed, or `default` when unset; a malformed value is recorded and `default`
+    /// returned.
     pub(crate) fn parse<T: FromStr>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
     where
         T::Err: fmt::Display,
     {
         match self.get(name) {
             None => Ok(default),
-            Some(raw) => raw
-                .trim()
-                .parse()
-                .map_err(|e| invalid(name, format!("{raw:?} is not valid: {e}"))),
+            Some(raw) => match raw.trim().parse() {
+                Ok(value) => Ok(value),
+                Err(e) => {
+                    self.report(invalid(name, format!("{raw:?} is not valid: {e}")));
+                    Ok(default)
+                }
+            },
         }
     }
 
@@ -52,17 +132,18 @@ impl Vars<'_> {
         range: std::ops::RangeInclusive<T>,
     ) -> Result<T, ConfigError>
     where
-        T: FromStr + PartialOrd + fmt::Display,
+        T: FromStr + PartialOrd + fmt::Display + Clone,
         T::Err: fmt::Display,
     {
-        let value = self.parse(name, default)?;
+        let value = self.parse(name, default.clone())?;
         if range.contains(&value) {
             Ok(value)
         } else {
-            Err(invalid(
+            self.report(invalid(
                 name,
                 format!("must be between {} and {}", range.start(), range.end()),
-            ))
+            ));
+            Ok(default)
         }
     }
 
@@ -85,7 +166,10 @@ impl Vars<'_> {
             Some(v) => match v.as_str() {
                 "1" | "true" | "yes" | "on" => Ok(true),
                 "0" | "false" | "no" | "off" => Ok(false),
-                _ => Err(invalid(name, format!("expected true or false, got {v:?}"))),
+                _ => {
+                    self.report(invalid(name, format!("expected true or false, got {v:?}")));
+                    Ok(default)
+                }
             },
         }
     }
@@ -145,9 +229,11 @@ pub const SECRET_VARIABLES: &[&str] = &[
     "METRICS_TOKEN",
 ];
 
+/// The secrets of `NAME_FILE` variables; a file that cannot be read is a problem in `errors`.
 pub(crate) fn read_secret_files(
     lookup: &impl Fn(&str) -> Option<String>,
-) -> Result<HashMap<String, String>, ConfigError> {
+    errors: &mut Vec<ConfigError>,
+) -> HashMap<String, String> {
     let mut found = HashMap::new();
     for name in SECRET_VARIABLES {
         if lookup(name).is_some_and(|v| !v.trim().is_empty()) {
@@ -155,40 +241,63 @@ pub(crate) fn read_secret_files(
         }
         let file_var = format!("{name}_FILE");
         if let Some(path) = lookup(&file_var).filter(|p| !p.trim().is_empty()) {
-            let value = std::fs::read_to_string(path.trim()).map_err(|e| ConfigError {
-                var: name,
-                message: format!("{file_var}: cannot read {path:?}: {e}"),
-            })?;
-            found.insert(
-                name.to_string(),
-                value.trim_end_matches(['\r', '\n']).to_string(),
-            );
+            match std::fs::read_to_string(path.trim()) {
+                Ok(value) => {
+                    found.insert(
+                        name.to_string(),
+                        value.trim_end_matches(['\r', '\n']).to_string(),
+                    );
+                }
+                Err(e) => errors.push(ConfigError {
+                    var: name,
+                    message: format!("{file_var}: cannot read {path:?}: {e}"),
+                }),
+            }
         }
     }
-    Ok(found)
+    found
 }
 
 /// Parses `.env` text: `KEY=value` lines, `#` comments, optional `export`, optional quotes.
+/// Lines that do not parse are skipped ([`dotenv_problems`] says which and why).
 pub fn parse_dotenv(text: &str) -> HashMap<String, String> {
     text.lines()
-        .filter_map(|line| {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                return None;
-            }
-            let line = line.strip_prefix("export ").unwrap_or(line);
-            let (key, value) = line.split_once('=')?;
-            let value = value.trim();
-            let value = match (value.chars().next(), value.chars().last()) {
-                (Some(q @ ('"' | '\'')), Some(end)) if value.len() >= 2 && end == q => {
-                    &value[1..value.len() - 1]
-                }
-                // An unquoted value may carry a trailing ` # comment`.
-                _ => value.split(" #").next().unwrap_or(value).trim_end(),
-            };
-            Some((key.trim().to_string(), value.to_string()))
-        })
+        .filter_map(|line| dotenv_line(line).ok().flatten())
         .collect()
+}
+
+/// The `.env` lines [`parse_dotenv`] skips, with their 1-based numbers and why.
+pub fn dotenv_problems(text: &str) -> Vec<(usize, &'static str)> {
+    text.lines()
+        .enumerate()
+        .filter_map(|(i, line)| dotenv_line(line).err().map(|why| (i + 1, why)))
+        .collect()
+}
+
+/// One `.env` line: nothing (blank or comment), a pair, or why it does not parse.
+fn dotenv_line(line: &str) -> Result<Option<(String, String)>, &'static str> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return Ok(None);
+    }
+    let line = line.strip_prefix("export ").unwrap_or(line);
+    let (key, value) = line.split_once('=').ok_or("expected KEY=value")?;
+    let key = key.trim();
+    if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err("the name may only have letters, digits and _");
+    }
+    let value = value.trim();
+    let value = match value.chars().next() {
+        Some(q @ ('"' | '\'')) => {
+            if value.len() < 2 || !value.ends_with(q) {
+                return Err("the quoted value has no closing quote");
+            }
+            &value[1..value.len() - 1]
+        }
+        // An unquoted value may carry a trailing ` # comment`.
+        _ => value.split(" #").next().unwrap_or(value).trim_end(),
+    };
+    Ok(Some((key.to_string(), value.to_string())))
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 pub mod delivery;
 pub mod env;
 pub mod limits;
+pub mod lint;
 pub mod messaging;
 pub mod otp;
 pub mod server;
@@ -25,7 +26,7 @@ pub mod tokens;
 pub use delivery::{
     DEFAULT_MESSAGE_TEMPLATE, DeliverySettings, TelegramSettings, TwilioSettings, WhatsappSettings,
 };
-pub use env::{ConfigError, SECRET_VARIABLES, env_lookup, parse_dotenv};
+pub use env::{ConfigError, ConfigErrors, SECRET_VARIABLES, env_lookup, parse_dotenv};
 pub use limits::LimitSettings;
 pub use messaging::MessagingSettings;
 pub use otp::{OtpSettings, Pepper};
@@ -35,6 +36,7 @@ pub use tokens::{DEV_JWT_SECRET, TokenSettings};
 
 use env::{Vars, invalid, read_secret_files};
 
+use crate::domain::secret::Secret;
 use crate::keys::SigningAlgorithm;
 
 /// `development` (friendly defaults) or `production` (refuses unsafe settings).
@@ -69,15 +71,20 @@ pub struct Settings {
 
 impl Settings {
     /// Reads the process environment, then `.env` in the working directory for what is unset.
-    pub fn from_env() -> Result<Self, ConfigError> {
+    pub fn from_env() -> Result<Self, ConfigErrors> {
         Self::from_lookup(env_lookup())
     }
 
-    /// Builds settings from any key lookup (tests pass a map).
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let from_files = read_secret_files(&lookup)?;
+    /// Builds settings from any key lookup (tests pass a map). Every problem is reported at
+    /// once: a malformed value, a section's inconsistent combination, each production guard.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
+        let mut file_errors = Vec::new();
+        let from_files = read_secret_files(&lookup, &mut file_errors);
         let lookup = |name: &str| lookup(name).or_else(|| from_files.get(name).cloned());
-        let env = Vars(&lookup);
+        let env = Vars::new(&lookup);
+        for err in file_errors {
+            env.report(err);
+        }
         let environment = match env
             .get("ENVIRONMENT")
             .as_deref()
@@ -87,89 +94,128 @@ impl Settings {
             Some(v) if v == "development" || v == "dev" => Environment::Development,
             Some(v) if v == "production" || v == "prod" => Environment::Production,
             Some(v) => {
-                return Err(invalid(
+                env.report(invalid(
                     "ENVIRONMENT",
                     format!("expected development or production, got {v:?}"),
                 ));
+                Environment::Development
             }
         };
         let production = environment == Environment::Production;
-        let tokens = TokenSettings::from_env(&env)?;
+        // Each section is read even when an earlier one failed, so its problems are reported too.
+        let tokens = env.section(TokenSettings::from_env(&env));
+        let placeholder = Secret::new(DEV_JWT_SECRET);
+        let jwt_secret = tokens.as_ref().map_or(&placeholder, |t| &t.jwt_secret);
+        let otp = env.section(OtpSettings::from_env(&env, production, jwt_secret));
+        let limits = env.section(LimitSettings::from_env(&env));
+        let server = env.section(ServerSettings::from_env(&env, production));
+        let store = env.section(StoreSettings::from_env(&env));
+        let delivery = env.section(DeliverySettings::from_env(&env, production));
+        let messaging = env.section(MessagingSettings::from_env(&env));
+        let (
+            Some(tokens),
+            Some(otp),
+            Some(limits),
+            Some(server),
+            Some(store),
+            Some(delivery),
+            Some(messaging),
+        ) = (tokens, otp, limits, server, store, delivery, messaging)
+        else {
+            env.finish()?;
+            unreachable!("a section that failed reported why");
+        };
         let settings = Settings {
             environment,
-            otp: OtpSettings::from_env(&env, production, &tokens.jwt_secret)?,
-            limits: LimitSettings::from_env(&env)?,
-            server: ServerSettings::from_env(&env, production)?,
-            store: StoreSettings::from_env(&env)?,
-            delivery: DeliverySettings::from_env(&env, production)?,
-            messaging: MessagingSettings::from_env(&env)?,
+            server,
+            store,
             tokens,
+            otp,
+            limits,
+            delivery,
+            messaging,
         };
-        settings.check_production()?;
+        for err in settings.production_problems() {
+            env.report(err);
+        }
+        env.finish()?;
         Ok(settings)
     }
 
-    /// The production guards: no weak secret or pepper, no in-process store, no code exposure,
-    /// no log-only delivery, no quota switched off, no open `/metrics`.
-    fn check_production(&self) -> Result<(), ConfigError> {
+    /// The production guards: no weak or example secret or pepper, no in-process store, no
+    /// SQLite, no code exposure, no log-only delivery, no quota switched off, no open
+    /// `/metrics`. Every problem, not only the first.
+    fn production_problems(&self) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
         if self.environment != Environment::Production {
-            return Ok(());
+            return problems;
         }
+        let mut refuse = |var: &'static str, message: &str| problems.push(invalid(var, message));
         let tokens = &self.tokens;
         if tokens.jwt_algorithm != SigningAlgorithm::Hs256 && tokens.jwt_private_key.is_none() {
-            return Err(invalid(
+            refuse(
                 "JWT_PRIVATE_KEY_FILE",
                 "production needs a private key for ES256/EdDSA (otpgate keygen makes one)",
-            ));
+            );
         }
         // The code pepper keys the HMAC of every stored code: a weak one lets whoever reads
         // Redis brute-force the codes. It is OTP_PEPPER, or derived from JWT_SECRET_KEY.
         match &self.otp.pepper {
-            Pepper::Set(pepper) if pepper.expose().len() < 32 => {
-                return Err(invalid(
-                    "OTP_PEPPER",
-                    "production needs at least 32 bytes (for example `openssl rand -hex 32`)",
-                ));
-            }
+            Pepper::Set(pepper) if pepper.expose().len() < 32 => refuse(
+                "OTP_PEPPER",
+                "production needs at least 32 bytes (for example `openssl rand -hex 32`)",
+            ),
             Pepper::Set(_) if tokens.jwt_algorithm != SigningAlgorithm::Hs256 => {}
             _ => {
                 // HS256 signs with JWT_SECRET_KEY; without OTP_PEPPER the pepper comes from it.
                 let secret = tokens.jwt_secret.expose();
                 if secret == DEV_JWT_SECRET {
-                    return Err(invalid(
+                    refuse(
                         "JWT_SECRET_KEY",
                         "production needs its own secret (at least 32 bytes); the development \
                          default is refused",
-                    ));
+                    );
+                } else if secret.len() < 32 {
+                    refuse("JWT_SECRET_KEY", "production needs at least 32 bytes");
                 }
-                if secret.len() < 32 {
-                    return Err(invalid(
-                        "JWT_SECRET_KEY",
-                        "production needs at least 32 bytes",
-                    ));
-                }
+            }
+        }
+        for (var, value) in self.secrets() {
+            if is_example_secret(value) {
+                refuse(
+                    var,
+                    "this is the placeholder from otpgate's examples, which anyone can read: \
+                     set your own (for example `openssl rand -hex 32`)",
+                );
             }
         }
         let server = &self.server;
         if server.cors_origins.iter().any(|o| o == "*") {
-            return Err(invalid(
+            refuse(
                 "CORS_ORIGINS",
                 "`*` is refused in production: list the origins",
-            ));
+            );
         }
         if self.store.embedded() {
-            return Err(invalid(
+            refuse(
                 "REDIS_URL",
                 "production needs Redis: the in-process store is not shared between replicas",
-            ));
+            );
+        }
+        if self.store.database_url.expose().starts_with("sqlite:") {
+            refuse(
+                "DATABASE_URL",
+                "production needs PostgreSQL (postgres://user:password@host:5432/db): SQLite is \
+                 one file on one machine, not shared between replicas",
+            );
         }
         if self.otp.expose {
-            return Err(invalid("EXPOSE_OTP", "must be false in production"));
+            refuse("EXPOSE_OTP", "must be false in production");
         }
         let limits = &self.limits;
         let q = &limits.quotas;
         if !q.enabled {
-            return Err(invalid("RATE_LIMIT_ENABLED", "must be true in production"));
+            refuse("RATE_LIMIT_ENABLED", "must be true in production");
         }
         for (var, value) in [
             ("RATE_LIMIT_PHONE_PER_HOUR", q.phone_per_hour),
@@ -187,11 +233,11 @@ impl Settings {
             ),
         ] {
             if value == 0 {
-                return Err(invalid(
+                refuse(
                     var,
                     "0 switches this limit off, which production refuses: set a number of at \
                      least 1",
-                ));
+                );
             }
         }
         if server
@@ -199,28 +245,94 @@ impl Settings {
             .as_ref()
             .is_some_and(|t| t.expose().len() < 16)
         {
-            return Err(invalid(
+            refuse(
                 "METRICS_TOKEN",
                 "production needs at least 16 characters (for example `openssl rand -hex 16`)",
-            ));
+            );
         }
         if server.metrics_port.is_none() && server.metrics_token.is_none() {
-            return Err(invalid(
+            refuse(
                 "METRICS_PORT",
                 "production serves /metrics only on its own port (METRICS_PORT) or behind a \
                  token (METRICS_TOKEN); set one of them",
-            ));
+            );
         }
         let d = &self.delivery;
         if d.twilio.is_none() && d.whatsapp.is_none() && d.telegram.is_none() {
-            return Err(invalid(
+            refuse(
                 "SEND_OTP_VIA_SMS",
                 "production needs a real delivery channel (SEND_OTP_VIA_SMS=true with Twilio, \
                  WhatsApp or Telegram); the development `log` channel is refused",
-            ));
+            );
         }
-        Ok(())
+        problems
     }
+
+    /// The secrets that are set, by variable (for the example-secret guard).
+    fn secrets(&self) -> Vec<(&'static str, &str)> {
+        let mut found = vec![("JWT_SECRET_KEY", self.tokens.jwt_secret.expose())];
+        if let Pepper::Set(p) = &self.otp.pepper {
+            found.push(("OTP_PEPPER", p.expose()));
+        }
+        if let Some(t) = &self.server.metrics_token {
+            found.push(("METRICS_TOKEN", t.expose()));
+        }
+        if let Some(t) = &self.delivery.twilio {
+            found.push(("TWILIO_AUTH_TOKEN", t.auth_token.expose()));
+        }
+        if let Some(w) = &self.delivery.whatsapp {
+            found.push(("WHATSAPP_ACCESS_TOKEN", w.access_token.expose()));
+        }
+        let m = &self.messaging;
+        for (var, secret) in [
+            ("WHATSAPP_VERIFY_TOKEN", &m.whatsapp_verify_token),
+            ("WHATSAPP_WEBHOOK_SECRET", &m.whatsapp_webhook_secret),
+            ("TELEGRAM_WEBHOOK_SECRET", &m.telegram_webhook_secret),
+        ] {
+            if let Some(s) = secret {
+                found.push((var, s.expose()));
+            }
+        }
+        if let Some(password) = url_password(self.store.database_url.expose()) {
+            found.push(("DATABASE_URL", password));
+        }
+        found
+    }
+}
+
+/// Secrets printed in otpgate's own examples (`k8s/secret.example.yaml`,
+/// `docker-compose.yml`, the README, the load kit): public, so production refuses them. A test
+/// reads those files and fails when one of their secrets is missing here.
+pub const EXAMPLE_SECRETS: &[&str] = &[
+    "replace-with-at-least-32-random-bytes-0000",
+    "change-me-to-32-random-bytes-before-any-real-use",
+    "change-me",
+    "replace-me",
+    "otpgate",
+    "secret",
+    "password",
+    "pass",
+    "loadtest-secret-loadtest-secret-loadtest",
+];
+
+/// Whether `value` is one of [`EXAMPLE_SECRETS`] (or an obvious placeholder).
+pub fn is_example_secret(value: &str) -> bool {
+    let lower = value.trim().to_ascii_lowercase();
+    EXAMPLE_SECRETS.contains(&lower.as_str())
+        || lower.starts_with("change-me")
+        || lower.starts_with("changeme")
+        || lower.starts_with("replace-with")
+        || lower.starts_with("replace-me")
+}
+
+/// The password of a `scheme://user:password@host/…` URL.
+fn url_password(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let userinfo = rest.split('/').next()?.rsplit_once('@')?.0;
+    userinfo
+        .split_once(':')
+        .map(|(_, p)| p)
+        .filter(|p| !p.is_empty())
 }
 
 /// What `otpgate migrate` needs: only the database URL (a migration job carries no JWT or
@@ -235,17 +347,19 @@ pub fn database_url(lookup: impl Fn(&str) -> Option<String>) -> String {
 /// What `otpgate healthcheck` needs: the host and port the server listens on.
 pub fn listen_address(
     lookup: impl Fn(&str) -> Option<String>,
-) -> Result<(String, u16), ConfigError> {
-    let env = Vars(&lookup);
-    Ok((
+) -> Result<(String, u16), ConfigErrors> {
+    let env = Vars::new(&lookup);
+    let address = (
         env.get("HOST").unwrap_or_else(|| "0.0.0.0".into()),
         env.parse("PORT", 8000)?,
-    ))
+    );
+    env.finish()?;
+    Ok(address)
 }
 
 /// Settings from `KEY=value` pairs alone (unit tests of every module).
 #[cfg(test)]
-pub(crate) fn settings_from(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+pub(crate) fn settings_from(pairs: &[(&str, &str)]) -> Result<Settings, ConfigErrors> {
     let map: std::collections::HashMap<String, String> = pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -282,7 +396,7 @@ mod tests {
 
     #[test]
     fn delivery_settings_are_checked() {
-        let var = |pairs: &[(&str, &str)]| settings(pairs).unwrap_err().var;
+        let var = |pairs: &[(&str, &str)]| settings(pairs).unwrap_err().first().var;
         assert_eq!(var(&[("SEND_OTP_VIA_SMS", "true")]), "TWILIO_PHONE_NUMBER");
         assert_eq!(
             var(&[
@@ -323,6 +437,10 @@ mod tests {
         // Production with WhatsApp only: fine, and no log channel.
         let prod = settings(&[
             ("ENVIRONMENT", "production"),
+            (
+                "DATABASE_URL",
+                "postgres://otpgate:db-password-0123@db:5432/otpgate",
+            ),
             ("JWT_SECRET_KEY", "0123456789abcdef0123456789abcdef"),
             ("REDIS_URL", "redis://127.0.0.1"),
             ("WHATSAPP_ACCESS_TOKEN", "t"),
@@ -357,13 +475,14 @@ mod tests {
         .unwrap();
         assert_eq!(s.tokens.jwt_secret.expose(), "direct");
         let err = settings(&[("REDIS_URL_FILE", "/nonexistent/otpgate")]).unwrap_err();
+        let err = err.first();
         assert_eq!(err.var, "REDIS_URL");
         assert!(err.message.contains("REDIS_URL_FILE"));
     }
 
     #[test]
     fn signing_keys_are_checked() {
-        let var = |pairs: &[(&str, &str)]| settings(pairs).unwrap_err().var;
+        let var = |pairs: &[(&str, &str)]| settings(pairs).unwrap_err().first().var;
         assert_eq!(var(&[("JWT_ALGORITHM", "RS256")]), "JWT_ALGORITHM");
         assert_eq!(
             var(&[
@@ -374,6 +493,10 @@ mod tests {
         );
         let prod = [
             ("ENVIRONMENT", "production"),
+            (
+                "DATABASE_URL",
+                "postgres://otpgate:db-password-0123@db:5432/otpgate",
+            ),
             ("JWT_ALGORITHM", "ES256"),
             ("JWT_SECRET_KEY", "0123456789abcdef0123456789abcdef"),
             ("REDIS_URL", "redis://127.0.0.1"),
@@ -387,6 +510,10 @@ mod tests {
         assert_eq!(
             var(&[
                 ("ENVIRONMENT", "production"),
+                (
+                    "DATABASE_URL",
+                    "postgres://otpgate:db-password-0123@db:5432/otpgate"
+                ),
                 ("CORS_ORIGINS", "*"),
                 ("JWT_SECRET_KEY", "0123456789abcdef0123456789abcdef"),
                 ("REDIS_URL", "redis://x"),
@@ -418,18 +545,30 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_variable() {
-        assert_eq!(settings(&[("PORT", "eighty")]).unwrap_err().var, "PORT");
         assert_eq!(
-            settings(&[("OTP_LENGTH", "3")]).unwrap_err().var,
+            settings(&[("PORT", "eighty")]).unwrap_err().first().var,
+            "PORT"
+        );
+        assert_eq!(
+            settings(&[("OTP_LENGTH", "3")]).unwrap_err().first().var,
             "OTP_LENGTH"
         );
         assert_eq!(
-            settings(&[("OTP_EXPIRY_MINUTES", "11")]).unwrap_err().var,
+            settings(&[("OTP_EXPIRY_MINUTES", "11")])
+                .unwrap_err()
+                .first()
+                .var,
             "OTP_EXPIRY_MINUTES"
         );
-        assert_eq!(settings(&[("DEBUG", "maybe")]).unwrap_err().var, "DEBUG");
         assert_eq!(
-            settings(&[("DEFAULT_REGION", "XX")]).unwrap_err().var,
+            settings(&[("DEBUG", "maybe")]).unwrap_err().first().var,
+            "DEBUG"
+        );
+        assert_eq!(
+            settings(&[("DEFAULT_REGION", "XX")])
+                .unwrap_err()
+                .first()
+                .var,
             "DEFAULT_REGION"
         );
     }
@@ -439,6 +578,10 @@ mod tests {
         let strong = "0123456789abcdef0123456789abcdef";
         let base = [
             ("ENVIRONMENT", "production"),
+            (
+                "DATABASE_URL",
+                "postgres://otpgate:db-password-0123@db:5432/otpgate",
+            ),
             ("JWT_SECRET_KEY", strong),
             ("REDIS_URL", "redis://127.0.0.1"),
             ("SEND_OTP_VIA_SMS", "true"),
@@ -455,17 +598,23 @@ mod tests {
             settings(&pairs)
         };
         assert_eq!(
-            with("JWT_SECRET_KEY", DEV_JWT_SECRET).unwrap_err().var,
+            with("JWT_SECRET_KEY", DEV_JWT_SECRET)
+                .unwrap_err()
+                .first()
+                .var,
             "JWT_SECRET_KEY"
         );
         assert_eq!(
-            with("JWT_SECRET_KEY", "short").unwrap_err().var,
+            with("JWT_SECRET_KEY", "short").unwrap_err().first().var,
             "JWT_SECRET_KEY"
         );
-        assert_eq!(with("REDIS_URL", "").unwrap_err().var, "REDIS_URL");
-        assert_eq!(with("EXPOSE_OTP", "true").unwrap_err().var, "EXPOSE_OTP");
+        assert_eq!(with("REDIS_URL", "").unwrap_err().first().var, "REDIS_URL");
         assert_eq!(
-            with("SEND_OTP_VIA_SMS", "false").unwrap_err().var,
+            with("EXPOSE_OTP", "true").unwrap_err().first().var,
+            "EXPOSE_OTP"
+        );
+        assert_eq!(
+            with("SEND_OTP_VIA_SMS", "false").unwrap_err().first().var,
             "SEND_OTP_VIA_SMS"
         );
         let no_secret: Vec<_> = base
@@ -473,7 +622,10 @@ mod tests {
             .copied()
             .filter(|(k, _)| *k != "JWT_SECRET_KEY")
             .collect();
-        assert_eq!(settings(&no_secret).unwrap_err().var, "JWT_SECRET_KEY");
+        assert_eq!(
+            settings(&no_secret).unwrap_err().first().var,
+            "JWT_SECRET_KEY"
+        );
     }
 
     #[test]
@@ -491,6 +643,10 @@ mod tests {
         let production = |extra: &[(&'static str, &str)]| {
             let mut pairs: Vec<(&str, &str)> = vec![
                 ("ENVIRONMENT", "production"),
+                (
+                    "DATABASE_URL",
+                    "postgres://otpgate:db-password-0123@db:5432/otpgate",
+                ),
                 ("REDIS_URL", "redis://127.0.0.1"),
                 ("SEND_OTP_VIA_SMS", "true"),
                 ("TWILIO_ACCOUNT_SID", "AC123"),
@@ -505,6 +661,7 @@ mod tests {
         assert_eq!(
             production(&[("JWT_SECRET_KEY", strong), ("OTP_PEPPER", "x")])
                 .unwrap_err()
+                .first()
                 .var,
             "OTP_PEPPER"
         );
@@ -519,18 +676,25 @@ mod tests {
             pairs.extend_from_slice(extra);
             production(&pairs)
         };
-        assert_eq!(with(&[("OTP_PEPPER", "x")]).unwrap_err().var, "OTP_PEPPER");
+        assert_eq!(
+            with(&[("OTP_PEPPER", "x")]).unwrap_err().first().var,
+            "OTP_PEPPER"
+        );
         assert_eq!(
             with(&[("OTP_PEPPER", "x"), ("JWT_SECRET_KEY", strong)])
                 .unwrap_err()
+                .first()
                 .var,
             "OTP_PEPPER"
         );
         assert!(with(&[("OTP_PEPPER", strong)]).is_ok());
         // No pepper: it is derived from JWT_SECRET_KEY, which must then be strong.
-        assert_eq!(with(&[]).unwrap_err().var, "JWT_SECRET_KEY");
+        assert_eq!(with(&[]).unwrap_err().first().var, "JWT_SECRET_KEY");
         assert_eq!(
-            with(&[("JWT_SECRET_KEY", "short")]).unwrap_err().var,
+            with(&[("JWT_SECRET_KEY", "short")])
+                .unwrap_err()
+                .first()
+                .var,
             "JWT_SECRET_KEY"
         );
         assert!(with(&[("JWT_SECRET_KEY", strong)]).is_ok());
@@ -542,6 +706,10 @@ mod tests {
         let strong = "0123456789abcdef0123456789abcdef";
         let base = vec![
             ("ENVIRONMENT", "production"),
+            (
+                "DATABASE_URL",
+                "postgres://otpgate:db-password-0123@db:5432/otpgate",
+            ),
             ("JWT_SECRET_KEY", strong),
             ("REDIS_URL", "redis://127.0.0.1"),
             ("SEND_OTP_VIA_SMS", "true"),
@@ -566,17 +734,20 @@ mod tests {
         ] {
             let mut pairs = base.clone();
             pairs.push((var, "0"));
-            assert_eq!(settings(&pairs).unwrap_err().var, var);
+            assert_eq!(settings(&pairs).unwrap_err().first().var, var);
         }
         let open: Vec<_> = base
             .iter()
             .copied()
             .filter(|(k, _)| *k != "METRICS_PORT")
             .collect();
-        assert_eq!(settings(&open).unwrap_err().var, "METRICS_PORT");
+        assert_eq!(settings(&open).unwrap_err().first().var, "METRICS_PORT");
         let mut with_token = open.clone();
         with_token.push(("METRICS_TOKEN", "scrape-me"));
-        assert_eq!(settings(&with_token).unwrap_err().var, "METRICS_TOKEN");
+        assert_eq!(
+            settings(&with_token).unwrap_err().first().var,
+            "METRICS_TOKEN"
+        );
         with_token.pop();
         with_token.push(("METRICS_TOKEN", "0123456789abcdef-scrape"));
         assert!(settings(&with_token).is_ok());
@@ -584,6 +755,177 @@ mod tests {
         let dev = settings(&[("RATE_LIMIT_IP_PER_HOUR", "0")]).unwrap();
         assert_eq!(dev.limits.quotas.ip_per_hour, 0);
         assert!(dev.server.docs_enabled);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let errors = settings(&[
+            ("PORT", "eighty"),
+            ("OTP_LENGTH", "3"),
+            ("DEBUG", "maybe"),
+            ("REDIS_MODE", "clustr"),
+            ("OTP_MESSAGE_TEMPLATE", "no code here"),
+            ("DATABASE_URL", "mongodb://u:hunter2@h/x"),
+        ])
+        .unwrap_err();
+        let vars: Vec<_> = errors.0.iter().map(|e| e.var).collect();
+        for var in [
+            "PORT",
+            "OTP_LENGTH",
+            "DEBUG",
+            "REDIS_MODE",
+            "OTP_MESSAGE_TEMPLATE",
+            "DATABASE_URL",
+        ] {
+            assert!(errors.names(var), "{var} missing from {vars:?}");
+        }
+        assert_eq!(vars.len(), 6, "{vars:?}");
+        let shown = errors.to_string();
+        assert!(shown.starts_with("6 configuration errors:"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        // Production: every guard that fails is named, not only the first.
+        let errors = settings(&[
+            ("ENVIRONMENT", "production"),
+            ("EXPOSE_OTP", "true"),
+            ("RATE_LIMIT_ENABLED", "false"),
+        ])
+        .unwrap_err();
+        for var in [
+            "JWT_SECRET_KEY",
+            "REDIS_URL",
+            "DATABASE_URL",
+            "EXPOSE_OTP",
+            "RATE_LIMIT_ENABLED",
+            "METRICS_PORT",
+            "SEND_OTP_VIA_SMS",
+        ] {
+            assert!(errors.names(var), "{var} missing from {errors}");
+        }
+    }
+
+    fn production_with(extra: &[(&'static str, &'static str)]) -> Result<Settings, ConfigErrors> {
+        let mut pairs = vec![
+            ("ENVIRONMENT", "production"),
+            (
+                "DATABASE_URL",
+                "postgres://otpgate:db-password-0123@db:5432/otpgate",
+            ),
+            ("JWT_SECRET_KEY", "0123456789abcdef0123456789abcdef"),
+            ("REDIS_URL", "redis://127.0.0.1"),
+            ("SEND_OTP_VIA_SMS", "true"),
+            ("TWILIO_ACCOUNT_SID", "AC123"),
+            ("TWILIO_AUTH_TOKEN", "token"),
+            ("TWILIO_PHONE_NUMBER", "+15005550006"),
+            ("METRICS_PORT", "9090"),
+        ];
+        pairs.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
+        pairs.extend_from_slice(extra);
+        settings(&pairs)
+    }
+
+    #[test]
+    fn production_refuses_sqlite_and_switched_off_limits() {
+        assert!(production_with(&[]).is_ok());
+        for sqlite in ["sqlite://otpgate.db?mode=rwc", "sqlite+aiosqlite:///x.db"] {
+            let err = production_with(&[("DATABASE_URL", sqlite)]).unwrap_err();
+            assert_eq!(err.first().var, "DATABASE_URL");
+        }
+        let err = production_with(&[("RATE_LIMIT_ENABLED", "false")]).unwrap_err();
+        assert_eq!(err.first().var, "RATE_LIMIT_ENABLED");
+        // Development keeps SQLite and allows the switch.
+        assert!(settings(&[("RATE_LIMIT_ENABLED", "false")]).is_ok());
+    }
+
+    #[test]
+    fn production_refuses_the_examples_secrets() {
+        for (var, value) in [
+            (
+                "JWT_SECRET_KEY",
+                "replace-with-at-least-32-random-bytes-0000",
+            ),
+            (
+                "JWT_SECRET_KEY",
+                "change-me-to-32-random-bytes-before-any-real-use",
+            ),
+            ("TWILIO_AUTH_TOKEN", "replace-me"),
+            ("METRICS_TOKEN", "change-me-change-me-change-me"),
+            (
+                "DATABASE_URL",
+                "postgres://otpgate:change-me@postgres.otpgate.svc:5432/otpgate",
+            ),
+            (
+                "DATABASE_URL",
+                "postgres://otpgate:otpgate@postgres:5432/otpgate",
+            ),
+        ] {
+            let err = production_with(&[(var, value)]).unwrap_err();
+            assert!(err.names(var), "{var}={value}: {err}");
+            assert!(err.to_string().contains("placeholder"), "{err}");
+        }
+    }
+
+    /// Every secret printed in the repository's examples is refused in production: the files
+    /// are read here, so a new example secret fails this test until it is listed.
+    #[test]
+    fn example_files_hold_only_refused_secrets() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut checked = 0;
+        for file in [
+            "k8s/secret.example.yaml",
+            "docker-compose.yml",
+            "README.md",
+            "loadtest/cluster.sh",
+            "scripts/quickstart.sh",
+            ".env.example",
+        ] {
+            let text = std::fs::read_to_string(root.join(file)).unwrap();
+            for line in text.lines() {
+                for var in [
+                    "JWT_SECRET_KEY",
+                    "OTP_PEPPER",
+                    "METRICS_TOKEN",
+                    "TWILIO_AUTH_TOKEN",
+                ] {
+                    let Some(rest) = line
+                        .split_once(&format!("{var}:"))
+                        .or_else(|| line.split_once(&format!("{var}=")))
+                    else {
+                        continue;
+                    };
+                    let value = rest.1.trim().trim_matches(['"', '\'', '`', '\\', ' ']);
+                    let value = value.split_whitespace().next().unwrap_or("");
+                    if value.is_empty()
+                        || value == "…"
+                        || value.starts_with('$')
+                        || value.starts_with('<')
+                        || value.starts_with('|')
+                    {
+                        continue;
+                    }
+                    assert!(
+                        is_example_secret(value),
+                        "{file}: {var}={value} is not refused in production"
+                    );
+                    checked += 1;
+                }
+                if let Some(password) = line
+                    .split_whitespace()
+                    .find(|w| w.contains("postgres://"))
+                    .and_then(|w| url_password(w.trim_matches(['"', '\''])))
+                    .filter(|p| !p.starts_with('$') && *p != "…")
+                {
+                    assert!(
+                        is_example_secret(password),
+                        "{file}: database password {password:?} is not refused"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(
+            checked >= 4,
+            "the example files were not read ({checked} secrets)"
+        );
     }
 
     #[test]

@@ -58,16 +58,23 @@ pub struct StoreSettings {
 
 impl StoreSettings {
     pub(crate) fn from_env(env: &Vars<'_>) -> Result<Self, ConfigError> {
-        let redis_timeout_ms: u64 = env.parse("REDIS_TIMEOUT_MS", 1000)?;
-        if redis_timeout_ms == 0 {
-            return Err(invalid("REDIS_TIMEOUT_MS", "must be at least 1"));
+        let redis_timeout_ms: u64 = env.ranged("REDIS_TIMEOUT_MS", 1000, 1..=60_000)?;
+        let database_url = env
+            .get("DATABASE_URL")
+            .map(|url| normalize_database_url(&url))
+            .unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("sqlite:")) {
+            env.report(invalid(
+                "DATABASE_URL",
+                format!(
+                    "{:?}: expected postgres://user:password@host:5432/db or sqlite://file.db",
+                    redact_credentials(&database_url)
+                ),
+            ));
         }
         let (redis_mode, redis_nodes, redis_sentinel_master) = redis_settings(env)?;
         Ok(Self {
-            database_url: env
-                .get("DATABASE_URL")
-                .map(|url| Secret::new(normalize_database_url(&url)))
-                .unwrap_or_else(|| Secret::new(DEFAULT_DATABASE_URL)),
+            database_url: Secret::new(database_url),
             database_max_connections: env.parse("DATABASE_MAX_CONNECTIONS", 10)?,
             run_migrations: env.bool("RUN_MIGRATIONS", true)?,
             redis_url: env.get("REDIS_URL").map(Secret::new),
@@ -88,6 +95,37 @@ impl StoreSettings {
     /// Whether the in-process store is in use (no `REDIS_URL`).
     pub fn embedded(&self) -> bool {
         self.redis_url.is_none()
+    }
+
+    /// The database for logs: `postgres at host:5432/db` or `sqlite file otpgate.db`, never a
+    /// password.
+    pub fn database_shown(&self) -> String {
+        let url = self.database_url.expose();
+        let (scheme, rest) = url.split_once("://").unwrap_or(("database", url));
+        let rest = rest.split('?').next().unwrap_or(rest);
+        if scheme == "sqlite" {
+            return format!("sqlite file {rest}");
+        }
+        let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+        format!("{scheme} at {host}")
+    }
+
+    /// The Redis nodes for logs: `cluster at 10.0.0.1:6379, 10.0.0.2:6379`, never a password;
+    /// `memory` for the in-process store.
+    pub fn redis_shown(&self) -> String {
+        if self.embedded() {
+            return "memory (in-process)".into();
+        }
+        let nodes: Vec<&str> = self
+            .redis_nodes
+            .iter()
+            .map(|u| {
+                let rest = u.expose().split_once("://").map_or(u.expose(), |(_, r)| r);
+                let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+                host.split('/').next().unwrap_or(host)
+            })
+            .collect();
+        format!("redis {} at {}", self.redis_mode.name(), nodes.join(", "))
     }
 }
 
@@ -213,7 +251,7 @@ mod tests {
 
     #[test]
     fn redis_modes_are_checked() {
-        let var = |pairs: &[(&str, &str)]| settings(pairs).unwrap_err().var;
+        let var = |pairs: &[(&str, &str)]| settings(pairs).unwrap_err().first().var;
         let s = settings(&[("REDIS_URL", "redis://:pw@127.0.0.1:6379/2")]).unwrap();
         assert_eq!(s.store.redis_mode, RedisMode::Standalone);
         assert_eq!(s.store.redis_nodes.len(), 1);
@@ -242,6 +280,7 @@ mod tests {
             ("REDIS_URL", "redis://:secretpw@10.0.0.1:6379,http//nope"),
         ])
         .unwrap_err();
+        let bad = bad.first();
         assert_eq!(bad.var, "REDIS_URL");
         assert!(!bad.message.contains("secretpw"), "{}", bad.message);
         assert_eq!(

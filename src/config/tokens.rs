@@ -38,14 +38,8 @@ pub struct TokenSettings {
 
 impl TokenSettings {
     pub(crate) fn from_env(env: &Vars<'_>) -> Result<Self, ConfigError> {
-        let access_minutes: u64 = env.parse("ACCESS_TOKEN_EXPIRE_MINUTES", 30)?;
-        if access_minutes == 0 {
-            return Err(invalid("ACCESS_TOKEN_EXPIRE_MINUTES", "must be at least 1"));
-        }
-        let refresh_days: u64 = env.parse("REFRESH_TOKEN_EXPIRE_DAYS", 7)?;
-        if refresh_days == 0 {
-            return Err(invalid("REFRESH_TOKEN_EXPIRE_DAYS", "must be at least 1"));
-        }
+        let access_minutes: u64 = env.ranged("ACCESS_TOKEN_EXPIRE_MINUTES", 30, 1..=10_080)?;
+        let refresh_days: u64 = env.ranged("REFRESH_TOKEN_EXPIRE_DAYS", 7, 1..=3650)?;
         let jwt_algorithm = match env.get("JWT_ALGORITHM") {
             None => SigningAlgorithm::Hs256,
             Some(name) => SigningAlgorithm::parse(&name).ok_or_else(|| {

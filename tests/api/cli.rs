@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_otpgate");
 
-fn otpgate(dir: &Path) -> Command {
+pub(crate) fn otpgate(dir: &Path) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.env_clear().current_dir(dir).stdin(Stdio::null());
     if let Ok(path) = std::env::var("PATH") {
@@ -16,7 +16,7 @@ fn otpgate(dir: &Path) -> Command {
     cmd
 }
 
-fn temp_dir() -> std::path::PathBuf {
+pub(crate) fn temp_dir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("otpgate-cli-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir

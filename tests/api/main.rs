@@ -7,6 +7,7 @@ mod helpers;
 mod cli;
 mod delivery;
 mod failover;
+mod first_hour;
 mod flows;
 mod hardening;
 mod http_errors;
