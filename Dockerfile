@@ -1,11 +1,15 @@
 # otpgate container image: a release build on the Rust image, a distroless runtime.
-# Not exercised by CI (no Docker engine on the build machines); kept small and exact.
+#   docker build -t registry.example.com/otpgate:0.1.0 .
+# CI proves this build context without a Docker engine: scripts/check-docker.sh copies exactly
+# what the COPY lines below name into an empty folder and runs cargo metadata and cargo check
+# there (offline, --locked).
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock .env.example ./
 COPY migration ./migration
+COPY loadtest ./loadtest
 COPY src ./src
-RUN cargo build --release --locked --bin otpgate
+RUN cargo build --release --locked -p otpgate --bin otpgate
 
 # distroless/cc: glibc, CA certificates (for Twilio/Meta/Telegram over TLS), no shell.
 FROM gcr.io/distroless/cc-debian12:nonroot

@@ -86,10 +86,11 @@ promtool check rules helm/otpgate/dashboards/alerts.rules.yaml >/dev/null
 (cd helm/otpgate/dashboards && promtool test rules alerts.test.yaml)
 python3 -m json.tool helm/otpgate/dashboards/otpgate.json >/dev/null
 
-log "creating a venv with prometheus-client"
+log "creating a venv with prometheus-client and openapi-spec-validator"
 python3 -m venv "$work/venv"
-"$work/venv/bin/pip" install -q --disable-pip-version-check prometheus-client
+"$work/venv/bin/pip" install -q --disable-pip-version-check prometheus-client openapi-spec-validator
 export METRICS_PARSER_PYTHON="$work/venv/bin/python"
+export OPENAPI_SPEC_VALIDATOR="$work/venv/bin/openapi-spec-validator"
 
 export TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
 TEST_REDIS_CLUSTER_URL=$(printf 'redis://127.0.0.1:%s,' "${cluster_ports[@]}")

@@ -12,6 +12,14 @@ pub enum Error {
     /// 400 `invalid_request`: the body or a parameter could not be read.
     #[error("{0}")]
     InvalidRequest(String),
+    /// 422 `invalid_field`: a field of the body has the wrong type or breaks its rule.
+    #[error("`{field}` {problem}")]
+    InvalidField {
+        /// The field's name (`(body)` for the body as a whole).
+        field: String,
+        /// What is wrong, in plain words: `must be a string of 4 to 10 digits`.
+        problem: String,
+    },
     /// 422 `invalid_phone`: not a valid phone number.
     #[error("{0}")]
     InvalidPhone(String),
@@ -98,6 +106,7 @@ impl Error {
         match self {
             Error::InvalidRequest(_) | Error::InvalidOtp { .. } | Error::OtpExpired => 400,
             Error::InvalidPhone(_)
+            | Error::InvalidField { .. }
             | Error::ChannelUnavailable(_)
             | Error::CountryNotAllowed
             | Error::UnsupportedNumber => 422,
@@ -119,6 +128,7 @@ impl Error {
         match self {
             Error::InvalidRequest(_) => "invalid_request",
             Error::InvalidPhone(_) => "invalid_phone",
+            Error::InvalidField { .. } => "invalid_field",
             Error::InvalidOtp { .. } => "invalid_otp",
             Error::OtpExpired => "otp_expired",
             Error::TooManyAttempts => "too_many_attempts",

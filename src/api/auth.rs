@@ -5,19 +5,20 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use poem::Request;
 use poem_openapi::auth::Bearer;
-use poem_openapi::payload::Json;
+use poem_openapi::payload::{Form, Json};
 use poem_openapi::types::Example;
-use poem_openapi::{ApiResponse, Enum, Object, OpenApi, SecurityScheme};
+use poem_openapi::{ApiRequest, ApiResponse, Enum, Object, OpenApi, SecurityScheme};
 use uuid::Uuid;
 
 use super::ApiTags;
+use super::body::Body;
+use super::oauth::OAuthFails;
+use super::problem::{Fails, failures, headers};
 use super::text::{OtpText, PhoneText};
-use crate::api::problem::headers;
 use crate::auth::{AuthService, LoggedIn};
 use crate::db::{identity, user};
 use crate::domain::channel::Channel;
 use crate::domain::net::ClientIp;
-use crate::error::Error;
 
 /// Phone login endpoints.
 pub struct AuthApi {
@@ -193,8 +194,47 @@ pub struct RefreshRequest {
     pub refresh_token: String,
 }
 
+/// An OAuth 2.0 refresh request (RFC 6749 §6), as AppAuth and other OAuth clients send it.
+#[derive(Debug, Object, serde::Deserialize)]
+#[oai(example)]
+pub struct TokenGrant {
+    /// Must be `refresh_token` (the only grant this endpoint serves; codes are verified at
+    /// `/api/auth/verify-otp`).
+    pub grant_type: String,
+    /// The refresh token; it is spent by this call.
+    #[oai(validator(min_length = 1, max_length = 4096))]
+    pub refresh_token: String,
+    /// Ignored (sessions carry no scopes).
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// Ignored (public clients; there is no client authentication).
+    #[serde(default)]
+    pub client_id: Option<String>,
+}
+
+impl Example for TokenGrant {
+    fn example() -> Self {
+        TokenGrant {
+            grant_type: "refresh_token".into(),
+            refresh_token: RefreshRequest::example().refresh_token,
+            scope: None,
+            client_id: None,
+        }
+    }
+}
+
+/// The token endpoint's body: form-encoded (RFC 6749) or JSON.
+#[derive(Debug, ApiRequest)]
+pub enum TokenRequest {
+    /// `grant_type=refresh_token&refresh_token=…`
+    Form(Form<TokenGrant>),
+    /// The same fields as a JSON object.
+    Json(Body<TokenGrant>),
+}
+
 /// A user as the API shows it.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct User {
     /// User id (UUID v7).
     pub id: Uuid,
@@ -240,6 +280,7 @@ impl From<identity::Model> for Identity {
 
 /// The current user with linked identities.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct Me {
     /// User id (UUID v7).
     pub id: Uuid,
@@ -253,17 +294,21 @@ pub struct Me {
     pub identities: Vec<Identity>,
 }
 
-/// A new session.
+/// A session's tokens: after a login, or after a refresh (the presented refresh token is then
+/// spent).
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct TokenResponse {
     /// JWT access token: send as `Authorization: Bearer …`.
     pub access_token: String,
-    /// Refresh token: exchange once at `/api/auth/refresh-token`.
+    /// Refresh token: exchange once at `/api/auth/refresh-token` or `/api/auth/token`.
     pub refresh_token: String,
     /// Always `bearer`.
     pub token_type: String,
     /// Access token lifetime in seconds.
     pub expires_in: u64,
+    /// When the access token expires (Unix seconds).
+    pub expires_at: u64,
     /// The logged-in user.
     pub user: User,
 }
@@ -275,22 +320,52 @@ impl From<LoggedIn> for TokenResponse {
             refresh_token: session.tokens.refresh_token,
             token_type: "bearer".into(),
             expires_in: session.tokens.expires_in,
+            expires_at: session.tokens.expires_at,
             user: session.user.into(),
         }
     }
 }
 
-/// A rotated token pair.
-#[derive(Debug, Object)]
-pub struct TokenPairResponse {
-    /// New JWT access token.
-    pub access_token: String,
-    /// New refresh token; the presented one is spent.
-    pub refresh_token: String,
-    /// Always `bearer`.
-    pub token_type: String,
-    /// Access token lifetime in seconds.
-    pub expires_in: u64,
+impl Example for User {
+    fn example() -> Self {
+        let at = DateTime::from_timestamp(1_767_225_600, 0).unwrap_or_default();
+        User {
+            id: Uuid::from_u128(0x0193_f3a0_7c1e_7d2a_9b4c_5e6f_7a8b_9c0d),
+            phone: Some("+919876543210".into()),
+            created_at: at,
+            last_login_at: Some(at),
+        }
+    }
+}
+
+impl Example for Me {
+    fn example() -> Self {
+        let user = User::example();
+        Me {
+            id: user.id,
+            phone: user.phone,
+            created_at: user.created_at,
+            last_login_at: user.last_login_at,
+            identities: vec![Identity {
+                provider: "telegram".into(),
+                subject: "123456789".into(),
+                created_at: user.created_at,
+            }],
+        }
+    }
+}
+
+impl Example for TokenResponse {
+    fn example() -> Self {
+        TokenResponse {
+            access_token: "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIwMTkzZjNhMC03YzFlLTdkMmEtOWI0Yy01ZTZmN2E4YjljMGQifQ.c2lnbmF0dXJl".into(),
+            refresh_token: RefreshRequest::example().refresh_token,
+            token_type: "bearer".into(),
+            expires_in: 1800,
+            expires_at: 1_767_227_400,
+            user: User::example(),
+        }
+    }
 }
 
 /// The session is over.
@@ -301,6 +376,43 @@ pub struct LogoutResponse {
     pub status: String,
 }
 
+failures! {
+    /// `POST /api/auth/login`.
+    LoginFailures: [
+        "invalid_phone",
+        "country_not_allowed",
+        "unsupported_number",
+        "channel_unavailable",
+        "store_unavailable",
+        "delivery_failed",
+    ];
+    /// `POST /api/auth/verify-otp`.
+    VerifyFailures: [
+        "invalid_otp",
+        "otp_expired",
+        "invalid_phone",
+        "too_many_attempts",
+        "store_unavailable",
+        "database_unavailable",
+    ];
+    /// `POST /api/auth/refresh-token`.
+    RefreshFailures: [
+        "invalid_token",
+        "token_reused",
+        "store_unavailable",
+        "database_unavailable",
+    ];
+    /// `GET /api/auth/me`.
+    MeFailures { BODY = false }: [
+        "unauthorized",
+        "invalid_token",
+        "store_unavailable",
+        "database_unavailable",
+    ];
+    /// `POST /api/auth/logout`.
+    LogoutFailures { BODY = false }: ["unauthorized", "invalid_token", "store_unavailable"];
+}
+
 #[OpenApi(prefix_path = "/api/auth", tag = "ApiTags::Auth")]
 impl AuthApi {
     /// Send a one-time code
@@ -308,8 +420,12 @@ impl AuthApi {
     /// Sends a code to the phone over the requested channel. A second request for the same
     /// phone within the resend window gets 429 with `Retry-After`. The answer is the same for
     /// known and new numbers.
-    #[oai(path = "/login", method = "post")]
-    async fn login(&self, req: &Request, body: Json<LoginRequest>) -> Result<LoginReply, Error> {
+    #[oai(path = "/login", method = "post", operation_id = "login")]
+    async fn login(
+        &self,
+        req: &Request,
+        body: Body<LoginRequest>,
+    ) -> Result<LoginReply, Fails<LoginFailures>> {
         let started = self
             .auth
             .login(&body.phone, body.channel.map(Channel::from), client_ip(req))
@@ -333,61 +449,104 @@ impl AuthApi {
     ///
     /// A right code works once and opens a session; the user is created on first login.
     /// After too many wrong codes the code is burned and a new one must be requested.
-    #[oai(path = "/verify-otp", method = "post")]
+    #[oai(path = "/verify-otp", method = "post", operation_id = "verifyOtp")]
     async fn verify_otp(
         &self,
         req: &Request,
-        body: Json<VerifyRequest>,
-    ) -> Result<Json<TokenResponse>, Error> {
+        body: Body<VerifyRequest>,
+    ) -> Result<Tokens, Fails<VerifyFailures>> {
         let session = self
             .auth
             .verify(&body.phone, &body.otp_code, client_ip(req))
             .await?;
-        Ok(Json(session.into()))
+        Ok(Tokens::Issued(Json(session.into())))
     }
 
     /// Rotate a refresh token
     ///
-    /// Spends the refresh token and returns a new pair. Presenting a spent token again after
-    /// the short grace window revokes the whole session (`token_reused`).
-    #[oai(path = "/refresh-token", method = "post")]
+    /// Spends the refresh token and returns a new pair with the user. Presenting a spent token
+    /// again after the short grace window revokes the whole session (`token_reused`). Errors
+    /// are problem documents; `/api/auth/token` does the same for OAuth 2.0 clients.
+    #[oai(
+        path = "/refresh-token",
+        method = "post",
+        operation_id = "refreshToken"
+    )]
     async fn refresh_token(
         &self,
-        body: Json<RefreshRequest>,
-    ) -> Result<Json<TokenPairResponse>, Error> {
-        let pair = self.auth.refresh(&body.refresh_token).await?;
-        Ok(Json(TokenPairResponse {
-            access_token: pair.access_token,
-            refresh_token: pair.refresh_token,
-            token_type: "bearer".into(),
-            expires_in: pair.expires_in,
-        }))
+        body: Body<RefreshRequest>,
+    ) -> Result<Tokens, Fails<RefreshFailures>> {
+        let session = self.auth.refresh(&body.refresh_token).await?;
+        Ok(Tokens::Issued(Json(session.into())))
+    }
+
+    /// OAuth 2.0 token endpoint (refresh)
+    ///
+    /// RFC 6749 §6 for OAuth clients (AppAuth and the like): `grant_type=refresh_token` with
+    /// the refresh token, form-encoded or as JSON. The answer is that of `/refresh-token`;
+    /// errors are RFC 6749 §5.2 objects (`{"error": "invalid_grant", "error_description": …}`)
+    /// rather than problem documents.
+    #[oai(path = "/token", method = "post", operation_id = "token")]
+    async fn token(&self, body: TokenRequest) -> Result<Tokens, OAuthFails> {
+        let grant = match body {
+            TokenRequest::Form(Form(grant)) | TokenRequest::Json(Body(grant)) => grant,
+        };
+        if grant.grant_type != "refresh_token" {
+            return Err(OAuthFails::unsupported_grant_type(&grant.grant_type));
+        }
+        let session = self.auth.refresh(&grant.refresh_token).await?;
+        Ok(Tokens::Issued(Json(session.into())))
     }
 
     /// The current user
-    #[oai(path = "/me", method = "get")]
-    async fn me(&self, auth: BearerAuth) -> Result<Json<Me>, Error> {
+    #[oai(path = "/me", method = "get", operation_id = "me")]
+    async fn me(&self, auth: BearerAuth) -> Result<MeReply, Fails<MeFailures>> {
         let claims = self.auth.authenticate(&auth.0.token).await?;
         let (user, identities) = self.auth.me(&claims).await?;
-        Ok(Json(Me {
+        Ok(MeReply::Found(Json(Me {
             id: user.id,
             phone: user.phone,
             created_at: user.created_at,
             last_login_at: user.last_login_at,
             identities: identities.into_iter().map(Identity::from).collect(),
-        }))
+        })))
     }
 
     /// Log out
     ///
     /// Revokes the session: its access and refresh tokens are refused by every replica from
     /// the next request on.
-    #[oai(path = "/logout", method = "post")]
-    async fn logout(&self, auth: BearerAuth) -> Result<Json<LogoutResponse>, Error> {
+    #[oai(path = "/logout", method = "post", operation_id = "logout")]
+    async fn logout(&self, auth: BearerAuth) -> Result<LogoutReply, Fails<LogoutFailures>> {
         let claims = self.auth.authenticate(&auth.0.token).await?;
         self.auth.logout(&claims).await?;
-        Ok(Json(LogoutResponse {
+        Ok(LogoutReply::LoggedOut(Json(LogoutResponse {
             status: "logged_out".into(),
-        }))
+        })))
     }
+}
+
+/// The current user.
+#[derive(ApiResponse)]
+pub enum MeReply {
+    /// The user of the access token, with linked identities.
+    #[oai(status = 200)]
+    Found(Json<Me>),
+}
+
+/// Logout answer.
+#[derive(ApiResponse)]
+pub enum LogoutReply {
+    /// The session is revoked on every replica.
+    #[oai(status = 200)]
+    LoggedOut(Json<LogoutResponse>),
+}
+
+/// A new or rotated session.
+#[derive(ApiResponse)]
+pub enum Tokens {
+    /// The session's tokens and its user. Sent with `Cache-Control: no-store` and
+    /// `Pragma: no-cache`.
+    #[oai(status = 200)]
+    Issued(Json<TokenResponse>),
 }

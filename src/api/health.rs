@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use poem_openapi::payload::Json;
+use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object};
 
 use sea_orm::DatabaseConnection;
@@ -24,6 +25,7 @@ pub struct HealthApi {
 
 /// The process is up.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct Health {
     /// Always `ok`.
     pub status: String,
@@ -31,6 +33,7 @@ pub struct Health {
 
 /// Whether each dependency answers.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct Readiness {
     /// `ready` or `not_ready`.
     pub status: String,
@@ -38,6 +41,32 @@ pub struct Readiness {
     pub store: String,
     /// `ok` or `unavailable`: the SQL database.
     pub database: String,
+}
+
+impl Example for Health {
+    fn example() -> Self {
+        Health {
+            status: "ok".into(),
+        }
+    }
+}
+
+impl Example for Readiness {
+    fn example() -> Self {
+        Readiness {
+            status: "ready".into(),
+            store: "ok".into(),
+            database: "ok".into(),
+        }
+    }
+}
+
+/// Liveness answer.
+#[derive(ApiResponse)]
+pub enum HealthResponse {
+    /// The process is up (nothing else is checked).
+    #[oai(status = 200)]
+    Up(Json<Health>),
 }
 
 /// Readiness answer.
@@ -58,15 +87,15 @@ fn status(ok: bool) -> String {
 #[poem_openapi::OpenApi(tag = "ApiTags::Ops")]
 impl HealthApi {
     /// Liveness: answers without touching any dependency.
-    #[oai(path = "/health", method = "get")]
-    async fn health(&self) -> Json<Health> {
-        Json(Health {
+    #[oai(path = "/health", method = "get", operation_id = "health")]
+    async fn health(&self) -> HealthResponse {
+        HealthResponse::Up(Json(Health {
             status: "ok".into(),
-        })
+        }))
     }
 
     /// Readiness: checks the store and the database, each within 2 s.
-    #[oai(path = "/ready", method = "get")]
+    #[oai(path = "/ready", method = "get", operation_id = "ready")]
     async fn ready(&self) -> ReadyResponse {
         let store = tokio::time::timeout(CHECK_TIMEOUT, self.store.ping());
         let database = tokio::time::timeout(CHECK_TIMEOUT, crate::db::ping(&self.db));

@@ -13,11 +13,12 @@ use poem_openapi::{
 };
 
 use super::ApiTags;
-use super::auth::TokenResponse;
+use super::auth::{TokenResponse, Tokens};
+use super::body::Body;
+use super::problem::{Fails, failures};
 use super::text::{HexHashText, IntentIdText, PollTokenText};
 use crate::auth::AuthService;
 use crate::auth::intents::{IntentChannel, PollResult};
-use crate::error::Error;
 use crate::messaging::Messaging;
 use crate::messaging::telegram::WidgetLogin;
 
@@ -71,6 +72,7 @@ pub struct PollRequest {
 
 /// The user has not confirmed yet.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct PollPending {
     /// Always `pending`.
     pub status: String,
@@ -97,6 +99,7 @@ pub enum IntentCreated {
 
 /// The fields the Telegram Login Widget passes to its callback, unchanged.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct TelegramWidgetRequest {
     /// Telegram user id.
     pub id: i64,
@@ -116,9 +119,40 @@ pub struct TelegramWidgetRequest {
 
 /// A webhook delivery was accepted.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct WebhookAck {
     /// Always `ok`.
     pub status: String,
+}
+
+impl Example for PollPending {
+    fn example() -> Self {
+        PollPending {
+            status: "pending".into(),
+        }
+    }
+}
+
+impl Example for WebhookAck {
+    fn example() -> Self {
+        WebhookAck {
+            status: "ok".into(),
+        }
+    }
+}
+
+impl Example for TelegramWidgetRequest {
+    fn example() -> Self {
+        TelegramWidgetRequest {
+            id: 123_456_789,
+            first_name: Some("Asha".into()),
+            last_name: None,
+            username: Some("asha".into()),
+            photo_url: None,
+            auth_date: 1_767_225_600,
+            hash: HexHashText("3f".repeat(32)),
+        }
+    }
 }
 
 impl Example for IntentRequest {
@@ -183,10 +217,56 @@ impl<'a> ApiExtractor<'a> for RawJson {
     }
 }
 
-fn ack() -> Json<WebhookAck> {
-    Json(WebhookAck {
+fn ack() -> WebhookHandled {
+    WebhookHandled::Ok(Json(WebhookAck {
         status: "ok".into(),
-    })
+    }))
+}
+
+failures! {
+    /// `POST /api/auth/intents`.
+    IntentFailures: ["channel_unavailable", "store_unavailable"];
+    /// `POST /api/auth/intents/poll`.
+    PollFailures: [
+        "invalid_poll_token",
+        "intent_expired",
+        "intent_consumed",
+        "store_unavailable",
+        "database_unavailable",
+    ];
+    /// `POST /api/auth/telegram/widget`.
+    WidgetFailures: [
+        "invalid_telegram_auth",
+        "telegram_auth_expired",
+        "channel_unavailable",
+        "store_unavailable",
+        "database_unavailable",
+    ];
+    /// `GET /api/whatsapp/webhook` (Meta's handshake; not behind the front door).
+    HandshakeFailures { BODY = false, FRONT_DOOR = false }: ["invalid_signature"];
+    /// The webhooks: signed, not behind the front door; 503 makes the platform retry.
+    WebhookFailures { FRONT_DOOR = false }: [
+        "invalid_signature",
+        "rate_limited",
+        "store_unavailable",
+        "database_unavailable",
+    ];
+}
+
+/// A webhook call was handled.
+#[derive(ApiResponse)]
+pub enum WebhookHandled {
+    /// Accepted (also for updates that need no action, so the platform does not retry them).
+    #[oai(status = 200)]
+    Ok(Json<WebhookAck>),
+}
+
+/// The handshake answer.
+#[derive(ApiResponse)]
+pub enum Handshake {
+    /// `hub.challenge`, echoed.
+    #[oai(status = 200)]
+    Challenge(PlainText<String>),
 }
 
 #[OpenApi]
@@ -200,13 +280,14 @@ impl MessagingApi {
     #[oai(
         path = "/api/auth/intents",
         method = "post",
+        operation_id = "createIntent",
         tag = "ApiTags::Messaging"
     )]
     async fn create_intent(
         &self,
         req: &poem::Request,
-        body: Json<IntentRequest>,
-    ) -> Result<IntentCreated, Error> {
+        body: Body<IntentRequest>,
+    ) -> Result<IntentCreated, Fails<IntentFailures>> {
         let channel = match body.channel {
             IntentChannelName::Whatsapp => IntentChannel::Whatsapp,
             IntentChannelName::Telegram => IntentChannel::Telegram,
@@ -231,9 +312,10 @@ impl MessagingApi {
     #[oai(
         path = "/api/auth/intents/poll",
         method = "post",
+        operation_id = "pollIntent",
         tag = "ApiTags::Messaging"
     )]
-    async fn poll_intent(&self, body: Json<PollRequest>) -> Result<PollReply, Error> {
+    async fn poll_intent(&self, body: Body<PollRequest>) -> Result<PollReply, Fails<PollFailures>> {
         match self
             .auth
             .poll_intent(&body.intent_id, &body.poll_token)
@@ -253,12 +335,13 @@ impl MessagingApi {
     #[oai(
         path = "/api/auth/telegram/widget",
         method = "post",
+        operation_id = "telegramWidgetLogin",
         tag = "ApiTags::Messaging"
     )]
     async fn telegram_widget(
         &self,
-        body: Json<TelegramWidgetRequest>,
-    ) -> Result<Json<TokenResponse>, Error> {
+        body: Body<TelegramWidgetRequest>,
+    ) -> Result<Tokens, Fails<WidgetFailures>> {
         let body = body.0;
         let mut fields = vec![
             ("id".to_string(), body.id.to_string()),
@@ -283,7 +366,7 @@ impl MessagingApi {
                 hash: body.hash.0,
             })
             .await?;
-        Ok(Json(session.into()))
+        Ok(Tokens::Issued(Json(session.into())))
     }
 
     /// WhatsApp webhook verification
@@ -293,6 +376,7 @@ impl MessagingApi {
     #[oai(
         path = "/api/whatsapp/webhook",
         method = "get",
+        operation_id = "whatsappWebhookVerify",
         tag = "ApiTags::Webhooks"
     )]
     async fn whatsapp_verify(
@@ -300,10 +384,11 @@ impl MessagingApi {
         #[oai(name = "hub.mode")] mode: Query<Option<String>>,
         #[oai(name = "hub.verify_token")] token: Query<Option<String>>,
         #[oai(name = "hub.challenge")] challenge: Query<Option<String>>,
-    ) -> Result<PlainText<String>, Error> {
-        self.messaging
+    ) -> Result<Handshake, Fails<HandshakeFailures>> {
+        Ok(self
+            .messaging
             .whatsapp_handshake(mode.0.as_deref(), token.0.as_deref(), challenge.0)
-            .map(PlainText)
+            .map(|c| Handshake::Challenge(PlainText(c)))?)
     }
 
     /// WhatsApp webhook
@@ -315,13 +400,14 @@ impl MessagingApi {
     #[oai(
         path = "/api/whatsapp/webhook",
         method = "post",
+        operation_id = "whatsappWebhook",
         tag = "ApiTags::Webhooks"
     )]
     async fn whatsapp_webhook(
         &self,
         #[oai(name = "X-Hub-Signature-256")] signature: Header<Option<String>>,
         body: RawJson,
-    ) -> Result<Json<WebhookAck>, Error> {
+    ) -> Result<WebhookHandled, Fails<WebhookFailures>> {
         self.messaging
             .whatsapp_notification(&body.0, signature.0.as_deref())
             .await?;
@@ -337,13 +423,14 @@ impl MessagingApi {
     #[oai(
         path = "/api/telegram/webhook",
         method = "post",
+        operation_id = "telegramWebhook",
         tag = "ApiTags::Webhooks"
     )]
     async fn telegram_webhook(
         &self,
         #[oai(name = "X-Telegram-Bot-Api-Secret-Token")] secret: Header<Option<String>>,
         body: RawJson,
-    ) -> Result<Json<WebhookAck>, Error> {
+    ) -> Result<WebhookHandled, Fails<WebhookFailures>> {
         self.messaging
             .telegram_update(&body.0, secret.0.as_deref())
             .await?;

@@ -29,7 +29,7 @@ pub struct Problem {
     /// A URI naming the problem type (`urn:otpgate:problem:<code>`).
     #[oai(rename = "type")]
     pub type_: String,
-    /// A short summary of the problem type.
+    /// A short summary of the problem type (the same for every problem of one `code`).
     pub title: String,
     /// The HTTP status code.
     pub status: u16,
@@ -40,17 +40,221 @@ pub struct Problem {
     /// The request id (also in the `X-Request-Id` response header), to quote in bug reports.
     #[oai(skip_serializing_if_is_none)]
     pub request_id: Option<String>,
+    /// `invalid_field` only: the body field at fault (`(body)` for the body as a whole).
+    #[oai(skip_serializing_if_is_none)]
+    pub field: Option<String>,
+}
+
+/// Every problem type: its `code`, status, `title` and an example `detail` (for the docs).
+/// The title is the same for every problem of one code; the detail says what happened.
+pub const PROBLEM_TYPES: &[(&str, u16, &str, &str)] = &[
+    (
+        "invalid_request",
+        400,
+        "Malformed request",
+        "The body is not valid JSON: EOF while parsing an object at line 1 column 1.",
+    ),
+    (
+        "invalid_otp",
+        400,
+        "Wrong code",
+        "The code is not correct; 4 attempt(s) left.",
+    ),
+    (
+        "otp_expired",
+        400,
+        "No valid code",
+        "No valid code for this phone number; request a new one.",
+    ),
+    (
+        "unauthorized",
+        401,
+        "Authentication required",
+        "A valid bearer token is required.",
+    ),
+    (
+        "invalid_token",
+        401,
+        "Invalid token",
+        "The token is invalid, expired or revoked.",
+    ),
+    (
+        "token_reused",
+        401,
+        "Refresh token reused",
+        "This refresh token was already used; the session has been revoked.",
+    ),
+    (
+        "invalid_telegram_auth",
+        401,
+        "Invalid Telegram login",
+        "The Telegram login data is not valid.",
+    ),
+    (
+        "telegram_auth_expired",
+        401,
+        "Telegram login expired",
+        "The Telegram login data is too old; log in again.",
+    ),
+    (
+        "forbidden",
+        403,
+        "Forbidden",
+        "This request is not allowed.",
+    ),
+    (
+        "invalid_signature",
+        403,
+        "Invalid webhook signature",
+        "The request is not signed by the messaging platform.",
+    ),
+    (
+        "invalid_poll_token",
+        403,
+        "Wrong poll token",
+        "The poll token does not match this login intent.",
+    ),
+    ("not_found", 404, "Not found", "No such resource."),
+    (
+        "method_not_allowed",
+        405,
+        "Method not allowed",
+        "This resource does not support that method.",
+    ),
+    (
+        "request_timeout",
+        408,
+        "Request too slow",
+        "The request body was not received in time.",
+    ),
+    (
+        "intent_expired",
+        410,
+        "Login intent expired",
+        "This login intent has expired; create a new one.",
+    ),
+    (
+        "intent_consumed",
+        410,
+        "Login intent already used",
+        "This login intent was already used.",
+    ),
+    (
+        "payload_too_large",
+        413,
+        "Body too large",
+        "The request body is larger than the server accepts.",
+    ),
+    (
+        "uri_too_long",
+        414,
+        "URI too long",
+        "The request URI is too long.",
+    ),
+    (
+        "unsupported_media_type",
+        415,
+        "Unsupported media type",
+        "Send the body as application/json (Content-Type: application/json).",
+    ),
+    (
+        "invalid_field",
+        422,
+        "Invalid field",
+        "`otp_code` must be a string of 4 to 10 digits (for example \"012345\")",
+    ),
+    (
+        "invalid_phone",
+        422,
+        "Invalid phone number",
+        "Not a valid phone number: add the country code, e.g. +919876543210.",
+    ),
+    (
+        "country_not_allowed",
+        422,
+        "Country not allowed",
+        "Codes are not sent to numbers of this country.",
+    ),
+    (
+        "unsupported_number",
+        422,
+        "Unsupported number",
+        "This kind of number cannot receive a code; use a mobile number.",
+    ),
+    (
+        "channel_unavailable",
+        422,
+        "Channel unavailable",
+        "The channel \"telegram\" is not available here (not configured, or not linked to this number).",
+    ),
+    (
+        "rate_limited",
+        429,
+        "Too many requests",
+        "Too many requests (otp-resend); retry in 42 s.",
+    ),
+    (
+        "too_many_attempts",
+        429,
+        "Too many wrong codes",
+        "Too many wrong codes; this code no longer works. Request a new one.",
+    ),
+    (
+        "headers_too_large",
+        431,
+        "Headers too large",
+        "The request headers are too large.",
+    ),
+    (
+        "internal_error",
+        500,
+        "Internal error",
+        "Internal server error.",
+    ),
+    (
+        "store_unavailable",
+        503,
+        "Session store unavailable",
+        "The session store is unavailable; retry shortly.",
+    ),
+    (
+        "database_unavailable",
+        503,
+        "Database unavailable",
+        "The database is unavailable; retry shortly.",
+    ),
+    (
+        "delivery_failed",
+        503,
+        "Code not delivered",
+        "The code could not be delivered; retry shortly.",
+    ),
+    (
+        "http_version_not_supported",
+        505,
+        "HTTP version not supported",
+        "Use HTTP/1.1 or HTTP/2.",
+    ),
+];
+
+/// The title of problem type `code`.
+pub fn title_of(code: &str) -> &'static str {
+    PROBLEM_TYPES
+        .iter()
+        .find(|(c, ..)| *c == code)
+        .map_or("Error", |(_, _, title, _)| title)
 }
 
 impl poem_openapi::types::Example for Problem {
     fn example() -> Self {
         Problem {
             type_: "urn:otpgate:problem:rate_limited".into(),
-            title: "Too Many Requests".into(),
+            title: "Too many requests".into(),
             status: 429,
             detail: "Too many requests (otp-resend); retry in 42 s.".into(),
             code: "rate_limited".into(),
             request_id: Some("0d3f6c1e9a7b4d2c8e5f1a2b3c4d5e6f".into()),
+            field: None,
         }
     }
 }
@@ -60,11 +264,12 @@ impl Problem {
     pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Self {
         Self {
             type_: format!("urn:otpgate:problem:{code}"),
-            title: status.canonical_reason().unwrap_or("Error").to_string(),
+            title: title_of(code).to_string(),
             status: status.as_u16(),
             detail: detail.into(),
             code: code.to_string(),
             request_id: crate::telemetry::current_request_id(),
+            field: None,
         }
     }
 
@@ -80,6 +285,9 @@ impl Problem {
         });
         if let Some(id) = self.request_id {
             body["request_id"] = serde_json::Value::String(id);
+        }
+        if let Some(field) = self.field {
+            body["field"] = serde_json::Value::String(field);
         }
         Response::builder()
             .status(status)
@@ -154,7 +362,11 @@ impl poem::error::ResponseError for Error {
             tracing::error!(code = self.code(), error, "request failed");
         }
         let status = poem::error::ResponseError::status(self);
-        let mut resp = Problem::new(status, self.code(), self.public_detail()).into_response();
+        let mut problem = Problem::new(status, self.code(), self.public_detail());
+        if let Error::InvalidField { field, .. } = self {
+            problem.field = Some(field.clone());
+        }
+        let mut resp = problem.into_response();
         match self {
             Error::RateLimited {
                 retry_after,
@@ -192,12 +404,143 @@ impl poem::error::ResponseError for Error {
     }
 }
 
-/// Declares the problem responses in the OpenAPI document.
-impl ApiResponse for Error {
-    fn meta() -> MetaResponses {
-        let problem =
-            |status: u16, description: &'static str, headers: Vec<MetaHeader>| MetaResponse {
-                description,
+/// The problems one operation can answer with, for its OpenAPI description: the codes of
+/// [`PROBLEM_TYPES`] it may return itself, plus those of the layers around every operation.
+pub trait Failures: Send + Sync + 'static {
+    /// The codes the operation itself returns.
+    const CODES: &'static [&'static str];
+    /// Whether it takes a JSON body (malformed, too large, too slow, wrong media type, a bad
+    /// field).
+    const BODY: bool = true;
+    /// Whether the front door (`RATE_LIMIT_FRONTDOOR_PER_SECOND`) stands before it.
+    const FRONT_DOOR: bool = true;
+
+    /// Every code, in status order.
+    fn codes() -> Vec<&'static str> {
+        let mut codes: Vec<&'static str> = Self::CODES.to_vec();
+        if Self::BODY {
+            codes.extend([
+                "invalid_request",
+                "invalid_field",
+                "unsupported_media_type",
+                "payload_too_large",
+                "request_timeout",
+            ]);
+        }
+        if Self::FRONT_DOOR {
+            codes.push("rate_limited");
+        }
+        codes.push("internal_error");
+        codes.sort_by_key(|c| (status_of(c), *c));
+        codes.dedup();
+        codes
+    }
+}
+
+/// The status of problem type `code`.
+pub fn status_of(code: &str) -> u16 {
+    PROBLEM_TYPES
+        .iter()
+        .find(|(c, ..)| *c == code)
+        .map_or(500, |(_, status, ..)| *status)
+}
+
+/// Declares the failures of an operation: `failures! { LoginFailures: ["invalid_phone", …]; }`.
+macro_rules! failures {
+    ($($(#[$doc:meta])* $name:ident $({ $($flag:ident = $value:expr),* })? : [$($code:literal),* $(,)?];)*) => {
+        $(
+            $(#[$doc])*
+            pub struct $name;
+
+            impl $crate::api::problem::Failures for $name {
+                const CODES: &'static [&'static str] = &[$($code),*];
+                $($(const $flag: bool = $value;)*)?
+            }
+        )*
+    };
+}
+pub(crate) use failures;
+
+/// An [`Error`] returned by an operation whose possible failures are `S`: renders like the
+/// error itself, and documents exactly `S`'s problems (with an example of each code).
+pub struct Fails<S>(pub Error, std::marker::PhantomData<S>);
+
+impl<S> From<Error> for Fails<S> {
+    fn from(err: Error) -> Self {
+        Self(err, std::marker::PhantomData)
+    }
+}
+
+/// The error itself travels on: [`problem_response`] renders every [`Error`] the same way.
+impl<S> From<Fails<S>> for poem::Error {
+    fn from(fails: Fails<S>) -> Self {
+        fails.0.into()
+    }
+}
+
+/// A description that lives as long as the process: the docs are built a few times at start.
+fn leak(text: String) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static TEXTS: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut texts = TEXTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(known) = texts.get(text.as_str()) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(text.into_boxed_str());
+    texts.insert(leaked);
+    leaked
+}
+
+/// The problem responses of `codes`, one per status, each description listing its codes as
+/// "`code`: title." (the OpenAPI document adds an example of each).
+pub fn problem_responses(codes: &[&'static str]) -> MetaResponses {
+    let header = |name: &str, description: &str, schema: MetaSchemaRef| MetaHeader {
+        name: name.into(),
+        description: Some(description.into()),
+        required: false,
+        deprecated: false,
+        schema,
+    };
+    let mut statuses: Vec<u16> = codes.iter().map(|c| status_of(c)).collect();
+    statuses.dedup();
+    let responses = statuses
+        .into_iter()
+        .map(|status| {
+            let listed: Vec<String> = codes
+                .iter()
+                .filter(|c| status_of(c) == status)
+                .map(|c| format!("`{c}`: {}.", title_of(c)))
+                .collect();
+            let mut headers = Vec::new();
+            if status == 429 || status == 503 {
+                headers.push(header(
+                    "Retry-After",
+                    "Seconds to wait before retrying.",
+                    u64::schema_ref(),
+                ));
+            }
+            if status == 429 {
+                for name in ["RateLimit-Policy", "RateLimit"] {
+                    headers.push(header(
+                        name,
+                        "IETF httpapi ratelimit-headers field naming the policy that refused.",
+                        String::schema_ref(),
+                    ));
+                }
+            }
+            if status == 401 {
+                headers.push(header(
+                    "WWW-Authenticate",
+                    "`Bearer` (no token) or `Bearer error=\"invalid_token\"`.",
+                    String::schema_ref(),
+                ));
+            }
+            MetaResponse {
+                description: leak(listed.join(" ")),
                 status: Some(status),
                 status_range: None,
                 content: vec![MetaMediaType {
@@ -205,74 +548,15 @@ impl ApiResponse for Error {
                     schema: MetaSchemaRef::Reference(Problem::name().into_owned()),
                 }],
                 headers,
-            };
-        let text_header = |name: &str| MetaHeader {
-            name: name.into(),
-            description: Some("IETF httpapi ratelimit-headers field.".into()),
-            required: false,
-            deprecated: false,
-            schema: String::schema_ref(),
-        };
-        let retry_after = || MetaHeader {
-            name: "Retry-After".into(),
-            description: Some("Seconds to wait before retrying.".into()),
-            required: false,
-            deprecated: false,
-            schema: u64::schema_ref(),
-        };
-        MetaResponses {
-            responses: vec![
-                problem(
-                    400,
-                    "Malformed request, wrong or expired code (`invalid_request`, `invalid_otp`, `otp_expired`).",
-                    vec![],
-                ),
-                problem(
-                    401,
-                    "Missing, invalid, expired, revoked or reused token, or invalid Telegram login data (`unauthorized`, `invalid_token`, `token_reused`, `invalid_telegram_auth`, `telegram_auth_expired`).",
-                    vec![],
-                ),
-                problem(
-                    403,
-                    "Unsigned webhook call or wrong poll token (`invalid_signature`, `invalid_poll_token`).",
-                    vec![],
-                ),
-                problem(
-                    410,
-                    "The login intent expired or was already used (`intent_expired`, `intent_consumed`).",
-                    vec![],
-                ),
-                problem(
-                    415,
-                    "The body is not `application/json` (`unsupported_media_type`).",
-                    vec![],
-                ),
-                problem(
-                    422,
-                    "Invalid, refused or unsupported phone number, or unavailable channel (`invalid_phone`, `country_not_allowed`, `unsupported_number`, `channel_unavailable`).",
-                    vec![],
-                ),
-                problem(
-                    429,
-                    "Too many requests or wrong codes (`rate_limited`, `too_many_attempts`); `RateLimit-Policy` and `RateLimit` name the policy that refused.",
-                    vec![
-                        retry_after(),
-                        text_header("RateLimit-Policy"),
-                        text_header("RateLimit"),
-                    ],
-                ),
-                problem(
-                    500,
-                    "Internal error; the body carries no details (`internal_error`).",
-                    vec![],
-                ),
-                problem(
-                    503,
-                    "Redis, the database or every delivery channel is unavailable; nothing was changed (`store_unavailable`, `database_unavailable`, `delivery_failed`).",
-                    vec![retry_after()],
-                ),
-            ],
-        }
+            }
+        })
+        .collect();
+    MetaResponses { responses }
+}
+
+impl<S: Failures> ApiResponse for Fails<S> {
+    fn meta() -> MetaResponses {
+        problem_responses(&S::codes())
     }
 
     fn register(registry: &mut Registry) {
@@ -285,7 +569,7 @@ impl ApiResponse for Error {
 /// Our own [`Error`] renders itself; framework errors (unknown route, wrong method, malformed
 /// JSON, missing bearer token, validator failures) keep their status and get a stable code.
 pub fn problem_response(err: poem::Error) -> Response {
-    if err.is::<Error>() {
+    if err.is::<Error>() || err.is::<crate::api::oauth::OAuthFails>() {
         return err.into_response();
     }
     let status = err.status();
@@ -304,17 +588,26 @@ pub fn problem_response(err: poem::Error) -> Response {
         s if s.is_server_error() => "internal_error",
         _ => "error",
     };
-    let detail = if status.is_server_error() {
-        let error = redact_credentials(&err.to_string());
-        tracing::error!(status = status.as_u16(), error, "request failed");
-        "Internal server error.".to_string()
-    } else if status == StatusCode::UNAUTHORIZED {
-        "A valid bearer token is required.".to_string()
-    } else if status == StatusCode::NOT_FOUND {
-        "No such resource.".to_string()
-    } else {
-        err.to_string()
-    };
+    let detail =
+        if let Some(e) = err.downcast_ref::<poem_openapi::error::ParseRequestPayloadError>() {
+            format!("The body could not be read: {}", e.reason)
+        } else if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+            "Send the body as application/json (Content-Type: application/json).".to_string()
+        } else if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "The request body is larger than the server accepts (BODY_LIMIT_BYTES).".to_string()
+        } else if status == StatusCode::REQUEST_TIMEOUT {
+            "The request body was not received in time.".to_string()
+        } else if status.is_server_error() {
+            let error = redact_credentials(&err.to_string());
+            tracing::error!(status = status.as_u16(), error, "request failed");
+            "Internal server error.".to_string()
+        } else if status == StatusCode::UNAUTHORIZED {
+            "A valid bearer token is required.".to_string()
+        } else if status == StatusCode::NOT_FOUND {
+            "No such resource.".to_string()
+        } else {
+            err.to_string()
+        };
     if status == StatusCode::UNAUTHORIZED {
         return unauthorized(&detail);
     }

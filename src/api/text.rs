@@ -14,13 +14,26 @@ macro_rules! checked_text {
         $name:ident {
             pattern: $pattern:literal,
             max_length: $max:expr,
-            numbers: $numbers:expr,
+            rule: $rule:literal,
             check: $check:expr $(,)?
         }
     ) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq)]
         pub struct $name(pub String);
+
+        impl $name {
+            /// The pattern the OpenAPI schema shows.
+            pub const PATTERN: &'static str = $pattern;
+            /// The rule in plain words, for error messages.
+            pub const RULE: &'static str = $rule;
+
+            /// Whether `text` follows the rule.
+            pub fn check(text: &str) -> bool {
+                let check: fn(&str) -> bool = $check;
+                text.len() <= $max && check(text)
+            }
+        }
 
         impl std::ops::Deref for $name {
             type Target = str;
@@ -60,19 +73,15 @@ macro_rules! checked_text {
 
         impl ParseFromJSON for $name {
             fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+                // Strings only: a JSON number loses leading zeros (`"0123"` → `123`).
                 let text = match value.unwrap_or_default() {
                     Value::String(text) => text,
-                    Value::Number(n) if $numbers => n.to_string(),
                     other => return Err(ParseError::expected_type(other)),
                 };
-                let check: fn(&str) -> bool = $check;
-                if text.len() <= $max && check(&text) {
+                if Self::check(&text) {
                     Ok(Self(text))
                 } else {
-                    Err(ParseError::custom(concat!(
-                        "verification failed: expected a string matching ",
-                        $pattern
-                    )))
+                    Err(ParseError::custom(concat!("must be ", $rule)))
                 }
             }
         }
@@ -86,12 +95,11 @@ macro_rules! checked_text {
 }
 
 checked_text! {
-    /// A phone number as typed: digits, spaces, `+`, `(`, `)`, `.` and `-`. A JSON number is
-    /// accepted too (the seed's clients send the digits that way).
+    /// A phone number as typed: digits, spaces, `+`, `(`, `)`, `.` and `-`, as a JSON string.
     PhoneText {
         pattern: r"^[+(]?[0-9][0-9 ().-]*$",
         max_length: 32,
-        numbers: true,
+        rule: "a string of up to 32 characters: digits, spaces and + ( ) . - (for example \"+919876543210\")",
         check: |t| {
             let rest = t.strip_prefix(['+', '(']).unwrap_or(t);
             rest.starts_with(|c: char| c.is_ascii_digit())
@@ -103,11 +111,11 @@ checked_text! {
 }
 
 checked_text! {
-    /// A one-time code: 4 to 10 digits (a JSON number is accepted too).
+    /// A one-time code: 4 to 10 digits, as a JSON string (a number would lose leading zeros).
     OtpText {
         pattern: r"^[0-9]{4,10}$",
         max_length: 10,
-        numbers: true,
+        rule: "a string of 4 to 10 digits (for example \"012345\")",
         check: |t| (4..=10).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_digit()),
     }
 }
@@ -117,7 +125,7 @@ checked_text! {
     IntentIdText {
         pattern: r"^[0-9a-f]{32}$",
         max_length: 32,
-        numbers: false,
+        rule: "32 lowercase hexadecimal digits, as the intent gave it",
         check: |t| t.len() == 32 && t.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
     }
 }
@@ -127,7 +135,7 @@ checked_text! {
     PollTokenText {
         pattern: r"^[A-Za-z0-9_-]{43}$",
         max_length: 43,
-        numbers: false,
+        rule: "43 characters of base64url, as the intent gave it",
         check: |t| t.len() == 43 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
     }
 }
@@ -137,10 +145,31 @@ checked_text! {
     HexHashText {
         pattern: r"^[0-9a-fA-F]{64}$",
         max_length: 64,
-        numbers: false,
+        rule: "64 hexadecimal digits",
         check: |t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()),
     }
 }
+
+/// A checked text's pattern, its check, and the rule in words.
+pub(crate) type Rule = (&'static str, fn(&str) -> bool, &'static str);
+
+/// Every checked text type's pattern, check and rule: request errors name the rule a field
+/// broke (see `api::body`).
+pub(crate) const RULES: &[Rule] = &[
+    (PhoneText::PATTERN, PhoneText::check, PhoneText::RULE),
+    (OtpText::PATTERN, OtpText::check, OtpText::RULE),
+    (
+        IntentIdText::PATTERN,
+        IntentIdText::check,
+        IntentIdText::RULE,
+    ),
+    (
+        PollTokenText::PATTERN,
+        PollTokenText::check,
+        PollTokenText::RULE,
+    ),
+    (HexHashText::PATTERN, HexHashText::check, HexHashText::RULE),
+];
 
 #[cfg(test)]
 mod tests {
@@ -159,10 +188,11 @@ mod tests {
         for bad in ["", "+", "++91", "+ 91", "91a", "(+91)", &"9".repeat(33)] {
             assert!(!parse::<PhoneText>(json!(bad)), "{bad}");
         }
-        assert!(parse::<PhoneText>(json!(14155552671u64)));
+        // JSON numbers are refused: they cannot carry a leading zero or a `+`.
+        assert!(!parse::<PhoneText>(json!(14155552671u64)));
         assert!(!parse::<PhoneText>(json!(-5)));
         assert!(!parse::<PhoneText>(json!(true)));
-        assert!(parse::<OtpText>(json!("0123")) && parse::<OtpText>(json!(123456)));
+        assert!(parse::<OtpText>(json!("0123")) && !parse::<OtpText>(json!(123456)));
         assert!(!parse::<OtpText>(json!("123")) && !parse::<OtpText>(json!("12345678901")));
         assert!(!parse::<OtpText>(json!("12 34")));
         assert!(parse::<IntentIdText>(json!(

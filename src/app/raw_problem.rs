@@ -23,7 +23,7 @@ pub(super) fn hypers_own_error(buf: &[u8]) -> Option<u16> {
 /// A complete HTTP/1.1 problem+json response for an error hyper or the head deadline produced;
 /// the connection closes after it.
 pub(super) fn problem_bytes(status: u16) -> Vec<u8> {
-    let (code, title, detail) = match status {
+    let (code, reason, detail) = match status {
         408 => (
             "request_timeout",
             "Request Timeout",
@@ -61,15 +61,15 @@ pub(super) fn problem_bytes(status: u16) -> Vec<u8> {
         ),
     };
     let body = serde_json::json!({
-        "type": "about:blank",
-        "title": title,
+        "type": format!("urn:otpgate:problem:{code}"),
+        "title": crate::api::problem::title_of(code),
         "status": status,
         "detail": detail,
         "code": code,
     })
     .to_string();
     format!(
-        "HTTP/1.1 {status} {title}\r\ncontent-type: application/problem+json\r\n\
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/problem+json\r\n\
          content-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )

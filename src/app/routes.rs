@@ -15,6 +15,7 @@ use super::frontdoor::{ClientGate, FrontDoor};
 use super::listener::{ConnectionPolicy, Connections, TrackRequests};
 use super::observe::Observe;
 use super::state::AppState;
+use crate::api::oauth::{TOKEN_PATH, rewrite_problem};
 use crate::api::problem::{problem_response, unauthorized};
 use crate::config::Settings;
 use crate::domain::secret::Secret;
@@ -141,12 +142,30 @@ fn spec_methods(spec_json: &str) -> HashMap<String, String> {
 }
 
 /// The Content-Security-Policy of the documentation pages: their scripts and styles are
-/// inline (Swagger UI and Redoc ship as one page); nothing may frame them.
+/// inline (Swagger UI and Redoc ship as one self-contained page); nothing is fetched from
+/// another origin (they work offline), and nothing may frame them.
 const DOCS_CSP: &str = "default-src 'none'; script-src 'self' 'unsafe-inline'; \
-     style-src 'self' 'unsafe-inline' https://fonts.googleapis.com; \
-     font-src 'self' data: https://fonts.gstatic.com; img-src 'self' data:; \
+     style-src 'self' 'unsafe-inline'; font-src 'self' data:; img-src 'self' data:; \
      connect-src 'self'; worker-src 'self' blob:; frame-ancestors 'none'; base-uri 'none'; \
      form-action 'none'";
+
+/// The documentation pages with `document` embedded, and nothing fetched from a CDN (Redoc's
+/// page links Google Fonts; it falls back to the system fonts).
+fn docs_pages(api: &crate::api::Api, document: &str) -> (String, String) {
+    let raw = api.spec();
+    let embed = |html: String| html.replacen(&raw, document, 1);
+    let redoc = embed(api.redoc_html())
+        .lines()
+        .filter(|line| !line.contains("fonts.googleapis.com"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    (embed(api.swagger_ui_html()), redoc)
+}
+
+/// A page of HTML.
+fn html_page(html: String) -> impl Endpoint {
+    poem::endpoint::make_sync(move |_| poem::web::Html(html.clone()))
+}
 
 /// All routes: the API, its docs and spec (when `DOCS_ENABLED`) and `/metrics` (unless it has
 /// its own port), with every error rendered as problem+json, every request observed, and the
@@ -209,10 +228,19 @@ pub(super) fn routes_with(
                 .overriding(header::X_FRAME_OPTIONS, "DENY")
                 .overriding(header::REFERRER_POLICY, "no-referrer")
         };
+        let document = crate::api::document(&api);
+        let (swagger, redoc) = docs_pages(&api, &document);
         route = route
-            .nest("/docs", api.swagger_ui().with(docs_headers()))
-            .nest("/redoc", api.redoc().with(docs_headers()))
-            .at("/openapi.json", api.spec_endpoint());
+            .nest("/docs", html_page(swagger).with(docs_headers()))
+            .nest("/redoc", html_page(redoc).with(docs_headers()))
+            .at(
+                "/openapi.json",
+                poem::endpoint::make_sync(move |_| {
+                    document
+                        .clone()
+                        .with_content_type("application/json; charset=utf-8")
+                }),
+            );
     }
     if metrics_here {
         route = route.at("/metrics", metrics_endpoint(metrics.clone(), token));
@@ -223,7 +251,11 @@ pub(super) fn routes_with(
     route
         .nest(
             "/",
-            api.with(SetHeader::new().overriding(header::CACHE_CONTROL, "no-store")),
+            api.with(
+                SetHeader::new()
+                    .overriding(header::CACHE_CONTROL, "no-store")
+                    .overriding(header::PRAGMA, "no-cache"),
+            ),
         )
         .with(BodyLimit {
             max: settings.server.body_limit_bytes,
@@ -236,8 +268,13 @@ pub(super) fn routes_with(
         .around(move |ep, req| {
             // RFC 9110: a 405 names the methods the resource supports.
             let methods = allow.get(req.uri().path()).cloned();
+            let oauth = req.uri().path() == TOKEN_PATH;
             async move {
                 let mut resp = ep.call(req).await?;
+                if oauth && !resp.status().is_success() {
+                    // The OAuth token endpoint answers errors the RFC 6749 way.
+                    resp = rewrite_problem(resp).await;
+                }
                 if resp.status() == StatusCode::METHOD_NOT_ALLOWED
                     && let Some(value) =
                         methods.and_then(|m| header::HeaderValue::from_str(&m).ok())

@@ -312,7 +312,7 @@ impl AuthService {
             .await
         {
             let outcome = match &err {
-                Error::InvalidOtp { .. } | Error::InvalidRequest(_) => Some("invalid"),
+                Error::InvalidOtp { .. } | Error::InvalidField { .. } => Some("invalid"),
                 Error::OtpExpired => Some("expired"),
                 Error::TooManyAttempts => Some("burned"),
                 Error::RateLimited { policy, .. } => {
@@ -371,8 +371,8 @@ impl AuthService {
     /// Rotates a refresh token: the presented one is spent. A spent token presented again
     /// within the grace window gets the same successor refresh token again (concurrent mobile
     /// refreshes; one chain per session); later, the whole session is revoked. One store round
-    /// trip.
-    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, Error> {
+    /// trip, then the user (one lookup by primary key): a deleted user's tokens are refused.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<LoggedIn, Error> {
         let claims = self.tokens.decode(refresh_token, TokenKind::Refresh)?;
         let user_id = Uuid::parse_str(&claims.sub).map_err(|_| Error::InvalidToken)?;
         let outcome = self
@@ -386,9 +386,18 @@ impl AuthService {
             .await?;
         match outcome {
             RefreshOutcome::Rotated { spent_at_ms } | RefreshOutcome::Grace { spent_at_ms } => {
+                let tokens = self.tokens.issue_successor(
+                    user_id,
+                    &claims.sid,
+                    &claims.jti,
+                    spent_at_ms / 1000,
+                )?;
+                let user = self
+                    .db_query("find_user_by_id", db::find_user_by_id(&self.db, user_id))
+                    .await?
+                    .ok_or(Error::InvalidToken)?;
                 self.metrics.session("refreshed");
-                self.tokens
-                    .issue_successor(user_id, &claims.sid, &claims.jti, spent_at_ms / 1000)
+                Ok(LoggedIn { tokens, user })
             }
             RefreshOutcome::Reused => {
                 self.metrics.session("reuse_detected");

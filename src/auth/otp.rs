@@ -158,10 +158,10 @@ impl OtpService {
     ) -> Result<(), Error> {
         let code = code.trim();
         if code.len() != self.length as usize || !code.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(Error::InvalidRequest(format!(
-                "otp_code must be exactly {} digits.",
-                self.length
-            )));
+            return Err(Error::InvalidField {
+                field: "otp_code".into(),
+                problem: format!("must be exactly {} digits", self.length),
+            });
         }
         let hash = self.hash(phone, code);
         match self

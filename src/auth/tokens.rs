@@ -53,6 +53,8 @@ pub struct TokenPair {
     pub refresh_token: String,
     /// Access token lifetime in seconds.
     pub expires_in: u64,
+    /// When the access token expires (Unix seconds).
+    pub expires_at: u64,
 }
 
 /// Signs and checks tokens with the configured keys, algorithm, issuer and audience.
@@ -127,6 +129,7 @@ impl TokenService {
             access_token: self.sign(user_id, sid, TokenKind::Access, now, self.access_ttl)?,
             refresh_token: self.sign(user_id, sid, TokenKind::Refresh, now, self.refresh_ttl)?,
             expires_in: self.access_ttl.as_secs(),
+            expires_at: now + self.access_ttl.as_secs(),
         })
     }
 
@@ -143,14 +146,9 @@ impl TokenService {
         spent_at: u64,
     ) -> Result<TokenPair, Error> {
         let jti = successor_jti(sid, previous_jti);
+        let now = unix_now();
         Ok(TokenPair {
-            access_token: self.sign(
-                user_id,
-                sid,
-                TokenKind::Access,
-                unix_now(),
-                self.access_ttl,
-            )?,
+            access_token: self.sign(user_id, sid, TokenKind::Access, now, self.access_ttl)?,
             refresh_token: self.sign_with_id(
                 user_id,
                 sid,
@@ -160,6 +158,7 @@ impl TokenService {
                 jti,
             )?,
             expires_in: self.access_ttl.as_secs(),
+            expires_at: now + self.access_ttl.as_secs(),
         })
     }
 

@@ -276,6 +276,23 @@ mod tests {
         }
     }
 
+    /// The README's configuration table documents every variable.
+    #[test]
+    fn readme_documents_every_variable() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        let first_cells: Vec<&str> = readme
+            .lines()
+            .filter_map(|l| l.strip_prefix("| "))
+            .filter_map(|l| l.split(" | ").next())
+            .collect();
+        let missing: Vec<String> = super::super::parse_dotenv(EXAMPLE_ENV)
+            .into_keys()
+            .filter(|v| !first_cells.iter().any(|c| c.contains(&format!("`{v}`"))))
+            .collect();
+        assert!(missing.is_empty(), "not in the README's table: {missing:?}");
+    }
+
     #[test]
     fn distance_counts_transpositions_once() {
         assert_eq!(distance("OTP_LENGHT", "OTP_LENGTH"), 1);

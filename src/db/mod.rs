@@ -257,6 +257,14 @@ async fn new_phone_user(
     .await
 }
 
+/// The user with `id` (refresh: no identities needed).
+pub async fn find_user_by_id(
+    db: &DatabaseConnection,
+    id: Uuid,
+) -> Result<Option<user::Model>, DbErr> {
+    user::Entity::find_by_id(id).one(db).await
+}
+
 /// A user and their linked identities, in one query.
 pub async fn find_user(
     db: &DatabaseConnection,

@@ -154,7 +154,7 @@ async fn five_wrong_codes_burn_the_code(backend: Backend) {
     // A malformed code is refused without counting as an attempt.
     app.verify(&app.a, &phone, "12ab56")
         .await
-        .assert_problem(400, "invalid_request");
+        .assert_problem(422, "invalid_field");
 }
 
 async fn resend_cooldown_and_its_reset_by_verify(backend: Backend) {

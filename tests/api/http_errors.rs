@@ -12,7 +12,7 @@ crate::on_both_backends!(
 
 async fn bad_input_is_a_problem_never_a_5xx(backend: Backend) {
     let app = spawn_app(backend).await;
-    // Not shaped like a phone number at all: the schema refuses it (400).
+    // Not shaped like a phone number at all: the schema refuses it (422, naming the field).
     for phone in [
         "",
         "abc",
@@ -20,9 +20,10 @@ async fn bad_input_is_a_problem_never_a_5xx(backend: Backend) {
         "+91 98765 43210 ext 5",
         "١٢٣٤٥٦٧٨٩٠",
     ] {
-        app.login(&app.a, phone)
-            .await
-            .assert_problem(400, "invalid_request");
+        let reply = app.login(&app.a, phone).await;
+        reply.assert_problem(422, "invalid_field");
+        assert_eq!(reply.body["field"], json!("phone"), "{phone}");
+        assert_eq!(reply.body["title"], json!("Invalid field"));
     }
     // Shaped like one, but not a valid number: 422.
     for phone in [
@@ -36,30 +37,54 @@ async fn bad_input_is_a_problem_never_a_5xx(backend: Backend) {
             .await
             .assert_problem(422, "invalid_phone");
     }
-    // Wrong types, missing fields, unknown channels.
-    for body in [
-        json!({}),
-        json!({ "phone": { "number": "+919876543210" } }),
-        json!({ "phone": null }),
-        json!({ "phone": "+919876543210", "channel": "pigeon" }),
-        json!({ "phone": "+919876543210", "channel": 3 }),
-        json!([1, 2, 3]),
-        json!("+919876543210"),
-    ] {
-        app.post(&app.a, "/api/auth/login", body.clone())
-            .await
-            .assert_problem(400, "invalid_request");
-    }
-    // The seed's clients may send the digits as a JSON number: accepted.
-    let numeric = app
-        .post(
-            &app.a,
-            "/api/auth/login",
+    // Wrong types, missing fields, unknown channels: 422 naming the field and the rule, in
+    // plain words (no framework type names).
+    for (body, field, words) in [
+        (json!({}), "phone", "is required"),
+        (
+            json!({ "phone": { "number": "+919876543210" } }),
+            "phone",
+            "must be a string, not an object",
+        ),
+        (json!({ "phone": null }), "phone", "is required"),
+        (
+            json!({ "phone": "+919876543210", "channel": "pigeon" }),
+            "channel",
+            "must be one of: sms, whatsapp, telegram",
+        ),
+        (
+            json!({ "phone": "+919876543210", "channel": 3 }),
+            "channel",
+            "must be a string, not a number",
+        ),
+        (
+            json!([1, 2, 3]),
+            "(body)",
+            "must be a JSON object, not an array",
+        ),
+        (
+            json!("+919876543210"),
+            "(body)",
+            "must be a JSON object, not a string",
+        ),
+        // A JSON number where a string is expected: refused (it cannot carry a `+` or a
+        // leading zero), and the detail says to quote it.
+        (
             json!({ "phone": 14155552671u64 }),
-        )
-        .await;
-    assert_eq!(numeric.status, 200, "{}", numeric.body);
-    assert_eq!(numeric.body["phone"], json!("+14155552671"));
+            "phone",
+            "must be a string, not a number (put it in quotes)",
+        ),
+    ] {
+        let reply = app.post(&app.a, "/api/auth/login", body.clone()).await;
+        reply.assert_problem(422, "invalid_field");
+        assert_eq!(reply.body["field"], json!(field), "{body}");
+        let detail = reply.body["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(words), "{body}: {detail}");
+        assert!(
+            !detail.contains("parse") && !detail.contains("optional_"),
+            "framework words in {detail}"
+        );
+    }
     // Channels that are not configured in this deployment.
     for channel in ["whatsapp", "telegram"] {
         app.post(
@@ -70,16 +95,29 @@ async fn bad_input_is_a_problem_never_a_5xx(backend: Backend) {
         .await
         .assert_problem(422, "channel_unavailable");
     }
-    for body in [
-        json!({ "phone": "+919876543210" }),
-        json!({ "otp_code": "123456" }),
-        json!({ "phone": "+919876543210", "otp_code": "" }),
-        json!({ "phone": "+919876543210", "otp_code": "12345" }),
-        json!({ "phone": "+919876543210", "otp_code": "１２３４５６" }),
+    for (body, field) in [
+        (json!({ "phone": "+919876543210" }), "otp_code"),
+        (json!({ "otp_code": "123456" }), "phone"),
+        (
+            json!({ "phone": "+919876543210", "otp_code": "" }),
+            "otp_code",
+        ),
+        (
+            json!({ "phone": "+919876543210", "otp_code": "12345" }),
+            "otp_code",
+        ),
+        (
+            json!({ "phone": "+919876543210", "otp_code": "１２３４５６" }),
+            "otp_code",
+        ),
+        (
+            json!({ "phone": "+919876543210", "otp_code": 123456 }),
+            "otp_code",
+        ),
     ] {
-        app.post(&app.a, "/api/auth/verify-otp", body.clone())
-            .await
-            .assert_problem(400, "invalid_request");
+        let reply = app.post(&app.a, "/api/auth/verify-otp", body.clone()).await;
+        reply.assert_problem(422, "invalid_field");
+        assert_eq!(reply.body["field"], json!(field), "{body}");
     }
     app.post(
         &app.a,
@@ -90,7 +128,7 @@ async fn bad_input_is_a_problem_never_a_5xx(backend: Backend) {
     .assert_problem(422, "invalid_phone");
     app.post(&app.a, "/api/auth/refresh-token", json!({}))
         .await
-        .assert_problem(400, "invalid_request");
+        .assert_problem(422, "invalid_field");
 
     // Malformed JSON, a wrong content type, a huge phone.
     let raw = |body: &'static str, content_type: &'static str| {
@@ -118,7 +156,7 @@ async fn bad_input_is_a_problem_never_a_5xx(backend: Backend) {
     }
     app.login(&app.a, &"9".repeat(5000))
         .await
-        .assert_problem(400, "invalid_request");
+        .assert_problem(422, "invalid_field");
 
     // Unknown routes and wrong methods.
     let reply = app

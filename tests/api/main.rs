@@ -5,6 +5,7 @@
 mod helpers;
 
 mod cli;
+mod contract;
 mod delivery;
 mod failover;
 mod first_hour;

@@ -875,9 +875,11 @@ async fn intents_expire_and_need_configuration(backend: Backend) {
             .await
             .assert_problem(422, "channel_unavailable");
     }
-    bare.post(&bare.a, "/api/auth/intents", json!({ "channel": "sms" }))
-        .await
-        .assert_problem(400, "invalid_request");
+    let refused = bare
+        .post(&bare.a, "/api/auth/intents", json!({ "channel": "sms" }))
+        .await;
+    refused.assert_problem(422, "invalid_field");
+    assert_eq!(refused.body["field"], json!("channel"));
     let body =
         serde_json::to_vec(&whatsapp_message("919000000000", "wamid.x", "OTP")).expect("json");
     raw_post(
