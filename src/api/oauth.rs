@@ -52,7 +52,9 @@ pub fn oauth_error(code: &str, field: Option<&str>, status: u16) -> (&'static st
         "payload_too_large" | "request_timeout" => ("invalid_request", status),
         "rate_limited" => ("temporarily_unavailable", 429),
         "store_unavailable" | "database_unavailable" => ("temporarily_unavailable", 503),
-        _ => ("server_error", 500),
+        // Anything else around the operation (a wrong method, …) keeps its status.
+        _ if (400..500).contains(&status) => ("invalid_request", status),
+        _ => ("server_error", status.max(500)),
     }
 }
 

@@ -122,6 +122,16 @@ async fn oauth_token_endpoint_speaks_rfc_6749(backend: Backend) {
         "{reply}"
     );
     assert_eq!(reply["code"], json!("token_reused"));
+    // A wrong method keeps its 405, in the OAuth shape.
+    let resp = app
+        .client
+        .request(Method::TRACE, format!("{}/api/auth/token", app.a))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    let reply: Value = resp.json().await.unwrap();
+    assert_eq!(reply["error"], json!("invalid_request"), "{reply}");
     // Every other endpoint still answers problem documents.
     let me = app.me(&app.a, "not-a-token").await;
     me.assert_problem(401, "invalid_token");
