@@ -545,32 +545,15 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_variable() {
-        assert_eq!(
-            settings(&[("PORT", "eighty")]).unwrap_err().first().var,
-            "PORT"
-        );
-        assert_eq!(
-            settings(&[("OTP_LENGTH", "3")]).unwrap_err().first().var,
-            "OTP_LENGTH"
-        );
-        assert_eq!(
-            settings(&[("OTP_EXPIRY_MINUTES", "11")])
-                .unwrap_err()
-                .first()
-                .var,
-            "OTP_EXPIRY_MINUTES"
-        );
-        assert_eq!(
-            settings(&[("DEBUG", "maybe")]).unwrap_err().first().var,
-            "DEBUG"
-        );
-        assert_eq!(
-            settings(&[("DEFAULT_REGION", "XX")])
-                .unwrap_err()
-                .first()
-                .var,
-            "DEFAULT_REGION"
-        );
+        for (var, value) in [
+            ("PORT", "eighty"),
+            ("OTP_LENGTH", "3"),
+            ("OTP_EXPIRY_MINUTES", "11"),
+            ("DEBUG", "maybe"),
+            ("DEFAULT_REGION", "XX"),
+        ] {
+            assert_eq!(settings(&[(var, value)]).unwrap_err().first().var, var);
+        }
     }
 
     #[test]
