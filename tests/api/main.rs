@@ -6,6 +6,7 @@ mod helpers;
 
 mod cli;
 mod delivery;
+mod drain;
 mod failover;
 mod flows;
 mod hardening;
