@@ -1,7 +1,10 @@
 //! Graceful shutdown as ops see it: the real binary gets SIGTERM while a login waits on a slow
-//! SMS provider. The login still gets its 200, new connections are refused at once, and the
-//! process exits within `SHUTDOWN_GRACE_SECONDS`, also when a request outlives the grace.
+//! SMS provider. The login still gets its 200, new connections are refused at once, a request
+//! on a kept-alive connection is still answered, with `Connection: close` (so a proxy never
+//! writes into a connection the server is closing), and the process exits within
+//! `SHUTDOWN_GRACE_SECONDS`, also when a request outlives the grace.
 
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -91,6 +94,22 @@ async fn refused_within(port: u16, limit: Duration) -> bool {
     false
 }
 
+/// One `GET /health` on a kept-alive connection; returns the response head, lower-cased.
+fn health_on(stream: &mut TcpStream) -> String {
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: drain\r\n\r\n")
+        .expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !out.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).to_ascii_lowercase()
+}
+
 #[tokio::test]
 async fn sigterm_drains_a_login_in_flight() {
     let standin = StandIn::start().await;
@@ -103,6 +122,13 @@ async fn sigterm_drains_a_login_in_flight() {
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     wait_healthy(&client, &base).await;
+    // A kept-alive connection, as a proxy holds them.
+    let mut kept = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    kept.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let head = health_on(&mut kept);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
 
     let phone = unique_phone();
     let login = tokio::spawn({
@@ -133,6 +159,15 @@ async fn sigterm_drains_a_login_in_flight() {
         !login.is_finished(),
         "the login finished before the listener closed: nothing was in flight"
     );
+    // The kept-alive connection still gets its answer, marked as the last one, and closes.
+    let head = health_on(&mut kept);
+    assert!(
+        head.starts_with("http/1.1 200"),
+        "answer while draining: {head:?}"
+    );
+    assert!(head.contains("connection: close"), "{head}");
+    let mut rest = Vec::new();
+    let _ = kept.read_to_end(&mut rest);
     let (status, body) = login.await.expect("login task");
     assert_eq!(status, 200, "the login in flight at SIGTERM: {body}");
     assert_eq!(body["channel"], json!("sms"), "{body}");
