@@ -7,7 +7,7 @@
 # also keeps the instrumented build to one pass. Crashes land in fuzz/artifacts/<target>/; every
 # target runs even when one fails, and the closing line counts them.
 # FUZZ_PROFILE=dev builds without optimisation: about half the build time from scratch (CI uses
-# it; the measurements are in loadtest/README.md, "CI cost"), fewer executions per second.
+# it; the measurements are in fuzz/README.md), fewer executions per second.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 SECONDS_EACH=${FUZZ_SECONDS:-30}
