@@ -16,6 +16,7 @@ mod limits;
 mod messaging;
 mod observability;
 mod outages;
+mod production;
 mod redis_keys;
 mod standin;
 mod store;
