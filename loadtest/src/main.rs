@@ -1018,3 +1018,90 @@ fn main() {
         std::process::exit(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(allow_errors: bool, replay_check: bool) -> Args {
+        Args {
+            target: "http://127.0.0.1:1".into(),
+            scenario: Scenario::Login,
+            rate: Some(10.0),
+            concurrency: 1,
+            duration: Duration::from_secs(4),
+            warmup: Duration::ZERO,
+            drain: Duration::ZERO,
+            allow_errors,
+            max_in_flight: 1,
+            users: None,
+            replay_check,
+            webhook_secret: String::new(),
+            json: None,
+            quiet: true,
+        }
+    }
+
+    /// 6 offered: 3 completed, 1 failed, 1 dropped, 1 still running at the report.
+    fn recorded() -> (Recorder, Counts) {
+        let recorder = Recorder::new(Instant::now());
+        for _ in 0..6 {
+            recorder.offered(true);
+        }
+        let due = Instant::now();
+        for _ in 0..3 {
+            recorder.flow_done(due, Ok(()));
+        }
+        recorder.flow_done(due, Err("login 502".into()));
+        recorder.dropped(true);
+        let counts = recorder.close();
+        // After the report is taken, a late flow changes nothing.
+        recorder.flow_done(due, Ok(()));
+        (recorder, counts)
+    }
+
+    #[test]
+    fn every_offered_flow_is_accounted_for_and_rates_use_the_schedule() {
+        let (recorder, counts) = recorded();
+        let report = report(&args(true, false), &recorder, counts, 40.0);
+        let flows = &report["flows"];
+        assert_eq!(flows["offered"], 6);
+        assert_eq!(flows["completed"], 3);
+        assert_eq!(flows["failed"], 1);
+        assert_eq!(flows["dropped"], 1);
+        assert_eq!(flows["unfinished"], 1);
+        // 3 completed over the scheduled 4 s, not over the 40 s the run took.
+        assert_eq!(flows["per_second"], 0.75);
+        assert_eq!(flows["failed_latency"]["count"], 1);
+        assert_eq!(report["double_accepts"], Value::Null, "not measured");
+        assert_eq!(report["valid"], true, "--allow-errors");
+    }
+
+    #[test]
+    fn failures_make_the_result_invalid() {
+        let (recorder, counts) = recorded();
+        let report = report(&args(false, true), &recorder, counts, 4.0);
+        assert_eq!(report["valid"], false);
+        let reasons = report["invalid_because"].to_string();
+        for what in [
+            "1 flow(s) failed",
+            "1 flow(s) dropped",
+            "1 flow(s) unfinished",
+        ] {
+            assert!(reasons.contains(what), "{reasons}");
+        }
+        assert_eq!(report["double_accepts"], 0, "measured with --replay-check");
+    }
+
+    #[test]
+    fn a_code_accepted_twice_is_invalid_even_with_allow_errors() {
+        let recorder = Recorder::new(Instant::now());
+        recorder.offered(true);
+        recorder.flow_done(Instant::now(), Ok(()));
+        recorder.double_accepts.fetch_add(1, Ordering::Relaxed);
+        let counts = recorder.close();
+        let report = report(&args(true, true), &recorder, counts, 4.0);
+        assert_eq!(report["valid"], false);
+        assert_eq!(report["double_accepts"], 1);
+    }
+}
