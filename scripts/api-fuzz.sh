@@ -76,7 +76,8 @@ bin="$PWD/target/debug/otpgate"
 
 port=$(free_port)
 log "starting otpgate on 127.0.0.1:$port ($BACKEND backends)"
-(cd "$work" && env -i PATH="$PATH" HOST=127.0.0.1 PORT="$port" LOG_LEVEL=warn \
+# exec: $! is the server itself, so the cleanup stops it (not only this subshell).
+(cd "$work" && exec env -i PATH="$PATH" HOST=127.0.0.1 PORT="$port" LOG_LEVEL=warn \
   "${backend_env[@]}" OTP_RESEND_SECONDS=0 JWT_ALGORITHM=ES256 \
   JWT_PRIVATE_KEY_FILE="$work/jwt.pem" \
   WHATSAPP_VERIFY_TOKEN=fuzz-verify WHATSAPP_WEBHOOK_SECRET=fuzz-secret \
