@@ -4,10 +4,21 @@
 # the /health ceiling of the same cluster, flows/s and latency per step, RSS per replica, Redis
 # round trips and commands per flow, SQL statements per flow — and stops everything it started.
 #
-#   loadtest/cluster.sh [--replicas 3] [--scenario login] [--duration 20]
+#   loadtest/cluster.sh [--replicas 3] [--scenario login] [--duration 20] [--warmup 2]
 #                       [--rate R | --concurrency 96] [--users N] [--replay-check]
 #                       [--chaos none|sigterm|redis-restart|redis-failover] [--no-health]
 #                       [--smoke] [--profile release|debug] [--redis standalone|cluster]
+#                       [--budget-rss MIB] [--budget-round-trips N] [--budget-sql N]
+#                       [--budget-cpu US]
+#
+# Every run fails (exit 1, "cluster: checks failed") when the load test result is invalid (a
+# failed, dropped or unfinished flow, a code accepted twice; chaos modes that expect 503s check
+# their own failures), when a replica's /metrics or /ready does not answer after the run, when a
+# replica served no API request during the run, or when a budget given on the command line is
+# exceeded or could not be measured: --budget-rss (peak RSS per replica, MiB),
+# --budget-round-trips (store operations per flow), --budget-sql (SQL statements per flow),
+# --budget-cpu (CPU µs of the replicas per flow). Flows due during --warmup (default 2 s) are
+# left out of every figure; the counters are read when the warm-up ends.
 #
 # --chaos sigterm: a third into the run, one replica gets SIGTERM and is started again 2 s after
 # it exited; the run must have no failed flow. --chaos redis-restart: Redis is shut down (nosave)
@@ -18,8 +29,8 @@
 # killed (SHUTDOWN NOSAVE); only 503s may fail, no code accepted twice, and the rate must be back
 # within 5 s of a replica owning its slots with the cluster reporting cluster_state:ok. The report gives CPU µs per flow of the
 # replicas, Redis, PostgreSQL and nginx (utime+stime from /proc over the measured phase).
-# --smoke: 10 s, debug binaries, 2 replicas, modest load; fails on any failed flow (used by
-# .ci/run). Exit status 1 when a check fails.
+# --smoke: 10 s, debug binaries, 2 replicas, modest load, the `full` scenario with the replay
+# check (used by .ci/run, once with --chaos sigterm). Exit status 1 when a check fails.
 # Environment: PG_OPTS (extra PostgreSQL -c options, e.g. "-c synchronous_commit=off"),
 # REPLICA_THREADS (Tokio worker threads per replica, default 2), DB_CONNECTIONS (per replica,
 # default 8), EXTRA_ENV (more VAR=value settings for the replicas), KEEP=1 (keep the work folder).
@@ -27,12 +38,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 REPLICAS=3 SCENARIO=login DURATION=20 RATE="" CONCURRENCY=96 USERS="" CHAOS=none
-HEALTH=1 PROFILE=release SMOKE=0 REPLAY="" REDIS=standalone
+HEALTH=1 PROFILE=release SMOKE=0 REPLAY="" REDIS=standalone WARMUP=2
+BUDGET_RSS="" BUDGET_ROUND_TRIPS="" BUDGET_SQL="" BUDGET_CPU=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --replicas) REPLICAS=$2; shift 2 ;;
     --scenario) SCENARIO=$2; shift 2 ;;
     --duration) DURATION=$2; shift 2 ;;
+    --warmup) WARMUP=$2; shift 2 ;;
+    --budget-rss) BUDGET_RSS=$2; shift 2 ;;
+    --budget-round-trips) BUDGET_ROUND_TRIPS=$2; shift 2 ;;
+    --budget-sql) BUDGET_SQL=$2; shift 2 ;;
+    --budget-cpu) BUDGET_CPU=$2; shift 2 ;;
     --rate) RATE=$2; shift 2 ;;
     --concurrency) CONCURRENCY=$2; shift 2 ;;
     --users) USERS=$2; shift 2 ;;
@@ -41,8 +58,9 @@ while [ $# -gt 0 ]; do
     --no-health) HEALTH=0; shift ;;
     --profile) PROFILE=$2; shift 2 ;;
     --redis) REDIS=$2; shift 2 ;;
-    --smoke) SMOKE=1; PROFILE=debug; DURATION=10; REPLICAS=2; CONCURRENCY=8; HEALTH=0; shift ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    --smoke) SMOKE=1; PROFILE=debug; DURATION=10; REPLICAS=2; CONCURRENCY=8; HEALTH=0
+             SCENARIO=full; REPLAY=--replay-check; shift ;;
+    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -101,7 +119,8 @@ fi
 declare -a replica_ports replica_pids
 cleanup() {
   status=$?
-  for pid in "${replica_pids[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
+  # From the pid files: a replica restarted by the chaos task is not in replica_pids here.
+  for f in "$work"/replica-*.pid; do [ -s "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
   [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
   [ -n "${sampler_pid:-}" ] && kill "$sampler_pid" 2>/dev/null || true
   redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
@@ -164,10 +183,18 @@ replica_vars=(
 )
 start_replica() {
   local i=$1
-  # env execs otpgate, so $! is the server itself (SIGTERM reaches it).
-  env -i "${replica_vars[@]}" PORT="${replica_ports[$i]}" "$bin" serve >> "$work/replica-$i.log" 2>&1 &
-  replica_pids[$i]=$!
-  echo "${replica_pids[$i]}" > "$work/replica-$i.pid"
+  rm -f "$work/replica-$i.pid" "$work/replica-$i.exit"
+  # env execs otpgate, so the pid written is the server itself (SIGTERM reaches it); the
+  # subshell around it records its exit status, which the sigterm chaos checks.
+  (
+    env -i "${replica_vars[@]}" PORT="${replica_ports[$i]}" "$bin" serve >> "$work/replica-$i.log" 2>&1 &
+    echo $! > "$work/replica-$i.pid"
+    status=0
+    wait $! || status=$?
+    echo "$status" > "$work/replica-$i.exit"
+  ) &
+  for _ in $(seq 1 100); do [ -s "$work/replica-$i.pid" ] && break; sleep 0.02; done
+  replica_pids[$i]=$(cat "$work/replica-$i.pid")
   for _ in $(seq 1 100); do
     curl -fsS "http://127.0.0.1:${replica_ports[$i]}/ready" >/dev/null 2>&1 && return
     sleep 0.1
@@ -247,20 +274,40 @@ if [ "$HEALTH" = 1 ]; then
     --json "$work/health.json" --quiet
 fi
 
-# Counters from zero for the measured phase.
-for p in $(redis_nodes); do redis-cli -p "$p" config resetstat >/dev/null; done
-psql_q "SELECT pg_stat_statements_reset()" >/dev/null
-for i in $(seq 1 "$REPLICAS"); do
-  curl -fsS "http://127.0.0.1:${replica_ports[$i]}/metrics" > "$work/metrics-before-$i" || true
-done
+# Counters from zero for the measured phase (called when the warm-up ends). A replica whose
+# /metrics does not answer is a failed check, not a missing figure.
+start_counters() {
+  for p in $(redis_nodes); do redis-cli -p "$p" config resetstat >/dev/null; done
+  psql_q "SELECT pg_stat_statements_reset()" >/dev/null
+  for i in $(seq 1 "$REPLICAS"); do
+    curl -fsS "http://127.0.0.1:${replica_ports[$i]}/metrics" > "$work/metrics-before-$i" || {
+      rm -f "$work/metrics-before-$i"
+      echo "replica $i: /metrics did not answer before the run" >> "$work/problems"
+    }
+  done
+}
 
 chaos() {
   sleep "$(python3 -c "print($DURATION / 3)")"
   case "$CHAOS" in
     sigterm)
+      # Its counters up to now (the restarted process starts from zero).
+      curl -fsS "http://127.0.0.1:${replica_ports[1]}/metrics" > "$work/metrics-stopped-1" || {
+        rm -f "$work/metrics-stopped-1"
+        echo "replica 1: /metrics did not answer before SIGTERM" >> "$work/problems"
+      }
       log "chaos: SIGTERM to replica 1"
-      kill -TERM "${replica_pids[1]}"
-      wait "${replica_pids[1]}" 2>/dev/null || true
+      kill -TERM "$(cat "$work/replica-1.pid")"
+      # It must drain and exit 0 within its grace (SHUTDOWN_GRACE_SECONDS=5), plus a second.
+      for _ in $(seq 1 120); do [ -f "$work/replica-1.exit" ] && break; sleep 0.05; done
+      if [ ! -f "$work/replica-1.exit" ]; then
+        echo "replica 1: still running 6 s after SIGTERM" >> "$work/problems"
+        kill -KILL "$(cat "$work/replica-1.pid")" 2>/dev/null || true
+        for _ in $(seq 1 100); do [ -f "$work/replica-1.exit" ] && break; sleep 0.05; done
+      elif [ "$(cat "$work/replica-1.exit")" != 0 ]; then
+        echo "replica 1: exit status $(cat "$work/replica-1.exit") after SIGTERM" >> "$work/problems"
+      fi
+      touch "$work/restarted-1"
       sleep 2
       log "chaos: replica 1 starting again"
       start_replica 1
@@ -311,7 +358,7 @@ cpu_ticks() {
 }
 group_pids() {
   case "$1" in
-    replicas) printf '%s\n' "${replica_pids[@]}" ;;
+    replicas) cat "$work"/replica-*.pid ;;
     redis) for p in $(redis_nodes); do
              f="$work/redis.pid"; [ "$REDIS" = cluster ] && f="$work/cluster-$p/redis.pid"
              [ -f "$f" ] && cat "$f"
@@ -326,13 +373,26 @@ cpu_snapshot() {
   done > "$1"
 }
 
+# Chaos that expects 503s checks its failures itself (below); the generator must not call
+# the run invalid for them. A code accepted twice still makes it invalid.
+allow_errors=()
+case "$CHAOS" in redis-restart|redis-failover) allow_errors=(--allow-errors) ;; esac
+"$loadtest" --target "$target_url" --scenario "$SCENARIO" "${model[@]}" "${users[@]}" $REPLAY \
+  "${allow_errors[@]}" --warmup "$WARMUP" --duration "$DURATION" \
+  --webhook-secret "$webhook_secret" --json "$work/report.json" &
+loadtest_pid=$!
+sleep "$WARMUP"
 date +%s.%N > "$work/run-start"
+start_counters
 cpu_snapshot "$work/cpu-before"
 if [ "$CHAOS" != none ]; then chaos & chaos_pid=$!; fi
-"$loadtest" --target "$target_url" --scenario "$SCENARIO" "${model[@]}" "${users[@]}" $REPLAY \
-  --duration "$DURATION" --webhook-secret "$webhook_secret" --json "$work/report.json"
-[ -n "${chaos_pid:-}" ] && wait "$chaos_pid"
+loadtest_status=0
+wait "$loadtest_pid" || loadtest_status=$?
+if [ -n "${chaos_pid:-}" ]; then
+  wait "$chaos_pid" || echo "chaos $CHAOS: the chaos step itself failed" >> "$work/problems"
+fi
 cpu_snapshot "$work/cpu-after"
+echo "$loadtest_status" > "$work/loadtest-status"
 
 # Primaries only: replicas replay the scripts' effects, which are not calls of ours.
 for p in $(redis_nodes); do
@@ -340,92 +400,188 @@ for p in $(redis_nodes); do
   redis-cli -p "$p" info commandstats 2>/dev/null || true
 done > "$work/commandstats.txt"
 psql_q "SELECT split_part(ltrim(query), ' ', 1), sum(calls) FROM pg_stat_statements
-        WHERE query !~* 'pg_stat_statements|^\s*(BEGIN|COMMIT|ROLLBACK|SET|SHOW)' GROUP BY 1" > "$work/sql.txt" || true
+        WHERE query !~* 'pg_stat_statements|^\s*(BEGIN|COMMIT|ROLLBACK|SET|SHOW)' GROUP BY 1" > "$work/sql.txt" \
+  || rm -f "$work/sql.txt"
+# Every replica must still be up and ready, and have served API requests during the run.
 for i in $(seq 1 "$REPLICAS"); do
-  curl -fsS "http://127.0.0.1:${replica_ports[$i]}/metrics" > "$work/metrics-after-$i" || true
+  curl -fsS "http://127.0.0.1:${replica_ports[$i]}/metrics" > "$work/metrics-after-$i" || {
+    rm -f "$work/metrics-after-$i"
+    echo "replica $i: /metrics did not answer after the run" >> "$work/problems"
+  }
+  curl -fsS "http://127.0.0.1:${replica_ports[$i]}/ready" >/dev/null \
+    || echo "replica $i: /ready did not answer 200 after the run" >> "$work/problems"
 done
 sleep 0.3
 
 WORK="$work" REPLICAS="$REPLICAS" CHAOS="$CHAOS" SMOKE="$SMOKE" REDIS="$REDIS" \
-  CLK_TCK="$(getconf CLK_TCK)" python3 - <<'PY'
+  BUDGET_RSS="$BUDGET_RSS" BUDGET_ROUND_TRIPS="$BUDGET_ROUND_TRIPS" BUDGET_SQL="$BUDGET_SQL" \
+  BUDGET_CPU="$BUDGET_CPU" CLK_TCK="$(getconf CLK_TCK)" python3 - <<'PY'
 import json, os, re, sys
 work = os.environ["WORK"]; replicas = int(os.environ["REPLICAS"])
 chaos = os.environ["CHAOS"]; smoke = os.environ["SMOKE"] == "1"
-report = json.load(open(f"{work}/report.json"))
-flows = report["flows"]; done = max(flows["completed"], 1)
+problems = []
+try:
+    problems += [line.strip() for line in open(f"{work}/problems") if line.strip()]
+except OSError:
+    pass
+try:
+    report = json.load(open(f"{work}/report.json"))
+except (OSError, ValueError):
+    print("FAILED: the load generator wrote no report")
+    print("cluster: checks failed")
+    sys.exit(1)
+flows = report["flows"]; done = flows["completed"]
+def na(value, fmt="{:.2f}", unit=""):
+    return "n/a" if value is None else fmt.format(value) + unit
+def per_flow(total):
+    """A count per completed flow, or None (not measured) without completed flows."""
+    return None if total is None or not done else total / done
 print()
 print("== cluster summary ==")
-print(f"flows: {flows['completed']} completed, {flows['per_second']:.0f}/s; failed {flows['failed']}, "
-      f"dropped {flows['dropped']}; requests {report['requests']['per_second']:.0f}/s; "
-      f"flow p50 {flows['latency'].get('p50_ms', 0):.2f} ms, p99 {flows['latency'].get('p99_ms', 0):.2f} ms")
+print(f"flows: {flows['offered']} offered = {flows['completed']} completed + {flows['failed']} failed + "
+      f"{flows['dropped']} dropped + {flows['unfinished']} unfinished; {flows['per_second']:.0f} completed/s "
+      f"over the scheduled {report['seconds']:.0f} s; requests {report['requests']['per_second']:.0f}/s; "
+      f"flow p50 {na(flows['latency'].get('p50_ms'), unit=' ms')}, p99 {na(flows['latency'].get('p99_ms'), unit=' ms')}; "
+      f"failed flows p99 {na(flows['failed_latency'].get('p99_ms'), unit=' ms')}")
+if not report["valid"]:
+    problems.append("load test result invalid: " + "; ".join(report["invalid_because"]))
 if os.path.exists(f"{work}/health.json"):
     health = json.load(open(f"{work}/health.json"))["requests"]["per_second"]
     ratio = report["requests"]["per_second"] / health if health else 0
     print(f"/health ceiling: {health:.0f} req/s; flow requests are {100 * ratio:.0f}% of it")
+else:
+    print("/health ceiling: n/a (--no-health)")
 rss = []
 for i in range(1, replicas + 1):
     try:
         rss.append(int(open(f"{work}/rss-{i}").read()) / 1024)
     except (OSError, ValueError):
-        rss.append(0)
-print("peak RSS per replica (MiB): " + ", ".join(f"{r:.1f}" for r in rss))
-# Store round trips: one per store operation, counted by every replica.
-def ops(path):
-    total = {}
+        rss.append(None)
+print("peak RSS per replica (MiB): " + ", ".join(na(r, "{:.1f}") for r in rss))
+def metrics(path):
+    """The samples of a /metrics text as {(name, labels): value}, or None when it is missing."""
     try:
-        for line in open(path):
-            m = re.match(r'otpgate_store_operation_duration_seconds_count\{op="([^"]+)"\} (\S+)', line)
-            if m:
-                total[m.group(1)] = total.get(m.group(1), 0) + float(m.group(2))
+        text = open(path).read()
     except OSError:
-        pass
-    return total
+        return None
+    samples = {}
+    for line in text.splitlines():
+        m = re.match(r'([a-z_]+)(\{[^}]*\})? (\S+)$', line)
+        if m:
+            samples[(m.group(1), m.group(2) or "")] = float(m.group(3))
+    return samples
+restarted = {i for i in range(1, replicas + 1) if os.path.exists(f"{work}/restarted-{i}")}
+def growth(before, after, keep):
+    out = {}
+    for key, value in after.items():
+        label = keep(*key)
+        if label is not None:
+            out[label] = out.get(label, 0) + value - before.get(key, 0)
+    return out
+def increase(i, keep):
+    """What the counters `keep` selects grew by on replica i during the run (None: unknown).
+    A restarted replica: up to its SIGTERM, plus its new process from zero."""
+    before, after = metrics(f"{work}/metrics-before-{i}"), metrics(f"{work}/metrics-after-{i}")
+    if before is None or after is None:
+        return None
+    if i not in restarted:
+        return growth(before, after, keep)
+    stopped = metrics(f"{work}/metrics-stopped-{i}")
+    if stopped is None:
+        return None
+    out = growth(before, stopped, keep)
+    for label, n in growth({}, after, keep).items():
+        out[label] = out.get(label, 0) + n
+    return out
+# Traffic on every replica: API requests it answered during the run.
+for i in range(1, replicas + 1):
+    api = increase(i, lambda name, labels: "api" if name == "otpgate_http_requests_total"
+                   and 'route="/api/' in labels else None)
+    served = None if api is None else api.get("api", 0)
+    since = None
+    if i in restarted and metrics(f"{work}/metrics-after-{i}") is not None:
+        since = growth({}, metrics(f"{work}/metrics-after-{i}"), lambda name, labels: "api"
+                       if name == "otpgate_http_requests_total" and 'route="/api/' in labels else None).get("api", 0)
+    print(f"replica {i}: {na(served, '{:.0f}')} API requests during the run"
+          + (f" ({since:.0f} of them after its restart)" if since is not None else ""))
+    if served is not None and served <= 0:
+        problems.append(f"replica {i} served no API request during the run")
+# Store round trips: one per store operation, counted by every replica.
 round_trips = {}
 for i in range(1, replicas + 1):
-    before, after = ops(f"{work}/metrics-before-{i}"), ops(f"{work}/metrics-after-{i}")
-    for op, n in after.items():
-        round_trips[op] = round_trips.get(op, 0) + n - before.get(op, 0)
-rt = sum(v for k, v in round_trips.items() if k != "ping")
+    ops = increase(i, lambda name, labels: (re.search(r'op="([^"]+)"', labels) or [None, None])[1]
+                   if name == "otpgate_store_operation_duration_seconds_count" else None)
+    if ops is None:
+        round_trips = None
+        break
+    for op, n in ops.items():
+        round_trips[op] = round_trips.get(op, 0) + n
+rt = None if round_trips is None else per_flow(sum(v for k, v in round_trips.items() if k != "ping"))
 print(f"store operations per flow (one Redis round trip each on a standalone Redis; on a Cluster the "
-      f"quotas of other slots add one concurrent round trip, see EVALSHA below): {rt / done:.2f} "
-      f"({', '.join(f'{k} {v / done:.2f}' for k, v in sorted(round_trips.items()) if v)})"
-      + (" — approximate: a replica restarted" if chaos == "sigterm" else ""))
+      f"quotas of other slots add one concurrent round trip, see EVALSHA below): {na(rt)}"
+      + ("" if rt is None else
+         f" ({', '.join(f'{k} {v / done:.2f}' for k, v in sorted(round_trips.items()) if v)})")
+      + (" — approximate: a replica restarted" if restarted else ""))
 cmds = {}
 for line in open(f"{work}/commandstats.txt"):
     m = re.match(r"cmdstat_([a-z|]+):calls=(\d+)", line)
     if m and m.group(1).split("|")[0] not in ("info", "config", "ping", "command", "client", "hello", "script", "cluster", "readonly"):
         cmds[m.group(1)] = cmds.get(m.group(1), 0) + int(m.group(2))
-print(f"Redis commands per flow (scripts' inner commands included): {sum(cmds.values()) / done:.2f} "
-      f"({', '.join(f'{k} {v / done:.2f}' for k, v in sorted(cmds.items()))})")
-sql = {}
-for line in open(f"{work}/sql.txt"):
-    if "|" in line:
-        kind, n = line.strip().rsplit("|", 1)
-        sql[kind.upper()] = sql.get(kind.upper(), 0) + int(n)
-print(f"SQL statements per flow: {sum(sql.values()) / done:.2f} "
-      f"({', '.join(f'{k} {v / done:.2f}' for k, v in sorted(sql.items()))})")
+redis_cmds = per_flow(sum(cmds.values())) if cmds else None
+print(f"Redis commands per flow (scripts' inner commands included): {na(redis_cmds)}"
+      + ("" if redis_cmds is None else f" ({', '.join(f'{k} {v / done:.2f}' for k, v in sorted(cmds.items()))})"))
+sql = None
+if os.path.exists(f"{work}/sql.txt"):
+    sql = {}
+    for line in open(f"{work}/sql.txt"):
+        if "|" in line:
+            kind, n = line.strip().rsplit("|", 1)
+            sql[kind.upper()] = sql.get(kind.upper(), 0) + int(n)
+sql_per_flow = None if sql is None else per_flow(sum(sql.values()))
+print(f"SQL statements per flow: {na(sql_per_flow)}"
+      + ("" if sql_per_flow is None else f" ({', '.join(f'{k} {v / done:.2f}' for k, v in sorted(sql.items()))})"))
 def cpu(path):
     try:
         return {g: int(n) for g, n in (line.split() for line in open(path))}
     except (OSError, ValueError):
-        return {}
+        return None
 before, after = cpu(f"{work}/cpu-before"), cpu(f"{work}/cpu-after")
 tick_us = 1e6 / int(os.environ["CLK_TCK"])
+cpu_per_flow = {g: None if before is None or after is None or g not in before or g not in after
+                else per_flow((after[g] - before[g]) * tick_us)
+                for g in ("replicas", "redis", "postgres", "nginx")}
 print(f"Redis: {os.environ['REDIS']}; CPU µs per flow: " + ", ".join(
-    f"{g} {(after.get(g, 0) - before.get(g, 0)) * tick_us / done:.0f}"
-    for g in ("replicas", "redis", "postgres", "nginx"))
+    f"{g} {na(v, '{:.0f}')}" for g, v in cpu_per_flow.items())
     + (" — approximate: a process restarted" if chaos != "none" else ""))
 print(f"non-503 5xx: {report['non_503_5xx']}, transport errors: {report['transport_errors']}, "
-      f"codes accepted twice: {report['double_accepts']}")
+      f"codes accepted twice: {na(report['double_accepts'], '{}')}")
 if report["failures"]:
     print(f"failures: {report['failures']}")
-problems = []
+# Budgets from the command line: exceeded, or not measured, fails the run.
+budgets = [
+    ("BUDGET_RSS", "peak RSS per replica (MiB)", None if None in rss else max(rss, default=None)),
+    ("BUDGET_ROUND_TRIPS", "store operations per flow", rt),
+    ("BUDGET_SQL", "SQL statements per flow", sql_per_flow),
+    ("BUDGET_CPU", "replica CPU µs per flow", cpu_per_flow["replicas"]),
+]
+for var, what, value in budgets:
+    limit = os.environ.get(var, "")
+    if not limit:
+        continue
+    if value is None:
+        problems.append(f"{what}: not measured, so the budget {limit} cannot be checked")
+    elif value > float(limit):
+        problems.append(f"{what}: {value:.2f} over the budget {limit}")
+    else:
+        print(f"budget: {what} {value:.2f} <= {limit}")
 if chaos == "sigterm":
-    if flows["failed"] or report["transport_errors"] or flows["dropped"]:
+    if flows["failed"] or report["transport_errors"] or flows["dropped"] or flows["unfinished"]:
         problems.append("SIGTERM of a replica failed requests")
 if chaos in ("redis-restart", "redis-failover"):
     if report["non_503_5xx"] or report["double_accepts"]:
         problems.append("a 5xx other than 503, or a code accepted twice")
+    if flows["dropped"] or flows["unfinished"]:
+        problems.append("flows dropped or unfinished")
     start = float(open(f"{work}/run-start").read())
     end = float(open(f"{work}/outage-end").read()) - start
     outage = float(open(f"{work}/outage-start").read()) - start

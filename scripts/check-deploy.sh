@@ -33,16 +33,29 @@ PY="$tools/venv/bin/python"
 out="$tools/out"
 mkdir -p "$out"
 
+# Each check counts once in the closing line; a failed one does not hide the others.
+passed=0 failed=0
+check() {
+  local name=$1; shift
+  if "$@"; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    log "FAILED: $name"
+  fi
+}
+
 log "helm lint"
-"$HELM" lint --strict helm/otpgate
-"$HELM" lint --strict helm/otpgate -f helm/otpgate/ci/full-values.yaml
+check "helm lint (default values)" "$HELM" lint --strict helm/otpgate
+check "helm lint (every feature on)" "$HELM" lint --strict helm/otpgate -f helm/otpgate/ci/full-values.yaml
 
 log "helm template (default values, every feature on)"
 "$HELM" template otpgate helm/otpgate --namespace otpgate > "$out/helm-default.yaml"
 "$HELM" template otpgate helm/otpgate --namespace otpgate \
   -f helm/otpgate/ci/full-values.yaml > "$out/helm-full.yaml"
 for mode in cluster sentinel; do
-  "$HELM" lint --strict helm/otpgate -f "helm/otpgate/ci/redis-$mode-values.yaml" >/dev/null
+  check "helm lint (redis $mode)" \
+    "$HELM" lint --strict helm/otpgate -f "helm/otpgate/ci/redis-$mode-values.yaml" >/dev/null
   "$HELM" template otpgate helm/otpgate --namespace otpgate \
     -f "helm/otpgate/ci/redis-$mode-values.yaml" > "$out/helm-redis-$mode.yaml"
 done
@@ -54,14 +67,15 @@ cp k8s/servicemonitor.yaml "$out/k8s-servicemonitor.yaml"
 log "kubernetes-validate --strict against Kubernetes $KUBE_VERSION"
 # Custom resources (ServiceMonitor, PrometheusRule) have no upstream schema: reported as
 # warnings and checked by check_manifests.py and promtool instead.
-"$VALIDATE" -k "$KUBE_VERSION" --strict --quiet \
+check "kubernetes-validate" "$VALIDATE" -k "$KUBE_VERSION" --strict --quiet \
   "$out/helm-default.yaml" "$out/helm-full.yaml" "$out/helm-redis-cluster.yaml" \
   "$out/helm-redis-sentinel.yaml" "$out/k8s.yaml" "$out/k8s-servicemonitor.yaml"
 
 log "deploy promises (non-root, read-only root, probes, one migration Job, no migrating replicas)"
-"$PY" scripts/check_manifests.py --helm "$out/helm-default.yaml"
-"$PY" scripts/check_manifests.py --helm "$out/helm-full.yaml" \
+check "manifests (helm, default values)" "$PY" scripts/check_manifests.py --helm "$out/helm-default.yaml"
+check "manifests (helm, every feature on)" "$PY" scripts/check_manifests.py --helm "$out/helm-full.yaml" \
   --rules helm/otpgate/dashboards/alerts.rules.yaml
-"$PY" scripts/check_manifests.py "$out/k8s.yaml"
+check "manifests (k8s/)" "$PY" scripts/check_manifests.py "$out/k8s.yaml"
 
-echo "deploy: 4 passed, 0 failed"
+echo "deploy: $passed passed, $failed failed"
+[ "$failed" = 0 ]

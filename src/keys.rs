@@ -292,7 +292,7 @@ mod tests {
             let pem = generate_pem(alg).unwrap();
             let a = KeySet::asymmetric(alg, &pem, &[]).unwrap();
             let b = KeySet::asymmetric(alg, &pem, &[]).unwrap();
-            assert_eq!(a.kid, b.kid, "the kid is a thumbprint of the key");
+            assert_eq!(a.kid, b.kid, "the kid is stable for one key");
             let jwks = a.jwks();
             assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
             assert_eq!(jwks["keys"][0]["alg"], alg.name());
@@ -306,6 +306,51 @@ mod tests {
             assert!(rotated.key_for(a.kid.as_deref()).is_some());
             assert!(rotated.key_for(None).is_none());
         }
+    }
+
+    /// The RFC 7638 thumbprint of a published JWK, computed here apart from the code under
+    /// test: SHA-256 over the JSON object of the key type's required members only, in
+    /// lexicographic order, without whitespace; base64url without padding.
+    fn rfc7638_thumbprint(jwk: &Value) -> String {
+        let required: &[&str] = match jwk["kty"].as_str() {
+            Some("EC") => &["crv", "kty", "x", "y"],
+            Some("OKP") => &["crv", "kty", "x"],
+            other => panic!("unexpected kty {other:?}"),
+        };
+        let members: std::collections::BTreeMap<&str, &str> = required
+            .iter()
+            .map(|name| (*name, jwk[*name].as_str().expect("a string member")))
+            .collect();
+        let canonical = serde_json::to_string(&members).unwrap();
+        URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
+    }
+
+    #[test]
+    fn kids_are_rfc7638_thumbprints_of_the_published_keys() {
+        for alg in [SigningAlgorithm::Es256, SigningAlgorithm::EdDsa] {
+            let keys = KeySet::asymmetric(alg, &generate_pem(alg).unwrap(), &[]).unwrap();
+            let jwks = keys.jwks();
+            let jwk = &jwks["keys"][0];
+            let thumbprint = rfc7638_thumbprint(jwk);
+            assert_eq!(jwk["kid"].as_str(), Some(thumbprint.as_str()), "{jwk}");
+            assert_eq!(keys.kid.as_deref(), Some(thumbprint.as_str()));
+        }
+        // A published vector: the Ed25519 key of RFC 8037 appendix A.1 (private key d =
+        // nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A, here as PKCS#8) has the thumbprint
+        // given in its appendix A.3.
+        let pem = "-----BEGIN PRIVATE KEY-----\n\
+                   MC4CAQAwBQYDK2VwBCIEIJ1hsZ3v/VpguoRK9JLsLMREScVpezJpGXA7rAMcrn9g\n\
+                   -----END PRIVATE KEY-----\n";
+        let keys = KeySet::asymmetric(SigningAlgorithm::EdDsa, pem, &[]).unwrap();
+        let jwks = keys.jwks();
+        assert_eq!(
+            jwks["keys"][0]["x"],
+            "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
+        );
+        assert_eq!(
+            keys.kid.as_deref(),
+            Some("kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k")
+        );
     }
 
     #[test]

@@ -9,13 +9,22 @@
 //!   throttled generator (no coordinated omission). Flows that would exceed `--max-in-flight`
 //!   are counted as dropped, never silently skipped.
 //!
+//! Every offered flow ends up in exactly one of four counts: completed, failed, dropped (open
+//! model, over `--max-in-flight`) or unfinished (still running when the `--drain` time after the
+//! schedule ran out); the four add up to the offered number. Rates divide by the scheduled
+//! `--duration`, not by the time the run took. Flows due during `--warmup` run but are left out
+//! of every figure (reported apart). The result is **invalid** — the report says so and the exit
+//! status is 1 — when a flow failed, was dropped or did not finish (unless `--allow-errors`), or
+//! a code was accepted twice (always). A figure that was not measured is `null` in the JSON and
+//! `n/a` in the table.
+//!
 //! Scenarios (`--scenario`): `login` (login → verify: the code is read from the response, so
 //! the server runs with `EXPOSE_OTP=true`), `full` (login → verify → me → refresh → logout),
 //! `verify` (login, three wrong codes, the right one), `refresh` (login → verify → five
 //! refreshes), `webhook` (login intent → signed WhatsApp message → poll), `health`.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,13 +45,19 @@ usage: otpgate-loadtest [options]
   --scenario NAME       login | full | verify | refresh | webhook | health (default login)
   --rate R              open model: start R flows per second
   --concurrency N       closed model: N concurrent flows (default 64; ignored with --rate)
-  --duration SECONDS    how long to start flows (default 10)
+  --duration SECONDS    how long to start flows, measured (default 10)
+  --warmup SECONDS      start flows this long first, left out of the figures (default 0)
+  --drain SECONDS       after the schedule, wait this long for flows in flight (default 30);
+                        flows still running then count as unfinished
   --max-in-flight N     open model: flows beyond this many in flight are dropped (default 20000)
   --users N             draw phones from N numbers (returning users); default: a new number per flow
   --replay-check        after each successful verify, present the same code again: it must fail
   --webhook-secret S    WHATSAPP_WEBHOOK_SECRET of the server (webhook scenario)
+  --allow-errors        failed, dropped or unfinished flows do not make the result invalid
+                        (chaos runs check the failures themselves); a code accepted twice still does
   --json FILE           also write the report as JSON
-  --quiet               no table, only the JSON file";
+  --quiet               no table, only the JSON file
+exit status: 0 valid result, 1 invalid result (see the report), 2 bad arguments";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scenario {
@@ -86,6 +101,9 @@ struct Args {
     rate: Option<f64>,
     concurrency: usize,
     duration: Duration,
+    warmup: Duration,
+    drain: Duration,
+    allow_errors: bool,
     max_in_flight: usize,
     users: Option<u64>,
     replay_check: bool,
@@ -101,6 +119,9 @@ fn parse_args() -> Result<Args, String> {
         rate: None,
         concurrency: 64,
         duration: Duration::from_secs(10),
+        warmup: Duration::ZERO,
+        drain: Duration::from_secs(30),
+        allow_errors: false,
         max_in_flight: 20_000,
         users: None,
         replay_check: false,
@@ -126,7 +147,10 @@ fn parse_args() -> Result<Args, String> {
                 args.rate = Some(rate);
             }
             "--concurrency" => args.concurrency = number(&value("--concurrency")?)?,
-            "--duration" => args.duration = Duration::from_secs_f64(number(&value("--duration")?)?),
+            "--duration" => args.duration = seconds(&value("--duration")?)?,
+            "--warmup" => args.warmup = seconds(&value("--warmup")?)?,
+            "--drain" => args.drain = seconds(&value("--drain")?)?,
+            "--allow-errors" => args.allow_errors = true,
             "--max-in-flight" => args.max_in_flight = number(&value("--max-in-flight")?)?,
             "--users" => args.users = Some(number(&value("--users")?)?),
             "--replay-check" => args.replay_check = true,
@@ -140,12 +164,21 @@ fn parse_args() -> Result<Args, String> {
     if args.concurrency == 0 || args.users == Some(0) {
         return Err("--concurrency and --users must be positive".into());
     }
+    if args.duration.is_zero() {
+        return Err("--duration must be positive".into());
+    }
     Ok(args)
 }
 
 fn number<T: std::str::FromStr>(text: &str) -> Result<T, String> {
     text.parse()
         .map_err(|_| format!("{text:?} is not a valid number"))
+}
+
+/// A non-negative, finite number of seconds.
+fn seconds(text: &str) -> Result<Duration, String> {
+    let value: f64 = number(text)?;
+    Duration::try_from_secs_f64(value).map_err(|_| format!("{text:?} is not a valid duration"))
 }
 
 /// Latencies and statuses of one step (`login`, `verify`, …).
@@ -156,17 +189,34 @@ struct StepStats {
     statuses: BTreeMap<u16, u64>,
     /// Connection failures and timeouts.
     transport_errors: u64,
+    /// Microseconds until each transport error.
+    transport_latencies: Vec<u32>,
+}
+
+/// Where every offered flow went. `offered = completed + failed + dropped + unfinished`, where
+/// unfinished is what was still running when the report was taken.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    offered: u64,
+    completed: u64,
+    failed: u64,
+    dropped: u64,
 }
 
 /// Everything a run measures.
 struct Recorder {
     steps: Mutex<BTreeMap<&'static str, StepStats>>,
-    /// Flow latency (from when the flow was due), microseconds, completed flows only.
+    /// Flow latency (from when the flow was due), microseconds: completed flows.
     flows: Mutex<Vec<u32>>,
-    started: Instant,
-    completed: AtomicU64,
-    failed: AtomicU64,
-    dropped: AtomicU64,
+    /// The same for failed flows (until the failure).
+    failed_flows: Mutex<Vec<u32>>,
+    /// When the measured phase starts (after the warm-up): the timeline's zero.
+    measured_from: Instant,
+    /// Measured flows; closed (no more updates) when the report is taken.
+    counts: Mutex<Counts>,
+    closed: AtomicBool,
+    /// Flows due during the warm-up: offered, completed, failed, dropped.
+    warmup: Mutex<Counts>,
     /// A verify accepted a code that had already been accepted once.
     double_accepts: AtomicU64,
     failures: Mutex<BTreeMap<String, u64>>,
@@ -174,23 +224,42 @@ struct Recorder {
     timeline: Mutex<Vec<[u64; 4]>>,
 }
 
+tokio::task_local! {
+    /// Whether the flow running in this task is measured (not a warm-up flow).
+    static MEASURED: bool;
+}
+
+fn measured() -> bool {
+    MEASURED.try_with(|m| *m).unwrap_or(true)
+}
+
+fn micros(elapsed: Duration) -> u32 {
+    u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX)
+}
+
 impl Recorder {
-    fn new() -> Self {
+    fn new(measured_from: Instant) -> Self {
         Self {
             steps: Mutex::new(BTreeMap::new()),
             flows: Mutex::new(Vec::new()),
-            started: Instant::now(),
-            completed: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
+            failed_flows: Mutex::new(Vec::new()),
+            measured_from,
+            counts: Mutex::new(Counts::default()),
+            closed: AtomicBool::new(false),
+            warmup: Mutex::new(Counts::default()),
             double_accepts: AtomicU64::new(0),
             failures: Mutex::new(BTreeMap::new()),
             timeline: Mutex::new(Vec::new()),
         }
     }
 
+    /// Whether figures may still change: measured and not yet reported.
+    fn recording(&self) -> bool {
+        measured() && !self.closed.load(Ordering::Acquire)
+    }
+
     fn tick(&self, column: usize) {
-        let second = usize::try_from(self.started.elapsed().as_secs()).unwrap_or(usize::MAX);
+        let second = usize::try_from(self.measured_from.elapsed().as_secs()).unwrap_or(usize::MAX);
         let mut timeline = lock(&self.timeline);
         if timeline.len() <= second {
             timeline.resize(second + 1, [0; 4]);
@@ -199,17 +268,21 @@ impl Recorder {
     }
 
     fn request(&self, step: &'static str, latency: Duration, status: Option<u16>) {
+        if !self.recording() {
+            return;
+        }
         {
             let mut steps = lock(&self.steps);
             let stats = steps.entry(step).or_default();
             match status {
                 Some(status) => {
-                    stats
-                        .latencies
-                        .push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX));
+                    stats.latencies.push(micros(latency));
                     *stats.statuses.entry(status).or_default() += 1;
                 }
-                None => stats.transport_errors += 1,
+                None => {
+                    stats.transport_errors += 1;
+                    stats.transport_latencies.push(micros(latency));
+                }
             }
         }
         match status {
@@ -219,20 +292,63 @@ impl Recorder {
         }
     }
 
-    fn flow_done(&self, due: Instant, outcome: Result<(), String>) {
-        match outcome {
-            Ok(()) => {
-                self.completed.fetch_add(1, Ordering::Relaxed);
-                let micros = u32::try_from(due.elapsed().as_micros()).unwrap_or(u32::MAX);
-                lock(&self.flows).push(micros);
-                self.tick(0);
+    /// A flow was due at `due`; `measured` is false for warm-up flows.
+    fn offered(&self, measured: bool) {
+        if measured {
+            lock(&self.counts).offered += 1;
+        } else {
+            lock(&self.warmup).offered += 1;
+        }
+    }
+
+    fn dropped(&self, measured: bool) {
+        if measured {
+            let mut counts = lock(&self.counts);
+            if !self.closed.load(Ordering::Acquire) {
+                counts.dropped += 1;
             }
-            Err(why) => {
-                self.failed.fetch_add(1, Ordering::Relaxed);
-                *lock(&self.failures).entry(why).or_default() += 1;
-                self.tick(1);
+        } else {
+            lock(&self.warmup).dropped += 1;
+        }
+    }
+
+    fn flow_done(&self, due: Instant, outcome: Result<(), String>) {
+        if !measured() {
+            let mut warmup = lock(&self.warmup);
+            match outcome {
+                Ok(()) => warmup.completed += 1,
+                Err(_) => warmup.failed += 1,
+            }
+            return;
+        }
+        let latency = micros(due.elapsed());
+        {
+            // Counted under the lock that `close` takes: a flow is either in the report or
+            // unfinished, never both.
+            let mut counts = lock(&self.counts);
+            if self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            match outcome {
+                Ok(()) => {
+                    counts.completed += 1;
+                    lock(&self.flows).push(latency);
+                }
+                Err(ref why) => {
+                    counts.failed += 1;
+                    lock(&self.failed_flows).push(latency);
+                    *lock(&self.failures).entry(why.clone()).or_default() += 1;
+                }
             }
         }
+        self.tick(if outcome.is_ok() { 0 } else { 1 });
+    }
+
+    /// Stops recording and returns the final counts.
+    fn close(&self) -> Counts {
+        let counts = lock(&self.counts);
+        self.closed.store(true, Ordering::Release);
+        *counts
     }
 }
 
@@ -384,7 +500,9 @@ impl Driver {
                 )
                 .await?;
             if replay.status == 200 {
-                self.recorder.double_accepts.fetch_add(1, Ordering::Relaxed);
+                if self.recorder.recording() {
+                    self.recorder.double_accepts.fetch_add(1, Ordering::Relaxed);
+                }
                 return Err("replay 200: a code was accepted twice".into());
             }
         }
@@ -570,7 +688,10 @@ async fn run(args: Args) -> Value {
     let client = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .build(connector);
-    let recorder = Arc::new(Recorder::new());
+    let started = Instant::now();
+    let measured_from = started + args.warmup;
+    let deadline = measured_from + args.duration;
+    let recorder = Arc::new(Recorder::new(measured_from));
     let driver = Arc::new(Driver {
         client,
         target: args.target.clone(),
@@ -582,9 +703,17 @@ async fn run(args: Args) -> Value {
         webhook_secret: args.webhook_secret.clone(),
     });
     let in_flight = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let deadline = started + args.duration;
     let mut tasks = tokio::task::JoinSet::new();
+    // One flow, due at `due`, in its own task-local measured/warm-up context.
+    let scenario = args.scenario;
+    let one_flow = move |driver: Arc<Driver>, in_flight: Arc<AtomicUsize>, due: Instant| {
+        let measured = due >= measured_from;
+        MEASURED.scope(measured, async move {
+            let outcome = driver.flow(scenario).await;
+            driver.recorder.flow_done(due, outcome);
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+        })
+    };
     match args.rate {
         Some(rate) => {
             // Open model: flow i is due at start + i / rate.
@@ -598,47 +727,61 @@ async fn run(args: Args) -> Value {
                 while next <= due_count {
                     let due = started + Duration::from_secs_f64(next as f64 / rate);
                     next += 1;
-                    if in_flight.load(Ordering::Relaxed) >= args.max_in_flight {
-                        recorder.dropped.fetch_add(1, Ordering::Relaxed);
+                    if due >= deadline {
+                        break;
+                    }
+                    let measured = due >= measured_from;
+                    recorder.offered(measured);
+                    if in_flight.load(Ordering::Acquire) >= args.max_in_flight {
+                        recorder.dropped(measured);
                         continue;
                     }
-                    in_flight.fetch_add(1, Ordering::Relaxed);
-                    let (driver, in_flight) = (driver.clone(), in_flight.clone());
-                    let scenario = args.scenario;
-                    tokio::spawn(async move {
-                        let outcome = driver.flow(scenario).await;
-                        driver.recorder.flow_done(due, outcome);
-                        in_flight.fetch_sub(1, Ordering::Relaxed);
-                    });
+                    in_flight.fetch_add(1, Ordering::AcqRel);
+                    tasks.spawn(one_flow(driver.clone(), in_flight.clone(), due));
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            // Let the flows in flight finish (bounded).
-            let drain = Instant::now() + Duration::from_secs(30);
-            while in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < drain {
-                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
         None => {
             for _ in 0..args.concurrency {
                 let driver = driver.clone();
-                let scenario = args.scenario;
+                let in_flight = in_flight.clone();
+                let recorder = recorder.clone();
                 tasks.spawn(async move {
-                    while Instant::now() < deadline {
+                    loop {
                         let due = Instant::now();
-                        let outcome = driver.flow(scenario).await;
-                        driver.recorder.flow_done(due, outcome);
+                        if due >= deadline {
+                            break;
+                        }
+                        recorder.offered(due >= measured_from);
+                        in_flight.fetch_add(1, Ordering::AcqRel);
+                        one_flow(driver.clone(), in_flight.clone(), due).await;
                     }
                 });
             }
-            while tasks.join_next().await.is_some() {}
+            while Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    report(&args, &recorder, elapsed)
+    // Let the flows in flight finish, for at most `--drain`; the rest are unfinished.
+    let drain = Instant::now() + args.drain;
+    while in_flight.load(Ordering::Acquire) > 0 && Instant::now() < drain {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let counts = recorder.close();
+    let elapsed = started.elapsed().as_secs_f64() - args.warmup.as_secs_f64();
+    tasks.abort_all();
+    report(&args, &recorder, counts, elapsed)
 }
 
-fn report(args: &Args, recorder: &Recorder, elapsed: f64) -> Value {
+/// `value` as JSON, or `null` when it was not measured.
+fn measured_or_null<T: Into<Value>>(value: Option<T>) -> Value {
+    value.map_or(Value::Null, Into::into)
+}
+
+fn report(args: &Args, recorder: &Recorder, counts: Counts, elapsed: f64) -> Value {
+    let scheduled = args.duration.as_secs_f64();
     let mut steps = serde_json::Map::new();
     let mut requests: u64 = 0;
     let mut non_503_5xx: u64 = 0;
@@ -662,9 +805,33 @@ fn report(args: &Args, recorder: &Recorder, elapsed: f64) -> Value {
                 .collect::<BTreeMap<_, _>>()
         );
         entry["transport_errors"] = json!(stats.transport_errors);
+        entry["transport_error_latency"] = summary(&mut stats.transport_latencies);
         steps.insert((*name).to_string(), entry);
     }
-    let completed = recorder.completed.load(Ordering::Relaxed);
+    let unfinished = counts.offered - counts.completed - counts.failed - counts.dropped;
+    let double_accepts = args
+        .replay_check
+        .then(|| recorder.double_accepts.load(Ordering::Relaxed));
+    let warmup = *lock(&recorder.warmup);
+    let mut invalid = Vec::new();
+    if counts.offered == 0 {
+        invalid.push("no flow was offered".to_string());
+    }
+    if !args.allow_errors {
+        for (n, what) in [
+            (counts.failed, "failed"),
+            (counts.dropped, "dropped"),
+            (unfinished, "unfinished"),
+            (warmup.failed, "failed during the warm-up"),
+        ] {
+            if n > 0 {
+                invalid.push(format!("{n} flow(s) {what}"));
+            }
+        }
+    }
+    if let Some(n) = double_accepts.filter(|n| *n > 0) {
+        invalid.push(format!("{n} code(s) accepted twice"));
+    }
     let timeline: Vec<Value> = lock(&recorder.timeline)
         .iter()
         .enumerate()
@@ -678,28 +845,49 @@ fn report(args: &Args, recorder: &Recorder, elapsed: f64) -> Value {
         "rate": args.rate,
         "concurrency": if args.rate.is_some() { Value::Null } else { json!(args.concurrency) },
         "target": args.target,
-        "seconds": elapsed,
+        "seconds": scheduled,
+        "elapsed_seconds": elapsed,
+        "warmup_seconds": args.warmup.as_secs_f64(),
+        "valid": invalid.is_empty(),
+        "invalid_because": invalid,
         "flows": {
-            "completed": completed,
-            "failed": recorder.failed.load(Ordering::Relaxed),
-            "dropped": recorder.dropped.load(Ordering::Relaxed),
-            "per_second": completed as f64 / elapsed,
+            "offered": counts.offered,
+            "completed": counts.completed,
+            "failed": counts.failed,
+            "dropped": counts.dropped,
+            "unfinished": unfinished,
+            "per_second": counts.completed as f64 / scheduled,
             "latency": summary(&mut lock(&recorder.flows)),
+            "failed_latency": summary(&mut lock(&recorder.failed_flows)),
         },
-        "requests": { "total": requests, "per_second": requests as f64 / elapsed },
+        "warmup": {
+            "offered": warmup.offered,
+            "completed": warmup.completed,
+            "failed": warmup.failed,
+            "dropped": warmup.dropped,
+        },
+        "requests": { "total": requests, "per_second": requests as f64 / scheduled },
         "steps": steps,
         "failures": *lock(&recorder.failures),
         "non_503_5xx": non_503_5xx,
         "transport_errors": transport_errors,
-        "double_accepts": recorder.double_accepts.load(Ordering::Relaxed),
+        "double_accepts": measured_or_null(double_accepts),
         "timeline": timeline,
     })
 }
 
+/// A number for the table: `n/a` when it was not measured.
+fn shown(value: &Value) -> String {
+    match value {
+        Value::Null => "n/a".to_string(),
+        Value::Number(n) if n.is_f64() => format!("{:.2}", n.as_f64().unwrap_or(0.0)),
+        other => other.to_string(),
+    }
+}
+
 fn print_table(report: &Value) {
-    let f = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.2}"));
     println!(
-        "scenario {} ({} model{}), {:.1} s against {}",
+        "scenario {} ({} model{}), {:.1} s scheduled (+{:.1} s warm-up) against {}",
         report["scenario"].as_str().unwrap_or(""),
         report["model"].as_str().unwrap_or(""),
         match (&report["rate"], &report["concurrency"]) {
@@ -708,35 +896,57 @@ fn print_table(report: &Value) {
             _ => String::new(),
         },
         report["seconds"].as_f64().unwrap_or(0.0),
+        report["warmup_seconds"].as_f64().unwrap_or(0.0),
         report["target"].as_str().unwrap_or(""),
     );
     let flows = &report["flows"];
     println!(
-        "flows: {} completed ({:.1}/s), {} failed, {} dropped; requests: {} ({:.1}/s)",
+        "flows: {} offered = {} completed + {} failed + {} dropped + {} unfinished; \
+         {:.1} completed/s; requests: {} ({:.1}/s)",
+        flows["offered"],
         flows["completed"],
-        flows["per_second"].as_f64().unwrap_or(0.0),
         flows["failed"],
         flows["dropped"],
+        flows["unfinished"],
+        flows["per_second"].as_f64().unwrap_or(0.0),
         report["requests"]["total"],
         report["requests"]["per_second"].as_f64().unwrap_or(0.0),
     );
+    let warmup = &report["warmup"];
+    if warmup["offered"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "warm-up (not in the figures): {} offered, {} completed, {} failed, {} dropped",
+            warmup["offered"], warmup["completed"], warmup["failed"], warmup["dropped"]
+        );
+    }
     println!(
-        "{:<13} {:>9} {:>9} {:>9} {:>9} {:>9}  statuses",
+        "{:<16} {:>9} {:>9} {:>9} {:>9} {:>9}  statuses",
         "step", "count", "p50 ms", "p90 ms", "p99 ms", "max ms"
     );
-    let mut rows: Vec<(&str, &Value)> = vec![("flow", &flows["latency"])];
+    let mut rows: Vec<(String, &Value)> = vec![
+        ("flow".into(), &flows["latency"]),
+        ("flow (failed)".into(), &flows["failed_latency"]),
+    ];
     if let Some(steps) = report["steps"].as_object() {
-        rows.extend(steps.iter().map(|(k, v)| (k.as_str(), v)));
+        for (name, step) in steps {
+            rows.push((name.clone(), step));
+            if step["transport_errors"].as_u64().unwrap_or(0) > 0 {
+                rows.push((
+                    format!("{name} (transport)"),
+                    &step["transport_error_latency"],
+                ));
+            }
+        }
     }
     for (name, s) in rows {
         println!(
-            "{:<13} {:>9} {:>9} {:>9} {:>9} {:>9}  {}",
+            "{:<16} {:>9} {:>9} {:>9} {:>9} {:>9}  {}",
             name,
             s["count"].to_string(),
-            f(&s["p50_ms"]),
-            f(&s["p90_ms"]),
-            f(&s["p99_ms"]),
-            f(&s["max_ms"]),
+            shown(&s["p50_ms"]),
+            shown(&s["p90_ms"]),
+            shown(&s["p99_ms"]),
+            shown(&s["max_ms"]),
             if s["statuses"].is_null() {
                 String::new()
             } else {
@@ -752,8 +962,25 @@ fn print_table(report: &Value) {
     }
     println!(
         "non-503 5xx: {}, transport errors: {}, codes accepted twice: {}",
-        report["non_503_5xx"], report["transport_errors"], report["double_accepts"]
+        report["non_503_5xx"],
+        report["transport_errors"],
+        shown(&report["double_accepts"])
     );
+    if report["valid"] == json!(true) {
+        println!("result: valid");
+    } else {
+        println!(
+            "result: INVALID ({})",
+            report["invalid_because"]
+                .as_array()
+                .map(|r| r
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join("; "))
+                .unwrap_or_default()
+        );
+    }
 }
 
 fn main() {
@@ -786,5 +1013,95 @@ fn main() {
     {
         eprintln!("otpgate-loadtest: cannot write {path}: {err}");
         std::process::exit(1);
+    }
+    if report["valid"] != json!(true) {
+        std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(allow_errors: bool, replay_check: bool) -> Args {
+        Args {
+            target: "http://127.0.0.1:1".into(),
+            scenario: Scenario::Login,
+            rate: Some(10.0),
+            concurrency: 1,
+            duration: Duration::from_secs(4),
+            warmup: Duration::ZERO,
+            drain: Duration::ZERO,
+            allow_errors,
+            max_in_flight: 1,
+            users: None,
+            replay_check,
+            webhook_secret: String::new(),
+            json: None,
+            quiet: true,
+        }
+    }
+
+    /// 6 offered: 3 completed, 1 failed, 1 dropped, 1 still running at the report.
+    fn recorded() -> (Recorder, Counts) {
+        let recorder = Recorder::new(Instant::now());
+        for _ in 0..6 {
+            recorder.offered(true);
+        }
+        let due = Instant::now();
+        for _ in 0..3 {
+            recorder.flow_done(due, Ok(()));
+        }
+        recorder.flow_done(due, Err("login 502".into()));
+        recorder.dropped(true);
+        let counts = recorder.close();
+        // After the report is taken, a late flow changes nothing.
+        recorder.flow_done(due, Ok(()));
+        (recorder, counts)
+    }
+
+    #[test]
+    fn every_offered_flow_is_accounted_for_and_rates_use_the_schedule() {
+        let (recorder, counts) = recorded();
+        let report = report(&args(true, false), &recorder, counts, 40.0);
+        let flows = &report["flows"];
+        assert_eq!(flows["offered"], 6);
+        assert_eq!(flows["completed"], 3);
+        assert_eq!(flows["failed"], 1);
+        assert_eq!(flows["dropped"], 1);
+        assert_eq!(flows["unfinished"], 1);
+        // 3 completed over the scheduled 4 s, not over the 40 s the run took.
+        assert_eq!(flows["per_second"], 0.75);
+        assert_eq!(flows["failed_latency"]["count"], 1);
+        assert_eq!(report["double_accepts"], Value::Null, "not measured");
+        assert_eq!(report["valid"], true, "--allow-errors");
+    }
+
+    #[test]
+    fn failures_make_the_result_invalid() {
+        let (recorder, counts) = recorded();
+        let report = report(&args(false, true), &recorder, counts, 4.0);
+        assert_eq!(report["valid"], false);
+        let reasons = report["invalid_because"].to_string();
+        for what in [
+            "1 flow(s) failed",
+            "1 flow(s) dropped",
+            "1 flow(s) unfinished",
+        ] {
+            assert!(reasons.contains(what), "{reasons}");
+        }
+        assert_eq!(report["double_accepts"], 0, "measured with --replay-check");
+    }
+
+    #[test]
+    fn a_code_accepted_twice_is_invalid_even_with_allow_errors() {
+        let recorder = Recorder::new(Instant::now());
+        recorder.offered(true);
+        recorder.flow_done(Instant::now(), Ok(()));
+        recorder.double_accepts.fetch_add(1, Ordering::Relaxed);
+        let counts = recorder.close();
+        let report = report(&args(true, true), &recorder, counts, 4.0);
+        assert_eq!(report["valid"], false);
+        assert_eq!(report["double_accepts"], 1);
     }
 }

@@ -20,6 +20,13 @@
 //!   `HTTP_IDLE_TIMEOUT_SECONDS` fails the connection's read (poem's own idle close only asks
 //!   hyper to finish, which can wait forever on a half-sent head); a response write that makes no
 //!   progress for as long (a client that stopped reading) fails the write.
+//! - **Draining.** When shutdown starts ([`Connections::start_draining`]) the acceptor drops the
+//!   listening socket at once (new connections are refused, which a proxy retries elsewhere for
+//!   any method: nothing was sent), while open connections keep being served for a short while,
+//!   each HTTP/1 response then carrying `Connection: close`. A proxy reusing a kept-alive
+//!   connection thus learns from the answer that it is the last one, instead of writing a POST
+//!   into a socket the server is closing (which nginx answers 502 and must not retry). See
+//!   `run_until_stopped` for the timing.
 //! - **hyper's own errors.** A head hyper cannot parse (too long a URI, too large headers,
 //!   broken framing) is answered by hyper itself with an empty body. Every response of the
 //!   application carries `x-request-id`; an HTTP/1 error response without one is hyper's, and
@@ -35,11 +42,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use poem::http::{HeaderValue, Version, header};
 use poem::listener::{Acceptor, TcpAcceptor};
 use poem::web::{LocalAddr, RemoteAddr};
-use poem::{Endpoint, Middleware, Request};
+use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::time::Sleep;
 
 use super::raw_problem::{hypers_own_error, problem_bytes};
@@ -80,6 +89,8 @@ pub struct Connections {
     /// Whether this server's count is `otpgate_open_connections` (the main port's).
     report_open: bool,
     inner: Mutex<Open>,
+    /// Set once shutdown starts: no more accepts, `Connection: close` on every response.
+    draining: watch::Sender<bool>,
 }
 
 #[derive(Default)]
@@ -98,7 +109,19 @@ impl Connections {
             metrics,
             report_open,
             inner: Mutex::new(Open::default()),
+            draining: watch::Sender::new(false),
         })
+    }
+
+    /// Starts draining: the acceptor closes the listening socket, and responses ask HTTP/1
+    /// clients to close their connection.
+    pub fn start_draining(&self) {
+        self.draining.send_replace(true);
+    }
+
+    /// Whether draining has started.
+    pub fn draining(&self) -> bool {
+        *self.draining.borrow()
     }
 
     fn lock(&self) -> MutexGuard<'_, Open> {
@@ -167,15 +190,24 @@ fn gauge(n: usize) -> i64 {
 
 /// A TCP acceptor that sets `TCP_NODELAY` (a response goes out at once instead of waiting,
 /// under Nagle's algorithm, for the peer's delayed ACK) and enforces [`ConnectionPolicy`].
+/// Once `connections` drain, it drops the listening socket and accepts nothing more.
 pub struct GuardedAcceptor {
-    inner: TcpAcceptor,
+    /// `None` once draining started (the socket is closed).
+    inner: Option<TcpAcceptor>,
+    local: Vec<LocalAddr>,
+    draining: watch::Receiver<bool>,
     connections: Arc<Connections>,
 }
 
 impl GuardedAcceptor {
     /// Wraps a bound acceptor.
     pub fn new(inner: TcpAcceptor, connections: Arc<Connections>) -> Self {
-        Self { inner, connections }
+        Self {
+            local: inner.local_addr(),
+            inner: Some(inner),
+            draining: connections.draining.subscribe(),
+            connections,
+        }
     }
 }
 
@@ -183,14 +215,29 @@ impl Acceptor for GuardedAcceptor {
     type Io = GuardedIo;
 
     fn local_addr(&self) -> Vec<LocalAddr> {
-        self.inner.local_addr()
+        self.local.clone()
     }
 
     async fn accept(
         &mut self,
     ) -> io::Result<(Self::Io, LocalAddr, RemoteAddr, poem::http::uri::Scheme)> {
         loop {
-            let (io, local, remote, scheme) = self.inner.accept().await?;
+            let Some(inner) = self.inner.as_mut() else {
+                // Draining: the server stops polling us when its own shutdown starts.
+                return std::future::pending().await;
+            };
+            let accepted = tokio::select! {
+                biased;
+                Ok(_) = self.draining.wait_for(|draining| *draining) => None,
+                accepted = inner.accept() => Some(accepted),
+            };
+            let Some(accepted) = accepted else {
+                // Closing the listening socket: connection attempts are refused from now on.
+                self.inner = None;
+                tracing::info!("draining: no longer accepting connections");
+                continue;
+            };
+            let (io, local, remote, scheme) = accepted?;
             let Some(peer) = remote.as_socket_addr().copied() else {
                 continue;
             };
@@ -423,7 +470,8 @@ impl AsyncWrite for GuardedIo {
 }
 
 /// Middleware: tells a request's connection that a request is being served, which stops its
-/// head deadline until the response is done.
+/// head deadline until the response is done; while draining, asks HTTP/1 clients to close the
+/// connection after the response.
 pub struct TrackRequests {
     /// The server's connections.
     pub connections: Arc<Connections>,
@@ -456,9 +504,11 @@ impl Drop for Busy {
 }
 
 impl<E: Endpoint> Endpoint for TrackRequestsEndpoint<E> {
-    type Output = E::Output;
+    type Output = Response;
 
     fn call(&self, req: Request) -> impl Future<Output = poem::Result<Self::Output>> + Send {
+        // HTTP/2 has no `Connection` header (its connections close with GOAWAY).
+        let http1 = req.version() <= Version::HTTP_11;
         let busy = req
             .remote_addr()
             .as_socket_addr()
@@ -471,7 +521,12 @@ impl<E: Endpoint> Endpoint for TrackRequestsEndpoint<E> {
         async move {
             let result = self.inner.call(req).await;
             drop(busy);
-            result
+            let mut resp = result?.into_response();
+            if http1 && self.connections.draining() {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok(resp)
         }
     }
 }

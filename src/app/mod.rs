@@ -13,6 +13,7 @@ pub use state::{AppState, StartupError};
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use poem::Server;
 
@@ -21,6 +22,11 @@ use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 
 use listener::{Connections, GuardedAcceptor};
 use routes::{connection_policy, metrics_routes, routes_with};
+
+/// How long, at most, connections that are open when shutdown starts keep being served (with
+/// `Connection: close`) before the server's own graceful shutdown closes the idle ones; at most
+/// half the grace. See [`Application::run_until_stopped`].
+const LAME_DUCK: Duration = Duration::from_secs(1);
 
 /// A bound, not yet running server (zero2prod's `Application`).
 pub struct Application {
@@ -78,8 +84,16 @@ impl Application {
         self.metrics_port
     }
 
-    /// Serves until `shutdown` completes, then stops accepting and gives in-flight requests
-    /// `SHUTDOWN_GRACE_SECONDS` to finish.
+    /// Serves until `shutdown` completes, then drains: the listening socket closes at once
+    /// (new connections are refused); connections already open are served for up to
+    /// [`LAME_DUCK`] more (or until they are all closed), each HTTP/1 response with
+    /// `Connection: close`; then idle connections close and the requests still running get the
+    /// rest of `SHUTDOWN_GRACE_SECONDS` to finish. The process is gone within the grace.
+    ///
+    /// Why the lame-duck second: closing an idle kept-alive connection races with a proxy
+    /// sending its next request on it, which the proxy must then answer 502 (a POST that may
+    /// have arrived cannot be retried elsewhere). An answer with `Connection: close` ends the
+    /// connection without that race.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -100,6 +114,7 @@ impl Application {
         } else {
             "off (DOCS_ENABLED=false)".to_string()
         };
+        let lame_duck = LAME_DUCK.min(grace / 2);
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             port = self.port,
@@ -109,11 +124,25 @@ impl Application {
             "otpgate {} listening: API at {base}/api/auth, docs at {docs}",
             env!("CARGO_PKG_VERSION")
         );
+        let connections = Connections::new(
+            connection_policy(&self.state.settings),
+            self.state.metrics.clone(),
+            true,
+        );
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
+        tokio::spawn({
+            let connections = connections.clone();
+            async move {
+                shutdown.await;
+                connections.start_draining();
+                let until = tokio::time::Instant::now() + lame_duck;
+                while connections.open() > 0 && tokio::time::Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                let _ = stop_tx.send(true);
+            }
         });
+        let grace = grace.saturating_sub(lame_duck);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
@@ -139,11 +168,6 @@ impl Application {
                     .await
             })
         });
-        let connections = Connections::new(
-            connection_policy(&self.state.settings),
-            self.state.metrics.clone(),
-            true,
-        );
         let acceptor = GuardedAcceptor::new(self.acceptor, connections.clone());
         let app = routes_with(self.state, Some(connections));
         let result = Server::new_with_acceptor(acceptor)

@@ -462,3 +462,65 @@ async fn docs_are_locked_down_and_cors_varies_by_origin(backend: Backend) {
         reply.assert_problem(404, "not_found");
     }
 }
+
+/// A body sent a byte at a time never completes within the body deadline (10 s): the request
+/// is answered 408 as a problem, whatever the idle timer (reset by every byte) says.
+#[tokio::test]
+async fn a_trickled_body_gets_408() {
+    let app = spawn_app(Backend::Embedded).await;
+    let base = app.a.clone();
+    let (answer, after) = tokio::task::spawn_blocking(move || trickle_body(&base))
+        .await
+        .expect("raw client");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert!(answer.contains("\"status\":408"), "{answer}");
+    assert!(
+        after >= Duration::from_secs(9) && after < Duration::from_secs(14),
+        "answered after {after:?}, the body deadline is 10 s"
+    );
+}
+
+/// Sends a login head announcing a 200-byte body, then one body byte per 500 ms until an answer
+/// arrives (at most 16 s); returns the answer and when it came.
+fn trickle_body(base: &str) -> (String, Duration) {
+    let mut stream = TcpStream::connect(address(base)).expect("connect");
+    stream
+        .write_all(
+            b"POST /api/auth/login HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+              Content-Length: 200\r\n\r\n{",
+        )
+        .expect("write");
+    let started = Instant::now();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let mut out = Vec::new();
+    while started.elapsed() < Duration::from_secs(16) {
+        let mut buf = [0u8; 2048];
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.windows(4).any(|w| w == b"\r\n\r\n") {
+                    // The head is in; give the body a moment to follow.
+                    std::thread::sleep(Duration::from_millis(100));
+                    stream.set_nonblocking(true).expect("nonblocking");
+                    while let Ok(n) = stream.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        out.extend_from_slice(&buf[..n]);
+                    }
+                    break;
+                }
+            }
+            Err(_) => {
+                if out.is_empty() && stream.write_all(b" ").is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    (String::from_utf8_lossy(&out).to_string(), started.elapsed())
+}

@@ -36,11 +36,18 @@ impl Backend {
     }
 }
 
+/// Whether the real backends and the checking tools are required rather than optional: under
+/// `OTPGATE_REQUIRE_BACKENDS` (set by scripts/test.sh) or `CI`, a missing one fails the test
+/// instead of skipping it.
+pub fn backends_required() -> bool {
+    std::env::var_os("OTPGATE_REQUIRE_BACKENDS").is_some() || std::env::var_os("CI").is_some()
+}
+
 /// The Redis Cluster variant when `TEST_REDIS_CLUSTER_URL` (the seed nodes) is set; required,
 /// like the others, under `OTPGATE_REQUIRE_BACKENDS` or `CI`.
 pub fn redis_cluster_available() -> bool {
     if std::env::var("TEST_REDIS_CLUSTER_URL").is_err() {
-        if std::env::var("OTPGATE_REQUIRE_BACKENDS").is_ok() || std::env::var("CI").is_ok() {
+        if backends_required() {
             panic!(
                 "TEST_REDIS_CLUSTER_URL must be set (run scripts/test.sh, which starts a Redis \
                  Cluster)"
@@ -58,7 +65,7 @@ pub fn cluster_available() -> bool {
     let configured =
         std::env::var("TEST_REDIS_URL").is_ok() && std::env::var("TEST_POSTGRES_URL").is_ok();
     if !configured {
-        if std::env::var("OTPGATE_REQUIRE_BACKENDS").is_ok() || std::env::var("CI").is_ok() {
+        if backends_required() {
             panic!(
                 "TEST_REDIS_URL and TEST_POSTGRES_URL must be set (run scripts/test.sh, which \
                  starts redis-server and PostgreSQL)"

@@ -22,6 +22,7 @@ crate::on_both_backends!(
     telegram_start_binds_the_intent_and_asks_for_the_contact,
     own_contact_links_the_phone_and_foreign_contacts_nothing,
     telegram_widget_checks_hash_age_and_replay,
+    telegram_widget_refuses_the_future_and_honours_a_custom_max_age,
     intents_expire_and_need_configuration,
     failed_replies_still_answer_200_and_are_counted,
 );
@@ -692,7 +693,37 @@ async fn own_contact_links_the_phone_and_foreign_contacts_nothing(backend: Backe
         user,
         json!({ "contact": { "phone_number": digits(&stranger), "first_name": "Eve" } }),
     );
-    telegram_update(&m.app, &m.app.b, &card).await;
+    let refused = telegram_update(&m.app, &m.app.b, &card).await;
+    assert_eq!(refused.status, 200, "{}", refused.body);
+    // Nothing was linked: the account still has no phone, and a bot reply said why.
+    let me = m
+        .app
+        .me(&m.app.a, field(&session.body, "access_token"))
+        .await;
+    assert_eq!(me.body["phone"], Value::Null, "{}", me.body);
+    let refusals = || {
+        m.standin
+            .requests("telegram")
+            .iter()
+            .filter(|r| {
+                r.body["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("not your own contact"))
+            })
+            .count()
+    };
+    // The replies go out in the background.
+    for _ in 0..250 {
+        if refusals() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        refusals(),
+        2,
+        "the foreign contact and the card were both refused"
+    );
     let again = telegram_login(&m.app, &m.app.a, &stranger).await;
     again.assert_problem(429, "rate_limited");
     assert!(
@@ -839,6 +870,35 @@ async fn telegram_widget_checks_hash_age_and_replay(backend: Backend) {
         .post(&m.app.a, path, extra)
         .await
         .assert_problem(401, "invalid_telegram_auth");
+}
+
+async fn telegram_widget_refuses_the_future_and_honours_a_custom_max_age(backend: Backend) {
+    let m = messaging_app(backend, &[("TELEGRAM_AUTH_MAX_AGE_SECONDS", "30")]).await;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let path = "/api/auth/telegram/widget";
+    // A clock up to a minute ahead is tolerated; a date further in the future is refused.
+    let skewed = m
+        .app
+        .post(&m.app.a, path, widget(telegram_user(), now + 30))
+        .await;
+    assert_eq!(skewed.status, 200, "{}", skewed.body);
+    m.app
+        .post(&m.app.a, path, widget(telegram_user(), now + 120))
+        .await
+        .assert_problem(401, "telegram_auth_expired");
+    // TELEGRAM_AUTH_MAX_AGE_SECONDS=30 replaces the default 300: 45 s old is too old now.
+    let fresh = m
+        .app
+        .post(&m.app.b, path, widget(telegram_user(), now - 10))
+        .await;
+    assert_eq!(fresh.status, 200, "{}", fresh.body);
+    m.app
+        .post(&m.app.b, path, widget(telegram_user(), now - 45))
+        .await
+        .assert_problem(401, "telegram_auth_expired");
 }
 
 async fn intents_expire_and_need_configuration(backend: Backend) {

@@ -47,9 +47,10 @@ async fn metrics_text(app: &TestApp, base: &str) -> String {
 }
 
 /// `promtool check metrics` and the official Python client's parser must accept the body.
-/// Both are required in CI (`scripts/test.sh` installs them); elsewhere they run when present.
+/// Both are required under `OTPGATE_REQUIRE_BACKENDS` or `CI` (`scripts/test.sh` installs them);
+/// elsewhere they run when present.
 fn check_with_official_tools(body: &str) {
-    let required = std::env::var("OTPGATE_REQUIRE_BACKENDS").is_ok();
+    let required = crate::helpers::backends_required();
     match Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

@@ -8,8 +8,7 @@ use otpgate::config::RedisMode;
 use otpgate::domain::quota::Quota;
 use otpgate::store::redis::RedisOptions;
 use otpgate::store::{
-    BindOutcome, ClaimOutcome, IssueOutcome, MemoryStore, RedisStore, RefreshOutcome, Store,
-    VerifyOutcome,
+    BindOutcome, ClaimOutcome, IssueOutcome, RedisStore, RefreshOutcome, Store, VerifyOutcome,
 };
 use uuid::Uuid;
 
@@ -487,12 +486,6 @@ async fn verify_quotas_charge_attempts_always_and_failures_on_wrong_codes(store:
 
 async fn ping_answers(store: Arc<dyn Store>) {
     store.ping().await.unwrap();
-}
-
-#[test]
-fn memory_store_is_a_store() {
-    fn assert_store<S: Store>(_: &S) {}
-    assert_store(&MemoryStore::new());
 }
 
 async fn intents_bind_once_and_are_claimed_once(store: Arc<dyn Store>) {
