@@ -9,6 +9,7 @@ COPY Cargo.toml Cargo.lock .env.example ./
 COPY migration ./migration
 COPY loadtest ./loadtest
 COPY src ./src
+COPY benches ./benches
 RUN cargo build --release --locked -p otpgate --bin otpgate
 
 # distroless/cc: glibc, CA certificates (for Twilio/Meta/Telegram over TLS), no shell.

@@ -41,7 +41,7 @@ const CHECK_HELP: &str = "usage: otpgate check
 
 Reads the configuration as `serve` would and reports every problem at once, each naming its
 variable; warns about variables that look like otpgate's but are not read (misspellings) and
-.env lines that do not parse; then tries Redis and the database (3 s each) and warns when one
+.env lines that do not parse; then tries Redis and the database (6 s each) and warns when one
 does not answer, naming the host:port it tried (never a password). Starts nothing, writes
 nothing.
 

@@ -14,7 +14,7 @@ use super::ApiTags;
 use super::body::Body;
 use super::oauth::OAuthFails;
 use super::problem::{Fails, failures, headers};
-use super::text::{OtpText, PhoneText};
+use super::text::{OtpText, PhoneText, Text, TokenText};
 use crate::auth::{AuthService, LoggedIn};
 use crate::db::{identity, user};
 use crate::domain::channel::Channel;
@@ -158,7 +158,9 @@ impl Example for VerifyRequest {
 impl Example for RefreshRequest {
     fn example() -> Self {
         RefreshRequest {
-            refresh_token: "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.e30.c2lnbmF0dXJl".into(),
+            refresh_token: TokenText(
+                "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.e30.c2lnbmF0dXJl".into(),
+            ),
         }
     }
 }
@@ -190,8 +192,7 @@ pub struct VerifyRequest {
 #[oai(example)]
 pub struct RefreshRequest {
     /// The refresh token; it is spent by this call.
-    #[oai(validator(min_length = 1, max_length = 4096))]
-    pub refresh_token: String,
+    pub refresh_token: TokenText,
 }
 
 /// An OAuth 2.0 refresh request (RFC 6749 §6), as AppAuth and other OAuth clients send it.
@@ -200,22 +201,21 @@ pub struct RefreshRequest {
 pub struct TokenGrant {
     /// Must be `refresh_token` (the only grant this endpoint serves; codes are verified at
     /// `/api/auth/verify-otp`).
-    pub grant_type: String,
+    pub grant_type: Text,
     /// The refresh token; it is spent by this call.
-    #[oai(validator(min_length = 1, max_length = 4096))]
-    pub refresh_token: String,
+    pub refresh_token: TokenText,
     /// Ignored (sessions carry no scopes).
     #[serde(default)]
-    pub scope: Option<String>,
+    pub scope: Option<Text>,
     /// Ignored (public clients; there is no client authentication).
     #[serde(default)]
-    pub client_id: Option<String>,
+    pub client_id: Option<Text>,
 }
 
 impl Example for TokenGrant {
     fn example() -> Self {
         TokenGrant {
-            grant_type: "refresh_token".into(),
+            grant_type: Text("refresh_token".into()),
             refresh_token: RefreshRequest::example().refresh_token,
             scope: None,
             client_id: None,
@@ -359,7 +359,7 @@ impl Example for TokenResponse {
     fn example() -> Self {
         TokenResponse {
             access_token: "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIwMTkzZjNhMC03YzFlLTdkMmEtOWI0Yy01ZTZmN2E4YjljMGQifQ.c2lnbmF0dXJl".into(),
-            refresh_token: RefreshRequest::example().refresh_token,
+            refresh_token: RefreshRequest::example().refresh_token.0,
             token_type: "bearer".into(),
             expires_in: 1800,
             expires_at: 1_767_227_400,
@@ -384,6 +384,7 @@ failures! {
         "unsupported_number",
         "channel_unavailable",
         "store_unavailable",
+        "database_unavailable",
         "delivery_failed",
     ];
     /// `POST /api/auth/verify-otp`.
@@ -410,7 +411,13 @@ failures! {
         "database_unavailable",
     ];
     /// `POST /api/auth/logout`.
-    LogoutFailures { BODY = false }: ["unauthorized", "invalid_token", "store_unavailable"];
+    LogoutFailures { BODY = false }: [
+        "unauthorized",
+        "invalid_token",
+        "store_unavailable",
+        "payload_too_large",
+        "request_timeout",
+    ];
 }
 
 #[OpenApi(prefix_path = "/api/auth", tag = "ApiTags::Auth")]
@@ -491,7 +498,7 @@ impl AuthApi {
         let grant = match body {
             TokenRequest::Form(Form(grant)) | TokenRequest::Json(Body(grant)) => grant,
         };
-        if grant.grant_type != "refresh_token" {
+        if grant.grant_type.0 != "refresh_token" {
             return Err(OAuthFails::unsupported_grant_type(&grant.grant_type));
         }
         let session = self.auth.refresh(&grant.refresh_token).await?;

@@ -16,7 +16,7 @@ use super::ApiTags;
 use super::auth::{TokenResponse, Tokens};
 use super::body::Body;
 use super::problem::{Fails, failures};
-use super::text::{HexHashText, IntentIdText, PollTokenText};
+use super::text::{HexHashText, IntentIdText, PollTokenText, Text};
 use crate::auth::AuthService;
 use crate::auth::intents::{IntentChannel, PollResult};
 use crate::messaging::Messaging;
@@ -104,13 +104,13 @@ pub struct TelegramWidgetRequest {
     /// Telegram user id.
     pub id: i64,
     /// First name.
-    pub first_name: Option<String>,
+    pub first_name: Option<Text>,
     /// Last name.
-    pub last_name: Option<String>,
+    pub last_name: Option<Text>,
     /// Username.
-    pub username: Option<String>,
+    pub username: Option<Text>,
     /// Profile photo URL.
-    pub photo_url: Option<String>,
+    pub photo_url: Option<Text>,
     /// Unix time of the authentication.
     pub auth_date: i64,
     /// Hex HMAC-SHA256 of the other fields (see Telegram's widget documentation).
@@ -145,9 +145,9 @@ impl Example for TelegramWidgetRequest {
     fn example() -> Self {
         TelegramWidgetRequest {
             id: 123_456_789,
-            first_name: Some("Asha".into()),
+            first_name: Some(Text("Asha".into())),
             last_name: None,
-            username: Some("asha".into()),
+            username: Some(Text("asha".into())),
             photo_url: None,
             auth_date: 1_767_225_600,
             hash: HexHashText("3f".repeat(32)),
@@ -354,7 +354,7 @@ impl MessagingApi {
             ("photo_url", body.photo_url),
         ] {
             if let Some(value) = value {
-                fields.push((name.to_string(), value));
+                fields.push((name.to_string(), value.0));
             }
         }
         let session = self

@@ -185,21 +185,30 @@ pub async fn rewrite_problem(resp: Response) -> Response {
     if !is_problem {
         return resp;
     }
-    let retry = resp.headers().get(header::RETRY_AFTER).cloned();
-    let request_id = resp.headers().get("x-request-id").cloned();
-    let status = resp.status().as_u16();
-    let body = resp.into_body().into_bytes().await.unwrap_or_default();
+    let (parts, body) = resp.into_parts();
+    let status = parts.status.as_u16();
+    let body = body.into_bytes().await.unwrap_or_default();
     let problem: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let code = problem["code"].as_str().unwrap_or("internal_error");
     let (error, status) = oauth_error(code, problem["field"].as_str(), status);
-    let detail = problem["detail"].as_str().unwrap_or("");
+    let detail = match code {
+        "unsupported_media_type" => {
+            "Send grant_type and refresh_token form-encoded (application/x-www-form-urlencoded) \
+             or as JSON (application/json)."
+        }
+        _ => problem["detail"].as_str().unwrap_or(""),
+    };
     let mut out = response(status, error, detail, code);
-    for (name, value) in [
-        (header::RETRY_AFTER.as_str(), retry),
-        ("x-request-id", request_id),
-    ] {
-        if let Some(value) = value {
-            out.headers_mut().insert(name, value);
+    // Every other header stays: CORS, Retry-After, RateLimit, WWW-Authenticate, the request id.
+    let own = [
+        header::CONTENT_TYPE,
+        header::CONTENT_LENGTH,
+        header::CACHE_CONTROL,
+        header::PRAGMA,
+    ];
+    for (name, value) in &parts.headers {
+        if !own.contains(name) {
+            out.headers_mut().append(name.clone(), value.clone());
         }
     }
     out

@@ -91,6 +91,18 @@ macro_rules! checked_text {
                 Some(Value::String(self.0.clone()))
             }
         }
+
+        /// Form fields (the OAuth token endpoint) go through the same check.
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(d)?;
+                if Self::check(&text) {
+                    Ok(Self(text))
+                } else {
+                    Err(serde::de::Error::custom(concat!("must be ", $rule)))
+                }
+            }
+        }
     };
 }
 
@@ -141,6 +153,26 @@ checked_text! {
 }
 
 checked_text! {
+    /// A token as otpgate issues it: a JWT (base64url segments separated by dots).
+    TokenText {
+        pattern: r"^[A-Za-z0-9_.-]{1,4096}$",
+        max_length: 4096,
+        rule: "a token as issued (letters, digits, _, - and .)",
+        check: |t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')),
+    }
+}
+
+checked_text! {
+    /// Free text of at most 256 characters, as a JSON string (not a number or a boolean).
+    Text {
+        pattern: r"^[\s\S]{0,256}$",
+        max_length: 1024,
+        rule: "a string of at most 256 characters",
+        check: |t| t.chars().count() <= 256,
+    }
+}
+
+checked_text! {
     /// A hex SHA-256 HMAC: 64 hex digits.
     HexHashText {
         pattern: r"^[0-9a-fA-F]{64}$",
@@ -169,6 +201,8 @@ pub(crate) const RULES: &[Rule] = &[
         PollTokenText::RULE,
     ),
     (HexHashText::PATTERN, HexHashText::check, HexHashText::RULE),
+    (TokenText::PATTERN, TokenText::check, TokenText::RULE),
+    (Text::PATTERN, Text::check, Text::RULE),
 ];
 
 #[cfg(test)]

@@ -261,6 +261,9 @@ pub(super) fn routes_with(
             max: settings.server.body_limit_bytes,
         })
         .with(gate)
+        // Errors become problem documents inside the CORS layer (which would otherwise render
+        // framework errors as text/plain), so browsers get them with the CORS headers.
+        .catch_all_error(|err| async move { problem_response(err) })
         .with_if(cors.is_some(), cors.unwrap_or_default())
         // The CORS answer depends on `Origin`: caches must keep one per origin.
         .with_if(vary, SetHeader::new().appending(header::VARY, "Origin"))

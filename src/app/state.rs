@@ -67,11 +67,13 @@ fn redis_store(settings: &Settings) -> Result<Option<Arc<dyn Store>>, StartupErr
     Ok(Some(store))
 }
 
-/// Whether Redis and the database answer within 3 s each: one line per one that does not,
+/// Whether Redis and the database answer within 6 s each: one line per one that does not,
 /// naming what was tried (host:port, never a password). For `otpgate check`.
 pub async fn probe_backends(settings: &Settings) -> Vec<String> {
     use crate::domain::secret::redact_credentials;
-    let limit = std::time::Duration::from_secs(3);
+    // Longer than the pool's 5 s connect timeout, so a refused or unreachable port is reported
+    // as such rather than as a timeout.
+    let limit = std::time::Duration::from_secs(6);
     let mut problems = Vec::new();
     match redis_store(settings) {
         Ok(None) => {}
@@ -83,21 +85,16 @@ pub async fn probe_backends(settings: &Settings) -> Vec<String> {
                 redact_credentials(&err.to_string())
             )),
             Err(_) => problems.push(format!(
-                "{} does not answer within 3 s",
+                "{} does not answer within 6 s",
                 settings.store.redis_shown()
             )),
         },
         Err(err) => problems.push(err.to_string()),
     }
     let database = settings.store.database_shown();
-    if let Some(file) = settings
-        .store
-        .database_url
-        .expose()
-        .strip_prefix("sqlite://")
-    {
+    if let Some(file) = settings.store.sqlite_file() {
         // Checked without opening it: `check` creates nothing.
-        let path = std::path::Path::new(file.split('?').next().unwrap_or(file));
+        let path = std::path::Path::new(file);
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => std::path::Path::new("."),
@@ -120,7 +117,7 @@ pub async fn probe_backends(settings: &Settings) -> Vec<String> {
             "{database} does not answer: {}",
             redact_credentials(&err.to_string())
         )),
-        Err(_) => problems.push(format!("{database} does not answer within 3 s")),
+        Err(_) => problems.push(format!("{database} does not answer within 6 s")),
     }
     problems
 }

@@ -370,11 +370,17 @@ impl AuthService {
 
     /// Rotates a refresh token: the presented one is spent. A spent token presented again
     /// within the grace window gets the same successor refresh token again (concurrent mobile
-    /// refreshes; one chain per session); later, the whole session is revoked. One store round
-    /// trip, then the user (one lookup by primary key): a deleted user's tokens are refused.
+    /// refreshes; one chain per session); later, the whole session is revoked. The user (one
+    /// lookup by primary key; a deleted user's tokens are refused), then one store round trip.
     pub async fn refresh(&self, refresh_token: &str) -> Result<LoggedIn, Error> {
         let claims = self.tokens.decode(refresh_token, TokenKind::Refresh)?;
         let user_id = Uuid::parse_str(&claims.sub).map_err(|_| Error::InvalidToken)?;
+        // The user first: a database outage answers 503 with the token not spent, so the
+        // client's retry is not taken for a reuse.
+        let user = self
+            .db_query("find_user_by_id", db::find_user_by_id(&self.db, user_id))
+            .await?
+            .ok_or(Error::InvalidToken)?;
         let outcome = self
             .store
             .spend_refresh(
@@ -392,10 +398,6 @@ impl AuthService {
                     &claims.jti,
                     spent_at_ms / 1000,
                 )?;
-                let user = self
-                    .db_query("find_user_by_id", db::find_user_by_id(&self.db, user_id))
-                    .await?
-                    .ok_or(Error::InvalidToken)?;
                 self.metrics.session("refreshed");
                 Ok(LoggedIn { tokens, user })
             }

@@ -95,7 +95,7 @@ fn delivery_settings(
         let from = env.get("TWILIO_PHONE_NUMBER");
         let messaging_service_sid = env.get("TWILIO_MESSAGING_SERVICE_SID");
         if from.is_none() && messaging_service_sid.is_none() {
-            return Err(invalid(
+            env.report(invalid(
                 "TWILIO_PHONE_NUMBER",
                 "SEND_OTP_VIA_SMS=true needs TWILIO_PHONE_NUMBER or TWILIO_MESSAGING_SERVICE_SID",
             ));
@@ -125,16 +125,18 @@ fn delivery_settings(
             api_base: base_url(env, "WHATSAPP_API_BASE", "https://graph.facebook.com/v21.0")?,
         }),
         (Some(_), None) => {
-            return Err(invalid(
+            env.report(invalid(
                 "WHATSAPP_PHONE_NUMBER_ID",
                 "required with WHATSAPP_ACCESS_TOKEN",
             ));
+            None
         }
         (None, Some(_)) => {
-            return Err(invalid(
+            env.report(invalid(
                 "WHATSAPP_ACCESS_TOKEN",
                 "required with WHATSAPP_PHONE_NUMBER_ID",
             ));
+            None
         }
     };
     let telegram = match env.get("TELEGRAM_BOT_TOKEN") {

@@ -175,13 +175,17 @@ impl Vars<'_> {
     }
 }
 
+/// The value of `var`, which is required: when missing, the problem is recorded (reading goes
+/// on) and an empty value returned.
 pub(crate) fn required(
     env: &Vars<'_>,
     var: &'static str,
     because: &str,
 ) -> Result<String, ConfigError> {
-    env.get(var)
-        .ok_or_else(|| invalid(var, format!("required {because}")))
+    Ok(env.get(var).unwrap_or_else(|| {
+        env.report(invalid(var, format!("required {because}")));
+        String::new()
+    }))
 }
 
 /// A provider base URL: `http(s)://…` without a trailing slash.
@@ -192,10 +196,11 @@ pub(crate) fn base_url(
 ) -> Result<String, ConfigError> {
     let url = env.get(var).unwrap_or_else(|| default.into());
     if !(url.starts_with("https://") || url.starts_with("http://")) {
-        return Err(invalid(
+        env.report(invalid(
             var,
             "must start with https:// (or http:// for a local stand-in)",
         ));
+        return Ok(default.to_string());
     }
     Ok(url.trim_end_matches('/').to_string())
 }

@@ -32,7 +32,7 @@ impl LimitSettings {
         let verify_failures: u32 =
             env.parse("RATE_LIMIT_VERIFY_FAILURES_PER_PHONE_PER_HOUR", 20)?;
         if !(1..=100).contains(&verify_failures) {
-            return Err(invalid(
+            env.report(invalid(
                 "RATE_LIMIT_VERIFY_FAILURES_PER_PHONE_PER_HOUR",
                 "must be between 1 and 100 (NIST SP 800-63B caps failed attempts at 100)",
             ));

@@ -91,7 +91,13 @@ pub fn warnings(names: &[String], dotenv: Option<&str>) -> Vec<String> {
 /// The warnings of this process: its environment and `./.env`.
 pub fn environment_warnings() -> Vec<String> {
     let dotenv = std::fs::read_to_string(".env").ok();
+    // Kubernetes also sets `<SERVICE>_PORT=tcp://…` for every service in the namespace (a
+    // `redis` service gives REDIS_PORT): not settings.
     let mut names: Vec<String> = std::env::vars_os()
+        .filter(|(_, v)| {
+            let v = v.to_string_lossy();
+            !(v.starts_with("tcp://") || v.starts_with("udp://"))
+        })
         .filter_map(|(k, _)| k.into_string().ok())
         .collect();
     if let Some(text) = &dotenv {

@@ -45,7 +45,7 @@ fn messaging_settings(env: &Vars<'_>) -> Result<MessagingSettings, ConfigError> 
                 .filter(|c| !matches!(c, '+' | ' ' | '-' | '(' | ')'))
                 .collect();
             if !(6..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(invalid(
+                env.report(invalid(
                     "WHATSAPP_BUSINESS_NUMBER",
                     "expected the number in international form, e.g. +15550001234",
                 ));
@@ -60,7 +60,7 @@ fn messaging_settings(env: &Vars<'_>) -> Result<MessagingSettings, ConfigError> 
             if !(5..=32).contains(&name.len())
                 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
             {
-                return Err(invalid(
+                env.report(invalid(
                     "TELEGRAM_BOT_USERNAME",
                     "expected a bot username (5-32 letters, digits or _)",
                 ));
@@ -77,7 +77,7 @@ fn messaging_settings(env: &Vars<'_>) -> Result<MessagingSettings, ConfigError> 
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
     {
-        return Err(invalid(
+        env.report(invalid(
             "TELEGRAM_WEBHOOK_SECRET",
             "Telegram accepts 1-256 characters of A-Z, a-z, 0-9, _ and -",
         ));

@@ -766,6 +766,42 @@ mod tests {
         let shown = errors.to_string();
         assert!(shown.starts_with("6 configuration errors:"), "{shown}");
         assert!(!shown.contains("hunter2"), "{shown}");
+        // A malformed URL may hold a password anywhere: it is never echoed.
+        for (var, value) in [
+            ("DATABASE_URL", "otpgate:hunter2@db:5432/otpgate"),
+            ("DATABASE_URL", "host=db password=hunter2"),
+            ("REDIS_URL", ":hunter2@cache:6379"),
+        ] {
+            let err = settings(&[(var, value)]).unwrap_err();
+            assert_eq!(err.first().var, var);
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+        }
+        // A provider left half-configured does not hide the production guards.
+        let errors = settings(&[
+            ("ENVIRONMENT", "production"),
+            ("SEND_OTP_VIA_SMS", "true"),
+            ("TWILIO_PHONE_NUMBER", "+15005550006"),
+            ("JWT_SECRET_KEY", "change-me"),
+            ("EXPOSE_OTP", "true"),
+            ("WHATSAPP_ACCESS_TOKEN", "t"),
+            ("REDIS_MODE", "clustr"),
+            ("LOG_FORMAT", "xml"),
+        ])
+        .unwrap_err();
+        for var in [
+            "TWILIO_ACCOUNT_SID",
+            "TWILIO_AUTH_TOKEN",
+            "WHATSAPP_PHONE_NUMBER_ID",
+            "REDIS_MODE",
+            "LOG_FORMAT",
+            "JWT_SECRET_KEY",
+            "EXPOSE_OTP",
+            "REDIS_URL",
+            "DATABASE_URL",
+            "METRICS_PORT",
+        ] {
+            assert!(errors.names(var), "{var} missing from {errors}");
+        }
         // Production: every guard that fails is named, not only the first.
         let errors = settings(&[
             ("ENVIRONMENT", "production"),

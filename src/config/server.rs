@@ -58,10 +58,11 @@ impl ServerSettings {
             Some(v) if v == "json" => LogFormat::Json,
             Some(v) if v == "pretty" || v == "text" => LogFormat::Pretty,
             Some(v) => {
-                return Err(invalid(
+                env.report(invalid(
                     "LOG_FORMAT",
                     format!("expected json or pretty, got {v:?}"),
                 ));
+                LogFormat::Pretty
             }
         };
         let header_timeout: u64 = env.ranged("HTTP_HEADER_TIMEOUT_SECONDS", 10, 1..=300)?;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::env::{ConfigError, Vars, invalid};
-use crate::domain::secret::{Secret, redact_credentials};
+use crate::domain::secret::Secret;
 
 /// The SQLite file used when `DATABASE_URL` is unset.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://otpgate.db?mode=rwc";
@@ -67,8 +67,8 @@ impl StoreSettings {
             env.report(invalid(
                 "DATABASE_URL",
                 format!(
-                    "{:?}: expected postgres://user:password@host:5432/db or sqlite://file.db",
-                    redact_credentials(&database_url)
+                    "{}: expected postgres://user:password@host:5432/db or sqlite://file.db",
+                    describe_url(&database_url)
                 ),
             ));
         }
@@ -101,13 +101,18 @@ impl StoreSettings {
     /// password.
     pub fn database_shown(&self) -> String {
         let url = self.database_url.expose();
+        if let Some(file) = sqlite_file(url) {
+            return format!("sqlite file {file}");
+        }
         let (scheme, rest) = url.split_once("://").unwrap_or(("database", url));
         let rest = rest.split('?').next().unwrap_or(rest);
-        if scheme == "sqlite" {
-            return format!("sqlite file {rest}");
-        }
         let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
         format!("{scheme} at {host}")
+    }
+
+    /// The file of a SQLite `DATABASE_URL` (`sqlite://x.db?mode=rwc` or `sqlite:x.db`).
+    pub fn sqlite_file(&self) -> Option<&str> {
+        sqlite_file(self.database_url.expose())
     }
 
     /// The Redis nodes for logs: `cluster at 10.0.0.1:6379, 10.0.0.2:6379`, never a password;
@@ -140,16 +145,17 @@ fn redis_settings(env: &Vars<'_>) -> Result<(RedisMode, Vec<Secret>, Option<Stri
         Some("cluster") => RedisMode::Cluster,
         Some("sentinel") => RedisMode::Sentinel,
         Some(other) => {
-            return Err(invalid(
+            env.report(invalid(
                 "REDIS_MODE",
                 format!("expected standalone, cluster or sentinel, got {other:?}"),
             ));
+            RedisMode::Standalone
         }
     };
     if let Some(prefix) = env.get("REDIS_KEY_PREFIX")
         && prefix.contains(['{', '}'])
     {
-        return Err(invalid(
+        env.report(invalid(
             "REDIS_KEY_PREFIX",
             "must not contain { or }: otpgate places hash tags in its keys itself",
         ));
@@ -172,11 +178,11 @@ fn redis_settings(env: &Vars<'_>) -> Result<(RedisMode, Vec<Secret>, Option<Stri
         ));
     }
     for url in &urls {
-        let shown = redact_credentials(url);
+        let shown = describe_url(url);
         let info = redis::IntoConnectionInfo::into_connection_info(url.as_str()).map_err(|_| {
             invalid(
                 "REDIS_URL",
-                format!("{shown:?} is not a Redis URL (redis://[user:password@]host:port[/db])"),
+                format!("{shown} is not a Redis URL (redis://[user:password@]host:port[/db])"),
             )
         })?;
         if !matches!(
@@ -186,7 +192,7 @@ fn redis_settings(env: &Vars<'_>) -> Result<(RedisMode, Vec<Secret>, Option<Stri
         {
             return Err(invalid(
                 "REDIS_URL",
-                format!("{shown:?}: cluster and sentinel nodes need host:port addresses"),
+                format!("{shown}: cluster and sentinel nodes need host:port addresses"),
             ));
         }
     }
@@ -209,6 +215,29 @@ fn redis_settings(env: &Vars<'_>) -> Result<(RedisMode, Vec<Secret>, Option<Stri
         _ => {}
     }
     Ok((mode, urls.into_iter().map(Secret::new).collect(), master))
+}
+
+/// The file part of a SQLite URL.
+fn sqlite_file(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    Some(rest.split('?').next().unwrap_or(rest))
+}
+
+/// A URL in an error message without anything that could be a password: only its scheme (a
+/// malformed value may hold one anywhere, e.g. `user:password@host` without a scheme).
+fn describe_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, _))
+            if !scheme.is_empty()
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.')) =>
+        {
+            format!("a {scheme}:// URL")
+        }
+        _ => "a value without a scheme (such as redis:// or postgres://)".to_string(),
+    }
 }
 
 /// Accepts SQLAlchemy-style URLs from the seed (`postgresql+asyncpg://`, `sqlite+aiosqlite:///x.db`)

@@ -42,12 +42,13 @@ impl TokenSettings {
         let refresh_days: u64 = env.ranged("REFRESH_TOKEN_EXPIRE_DAYS", 7, 1..=3650)?;
         let jwt_algorithm = match env.get("JWT_ALGORITHM") {
             None => SigningAlgorithm::Hs256,
-            Some(name) => SigningAlgorithm::parse(&name).ok_or_else(|| {
-                invalid(
+            Some(name) => SigningAlgorithm::parse(&name).unwrap_or_else(|| {
+                env.report(invalid(
                     "JWT_ALGORITHM",
                     format!("expected HS256, ES256 or EdDSA, got {name:?}"),
-                )
-            })?,
+                ));
+                SigningAlgorithm::Hs256
+            }),
         };
         let read = |var: &'static str, path: &str| {
             std::fs::read_to_string(path.trim())

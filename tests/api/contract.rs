@@ -316,3 +316,73 @@ fn validate_with_openapi_spec_validator(spec: &Value) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// With `CORS_ORIGINS` set, errors keep their shape and carry the CORS headers, so a browser
+/// client can read them: problem documents everywhere, the OAuth shape at the token endpoint.
+#[tokio::test]
+async fn errors_reach_browsers_with_cors_headers() {
+    let app = spawn_app_with(
+        Backend::Embedded,
+        &[("CORS_ORIGINS", "https://app.example")],
+    )
+    .await;
+    let send = |path: &str, content_type: &str, body: &str| {
+        app.client
+            .post(format!("{}{path}", app.a))
+            .header("origin", "https://app.example")
+            .header("content-type", content_type)
+            .body(body.to_string())
+            .send()
+    };
+    for (path, content_type, body, media, status) in [
+        (
+            "/api/auth/login",
+            "text/plain",
+            "x",
+            "application/problem+json",
+            415,
+        ),
+        (
+            "/api/auth/login",
+            "application/json",
+            "{",
+            "application/problem+json",
+            400,
+        ),
+        (
+            "/api/auth/token",
+            "text/plain",
+            "x",
+            "application/json",
+            400,
+        ),
+        (
+            "/api/auth/token",
+            "application/x-www-form-urlencoded",
+            "grant_type=refresh_token&refresh_token=x.y.z",
+            "application/json",
+            400,
+        ),
+    ] {
+        let resp = send(path, content_type, body).await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{path} {body}");
+        let headers = resp.headers().clone();
+        assert_eq!(
+            headers["access-control-allow-origin"], "https://app.example",
+            "{path} {body}: {headers:?}"
+        );
+        assert!(
+            headers["content-type"].to_str().unwrap().starts_with(media),
+            "{path} {body}: {headers:?}"
+        );
+        let reply: Value = resp.json().await.unwrap();
+        if path.ends_with("/token") {
+            assert!(reply["error"].is_string(), "{reply}");
+        } else {
+            assert!(
+                reply["code"].is_string() && reply["type"].is_string(),
+                "{reply}"
+            );
+        }
+    }
+}

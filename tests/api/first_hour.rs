@@ -127,6 +127,16 @@ fn start_up_says_where_the_api_and_docs_are() {
         .spawn()
         .expect("spawn");
     let stdout = child.stdout.take().unwrap();
+    // A watchdog: a server that prints nothing must not block the read below forever.
+    let pid = child.id().to_string();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let finished = done.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(30));
+        if !finished.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = std::process::Command::new("kill").arg(&pid).status();
+        }
+    });
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen = Vec::new();
     let mut ready = None;
@@ -139,6 +149,7 @@ fn start_up_says_where_the_api_and_docs_are() {
         seen.push(line);
         assert!(Instant::now() < deadline, "no start-up line in {seen:?}");
     }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = child.kill();
     let _ = child.wait();
     let line = ready.unwrap_or_else(|| panic!("no start-up line in {seen:?}"));

@@ -129,6 +129,15 @@ async fn bad_input_is_a_problem_never_a_5xx(backend: Backend) {
     app.post(&app.a, "/api/auth/refresh-token", json!({}))
         .await
         .assert_problem(422, "invalid_field");
+    // Every string field is strict, not only the phone and the code.
+    for body in [
+        json!({ "refresh_token": 123 }),
+        json!({ "refresh_token": true }),
+    ] {
+        let reply = app.post(&app.a, "/api/auth/refresh-token", body).await;
+        reply.assert_problem(422, "invalid_field");
+        assert_eq!(reply.body["field"], json!("refresh_token"));
+    }
 
     // Malformed JSON, a wrong content type, a huge phone.
     let raw = |body: &'static str, content_type: &'static str| {

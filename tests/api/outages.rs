@@ -90,6 +90,26 @@ async fn database_outage_loses_nothing() {
     assert_eq!(ready.status, 200, "{}", ready.body);
 }
 
+/// A refresh while PostgreSQL is away is a 503 that spends nothing: the same refresh token works
+/// once the database is back, even after the reuse grace window (no session is revoked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_does_not_spend_a_refresh_token() {
+    if !crate::helpers::cluster_available() {
+        return;
+    }
+    let app = spawn_app_with(Backend::Cluster, &[("REFRESH_REUSE_GRACE_SECONDS", "1")]).await;
+    let session = app.sign_in(&unique_phone()).await;
+    let refresh = session["refresh_token"].as_str().expect("refresh token");
+    app.set_database_connections(false).await;
+    app.refresh(&app.a, refresh)
+        .await
+        .assert_problem(503, "database_unavailable");
+    app.set_database_connections(true).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let reply = app.refresh(&app.b, refresh).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
 /// A redis-server of our own on `port`, killed on drop.
 struct OwnRedis(std::process::Child);
 
