@@ -71,7 +71,13 @@ pub struct AuthService {
     metrics: Arc<Metrics>,
     messaging: MessagingSettings,
     app_name: String,
+    /// Numbers parsed lately, by the text the client sent: a verify parses the number its login
+    /// parsed a minute before, and libphonenumber's classification is a dozen regex matches.
+    recent_phones: std::sync::Mutex<std::collections::HashMap<String, Phone>>,
 }
+
+/// How many parsed numbers [`AuthService::parse_phone`] keeps (then it starts afresh).
+const RECENT_PHONES: usize = 4096;
 
 /// The sections of the settings the login domain reads.
 #[derive(Clone, Copy)]
@@ -112,6 +118,7 @@ impl AuthService {
             metrics,
             messaging: config.messaging.clone(),
             app_name: config.app_name.to_string(),
+            recent_phones: Default::default(),
         })
     }
 
@@ -128,9 +135,24 @@ impl AuthService {
         .await?)
     }
 
-    /// Parses a phone number as the API accepts it.
+    /// Parses a phone number as the API accepts it. Valid numbers are remembered (a bounded
+    /// map, cleared when full), so the answer is libphonenumber's either way.
     pub fn parse_phone(&self, input: &str) -> Result<Phone, Error> {
-        Ok(Phone::parse(input, self.default_region)?)
+        let lock = || {
+            self.recent_phones
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        };
+        if let Some(phone) = lock().get(input).cloned() {
+            return Ok(phone);
+        }
+        let phone = Phone::parse(input, self.default_region)?;
+        let mut recent = lock();
+        if recent.len() >= RECENT_PHONES {
+            recent.clear();
+        }
+        recent.insert(input.to_string(), phone.clone());
+        Ok(phone)
     }
 
     /// Refuses numbers codes must not go to: countries outside `OTP_ALLOWED_COUNTRIES` or in
