@@ -320,10 +320,10 @@ impl AuthService {
         client_ip: Option<IpAddr>,
     ) -> Result<LoggedIn, Error> {
         let phone = self.parse_phone(phone)?;
-        let existing = self
+        let (session, existing) = self
             .db_query(
                 "find_user_by_phone",
-                db::find_by_phone(&self.db, phone.as_str()),
+                db::login_lookup(&self.db, phone.as_str()),
             )
             .await?;
         let subjects = self.otp.subjects(&phone);
@@ -364,7 +364,7 @@ impl AuthService {
         let user = self
             .db_query(
                 query,
-                db::complete_login(&self.db, existing, phone.as_str(), Utc::now()),
+                db::login_finish(&self.db, session, existing, phone.as_str(), Utc::now()),
             )
             .await?;
         tracing::info!(phone = %phone.masked(), user_id = %user.id, "code verified");

@@ -58,6 +58,106 @@ pub async fn find_by_phone(
         .await
 }
 
+/// The database side of one login by code: on PostgreSQL, one pooled connection checked out for
+/// the lookup before the code check and kept for the insert after it (one checkout per login
+/// instead of one per statement, and prepared statements cached on that connection); on the
+/// other backends, the pool per statement.
+pub enum LoginSession {
+    /// A PostgreSQL connection held for this login.
+    Postgres(sea_orm::sqlx::pool::PoolConnection<sea_orm::sqlx::Postgres>),
+    /// Statements go through the pool.
+    Pooled,
+}
+
+fn pg_user(row: sea_orm::sqlx::postgres::PgRow) -> Result<user::Model, DbErr> {
+    use sea_orm::FromQueryResult;
+    user::Model::from_query_result(&sea_orm::QueryResult::from(row), "")
+}
+
+fn pg_query_err(err: sea_orm::sqlx::Error) -> DbErr {
+    use sea_orm::sqlx::Error as E;
+    match err {
+        // The connection broke under the query: the database is unavailable (503), not a bug.
+        E::Io(_) | E::Protocol(_) | E::Tls(_) => {
+            DbErr::Conn(sea_orm::RuntimeErr::SqlxError(err.into()))
+        }
+        other => DbErr::Query(sea_orm::RuntimeErr::SqlxError(other.into())),
+    }
+}
+
+/// Starts a login: the user owning `phone`, if any, and the session to finish it with.
+pub async fn login_lookup(
+    db: &DatabaseConnection,
+    phone: &str,
+) -> Result<(LoginSession, Option<user::Model>), DbErr> {
+    if db.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
+        return Ok((LoginSession::Pooled, find_by_phone(db, phone).await?));
+    }
+    let mut conn = db
+        .get_postgres_connection_pool()
+        .acquire()
+        .await
+        .map_err(|err| match err {
+            sea_orm::sqlx::Error::PoolTimedOut => {
+                DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::Timeout)
+            }
+            sea_orm::sqlx::Error::PoolClosed => {
+                DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::ConnectionClosed)
+            }
+            other => DbErr::Conn(sea_orm::RuntimeErr::SqlxError(other.into())),
+        })?;
+    let found = pg_find(&mut conn, phone).await?;
+    Ok((LoginSession::Postgres(conn), found))
+}
+
+async fn pg_find(
+    conn: &mut sea_orm::sqlx::PgConnection,
+    phone: &str,
+) -> Result<Option<user::Model>, DbErr> {
+    sea_orm::sqlx::query("SELECT id, phone, created_at, last_login_at FROM users WHERE phone = $1")
+        .bind(phone)
+        .fetch_optional(conn)
+        .await
+        .map_err(pg_query_err)?
+        .map(pg_user)
+        .transpose()
+}
+
+/// Finishes a login started by [`login_lookup`] (see [`complete_login`]).
+pub async fn login_finish(
+    db: &DatabaseConnection,
+    session: LoginSession,
+    existing: Option<user::Model>,
+    phone: &str,
+    now: DateTime<Utc>,
+) -> Result<user::Model, DbErr> {
+    let mut conn = match session {
+        LoginSession::Postgres(conn) if existing.is_none() => conn,
+        // A returning user needs no statement here; other backends use the pool.
+        _ => return complete_login(db, existing, phone, now).await,
+    };
+    let inserted = sea_orm::sqlx::query(
+        "INSERT INTO users (id, phone, created_at, last_login_at) VALUES ($1, $2, $3, $4) \
+         RETURNING id, phone, created_at, last_login_at",
+    )
+    .bind(Uuid::now_v7())
+    .bind(phone)
+    .bind(now)
+    .bind(Some(now))
+    .fetch_one(&mut *conn)
+    .await;
+    match inserted {
+        Ok(row) => pg_user(row),
+        // Another replica created the same new user at the same moment: its insert won.
+        Err(sea_orm::sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            pg_find(&mut conn, phone)
+                .await?
+                .ok_or_else(|| DbErr::RecordNotFound(format!("user {phone} after a conflict")))
+        }
+        Err(err) => Err(pg_query_err(err)),
+    }
+}
+
 /// Completes a login for `phone`: the `existing` user (from [`find_by_phone`]) gets its
 /// `last_login_at` written by a background task the login does not wait for; a new user is
 /// inserted (one `INSERT`). Two replicas creating the same user at once both end up with it.

@@ -6,6 +6,7 @@ mod helpers;
 
 mod cli;
 mod contract;
+mod db;
 mod delivery;
 mod drain;
 mod failover;
