@@ -320,11 +320,8 @@ impl AuthService {
         client_ip: Option<IpAddr>,
     ) -> Result<LoggedIn, Error> {
         let phone = self.parse_phone(phone)?;
-        let (session, existing) = self
-            .db_query(
-                "find_user_by_phone",
-                db::login_lookup(&self.db, phone.as_str()),
-            )
+        let session = self
+            .db_query("login_start", db::login_start(&self.db, phone.as_str()))
             .await?;
         let subjects = self.otp.subjects(&phone);
         let (attempts, failures) = self.quotas.for_verify(&subjects, client_ip);
@@ -356,17 +353,15 @@ impl AuthService {
             .otp_verifications
             .with_label_values(&["success"])
             .inc();
-        let query = if existing.is_some() {
-            "touch_user"
-        } else {
-            "create_user"
-        };
-        let user = self
+        let (user, created) = self
             .db_query(
-                query,
-                db::login_finish(&self.db, session, existing, phone.as_str(), Utc::now()),
+                "complete_login",
+                db::login_finish(&self.db, session, phone.as_str(), Utc::now()),
             )
             .await?;
+        if created {
+            tracing::info!(user_id = %user.id, "user created");
+        }
         tracing::info!(phone = %phone.masked(), user_id = %user.id, "code verified");
         self.open_session(user)
     }

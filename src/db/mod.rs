@@ -58,15 +58,16 @@ pub async fn find_by_phone(
         .await
 }
 
-/// The database side of one login by code: on PostgreSQL, one pooled connection checked out for
-/// the lookup before the code check and kept for the insert after it (one checkout per login
-/// instead of one per statement, and prepared statements cached on that connection); on the
-/// other backends, the pool per statement.
+/// The database side of one login by code, started before the code is checked and finished
+/// after. On PostgreSQL: one pooled connection, checked out (and pinged by the pool) before the
+/// code check, so a database that is down answers 503 without spending the code; then one
+/// statement that inserts a new user or returns the existing one. On the other backends: the
+/// lookup first, then the insert (or nothing), through the pool.
 pub enum LoginSession {
     /// A PostgreSQL connection held for this login.
     Postgres(sea_orm::sqlx::pool::PoolConnection<sea_orm::sqlx::Postgres>),
-    /// Statements go through the pool.
-    Pooled,
+    /// The user found by the lookup, if any; statements go through the pool.
+    Pooled(Option<user::Model>),
 }
 
 fn pg_user(row: sea_orm::sqlx::postgres::PgRow) -> Result<user::Model, DbErr> {
@@ -85,15 +86,12 @@ fn pg_query_err(err: sea_orm::sqlx::Error) -> DbErr {
     }
 }
 
-/// Starts a login: the user owning `phone`, if any, and the session to finish it with.
-pub async fn login_lookup(
-    db: &DatabaseConnection,
-    phone: &str,
-) -> Result<(LoginSession, Option<user::Model>), DbErr> {
+/// Starts a login for `phone` (see [`LoginSession`]).
+pub async fn login_start(db: &DatabaseConnection, phone: &str) -> Result<LoginSession, DbErr> {
     if db.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
-        return Ok((LoginSession::Pooled, find_by_phone(db, phone).await?));
+        return Ok(LoginSession::Pooled(find_by_phone(db, phone).await?));
     }
-    let mut conn = db
+    let conn = db
         .get_postgres_connection_pool()
         .acquire()
         .await
@@ -106,56 +104,61 @@ pub async fn login_lookup(
             }
             other => DbErr::Conn(sea_orm::RuntimeErr::SqlxError(other.into())),
         })?;
-    let found = pg_find(&mut conn, phone).await?;
-    Ok((LoginSession::Postgres(conn), found))
+    Ok(LoginSession::Postgres(conn))
 }
 
-async fn pg_find(
-    conn: &mut sea_orm::sqlx::PgConnection,
-    phone: &str,
-) -> Result<Option<user::Model>, DbErr> {
-    sea_orm::sqlx::query("SELECT id, phone, created_at, last_login_at FROM users WHERE phone = $1")
-        .bind(phone)
-        .fetch_optional(conn)
-        .await
-        .map_err(pg_query_err)?
-        .map(pg_user)
-        .transpose()
-}
-
-/// Finishes a login started by [`login_lookup`] (see [`complete_login`]).
+/// Finishes a login started by [`login_start`]: the user, and whether it was created now. A
+/// returning user's `last_login_at` is written in the background. Two replicas creating the
+/// same user at once both end up with it.
 pub async fn login_finish(
     db: &DatabaseConnection,
     session: LoginSession,
-    existing: Option<user::Model>,
     phone: &str,
     now: DateTime<Utc>,
-) -> Result<user::Model, DbErr> {
+) -> Result<(user::Model, bool), DbErr> {
     let mut conn = match session {
-        LoginSession::Postgres(conn) if existing.is_none() => conn,
-        // A returning user needs no statement here; other backends use the pool.
-        _ => return complete_login(db, existing, phone, now).await,
+        LoginSession::Pooled(existing) => {
+            let created = existing.is_none();
+            return Ok((complete_login(db, existing, phone, now).await?, created));
+        }
+        LoginSession::Postgres(conn) => conn,
     };
-    let inserted = sea_orm::sqlx::query(
-        "INSERT INTO users (id, phone, created_at, last_login_at) VALUES ($1, $2, $3, $4) \
-         RETURNING id, phone, created_at, last_login_at",
+    // Inserts the user unless the phone has one (no row is written then), and returns either.
+    // The existing row is read in the statement's snapshot: a row committed by another
+    // replica's insert while this one waited on the unique index is read just after.
+    let row = sea_orm::sqlx::query(
+        "WITH created AS (INSERT INTO users (id, phone, created_at, last_login_at) \
+         VALUES ($1, $2, $3, $3) ON CONFLICT (phone) DO NOTHING \
+         RETURNING id, phone, created_at, last_login_at) \
+         SELECT id, phone, created_at, last_login_at, true AS created FROM created \
+         UNION ALL \
+         SELECT id, phone, created_at, last_login_at, false FROM users WHERE phone = $2",
     )
     .bind(Uuid::now_v7())
     .bind(phone)
     .bind(now)
-    .bind(Some(now))
-    .fetch_one(&mut *conn)
-    .await;
-    match inserted {
-        Ok(row) => pg_user(row),
-        // Another replica created the same new user at the same moment: its insert won.
-        Err(sea_orm::sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            pg_find(&mut conn, phone)
-                .await?
-                .ok_or_else(|| DbErr::RecordNotFound(format!("user {phone} after a conflict")))
-        }
-        Err(err) => Err(pg_query_err(err)),
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(pg_query_err)?;
+    let row = match row {
+        Some(row) => row,
+        None => sea_orm::sqlx::query(
+            "SELECT id, phone, created_at, last_login_at, false AS created FROM users \
+             WHERE phone = $1",
+        )
+        .bind(phone)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(pg_query_err)?
+        .ok_or_else(|| DbErr::RecordNotFound(format!("the user of {phone}")))?,
+    };
+    let created: bool = sea_orm::sqlx::Row::try_get(&row, "created").map_err(pg_query_err)?;
+    let mut user = pg_user(row)?;
+    if !created {
+        touch_last_login(db.clone(), user.id, now);
+        user.last_login_at = Some(now);
     }
+    Ok((user, created))
 }
 
 /// Completes a login for `phone`: the `existing` user (from [`find_by_phone`]) gets its

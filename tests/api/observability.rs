@@ -127,9 +127,7 @@ async fn metrics_count_the_login_funnel(backend: Backend) {
     assert!(after.contains("otpgate_build_info{version=\""));
     assert!(after.contains("otpgate_sessions_total{event=\"issued\"}"));
     assert!(after.contains("otpgate_store_operation_duration_seconds_bucket{op=\"verify_code\""));
-    assert!(
-        after.contains("otpgate_db_query_duration_seconds_bucket{query=\"find_user_by_phone\"")
-    );
+    assert!(after.contains("otpgate_db_query_duration_seconds_bucket{query=\"complete_login\""));
     assert!(after.contains("process_resident_memory_bytes"));
     let on_a = metrics_text(&app, &app.a).await;
     assert!(
