@@ -558,21 +558,7 @@ mod tests {
 
     #[test]
     fn production_guards() {
-        let strong = "0123456789abcdef0123456789abcdef";
-        let base = [
-            ("ENVIRONMENT", "production"),
-            (
-                "DATABASE_URL",
-                "postgres://otpgate:db-password-0123@db:5432/otpgate",
-            ),
-            ("JWT_SECRET_KEY", strong),
-            ("REDIS_URL", "redis://127.0.0.1"),
-            ("SEND_OTP_VIA_SMS", "true"),
-            ("TWILIO_ACCOUNT_SID", "AC123"),
-            ("TWILIO_AUTH_TOKEN", "token"),
-            ("TWILIO_PHONE_NUMBER", "+15005550006"),
-            ("METRICS_PORT", "9090"),
-        ];
+        let base = PRODUCTION.to_vec();
         assert!(settings(&base).is_ok());
         assert!(!settings(&base).unwrap().otp.expose);
         let with = |k: &'static str, v: &'static str| {
@@ -624,19 +610,12 @@ mod tests {
         .unwrap();
         let key = key.display().to_string();
         let production = |extra: &[(&'static str, &str)]| {
-            let mut pairs: Vec<(&str, &str)> = vec![
-                ("ENVIRONMENT", "production"),
-                (
-                    "DATABASE_URL",
-                    "postgres://otpgate:db-password-0123@db:5432/otpgate",
-                ),
-                ("REDIS_URL", "redis://127.0.0.1"),
-                ("SEND_OTP_VIA_SMS", "true"),
-                ("TWILIO_ACCOUNT_SID", "AC123"),
-                ("TWILIO_AUTH_TOKEN", "token"),
-                ("TWILIO_PHONE_NUMBER", "+15005550006"),
-                ("METRICS_PORT", "9090"),
-            ];
+            // Without JWT_SECRET_KEY: each case says whether it has one.
+            let mut pairs: Vec<(&str, &str)> = PRODUCTION
+                .iter()
+                .copied()
+                .filter(|(k, _)| *k != "JWT_SECRET_KEY")
+                .collect();
             pairs.extend_from_slice(extra);
             settings(&pairs)
         };
@@ -686,21 +665,7 @@ mod tests {
 
     #[test]
     fn production_refuses_switched_off_limits_and_open_metrics() {
-        let strong = "0123456789abcdef0123456789abcdef";
-        let base = vec![
-            ("ENVIRONMENT", "production"),
-            (
-                "DATABASE_URL",
-                "postgres://otpgate:db-password-0123@db:5432/otpgate",
-            ),
-            ("JWT_SECRET_KEY", strong),
-            ("REDIS_URL", "redis://127.0.0.1"),
-            ("SEND_OTP_VIA_SMS", "true"),
-            ("TWILIO_ACCOUNT_SID", "AC123"),
-            ("TWILIO_AUTH_TOKEN", "token"),
-            ("TWILIO_PHONE_NUMBER", "+15005550006"),
-            ("METRICS_PORT", "9090"),
-        ];
+        let base = PRODUCTION.to_vec();
         let ok = settings(&base).unwrap();
         assert!(
             !ok.server.docs_enabled,
@@ -822,21 +787,24 @@ mod tests {
         }
     }
 
+    /// A production configuration that passes every guard.
+    const PRODUCTION: &[(&str, &str)] = &[
+        ("ENVIRONMENT", "production"),
+        (
+            "DATABASE_URL",
+            "postgres://otpgate:db-password-0123@db:5432/otpgate",
+        ),
+        ("JWT_SECRET_KEY", "0123456789abcdef0123456789abcdef"),
+        ("REDIS_URL", "redis://127.0.0.1"),
+        ("SEND_OTP_VIA_SMS", "true"),
+        ("TWILIO_ACCOUNT_SID", "AC123"),
+        ("TWILIO_AUTH_TOKEN", "token"),
+        ("TWILIO_PHONE_NUMBER", "+15005550006"),
+        ("METRICS_PORT", "9090"),
+    ];
+
     fn production_with(extra: &[(&'static str, &'static str)]) -> Result<Settings, ConfigErrors> {
-        let mut pairs = vec![
-            ("ENVIRONMENT", "production"),
-            (
-                "DATABASE_URL",
-                "postgres://otpgate:db-password-0123@db:5432/otpgate",
-            ),
-            ("JWT_SECRET_KEY", "0123456789abcdef0123456789abcdef"),
-            ("REDIS_URL", "redis://127.0.0.1"),
-            ("SEND_OTP_VIA_SMS", "true"),
-            ("TWILIO_ACCOUNT_SID", "AC123"),
-            ("TWILIO_AUTH_TOKEN", "token"),
-            ("TWILIO_PHONE_NUMBER", "+15005550006"),
-            ("METRICS_PORT", "9090"),
-        ];
+        let mut pairs = PRODUCTION.to_vec();
         pairs.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
         pairs.extend_from_slice(extra);
         settings(&pairs)
