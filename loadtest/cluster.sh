@@ -36,7 +36,8 @@
 # check (used by .ci/run, once with --chaos sigterm). Exit status 1 when a check fails.
 # Environment: PG_OPTS (extra PostgreSQL -c options, e.g. "-c synchronous_commit=off"),
 # REPLICA_THREADS (Tokio worker threads per replica, default 2), DB_CONNECTIONS (per replica,
-# default 8), EXTRA_ENV (more VAR=value settings for the replicas), KEEP=1 (keep the work folder).
+# default 8), EXTRA_ENV (more VAR=value settings for the replicas), KEEP=1 (keep the work folder),
+# OTPGATE_BIN (run this otpgate binary as the replicas: before/after comparisons in one sitting).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -103,7 +104,7 @@ else
   cargo build --locked --quiet -p otpgate -p otpgate-loadtest
   target=target/debug
 fi
-bin="$PWD/$target/otpgate"
+bin="${OTPGATE_BIN:-$PWD/$target/otpgate}"
 loadtest="$PWD/$target/otpgate-loadtest"
 
 free_port() {

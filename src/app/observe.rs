@@ -65,7 +65,10 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .filter(|v| sane_request_id(v))
-            .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_string);
+            .map_or_else(
+                || crate::domain::ids::random_uuid().simple().to_string(),
+                str::to_string,
+            );
         let method = method_label(req.method());
         let path = req.uri().path();
         let route = if self.routes.contains(path) {

@@ -61,6 +61,8 @@ pub struct AuthService {
     tokens: TokenService,
     store: Arc<dyn Store>,
     db: DatabaseConnection,
+    /// The login's own connections on PostgreSQL (no pings around each statement).
+    hot: Option<db::hot::HotPool>,
     delivery: Delivery,
     quotas: QuotaPolicy,
     allowed_countries: Vec<String>,
@@ -107,6 +109,7 @@ impl AuthService {
             otp: OtpService::new(config.otp, store.clone())?,
             tokens: TokenService::new(config.tokens).map_err(Error::Internal)?,
             store,
+            hot: db::hot::HotPool::for_database(&db),
             db,
             delivery,
             quotas: config.limits.quotas.clone(),
@@ -321,44 +324,67 @@ impl AuthService {
     ) -> Result<LoggedIn, Error> {
         let phone = self.parse_phone(phone)?;
         let session = self
-            .db_query("login_start", db::login_start(&self.db, phone.as_str()))
+            .db_query(
+                "login_start",
+                db::login_start(&self.db, self.hot.as_ref(), phone.as_str()),
+            )
             .await?;
         let subjects = self.otp.subjects(&phone);
         let (attempts, failures) = self.quotas.for_verify(&subjects, client_ip);
-        if let Err(err) = self
+        let spent = match self
             .otp
             .verify(&phone, &subjects, code, &attempts, &failures)
             .await
         {
-            let outcome = match &err {
-                Error::InvalidOtp { .. } | Error::InvalidField { .. } => Some("invalid"),
-                Error::OtpExpired => Some("expired"),
-                Error::TooManyAttempts => Some("burned"),
-                Error::RateLimited { policy, .. } => {
-                    self.metrics.refused(policy);
-                    Some("rate_limited")
+            Ok(spent) => spent,
+            Err(err) => {
+                let outcome = match &err {
+                    Error::InvalidOtp { .. } | Error::InvalidField { .. } => Some("invalid"),
+                    Error::OtpExpired => Some("expired"),
+                    Error::TooManyAttempts => Some("burned"),
+                    Error::RateLimited { policy, .. } => {
+                        self.metrics.refused(policy);
+                        Some("rate_limited")
+                    }
+                    _ => None,
+                };
+                if let Some(outcome) = outcome {
+                    self.metrics
+                        .otp_verifications
+                        .with_label_values(&[outcome])
+                        .inc();
                 }
-                _ => None,
-            };
-            if let Some(outcome) = outcome {
-                self.metrics
-                    .otp_verifications
-                    .with_label_values(&[outcome])
-                    .inc();
+                tracing::info!(phone = %phone.masked(), outcome = err.code(), "verification refused");
+                return Err(err);
             }
-            tracing::info!(phone = %phone.masked(), outcome = err.code(), "verification refused");
-            return Err(err);
-        }
+        };
         self.metrics
             .otp_verifications
             .with_label_values(&["success"])
             .inc();
-        let (user, created) = self
+        let finished = self
             .db_query(
                 "complete_login",
                 db::login_finish(&self.db, session, phone.as_str(), Utc::now()),
             )
-            .await?;
+            .await;
+        let (user, created) = match finished {
+            Ok(found) => found,
+            Err(err) => {
+                // No login happened: the code goes back, so the client's retry (after a 503)
+                // works with the same code.
+                match self.otp.restore(&subjects, spent).await {
+                    Ok(restored) => tracing::warn!(
+                        phone = %phone.masked(), restored, "login failed after the code check"
+                    ),
+                    Err(restore) => tracing::error!(
+                        phone = %phone.masked(), error = %restore,
+                        "login failed after the code check; the code could not be put back"
+                    ),
+                }
+                return Err(err);
+            }
+        };
         if created {
             tracing::info!(user_id = %user.id, "user created");
         }
@@ -368,7 +394,7 @@ impl AuthService {
 
     /// Opens a new session for `user`: a fresh session id and token pair.
     pub fn open_session(&self, user: user::Model) -> Result<LoggedIn, Error> {
-        let sid = Uuid::new_v4().to_string();
+        let sid = crate::domain::ids::random_uuid().to_string();
         let tokens = self.tokens.issue_pair(user.id, &sid)?;
         self.metrics.session("issued");
         tracing::info!(user_id = %user.id, "session opened");

@@ -11,9 +11,16 @@ use crate::config::{OtpSettings, Pepper};
 use crate::domain::phone::Phone;
 use crate::domain::quota::{Quota, QuotaState, Subjects, whole_seconds};
 use crate::error::Error;
-use crate::store::{IssueOutcome, Store, VerifyOutcome};
+use crate::store::{IssueOutcome, SpentCode, Store, VerifyOutcome};
 
 type HmacSha256 = Hmac<Sha256>;
+
+/// A code a verify just accepted (and spent): what puts it back when the login cannot finish.
+#[derive(Debug)]
+pub struct SpentOtp {
+    hash: String,
+    spent: SpentCode,
+}
 
 /// A code that was just stored and must now be delivered.
 #[derive(Debug)]
@@ -146,8 +153,18 @@ impl OtpService {
             .await?)
     }
 
-    /// Checks `code` for `phone`: right once, then gone; burned after too many wrong tries.
-    /// `attempts` quotas are charged on every check, `failures` on a wrong code.
+    /// Puts back a code whose login could not finish after the check spent it (the database
+    /// failed), unless a newer code was issued since. Whether it was put back.
+    pub async fn restore(&self, subjects: &Subjects, spent: SpentOtp) -> Result<bool, Error> {
+        Ok(self
+            .store
+            .restore_code(&subjects.phone, &spent.hash, spent.spent)
+            .await?)
+    }
+
+    /// Checks `code` for `phone`: right once, then gone (the returned [`SpentOtp`] can put it
+    /// back); burned after too many wrong tries. `attempts` quotas are charged on every check,
+    /// `failures` on a wrong code.
     pub async fn verify(
         &self,
         phone: &Phone,
@@ -155,7 +172,7 @@ impl OtpService {
         code: &str,
         attempts: &[Quota],
         failures: &[Quota],
-    ) -> Result<(), Error> {
+    ) -> Result<SpentOtp, Error> {
         let code = code.trim();
         if code.len() != self.length as usize || !code.bytes().all(|b| b.is_ascii_digit()) {
             return Err(Error::InvalidField {
@@ -175,7 +192,7 @@ impl OtpService {
             )
             .await?
         {
-            VerifyOutcome::Verified => Ok(()),
+            VerifyOutcome::Verified(spent) => Ok(SpentOtp { hash, spent }),
             VerifyOutcome::Invalid { remaining } => Err(Error::InvalidOtp { remaining }),
             VerifyOutcome::Missing => Err(Error::OtpExpired),
             VerifyOutcome::Burned => Err(Error::TooManyAttempts),

@@ -170,7 +170,14 @@ impl TokenService {
         now: u64,
         ttl: Duration,
     ) -> Result<String, Error> {
-        self.sign_with_id(user_id, sid, typ, now, ttl, Uuid::new_v4().to_string())
+        self.sign_with_id(
+            user_id,
+            sid,
+            typ,
+            now,
+            ttl,
+            crate::domain::ids::random_uuid().to_string(),
+        )
     }
 
     fn sign_with_id(

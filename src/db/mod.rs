@@ -13,6 +13,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 pub mod entities;
+pub mod hot;
 
 pub use entities::{identity, user};
 
@@ -59,13 +60,13 @@ pub async fn find_by_phone(
 }
 
 /// The database side of one login by code, started before the code is checked and finished
-/// after. On PostgreSQL: one pooled connection, checked out (and pinged by the pool) before the
-/// code check, so a database that is down answers 503 without spending the code; then one
-/// statement that inserts a new user or returns the existing one. On the other backends: the
-/// lookup first, then the insert (or nothing), through the pool.
+/// after. On PostgreSQL: one connection of the login pool ([`hot`]), taken before the code
+/// check, so a database that refuses connections answers 503 without spending the code; then
+/// one statement that inserts a new user or returns the existing one. On the other backends:
+/// the lookup first, then the insert (or nothing), through the pool.
 pub enum LoginSession {
     /// A PostgreSQL connection held for this login.
-    Postgres(sea_orm::sqlx::pool::PoolConnection<sea_orm::sqlx::Postgres>),
+    Postgres(hot::Lease),
     /// The user found by the lookup, if any; statements go through the pool.
     Pooled(Option<user::Model>),
 }
@@ -76,35 +77,25 @@ fn pg_user(row: sea_orm::sqlx::postgres::PgRow) -> Result<user::Model, DbErr> {
 }
 
 fn pg_query_err(err: sea_orm::sqlx::Error) -> DbErr {
-    use sea_orm::sqlx::Error as E;
-    match err {
+    if hot::is_broken_connection(&err) {
         // The connection broke under the query: the database is unavailable (503), not a bug.
-        E::Io(_) | E::Protocol(_) | E::Tls(_) => {
-            DbErr::Conn(sea_orm::RuntimeErr::SqlxError(err.into()))
-        }
-        other => DbErr::Query(sea_orm::RuntimeErr::SqlxError(other.into())),
+        DbErr::Conn(sea_orm::RuntimeErr::SqlxError(err.into()))
+    } else {
+        DbErr::Query(sea_orm::RuntimeErr::SqlxError(err.into()))
     }
 }
 
-/// Starts a login for `phone` (see [`LoginSession`]).
-pub async fn login_start(db: &DatabaseConnection, phone: &str) -> Result<LoginSession, DbErr> {
-    if db.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
-        return Ok(LoginSession::Pooled(find_by_phone(db, phone).await?));
+/// Starts a login for `phone` (see [`LoginSession`]): on PostgreSQL through `hot`, the login
+/// pool of `db` ([`hot::HotPool::for_database`]).
+pub async fn login_start(
+    db: &DatabaseConnection,
+    hot: Option<&hot::HotPool>,
+    phone: &str,
+) -> Result<LoginSession, DbErr> {
+    match hot {
+        Some(pool) => Ok(LoginSession::Postgres(pool.lease().await?)),
+        None => Ok(LoginSession::Pooled(find_by_phone(db, phone).await?)),
     }
-    let conn = db
-        .get_postgres_connection_pool()
-        .acquire()
-        .await
-        .map_err(|err| match err {
-            sea_orm::sqlx::Error::PoolTimedOut => {
-                DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::Timeout)
-            }
-            sea_orm::sqlx::Error::PoolClosed => {
-                DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::ConnectionClosed)
-            }
-            other => DbErr::Conn(sea_orm::RuntimeErr::SqlxError(other.into())),
-        })?;
-    Ok(LoginSession::Postgres(conn))
 }
 
 /// Finishes a login started by [`login_start`]: the user, and whether it was created now. A
@@ -126,31 +117,36 @@ pub async fn login_finish(
     // Inserts the user unless the phone has one (no row is written then), and returns either.
     // The existing row is read in the statement's snapshot: a row committed by another
     // replica's insert while this one waited on the unique index is read just after.
-    let row = sea_orm::sqlx::query(
-        "WITH created AS (INSERT INTO users (id, phone, created_at, last_login_at) \
-         VALUES ($1, $2, $3, $3) ON CONFLICT (phone) DO NOTHING \
-         RETURNING id, phone, created_at, last_login_at) \
-         SELECT id, phone, created_at, last_login_at, true AS created FROM created \
-         UNION ALL \
-         SELECT id, phone, created_at, last_login_at, false FROM users WHERE phone = $2",
-    )
-    .bind(Uuid::now_v7())
-    .bind(phone)
-    .bind(now)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(pg_query_err)?;
+    // Safe to run twice (the lease repeats it on a fresh connection when an idle one turns
+    // out broken): a user the first run created is found by the second.
+    let id = crate::domain::ids::time_ordered_uuid(now.timestamp_millis().max(0) as u64);
+    let row = conn
+        .fetch_optional(|| {
+            sea_orm::sqlx::query(
+                "WITH created AS (INSERT INTO users (id, phone, created_at, last_login_at) \
+                 VALUES ($1, $2, $3, $3) ON CONFLICT (phone) DO NOTHING \
+                 RETURNING id, phone, created_at, last_login_at) \
+                 SELECT id, phone, created_at, last_login_at, true AS created FROM created \
+                 UNION ALL \
+                 SELECT id, phone, created_at, last_login_at, false FROM users WHERE phone = $2",
+            )
+            .bind(id)
+            .bind(phone)
+            .bind(now)
+        })
+        .await?;
     let row = match row {
         Some(row) => row,
-        None => sea_orm::sqlx::query(
-            "SELECT id, phone, created_at, last_login_at, false AS created FROM users \
-             WHERE phone = $1",
-        )
-        .bind(phone)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(pg_query_err)?
-        .ok_or_else(|| DbErr::RecordNotFound(format!("the user of {phone}")))?,
+        None => conn
+            .fetch_optional(|| {
+                sea_orm::sqlx::query(
+                    "SELECT id, phone, created_at, last_login_at, false AS created FROM users \
+                     WHERE phone = $1",
+                )
+                .bind(phone)
+            })
+            .await?
+            .ok_or_else(|| DbErr::RecordNotFound(format!("the user of {phone}")))?,
     };
     let created: bool = sea_orm::sqlx::Row::try_get(&row, "created").map_err(pg_query_err)?;
     let mut user = pg_user(row)?;
@@ -176,7 +172,7 @@ pub async fn complete_login(
         return Ok(found);
     }
     let new_user = user::ActiveModel {
-        id: Set(Uuid::now_v7()),
+        id: Set(crate::domain::ids::new_time_ordered_uuid()),
         phone: Set(Some(phone.to_string())),
         created_at: Set(now),
         last_login_at: Set(Some(now)),
@@ -251,7 +247,7 @@ pub async fn login_identity(
     }
     let txn = db.begin().await?;
     let created = user::ActiveModel {
-        id: Set(Uuid::now_v7()),
+        id: Set(crate::domain::ids::new_time_ordered_uuid()),
         phone: Set(None),
         created_at: Set(now),
         last_login_at: Set(Some(now)),
@@ -279,7 +275,7 @@ async fn insert_identity(
     now: DateTime<Utc>,
 ) -> Result<(), DbErr> {
     identity::ActiveModel {
-        id: Set(Uuid::now_v7()),
+        id: Set(crate::domain::ids::new_time_ordered_uuid()),
         user_id: Set(user_id),
         provider: Set(provider.to_string()),
         subject: Set(subject.to_string()),
@@ -351,7 +347,7 @@ async fn new_phone_user(
     now: DateTime<Utc>,
 ) -> Result<user::Model, DbErr> {
     user::ActiveModel {
-        id: Set(Uuid::now_v7()),
+        id: Set(crate::domain::ids::new_time_ordered_uuid()),
         phone: Set(Some(phone.to_string())),
         created_at: Set(now),
         last_login_at: Set(None),

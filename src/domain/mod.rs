@@ -6,9 +6,11 @@
 //! - [`net`]: CIDR blocks, the client IP behind proxies, IP buckets.
 //! - [`country`]: ISO 3166 country codes and per-country caps.
 //! - [`secret`]: values that never print, redacted connection strings.
+//! - [`ids`]: random and time-ordered UUIDs from the thread-local CSPRNG.
 
 pub mod channel;
 pub mod country;
+pub mod ids;
 pub mod net;
 pub mod phone;
 pub mod quota;

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
 use super::{
-    BindOutcome, ClaimOutcome, IssueOutcome, RefreshOutcome, Store, StoreError, VerifyOutcome,
+    BindOutcome, ClaimOutcome, IssueOutcome, RefreshOutcome, SpentCode, Store, StoreError,
+    VerifyOutcome,
 };
 use crate::domain::quota::{Quota, QuotaState, Refusal, gcra};
 
@@ -235,9 +236,13 @@ impl Store for MemoryStore {
             return Ok(VerifyOutcome::Burned);
         }
         if bool::from(code.hash.as_bytes().ct_eq(code_hash.as_bytes())) {
+            let spent = SpentCode {
+                attempts: code.attempts,
+                ttl: code.expires - now,
+            };
             inner.codes.remove(phone);
             inner.cooldowns.remove(phone);
-            return Ok(VerifyOutcome::Verified);
+            return Ok(VerifyOutcome::Verified(spent));
         }
         code.attempts += 1;
         let outcome = if code.attempts >= max_attempts {
@@ -249,6 +254,28 @@ impl Store for MemoryStore {
         };
         inner.charge(failures, &failure_tats, now_ms);
         Ok(outcome)
+    }
+
+    async fn restore_code(
+        &self,
+        phone: &str,
+        code_hash: &str,
+        spent: SpentCode,
+    ) -> Result<bool, StoreError> {
+        let (now, _) = self.now();
+        let mut inner = self.lock();
+        if inner.codes.get(phone).is_some_and(|c| c.expires > now) || spent.ttl.is_zero() {
+            return Ok(false);
+        }
+        inner.codes.insert(
+            phone.to_string(),
+            Code {
+                hash: code_hash.to_string(),
+                attempts: spent.attempts,
+                expires: now + spent.ttl,
+            },
+        );
+        Ok(true)
     }
 
     async fn release_code(

@@ -53,8 +53,9 @@ pub enum IssueOutcome {
 /// What happened to a presented code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VerifyOutcome {
-    /// Right code: it is deleted (usable once) and the resend cooldown is cleared.
-    Verified,
+    /// Right code: it is deleted (usable once) and the resend cooldown is cleared; what it was
+    /// is kept by the caller in case the login cannot finish ([`Store::restore_code`]).
+    Verified(SpentCode),
     /// Wrong code: `remaining` wrong tries are left.
     Invalid {
         /// Wrong tries left.
@@ -66,6 +67,15 @@ pub enum VerifyOutcome {
     Burned,
     /// A quota refused before the code was looked at; nothing changed.
     Limited(Refusal),
+}
+
+/// A code as it was when a verify spent it: what [`Store::restore_code`] needs to put it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpentCode {
+    /// Wrong attempts it had counted.
+    pub attempts: u32,
+    /// The lifetime it had left.
+    pub ttl: Duration,
 }
 
 /// What happened to a presented refresh token.
@@ -157,6 +167,17 @@ pub trait Store: Send + Sync + 'static {
         code_hash: &str,
         quotas: &[Quota],
     ) -> Result<(), StoreError>;
+
+    /// Puts back a code that `verify_code` spent for a login that could not finish (the
+    /// database failed after the code check): `code_hash` with the attempts and the lifetime
+    /// `spent` had left, unless a new code was issued since (the newer one stays). The resend
+    /// cooldown is not restored. Whether the code was put back.
+    async fn restore_code(
+        &self,
+        phone: &str,
+        code_hash: &str,
+        spent: SpentCode,
+    ) -> Result<bool, StoreError>;
 
     /// Charges one event to every quota of `quotas`, atomically: all are charged (their states,
     /// in order) or, when one refuses, none.
@@ -299,6 +320,19 @@ impl Store for Metered {
         self.timed(
             "release_code",
             self.inner.release_code(phone, code_hash, quotas),
+        )
+        .await
+    }
+
+    async fn restore_code(
+        &self,
+        phone: &str,
+        code_hash: &str,
+        spent: SpentCode,
+    ) -> Result<bool, StoreError> {
+        self.timed(
+            "restore_code",
+            self.inner.restore_code(phone, code_hash, spent),
         )
         .await
     }

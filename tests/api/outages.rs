@@ -90,6 +90,34 @@ async fn database_outage_loses_nothing() {
     assert_eq!(ready.status, 200, "{}", ready.body);
 }
 
+/// PostgreSQL ends the connections a replica keeps for logins and refuses new ones: the verify
+/// passes the code check on a connection that is already dead, answers 503, and puts the code
+/// back, so the same code works once the database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_lost_after_the_code_check_loses_nothing() {
+    if !crate::helpers::cluster_available() {
+        return;
+    }
+    let app = spawn_app_with(Backend::Cluster, &[]).await;
+    // A login on replica b leaves it an idle login connection.
+    app.sign_in(&unique_phone()).await;
+    let phone = unique_phone();
+    let code = app.login_code(&app.a, &phone).await;
+
+    app.set_database_connections(false).await;
+    app.verify(&app.b, &phone, &code)
+        .await
+        .assert_problem(503, "database_unavailable");
+
+    app.set_database_connections(true).await;
+    let reply = app.verify(&app.b, &phone, &code).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    // Used once more it is gone, as any code.
+    app.verify(&app.a, &phone, &code)
+        .await
+        .assert_problem(400, "otp_expired");
+}
+
 /// A refresh while PostgreSQL is away is a 503 that spends nothing: the same refresh token works
 /// once the database is back, even after the reuse grace window (no session is revoked).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,8 @@ use otpgate::config::RedisMode;
 use otpgate::domain::quota::Quota;
 use otpgate::store::redis::RedisOptions;
 use otpgate::store::{
-    BindOutcome, ClaimOutcome, IssueOutcome, RedisStore, RefreshOutcome, Store, VerifyOutcome,
+    BindOutcome, ClaimOutcome, IssueOutcome, RedisStore, RefreshOutcome, SpentCode, Store,
+    VerifyOutcome,
 };
 use uuid::Uuid;
 
@@ -51,6 +52,7 @@ conformance!(
     issue_starts_a_cooldown_and_refuses_during_it,
     zero_cooldown_lets_a_new_code_replace_the_old,
     right_code_works_once_and_clears_the_cooldown,
+    a_spent_code_is_restored_unless_a_new_one_was_issued,
     wrong_codes_count_down_then_burn,
     codes_and_cooldowns_expire,
     concurrent_verifies_succeed_once,
@@ -118,10 +120,7 @@ async fn issue_starts_a_cooldown_and_refuses_during_it(store: Arc<dyn Store>) {
         other => panic!("expected a cooldown, got {other:?}"),
     }
     // The refused issue did not replace the code.
-    assert_eq!(
-        store.verify_code(&phone, "h1", 5, &[], &[]).await.unwrap(),
-        VerifyOutcome::Verified
-    );
+    assert_verified(store.verify_code(&phone, "h1", 5, &[], &[]).await.unwrap());
 }
 
 async fn zero_cooldown_lets_a_new_code_replace_the_old(store: Arc<dyn Store>) {
@@ -141,10 +140,7 @@ async fn zero_cooldown_lets_a_new_code_replace_the_old(store: Arc<dyn Store>) {
         store.verify_code(&phone, "old", 5, &[], &[]).await.unwrap(),
         VerifyOutcome::Invalid { remaining: 4 }
     );
-    assert_eq!(
-        store.verify_code(&phone, "new", 5, &[], &[]).await.unwrap(),
-        VerifyOutcome::Verified
-    );
+    assert_verified(store.verify_code(&phone, "new", 5, &[], &[]).await.unwrap());
 }
 
 async fn right_code_works_once_and_clears_the_cooldown(store: Arc<dyn Store>) {
@@ -153,10 +149,7 @@ async fn right_code_works_once_and_clears_the_cooldown(store: Arc<dyn Store>) {
         .issue_code(&phone, "h", MINUTE, MINUTE, &[])
         .await
         .unwrap();
-    assert_eq!(
-        store.verify_code(&phone, "h", 5, &[], &[]).await.unwrap(),
-        VerifyOutcome::Verified
-    );
+    assert_verified(store.verify_code(&phone, "h", 5, &[], &[]).await.unwrap());
     assert_eq!(
         store.verify_code(&phone, "h", 5, &[], &[]).await.unwrap(),
         VerifyOutcome::Missing
@@ -170,6 +163,68 @@ async fn right_code_works_once_and_clears_the_cooldown(store: Arc<dyn Store>) {
     );
     assert_eq!(
         store.verify_code(&key(), "h", 5, &[], &[]).await.unwrap(),
+        VerifyOutcome::Missing
+    );
+}
+
+/// The outcome of a verify that accepted the code; panics on any other.
+#[track_caller]
+fn assert_verified(outcome: VerifyOutcome) -> SpentCode {
+    match outcome {
+        VerifyOutcome::Verified(spent) => spent,
+        other => panic!("expected the code accepted, got {other:?}"),
+    }
+}
+
+/// A login that fails after its code check puts the code back: it works again with its wrong
+/// attempts and remaining lifetime, but never over a code issued meanwhile.
+async fn a_spent_code_is_restored_unless_a_new_one_was_issued(store: Arc<dyn Store>) {
+    let phone = key();
+    store
+        .issue_code(&phone, "h", MINUTE, Duration::ZERO, &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.verify_code(&phone, "x", 3, &[], &[]).await.unwrap(),
+        VerifyOutcome::Invalid { remaining: 2 }
+    );
+    let spent = assert_verified(store.verify_code(&phone, "h", 3, &[], &[]).await.unwrap());
+    assert_eq!(spent.attempts, 1);
+    assert!(
+        spent.ttl > Duration::from_secs(55) && spent.ttl <= MINUTE,
+        "{spent:?}"
+    );
+    assert!(store.restore_code(&phone, "h", spent).await.unwrap());
+    // Back with its wrong attempt counted: one more wrong try is left, then it burns.
+    assert_eq!(
+        store.verify_code(&phone, "x", 3, &[], &[]).await.unwrap(),
+        VerifyOutcome::Invalid { remaining: 1 }
+    );
+    let again = assert_verified(store.verify_code(&phone, "h", 3, &[], &[]).await.unwrap());
+    assert_eq!(again.attempts, 2);
+    assert!(again.ttl <= spent.ttl, "{again:?} after {spent:?}");
+
+    // A new code issued in between stays; the old one is not put back over it.
+    store
+        .issue_code(&phone, "new", MINUTE, Duration::ZERO, &[])
+        .await
+        .unwrap();
+    assert!(!store.restore_code(&phone, "h", again).await.unwrap());
+    assert_eq!(
+        store.verify_code(&phone, "h", 3, &[], &[]).await.unwrap(),
+        VerifyOutcome::Invalid { remaining: 2 }
+    );
+    assert_verified(store.verify_code(&phone, "new", 3, &[], &[]).await.unwrap());
+
+    // A restored code keeps the lifetime it had left: it expires on time.
+    let short = SpentCode {
+        attempts: 0,
+        ttl: Duration::from_millis(150),
+    };
+    assert!(store.restore_code(&phone, "h", short).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        store.verify_code(&phone, "h", 3, &[], &[]).await.unwrap(),
         VerifyOutcome::Missing
     );
 }
@@ -253,7 +308,7 @@ async fn concurrent_verifies_succeed_once(store: Arc<dyn Store>) {
     let mut verified = 0;
     for task in tasks {
         match task.await.unwrap() {
-            VerifyOutcome::Verified => verified += 1,
+            VerifyOutcome::Verified(_) => verified += 1,
             VerifyOutcome::Missing => {}
             other => panic!("unexpected {other:?}"),
         }
@@ -379,10 +434,7 @@ async fn quotas_admit_the_limit_then_refuse_without_side_effects(store: Arc<dyn 
         other => panic!("expected a refusal, got {other:?}"),
     }
     // The refused send changed nothing: the second code still works, the IP was not charged.
-    assert_eq!(
-        store.verify_code(&phone, "h2", 5, &[], &[]).await.unwrap(),
-        VerifyOutcome::Verified
-    );
+    assert_verified(store.verify_code(&phone, "h2", 5, &[], &[]).await.unwrap());
     let IssueOutcome::Issued(states) = store
         .issue_code(
             &key(),
@@ -459,12 +511,11 @@ async fn verify_quotas_charge_attempts_always_and_failures_on_wrong_codes(store:
     }
     // With a fresh failure bucket the right code still works (2nd attempt charged).
     let fresh = [quota("verify-phone-failures", 1, HOUR)];
-    assert_eq!(
+    assert_verified(
         store
             .verify_code(&phone, "right", 5, &attempts, &fresh)
             .await
             .unwrap(),
-        VerifyOutcome::Verified
     );
     // 3rd attempt: no code; charged to attempts, not to failures.
     assert_eq!(

@@ -4,7 +4,8 @@
 -- quotas (charged on a wrong code). Every quota must admit the attempt first.
 -- ARGV[1] HMAC of the presented code (hex), ARGV[2] wrong attempts allowed,
 -- ARGV[3] number of attempt quotas, ARGV[4..] limit, window (ms) of each quota
--- Returns {status, x}: {0, 0} verified, {1, remaining} wrong, {2, 0} no live code,
+-- Returns {status, x}: {0, attempts, ttl_ms} verified (what the code was, for restore_code),
+-- {1, remaining} wrong, {2, 0} no live code,
 -- {3, 0} burned, {4, quota index, wait_ms} refused by a quota (nothing changed).
 local n_all = #KEYS - 2
 local n_attempts = tonumber(ARGV[3])
@@ -26,8 +27,9 @@ if attempts >= max then
   return {3, 0}
 end
 if ct_equal(hash, ARGV[1]) then
+  local ttl = redis.call('PTTL', KEYS[1])
   redis.call('DEL', KEYS[1], KEYS[2])
-  return {0, 0}
+  return {0, attempts, ttl}
 end
 gcra_charge(3, 4, n_attempts + 1, n_all, now, tats, nil)
 attempts = redis.call('HINCRBY', KEYS[1], 'a', 1)

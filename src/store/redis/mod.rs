@@ -36,6 +36,7 @@
 //!   still accepted at most once**. When the failure quota refuses, the attempt is refunded.
 //!   Given up: between the charge and its refund another verify from the same IP may see one
 //!   unit less (a refusal too many, never an attempt too many).
+//! - **restore_code**: the code key alone, one script in the phone's slot.
 //! - **release_code**: the phone's slot (code, cooldown, per-phone units) in one script, the other
 //!   refunds one call each.
 //! - **charge_quotas** (intents): one call per bucket, refunded when another refuses.
@@ -69,8 +70,8 @@ use redis::Script;
 
 use self::link::{Conn, RedisLink};
 use super::{
-    BindOutcome, ClaimOutcome, IssueOutcome, RefreshOutcome, Store, StoreError, VerifyOutcome,
-    ttl_ms,
+    BindOutcome, ClaimOutcome, IssueOutcome, RefreshOutcome, SpentCode, Store, StoreError,
+    VerifyOutcome, ttl_ms,
 };
 use crate::config::RedisMode;
 use crate::domain::quota::{Quota, QuotaState, Refusal};
@@ -100,6 +101,7 @@ pub struct RedisStore {
     issue_code: Script,
     verify_code: Script,
     release_code: Script,
+    restore_code: Script,
     spend_refresh: Script,
     charge: Script,
     refund: Script,
@@ -151,6 +153,7 @@ impl RedisStore {
                 include_str!("../lua/gcra.lua"),
                 include_str!("../lua/release_code.lua")
             )),
+            restore_code: Script::new(include_str!("../lua/restore_code.lua")),
             spend_refresh: Script::new(include_str!("../lua/spend_refresh.lua")),
             charge: Script::new(concat!(
                 include_str!("../lua/gcra.lua"),
@@ -433,7 +436,10 @@ impl Store for RedisStore {
             self.refund_apart(phone, &apart).await;
         }
         match reply.as_slice() {
-            [0, _] => Ok(VerifyOutcome::Verified),
+            [0, attempts, ttl_ms] => Ok(VerifyOutcome::Verified(SpentCode {
+                attempts: u32::try_from(*attempts).unwrap_or(0),
+                ttl: Duration::from_millis(u64::try_from(*ttl_ms).unwrap_or(0)),
+            })),
             [1, remaining] => Ok(VerifyOutcome::Invalid {
                 remaining: u32::try_from(*remaining).unwrap_or(0),
             }),
@@ -444,6 +450,25 @@ impl Store for RedisStore {
                 "verify_code returned {other:?}"
             ))),
         }
+    }
+
+    async fn restore_code(
+        &self,
+        phone: &str,
+        code_hash: &str,
+        spent: SpentCode,
+    ) -> Result<bool, StoreError> {
+        if spent.ttl.is_zero() {
+            return Ok(false);
+        }
+        let mut invocation = self.restore_code.prepare_invoke();
+        invocation
+            .key(self.phone_key(phone, "otp"))
+            .arg(code_hash)
+            .arg(spent.attempts)
+            .arg(u64::try_from(spent.ttl.as_millis()).unwrap_or(u64::MAX));
+        let restored: i64 = self.invoke_as(&invocation).await?;
+        Ok(restored == 1)
     }
 
     async fn release_code(
