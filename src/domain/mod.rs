@@ -1,6 +1,7 @@
 //! Layer 1: plain types and rules, no I/O, no HTTP, nothing of the crate outside this folder.
 //!
 //! - [`phone`]: [`phone::Phone`] parsed from what clients send, and its [`phone::InvalidPhone`].
+//! - [`phone_type`]: libphonenumber's number types, from patterns compiled once per region.
 //! - [`channel`]: the delivery channels.
 //! - [`quota`]: quotas, their states and refusals, GCRA, and the policy that picks them.
 //! - [`net`]: CIDR blocks, the client IP behind proxies, IP buckets.
@@ -13,5 +14,6 @@ pub mod country;
 pub mod ids;
 pub mod net;
 pub mod phone;
+pub mod phone_type;
 pub mod quota;
 pub mod secret;

@@ -78,7 +78,7 @@ impl Phone {
             // type once (a dozen regex matches) validates and classifies together. The library
             // classifies without the national number's leading zeros (Italy's fixed lines
             // keep theirs), so those numbers are validated the long way.
-            let kind = number.number_type(&phonenumber::metadata::DATABASE);
+            let kind = super::phone_type::number_type(&number);
             let valid = if number.national().zeros() == 0 {
                 kind != Type::Unknown
             } else {
