@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use poem::http::{StatusCode, header};
 use poem::middleware::SetHeader;
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use subtle::ConstantTimeEq;
-use tokio::io::AsyncReadExt;
 
 use super::frontdoor::{ClientGate, FrontDoor};
 use super::listener::{ConnectionPolicy, Connections, TrackRequests};
@@ -82,16 +82,19 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
             return Err(too_large());
         }
         if declared != Some(0) && req.method() != poem::http::Method::GET {
-            let limit = u64::try_from(self.max)
-                .unwrap_or(u64::MAX)
-                .saturating_add(1);
-            let mut reader = req.take_body().into_async_read().take(limit);
-            let mut buf = Vec::new();
-            match tokio::time::timeout(BODY_READ_TIMEOUT, reader.read_to_end(&mut buf)).await {
+            // The body's frames as they came (a small body is one frame: kept, not copied),
+            // refused as soon as they add up to more than `max`.
+            let body = http_body_util::Limited::new(
+                http_body_util::combinators::BoxBody::from(req.take_body()),
+                self.max,
+            );
+            match tokio::time::timeout(BODY_READ_TIMEOUT, body.collect()).await {
                 Err(_) => return Err(poem::Error::from_status(StatusCode::REQUEST_TIMEOUT)),
+                Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
+                    return Err(too_large());
+                }
                 Ok(Err(_)) => return Err(poem::Error::from_status(StatusCode::BAD_REQUEST)),
-                Ok(Ok(_)) if buf.len() > self.max => return Err(too_large()),
-                Ok(Ok(_)) => req.set_body(buf),
+                Ok(Ok(collected)) => req.set_body(collected.to_bytes()),
             }
         }
         self.inner.call(req).await
