@@ -97,6 +97,8 @@ pub struct Metrics {
     pub db_duration: HistogramVec,
     /// `otpgate_db_errors_total`.
     pub db_errors: IntCounter,
+    /// `otpgate_last_login_dropped_total`.
+    pub last_login_dropped: IntCounter,
     /// `otpgate_delivery_duration_seconds{channel}`.
     pub delivery_duration: HistogramVec,
     /// `otpgate_login_intents_total{channel,outcome}`.
@@ -177,6 +179,14 @@ impl Metrics {
             db_errors: {
                 let c =
                     IntCounter::new("otpgate_db_errors_total", "Database queries that failed.")?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
+            last_login_dropped: {
+                let c = IntCounter::new(
+                    "otpgate_last_login_dropped_total",
+                    "Returning users' login times not written: the queue to the database was full.",
+                )?;
                 registry.register(Box::new(c.clone()))?;
                 c
             },

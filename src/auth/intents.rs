@@ -255,7 +255,7 @@ impl AuthService {
             .await?;
         self.db_query(
             "create_user",
-            db::complete_login(&self.db, existing, phone, Utc::now()),
+            db::complete_login(&self.db, existing, phone, Utc::now(), &self.touches),
         )
         .await
     }
@@ -264,7 +264,7 @@ impl AuthService {
     pub async fn user_for_telegram(&self, telegram_id: &str) -> Result<db::user::Model, Error> {
         self.db_query(
             "login_identity",
-            db::login_identity(&self.db, TELEGRAM, telegram_id, Utc::now()),
+            db::login_identity(&self.db, TELEGRAM, telegram_id, Utc::now(), &self.touches),
         )
         .await
     }

@@ -63,6 +63,8 @@ pub struct AuthService {
     db: DatabaseConnection,
     /// The login's own connections on PostgreSQL (no pings around each statement).
     hot: Option<db::hot::HotPool>,
+    /// Returning users' login times, written in the background in batches.
+    touches: db::touches::LoginTouches,
     delivery: Delivery,
     quotas: QuotaPolicy,
     allowed_countries: Vec<String>,
@@ -110,6 +112,11 @@ impl AuthService {
             tokens: TokenService::new(config.tokens).map_err(Error::Internal)?,
             store,
             hot: db::hot::HotPool::for_database(&db),
+            touches: db::touches::LoginTouches::start(
+                db.clone(),
+                db::touches::QUEUE,
+                metrics.last_login_dropped.clone(),
+            ),
             db,
             delivery,
             quotas: config.limits.quotas.clone(),
@@ -365,7 +372,7 @@ impl AuthService {
         let finished = self
             .db_query(
                 "complete_login",
-                db::login_finish(&self.db, session, phone.as_str(), Utc::now()),
+                db::login_finish(&self.db, session, phone.as_str(), Utc::now(), &self.touches),
             )
             .await;
         let (user, created) = match finished {

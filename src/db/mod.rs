@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use migration::{Migrator, MigratorTrait};
-use sea_orm::sea_query::Expr;
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
@@ -14,6 +13,7 @@ use uuid::Uuid;
 
 pub mod entities;
 pub mod hot;
+pub mod touches;
 
 pub use entities::{identity, user};
 
@@ -99,18 +99,22 @@ pub async fn login_start(
 }
 
 /// Finishes a login started by [`login_start`]: the user, and whether it was created now. A
-/// returning user's `last_login_at` is written in the background. Two replicas creating the
-/// same user at once both end up with it.
+/// returning user's `last_login_at` is queued on `touches` (written in the background, in
+/// batches). Two replicas creating the same user at once both end up with it.
 pub async fn login_finish(
     db: &DatabaseConnection,
     session: LoginSession,
     phone: &str,
     now: DateTime<Utc>,
+    touches: &touches::LoginTouches,
 ) -> Result<(user::Model, bool), DbErr> {
     let mut conn = match session {
         LoginSession::Pooled(existing) => {
             let created = existing.is_none();
-            return Ok((complete_login(db, existing, phone, now).await?, created));
+            return Ok((
+                complete_login(db, existing, phone, now, touches).await?,
+                created,
+            ));
         }
         LoginSession::Postgres(conn) => conn,
     };
@@ -151,23 +155,24 @@ pub async fn login_finish(
     let created: bool = sea_orm::sqlx::Row::try_get(&row, "created").map_err(pg_query_err)?;
     let mut user = pg_user(row)?;
     if !created {
-        touch_last_login(db.clone(), user.id, now);
+        touches.record(user.id, now);
         user.last_login_at = Some(now);
     }
     Ok((user, created))
 }
 
 /// Completes a login for `phone`: the `existing` user (from [`find_by_phone`]) gets its
-/// `last_login_at` written by a background task the login does not wait for; a new user is
+/// `last_login_at` queued on `touches`, which the login does not wait for; a new user is
 /// inserted (one `INSERT`). Two replicas creating the same user at once both end up with it.
 pub async fn complete_login(
     db: &DatabaseConnection,
     existing: Option<user::Model>,
     phone: &str,
     now: DateTime<Utc>,
+    touches: &touches::LoginTouches,
 ) -> Result<user::Model, DbErr> {
     if let Some(mut found) = existing {
-        touch_last_login(db.clone(), found.id, now);
+        touches.record(found.id, now);
         found.last_login_at = Some(now);
         return Ok(found);
     }
@@ -185,20 +190,6 @@ pub async fn complete_login(
         }
         Err(err) => Err(err),
     }
-}
-
-/// Records a login time without making the request wait for the write.
-fn touch_last_login(db: DatabaseConnection, id: Uuid, at: DateTime<Utc>) {
-    tokio::spawn(async move {
-        let result = user::Entity::update_many()
-            .col_expr(user::Column::LastLoginAt, Expr::value(at))
-            .filter(user::Column::Id.eq(id))
-            .exec(&db)
-            .await;
-        if let Err(err) = result {
-            tracing::warn!(error = %err, user_id = %id, "could not record last_login_at");
-        }
-    });
 }
 
 /// The Telegram chat linked to the user owning `phone`, if any (for `channel: "telegram"`).
@@ -238,10 +229,11 @@ pub async fn login_identity(
     provider: &str,
     subject: &str,
     now: DateTime<Utc>,
+    touches: &touches::LoginTouches,
 ) -> Result<user::Model, DbErr> {
     if let Some(user) = user_for_identity(db, provider, subject).await? {
         let mut user = user;
-        touch_last_login(db.clone(), user.id, now);
+        touches.record(user.id, now);
         user.last_login_at = Some(now);
         return Ok(user);
     }

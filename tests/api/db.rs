@@ -4,7 +4,8 @@
 
 use chrono::Utc;
 use otpgate::db::hot::HotPool;
-use sea_orm::{ConnectionTrait, Database};
+use otpgate::db::touches::LoginTouches;
+use sea_orm::{ConnectionTrait, Database, TransactionTrait};
 
 use crate::helpers::{cluster_available, fresh_postgres_database};
 
@@ -18,6 +19,7 @@ async fn simultaneous_first_logins_of_one_number_share_one_user() {
     otpgate::db::migrate(&db).await.expect("migrate");
     let hot = HotPool::for_database(&db).expect("a login pool on PostgreSQL");
     let hot = Some(&hot);
+    let touches = LoginTouches::start(db.clone(), 16, dropped());
     let phone = "+919812349999";
     // Two replicas verifying at the same moment: both have started before either finishes.
     let first = otpgate::db::login_start(&db, hot, phone)
@@ -27,8 +29,8 @@ async fn simultaneous_first_logins_of_one_number_share_one_user() {
         .await
         .expect("start");
     let (a, b) = tokio::join!(
-        otpgate::db::login_finish(&db, first, phone, Utc::now()),
-        otpgate::db::login_finish(&db, second, phone, Utc::now()),
+        otpgate::db::login_finish(&db, first, phone, Utc::now(), &touches),
+        otpgate::db::login_finish(&db, second, phone, Utc::now(), &touches),
     );
     let ((a, a_created), (b, b_created)) = (a.expect("first"), b.expect("second"));
     assert_eq!(a.id, b.id, "one user");
@@ -38,7 +40,7 @@ async fn simultaneous_first_logins_of_one_number_share_one_user() {
     let session = otpgate::db::login_start(&db, hot, phone)
         .await
         .expect("start");
-    let (again, created) = otpgate::db::login_finish(&db, session, phone, Utc::now())
+    let (again, created) = otpgate::db::login_finish(&db, session, phone, Utc::now(), &touches)
         .await
         .expect("returning");
     assert_eq!((again.id, created), (a.id, false));
@@ -59,13 +61,14 @@ async fn the_login_pool_replaces_connections_the_server_ended() {
     let db = otpgate::db::connect(&url, 4).await.expect("connect");
     otpgate::db::migrate(&db).await.expect("migrate");
     let hot = HotPool::for_database(&db).expect("a login pool on PostgreSQL");
+    let touches = LoginTouches::start(db.clone(), 16, dropped());
     let login = |phone: &'static str| {
-        let (db, hot) = (db.clone(), &hot);
+        let (db, hot, touches) = (db.clone(), &hot, &touches);
         async move {
             let session = otpgate::db::login_start(&db, Some(hot), phone)
                 .await
                 .expect("start");
-            otpgate::db::login_finish(&db, session, phone, Utc::now()).await
+            otpgate::db::login_finish(&db, session, phone, Utc::now(), touches).await
         }
     };
     let (first, created) = login("+919812340001").await.expect("first login");
@@ -92,21 +95,104 @@ async fn the_login_pool_replaces_connections_the_server_ended() {
         "the new one replaced the ended one"
     );
 
-    // Cancelled in the middle of its statement: that connection is not handed out again.
+    // Cancelled in the middle of its statement (held up by a lock on the table): that
+    // connection is not handed out again.
+    let blocker = Database::connect(url.as_str())
+        .await
+        .expect("second connection");
+    let lock = blocker.begin().await.expect("begin");
+    lock.execute_unprepared("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
     let session = otpgate::db::login_start(&db, Some(&hot), "+919812340002")
         .await
         .expect("start");
     assert_eq!(hot.idle_connections(), 0);
-    let finish = otpgate::db::login_finish(&db, session, "+919812340002", Utc::now());
-    // Polled once (the statement is sent; its answer cannot be there yet), then dropped.
-    tokio::select! {
-        biased;
-        _ = finish => panic!("a statement answered without waiting for the server"),
-        () = std::future::ready(()) => {}
-    }
+    let finish = otpgate::db::login_finish(&db, session, "+919812340002", Utc::now(), &touches);
+    let waited = tokio::time::timeout(std::time::Duration::from_millis(300), finish).await;
+    assert!(
+        waited.is_err(),
+        "the statement waits for the lock: {waited:?}"
+    );
+    lock.commit().await.expect("unlock");
+    blocker.close().await.ok();
     assert_eq!(
         hot.idle_connections(),
         0,
         "a half-used connection is closed"
     );
+}
+
+fn dropped() -> prometheus::IntCounter {
+    prometheus::IntCounter::new("dropped", "test").expect("counter")
+}
+
+/// Returning users' login times reach the database in the background, in batches, on
+/// PostgreSQL and on SQLite; when the queue is full a time is dropped and counted, and the
+/// login does not wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_times_are_written_in_batches_and_dropped_when_the_queue_is_full() {
+    let mut urls = vec![format!(
+        "sqlite://{}/touches-{}.db?mode=rwc",
+        std::env::temp_dir().display(),
+        uuid::Uuid::new_v4().simple()
+    )];
+    if cluster_available() {
+        urls.push(fresh_postgres_database().await.2);
+    }
+    for url in urls {
+        let db = otpgate::db::connect(&url, 4).await.expect("connect");
+        otpgate::db::migrate(&db).await.expect("migrate");
+        let never = LoginTouches::start(db.clone(), 64, dropped());
+        let mut users = Vec::new();
+        for i in 0..40 {
+            let phone = format!("+9198123{i:05}");
+            let user = otpgate::db::complete_login(&db, None, &phone, Utc::now(), &never)
+                .await
+                .expect("create");
+            users.push(user);
+        }
+        let at = Utc::now() + chrono::Duration::minutes(5);
+        let counter = dropped();
+        let touches = LoginTouches::start(db.clone(), 128, counter.clone());
+        for user in &users {
+            assert!(touches.record(user.id, at - chrono::Duration::seconds(1)));
+            assert!(touches.record(user.id, at), "room for 128");
+        }
+        // Every user's latest time arrives.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let mut written = 0;
+            for user in &users {
+                let stored = otpgate::db::find_user_by_id(&db, user.id)
+                    .await
+                    .expect("find")
+                    .expect("user");
+                let stored_at = stored.last_login_at.expect("a login time");
+                if (stored_at - at).num_milliseconds().abs() < 1 {
+                    written += 1;
+                }
+            }
+            if written == users.len() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{url}: {written} of 40 written"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(counter.get(), 0, "nothing dropped");
+
+        // A queue of one, flooded faster than any database: the surplus is counted, at once.
+        let counter = dropped();
+        let tiny = LoginTouches::start(db.clone(), 1, counter.clone());
+        let started = std::time::Instant::now();
+        let queued = (0..1000)
+            .filter(|_| tiny.record(users[0].id, Utc::now()))
+            .count();
+        assert!(started.elapsed() < std::time::Duration::from_millis(500));
+        assert!(queued >= 1 && queued < 1000, "{queued} queued");
+        assert_eq!(counter.get(), 1000 - queued as u64);
+    }
 }

@@ -1,0 +1,94 @@
+//! `last_login_at` of returning users, written off the request path and in batches.
+//!
+//! A login queues its user's time ([`LoginTouches::record`], never waits); one background task
+//! writes whatever has queued up in one statement per batch (PostgreSQL: one `UPDATE … FROM
+//! UNNEST`; the other backends: one `UPDATE` per user inside one transaction). Under load the
+//! batches grow, so the database sees a fraction of a statement per login. The queue is bounded:
+//! when the database falls that far behind, a time is dropped (counted), never the login.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, TransactionTrait};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::user;
+
+/// Logins queued at most (then times are dropped until the writer catches up).
+pub const QUEUE: usize = 8192;
+/// Users written per statement at most.
+const BATCH: usize = 512;
+
+/// The queue of login times to write (cheap to clone).
+#[derive(Clone)]
+pub struct LoginTouches {
+    queue: mpsc::Sender<(Uuid, DateTime<Utc>)>,
+    dropped: prometheus::IntCounter,
+}
+
+impl LoginTouches {
+    /// Starts the writer for `db` (a task on the current runtime) with room for `capacity`
+    /// logins; `dropped` counts the times a full queue turned away.
+    pub fn start(db: DatabaseConnection, capacity: usize, dropped: prometheus::IntCounter) -> Self {
+        let (queue, pending) = mpsc::channel(capacity.max(1));
+        tokio::spawn(write_batches(db, pending));
+        Self { queue, dropped }
+    }
+
+    /// Queues "user `id` logged in `at`". False when the queue is full (the time is dropped
+    /// and counted).
+    pub fn record(&self, id: Uuid, at: DateTime<Utc>) -> bool {
+        let queued = self.queue.try_send((id, at)).is_ok();
+        if !queued {
+            self.dropped.inc();
+        }
+        queued
+    }
+}
+
+async fn write_batches(db: DatabaseConnection, mut pending: mpsc::Receiver<(Uuid, DateTime<Utc>)>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while pending.recv_many(&mut batch, BATCH).await > 0 {
+        // One row per user: the latest time queued.
+        let mut latest: HashMap<Uuid, DateTime<Utc>> = HashMap::with_capacity(batch.len());
+        for (id, at) in batch.drain(..) {
+            let slot = latest.entry(id).or_insert(at);
+            *slot = (*slot).max(at);
+        }
+        let (ids, times): (Vec<Uuid>, Vec<DateTime<Utc>>) = latest.into_iter().unzip();
+        if let Err(err) = write(&db, &ids, &times).await {
+            tracing::warn!(error = %err, users = ids.len(), "could not record last_login_at");
+        }
+    }
+}
+
+async fn write(
+    db: &DatabaseConnection,
+    ids: &[Uuid],
+    times: &[DateTime<Utc>],
+) -> Result<(), DbErr> {
+    if db.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+        sea_orm::sqlx::query(
+            "UPDATE users SET last_login_at = v.at \
+             FROM UNNEST($1::uuid[], $2::timestamptz[]) AS v(id, at) \
+             WHERE users.id = v.id",
+        )
+        .bind(ids)
+        .bind(times)
+        .execute(db.get_postgres_connection_pool())
+        .await
+        .map_err(|err| DbErr::Exec(sea_orm::RuntimeErr::SqlxError(err.into())))?;
+        return Ok(());
+    }
+    let txn = db.begin().await?;
+    for (id, at) in ids.iter().zip(times) {
+        user::Entity::update_many()
+            .col_expr(user::Column::LastLoginAt, Expr::value(*at))
+            .filter(user::Column::Id.eq(*id))
+            .exec(&txn)
+            .await?;
+    }
+    txn.commit().await
+}
