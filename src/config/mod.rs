@@ -882,7 +882,6 @@ mod tests {
         for file in [
             "k8s/secret.example.yaml",
             "docker-compose.yml",
-            "helm/otpgate/ci/full-values.yaml",
             "README.md",
             "loadtest/cluster.sh",
             "scripts/quickstart.sh",
