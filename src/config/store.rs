@@ -287,7 +287,10 @@ pub fn normalize_database_url(url: &str) -> String {
         return format!("{base}://{rest}");
     }
     // SQLAlchemy's `sqlite:///relative.db` has one slash more than sqlx's `sqlite://relative.db`.
-    let path = if had_driver {
+    // Without a driver the URL is read as sqlx reads it (`sqlite:///abs/x.db` is absolute),
+    // except the seed's `sqlite:///./x.db` and `sqlite:///../x.db`, which only SQLAlchemy's
+    // reading makes sense of (sqlx would put `./x.db` in the root directory).
+    let path = if had_driver || rest.starts_with("/./") || rest.starts_with("/../") {
         rest.strip_prefix('/').unwrap_or(rest)
     } else {
         rest
@@ -365,6 +368,20 @@ mod tests {
         assert_eq!(
             normalize_database_url("sqlite://data/app.db"),
             "sqlite://data/app.db?mode=rwc"
+        );
+        // The seed's README form: relative to the working directory, as SQLAlchemy reads it.
+        assert_eq!(
+            normalize_database_url("sqlite:///./app.db"),
+            "sqlite://./app.db?mode=rwc"
+        );
+        assert_eq!(
+            normalize_database_url("sqlite:///../app.db"),
+            "sqlite://../app.db?mode=rwc"
+        );
+        // sqlx's absolute form stays absolute.
+        assert_eq!(
+            normalize_database_url("sqlite:///var/lib/otpgate/app.db"),
+            "sqlite:///var/lib/otpgate/app.db?mode=rwc"
         );
         assert_eq!(normalize_database_url("sqlite::memory:"), "sqlite::memory:");
         assert_eq!(

@@ -121,6 +121,15 @@ fn migrate_exits_0_on_sqlite_and_postgres() {
         .expect("run");
     assert!(status.success());
     assert!(dir.join("otpgate.db").exists());
+    // The seed's README form is relative to the working directory.
+    let status = otpgate(&dir)
+        .arg("migrate")
+        .env("DATABASE_URL", "sqlite:///./seed-form.db")
+        .stdout(Stdio::null())
+        .status()
+        .expect("run");
+    assert!(status.success());
+    assert!(dir.join("seed-form.db").exists());
     if !crate::helpers::cluster_available() {
         return;
     }
