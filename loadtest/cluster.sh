@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A whole cluster on loopback: Redis, PostgreSQL, N otpgate replicas and nginx in front (the
+# A whole cluster on loopback: Redis, PostgreSQL (or MariaDB), N otpgate replicas and nginx in front (the
 # deploy/nginx.conf location block), then otpgate-loadtest against nginx. Prints the report —
 # the /health ceiling of the same cluster, flows/s and latency per step, RSS per replica, Redis
 # round trips and commands per flow, SQL statements per flow — and stops everything it started.
@@ -9,10 +9,13 @@
 #                       [--chaos none|sigterm|redis-restart|redis-failover] [--no-health]
 #                       [--smoke] [--profile release|debug] [--redis standalone|cluster]
 #                       [--budget-rss MIB] [--budget-round-trips N] [--budget-sql N]
-#                       [--budget-cpu US] [--direct]
+#                       [--budget-cpu US] [--direct] [--db postgres|mariadb]
 #
 # --direct: the headline scenario of the hot-path budget: one replica and the load generator
 # talking to it directly (no nginx in the path), so the figures are otpgate's own.
+# --db mariadb: MariaDB (apt's mariadb-server, run as the mysql user when we are root, default
+# durability) instead of PostgreSQL; the replicas use DATABASE_URL=mysql://…. SQL statements per
+# flow come from its Com_* counters instead of pg_stat_statements, CPU from the mariadbd process.
 #
 # Every run fails (exit 1, "cluster: checks failed") when the load test result is invalid (a
 # failed, dropped or unfinished flow, a code accepted twice; chaos modes that expect 503s check
@@ -31,10 +34,12 @@
 # --chaos redis-failover (with --redis cluster): a third into the run the primary of slot 0 is
 # killed (SHUTDOWN NOSAVE); only 503s may fail, no code accepted twice, and the rate must be back
 # within 5 s of a replica owning its slots with the cluster reporting cluster_state:ok. The report gives CPU µs per flow of the
-# replicas, Redis, PostgreSQL and nginx (utime+stime from /proc over the measured phase).
+# replicas, Redis, the database (PostgreSQL or MariaDB) and nginx (utime+stime from /proc over
+# the measured phase).
 # --smoke: 10 s, debug binaries, 2 replicas, modest load, the `full` scenario with the replay
 # check (used by .ci/run, once with --chaos sigterm). Exit status 1 when a check fails.
 # Environment: PG_OPTS (extra PostgreSQL -c options, e.g. "-c synchronous_commit=off"),
+# MARIADB_OPTS (extra mariadbd options, e.g. "--innodb-flush-log-at-trx-commit=2"),
 # REPLICA_THREADS (Tokio worker threads per replica, default 2), DB_CONNECTIONS (per replica,
 # default 8), EXTRA_ENV (more VAR=value settings for the replicas), KEEP=1 (keep the work folder),
 # OTPGATE_BIN (run this otpgate binary as the replicas: before/after comparisons in one sitting).
@@ -42,7 +47,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 REPLICAS=3 SCENARIO=login DURATION=20 RATE="" CONCURRENCY=96 USERS="" CHAOS=none
-HEALTH=1 PROFILE=release SMOKE=0 REPLAY="" REDIS=standalone WARMUP=2 DIRECT=0
+HEALTH=1 PROFILE=release SMOKE=0 REPLAY="" REDIS=standalone WARMUP=2 DIRECT=0 DB=postgres
 BUDGET_RSS="" BUDGET_ROUND_TRIPS="" BUDGET_SQL="" BUDGET_CPU=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -63,14 +68,16 @@ while [ $# -gt 0 ]; do
     --profile) PROFILE=$2; shift 2 ;;
     --redis) REDIS=$2; shift 2 ;;
     --direct) DIRECT=1; REPLICAS=1; shift ;;
+    --db) DB=$2; shift 2 ;;
     --smoke) SMOKE=1; PROFILE=debug; DURATION=10; REPLICAS=2; CONCURRENCY=8; HEALTH=0
              SCENARIO=full; REPLAY=--replay-check; shift ;;
-    -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,44p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
 case "$CHAOS" in none|sigterm|redis-restart|redis-failover) ;; *) echo "--chaos: none, sigterm, redis-restart or redis-failover" >&2; exit 2 ;; esac
 case "$REDIS" in standalone|cluster) ;; *) echo "--redis: standalone or cluster" >&2; exit 2 ;; esac
+case "$DB" in postgres|mariadb) ;; *) echo "--db: postgres or mariadb" >&2; exit 2 ;; esac
 if [ "$CHAOS" = redis-failover ] && [ "$REDIS" != cluster ]; then
   echo "--chaos redis-failover needs --redis cluster" >&2; exit 2
 fi
@@ -87,7 +94,12 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
-[ -n "$(pg_bindir)" ] && [ -x "$(pg_bindir)/initdb" ] || missing+=(postgresql)
+. scripts/lib/mariadb.sh
+if [ "$DB" = mariadb ]; then
+  { [ -n "$(mariadbd_bin)" ] && command -v mariadb-install-db >/dev/null 2>&1; } || missing+=(mariadb-server)
+else
+  [ -n "$(pg_bindir)" ] && [ -x "$(pg_bindir)/initdb" ] || missing+=(postgresql)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   as_root apt-get update -qq
@@ -133,6 +145,7 @@ cleanup() {
     [ -n "$p" ] && redis-cli -p "$p" shutdown nosave >/dev/null 2>&1 || true
   done
   [ -f "$work/pg/postmaster.pid" ] && run_pg "$PG_BIN/pg_ctl" -D "$work/pg" -m immediate stop >/dev/null 2>&1 || true
+  stop_mariadb "$work/mariadb"
   wait 2>/dev/null || true
   if [ "${KEEP:-0}" = 1 ]; then log "kept $work"; else rm -rf "$work"; fi
   exit $status
@@ -151,24 +164,41 @@ cluster_ports=()
 redis_nodes() {
   if [ "$REDIS" = cluster ]; then printf '%s\n' "${cluster_ports[@]}"; else echo "$redis_port"; fi
 }
+db_name=PostgreSQL
+[ "$DB" = mariadb ] && db_name=MariaDB
 if [ "$REDIS" = cluster ]; then
-  log "starting a Redis Cluster and PostgreSQL on :$pg_port"
+  log "starting a Redis Cluster and $db_name on :$pg_port"
   start_redis_cluster "$work"
   redis_env=(REDIS_MODE=cluster REDIS_URL="$(printf 'redis://127.0.0.1:%s,' "${cluster_ports[@]}" | sed 's/,$//')")
 else
-  log "starting Redis on :$redis_port and PostgreSQL on :$pg_port"
+  log "starting Redis on :$redis_port and $db_name on :$pg_port"
   start_redis
   redis_env=(REDIS_URL="redis://127.0.0.1:$redis_port")
 fi
-mkdir -p "$work/pg"
-[ "$pg_user" = postgres ] && chown postgres "$work/pg"
-run_pg "$PG_BIN/initdb" -D "$work/pg" -U postgres -A trust >/dev/null
-run_pg "$PG_BIN/pg_ctl" -D "$work/pg" -l "$work/pg/server.log" -w -t 60 start \
-  -o "-p $pg_port -k $work/pg -c listen_addresses=127.0.0.1 -c max_connections=200 -c shared_preload_libraries=pg_stat_statements ${PG_OPTS:-}" >/dev/null
+if [ "$DB" = mariadb ]; then
+  # Default durability (a commit is on disk when it returns), as PostgreSQL's below.
+  # shellcheck disable=SC2086
+  start_mariadb "$work/mariadb" "$pg_port" --max-connections=200 ${MARIADB_OPTS:-}
+  mariadb_sql "$work/mariadb" "CREATE DATABASE otpgate"
+  database_url="mysql://root@127.0.0.1:$pg_port/otpgate"
+else
+  mkdir -p "$work/pg"
+  [ "$pg_user" = postgres ] && chown postgres "$work/pg"
+  run_pg "$PG_BIN/initdb" -D "$work/pg" -U postgres -A trust >/dev/null
+  run_pg "$PG_BIN/pg_ctl" -D "$work/pg" -l "$work/pg/server.log" -w -t 60 start \
+    -o "-p $pg_port -k $work/pg -c listen_addresses=127.0.0.1 -c max_connections=200 -c shared_preload_libraries=pg_stat_statements ${PG_OPTS:-}" >/dev/null
+  psql -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -q -c "CREATE DATABASE otpgate" >/dev/null
+  database_url="postgres://postgres@127.0.0.1:$pg_port/otpgate"
+fi
 psql_q() { psql -h 127.0.0.1 -p "$pg_port" -U postgres -d otpgate -Atq -c "$1"; }
-psql -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -q -c "CREATE DATABASE otpgate" >/dev/null
-psql_q "CREATE EXTENSION pg_stat_statements" >/dev/null
-database_url="postgres://postgres@127.0.0.1:$pg_port/otpgate"
+[ "$DB" = postgres ] && psql_q "CREATE EXTENSION pg_stat_statements" >/dev/null
+# MariaDB's statements by kind (SELECT|n, INSERT|n, …): its global Com_* counters, which count
+# prepared statements when they execute; pings, SET and SHOW are not statements of ours.
+mariadb_statements() {
+  mariadb_sql "$work/mariadb" "SHOW GLOBAL STATUS WHERE Variable_name IN
+    ('Com_select', 'Com_insert', 'Com_update', 'Com_delete', 'Com_replace', 'Com_insert_select')" \
+    | awk '{ sub(/^Com_/, "", $1); print toupper($1) "|" $2 }'
+}
 DATABASE_URL="$database_url" "$bin" migrate >/dev/null
 
 webhook_secret=loadtest-webhook-secret
@@ -289,7 +319,11 @@ fi
 # /metrics does not answer is a failed check, not a missing figure.
 start_counters() {
   for p in $(redis_nodes); do redis-cli -p "$p" config resetstat >/dev/null; done
-  psql_q "SELECT pg_stat_statements_reset()" >/dev/null
+  if [ "$DB" = mariadb ]; then
+    mariadb_statements > "$work/sql-before.txt"
+  else
+    psql_q "SELECT pg_stat_statements_reset()" >/dev/null
+  fi
   for i in $(seq 1 "$REPLICAS"); do
     curl -fsS "http://127.0.0.1:${replica_ports[$i]}/metrics" > "$work/metrics-before-$i" || {
       rm -f "$work/metrics-before-$i"
@@ -375,11 +409,13 @@ group_pids() {
              [ -f "$f" ] && cat "$f"
            done ;;
     postgres) pm=$(head -n 1 "$work/pg/postmaster.pid"); echo "$pm"; pgrep -P "$pm" || true ;;
+    # One process: its threads' CPU is in its own /proc/PID/stat.
+    mariadb) cat "$work/mariadb/server.pid" ;;
     nginx) [ -f "$work/nginx.pid" ] && { cat "$work/nginx.pid"; pgrep -P "$(cat "$work/nginx.pid")" || true; } ;;
   esac
 }
 cpu_snapshot() {
-  for g in replicas redis postgres nginx; do
+  for g in replicas redis "$DB" nginx; do
     echo "$g $(cpu_ticks $(group_pids "$g"))"
   done > "$1"
 }
@@ -410,9 +446,16 @@ for p in $(redis_nodes); do
   redis-cli -p "$p" role 2>/dev/null | head -n 1 | grep -q master || continue
   redis-cli -p "$p" info commandstats 2>/dev/null || true
 done > "$work/commandstats.txt"
-psql_q "SELECT split_part(ltrim(query), ' ', 1), sum(calls) FROM pg_stat_statements
-        WHERE query !~* 'pg_stat_statements|^\s*(BEGIN|COMMIT|ROLLBACK|SET|SHOW)' GROUP BY 1" > "$work/sql.txt" \
-  || rm -f "$work/sql.txt"
+if [ "$DB" = mariadb ]; then
+  # The growth of each counter over the run.
+  { mariadb_statements > "$work/sql-after.txt" && awk -F'|' 'NR == FNR { before[$1] = $2; next }
+      $2 > before[$1] { print $1 "|" $2 - before[$1] }' "$work/sql-before.txt" "$work/sql-after.txt" > "$work/sql.txt"; } \
+    || rm -f "$work/sql.txt"
+else
+  psql_q "SELECT split_part(ltrim(query), ' ', 1), sum(calls) FROM pg_stat_statements
+          WHERE query !~* 'pg_stat_statements|^\s*(BEGIN|COMMIT|ROLLBACK|SET|SHOW)' GROUP BY 1" > "$work/sql.txt" \
+    || rm -f "$work/sql.txt"
+fi
 # Every replica must still be up and ready, and have served API requests during the run.
 for i in $(seq 1 "$REPLICAS"); do
   curl -fsS "http://127.0.0.1:${replica_ports[$i]}/metrics" > "$work/metrics-after-$i" || {
@@ -424,7 +467,7 @@ for i in $(seq 1 "$REPLICAS"); do
 done
 sleep 0.3
 
-WORK="$work" REPLICAS="$REPLICAS" CHAOS="$CHAOS" SMOKE="$SMOKE" REDIS="$REDIS" \
+WORK="$work" REPLICAS="$REPLICAS" CHAOS="$CHAOS" SMOKE="$SMOKE" REDIS="$REDIS" DB="$DB" \
   BUDGET_RSS="$BUDGET_RSS" BUDGET_ROUND_TRIPS="$BUDGET_ROUND_TRIPS" BUDGET_SQL="$BUDGET_SQL" \
   BUDGET_CPU="$BUDGET_CPU" CLK_TCK="$(getconf CLK_TCK)" python3 - <<'PY'
 import json, os, re, sys
@@ -560,8 +603,8 @@ before, after = cpu(f"{work}/cpu-before"), cpu(f"{work}/cpu-after")
 tick_us = 1e6 / int(os.environ["CLK_TCK"])
 cpu_per_flow = {g: None if before is None or after is None or g not in before or g not in after
                 else per_flow((after[g] - before[g]) * tick_us)
-                for g in ("replicas", "redis", "postgres", "nginx")}
-print(f"Redis: {os.environ['REDIS']}; CPU µs per flow: " + ", ".join(
+                for g in ("replicas", "redis", os.environ["DB"], "nginx")}
+print(f"Redis: {os.environ['REDIS']}; database: {os.environ['DB']}; CPU µs per flow: " + ", ".join(
     f"{g} {na(v, '{:.0f}')}" for g, v in cpu_per_flow.items())
     + (" — approximate: a process restarted" if chaos != "none" else ""))
 print(f"non-503 5xx: {report['non_503_5xx']}, transport errors: {report['transport_errors']}, "

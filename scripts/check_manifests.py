@@ -3,9 +3,10 @@
 pods run as non-root with a read-only root filesystem and dropped capabilities, the server has
 startup, liveness and readiness probes, exactly one migration Job exists (a pre-install,
 pre-upgrade hook in the Helm chart), replicas never migrate, and the termination grace period
-covers the shutdown grace plus the preStop pause.
+covers the shutdown grace plus the preStop pause. With --database-scheme, every rendered
+DATABASE_URL (the replicas' Secret and the migration hook's) uses that scheme.
 
-Usage: check_manifests.py (--helm|--kustomize) FILE [--rules RULES_FILE]
+Usage: check_manifests.py (--helm|--kustomize) FILE [--rules RULES_FILE] [--database-scheme S]
 """
 import argparse
 import sys
@@ -16,6 +17,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("file")
 parser.add_argument("--helm", action="store_true")
 parser.add_argument("--rules")
+parser.add_argument("--database-scheme")
 args = parser.parse_args()
 
 docs = [d for d in yaml.safe_load_all(open(args.file)) if d]
@@ -82,6 +84,15 @@ for j in jobs:
     if args.helm:
         hooks = j["metadata"].get("annotations", {}).get("helm.sh/hook", "")
         check(set(hooks.split(",")) == {"pre-install", "pre-upgrade"}, f"Job hook is {hooks!r}")
+
+if args.database_scheme:
+    urls = [(sec["metadata"]["name"], sec.get("stringData", {}).get("DATABASE_URL"))
+            for sec in by_kind.get("Secret", [])]
+    urls = [(name, url) for name, url in urls if url is not None]
+    check(len(urls) == 2, f"expected DATABASE_URL in the replicas' and the migration's Secret, got {urls}")
+    for name, url in urls:
+        check(url.startswith(args.database_scheme + "://"),
+              f"Secret {name}: DATABASE_URL is not a {args.database_scheme}:// URL")
 
 for rule in by_kind.get("PrometheusRule", []):
     check(args.rules is not None, "PrometheusRule rendered but no rules file to compare")

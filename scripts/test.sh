@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite against the embedded backends, against a real redis-server and
-# PostgreSQL, and against a real 6-node Redis Cluster with PostgreSQL, which this script installs
-# when missing (apt), starts on loopback in a temporary directory, and stops again. The failover
+# PostgreSQL, against a real 6-node Redis Cluster with PostgreSQL, and against a real
+# redis-server and MariaDB, which this script installs when missing (apt), starts on loopback in a
+# temporary directory, and stops again. The failover
 # and restart tests start their own Redis servers (redis-server, run as a sentinel too, and
 # redis-cli: the redis-server package brings both). It also provides promtool (apt: prometheus)
 # and the official Prometheus Python client (in a venv) for the /metrics format checks. Extra
@@ -23,6 +24,8 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 [ -n "$(pg_bindir)" ] && [ -x "$(pg_bindir)/initdb" ] || missing+=(postgresql)
+. scripts/lib/mariadb.sh
+{ [ -n "$(mariadbd_bin)" ] && command -v mariadb-install-db >/dev/null 2>&1; } || missing+=(mariadb-server)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   as_root apt-get update -qq
@@ -38,6 +41,7 @@ work=$(mktemp -d /tmp/otpgate-test.XXXXXX)
 chmod 755 "$work"
 redis_port=$(free_port)
 pg_port=$(free_port)
+mariadb_port=$(free_port)
 
 # PostgreSQL refuses to run as root: run it as the postgres user when we are root.
 pg_user=$(id -un)
@@ -52,6 +56,7 @@ cleanup() {
   if [ -f "$work/pg/postmaster.pid" ]; then
     run_pg "$PG_BIN/pg_ctl" -D "$work/pg" -m immediate stop >/dev/null 2>&1 || true
   fi
+  stop_mariadb "$work/mariadb"
   for pidfile in "$work"/redis.pid "$work"/cluster-*/redis.pid; do
     [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
   done
@@ -76,6 +81,15 @@ run_pg "$PG_BIN/initdb" -D "$work/pg" -U postgres -A trust --no-sync >/dev/null
 run_pg "$PG_BIN/pg_ctl" -D "$work/pg" -l "$work/pg/server.log" -w -t 60 start \
   -o "-p $pg_port -k $work/pg -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" >/dev/null
 
+# MariaDB, as the mysql user when we are root; durability off, as for PostgreSQL above. The
+# tests connect over TCP as otpgate_admin, which creates a database and a user per test app.
+log "starting MariaDB on 127.0.0.1:$mariadb_port"
+start_mariadb "$work/mariadb" "$mariadb_port" --innodb-flush-log-at-trx-commit=0 \
+  --skip-innodb-doublewrite --innodb-flush-method=nosync --innodb-buffer-pool-size=128M \
+  --max-connections=500
+mariadb_sql "$work/mariadb" "CREATE USER otpgate_admin@'%' IDENTIFIED BY 'otpgate-test-admin';
+  GRANT ALL PRIVILEGES ON *.* TO otpgate_admin@'%' WITH GRANT OPTION;"
+
 for _ in $(seq 1 50); do
   redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
   sleep 0.1
@@ -96,6 +110,7 @@ export TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
 TEST_REDIS_CLUSTER_URL=$(printf 'redis://127.0.0.1:%s,' "${cluster_ports[@]}")
 export TEST_REDIS_CLUSTER_URL=${TEST_REDIS_CLUSTER_URL%,}
 export TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
+export TEST_MARIADB_URL="mysql://otpgate_admin:otpgate-test-admin@127.0.0.1:$mariadb_port/mysql"
 export OTPGATE_REQUIRE_BACKENDS=1
 
 log "cargo test"

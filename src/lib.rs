@@ -3,7 +3,7 @@
 //! A user proves they own a phone number with a one-time code and receives a short-lived JWT
 //! access token plus a rotating refresh token. Replicas are stateless: everything they share
 //! lives in the [`store`] (Redis, or an in-process map for a single embedded server) and in
-//! the SQL database behind [`db`] (PostgreSQL, or SQLite when embedded).
+//! the SQL database behind [`db`] (PostgreSQL or MySQL/MariaDB, or SQLite when embedded).
 //!
 //! # Layout: layers that import only downward
 //!

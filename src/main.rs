@@ -49,9 +49,11 @@ Exit status: 0 when the configuration is valid (warnings included), 2 when it is
 
 const MIGRATE_HELP: &str = "usage: otpgate migrate
 
-Applies every pending database migration to DATABASE_URL and exits (0 on success). Needs only
-DATABASE_URL, so a migration job carries no other secret. `serve` migrates at start too unless
-RUN_MIGRATIONS=false.";
+Applies every pending database migration to DATABASE_URL (PostgreSQL, MySQL/MariaDB or SQLite)
+and exits: 0 on success, 2 when the database refuses the configuration (the user or password, a
+database that does not exist, a server older than MariaDB 10.5 or MySQL 8.0), 1 otherwise (it
+does not answer). Needs only DATABASE_URL, so a migration job carries no other secret. `serve`
+migrates at start too unless RUN_MIGRATIONS=false.";
 
 const HEALTHCHECK_HELP: &str = "usage: otpgate healthcheck
 
@@ -150,7 +152,13 @@ async fn serve(settings: Settings) -> ExitCode {
         Err(err) => {
             tracing::error!(error = %err, "start-up failed");
             eprintln!("otpgate: start-up failed: {err}");
-            return ExitCode::FAILURE;
+            // A database that refuses the configuration (user, password, database name,
+            // server version) is a configuration mistake, like a bad variable.
+            return if err.is_configuration() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            };
         }
     };
     match app.run_until_stopped(shutdown_signal()).await {
@@ -218,9 +226,14 @@ async fn migrate(database_url: &str) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            let err = otpgate::domain::secret::redact_credentials(&err.to_string());
-            eprintln!("otpgate: migration failed: {err}");
-            ExitCode::FAILURE
+            let text = otpgate::domain::secret::redact_credentials(&err.to_string());
+            let database = config::database_shown(database_url);
+            eprintln!("otpgate: migration failed: {database}: {text}");
+            if err.is_configuration() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

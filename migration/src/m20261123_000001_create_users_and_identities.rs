@@ -1,6 +1,12 @@
 //! Users (phone optional: a Telegram-only user has none) and their external identities.
+//!
+//! Column types per backend (see the crate docs): UUIDs are `uuid` on PostgreSQL, `binary(16)` on
+//! MySQL/MariaDB, text on SQLite; instants are `timestamptz` on PostgreSQL and `datetime(6)`
+//! holding UTC on MySQL/MariaDB (the connection's time zone is `+00:00`).
 
 use sea_orm_migration::{prelude::*, schema::*};
+
+use crate::{instant, instant_null, mysql_table};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -8,20 +14,23 @@ pub struct Migration;
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let backend = manager.get_database_backend();
         manager
-            .create_table(
+            .create_table(mysql_table(
+                backend,
                 Table::create()
                     .table(Users::Table)
                     .if_not_exists()
                     .col(uuid(Users::Id).primary_key())
                     .col(string_null(Users::Phone).unique_key())
-                    .col(timestamp_with_time_zone(Users::CreatedAt))
-                    .col(timestamp_with_time_zone_null(Users::LastLoginAt))
+                    .col(instant(backend, Users::CreatedAt))
+                    .col(instant_null(backend, Users::LastLoginAt))
                     .to_owned(),
-            )
+            ))
             .await?;
         manager
-            .create_table(
+            .create_table(mysql_table(
+                backend,
                 Table::create()
                     .table(Identities::Table)
                     .if_not_exists()
@@ -29,7 +38,7 @@ impl MigrationTrait for Migration {
                     .col(uuid(Identities::UserId))
                     .col(string(Identities::Provider))
                     .col(string(Identities::Subject))
-                    .col(timestamp_with_time_zone(Identities::CreatedAt))
+                    .col(instant(backend, Identities::CreatedAt))
                     .foreign_key(
                         ForeignKey::create()
                             .name("fk_identities_user")
@@ -38,7 +47,7 @@ impl MigrationTrait for Migration {
                             .on_delete(ForeignKeyAction::Cascade),
                     )
                     .to_owned(),
-            )
+            ))
             .await?;
         manager
             .create_index(

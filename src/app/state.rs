@@ -7,6 +7,7 @@ use sea_orm::DatabaseConnection;
 
 use crate::auth::{AuthConfig, AuthService};
 use crate::config::Settings;
+use crate::db::SetupError;
 use crate::delivery::Delivery;
 use crate::messaging::Messaging;
 use crate::store::redis::RedisOptions;
@@ -23,6 +24,10 @@ pub enum StartupError {
     /// redacted: drivers quote the connection string).
     #[error("database: {0}")]
     Database(String),
+    /// The database refuses this configuration: the user or password, a database that does not
+    /// exist, a server older than otpgate supports (redacted like [`StartupError::Database`]).
+    #[error("database: {0}")]
+    DatabaseConfig(String),
     /// The listener could not be bound.
     #[error("listen: {0}")]
     Io(#[from] std::io::Error),
@@ -32,6 +37,13 @@ pub enum StartupError {
     /// Anything else that stops the wiring.
     #[error("{0}")]
     Other(String),
+}
+
+impl StartupError {
+    /// Whether the configuration is at fault (exit 2) rather than an outage (exit 1).
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, StartupError::DatabaseConfig(_))
+    }
 }
 
 impl From<StoreError> for StartupError {
@@ -109,10 +121,21 @@ pub async fn probe_backends(settings: &Settings) -> Vec<String> {
     }
     let answer = async {
         let db = crate::db::connect(settings.store.database_url.expose(), 1).await?;
-        crate::db::ping(&db).await
+        crate::db::ping(&db).await?;
+        if db.get_database_backend() == sea_orm::DatabaseBackend::MySql {
+            let server = crate::db::mysql_server(&db).await?;
+            if !server.supported() {
+                return Err(SetupError::TooOld { found: server });
+            }
+        }
+        Ok::<(), SetupError>(())
     };
     match tokio::time::timeout(limit, answer).await {
         Ok(Ok(())) => {}
+        Ok(Err(err)) if err.is_configuration() => problems.push(format!(
+            "{database}: {}",
+            redact_credentials(&err.to_string())
+        )),
         Ok(Err(err)) => problems.push(format!(
             "{database} does not answer: {}",
             redact_credentials(&err.to_string())
@@ -154,33 +177,25 @@ impl AppState {
         };
         let store: Arc<dyn Store> = Arc::new(Metered::new(backend, metrics.clone()));
         let database = settings.store.database_shown();
-        let at = |err: sea_orm::DbErr| {
-            StartupError::Database(format!(
+        let at = |err: SetupError| {
+            let text = format!(
                 "{database}: {}",
                 crate::domain::secret::redact_credentials(&err.to_string())
-            ))
+            );
+            if err.is_configuration() {
+                StartupError::DatabaseConfig(text)
+            } else {
+                StartupError::Database(text)
+            }
         };
         let db = crate::db::connect(
             settings.store.database_url.expose(),
             settings.store.database_max_connections,
         )
         .await
-        .map_err(at)?;
+        .map_err(|err| at(err.into()))?;
         if settings.store.run_migrations {
             crate::db::migrate(&db).await.map_err(at)?;
-        } else {
-            // Not needed to start (`/ready` reports it), but say so now rather than at the
-            // first login.
-            let db = db.clone();
-            tokio::spawn(async move {
-                if let Err(err) = crate::db::ping(&db).await {
-                    tracing::warn!(
-                        database,
-                        error = %crate::domain::secret::redact_credentials(&err.to_string()),
-                        "the database does not answer; logins get 503 until it does"
-                    );
-                }
-            });
         }
         let auth = AuthService::new(
             AuthConfig {
@@ -196,6 +211,42 @@ impl AppState {
             metrics.clone(),
         )
         .map_err(|e| StartupError::Other(e.to_string()))?;
+        let auth = Arc::new(auth);
+        if settings.store.run_migrations {
+            // The database answered the migrations: choose the login statement now.
+            auth.prepare_database()
+                .await
+                .map_err(|err| at(err.into()))?;
+        } else {
+            // Not needed to start (`/ready` reports it), but say so now rather than at the
+            // first login; the login statement is chosen here when the database answers.
+            let db = db.clone();
+            let auth = auth.clone();
+            let database = database.clone();
+            tokio::spawn(async move {
+                let ready = async {
+                    crate::db::ping(&db).await?;
+                    auth.prepare_database().await
+                };
+                if let Err(err) = ready.await.map_err(SetupError::from) {
+                    let error = crate::domain::secret::redact_credentials(&err.to_string());
+                    if err.is_configuration() {
+                        tracing::warn!(
+                            database,
+                            error,
+                            "the database refuses this configuration; logins get 503 until \
+                             DATABASE_URL is fixed"
+                        );
+                    } else {
+                        tracing::warn!(
+                            database,
+                            error,
+                            "the database does not answer; logins get 503 until it does"
+                        );
+                    }
+                }
+            });
+        }
         tracing::info!(
             database = crate::db::backend_name(&db),
             store = if settings.store.embedded() {
@@ -206,7 +257,6 @@ impl AppState {
             expose_otp = settings.otp.expose,
             "state ready"
         );
-        let auth = Arc::new(auth);
         let messaging = Arc::new(Messaging::new(
             &settings.messaging,
             settings

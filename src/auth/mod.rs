@@ -78,6 +78,9 @@ pub struct AuthService {
     /// Numbers parsed lately, by the text the client sent: a verify parses the number its login
     /// parsed a minute before, and libphonenumber's classification is a dozen regex matches.
     recent_phones: std::sync::Mutex<std::collections::HashMap<String, Phone>>,
+    /// The statement a login by code uses on this database, chosen once: at start-up when the
+    /// database answers then ([`AuthService::prepare_database`]), else at the first login.
+    login_sql: tokio::sync::OnceCell<db::LoginSql>,
 }
 
 /// How many parsed numbers [`AuthService::parse_phone`] keeps (then it starts afresh).
@@ -129,7 +132,18 @@ impl AuthService {
             messaging: config.messaging.clone(),
             app_name: config.app_name.to_string(),
             recent_phones: Default::default(),
+            login_sql: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// Chooses the login statement for this database now (one `SELECT VERSION()` on
+    /// MySQL/MariaDB), so the first login does not; an error means the database does not
+    /// answer yet, and the first login chooses instead.
+    pub async fn prepare_database(&self) -> Result<db::LoginSql, sea_orm::DbErr> {
+        self.login_sql
+            .get_or_try_init(|| db::login_sql(&self.db))
+            .await
+            .copied()
     }
 
     /// Runs a database query, timing it (`otpgate_db_query_duration_seconds{query}`).
@@ -318,8 +332,9 @@ impl AuthService {
         })
     }
 
-    /// Checks the code and opens a session. One store round trip; one `SELECT` for a returning
-    /// user (plus a background `UPDATE` of `last_login_at`), `SELECT` + `INSERT` for a new one.
+    /// Checks the code and opens a session. One store round trip; one SQL statement on
+    /// PostgreSQL and MariaDB, two on MySQL, a `SELECT` (+ `INSERT` for a new user) on SQLite
+    /// ([`db::LoginSql`]); a returning user's `last_login_at` is written in the background.
     ///
     /// The user is looked up before the code is spent, so a database outage answers 503 and
     /// leaves the code usable.
@@ -331,10 +346,10 @@ impl AuthService {
     ) -> Result<LoggedIn, Error> {
         let phone = self.parse_phone(phone)?;
         let session = self
-            .db_query(
-                "login_start",
-                db::login_start(&self.db, self.hot.as_ref(), phone.as_str()),
-            )
+            .db_query("login_start", async {
+                let sql = self.prepare_database().await?;
+                db::login_start(&self.db, self.hot.as_ref(), sql, phone.as_str()).await
+            })
             .await?;
         let subjects = self.otp.subjects(&phone);
         let (attempts, failures) = self.quotas.for_verify(&subjects, client_ip);

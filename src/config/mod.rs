@@ -31,7 +31,9 @@ pub use limits::LimitSettings;
 pub use messaging::MessagingSettings;
 pub use otp::{OtpSettings, Pepper};
 pub use server::{ServerSettings, check_origin};
-pub use store::{DEFAULT_DATABASE_URL, RedisMode, StoreSettings, normalize_database_url};
+pub use store::{
+    DEFAULT_DATABASE_URL, RedisMode, StoreSettings, database_shown, normalize_database_url,
+};
 pub use tokens::{DEV_JWT_SECRET, TokenSettings};
 
 use env::{Vars, invalid, read_secret_files};
@@ -205,8 +207,9 @@ impl Settings {
         if self.store.database_url.expose().starts_with("sqlite:") {
             refuse(
                 "DATABASE_URL",
-                "production needs PostgreSQL (postgres://user:password@host:5432/db): SQLite is \
-                 one file on one machine, not shared between replicas",
+                "production needs PostgreSQL (postgres://user:password@host:5432/db) or MySQL/\
+                 MariaDB (mysql://user:password@host:3306/db): SQLite is one file on one \
+                 machine, not shared between replicas",
             );
         }
         if self.otp.expose {
@@ -824,6 +827,21 @@ mod tests {
     }
 
     #[test]
+    fn production_accepts_mysql_and_mariadb() {
+        for url in [
+            "mysql://otpgate:db-password-0123@db:3306/otpgate",
+            "mariadb://otpgate:db-password-0123@db/otpgate",
+            "mysql+aiomysql://otpgate:db-password-0123@db/otpgate",
+        ] {
+            let s = production_with(&[("DATABASE_URL", url)]).unwrap();
+            assert!(
+                s.store.database_url.expose().starts_with("mysql://"),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
     fn production_refuses_the_examples_secrets() {
         for (var, value) in [
             (
@@ -843,6 +861,10 @@ mod tests {
             (
                 "DATABASE_URL",
                 "postgres://otpgate:otpgate@postgres:5432/otpgate",
+            ),
+            (
+                "DATABASE_URL",
+                "mysql://otpgate:otpgate@mariadb:3306/otpgate",
             ),
         ] {
             let err = production_with(&[(var, value)]).unwrap_err();
@@ -897,7 +919,11 @@ mod tests {
                 }
                 if let Some(password) = line
                     .split_whitespace()
-                    .find(|w| w.contains("postgres://"))
+                    .find(|w| {
+                        ["postgres://", "mysql://", "mariadb://"]
+                            .iter()
+                            .any(|s| w.contains(s))
+                    })
                     .and_then(|w| url_password(w.trim_matches(['"', '\''])))
                     .filter(|p| !p.starts_with('$') && *p != "…")
                 {

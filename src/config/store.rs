@@ -33,7 +33,7 @@ impl RedisMode {
 /// The database and Redis.
 #[derive(Debug, Clone)]
 pub struct StoreSettings {
-    /// `DATABASE_URL`: `postgres://…` or `sqlite://…`.
+    /// `DATABASE_URL`: `postgres://…`, `mysql://…` (MySQL or MariaDB) or `sqlite://…`.
     pub database_url: Secret,
     /// `DATABASE_MAX_CONNECTIONS`: pool size (SQLite always uses 1).
     pub database_max_connections: u32,
@@ -63,11 +63,15 @@ impl StoreSettings {
             .get("DATABASE_URL")
             .map(|url| normalize_database_url(&url))
             .unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
-        if !(database_url.starts_with("postgres://") || database_url.starts_with("sqlite:")) {
+        if !["postgres://", "mysql://", "sqlite:"]
+            .iter()
+            .any(|scheme| database_url.starts_with(scheme))
+        {
             env.report(invalid(
                 "DATABASE_URL",
                 format!(
-                    "{}: expected postgres://user:password@host:5432/db or sqlite://file.db",
+                    "{}: expected postgres://user:password@host:5432/db, \
+                     mysql://user:password@host:3306/db (MySQL or MariaDB) or sqlite://file.db",
                     describe_url(&database_url)
                 ),
             ));
@@ -97,17 +101,10 @@ impl StoreSettings {
         self.redis_url.is_none()
     }
 
-    /// The database for logs: `postgres at host:5432/db` or `sqlite file otpgate.db`, never a
-    /// password.
+    /// The database for logs and errors: `postgres at host:5432/db`, `mysql at host:3306/db`
+    /// (the default port when the URL has none) or `sqlite file otpgate.db`; never a password.
     pub fn database_shown(&self) -> String {
-        let url = self.database_url.expose();
-        if let Some(file) = sqlite_file(url) {
-            return format!("sqlite file {file}");
-        }
-        let (scheme, rest) = url.split_once("://").unwrap_or(("database", url));
-        let rest = rest.split('?').next().unwrap_or(rest);
-        let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-        format!("{scheme} at {host}")
+        database_shown(self.database_url.expose())
     }
 
     /// The file of a SQLite `DATABASE_URL` (`sqlite://x.db?mode=rwc` or `sqlite:x.db`).
@@ -217,6 +214,34 @@ fn redis_settings(env: &Vars<'_>) -> Result<(RedisMode, Vec<Secret>, Option<Stri
     Ok((mode, urls.into_iter().map(Secret::new).collect(), master))
 }
 
+/// See [`StoreSettings::database_shown`]; also for `otpgate migrate`, which reads only the URL.
+pub fn database_shown(url: &str) -> String {
+    if let Some(file) = sqlite_file(url) {
+        return format!("sqlite file {file}");
+    }
+    let (scheme, rest) = url.split_once("://").unwrap_or(("database", url));
+    let rest = rest.split(['?', '#']).next().unwrap_or(rest);
+    // The user info ends at the last `@` (a password may contain `/`).
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let (authority, database) = rest.split_once('/').unwrap_or((rest, ""));
+    let default_port = match scheme {
+        "postgres" => Some(5432),
+        "mysql" => Some(3306),
+        _ => None,
+    };
+    // `host`, `host:port`, `[v6]` or `[v6]:port`.
+    let has_port = match authority.rsplit_once(']') {
+        Some((_, after)) => after.starts_with(':'),
+        None => authority.contains(':'),
+    };
+    let authority = match (has_port, default_port, authority.is_empty()) {
+        (false, Some(port), false) => format!("{authority}:{port}"),
+        (false, Some(port), true) => format!("localhost:{port}"),
+        _ => authority.to_string(),
+    };
+    format!("{scheme} at {authority}/{database}")
+}
+
 /// The file part of a SQLite URL.
 fn sqlite_file(url: &str) -> Option<&str> {
     let rest = url.strip_prefix("sqlite:")?;
@@ -240,8 +265,9 @@ fn describe_url(url: &str) -> String {
     }
 }
 
-/// Accepts SQLAlchemy-style URLs from the seed (`postgresql+asyncpg://`, `sqlite+aiosqlite:///x.db`)
-/// and gives SQLite files `mode=rwc` so they are created on first start.
+/// Accepts SQLAlchemy-style URLs from the seed (`postgresql+asyncpg://`, `mysql+aiomysql://`,
+/// `sqlite+aiosqlite:///x.db`) and `mariadb://` as a name for `mysql://` (one protocol, one
+/// driver), and gives SQLite files `mode=rwc` so they are created on first start.
 pub fn normalize_database_url(url: &str) -> String {
     let url = url.trim();
     let (scheme, rest) = match url.split_once("://") {
@@ -252,16 +278,19 @@ pub fn normalize_database_url(url: &str) -> String {
         Some((base, _driver)) => (base, true),
         None => (scheme, false),
     };
-    let base = if base == "postgresql" {
-        "postgres"
-    } else {
-        base
+    let base = match base {
+        "postgresql" => "postgres",
+        "mariadb" => "mysql",
+        other => other,
     };
     if base != "sqlite" {
         return format!("{base}://{rest}");
     }
     // SQLAlchemy's `sqlite:///relative.db` has one slash more than sqlx's `sqlite://relative.db`.
-    let path = if had_driver {
+    // Without a driver the URL is read as sqlx reads it (`sqlite:///abs/x.db` is absolute),
+    // except the seed's `sqlite:///./x.db` and `sqlite:///../x.db`, which only SQLAlchemy's
+    // reading makes sense of (sqlx would put `./x.db` in the root directory).
+    let path = if had_driver || rest.starts_with("/./") || rest.starts_with("/../") {
         rest.strip_prefix('/').unwrap_or(rest)
     } else {
         rest
@@ -340,6 +369,82 @@ mod tests {
             normalize_database_url("sqlite://data/app.db"),
             "sqlite://data/app.db?mode=rwc"
         );
+        // The seed's README form: relative to the working directory, as SQLAlchemy reads it.
+        assert_eq!(
+            normalize_database_url("sqlite:///./app.db"),
+            "sqlite://./app.db?mode=rwc"
+        );
+        assert_eq!(
+            normalize_database_url("sqlite:///../app.db"),
+            "sqlite://../app.db?mode=rwc"
+        );
+        // sqlx's absolute form stays absolute.
+        assert_eq!(
+            normalize_database_url("sqlite:///var/lib/otpgate/app.db"),
+            "sqlite:///var/lib/otpgate/app.db?mode=rwc"
+        );
         assert_eq!(normalize_database_url("sqlite::memory:"), "sqlite::memory:");
+        assert_eq!(
+            normalize_database_url("mysql://user:password@localhost/recruitment_db"),
+            "mysql://user:password@localhost/recruitment_db"
+        );
+        assert_eq!(
+            normalize_database_url("mysql+aiomysql://u:p@db:3306/app"),
+            "mysql://u:p@db:3306/app"
+        );
+        assert_eq!(
+            normalize_database_url("mariadb://u:p@db/app"),
+            "mysql://u:p@db/app"
+        );
+        assert_eq!(
+            normalize_database_url("mariadb+mariadbconnector://u:p@db/app"),
+            "mysql://u:p@db/app"
+        );
+    }
+
+    #[test]
+    fn the_seeds_mysql_url_is_a_valid_setting() {
+        let s = settings(&[(
+            "DATABASE_URL",
+            "mysql://user:password@localhost/recruitment_db",
+        )])
+        .unwrap();
+        assert_eq!(
+            s.store.database_shown(),
+            "mysql at localhost:3306/recruitment_db"
+        );
+        let s = settings(&[(
+            "DATABASE_URL",
+            "mariadb://u:p@10.0.0.5:3307/otp?ssl-mode=required",
+        )])
+        .unwrap();
+        assert_eq!(
+            s.store.database_url.expose(),
+            "mysql://u:p@10.0.0.5:3307/otp?ssl-mode=required"
+        );
+        assert_eq!(s.store.database_shown(), "mysql at 10.0.0.5:3307/otp");
+        let err = settings(&[("DATABASE_URL", "mssql://sa:hunter2@db/x")]).unwrap_err();
+        let err = err.first();
+        assert_eq!(err.var, "DATABASE_URL");
+        assert!(err.message.contains("mysql://"), "{}", err.message);
+        assert!(!err.message.contains("hunter2"), "{}", err.message);
+    }
+
+    #[test]
+    fn database_shown_names_host_port_and_database_never_the_password() {
+        for (url, shown) in [
+            ("postgres://u:p@db:5433/x", "postgres at db:5433/x"),
+            ("postgres://u:p@db/x", "postgres at db:5432/x"),
+            (
+                "mysql://u:p/w@ss@db/x?ssl-mode=required",
+                "mysql at db:3306/x",
+            ),
+            ("mysql://u:p@[::1]:3307/x", "mysql at [::1]:3307/x"),
+            ("mysql://u:p@[::1]/x", "mysql at [::1]:3306/x"),
+            ("mysql://u@db", "mysql at db:3306/"),
+            ("sqlite://otpgate.db?mode=rwc", "sqlite file otpgate.db"),
+        ] {
+            assert_eq!(database_shown(url), shown, "{url}");
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! Users and identities in SQL (PostgreSQL in clusters, SQLite when embedded), through SeaORM.
+//! Users and identities in SQL through SeaORM: PostgreSQL or MySQL/MariaDB in clusters, SQLite
+//! when embedded.
 
 use std::time::Duration;
 
@@ -6,8 +7,8 @@ use chrono::{DateTime, Utc};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DbErr, EntityTrait, QueryFilter, Set, SqlErr, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseBackend,
+    DatabaseConnection, DbErr, EntityTrait, QueryFilter, Set, SqlErr, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -18,8 +19,10 @@ pub mod touches;
 pub use entities::{identity, user};
 
 /// Opens a connection pool. SQLite gets one connection (it serialises writers anyway), WAL and a
-/// busy timeout; PostgreSQL gets `max_connections`. Connections are made on demand, so a server
-/// with `RUN_MIGRATIONS=false` starts while its database is still coming up (`/ready` says so).
+/// busy timeout; PostgreSQL and MySQL/MariaDB get `max_connections` (sqlx sets MySQL sessions to
+/// `utf8mb4` and time zone `+00:00`, so `datetime(6)` columns hold UTC). Connections are made on
+/// demand, so a server with `RUN_MIGRATIONS=false` starts while its database is still coming up
+/// (`/ready` says so).
 pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, DbErr> {
     let sqlite = url.starts_with("sqlite:");
     let mut opts = ConnectOptions::new(url.to_string());
@@ -38,9 +41,177 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
     Database::connect(opts).await
 }
 
-/// Applies every pending migration.
-pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
-    Migrator::up(db, None).await
+/// The oldest servers otpgate runs on: MariaDB 10.5 brought `INSERT … RETURNING` (the login's
+/// single statement); MySQL 5.7 and MariaDB 10.4 are past their end of life.
+pub const MYSQL_MINIMUM: &str = "MariaDB 10.5 or MySQL 8.0";
+
+/// A MySQL-family server, from its `VERSION()` (`10.11.6-MariaDB-0+deb12u1`, `8.0.36`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MysqlServer {
+    /// Whether it is MariaDB rather than MySQL.
+    pub mariadb: bool,
+    /// Major, minor, patch.
+    pub version: (u32, u32, u32),
+}
+
+impl MysqlServer {
+    /// Reads a `VERSION()` string; `None` when it has no `major.minor`.
+    pub fn parse(version: &str) -> Option<Self> {
+        let mariadb = version.to_ascii_lowercase().contains("mariadb");
+        // MariaDB before 11 may prefix `5.5.5-` for old replication clients.
+        let text = version.strip_prefix("5.5.5-").unwrap_or(version);
+        let mut parts = text
+            .split(|c: char| !c.is_ascii_digit())
+            .map(|p| p.parse::<u32>().ok());
+        let major = parts.next().flatten()?;
+        let minor = parts.next().flatten()?;
+        let patch = parts.next().flatten().unwrap_or(0);
+        Some(Self {
+            mariadb,
+            version: (major, minor, patch),
+        })
+    }
+
+    /// Whether otpgate supports it ([`MYSQL_MINIMUM`]).
+    pub fn supported(&self) -> bool {
+        let (major, minor, _) = self.version;
+        if self.mariadb {
+            (major, minor) >= (10, 5)
+        } else {
+            major >= 8
+        }
+    }
+
+    /// The statement a login by code uses on this server: MariaDB 10.5 and newer return the
+    /// row from the insert itself; MySQL has no `RETURNING`.
+    pub fn login_sql(&self) -> LoginSql {
+        let (major, minor, _) = self.version;
+        if self.mariadb && (major, minor) >= (10, 5) {
+            LoginSql::MariadbReturning
+        } else {
+            LoginSql::MysqlInsertThenSelect
+        }
+    }
+}
+
+impl std::fmt::Display for MysqlServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (major, minor, patch) = self.version;
+        let name = if self.mariadb { "MariaDB" } else { "MySQL" };
+        write!(f, "{name} {major}.{minor}.{patch}")
+    }
+}
+
+/// The MySQL or MariaDB server behind `db` (one `SELECT VERSION()`).
+pub async fn mysql_server(db: &DatabaseConnection) -> Result<MysqlServer, DbErr> {
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            DatabaseBackend::MySql,
+            "SELECT VERSION() AS version",
+        ))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("SELECT VERSION() returned no row".into()))?;
+    let version: String = row.try_get("", "version")?;
+    MysqlServer::parse(&version)
+        .ok_or_else(|| DbErr::Custom(format!("unrecognised server version {version:?}")))
+}
+
+/// Why the database could not be opened or migrated, sorted for the operator: a mistake in the
+/// configuration (the user, the password, the database name, the server's version: start-up and
+/// `otpgate migrate` exit 2) or anything else (a database that does not answer: exit 1).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The server refused the user name or password.
+    #[error("the server refused the user or password ({0}); check DATABASE_URL")]
+    Credentials(String),
+    /// The database named in the URL does not exist.
+    #[error("the database does not exist ({0}); create it or fix the name in DATABASE_URL")]
+    NoDatabase(String),
+    /// The user may not use the database (MySQL says so also when it does not exist).
+    #[error(
+        "the user may not use this database, or it does not exist ({0}); grant the user access \
+         to it, create it, or fix DATABASE_URL"
+    )]
+    NoAccess(String),
+    /// No connection within the pool's timeout: the server is down or unreachable.
+    #[error("no connection within 5 s: the server is down or unreachable")]
+    Unreachable,
+    /// The server is older than otpgate supports.
+    #[error("the server is {found}; otpgate needs {MYSQL_MINIMUM} or newer")]
+    TooOld {
+        /// The server found.
+        found: MysqlServer,
+    },
+    /// Anything else: a connection that broke, a failed migration.
+    #[error("{0}")]
+    Other(DbErr),
+}
+
+impl SetupError {
+    /// Whether this is a mistake in the configuration rather than an outage.
+    pub fn is_configuration(&self) -> bool {
+        !matches!(self, SetupError::Other(_) | SetupError::Unreachable)
+    }
+}
+
+impl From<DbErr> for SetupError {
+    fn from(err: DbErr) -> Self {
+        if matches!(
+            err,
+            DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::Timeout)
+        ) {
+            return SetupError::Unreachable;
+        }
+        let Some(db_err) = database_error(&err) else {
+            return SetupError::Other(err);
+        };
+        let message = db_err.message().to_string();
+        if let Some(mysql) = db_err.try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>() {
+            return match mysql.number() {
+                // ER_ACCESS_DENIED_ERROR, ER_ACCESS_DENIED_NO_PASSWORD_ERROR
+                1045 | 1698 => SetupError::Credentials(message),
+                // ER_DBACCESS_DENIED_ERROR
+                1044 => SetupError::NoAccess(message),
+                // ER_BAD_DB_ERROR
+                1049 => SetupError::NoDatabase(message),
+                _ => SetupError::Other(err),
+            };
+        }
+        match db_err.code().as_deref() {
+            // invalid_password, invalid_authorization_specification
+            Some("28P01" | "28000") => SetupError::Credentials(message),
+            // invalid_catalog_name
+            Some("3D000") => SetupError::NoDatabase(message),
+            _ => SetupError::Other(err),
+        }
+    }
+}
+
+/// The server's own error inside a SeaORM error, if there is one.
+fn database_error(err: &DbErr) -> Option<&(dyn sea_orm::sqlx::error::DatabaseError + 'static)> {
+    let (DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e))
+    | DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
+    | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e))) = err
+    else {
+        return None;
+    };
+    match &**e {
+        sea_orm::sqlx::Error::Database(db_err) => Some(&**db_err),
+        _ => None,
+    }
+}
+
+/// Checks that the server is one otpgate supports (MySQL/MariaDB: [`MYSQL_MINIMUM`]) and applies
+/// every pending migration.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), SetupError> {
+    if db.get_database_backend() == DatabaseBackend::MySql {
+        let server = mysql_server(db).await?;
+        if !server.supported() {
+            return Err(SetupError::TooOld { found: server });
+        }
+    }
+    Migrator::up(db, None).await?;
+    Ok(())
 }
 
 /// Checks that the database answers (readiness).
@@ -59,24 +230,57 @@ pub async fn find_by_phone(
         .await
 }
 
+/// How a login by code reaches the database (see [`login_start`]), chosen once per server:
+/// [`login_sql`] picks it from the backend and, on MySQL/MariaDB, the server's version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginSql {
+    /// PostgreSQL: `WITH created AS (INSERT … ON CONFLICT DO NOTHING RETURNING …) SELECT …
+    /// UNION ALL SELECT …`: one statement for new and returning users.
+    Postgres,
+    /// MariaDB 10.5 and newer: `INSERT … ON DUPLICATE KEY UPDATE phone = phone RETURNING …`,
+    /// which returns the new row or the existing one: one statement.
+    MariadbReturning,
+    /// MySQL (no `RETURNING`): `INSERT … ON DUPLICATE KEY UPDATE phone = phone`, then a
+    /// `SELECT` of the phone's row on the same connection: two statements.
+    MysqlInsertThenSelect,
+    /// SQLite: a lookup through the pool before the code check, an insert after (for a new
+    /// user).
+    Pooled,
+}
+
+/// The [`LoginSql`] for `db`: one `SELECT VERSION()` on MySQL/MariaDB, nothing elsewhere.
+pub async fn login_sql(db: &DatabaseConnection) -> Result<LoginSql, DbErr> {
+    Ok(match db.get_database_backend() {
+        DatabaseBackend::Postgres => LoginSql::Postgres,
+        DatabaseBackend::MySql => mysql_server(db).await?.login_sql(),
+        _ => LoginSql::Pooled,
+    })
+}
+
 /// The database side of one login by code, started before the code is checked and finished
 /// after. On PostgreSQL: one connection of the login pool ([`hot`]), taken before the code
-/// check, so a database that refuses connections answers 503 without spending the code; then
-/// one statement that inserts a new user or returns the existing one. On the other backends:
-/// the lookup first, then the insert (or nothing), through the pool.
+/// check, so a database that refuses connections answers 503 without spending the code. On
+/// MySQL/MariaDB: one pooled connection, checked out (and pinged by the pool) before the code
+/// check. Then the [`LoginSql`] statement that inserts a new user or returns the existing one.
+/// On SQLite: the lookup first, then the insert (or nothing), through the pool.
 pub enum LoginSession {
     /// A PostgreSQL connection held for this login.
     Postgres(hot::Lease),
+    /// A MySQL/MariaDB connection held for this login, and the statement to use on it.
+    Mysql(
+        sea_orm::sqlx::pool::PoolConnection<sea_orm::sqlx::MySql>,
+        LoginSql,
+    ),
     /// The user found by the lookup, if any; statements go through the pool.
     Pooled(Option<user::Model>),
 }
 
-fn pg_user(row: sea_orm::sqlx::postgres::PgRow) -> Result<user::Model, DbErr> {
+fn row_user(row: impl Into<sea_orm::QueryResult>) -> Result<user::Model, DbErr> {
     use sea_orm::FromQueryResult;
-    user::Model::from_query_result(&sea_orm::QueryResult::from(row), "")
+    user::Model::from_query_result(&row.into(), "")
 }
 
-fn pg_query_err(err: sea_orm::sqlx::Error) -> DbErr {
+fn query_err(err: sea_orm::sqlx::Error) -> DbErr {
     if hot::is_broken_connection(&err) {
         // The connection broke under the query: the database is unavailable (503), not a bug.
         DbErr::Conn(sea_orm::RuntimeErr::SqlxError(err.into()))
@@ -85,16 +289,45 @@ fn pg_query_err(err: sea_orm::sqlx::Error) -> DbErr {
     }
 }
 
-/// Starts a login for `phone` (see [`LoginSession`]): on PostgreSQL through `hot`, the login
-/// pool of `db` ([`hot::HotPool::for_database`]).
+fn acquire_err(err: sea_orm::sqlx::Error) -> DbErr {
+    match err {
+        sea_orm::sqlx::Error::PoolTimedOut => {
+            DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::Timeout)
+        }
+        sea_orm::sqlx::Error::PoolClosed => {
+            DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::ConnectionClosed)
+        }
+        other => DbErr::Conn(sea_orm::RuntimeErr::SqlxError(other.into())),
+    }
+}
+
+/// Starts a login for `phone` with the statement `sql` chose (see [`LoginSession`]); on
+/// PostgreSQL through `hot`, the login pool of `db` ([`hot::HotPool::for_database`]).
 pub async fn login_start(
     db: &DatabaseConnection,
     hot: Option<&hot::HotPool>,
+    sql: LoginSql,
     phone: &str,
 ) -> Result<LoginSession, DbErr> {
-    match hot {
-        Some(pool) => Ok(LoginSession::Postgres(pool.lease().await?)),
-        None => Ok(LoginSession::Pooled(find_by_phone(db, phone).await?)),
+    match (sql, db.get_database_backend(), hot) {
+        (LoginSql::Postgres, DatabaseBackend::Postgres, Some(pool)) => {
+            Ok(LoginSession::Postgres(pool.lease().await?))
+        }
+        (
+            LoginSql::MariadbReturning | LoginSql::MysqlInsertThenSelect,
+            DatabaseBackend::MySql,
+            _,
+        ) => Ok(LoginSession::Mysql(
+            db.get_mysql_connection_pool()
+                .acquire()
+                .await
+                .map_err(acquire_err)?,
+            sql,
+        )),
+        (LoginSql::Pooled, _, _) => Ok(LoginSession::Pooled(find_by_phone(db, phone).await?)),
+        (sql, backend, _) => Err(DbErr::Custom(format!(
+            "the login statement {sql:?} does not run on {backend:?}"
+        ))),
     }
 }
 
@@ -108,7 +341,7 @@ pub async fn login_finish(
     now: DateTime<Utc>,
     touches: &touches::LoginTouches,
 ) -> Result<(user::Model, bool), DbErr> {
-    let mut conn = match session {
+    let (mut user, created) = match session {
         LoginSession::Pooled(existing) => {
             let created = existing.is_none();
             return Ok((
@@ -116,8 +349,21 @@ pub async fn login_finish(
                 created,
             ));
         }
-        LoginSession::Postgres(conn) => conn,
+        LoginSession::Postgres(conn) => postgres_login(conn, phone, now).await?,
+        LoginSession::Mysql(conn, sql) => mysql_login(conn, sql, phone, now).await?,
     };
+    if !created {
+        touches.record(user.id, now);
+        user.last_login_at = Some(now);
+    }
+    Ok((user, created))
+}
+
+async fn postgres_login(
+    mut conn: hot::Lease,
+    phone: &str,
+    now: DateTime<Utc>,
+) -> Result<(user::Model, bool), DbErr> {
     // Inserts the user unless the phone has one (no row is written then), and returns either.
     // The existing row is read in the statement's snapshot: a row committed by another
     // replica's insert while this one waited on the unique index is read just after.
@@ -152,12 +398,54 @@ pub async fn login_finish(
             .await?
             .ok_or_else(|| DbErr::RecordNotFound(format!("the user of {phone}")))?,
     };
-    let created: bool = sea_orm::sqlx::Row::try_get(&row, "created").map_err(pg_query_err)?;
-    let mut user = pg_user(row)?;
-    if !created {
-        touches.record(user.id, now);
-        user.last_login_at = Some(now);
-    }
+    let created: bool = sea_orm::sqlx::Row::try_get(&row, "created").map_err(query_err)?;
+    Ok((row_user(row)?, created))
+}
+
+async fn mysql_login(
+    mut conn: sea_orm::sqlx::pool::PoolConnection<sea_orm::sqlx::MySql>,
+    sql: LoginSql,
+    phone: &str,
+    now: DateTime<Utc>,
+) -> Result<(user::Model, bool), DbErr> {
+    // `phone = phone` changes nothing: an existing row is neither written nor given a new id,
+    // but it is locked and read as committed, also when another replica's insert of the same
+    // phone committed while this one waited on the unique index. The row is ours (created
+    // now) exactly when it carries the id proposed here.
+    const INSERT: &str = "INSERT INTO users (id, phone, created_at, last_login_at) \
+        VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE phone = phone";
+    const INSERT_RETURNING: &str = "INSERT INTO users (id, phone, created_at, last_login_at) \
+        VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE phone = phone \
+        RETURNING id, phone, created_at, last_login_at";
+    const SELECT: &str = "SELECT id, phone, created_at, last_login_at FROM users WHERE phone = ?";
+    let id = crate::domain::ids::time_ordered_uuid(now.timestamp_millis().max(0) as u64);
+    let query = sea_orm::sqlx::query::<sea_orm::sqlx::MySql>;
+    let row = if sql == LoginSql::MariadbReturning {
+        query(INSERT_RETURNING)
+            .bind(id)
+            .bind(phone)
+            .bind(now)
+            .bind(now)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(query_err)?
+    } else {
+        query(INSERT)
+            .bind(id)
+            .bind(phone)
+            .bind(now)
+            .bind(now)
+            .execute(&mut *conn)
+            .await
+            .map_err(query_err)?;
+        query(SELECT)
+            .bind(phone)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(query_err)?
+    };
+    let user = row_user(row.ok_or_else(|| DbErr::RecordNotFound(format!("the user of {phone}")))?)?;
+    let created = user.id == id;
     Ok((user, created))
 }
 
@@ -371,8 +659,9 @@ pub async fn find_user(
 /// The database backend name, for logs.
 pub fn backend_name(db: &DatabaseConnection) -> &'static str {
     match db.get_database_backend() {
-        sea_orm::DatabaseBackend::Postgres => "postgres",
-        sea_orm::DatabaseBackend::Sqlite => "sqlite",
+        DatabaseBackend::Postgres => "postgres",
+        DatabaseBackend::MySql => "mysql",
+        DatabaseBackend::Sqlite => "sqlite",
         _ => "other",
     }
 }

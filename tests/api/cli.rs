@@ -121,6 +121,15 @@ fn migrate_exits_0_on_sqlite_and_postgres() {
         .expect("run");
     assert!(status.success());
     assert!(dir.join("otpgate.db").exists());
+    // The seed's README form is relative to the working directory.
+    let status = otpgate(&dir)
+        .arg("migrate")
+        .env("DATABASE_URL", "sqlite:///./seed-form.db")
+        .stdout(Stdio::null())
+        .status()
+        .expect("run");
+    assert!(status.success());
+    assert!(dir.join("seed-form.db").exists());
     if !crate::helpers::cluster_available() {
         return;
     }
@@ -137,6 +146,41 @@ fn migrate_exits_0_on_sqlite_and_postgres() {
             .status()
             .expect("run");
         assert!(status.success());
+    }
+}
+
+/// PostgreSQL refusing the configuration is reported like MySQL's (tests/api/mariadb.rs): a
+/// database that does not exist is exit 2 naming host, port and database.
+#[test]
+fn a_missing_postgres_database_exits_2_naming_it() {
+    if !crate::helpers::cluster_available() {
+        return;
+    }
+    let admin = std::env::var("TEST_POSTGRES_URL").expect("TEST_POSTGRES_URL");
+    let (base, _) = admin.rsplit_once('/').expect("ends with /dbname");
+    let url = format!("{base}/otpgate_missing_{}", uuid::Uuid::new_v4().simple());
+    let host = base.rsplit_once('@').map_or(base, |(_, h)| h);
+    for args in [&["migrate"][..], &["serve"]] {
+        let output = otpgate(&temp_dir())
+            .args(args)
+            .env("PORT", "0")
+            .env("DATABASE_URL", &url)
+            .output()
+            .expect("run");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {all}");
+        assert!(
+            all.contains(&format!("postgres at {host}/otpgate_missing_")),
+            "{args:?}: {all}"
+        );
+        assert!(
+            all.contains("the database does not exist"),
+            "{args:?}: {all}"
+        );
     }
 }
 

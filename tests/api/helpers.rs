@@ -1,5 +1,5 @@
-//! `spawn_app` and friends: apps on port 0, a fresh SQLite file or PostgreSQL database per app
-//! pair, a fresh Redis key prefix per test.
+//! `spawn_app` and friends: apps on port 0, a fresh SQLite file, PostgreSQL database or MariaDB
+//! database (with a user of its own) per app pair, a fresh Redis key prefix per test.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -27,6 +27,8 @@ pub enum Backend {
     Cluster,
     /// A real 6-node Redis Cluster (`REDIS_MODE=cluster`) + PostgreSQL: two instances.
     RedisCluster,
+    /// Real Redis + MariaDB (`mysql://`): two instances sharing them.
+    Mariadb,
 }
 
 impl Backend {
@@ -76,8 +78,25 @@ pub fn cluster_available() -> bool {
     configured
 }
 
+/// The MariaDB variant when `TEST_MARIADB_URL` (an admin URL) and `TEST_REDIS_URL` are set;
+/// required, like the others, under `OTPGATE_REQUIRE_BACKENDS` or `CI`.
+pub fn mariadb_available() -> bool {
+    let configured =
+        std::env::var("TEST_MARIADB_URL").is_ok() && std::env::var("TEST_REDIS_URL").is_ok();
+    if !configured {
+        if backends_required() {
+            panic!(
+                "TEST_MARIADB_URL and TEST_REDIS_URL must be set (run scripts/test.sh, which \
+                 starts MariaDB and redis-server)"
+            );
+        }
+        eprintln!("skipping the Redis + MariaDB variant: run scripts/test.sh to include it");
+    }
+    configured
+}
+
 /// Runs each named scenario `async fn name(backend: Backend)` on every backend: embedded,
-/// standalone Redis + PostgreSQL, Redis Cluster + PostgreSQL.
+/// standalone Redis + PostgreSQL, Redis Cluster + PostgreSQL, standalone Redis + MariaDB.
 #[macro_export]
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -109,6 +128,46 @@ macro_rules! on_both_backends {
                 }
             )*
         }
+        mod mariadb {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if $crate::helpers::mariadb_available() {
+                        super::$name($crate::helpers::Backend::Mariadb).await
+                    }
+                }
+            )*
+        }
+    };
+}
+
+/// Runs each named scenario `async fn name(backend: Backend)` on the SQL servers the tests can
+/// take away (two instances each, standalone Redis): `sql::postgres::name`, `sql::mariadb::name`.
+#[macro_export]
+macro_rules! on_sql_servers {
+    ($($name:ident),* $(,)?) => {
+        mod sql {
+            mod postgres {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        if $crate::helpers::cluster_available() {
+                            super::super::$name($crate::helpers::Backend::Cluster).await
+                        }
+                    }
+                )*
+            }
+            mod mariadb {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        if $crate::helpers::mariadb_available() {
+                            super::super::$name($crate::helpers::Backend::Mariadb).await
+                        }
+                    }
+                )*
+            }
+        }
     };
 }
 
@@ -122,6 +181,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// The PostgreSQL database of a cluster app (admin URL, database name).
     pub postgres: Option<(String, String)>,
+    /// The MariaDB database of a MariaDB app.
+    pub mariadb: Option<MariadbDatabase>,
     /// Base URL of instance A's metrics listener, when `METRICS_PORT` is set.
     pub metrics: Option<String>,
     /// The database URL the instances share.
@@ -152,6 +213,7 @@ pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)]) -> Tes
         ("SHUTDOWN_GRACE_SECONDS".into(), "1".into()),
     ]);
     let mut postgres = None;
+    let mut mariadb = None;
     match backend {
         Backend::Embedded => {
             let file = std::env::temp_dir().join(format!("otpgate-test-{}.db", Uuid::new_v4()));
@@ -182,6 +244,20 @@ pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)]) -> Tes
             postgres = Some((admin_url, name));
             env.insert("DATABASE_MAX_CONNECTIONS".into(), "4".into());
         }
+        Backend::Mariadb => {
+            env.insert(
+                "REDIS_URL".into(),
+                std::env::var("TEST_REDIS_URL").expect("TEST_REDIS_URL"),
+            );
+            env.insert(
+                "REDIS_KEY_PREFIX".into(),
+                format!("test:{}:", Uuid::new_v4().simple()),
+            );
+            let database = fresh_mariadb_database().await;
+            env.insert("DATABASE_URL".into(), database.url.clone());
+            env.insert("DATABASE_MAX_CONNECTIONS".into(), "4".into());
+            mariadb = Some(database);
+        }
     }
     for (k, v) in overrides {
         env.insert(k.to_string(), v.to_string());
@@ -201,6 +277,7 @@ pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)]) -> Tes
         b,
         client: reqwest::Client::new(),
         postgres,
+        mariadb,
         metrics,
         database_url,
     }
@@ -232,6 +309,95 @@ pub async fn fresh_postgres_database() -> (String, String, String) {
         .expect("TEST_POSTGRES_URL ends with /dbname");
     let url = format!("{base}/{name}");
     (admin_url, name, url)
+}
+
+/// A MariaDB database of its own and a user of its own (so a test can lock the user out, as
+/// PostgreSQL's tests refuse connections to their database).
+#[derive(Debug, Clone)]
+pub struct MariadbDatabase {
+    /// `TEST_MARIADB_URL`: a user that may create databases and users.
+    pub admin_url: String,
+    /// The database.
+    pub name: String,
+    /// The user, `'user'@'%'`, with every privilege on the database and none elsewhere.
+    pub user: String,
+    /// `mysql://user:password@host:port/name`.
+    pub url: String,
+    /// `mysql://…` of the server, without user or database: `mysql://host:port`.
+    pub server: String,
+}
+
+/// A new, empty MariaDB database with its own user on the test server. The database gets the
+/// server's default character set (latin1 here, as on many installations): the migrations
+/// must make their tables utf8mb4 themselves.
+pub async fn fresh_mariadb_database() -> MariadbDatabase {
+    let admin_url = std::env::var("TEST_MARIADB_URL").expect("TEST_MARIADB_URL");
+    let id = Uuid::new_v4().simple().to_string();
+    let name = format!("otpgate_test_{id}");
+    let user = format!("u{}", &id[..16]);
+    let password = format!("pw-{}", Uuid::new_v4().simple());
+    let admin = Database::connect(&admin_url)
+        .await
+        .expect("connect to the test MariaDB");
+    for statement in [
+        format!("CREATE DATABASE `{name}`"),
+        format!("CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'"),
+        format!("GRANT ALL PRIVILEGES ON `{name}`.* TO '{user}'@'%'"),
+    ] {
+        admin
+            .execute_unprepared(&statement)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+    admin.close().await.ok();
+    let host = admin_url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.rsplit_once('@').map_or(Some(rest), |(_, h)| Some(h)))
+        .and_then(|rest| rest.split('/').next())
+        .expect("TEST_MARIADB_URL is mysql://user@host:port/db")
+        .to_string();
+    MariadbDatabase {
+        url: format!("mysql://{user}:{password}@{host}/{name}"),
+        server: format!("mysql://{host}"),
+        admin_url,
+        name,
+        user,
+    }
+}
+
+impl MariadbDatabase {
+    /// Locks this database's user out (`ACCOUNT LOCK`) and ends its connections (`false`), or
+    /// lets it in again (`true`): the app sees its database go away and come back.
+    pub async fn set_connections(&self, allow: bool) {
+        let admin = Database::connect(self.admin_url.as_str())
+            .await
+            .expect("admin connection");
+        let lock = if allow { "UNLOCK" } else { "LOCK" };
+        admin
+            .execute_unprepared(&format!("ALTER USER '{}'@'%' ACCOUNT {lock}", self.user))
+            .await
+            .expect("alter user");
+        if !allow {
+            let rows = admin
+                .query_all_raw(sea_orm::Statement::from_string(
+                    sea_orm::DatabaseBackend::MySql,
+                    format!(
+                        "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = '{}'",
+                        self.user
+                    ),
+                ))
+                .await
+                .expect("list connections");
+            for row in rows {
+                let id: i64 = row.try_get("", "ID").expect("connection id");
+                // A connection may end by itself meanwhile.
+                let _ = admin
+                    .execute_unprepared(&format!("KILL CONNECTION {id}"))
+                    .await;
+            }
+        }
+        admin.close().await.ok();
+    }
 }
 
 /// A response as the tests look at it.
@@ -272,9 +438,12 @@ impl Reply {
 }
 
 impl TestApp {
-    /// Makes the app's PostgreSQL database refuse (`false`) or accept (`true`) connections;
-    /// refusing also ends the connections the app holds.
+    /// Makes the app's PostgreSQL or MariaDB database refuse (`false`) or accept (`true`)
+    /// connections; refusing also ends the connections the app holds.
     pub async fn set_database_connections(&self, allow: bool) {
+        if let Some(mariadb) = &self.mariadb {
+            return mariadb.set_connections(allow).await;
+        }
         let (admin_url, name) = self.postgres.as_ref().expect("a cluster app");
         let admin = Database::connect(admin_url.as_str())
             .await

@@ -1,6 +1,8 @@
 //! Integration tests: one binary. Each scenario runs against the embedded backends (in-process
-//! store + SQLite) and against a real Redis + PostgreSQL with two app instances sharing them.
-//! `scripts/test.sh` starts those servers and sets `TEST_REDIS_URL` / `TEST_POSTGRES_URL`.
+//! store + SQLite) and, with two app instances sharing them, against a real Redis + PostgreSQL,
+//! a real Redis Cluster + PostgreSQL and a real Redis + MariaDB. `scripts/test.sh` starts those
+//! servers and sets `TEST_REDIS_URL`, `TEST_REDIS_CLUSTER_URL`, `TEST_POSTGRES_URL` and
+//! `TEST_MARIADB_URL`.
 
 mod helpers;
 
@@ -16,6 +18,7 @@ mod hardening;
 mod http_errors;
 mod layers;
 mod limits;
+mod mariadb;
 mod messaging;
 mod observability;
 mod outages;

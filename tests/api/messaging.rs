@@ -27,6 +27,8 @@ crate::on_both_backends!(
     failed_replies_still_answer_200_and_are_counted,
 );
 
+crate::on_sql_servers!(database_outage_loses_no_webhook_event_and_no_login);
+
 const VERIFY_TOKEN: &str = "verify-me-please";
 const APP_SECRET: &str = "whatsapp-app-secret";
 const BUSINESS_NUMBER: &str = "15550001234";
@@ -955,12 +957,8 @@ async fn intents_expire_and_need_configuration(backend: Backend) {
 
 /// A database outage: the webhook answers 503 and the platform's redelivery is processed; a
 /// poll answers 503 and the next poll still gets the tokens. Nothing is lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn database_outage_loses_no_webhook_event_and_no_login() {
-    if !crate::helpers::cluster_available() {
-        return;
-    }
-    let m = messaging_app(Backend::Cluster, &[]).await;
+async fn database_outage_loses_no_webhook_event_and_no_login(backend: Backend) {
+    let m = messaging_app(backend, &[]).await;
     let user = telegram_user();
     let phone = unique_phone();
     let own = telegram_message(

@@ -5,6 +5,12 @@ use serde_json::json;
 
 use crate::helpers::{Backend, spawn_app_with, unique_phone};
 
+crate::on_sql_servers!(
+    database_outage_loses_nothing,
+    database_lost_after_the_code_check_loses_nothing,
+    database_outage_does_not_spend_a_refresh_token,
+);
+
 /// A loopback port with nothing listening.
 fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -42,9 +48,10 @@ async fn redis_down_is_503_store_unavailable() {
     assert_eq!(health.status, 200);
 }
 
-#[tokio::test]
-async fn database_unreachable_is_503() {
-    let database = format!("postgres://otpgate@127.0.0.1:{}/otpgate", closed_port());
+/// A PostgreSQL or MySQL server that is down when the replica starts (`RUN_MIGRATIONS=false`):
+/// it starts, `/ready` says the database is unavailable, and a verify is a 503.
+async fn unreachable_database_is_503(scheme: &str) {
+    let database = format!("{scheme}://otpgate:pw@127.0.0.1:{}/otpgate", closed_port());
     let app = spawn_app_with(
         Backend::Embedded,
         &[
@@ -64,14 +71,21 @@ async fn database_unreachable_is_503() {
     assert_eq!(ready.body["store"], json!("ok"));
 }
 
-/// PostgreSQL refuses connections for a while: verify answers 503 and the code survives, so
-/// the same code works once the database is back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn database_outage_loses_nothing() {
-    if !crate::helpers::cluster_available() {
-        return;
-    }
-    let app = spawn_app_with(Backend::Cluster, &[]).await;
+#[tokio::test]
+async fn database_unreachable_is_503() {
+    unreachable_database_is_503("postgres").await;
+}
+
+#[tokio::test]
+async fn mysql_unreachable_is_503() {
+    unreachable_database_is_503("mysql").await;
+}
+
+/// The database refuses connections for a while (PostgreSQL: `ALLOW_CONNECTIONS false`;
+/// MariaDB: the app's user locked; both: the app's connections ended): verify answers 503 and
+/// the code survives, so the same code works once the database is back.
+async fn database_outage_loses_nothing(backend: Backend) {
+    let app = spawn_app_with(backend, &[]).await;
     let phone = unique_phone();
     let code = app.login_code(&app.a, &phone).await;
 
@@ -90,15 +104,12 @@ async fn database_outage_loses_nothing() {
     assert_eq!(ready.status, 200, "{}", ready.body);
 }
 
-/// PostgreSQL ends the connections a replica keeps for logins and refuses new ones: the verify
-/// passes the code check on a connection that is already dead, answers 503, and puts the code
-/// back, so the same code works once the database is back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn database_lost_after_the_code_check_loses_nothing() {
-    if !crate::helpers::cluster_available() {
-        return;
-    }
-    let app = spawn_app_with(Backend::Cluster, &[]).await;
+/// The database ends the connections a replica keeps for logins and refuses new ones: on
+/// PostgreSQL the verify passes the code check on a connection that is already dead (the login
+/// pool does not ping), answers 503 and puts the code back, so the same code works once the
+/// database is back.
+async fn database_lost_after_the_code_check_loses_nothing(backend: Backend) {
+    let app = spawn_app_with(backend, &[]).await;
     // A login on replica b leaves it an idle login connection.
     app.sign_in(&unique_phone()).await;
     let phone = unique_phone();
@@ -118,14 +129,10 @@ async fn database_lost_after_the_code_check_loses_nothing() {
         .assert_problem(400, "otp_expired");
 }
 
-/// A refresh while PostgreSQL is away is a 503 that spends nothing: the same refresh token works
-/// once the database is back, even after the reuse grace window (no session is revoked).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn database_outage_does_not_spend_a_refresh_token() {
-    if !crate::helpers::cluster_available() {
-        return;
-    }
-    let app = spawn_app_with(Backend::Cluster, &[("REFRESH_REUSE_GRACE_SECONDS", "1")]).await;
+/// A refresh while the database is away is a 503 that spends nothing: the same refresh token
+/// works once the database is back, even after the reuse grace window (no session is revoked).
+async fn database_outage_does_not_spend_a_refresh_token(backend: Backend) {
+    let app = spawn_app_with(backend, &[("REFRESH_REUSE_GRACE_SECONDS", "1")]).await;
     let session = app.sign_in(&unique_phone()).await;
     let refresh = session["refresh_token"].as_str().expect("refresh token");
     app.set_database_connections(false).await;
