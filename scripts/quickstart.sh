@@ -30,7 +30,9 @@ trap cleanup EXIT INT TERM
 (cd "$work" && exec env -i PATH="$PATH" HOME="${HOME:-/root}" PORT="$port" \
   cargo run --quiet --locked --manifest-path "$root/Cargo.toml" >"$work/server.log" 2>&1) &
 server=$!
-for _ in $(seq 1 300); do
+# Up to 10 minutes: `cargo run` builds the root package with its own feature set, which may differ
+# from the workspace build before it (and a new user's first run compiles everything).
+for _ in $(seq 1 3000); do
   curl -fs "localhost:$port/health" >/dev/null 2>&1 && break
   kill -0 "$server" 2>/dev/null || { echo "quickstart: the server exited" >&2; exit 1; }
   sleep 0.2

@@ -391,11 +391,14 @@ impl AuthService {
             )
             .await;
         let (user, created) = match finished {
-            Ok(found) => found,
+            Ok(found) => {
+                spent.keep();
+                found
+            }
             Err(err) => {
                 // No login happened: the code goes back, so the client's retry (after a 503)
                 // works with the same code.
-                match self.otp.restore(&subjects, spent).await {
+                match spent.restore().await {
                     Ok(restored) => tracing::warn!(
                         phone = %phone.masked(), restored, "login failed after the code check"
                     ),

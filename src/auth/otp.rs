@@ -11,15 +11,55 @@ use crate::config::{OtpSettings, Pepper};
 use crate::domain::phone::Phone;
 use crate::domain::quota::{Quota, QuotaState, Subjects, whole_seconds};
 use crate::error::Error;
-use crate::store::{IssueOutcome, SpentCode, Store, VerifyOutcome};
+use crate::store::{IssueOutcome, Store, VerifyOutcome};
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// A code a verify just accepted (and spent): what puts it back when the login cannot finish.
-#[derive(Debug)]
+/// A code a verify just accepted (and spent), until the login it opened is done: [`keep`]
+/// when it succeeded, [`restore`] when it failed. Dropped without either (the request was
+/// cancelled mid-login), it puts the code back in the background.
+///
+/// [`keep`]: SpentOtp::keep
+/// [`restore`]: SpentOtp::restore
 pub struct SpentOtp {
+    store: Arc<dyn Store>,
+    phone: String,
     hash: String,
-    spent: SpentCode,
+    armed: bool,
+}
+
+impl SpentOtp {
+    /// The login succeeded: the code stays spent.
+    pub fn keep(mut self) {
+        self.armed = false;
+    }
+
+    /// The login failed after the code check: the code works again (unless a newer one
+    /// replaced it). Whether it was put back.
+    pub async fn restore(mut self) -> Result<bool, Error> {
+        self.armed = false;
+        Ok(self.store.restore_code(&self.phone, &self.hash).await?)
+    }
+}
+
+impl Drop for SpentOtp {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (store, phone, hash) = (
+            self.store.clone(),
+            std::mem::take(&mut self.phone),
+            std::mem::take(&mut self.hash),
+        );
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(err) = store.restore_code(&phone, &hash).await {
+                    tracing::warn!(error = %err, "a cancelled login's code could not be put back");
+                }
+            });
+        }
+    }
 }
 
 /// A code that was just stored and must now be delivered.
@@ -153,15 +193,6 @@ impl OtpService {
             .await?)
     }
 
-    /// Puts back a code whose login could not finish after the check spent it (the database
-    /// failed), unless a newer code was issued since. Whether it was put back.
-    pub async fn restore(&self, subjects: &Subjects, spent: SpentOtp) -> Result<bool, Error> {
-        Ok(self
-            .store
-            .restore_code(&subjects.phone, &spent.hash, spent.spent)
-            .await?)
-    }
-
     /// Checks `code` for `phone`: right once, then gone (the returned [`SpentOtp`] can put it
     /// back); burned after too many wrong tries. `attempts` quotas are charged on every check,
     /// `failures` on a wrong code.
@@ -192,7 +223,12 @@ impl OtpService {
             )
             .await?
         {
-            VerifyOutcome::Verified(spent) => Ok(SpentOtp { hash, spent }),
+            VerifyOutcome::Verified => Ok(SpentOtp {
+                store: self.store.clone(),
+                phone: subjects.phone.clone(),
+                hash,
+                armed: true,
+            }),
             VerifyOutcome::Invalid { remaining } => Err(Error::InvalidOtp { remaining }),
             VerifyOutcome::Missing => Err(Error::OtpExpired),
             VerifyOutcome::Burned => Err(Error::TooManyAttempts),

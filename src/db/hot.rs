@@ -8,8 +8,12 @@
 //! code was spent gives the code back (`auth`), so the client's retry works: a database outage
 //! answers 503 and loses nothing, as with the pings.
 //!
-//! Connections are reused last-in first-out, so a replica under light load keeps few warm ones;
-//! one idle for longer than [`IDLE_LIMIT`] is closed instead of reused.
+//! A statement gets [`STATEMENT_TIMEOUT`], on the server (`statement_timeout`) and here (a
+//! connection silently dropped by a firewall answers nothing): then the login answers 503 and
+//! its code goes back. A connection dropped in the middle of a statement (the request was
+//! cancelled, or timed out) keeps its slot until it has drained (answered a ping, then it is
+//! reused) or been closed, so the server never holds more than `max` of the login's backends.
+//! An idle connection popped after [`IDLE_LIMIT`] is closed instead of reused.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,7 +25,10 @@ use sea_orm::{ConnAcquireErr, DatabaseConnection, DbErr, RuntimeErr};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A connection idle for longer is closed rather than reused.
-pub const IDLE_LIMIT: Duration = Duration::from_secs(300);
+pub const IDLE_LIMIT: Duration = Duration::from_secs(120);
+
+/// The longest a login's statement may take (server and client side).
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Up to `max` connections of the login path (`DB_CONNECTIONS`), made on demand.
 pub struct HotPool {
@@ -47,11 +54,14 @@ impl HotPool {
         let max = pool.options().get_max_connections().max(1) as usize;
         Some(Self {
             shared: Arc::new(Shared {
-                options: (*pool.connect_options()).clone(),
+                options: (*pool.connect_options()).clone().options([(
+                    "statement_timeout",
+                    STATEMENT_TIMEOUT.as_millis().to_string(),
+                )]),
                 idle: Mutex::new(Vec::with_capacity(max)),
                 permits: Arc::new(Semaphore::new(max)),
                 acquire_timeout: pool.options().get_acquire_timeout(),
-                connect_timeout: pool.options().get_acquire_timeout(),
+                connect_timeout: pool.options().get_acquire_timeout().min(STATEMENT_TIMEOUT),
             }),
         })
     }
@@ -77,13 +87,18 @@ impl HotPool {
             reused,
             healthy: true,
             shared: shared.clone(),
-            _permit: permit,
+            permit: Some(permit),
         })
     }
 
     /// How many connections are idle now (for tests).
     pub fn idle_connections(&self) -> usize {
         self.shared.lock_idle().len()
+    }
+
+    /// How many more connections could be handed out now (for tests).
+    pub fn free_slots(&self) -> usize {
+        self.shared.permits.available_permits()
     }
 }
 
@@ -136,6 +151,24 @@ fn close_in_background(conn: PgConnection) {
     }
 }
 
+/// A connection left in the middle of a statement: waits (holding its slot) for the server to
+/// finish it and answer a ping, then reuses it; closes it when that fails or takes longer than
+/// the statement could.
+fn drain_in_background(shared: Arc<Shared>, mut conn: PgConnection, permit: OwnedSemaphorePermit) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let drained = tokio::time::timeout(STATEMENT_TIMEOUT * 2, conn.ping()).await;
+        if matches!(drained, Ok(Ok(()))) {
+            shared.lock_idle().push((conn, Instant::now()));
+        } else {
+            let _ = tokio::time::timeout(STATEMENT_TIMEOUT, conn.close()).await;
+        }
+        drop(permit);
+    });
+}
+
 /// One connection of the [`HotPool`], held by one login. Dropped after a statement that
 /// completed, it goes back to the pool; dropped in the middle of one (the request was
 /// cancelled) or after a failure, it is closed.
@@ -144,7 +177,7 @@ pub struct Lease {
     reused: bool,
     healthy: bool,
     shared: Arc<Shared>,
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Lease {
@@ -162,7 +195,16 @@ impl Lease {
                 )));
             };
             self.healthy = false;
-            match query().fetch_optional(&mut *conn).await {
+            let answer =
+                tokio::time::timeout(STATEMENT_TIMEOUT, query().fetch_optional(&mut *conn))
+                    .await
+                    .map_err(|_| {
+                        // Left unhealthy: drained (or closed) in the background when dropped.
+                        DbErr::Conn(RuntimeErr::Internal(format!(
+                            "the login's statement took longer than {STATEMENT_TIMEOUT:?}"
+                        )))
+                    })?;
+            match answer {
                 Ok(row) => {
                     self.healthy = true;
                     return Ok(row);
@@ -176,7 +218,19 @@ impl Lease {
                     }
                     self.conn = Some(self.shared.connect().await?);
                 }
-                Err(err) => return Err(DbErr::Query(RuntimeErr::SqlxError(err.into()))),
+                Err(err) => {
+                    // The server refused the statement and is ready for the next one. One it
+                    // cancelled for taking too long (57014) means it is overloaded: 503.
+                    self.healthy = true;
+                    let cancelled = matches!(&err, sea_orm::sqlx::Error::Database(db)
+                        if db.code().as_deref() == Some("57014"));
+                    let err = RuntimeErr::SqlxError(err.into());
+                    return Err(if cancelled {
+                        DbErr::Conn(err)
+                    } else {
+                        DbErr::Query(err)
+                    });
+                }
             }
         }
     }
@@ -184,28 +238,28 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let Some(conn) = self.conn.take() else {
+        let (Some(conn), Some(permit)) = (self.conn.take(), self.permit.take()) else {
             return;
         };
         if self.healthy {
             self.shared.lock_idle().push((conn, Instant::now()));
         } else {
-            close_in_background(conn);
+            drain_in_background(self.shared.clone(), conn, permit);
         }
     }
 }
 
 /// Whether `err` says the connection itself is gone (as opposed to a statement the server
 /// refused): an I/O or protocol failure, or the server ending the session (SQLSTATE class 08,
-/// connection exception; 57, operator intervention such as a shutdown or
-/// `pg_terminate_backend`).
+/// connection exception; 57P01–57P05: shutdowns, `pg_terminate_backend`, crash recovery, idle
+/// session timeout; not 57014, a cancelled statement on a healthy connection).
 pub fn is_broken_connection(err: &sea_orm::sqlx::Error) -> bool {
     use sea_orm::sqlx::Error as E;
     match err {
         E::Io(_) | E::Protocol(_) | E::Tls(_) => true,
         E::Database(db) => db
             .code()
-            .is_some_and(|code| code.starts_with("08") || code.starts_with("57")),
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
         _ => false,
     }
 }

@@ -5,6 +5,9 @@
 //! UNNEST`; the other backends: one `UPDATE` per user inside one transaction). Under load the
 //! batches grow, so the database sees a fraction of a statement per login. The queue is bounded:
 //! when the database falls that far behind, a time is dropped (counted), never the login.
+//! Rows are updated in id order (replicas writing overlapping batches wait for each other
+//! instead of deadlocking; a deadlock is retried once anyway) and a time never moves back.
+//! Times still queued when the process stops are not written.
 
 use std::collections::HashMap;
 
@@ -33,7 +36,7 @@ impl LoginTouches {
     /// logins; `dropped` counts the times a full queue turned away.
     pub fn start(db: DatabaseConnection, capacity: usize, dropped: prometheus::IntCounter) -> Self {
         let (queue, pending) = mpsc::channel(capacity.max(1));
-        tokio::spawn(write_batches(db, pending));
+        tokio::spawn(write_batches(db, pending, dropped.clone()));
         Self { queue, dropped }
     }
 
@@ -48,7 +51,11 @@ impl LoginTouches {
     }
 }
 
-async fn write_batches(db: DatabaseConnection, mut pending: mpsc::Receiver<(Uuid, DateTime<Utc>)>) {
+async fn write_batches(
+    db: DatabaseConnection,
+    mut pending: mpsc::Receiver<(Uuid, DateTime<Utc>)>,
+    dropped: prometheus::IntCounter,
+) {
     let mut batch = Vec::with_capacity(BATCH);
     while pending.recv_many(&mut batch, BATCH).await > 0 {
         // One row per user: the latest time queued.
@@ -57,8 +64,15 @@ async fn write_batches(db: DatabaseConnection, mut pending: mpsc::Receiver<(Uuid
             let slot = latest.entry(id).or_insert(at);
             *slot = (*slot).max(at);
         }
-        let (ids, times): (Vec<Uuid>, Vec<DateTime<Utc>>) = latest.into_iter().unzip();
-        if let Err(err) = write(&db, &ids, &times).await {
+        let mut rows: Vec<(Uuid, DateTime<Utc>)> = latest.into_iter().collect();
+        rows.sort_unstable();
+        let (ids, times): (Vec<Uuid>, Vec<DateTime<Utc>>) = rows.into_iter().unzip();
+        let mut result = write(&db, &ids, &times).await;
+        if result.as_ref().is_err_and(is_deadlock) {
+            result = write(&db, &ids, &times).await;
+        }
+        if let Err(err) = result {
+            dropped.inc_by(ids.len() as u64);
             tracing::warn!(error = %err, users = ids.len(), "could not record last_login_at");
         }
     }
@@ -71,7 +85,7 @@ async fn write(
 ) -> Result<(), DbErr> {
     if db.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
         sea_orm::sqlx::query(
-            "UPDATE users SET last_login_at = v.at \
+            "UPDATE users SET last_login_at = GREATEST(users.last_login_at, v.at) \
              FROM UNNEST($1::uuid[], $2::timestamptz[]) AS v(id, at) \
              WHERE users.id = v.id",
         )
@@ -87,8 +101,19 @@ async fn write(
         user::Entity::update_many()
             .col_expr(user::Column::LastLoginAt, Expr::value(*at))
             .filter(user::Column::Id.eq(*id))
+            .filter(
+                sea_orm::Condition::any()
+                    .add(user::Column::LastLoginAt.is_null())
+                    .add(user::Column::LastLoginAt.lt(*at)),
+            )
             .exec(&txn)
             .await?;
     }
     txn.commit().await
+}
+
+/// A deadlock the database broke by failing this batch (PostgreSQL 40P01, MySQL 1213 / 40001).
+fn is_deadlock(err: &DbErr) -> bool {
+    let text = err.to_string();
+    text.contains("40P01") || text.contains("deadlock") || text.contains("Deadlock")
 }

@@ -2,7 +2,9 @@
 //! the same answers, computed faster: each region's patterns are compiled once, anchored, and
 //! kept. phonenumber looks every pattern up by its text in one global, mutex-guarded cache of
 //! 100 compiled regexes (hashing the text each time, recompiling when more than a few regions
-//! are in use) and searches unanchored for a match that starts at the first digit.
+//! are in use) and searches unanchored for a match that starts at the first digit. Parsing, and
+//! finding the region of a country code that several regions share (+1, +7, +44…), still go
+//! through the library and its cache.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
 use super::{
-    BindOutcome, ClaimOutcome, IssueOutcome, RefreshOutcome, SpentCode, Store, StoreError,
-    VerifyOutcome,
+    BindOutcome, ClaimOutcome, IssueOutcome, RefreshOutcome, Store, StoreError, VerifyOutcome,
 };
 use crate::domain::quota::{Quota, QuotaState, Refusal, gcra};
 
@@ -25,6 +24,9 @@ struct Code {
     hash: String,
     attempts: u32,
     expires: Instant,
+    /// Accepted by a verify; kept (until it expires or a new code replaces it) so that
+    /// `restore_code` can undo the spend.
+    spent: bool,
 }
 
 /// Where a login intent stands.
@@ -200,6 +202,7 @@ impl Store for MemoryStore {
                 hash: code_hash.to_string(),
                 attempts: 0,
                 expires: now + ttl,
+                spent: false,
             },
         );
         if cooldown.is_zero() {
@@ -232,17 +235,16 @@ impl Store for MemoryStore {
         let Some(code) = inner.codes.get_mut(phone).filter(|c| c.expires > now) else {
             return Ok(VerifyOutcome::Missing);
         };
+        if code.spent {
+            return Ok(VerifyOutcome::Missing);
+        }
         if code.attempts >= max_attempts {
             return Ok(VerifyOutcome::Burned);
         }
         if bool::from(code.hash.as_bytes().ct_eq(code_hash.as_bytes())) {
-            let spent = SpentCode {
-                attempts: code.attempts,
-                ttl: code.expires - now,
-            };
-            inner.codes.remove(phone);
+            code.spent = true;
             inner.cooldowns.remove(phone);
-            return Ok(VerifyOutcome::Verified(spent));
+            return Ok(VerifyOutcome::Verified);
         }
         code.attempts += 1;
         let outcome = if code.attempts >= max_attempts {
@@ -256,25 +258,17 @@ impl Store for MemoryStore {
         Ok(outcome)
     }
 
-    async fn restore_code(
-        &self,
-        phone: &str,
-        code_hash: &str,
-        spent: SpentCode,
-    ) -> Result<bool, StoreError> {
+    async fn restore_code(&self, phone: &str, code_hash: &str) -> Result<bool, StoreError> {
         let (now, _) = self.now();
         let mut inner = self.lock();
-        if inner.codes.get(phone).is_some_and(|c| c.expires > now) || spent.ttl.is_zero() {
+        let Some(code) = inner
+            .codes
+            .get_mut(phone)
+            .filter(|c| c.spent && c.expires > now && c.hash == code_hash)
+        else {
             return Ok(false);
-        }
-        inner.codes.insert(
-            phone.to_string(),
-            Code {
-                hash: code_hash.to_string(),
-                attempts: spent.attempts,
-                expires: now + spent.ttl,
-            },
-        );
+        };
+        code.spent = false;
         Ok(true)
     }
 

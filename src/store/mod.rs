@@ -53,9 +53,9 @@ pub enum IssueOutcome {
 /// What happened to a presented code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VerifyOutcome {
-    /// Right code: it is deleted (usable once) and the resend cooldown is cleared; what it was
-    /// is kept by the caller in case the login cannot finish ([`Store::restore_code`]).
-    Verified(SpentCode),
+    /// Right code: it is marked spent (usable once; [`Store::restore_code`] can undo that while
+    /// no newer code replaced it) and the resend cooldown is cleared.
+    Verified,
     /// Wrong code: `remaining` wrong tries are left.
     Invalid {
         /// Wrong tries left.
@@ -67,15 +67,6 @@ pub enum VerifyOutcome {
     Burned,
     /// A quota refused before the code was looked at; nothing changed.
     Limited(Refusal),
-}
-
-/// A code as it was when a verify spent it: what [`Store::restore_code`] needs to put it back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SpentCode {
-    /// Wrong attempts it had counted.
-    pub attempts: u32,
-    /// The lifetime it had left.
-    pub ttl: Duration,
 }
 
 /// What happened to a presented refresh token.
@@ -168,16 +159,12 @@ pub trait Store: Send + Sync + 'static {
         quotas: &[Quota],
     ) -> Result<(), StoreError>;
 
-    /// Puts back a code that `verify_code` spent for a login that could not finish (the
-    /// database failed after the code check): `code_hash` with the attempts and the lifetime
-    /// `spent` had left, unless a new code was issued since (the newer one stays). The resend
-    /// cooldown is not restored. Whether the code was put back.
-    async fn restore_code(
-        &self,
-        phone: &str,
-        code_hash: &str,
-        spent: SpentCode,
-    ) -> Result<bool, StoreError>;
+    /// Makes the code `code_hash`, which `verify_code` just spent for a login that could not
+    /// finish (the database failed after the code check), usable again: with the attempts it had
+    /// and its original expiry, and only while it is still the phone's last code (a code issued
+    /// since, used or not, replaced it for good). The resend cooldown is not restored. Whether
+    /// the code was put back.
+    async fn restore_code(&self, phone: &str, code_hash: &str) -> Result<bool, StoreError>;
 
     /// Charges one event to every quota of `quotas`, atomically: all are charged (their states,
     /// in order) or, when one refuses, none.
@@ -324,17 +311,9 @@ impl Store for Metered {
         .await
     }
 
-    async fn restore_code(
-        &self,
-        phone: &str,
-        code_hash: &str,
-        spent: SpentCode,
-    ) -> Result<bool, StoreError> {
-        self.timed(
-            "restore_code",
-            self.inner.restore_code(phone, code_hash, spent),
-        )
-        .await
+    async fn restore_code(&self, phone: &str, code_hash: &str) -> Result<bool, StoreError> {
+        self.timed("restore_code", self.inner.restore_code(phone, code_hash))
+            .await
     }
 
     async fn charge_quotas(

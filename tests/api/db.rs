@@ -263,7 +263,8 @@ async fn sqlite_logins_go_through_the_pool() {
 
 /// The login pool reuses its connections without pinging them; one that the server ended while
 /// it sat idle fails its statement, which then runs again on a new connection. A lease dropped in
-/// the middle of a statement (a cancelled request) is closed, not reused.
+/// the middle of a statement (a cancelled request) keeps its slot until the server is done with
+/// it, then is reused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_login_pool_replaces_connections_the_server_ended() {
     if !cluster_available() {
@@ -308,7 +309,7 @@ async fn the_login_pool_replaces_connections_the_server_ended() {
     );
 
     // Cancelled in the middle of its statement (held up by a lock on the table): that
-    // connection is not handed out again.
+    // connection keeps its slot until the server is done with it.
     let blocker = Database::connect(url.as_str())
         .await
         .expect("second connection");
@@ -326,13 +327,24 @@ async fn the_login_pool_replaces_connections_the_server_ended() {
         waited.is_err(),
         "the statement waits for the lock: {waited:?}"
     );
+    // The backend is still running that statement: its slot stays taken, nothing is reused.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!((hot.idle_connections(), hot.free_slots()), (0, 3));
     lock.commit().await.expect("unlock");
     blocker.close().await.ok();
-    assert_eq!(
-        hot.idle_connections(),
-        0,
-        "a half-used connection is closed"
-    );
+    // Once the statement is done the connection drains (answers a ping) and is reused.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while (hot.idle_connections(), hot.free_slots()) != (1, 4) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connection never drained"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (again, _) = login("+919812340001")
+        .await
+        .expect("a login on the drained connection");
+    assert_eq!(again.id, first.id);
 }
 
 fn dropped() -> prometheus::IntCounter {

@@ -8,8 +8,7 @@ use otpgate::config::RedisMode;
 use otpgate::domain::quota::Quota;
 use otpgate::store::redis::RedisOptions;
 use otpgate::store::{
-    BindOutcome, ClaimOutcome, IssueOutcome, RedisStore, RefreshOutcome, SpentCode, Store,
-    VerifyOutcome,
+    BindOutcome, ClaimOutcome, IssueOutcome, RedisStore, RefreshOutcome, Store, VerifyOutcome,
 };
 use uuid::Uuid;
 
@@ -169,15 +168,12 @@ async fn right_code_works_once_and_clears_the_cooldown(store: Arc<dyn Store>) {
 
 /// The outcome of a verify that accepted the code; panics on any other.
 #[track_caller]
-fn assert_verified(outcome: VerifyOutcome) -> SpentCode {
-    match outcome {
-        VerifyOutcome::Verified(spent) => spent,
-        other => panic!("expected the code accepted, got {other:?}"),
-    }
+fn assert_verified(outcome: VerifyOutcome) {
+    assert_eq!(outcome, VerifyOutcome::Verified);
 }
 
 /// A login that fails after its code check puts the code back: it works again with its wrong
-/// attempts and remaining lifetime, but never over a code issued meanwhile.
+/// attempts and its original expiry, but never once a newer code was issued (used or not).
 async fn a_spent_code_is_restored_unless_a_new_one_was_issued(store: Arc<dyn Store>) {
     let phone = key();
     store
@@ -188,43 +184,61 @@ async fn a_spent_code_is_restored_unless_a_new_one_was_issued(store: Arc<dyn Sto
         store.verify_code(&phone, "x", 3, &[], &[]).await.unwrap(),
         VerifyOutcome::Invalid { remaining: 2 }
     );
-    let spent = assert_verified(store.verify_code(&phone, "h", 3, &[], &[]).await.unwrap());
-    assert_eq!(spent.attempts, 1);
-    assert!(
-        spent.ttl > Duration::from_secs(55) && spent.ttl <= MINUTE,
-        "{spent:?}"
+    assert_verified(store.verify_code(&phone, "h", 3, &[], &[]).await.unwrap());
+    // Spent: gone for every verify, and nothing to restore under another hash.
+    assert_eq!(
+        store.verify_code(&phone, "h", 3, &[], &[]).await.unwrap(),
+        VerifyOutcome::Missing
     );
-    assert!(store.restore_code(&phone, "h", spent).await.unwrap());
-    // Back with its wrong attempt counted: one more wrong try is left, then it burns.
+    assert!(!store.restore_code(&phone, "x").await.unwrap());
+    assert!(store.restore_code(&phone, "h").await.unwrap());
+    assert!(
+        !store.restore_code(&phone, "h").await.unwrap(),
+        "only a spent code"
+    );
+    // Back with its wrong attempt counted: one more wrong try is left.
     assert_eq!(
         store.verify_code(&phone, "x", 3, &[], &[]).await.unwrap(),
         VerifyOutcome::Invalid { remaining: 1 }
     );
-    let again = assert_verified(store.verify_code(&phone, "h", 3, &[], &[]).await.unwrap());
-    assert_eq!(again.attempts, 2);
-    assert!(again.ttl <= spent.ttl, "{again:?} after {spent:?}");
+    assert_verified(store.verify_code(&phone, "h", 3, &[], &[]).await.unwrap());
 
-    // A new code issued in between stays; the old one is not put back over it.
+    // A new code issued and used in between: the old one never comes back.
     store
         .issue_code(&phone, "new", MINUTE, Duration::ZERO, &[])
         .await
         .unwrap();
-    assert!(!store.restore_code(&phone, "h", again).await.unwrap());
-    assert_eq!(
-        store.verify_code(&phone, "h", 3, &[], &[]).await.unwrap(),
-        VerifyOutcome::Invalid { remaining: 2 }
-    );
     assert_verified(store.verify_code(&phone, "new", 3, &[], &[]).await.unwrap());
-
-    // A restored code keeps the lifetime it had left: it expires on time.
-    let short = SpentCode {
-        attempts: 0,
-        ttl: Duration::from_millis(150),
-    };
-    assert!(store.restore_code(&phone, "h", short).await.unwrap());
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(!store.restore_code(&phone, "h").await.unwrap());
     assert_eq!(
         store.verify_code(&phone, "h", 3, &[], &[]).await.unwrap(),
+        VerifyOutcome::Missing
+    );
+    // Issued and not used: the old one does not come back either.
+    store
+        .issue_code(&phone, "newer", MINUTE, Duration::ZERO, &[])
+        .await
+        .unwrap();
+    assert!(!store.restore_code(&phone, "new").await.unwrap());
+    assert_verified(
+        store
+            .verify_code(&phone, "newer", 3, &[], &[])
+            .await
+            .unwrap(),
+    );
+
+    // A restored code keeps its original expiry: restored late, it still expires on time.
+    let short = key();
+    store
+        .issue_code(&short, "s", Duration::from_millis(300), Duration::ZERO, &[])
+        .await
+        .unwrap();
+    assert_verified(store.verify_code(&short, "s", 3, &[], &[]).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(store.restore_code(&short, "s").await.unwrap());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        store.verify_code(&short, "s", 3, &[], &[]).await.unwrap(),
         VerifyOutcome::Missing
     );
 }
@@ -308,7 +322,7 @@ async fn concurrent_verifies_succeed_once(store: Arc<dyn Store>) {
     let mut verified = 0;
     for task in tasks {
         match task.await.unwrap() {
-            VerifyOutcome::Verified(_) => verified += 1,
+            VerifyOutcome::Verified => verified += 1,
             VerifyOutcome::Missing => {}
             other => panic!("unexpected {other:?}"),
         }

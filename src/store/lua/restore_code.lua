@@ -1,11 +1,13 @@
--- Put back a code that verify_code spent for a login that could not finish (the database failed
--- after the code check), unless a new code was issued since: the newer one stays.
+-- Undo the spend of a code that verify_code accepted for a login that could not finish (the
+-- database failed after the code check): only while it is still the phone's code, marked spent
+-- (issue_code replaces the whole hash, so a newer code, used or not, is never undone). The key
+-- keeps its TTL: the code expires when it always would have.
 -- KEYS[1] the code hash
--- ARGV[1] HMAC of the code, ARGV[2] wrong attempts it had, ARGV[3] lifetime it had left (ms)
--- Returns 1 when put back, 0 when another code is live.
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return 0
+-- ARGV[1] HMAC of the code
+-- Returns 1 when the code works again, 0 otherwise.
+local stored = redis.call('HMGET', KEYS[1], 'h', 's')
+if stored[1] == ARGV[1] and stored[2] then
+  redis.call('HDEL', KEYS[1], 's')
+  return 1
 end
-redis.call('HSET', KEYS[1], 'h', ARGV[1], 'a', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
+return 0

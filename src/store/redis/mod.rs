@@ -70,8 +70,8 @@ use redis::Script;
 
 use self::link::{Conn, RedisLink};
 use super::{
-    BindOutcome, ClaimOutcome, IssueOutcome, RefreshOutcome, SpentCode, Store, StoreError,
-    VerifyOutcome, ttl_ms,
+    BindOutcome, ClaimOutcome, IssueOutcome, RefreshOutcome, Store, StoreError, VerifyOutcome,
+    ttl_ms,
 };
 use crate::config::RedisMode;
 use crate::domain::quota::{Quota, QuotaState, Refusal};
@@ -436,10 +436,7 @@ impl Store for RedisStore {
             self.refund_apart(phone, &apart).await;
         }
         match reply.as_slice() {
-            [0, attempts, ttl_ms] => Ok(VerifyOutcome::Verified(SpentCode {
-                attempts: u32::try_from(*attempts).unwrap_or(0),
-                ttl: Duration::from_millis(u64::try_from(*ttl_ms).unwrap_or(0)),
-            })),
+            [0, _] => Ok(VerifyOutcome::Verified),
             [1, remaining] => Ok(VerifyOutcome::Invalid {
                 remaining: u32::try_from(*remaining).unwrap_or(0),
             }),
@@ -452,21 +449,9 @@ impl Store for RedisStore {
         }
     }
 
-    async fn restore_code(
-        &self,
-        phone: &str,
-        code_hash: &str,
-        spent: SpentCode,
-    ) -> Result<bool, StoreError> {
-        if spent.ttl.is_zero() {
-            return Ok(false);
-        }
+    async fn restore_code(&self, phone: &str, code_hash: &str) -> Result<bool, StoreError> {
         let mut invocation = self.restore_code.prepare_invoke();
-        invocation
-            .key(self.phone_key(phone, "otp"))
-            .arg(code_hash)
-            .arg(spent.attempts)
-            .arg(u64::try_from(spent.ttl.as_millis()).unwrap_or(u64::MAX));
+        invocation.key(self.phone_key(phone, "otp")).arg(code_hash);
         let restored: i64 = self.invoke_as(&invocation).await?;
         Ok(restored == 1)
     }
