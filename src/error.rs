@@ -70,6 +70,15 @@ pub enum Error {
     /// secret token or verify token; nothing was processed.
     #[error("The request is not signed by the messaging platform.")]
     InvalidSignature,
+    /// 401 `unauthorized`: missing or wrong credentials (an admin key); no hint which.
+    #[error("A valid bearer token is required.")]
+    Unauthorized,
+    /// 403 `user_blocked`: an operator blocked this account.
+    #[error("This account is blocked.")]
+    UserBlocked,
+    /// 404 `not_found`: no such resource (or not the caller's: the same answer).
+    #[error("No such resource.")]
+    NotFound,
     /// 403 `invalid_poll_token`: the poll token does not belong to this login intent.
     #[error("The poll token does not match this login intent.")]
     InvalidPollToken,
@@ -114,8 +123,10 @@ impl Error {
             Error::InvalidToken
             | Error::TokenReused
             | Error::InvalidTelegramAuth
-            | Error::TelegramAuthExpired => 401,
-            Error::InvalidSignature | Error::InvalidPollToken => 403,
+            | Error::TelegramAuthExpired
+            | Error::Unauthorized => 401,
+            Error::InvalidSignature | Error::InvalidPollToken | Error::UserBlocked => 403,
+            Error::NotFound => 404,
             Error::IntentExpired | Error::IntentConsumed => 410,
             Error::Store(_) | Error::DeliveryFailed => 503,
             Error::Database(e) if db_unavailable(e) => 503,
@@ -140,6 +151,9 @@ impl Error {
             Error::ChannelUnavailable(_) => "channel_unavailable",
             Error::InvalidSignature => "invalid_signature",
             Error::InvalidPollToken => "invalid_poll_token",
+            Error::Unauthorized => "unauthorized",
+            Error::UserBlocked => "user_blocked",
+            Error::NotFound => "not_found",
             Error::IntentExpired => "intent_expired",
             Error::IntentConsumed => "intent_consumed",
             Error::InvalidTelegramAuth => "invalid_telegram_auth",

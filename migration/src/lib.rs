@@ -18,6 +18,7 @@ pub use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
 mod m20261123_000001_create_users_and_identities;
+mod m20261129_000001_add_users_blocked_at;
 
 /// A `NOT NULL` instant: `timestamptz` on PostgreSQL, `datetime(6)` (UTC) on MySQL/MariaDB.
 pub fn instant<T: IntoIden>(backend: DbBackend, col: T) -> ColumnDef {
@@ -55,8 +56,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(
-            m20261123_000001_create_users_and_identities::Migration,
-        )]
+        vec![
+            Box::new(m20261123_000001_create_users_and_identities::Migration),
+            Box::new(m20261129_000001_add_users_blocked_at::Migration),
+        ]
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use poem::Request;
 use poem_openapi::auth::Bearer;
+use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::{Form, Json};
 use poem_openapi::types::Example;
 use poem_openapi::{ApiRequest, ApiResponse, Enum, Object, OpenApi, SecurityScheme};
@@ -14,7 +15,8 @@ use super::ApiTags;
 use super::body::Body;
 use super::oauth::OAuthFails;
 use super::problem::{Fails, failures, headers};
-use super::text::{OtpText, PhoneText, Text, TokenText};
+use super::text::{DeviceNameText, OtpText, PhoneText, Text, TokenText};
+use crate::auth::sessions::{ClientInfo, LogoutScope, SessionView};
 use crate::auth::{AuthService, LoggedIn};
 use crate::db::{identity, user};
 use crate::domain::channel::Channel;
@@ -151,6 +153,7 @@ impl Example for VerifyRequest {
         VerifyRequest {
             phone: PhoneText("+919876543210".into()),
             otp_code: OtpText("123456".into()),
+            device_name: Some(DeviceNameText("Asha's Pixel 8".into())),
         }
     }
 }
@@ -177,6 +180,19 @@ fn client_ip(req: &Request) -> Option<std::net::IpAddr> {
     req.extensions().get::<ClientIp>().map(|c| c.0)
 }
 
+/// What a request tells about the client that opens a session.
+pub(crate) fn client_info(req: &Request, device_name: Option<String>) -> ClientInfo {
+    ClientInfo {
+        ip: client_ip(req),
+        user_agent: req
+            .headers()
+            .get(poem::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        device_name,
+    }
+}
+
 /// Exchange a code for tokens.
 #[derive(Debug, Object)]
 #[oai(example)]
@@ -185,6 +201,9 @@ pub struct VerifyRequest {
     pub phone: PhoneText,
     /// The digits received.
     pub otp_code: OtpText,
+    /// A name for this device, shown in the session list (`GET /api/auth/sessions`).
+    #[oai(skip_serializing_if_is_none)]
+    pub device_name: Option<DeviceNameText>,
 }
 
 /// Exchange a refresh token for a new pair.
@@ -393,6 +412,7 @@ failures! {
         "otp_expired",
         "invalid_phone",
         "too_many_attempts",
+        "user_blocked",
         "store_unavailable",
         "database_unavailable",
     ];
@@ -400,6 +420,7 @@ failures! {
     RefreshFailures: [
         "invalid_token",
         "token_reused",
+        "user_blocked",
         "store_unavailable",
         "database_unavailable",
     ];
@@ -417,6 +438,19 @@ failures! {
         "store_unavailable",
         "payload_too_large",
         "request_timeout",
+    ];
+    /// `GET /api/auth/sessions`.
+    SessionsFailures { BODY = false }: [
+        "unauthorized",
+        "invalid_token",
+        "store_unavailable",
+    ];
+    /// `DELETE /api/auth/sessions/{id}`.
+    RevokeSessionFailures { BODY = false }: [
+        "unauthorized",
+        "invalid_token",
+        "not_found",
+        "store_unavailable",
     ];
 }
 
@@ -467,11 +501,8 @@ impl AuthApi {
         body: Body<VerifyRequest>,
     ) -> Result<Tokens, Fails<VerifyFailures>> {
         // Boxed once here, as in `login`.
-        let session = Box::pin(
-            self.auth
-                .verify(&body.phone, &body.otp_code, client_ip(req)),
-        )
-        .await?;
+        let client = client_info(req, body.device_name.as_ref().map(|d| d.0.clone()));
+        let session = Box::pin(self.auth.verify(&body.phone, &body.otp_code, &client)).await?;
         Ok(Tokens::Issued(Json(session.into())))
     }
 
@@ -530,13 +561,144 @@ impl AuthApi {
     /// Revokes the session: its access and refresh tokens are refused by every replica from
     /// the next request on.
     #[oai(path = "/logout", method = "post", operation_id = "logout")]
-    async fn logout(&self, auth: BearerAuth) -> Result<LogoutReply, Fails<LogoutFailures>> {
+    async fn logout(
+        &self,
+        auth: BearerAuth,
+        /// `local` (default): this session; `others`: every other session of the user;
+        /// `global`: all of them, this one included.
+        scope: Query<Option<Scope>>,
+    ) -> Result<LogoutReply, Fails<LogoutFailures>> {
         let claims = self.auth.authenticate(&auth.0.token).await?;
-        self.auth.logout(&claims).await?;
+        let scope = match scope.0.unwrap_or(Scope::Local) {
+            Scope::Local => LogoutScope::Local,
+            Scope::Others => LogoutScope::Others,
+            Scope::Global => LogoutScope::Global,
+        };
+        self.auth.logout(&claims, scope).await?;
         Ok(LogoutReply::LoggedOut(Json(LogoutResponse {
             status: "logged_out".into(),
         })))
     }
+
+    /// The caller's sessions
+    ///
+    /// One entry per login (device) whose refresh token still works, newest first; `current`
+    /// marks the session of the token making this request.
+    #[oai(path = "/sessions", method = "get", operation_id = "listSessions")]
+    async fn sessions(&self, auth: BearerAuth) -> Result<SessionsReply, Fails<SessionsFailures>> {
+        let claims = self.auth.authenticate(&auth.0.token).await?;
+        let sessions = self.auth.my_sessions(&claims).await?;
+        Ok(SessionsReply::Found(Json(SessionList {
+            sessions: sessions.into_iter().map(Session::from).collect(),
+        })))
+    }
+
+    /// Revoke one of the caller's sessions
+    ///
+    /// Signs that device out: its access and refresh tokens are refused by every replica from
+    /// the next request on. An id that is not one of the caller's standing sessions is 404.
+    #[oai(
+        path = "/sessions/:id",
+        method = "delete",
+        operation_id = "revokeSession"
+    )]
+    async fn revoke_session(
+        &self,
+        auth: BearerAuth,
+        /// The session id, from `GET /api/auth/sessions`.
+        id: Path<String>,
+    ) -> Result<RevokedReply, Fails<RevokeSessionFailures>> {
+        let claims = self.auth.authenticate(&auth.0.token).await?;
+        self.auth.revoke_my_session(&claims, &id.0).await?;
+        Ok(RevokedReply::Revoked)
+    }
+}
+
+/// Which sessions a logout ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum Scope {
+    /// This session only.
+    Local,
+    /// Every other session of the user.
+    Others,
+    /// Every session of the user.
+    Global,
+}
+
+/// One session (a refresh-token family: one device's login).
+#[derive(Debug, Object)]
+pub struct Session {
+    /// Session id (the tokens' `sid`).
+    pub id: String,
+    /// When it was opened (the login).
+    pub created_at: DateTime<Utc>,
+    /// When its refresh token was last used (or its opening).
+    pub last_used_at: DateTime<Utc>,
+    /// The `User-Agent` it was opened with.
+    pub user_agent: Option<String>,
+    /// The client's network at login (`203.0.113.0/24`, `2001:db8:1::/48`), or its address
+    /// when the server keeps whole addresses (`SESSION_IP=full`).
+    pub ip: Option<String>,
+    /// The name the app gave the device at verify.
+    pub device_name: Option<String>,
+    /// Whether this is the session of the token making the request.
+    pub current: bool,
+}
+
+impl From<SessionView> for Session {
+    fn from(s: SessionView) -> Self {
+        Session {
+            id: s.id,
+            created_at: s.created_at,
+            last_used_at: s.last_used_at,
+            user_agent: s.user_agent,
+            ip: s.ip,
+            device_name: s.device_name,
+            current: s.current,
+        }
+    }
+}
+
+/// The caller's sessions, newest first.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct SessionList {
+    /// Sessions standing now.
+    pub sessions: Vec<Session>,
+}
+
+impl Example for SessionList {
+    fn example() -> Self {
+        let at = DateTime::from_timestamp(1_767_225_600, 0).unwrap_or_default();
+        SessionList {
+            sessions: vec![Session {
+                id: "0193f3a0-7c1e-4d2a-9b4c-5e6f7a8b9c0d".into(),
+                created_at: at,
+                last_used_at: at,
+                user_agent: Some("MyApp/2.3 (Android 15)".into()),
+                ip: Some("203.0.113.0/24".into()),
+                device_name: Some("Asha's Pixel 8".into()),
+                current: true,
+            }],
+        }
+    }
+}
+
+/// The caller's sessions.
+#[derive(ApiResponse)]
+pub enum SessionsReply {
+    /// Sessions standing now, newest first.
+    #[oai(status = 200)]
+    Found(Json<SessionList>),
+}
+
+/// A session revoked.
+#[derive(ApiResponse)]
+pub enum RevokedReply {
+    /// The session's tokens are refused on every replica from now on.
+    #[oai(status = 204)]
+    Revoked,
 }
 
 /// The current user.

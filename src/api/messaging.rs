@@ -315,10 +315,18 @@ impl MessagingApi {
         operation_id = "pollIntent",
         tag = "ApiTags::Messaging"
     )]
-    async fn poll_intent(&self, body: Body<PollRequest>) -> Result<PollReply, Fails<PollFailures>> {
+    async fn poll_intent(
+        &self,
+        req: &poem::Request,
+        body: Body<PollRequest>,
+    ) -> Result<PollReply, Fails<PollFailures>> {
         match self
             .auth
-            .poll_intent(&body.intent_id, &body.poll_token)
+            .poll_intent(
+                &body.intent_id,
+                &body.poll_token,
+                &super::auth::client_info(req, None),
+            )
             .await?
         {
             PollResult::Pending => Ok(PollReply::Pending(Json(PollPending {
@@ -340,6 +348,7 @@ impl MessagingApi {
     )]
     async fn telegram_widget(
         &self,
+        req: &poem::Request,
         body: Body<TelegramWidgetRequest>,
     ) -> Result<Tokens, Fails<WidgetFailures>> {
         let body = body.0;
@@ -359,12 +368,15 @@ impl MessagingApi {
         }
         let session = self
             .messaging
-            .telegram_widget(WidgetLogin {
-                fields,
-                id: body.id,
-                auth_date: body.auth_date,
-                hash: body.hash.0,
-            })
+            .telegram_widget(
+                WidgetLogin {
+                    fields,
+                    id: body.id,
+                    auth_date: body.auth_date,
+                    hash: body.hash.0,
+                },
+                &super::auth::client_info(req, None),
+            )
             .await?;
         Ok(Tokens::Issued(Json(session.into())))
     }

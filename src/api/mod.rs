@@ -11,6 +11,7 @@ use crate::auth::AuthService;
 use crate::messaging::Messaging;
 use crate::store::Store;
 
+pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod health;
@@ -31,6 +32,8 @@ pub enum ApiTags {
     Webhooks,
     /// Liveness and readiness probes.
     Ops,
+    /// The operator API (`ADMIN_API_KEYS`): users, blocks, sessions.
+    Admin,
 }
 
 /// The OpenAPI service of every area.
@@ -40,6 +43,7 @@ pub type Api = OpenApiService<
         messaging::MessagingApi,
         keys::KeysApi,
         health::HealthApi,
+        admin::AdminApi,
     ),
     (),
 >;
@@ -68,11 +72,14 @@ pub fn service(deps: Deps) -> Api {
                 auth: deps.auth.clone(),
                 messaging: deps.messaging,
             },
-            keys::KeysApi { auth: deps.auth },
+            keys::KeysApi {
+                auth: deps.auth.clone(),
+            },
             health::HealthApi {
                 store: deps.store,
                 db: deps.db,
             },
+            admin::AdminApi { auth: deps.auth },
         ),
         "otpgate",
         env!("CARGO_PKG_VERSION"),

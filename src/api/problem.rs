@@ -109,6 +109,12 @@ pub const PROBLEM_TYPES: &[(&str, u16, &str, &str)] = &[
         "The request is not signed by the messaging platform.",
     ),
     (
+        "user_blocked",
+        403,
+        "Account blocked",
+        "This account is blocked.",
+    ),
+    (
         "invalid_poll_token",
         403,
         "Wrong poll token",
@@ -397,6 +403,10 @@ impl poem::error::ResponseError for Error {
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer error=\"invalid_token\""),
                 );
+            }
+            Error::Unauthorized => {
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             _ => {}
         }

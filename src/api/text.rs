@@ -173,6 +173,16 @@ checked_text! {
 }
 
 checked_text! {
+    /// A device name an app gives a session: at most 64 characters, no control characters.
+    DeviceNameText {
+        pattern: r"^[^\x00-\x1f\x7f]{1,64}$",
+        max_length: 256,
+        rule: "a string of 1 to 64 characters without control characters (for example \"Pixel 8\")",
+        check: |t| (1..=64).contains(&t.chars().count()) && !t.chars().any(char::is_control),
+    }
+}
+
+checked_text! {
     /// A hex SHA-256 HMAC: 64 hex digits.
     HexHashText {
         pattern: r"^[0-9a-fA-F]{64}$",
@@ -203,6 +213,11 @@ pub(crate) const RULES: &[Rule] = &[
     (HexHashText::PATTERN, HexHashText::check, HexHashText::RULE),
     (TokenText::PATTERN, TokenText::check, TokenText::RULE),
     (Text::PATTERN, Text::check, Text::RULE),
+    (
+        DeviceNameText::PATTERN,
+        DeviceNameText::check,
+        DeviceNameText::RULE,
+    ),
 ];
 
 #[cfg(test)]
@@ -241,5 +256,9 @@ mod tests {
         );
         assert!(parse::<HexHashText>(json!("aF".repeat(32))));
         assert!(!parse::<HexHashText>(json!("g".repeat(64))));
+        assert!(parse::<DeviceNameText>(json!("Asha's Pixel 8 ✓")));
+        assert!(!parse::<DeviceNameText>(json!("")));
+        assert!(!parse::<DeviceNameText>(json!("line\nbreak")));
+        assert!(!parse::<DeviceNameText>(json!("x".repeat(65))));
     }
 }

@@ -248,6 +248,15 @@ pub(super) fn routes_with(
     if metrics_here {
         route = route.at("/metrics", metrics_endpoint(metrics.clone(), token));
     }
+    if !state.auth.admin_enabled() {
+        // No ADMIN_API_KEYS: the admin API does not exist here (404, with or without a key).
+        route = route.nest(
+            "/admin",
+            poem::endpoint::make(|_| async {
+                Err::<(), poem::Error>(poem::error::NotFoundError.into())
+            }),
+        );
+    }
     let cors = cors(&settings.server.cors_origins);
     let vary = cors.is_some();
     let tracked = connections.is_some();

@@ -204,6 +204,7 @@ impl AppState {
                 limits: &settings.limits,
                 messaging: &settings.messaging,
                 app_name: &settings.delivery.app_name,
+                admin: &settings.admin,
             },
             store.clone(),
             db.clone(),
@@ -212,6 +213,29 @@ impl AppState {
         )
         .map_err(|e| StartupError::Other(e.to_string()))?;
         let auth = Arc::new(auth);
+        {
+            // Blocked users' phones get no code: write their marks into the store (an in-process
+            // store starts empty; a Redis may have lost them). Retried until the store and the
+            // database answer.
+            let auth = auth.clone();
+            tokio::spawn(async move {
+                let mut wait = std::time::Duration::from_millis(500);
+                loop {
+                    match auth.restore_phone_blocks().await {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            tracing::info!(users = n, "block marks of blocked users restored");
+                            break;
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = err.code(), "block marks not restored yet");
+                            tokio::time::sleep(wait).await;
+                            wait = (wait * 2).min(std::time::Duration::from_secs(30));
+                        }
+                    }
+                }
+            });
+        }
         if settings.store.run_migrations {
             // The database answered the migrations: choose the login statement now.
             auth.prepare_database()

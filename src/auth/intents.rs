@@ -216,6 +216,7 @@ impl AuthService {
         &self,
         intent_id: &str,
         poll_token: &str,
+        client: &super::sessions::ClientInfo,
     ) -> Result<PollResult, Error> {
         let (channel, subject) = match self
             .store
@@ -236,16 +237,20 @@ impl AuthService {
         } else {
             self.user_for_telegram(&subject).await
         };
-        let user = match user {
-            Ok(user) => user,
+        let opened = match user {
+            Ok(user) => self.open_session(user, client).await,
+            Err(err) => Err(err),
+        };
+        let session = match opened {
+            Ok(session) => session,
             Err(err) => {
                 self.store.unclaim_intent(intent_id).await?;
                 return Err(err);
             }
         };
         self.metrics.intent(&channel, "claimed");
-        tracing::info!(channel, user_id = %user.id, "login intent completed");
-        Ok(PollResult::LoggedIn(Box::new(self.open_session(user)?)))
+        tracing::info!(channel, user_id = %session.user.id, "login intent completed");
+        Ok(PollResult::LoggedIn(Box::new(session)))
     }
 
     /// The user owning `phone`, created on first login.

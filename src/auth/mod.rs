@@ -12,7 +12,9 @@ use chrono::Utc;
 use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
-use crate::config::{LimitSettings, MessagingSettings, OtpSettings, TokenSettings};
+use crate::config::{
+    AdminSettings, LimitSettings, MessagingSettings, OtpSettings, SessionIp, TokenSettings,
+};
 use crate::db::{self, identity, user};
 use crate::delivery::{Delivery, Destination, OtpMessage};
 use crate::domain::channel::Channel;
@@ -21,11 +23,14 @@ use crate::error::Error;
 use crate::store::{RefreshOutcome, Store};
 use crate::telemetry::Metrics;
 
+pub mod admin;
 pub mod intents;
 pub mod otp;
+pub mod sessions;
 pub mod tokens;
 
 use self::otp::OtpService;
+use self::sessions::ClientInfo;
 use self::tokens::{Claims, TokenKind, TokenPair, TokenService};
 use crate::domain::phone::Phone;
 
@@ -81,6 +86,10 @@ pub struct AuthService {
     /// The statement a login by code uses on this database, chosen once: at start-up when the
     /// database answers then ([`AuthService::prepare_database`]), else at the first login.
     login_sql: tokio::sync::OnceCell<db::LoginSql>,
+    /// SHA-256 of each admin key (`ADMIN_API_KEYS`).
+    admin_keys: Vec<[u8; 32]>,
+    /// How much of the client address a session keeps.
+    session_ip: SessionIp,
 }
 
 /// How many parsed numbers [`AuthService::parse_phone`] keeps (then it starts afresh).
@@ -99,6 +108,8 @@ pub struct AuthConfig<'a> {
     pub messaging: &'a MessagingSettings,
     /// `APP_NAME`, named in messages.
     pub app_name: &'a str,
+    /// Admin keys and session details.
+    pub admin: &'a AdminSettings,
 }
 
 impl AuthService {
@@ -133,6 +144,8 @@ impl AuthService {
             app_name: config.app_name.to_string(),
             recent_phones: Default::default(),
             login_sql: tokio::sync::OnceCell::new(),
+            admin_keys: config.admin.key_hashes.clone(),
+            session_ip: config.admin.session_ip,
         })
     }
 
@@ -278,6 +291,27 @@ impl AuthService {
             telegram_chat: telegram_chat.as_deref(),
         };
         let mut delivered = None;
+        if issued.blocked {
+            // Blocked by an operator: answered as if sent, so the answer tells nothing.
+            let channel = plan
+                .iter()
+                .copied()
+                .find(|c| self.delivery.sender(*c).is_some())
+                .unwrap_or(Channel::Telegram);
+            self.metrics
+                .otp_sent
+                .with_label_values(&[channel.as_str(), "blocked"])
+                .inc();
+            tracing::info!(phone = %phone.masked(), "no code sent: the user is blocked");
+            return Ok(LoginStarted {
+                channel,
+                expires_in: issued.expires_in.as_secs(),
+                resend_after: issued.resend_after.as_secs(),
+                exposed_code: None,
+                quotas: (quotas, issued.quotas),
+                phone,
+            });
+        }
         if plan.is_empty() {
             // `channel: telegram` for a number without a linked chat: answered as if sent.
             self.metrics
@@ -342,8 +376,9 @@ impl AuthService {
         &self,
         phone: &str,
         code: &str,
-        client_ip: Option<IpAddr>,
+        client: &ClientInfo,
     ) -> Result<LoggedIn, Error> {
+        let client_ip = client.ip;
         let phone = self.parse_phone(phone)?;
         let session = self
             .db_query("login_start", async {
@@ -414,12 +449,29 @@ impl AuthService {
             tracing::info!(user_id = %user.id, "user created");
         }
         tracing::info!(phone = %phone.masked(), user_id = %user.id, "code verified");
-        self.open_session(user)
+        self.open_session(user, client).await
     }
 
-    /// Opens a new session for `user`: a fresh session id and token pair.
-    pub fn open_session(&self, user: user::Model) -> Result<LoggedIn, Error> {
+    /// Opens a new session for `user`: a fresh session id, recorded in the user's session index
+    /// with what `client` tells, and a token pair. A blocked user gets none.
+    pub async fn open_session(
+        &self,
+        user: user::Model,
+        client: &ClientInfo,
+    ) -> Result<LoggedIn, Error> {
+        if user.blocked_at.is_some() {
+            tracing::info!(user_id = %user.id, "login refused: the user is blocked");
+            return Err(Error::UserBlocked);
+        }
         let sid = crate::domain::ids::random_uuid().to_string();
+        self.store
+            .put_session(
+                &user.id.to_string(),
+                &sid,
+                &self.session_meta(client),
+                self.tokens.longest_lifetime(),
+            )
+            .await?;
         let tokens = self.tokens.issue_pair(user.id, &sid)?;
         self.metrics.session("issued");
         tracing::info!(user_id = %user.id, "session opened");
@@ -449,6 +501,23 @@ impl AuthService {
             .db_query("find_user_by_id", db::find_user_by_id(&self.db, user_id))
             .await?
             .ok_or(Error::InvalidToken)?;
+        if user.blocked_at.is_some() {
+            return Err(Error::UserBlocked);
+        }
+        // Revoked by "log out everywhere", a block or the session's own revocation: refused
+        // without spending; otherwise its last use is now.
+        if !self
+            .store
+            .session_stands(
+                &claims.sub,
+                &claims.sid,
+                true,
+                self.tokens.longest_lifetime(),
+            )
+            .await?
+        {
+            return Err(Error::InvalidToken);
+        }
         let outcome = self
             .store
             .spend_refresh(
@@ -481,7 +550,16 @@ impl AuthService {
     /// Checks an access token: signature, claims, kind, and that its session is not revoked.
     pub async fn authenticate(&self, access_token: &str) -> Result<Claims, Error> {
         let claims = self.tokens.decode(access_token, TokenKind::Access)?;
-        if self.store.is_session_revoked(&claims.sid).await? {
+        if !self
+            .store
+            .session_stands(
+                &claims.sub,
+                &claims.sid,
+                false,
+                self.tokens.longest_lifetime(),
+            )
+            .await?
+        {
             return Err(Error::InvalidToken);
         }
         Ok(claims)
@@ -498,15 +576,5 @@ impl AuthService {
     /// The public keys tokens are verified with (JWKS; empty for HS256).
     pub fn jwks(&self) -> serde_json::Value {
         self.tokens.jwks()
-    }
-
-    /// Revokes the session of `claims` on every replica: its access and refresh tokens die.
-    pub async fn logout(&self, claims: &Claims) -> Result<(), Error> {
-        self.store
-            .revoke_session(&claims.sid, self.tokens.longest_lifetime())
-            .await?;
-        self.metrics.session("revoked");
-        tracing::info!(user_id = %claims.sub, "session revoked by logout");
-        Ok(())
     }
 }

@@ -75,6 +75,8 @@ pub struct IssuedCode {
     pub resend_after: Duration,
     /// Where each quota charged for this send stands now.
     pub quotas: Vec<QuotaState>,
+    /// The phone is blocked: no code was stored, and none may be sent.
+    pub blocked: bool,
 }
 
 /// Issues and verifies codes through the store.
@@ -169,6 +171,15 @@ impl OtpService {
                 expires_in: self.ttl,
                 resend_after: self.resend,
                 quotas: states,
+                blocked: false,
+            }),
+            IssueOutcome::Blocked(states) => Ok(IssuedCode {
+                code,
+                hash,
+                expires_in: self.ttl,
+                resend_after: self.resend,
+                quotas: states,
+                blocked: true,
             }),
             IssueOutcome::Cooldown { retry_after } => Err(Error::RateLimited {
                 retry_after: whole_seconds(retry_after),

@@ -39,6 +39,8 @@ const PREFIXES: &[&str] = &[
     "HTTP_MAX_",
     "HTTP_IDLE_",
     "HTTP_HEADER_",
+    "ADMIN_",
+    "SESSION_",
 ];
 
 /// Every variable name otpgate reads.

@@ -13,6 +13,7 @@
 //! Each adapter and service takes its own section. The production guards, which look across
 //! sections, are here.
 
+pub mod admin;
 pub mod delivery;
 pub mod env;
 pub mod limits;
@@ -23,6 +24,7 @@ pub mod server;
 pub mod store;
 pub mod tokens;
 
+pub use admin::{AdminSettings, SessionIp};
 pub use delivery::{
     DEFAULT_MESSAGE_TEMPLATE, DeliverySettings, TelegramSettings, TwilioSettings, WhatsappSettings,
 };
@@ -69,6 +71,8 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     /// Login by WhatsApp/Telegram message and the Telegram Login Widget.
     pub messaging: MessagingSettings,
+    /// Admin API keys and session details.
+    pub admin: AdminSettings,
 }
 
 impl Settings {
@@ -114,6 +118,7 @@ impl Settings {
         let store = env.section(StoreSettings::from_env(&env));
         let delivery = env.section(DeliverySettings::from_env(&env, production));
         let messaging = env.section(MessagingSettings::from_env(&env));
+        let admin = env.section(AdminSettings::from_env(&env));
         let (
             Some(tokens),
             Some(otp),
@@ -122,7 +127,10 @@ impl Settings {
             Some(store),
             Some(delivery),
             Some(messaging),
-        ) = (tokens, otp, limits, server, store, delivery, messaging)
+            Some(admin),
+        ) = (
+            tokens, otp, limits, server, store, delivery, messaging, admin,
+        )
         else {
             env.finish()?;
             unreachable!("a section that failed reported why");
@@ -136,6 +144,7 @@ impl Settings {
             limits,
             delivery,
             messaging,
+            admin,
         };
         for err in settings.production_problems() {
             env.report(err);

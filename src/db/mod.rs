@@ -15,6 +15,7 @@ use uuid::Uuid;
 pub mod entities;
 pub mod hot;
 pub mod touches;
+pub mod users;
 
 pub use entities::{identity, user};
 
@@ -375,10 +376,11 @@ async fn postgres_login(
             sea_orm::sqlx::query(
                 "WITH created AS (INSERT INTO users (id, phone, created_at, last_login_at) \
                  VALUES ($1, $2, $3, $3) ON CONFLICT (phone) DO NOTHING \
-                 RETURNING id, phone, created_at, last_login_at) \
-                 SELECT id, phone, created_at, last_login_at, true AS created FROM created \
-                 UNION ALL \
-                 SELECT id, phone, created_at, last_login_at, false FROM users WHERE phone = $2",
+                 RETURNING id, phone, created_at, last_login_at, blocked_at) \
+                 SELECT id, phone, created_at, last_login_at, blocked_at, true AS created \
+                 FROM created UNION ALL \
+                 SELECT id, phone, created_at, last_login_at, blocked_at, false FROM users \
+                 WHERE phone = $2",
             )
             .bind(id)
             .bind(phone)
@@ -390,8 +392,8 @@ async fn postgres_login(
         None => conn
             .fetch_optional(|| {
                 sea_orm::sqlx::query(
-                    "SELECT id, phone, created_at, last_login_at, false AS created FROM users \
-                     WHERE phone = $1",
+                    "SELECT id, phone, created_at, last_login_at, blocked_at, false AS created \
+                     FROM users WHERE phone = $1",
                 )
                 .bind(phone)
             })
@@ -416,8 +418,9 @@ async fn mysql_login(
         VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE phone = phone";
     const INSERT_RETURNING: &str = "INSERT INTO users (id, phone, created_at, last_login_at) \
         VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE phone = phone \
-        RETURNING id, phone, created_at, last_login_at";
-    const SELECT: &str = "SELECT id, phone, created_at, last_login_at FROM users WHERE phone = ?";
+        RETURNING id, phone, created_at, last_login_at, blocked_at";
+    const SELECT: &str =
+        "SELECT id, phone, created_at, last_login_at, blocked_at FROM users WHERE phone = ?";
     let id = crate::domain::ids::time_ordered_uuid(now.timestamp_millis().max(0) as u64);
     let query = sea_orm::sqlx::query::<sea_orm::sqlx::MySql>;
     let row = if sql == LoginSql::MariadbReturning {
@@ -469,6 +472,7 @@ pub async fn complete_login(
         phone: Set(Some(phone.to_string())),
         created_at: Set(now),
         last_login_at: Set(Some(now)),
+        blocked_at: Set(None),
     };
     match new_user.insert(db).await {
         Ok(created) => Ok(created),
@@ -531,6 +535,7 @@ pub async fn login_identity(
         phone: Set(None),
         created_at: Set(now),
         last_login_at: Set(Some(now)),
+        blocked_at: Set(None),
     }
     .insert(&txn)
     .await?;
@@ -631,6 +636,7 @@ async fn new_phone_user(
         phone: Set(Some(phone.to_string())),
         created_at: Set(now),
         last_login_at: Set(None),
+        blocked_at: Set(None),
     }
     .insert(db)
     .await

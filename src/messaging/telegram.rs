@@ -103,7 +103,11 @@ fn unix_now() -> i64 {
 impl Messaging {
     /// A Login Widget login: 401 unless signed by our bot, fresh and unused; then a session
     /// for that Telegram account (created on first login, without a phone).
-    pub async fn telegram_widget(&self, login: WidgetLogin) -> Result<LoggedIn, Error> {
+    pub async fn telegram_widget(
+        &self,
+        login: WidgetLogin,
+        client: &crate::auth::sessions::ClientInfo,
+    ) -> Result<LoggedIn, Error> {
         let token = self
             .bot_token
             .as_ref()
@@ -131,7 +135,7 @@ impl Messaging {
             return Err(Error::InvalidTelegramAuth);
         }
         let user = self.auth.user_for_telegram(&login.id.to_string()).await?;
-        self.auth.open_session(user)
+        self.auth.open_session(user, client).await
     }
 
     /// A webhook update: 403 unless it carries our secret token; then handled once.

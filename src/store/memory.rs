@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
 use super::{
-    BindOutcome, ClaimOutcome, IssueOutcome, RefreshOutcome, Store, StoreError, VerifyOutcome,
+    BindOutcome, ClaimOutcome, IssueOutcome, RefreshOutcome, SessionRecord, Store, StoreError,
+    VerifyOutcome,
 };
 use crate::domain::quota::{Quota, QuotaState, Refusal, gcra};
 
@@ -57,6 +58,12 @@ struct Inner {
     intents: HashMap<String, Intent>,
     /// Inbound event keys → when the mark expires.
     seen: HashMap<String, Instant>,
+    /// User id → their session index (sid → record, and when the record expires).
+    sessions: HashMap<String, HashMap<String, (SessionRecord, Instant)>>,
+    /// User id → the cut-off of [`Store::revoke_user`] (Unix ms) and when it expires.
+    cutoffs: HashMap<String, (u64, Instant)>,
+    /// Phones that get no code.
+    blocked: std::collections::HashSet<String>,
     last_sweep: Instant,
 }
 
@@ -73,6 +80,11 @@ impl Inner {
         self.revoked.retain(|_, until| *until > now);
         self.intents.retain(|_, i| i.expires > now);
         self.seen.retain(|_, until| *until > now);
+        self.cutoffs.retain(|_, (_, until)| *until > now);
+        self.sessions.retain(|_, index| {
+            index.retain(|_, (_, until)| *until > now);
+            !index.is_empty()
+        });
     }
 
     /// The live intent `id`.
@@ -149,6 +161,9 @@ impl MemoryStore {
                 revoked: HashMap::new(),
                 intents: HashMap::new(),
                 seen: HashMap::new(),
+                sessions: HashMap::new(),
+                cutoffs: HashMap::new(),
+                blocked: Default::default(),
                 last_sweep: now,
             }),
             epoch: now,
@@ -196,6 +211,12 @@ impl Store for MemoryStore {
             Err(refusal) => return Ok(IssueOutcome::Limited(refusal)),
         };
         let states = inner.charge(quotas, &tats, now_ms);
+        if inner.blocked.contains(phone) {
+            if !cooldown.is_zero() {
+                inner.cooldowns.insert(phone.to_string(), now + cooldown);
+            }
+            return Ok(IssueOutcome::Blocked(states));
+        }
         inner.codes.insert(
             phone.to_string(),
             Code {
@@ -356,6 +377,112 @@ impl Store for MemoryStore {
             .revoked
             .get(sid)
             .is_some_and(|until| *until > now))
+    }
+
+    async fn put_session(
+        &self,
+        user: &str,
+        sid: &str,
+        meta: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let (now, now_ms) = self.now();
+        let at = crate::store::unix_ms();
+        let mut inner = self.lock();
+        inner.sweep(now, now_ms);
+        let record = SessionRecord {
+            sid: sid.to_string(),
+            created_ms: at,
+            last_used_ms: at,
+            meta: meta.to_string(),
+        };
+        inner
+            .sessions
+            .entry(user.to_string())
+            .or_default()
+            .insert(sid.to_string(), (record, now + ttl));
+        Ok(())
+    }
+
+    async fn session_stands(
+        &self,
+        user: &str,
+        sid: &str,
+        touch: bool,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        if inner.revoked.get(sid).is_some_and(|until| *until > now) {
+            return Ok(false);
+        }
+        let cutoff = inner
+            .cutoffs
+            .get(user)
+            .filter(|(_, until)| *until > now)
+            .map(|(at, _)| *at);
+        let record = inner
+            .sessions
+            .get_mut(user)
+            .and_then(|index| index.get_mut(sid))
+            .filter(|(_, until)| *until > now);
+        if let Some(cutoff) = cutoff
+            && record.as_ref().is_none_or(|(r, _)| r.created_ms <= cutoff)
+        {
+            return Ok(false);
+        }
+        if touch && let Some((record, until)) = record {
+            record.last_used_ms = crate::store::unix_ms();
+            *until = now + ttl;
+        }
+        Ok(true)
+    }
+
+    async fn sessions(&self, user: &str, ttl: Duration) -> Result<Vec<SessionRecord>, StoreError> {
+        let _ = ttl; // Records expire `ttl` after their last use already.
+        let now = Instant::now();
+        let inner = self.lock();
+        let mut found: Vec<SessionRecord> = inner
+            .sessions
+            .get(user)
+            .into_iter()
+            .flat_map(|index| index.values())
+            .filter(|(_, until)| *until > now)
+            .map(|(record, _)| record.clone())
+            .collect();
+        found.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.sid.cmp(&a.sid)));
+        Ok(found)
+    }
+
+    async fn drop_session(&self, user: &str, sid: &str) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        Ok(inner
+            .sessions
+            .get_mut(user)
+            .and_then(|index| index.remove(sid))
+            .is_some_and(|(_, until)| until > now))
+    }
+
+    async fn revoke_user(&self, user: &str, ttl: Duration) -> Result<(), StoreError> {
+        let (now, now_ms) = self.now();
+        let mut inner = self.lock();
+        inner.sweep(now, now_ms);
+        inner
+            .cutoffs
+            .insert(user.to_string(), (crate::store::unix_ms(), now + ttl));
+        inner.sessions.remove(user);
+        Ok(())
+    }
+
+    async fn set_phone_blocked(&self, phone: &str, blocked: bool) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if blocked {
+            inner.blocked.insert(phone.to_string());
+        } else {
+            inner.blocked.remove(phone);
+        }
+        Ok(())
     }
 
     async fn create_intent(

@@ -48,6 +48,23 @@ pub enum IssueOutcome {
     },
     /// A quota refused; nothing changed.
     Limited(Refusal),
+    /// The phone is blocked ([`Store::set_phone_blocked`]): cooldown and quotas were charged as
+    /// for [`IssueOutcome::Issued`], but no code was stored. The caller answers as if one was
+    /// sent, so the answer does not tell a blocked number from any other.
+    Blocked(Vec<QuotaState>),
+}
+
+/// One session (refresh-token family) of a user, as the store lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// The session id (the tokens' `sid`).
+    pub sid: String,
+    /// When it was opened (Unix ms, the store's clock).
+    pub created_ms: u64,
+    /// When its refresh token was last used, or its opening (Unix ms).
+    pub last_used_ms: u64,
+    /// What the domain recorded about it (JSON text: user agent, IP, device name).
+    pub meta: String,
 }
 
 /// What happened to a presented code.
@@ -188,6 +205,45 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether session `sid` was revoked.
     async fn is_session_revoked(&self, sid: &str) -> Result<bool, StoreError>;
+
+    /// Records session `sid` of `user` (opened now, last used now, `meta`) in the user's
+    /// session index, which lives `ttl` (the refresh token lifetime) after its last write;
+    /// sessions unused for `ttl` are dropped from it.
+    async fn put_session(
+        &self,
+        user: &str,
+        sid: &str,
+        meta: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+
+    /// Whether session `sid` of `user` still stands: not revoked by itself
+    /// ([`Store::revoke_session`]) nor by [`Store::revoke_user`] (a session opened before the
+    /// user's cut-off). With `touch`, a standing session's last use becomes now (a refresh)
+    /// and the index lives `ttl` more.
+    async fn session_stands(
+        &self,
+        user: &str,
+        sid: &str,
+        touch: bool,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// The sessions of `user` used within `ttl`, newest first. One key; never a scan.
+    async fn sessions(&self, user: &str, ttl: Duration) -> Result<Vec<SessionRecord>, StoreError>;
+
+    /// Removes session `sid` from `user`'s index; whether it was there. (Revoke it with
+    /// [`Store::revoke_session`].)
+    async fn drop_session(&self, user: &str, sid: &str) -> Result<bool, StoreError>;
+
+    /// Revokes every session `user` opened until now, on every replica at once: a cut-off that
+    /// lives `ttl` (the longest token lifetime), and the session index emptied.
+    async fn revoke_user(&self, user: &str, ttl: Duration) -> Result<(), StoreError>;
+
+    /// Blocks (or unblocks) codes to `phone`: [`Store::issue_code`] then stores none
+    /// ([`IssueOutcome::Blocked`]). No expiry: the database's `blocked_at` is the record, and
+    /// start-up writes these marks again from it.
+    async fn set_phone_blocked(&self, phone: &str, blocked: bool) -> Result<(), StoreError>;
 
     /// Stores a pending login intent `id` for `channel` whose poll token hashes to
     /// `poll_hash`, for `ttl`.
@@ -346,6 +402,53 @@ impl Store for Metered {
     async fn is_session_revoked(&self, sid: &str) -> Result<bool, StoreError> {
         self.timed("is_session_revoked", self.inner.is_session_revoked(sid))
             .await
+    }
+
+    async fn put_session(
+        &self,
+        user: &str,
+        sid: &str,
+        meta: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.timed("put_session", self.inner.put_session(user, sid, meta, ttl))
+            .await
+    }
+
+    async fn session_stands(
+        &self,
+        user: &str,
+        sid: &str,
+        touch: bool,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.timed(
+            "session_stands",
+            self.inner.session_stands(user, sid, touch, ttl),
+        )
+        .await
+    }
+
+    async fn sessions(&self, user: &str, ttl: Duration) -> Result<Vec<SessionRecord>, StoreError> {
+        self.timed("sessions", self.inner.sessions(user, ttl)).await
+    }
+
+    async fn drop_session(&self, user: &str, sid: &str) -> Result<bool, StoreError> {
+        self.timed("drop_session", self.inner.drop_session(user, sid))
+            .await
+    }
+
+    async fn revoke_user(&self, user: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.timed("revoke_user", self.inner.revoke_user(user, ttl))
+            .await
+    }
+
+    async fn set_phone_blocked(&self, phone: &str, blocked: bool) -> Result<(), StoreError> {
+        self.timed(
+            "set_phone_blocked",
+            self.inner.set_phone_blocked(phone, blocked),
+        )
+        .await
     }
 
     async fn create_intent(

@@ -151,6 +151,7 @@ async fn link_telegram(app: &TestApp, phone: &str, chat: i64) {
         phone: Set(Some(phone.to_string())),
         created_at: Set(now),
         last_login_at: Set(None),
+        blocked_at: Set(None),
     }
     .insert(&db)
     .await

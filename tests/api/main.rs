@@ -21,6 +21,7 @@ mod limits;
 mod mariadb;
 mod messaging;
 mod observability;
+mod operators;
 mod outages;
 mod production;
 mod redis_keys;

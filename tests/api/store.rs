@@ -64,6 +64,9 @@ conformance!(
     intents_bind_once_and_are_claimed_once,
     concurrent_polls_claim_once,
     intents_and_seen_marks_expire,
+    sessions_are_indexed_touched_and_dropped,
+    revoking_a_user_cuts_off_older_sessions_only,
+    blocked_phones_get_no_code_but_pay_cooldown_and_quotas,
 );
 
 fn redis_store() -> Option<Arc<dyn Store>> {
@@ -663,4 +666,163 @@ async fn intents_and_seen_marks_expire(store: Arc<dyn Store>) {
         BindOutcome::Unknown
     );
     assert!(store.first_delivery(&key, short).await.unwrap());
+}
+
+async fn sessions_are_indexed_touched_and_dropped(store: Arc<dyn Store>) {
+    let user = Uuid::new_v4().to_string();
+    let (a, b) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
+    assert_eq!(store.sessions(&user, MINUTE).await.unwrap(), vec![]);
+    store
+        .put_session(&user, &a, r#"{"device":"a"}"#, MINUTE)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store
+        .put_session(&user, &b, r#"{"device":"b"}"#, MINUTE)
+        .await
+        .unwrap();
+    let listed = store.sessions(&user, MINUTE).await.unwrap();
+    // Newest first, with what was recorded.
+    assert_eq!(
+        listed.iter().map(|s| s.sid.as_str()).collect::<Vec<_>>(),
+        [&b, &a]
+    );
+    assert_eq!(listed[1].meta, r#"{"device":"a"}"#);
+    assert_eq!(listed[1].created_ms, listed[1].last_used_ms);
+    // Another user's index is apart.
+    assert_eq!(
+        store
+            .sessions(&Uuid::new_v4().to_string(), MINUTE)
+            .await
+            .unwrap(),
+        vec![]
+    );
+    // A touch moves the last use, not the opening.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(store.session_stands(&user, &a, true, MINUTE).await.unwrap());
+    let touched = store.sessions(&user, MINUTE).await.unwrap();
+    let a_now = touched.iter().find(|s| s.sid == a).unwrap();
+    assert_eq!(a_now.created_ms, listed[1].created_ms);
+    assert!(
+        a_now.last_used_ms >= listed[1].last_used_ms + 15,
+        "{a_now:?}"
+    );
+    // Dropped once; a revoked session no longer stands.
+    assert!(store.drop_session(&user, &a).await.unwrap());
+    assert!(!store.drop_session(&user, &a).await.unwrap());
+    store.revoke_session(&a, MINUTE).await.unwrap();
+    assert!(
+        !store
+            .session_stands(&user, &a, false, MINUTE)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .session_stands(&user, &b, false, MINUTE)
+            .await
+            .unwrap()
+    );
+    // A session unknown to the index (opened before it existed) stands while no cut-off does.
+    assert!(
+        store
+            .session_stands(&user, "older", false, MINUTE)
+            .await
+            .unwrap()
+    );
+    // The index expires with its lifetime.
+    let short = Duration::from_millis(150);
+    let brief = Uuid::new_v4().to_string();
+    store.put_session(&brief, "s", "{}", short).await.unwrap();
+    assert_eq!(store.sessions(&brief, short).await.unwrap().len(), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(store.sessions(&brief, short).await.unwrap(), vec![]);
+}
+
+async fn revoking_a_user_cuts_off_older_sessions_only(store: Arc<dyn Store>) {
+    let user = Uuid::new_v4().to_string();
+    let other = Uuid::new_v4().to_string();
+    store.put_session(&user, "s1", "{}", MINUTE).await.unwrap();
+    store.put_session(&other, "o1", "{}", MINUTE).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store.revoke_user(&user, MINUTE).await.unwrap();
+    assert!(
+        !store
+            .session_stands(&user, "s1", true, MINUTE)
+            .await
+            .unwrap()
+    );
+    // Unknown to the index while a cut-off stands: revoked too.
+    assert!(
+        !store
+            .session_stands(&user, "older", false, MINUTE)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.sessions(&user, MINUTE).await.unwrap(), vec![]);
+    assert!(
+        store
+            .session_stands(&other, "o1", false, MINUTE)
+            .await
+            .unwrap()
+    );
+    // A session opened after the cut-off stands.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store.put_session(&user, "s2", "{}", MINUTE).await.unwrap();
+    assert!(
+        store
+            .session_stands(&user, "s2", false, MINUTE)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.sessions(&user, MINUTE).await.unwrap().len(), 1);
+}
+
+async fn blocked_phones_get_no_code_but_pay_cooldown_and_quotas(store: Arc<dyn Store>) {
+    let phone = key();
+    let q = [quota("otp-phone", 3, MINUTE)];
+    store.set_phone_blocked(&phone, true).await.unwrap();
+    let cooldown = Duration::from_secs(30);
+    match store
+        .issue_code(&phone, "h1", MINUTE, cooldown, &q)
+        .await
+        .unwrap()
+    {
+        IssueOutcome::Blocked(states) => assert_eq!(states[0].remaining, 2),
+        other => panic!("{other:?}"),
+    }
+    // No code was stored; the cooldown runs as for any number.
+    assert_eq!(
+        store.verify_code(&phone, "h1", 5, &[], &[]).await.unwrap(),
+        VerifyOutcome::Missing
+    );
+    assert!(matches!(
+        store
+            .issue_code(&phone, "h2", MINUTE, cooldown, &q)
+            .await
+            .unwrap(),
+        IssueOutcome::Cooldown { .. }
+    ));
+    // Unblocked: codes again.
+    let phone = key();
+    store.set_phone_blocked(&phone, true).await.unwrap();
+    assert!(matches!(
+        store
+            .issue_code(&phone, "h3", MINUTE, Duration::ZERO, &[])
+            .await
+            .unwrap(),
+        IssueOutcome::Blocked(_)
+    ));
+    store.set_phone_blocked(&phone, false).await.unwrap();
+    assert!(matches!(
+        store
+            .issue_code(&phone, "h4", MINUTE, Duration::ZERO, &[])
+            .await
+            .unwrap(),
+        IssueOutcome::Issued(_)
+    ));
+    assert_eq!(
+        store.verify_code(&phone, "h4", 5, &[], &[]).await.unwrap(),
+        VerifyOutcome::Verified
+    );
 }

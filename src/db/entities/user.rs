@@ -17,6 +17,8 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     /// When the user last logged in.
     pub last_login_at: Option<DateTimeUtc>,
+    /// When an operator blocked the user; `None` when not blocked.
+    pub blocked_at: Option<DateTimeUtc>,
     /// External identities (Telegram, WhatsApp) linked to this user.
     #[sea_orm(has_many)]
     pub identities: HasMany<super::identity::Entity>,

@@ -70,8 +70,8 @@ use redis::Script;
 
 use self::link::{Conn, RedisLink};
 use super::{
-    BindOutcome, ClaimOutcome, IssueOutcome, RefreshOutcome, Store, StoreError, VerifyOutcome,
-    ttl_ms,
+    BindOutcome, ClaimOutcome, IssueOutcome, RefreshOutcome, SessionRecord, Store, StoreError,
+    VerifyOutcome, ttl_ms,
 };
 use crate::config::RedisMode;
 use crate::domain::quota::{Quota, QuotaState, Refusal};
@@ -109,6 +109,9 @@ pub struct RedisStore {
     bind_intent: Script,
     claim_intent: Script,
     unclaim_intent: Script,
+    put_session: Script,
+    session_stands: Script,
+    revoke_user: Script,
 }
 
 impl RedisStore {
@@ -170,6 +173,9 @@ impl RedisStore {
                 include_str!("../lua/claim_intent.lua")
             )),
             unclaim_intent: Script::new(include_str!("../lua/unclaim_intent.lua")),
+            put_session: Script::new(include_str!("../lua/put_session.lua")),
+            session_stands: Script::new(include_str!("../lua/session_stands.lua")),
+            revoke_user: Script::new(include_str!("../lua/revoke_user.lua")),
         });
         Ok(store)
     }
@@ -191,6 +197,11 @@ impl RedisStore {
     /// A key of session `sid`'s slot.
     fn session_key(&self, sid: &str, what: &str) -> String {
         format!("{}{{s:{sid}}}:{what}", self.prefix)
+    }
+
+    /// A key of user `user`'s slot (their session index and cut-off).
+    fn user_key(&self, user: &str, what: &str) -> String {
+        format!("{}{{u:{user}}}:{what}", self.prefix)
     }
 
     /// The bucket of quota `q` for phone `subject`.
@@ -349,6 +360,7 @@ impl Store for RedisStore {
         invocation
             .key(self.phone_key(phone, "otp"))
             .key(self.phone_key(phone, "cd"))
+            .key(self.phone_key(phone, "blocked"))
             .arg(code_hash)
             .arg(ttl_ms(ttl))
             .arg(cooldown_ms);
@@ -376,6 +388,21 @@ impl Store for RedisStore {
                     })
                     .collect();
                 return Ok(IssueOutcome::Issued(states));
+            }
+            [3, states @ ..] if states.len() == 2 * together.len() => {
+                let mut together_states = quota_states(states);
+                let mut apart_states = apart_states.into_iter();
+                let states = quotas
+                    .iter()
+                    .filter_map(|q| {
+                        if q.with_phone || self.single_node() {
+                            together_states.next()
+                        } else {
+                            apart_states.next()
+                        }
+                    })
+                    .collect();
+                return Ok(IssueOutcome::Blocked(states));
             }
             [1, wait] => IssueOutcome::Cooldown {
                 retry_after: millis(*wait),
@@ -580,6 +607,123 @@ impl Store for RedisStore {
                 }
                 let exists: i64 = cmd.query_async(&mut conn).await?;
                 Ok(exists >= 1)
+            }
+        })
+        .await
+    }
+
+    async fn put_session(
+        &self,
+        user: &str,
+        sid: &str,
+        meta: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut invocation = self.put_session.key(self.user_key(user, "sessions"));
+        invocation.arg(sid).arg(meta).arg(ttl_ms(ttl));
+        let _: i64 = self.invoke_as(&invocation).await?;
+        Ok(())
+    }
+
+    async fn session_stands(
+        &self,
+        user: &str,
+        sid: &str,
+        touch: bool,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = self.session_stands.key(self.user_key(user, "sessions"));
+        invocation
+            .key(self.user_key(user, "cutoff"))
+            .arg(sid)
+            .arg(if touch { "1" } else { "0" })
+            .arg(ttl_ms(ttl));
+        // The session's own mark lives in its slot, the user's cut-off in the user's: two
+        // calls, at once.
+        let (revoked, stands) = futures_util::future::try_join(
+            self.is_session_revoked(sid),
+            self.invoke_as::<i64>(&invocation),
+        )
+        .await?;
+        Ok(!revoked && stands == 1)
+    }
+
+    async fn sessions(&self, user: &str, ttl: Duration) -> Result<Vec<SessionRecord>, StoreError> {
+        let key = self.user_key(user, "sessions");
+        let all: Vec<(String, String)> = self
+            .run(|mut conn| {
+                let key = key.clone();
+                async move {
+                    Ok(redis::cmd("HGETALL")
+                        .arg(&key)
+                        .query_async(&mut conn)
+                        .await?)
+                }
+            })
+            .await?;
+        let oldest = crate::store::unix_ms().saturating_sub(ttl_ms(ttl));
+        let mut found: Vec<SessionRecord> = all
+            .into_iter()
+            .filter_map(|(sid, value)| {
+                let mut parts = value.splitn(3, ' ');
+                let created_ms = parts.next()?.parse().ok()?;
+                let last_used_ms = parts.next()?.parse().ok()?;
+                let meta = parts.next()?.to_string();
+                Some(SessionRecord {
+                    sid,
+                    created_ms,
+                    last_used_ms,
+                    meta,
+                })
+            })
+            .filter(|s| s.last_used_ms >= oldest)
+            .collect();
+        found.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.sid.cmp(&a.sid)));
+        Ok(found)
+    }
+
+    async fn drop_session(&self, user: &str, sid: &str) -> Result<bool, StoreError> {
+        let key = self.user_key(user, "sessions");
+        let removed: i64 = self
+            .run(|mut conn| {
+                let key = key.clone();
+                async move {
+                    Ok(redis::cmd("HDEL")
+                        .arg(&key)
+                        .arg(sid)
+                        .query_async(&mut conn)
+                        .await?)
+                }
+            })
+            .await?;
+        Ok(removed == 1)
+    }
+
+    async fn revoke_user(&self, user: &str, ttl: Duration) -> Result<(), StoreError> {
+        let mut invocation = self.revoke_user.key(self.user_key(user, "sessions"));
+        invocation
+            .key(self.user_key(user, "cutoff"))
+            .arg(ttl_ms(ttl));
+        let _: i64 = self.invoke_as(&invocation).await?;
+        Ok(())
+    }
+
+    async fn set_phone_blocked(&self, phone: &str, blocked: bool) -> Result<(), StoreError> {
+        let key = self.phone_key(phone, "blocked");
+        self.run(|mut conn| {
+            let key = key.clone();
+            async move {
+                let cmd = if blocked {
+                    let mut cmd = redis::cmd("SET");
+                    cmd.arg(&key).arg("1");
+                    cmd
+                } else {
+                    let mut cmd = redis::cmd("DEL");
+                    cmd.arg(&key);
+                    cmd
+                };
+                let _: redis::Value = cmd.query_async(&mut conn).await?;
+                Ok(())
             }
         })
         .await

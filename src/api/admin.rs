@@ -1,0 +1,386 @@
+//! `/admin/v1/*`: the operator API (find, block, unblock and delete users, revoke their
+//! sessions). Authenticated apart from users: `Authorization: Bearer <admin key>`, one of
+//! `ADMIN_API_KEYS`; off (404) when none is configured. A user's access token never works here,
+//! and an admin key never works on user routes (it is no JWT).
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use poem_openapi::auth::Bearer;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::types::Example;
+use poem_openapi::{ApiResponse, Object, OpenApi, SecurityScheme};
+use uuid::Uuid;
+
+use super::ApiTags;
+use super::auth::{Identity, Session};
+use super::problem::{Fails, failures};
+use crate::auth::AuthService;
+use crate::db::user;
+use crate::db::users::UserFilter;
+use crate::error::Error;
+
+/// The admin API.
+pub struct AdminApi {
+    pub(crate) auth: Arc<AuthService>,
+}
+
+/// `Authorization: Bearer <admin key>` (one of `ADMIN_API_KEYS`).
+#[derive(SecurityScheme)]
+#[oai(ty = "bearer")]
+pub struct AdminKey(Bearer);
+
+/// The most users one page holds.
+pub const PAGE_MAX: u32 = 100;
+/// Users per page when `limit` is not given.
+pub const PAGE_DEFAULT: u32 = 50;
+
+/// A user as operators see them.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct AdminUser {
+    /// User id (UUID v7).
+    pub id: Uuid,
+    /// Phone number in E.164, when the user has one.
+    pub phone: Option<String>,
+    /// First login.
+    pub created_at: DateTime<Utc>,
+    /// Latest login.
+    pub last_login_at: Option<DateTime<Utc>>,
+    /// When an operator blocked the user; absent when not blocked.
+    pub blocked_at: Option<DateTime<Utc>>,
+}
+
+impl From<user::Model> for AdminUser {
+    fn from(u: user::Model) -> Self {
+        AdminUser {
+            id: u.id,
+            phone: u.phone,
+            created_at: u.created_at,
+            last_login_at: u.last_login_at,
+            blocked_at: u.blocked_at,
+        }
+    }
+}
+
+impl Example for AdminUser {
+    fn example() -> Self {
+        let at = DateTime::from_timestamp(1_767_225_600, 0).unwrap_or_default();
+        AdminUser {
+            id: Uuid::from_u128(0x0193_f3a0_7c1e_7d2a_9b4c_5e6f_7a8b_9c0d),
+            phone: Some("+919876543210".into()),
+            created_at: at,
+            last_login_at: Some(at),
+            blocked_at: None,
+        }
+    }
+}
+
+/// One page of users, newest first.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct UserPage {
+    /// The users of this page.
+    pub users: Vec<AdminUser>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl Example for UserPage {
+    fn example() -> Self {
+        UserPage {
+            users: vec![AdminUser::example()],
+            next_cursor: Some("AZPzoHwefSqbTF5veoucDQ".into()),
+        }
+    }
+}
+
+/// A user with identities and sessions.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct AdminUserDetail {
+    /// The user.
+    pub user: AdminUser,
+    /// Linked external accounts.
+    pub identities: Vec<Identity>,
+    /// Sessions standing now, newest first (`current` is always false here).
+    pub sessions: Vec<Session>,
+}
+
+impl Example for AdminUserDetail {
+    fn example() -> Self {
+        let mut sessions = super::auth::SessionList::example().sessions;
+        for s in &mut sessions {
+            s.current = false;
+        }
+        AdminUserDetail {
+            user: AdminUser::example(),
+            identities: Vec::new(),
+            sessions,
+        }
+    }
+}
+
+/// A page of users.
+#[derive(ApiResponse)]
+pub enum UsersReply {
+    /// Users matching the filters, newest first.
+    #[oai(status = 200)]
+    Found(Json<UserPage>),
+}
+
+/// One user.
+#[derive(ApiResponse)]
+pub enum UserReply {
+    /// The user with identities and sessions.
+    #[oai(status = 200)]
+    Found(Json<AdminUserDetail>),
+}
+
+/// A user after a change.
+#[derive(ApiResponse)]
+pub enum ChangedReply {
+    /// The user as stored now.
+    #[oai(status = 200)]
+    Changed(Json<AdminUser>),
+}
+
+/// Done, nothing to return.
+#[derive(ApiResponse)]
+pub enum DoneReply {
+    /// Done on every replica.
+    #[oai(status = 204)]
+    Done,
+}
+
+failures! {
+    /// `GET /admin/v1/users`.
+    ListFailures { BODY = false }: [
+        "unauthorized",
+        "invalid_request",
+        "not_found",
+        "database_unavailable",
+    ];
+    /// Operations on one user.
+    UserFailures { BODY = false }: [
+        "unauthorized",
+        "not_found",
+        "store_unavailable",
+        "database_unavailable",
+    ];
+}
+
+/// The cursor of the page after the one ending with user `id`: its id, base64url.
+fn cursor_of(id: Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(id.as_bytes())
+}
+
+fn parse_cursor(text: &str) -> Result<Uuid, Error> {
+    URL_SAFE_NO_PAD
+        .decode(text)
+        .ok()
+        .and_then(|bytes| Uuid::from_slice(&bytes).ok())
+        .ok_or_else(|| Error::InvalidRequest("`cursor` is not a cursor this API returned.".into()))
+}
+
+fn user_id(text: &str) -> Result<Uuid, Error> {
+    // Not an id: no such user.
+    Uuid::parse_str(text).map_err(|_| Error::NotFound)
+}
+
+fn phone_prefix(text: &str) -> Result<String, Error> {
+    let digits = text.strip_prefix('+').unwrap_or(text);
+    if digits.is_empty() || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Error::InvalidRequest(
+            "`phone` must be the start of an E.164 number: + and 1 to 15 digits.".into(),
+        ));
+    }
+    Ok(format!("+{digits}"))
+}
+
+impl AdminApi {
+    fn check(&self, key: &AdminKey) -> Result<(), Error> {
+        self.auth.check_admin_key(Some(&key.0.token))
+    }
+}
+
+#[OpenApi(prefix_path = "/admin/v1", tag = "ApiTags::Admin")]
+impl AdminApi {
+    /// Search users
+    ///
+    /// Newest first, `limit` per page (default 50, at most 100); pass `next_cursor` back as
+    /// `cursor` for the next page. Time filters are RFC 3339 instants: `…_after` includes the
+    /// instant, `…_before` excludes it.
+    #[oai(path = "/users", method = "get", operation_id = "adminListUsers")]
+    #[allow(clippy::too_many_arguments)]
+    async fn list_users(
+        &self,
+        key: AdminKey,
+        /// Phones starting with this (`+91`, `+1201555`).
+        phone: Query<Option<String>>,
+        /// Created at or after.
+        created_after: Query<Option<DateTime<Utc>>>,
+        /// Created before.
+        created_before: Query<Option<DateTime<Utc>>>,
+        /// Last login at or after.
+        last_login_after: Query<Option<DateTime<Utc>>>,
+        /// Last login before.
+        last_login_before: Query<Option<DateTime<Utc>>>,
+        /// Only blocked (`true`) or only unblocked (`false`) users.
+        blocked: Query<Option<bool>>,
+        /// Users per page (1 to 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
+        limit: Query<Option<u32>>,
+        /// `next_cursor` of the previous page.
+        cursor: Query<Option<String>>,
+    ) -> Result<UsersReply, Fails<ListFailures>> {
+        self.check(&key)?;
+        let limit = limit.0.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
+        let filter = UserFilter {
+            phone_prefix: phone.0.as_deref().map(phone_prefix).transpose()?,
+            created_from: created_after.0,
+            created_to: created_before.0,
+            last_login_from: last_login_after.0,
+            last_login_to: last_login_before.0,
+            blocked: blocked.0,
+            before: cursor.0.as_deref().map(parse_cursor).transpose()?,
+            // One more than a page: whether there is a next page.
+            limit: u64::from(limit) + 1,
+        };
+        let mut users = self.auth.admin_users(&filter).await?;
+        let next_cursor = if users.len() > limit as usize {
+            users.truncate(limit as usize);
+            users.last().map(|u| cursor_of(u.id))
+        } else {
+            None
+        };
+        Ok(UsersReply::Found(Json(UserPage {
+            users: users.into_iter().map(AdminUser::from).collect(),
+            next_cursor,
+        })))
+    }
+
+    /// One user
+    ///
+    /// With linked identities and the sessions standing now.
+    #[oai(path = "/users/:id", method = "get", operation_id = "adminGetUser")]
+    async fn get_user(
+        &self,
+        key: AdminKey,
+        /// User id.
+        id: Path<String>,
+    ) -> Result<UserReply, Fails<UserFailures>> {
+        self.check(&key)?;
+        let detail = self.auth.admin_user(user_id(&id.0)?).await?;
+        Ok(UserReply::Found(Json(AdminUserDetail {
+            user: detail.user.into(),
+            identities: detail.identities.into_iter().map(Identity::from).collect(),
+            sessions: detail.sessions.into_iter().map(Session::from).collect(),
+        })))
+    }
+
+    /// Block a user
+    ///
+    /// No code reaches their phone (logins are answered as usual, nothing is sent), verify and
+    /// refresh answer `user_blocked`, and every session dies on every replica at once.
+    #[oai(
+        path = "/users/:id/block",
+        method = "post",
+        operation_id = "adminBlockUser"
+    )]
+    async fn block(
+        &self,
+        key: AdminKey,
+        /// User id.
+        id: Path<String>,
+    ) -> Result<ChangedReply, Fails<UserFailures>> {
+        self.check(&key)?;
+        let user = self.auth.admin_block(user_id(&id.0)?).await?;
+        Ok(ChangedReply::Changed(Json(user.into())))
+    }
+
+    /// Unblock a user
+    ///
+    /// Codes and logins work again; sessions revoked by the block stay revoked.
+    #[oai(
+        path = "/users/:id/unblock",
+        method = "post",
+        operation_id = "adminUnblockUser"
+    )]
+    async fn unblock(
+        &self,
+        key: AdminKey,
+        /// User id.
+        id: Path<String>,
+    ) -> Result<ChangedReply, Fails<UserFailures>> {
+        self.check(&key)?;
+        let user = self.auth.admin_unblock(user_id(&id.0)?).await?;
+        Ok(ChangedReply::Changed(Json(user.into())))
+    }
+
+    /// Delete a user
+    ///
+    /// Revokes every session, then removes the user and their identities. A later login with
+    /// the same number creates a new user.
+    #[oai(
+        path = "/users/:id",
+        method = "delete",
+        operation_id = "adminDeleteUser"
+    )]
+    async fn delete_user(
+        &self,
+        key: AdminKey,
+        /// User id.
+        id: Path<String>,
+    ) -> Result<DoneReply, Fails<UserFailures>> {
+        self.check(&key)?;
+        self.auth.admin_delete(user_id(&id.0)?).await?;
+        Ok(DoneReply::Done)
+    }
+
+    /// Revoke all sessions of a user
+    ///
+    /// Every access and refresh token the user holds is refused on every replica from the next
+    /// request on. The user can log in again.
+    #[oai(
+        path = "/users/:id/sessions",
+        method = "delete",
+        operation_id = "adminRevokeSessions"
+    )]
+    async fn revoke_sessions(
+        &self,
+        key: AdminKey,
+        /// User id.
+        id: Path<String>,
+    ) -> Result<DoneReply, Fails<UserFailures>> {
+        self.check(&key)?;
+        self.auth.admin_revoke_sessions(user_id(&id.0)?).await?;
+        Ok(DoneReply::Done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        let id = Uuid::now_v7();
+        assert_eq!(parse_cursor(&cursor_of(id)).unwrap(), id);
+        for bad in ["", "!!", "AAAA", &"A".repeat(40)] {
+            assert_eq!(parse_cursor(bad).unwrap_err().code(), "invalid_request");
+        }
+    }
+
+    #[test]
+    fn phone_prefixes_are_plus_and_digits() {
+        assert_eq!(phone_prefix("91").unwrap(), "+91");
+        assert_eq!(phone_prefix("+1201").unwrap(), "+1201");
+        for bad in ["", "+", "+9%", "+1_", "abc", &"1".repeat(16)] {
+            assert!(phone_prefix(bad).is_err(), "{bad}");
+        }
+    }
+}

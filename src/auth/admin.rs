@@ -1,0 +1,166 @@
+//! What operators do through the admin API: find users, block and unblock them, delete them,
+//! sign them out everywhere. Every change takes effect on every replica at once (the store's
+//! per-user cut-off and phone marks).
+
+use chrono::Utc;
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use super::AuthService;
+use super::sessions::SessionView;
+use crate::config::admin::admin_key_hash;
+use crate::db::users::{self, UserFilter};
+use crate::db::{identity, user};
+use crate::domain::phone::Phone;
+use crate::error::Error;
+
+/// A user as an operator sees them.
+#[derive(Debug)]
+pub struct UserDetail {
+    /// The user.
+    pub user: user::Model,
+    /// Linked identities.
+    pub identities: Vec<identity::Model>,
+    /// Sessions standing now, newest first.
+    pub sessions: Vec<SessionView>,
+}
+
+impl AuthService {
+    /// Whether the admin API is on (`ADMIN_API_KEYS` set).
+    pub fn admin_enabled(&self) -> bool {
+        !self.admin_keys.is_empty()
+    }
+
+    /// Checks an admin key: its SHA-256 against every configured key's, each in constant time
+    /// (all of them compared, whichever matches).
+    pub fn check_admin_key(&self, presented: Option<&str>) -> Result<(), Error> {
+        if !self.admin_enabled() {
+            return Err(Error::NotFound);
+        }
+        let Some(presented) = presented else {
+            return Err(Error::Unauthorized);
+        };
+        let hash = admin_key_hash(presented);
+        let mut found = subtle::Choice::from(0);
+        for key in &self.admin_keys {
+            found |= key.ct_eq(&hash);
+        }
+        if bool::from(found) {
+            Ok(())
+        } else {
+            tracing::warn!("admin API called with a wrong key");
+            Err(Error::Unauthorized)
+        }
+    }
+
+    /// Users matching `filter`, newest first.
+    pub async fn admin_users(&self, filter: &UserFilter) -> Result<Vec<user::Model>, Error> {
+        self.db_query("admin_search_users", users::search_users(&self.db, filter))
+            .await
+    }
+
+    /// A user with identities and standing sessions.
+    pub async fn admin_user(&self, id: Uuid) -> Result<UserDetail, Error> {
+        let (user, identities) = self
+            .db_query("find_user", crate::db::find_user(&self.db, id))
+            .await?
+            .ok_or(Error::NotFound)?;
+        let sessions = self.sessions_of(id, None).await?;
+        Ok(UserDetail {
+            user,
+            identities,
+            sessions,
+        })
+    }
+
+    /// Blocks user `id`: no code reaches their phone, no login or refresh works, and every
+    /// session dies on every replica at once.
+    pub async fn admin_block(&self, id: Uuid) -> Result<user::Model, Error> {
+        let user = self
+            .db_query(
+                "admin_block",
+                users::set_blocked(&self.db, id, Some(Utc::now())),
+            )
+            .await?
+            .ok_or(Error::NotFound)?;
+        self.store
+            .revoke_user(&id.to_string(), self.tokens.longest_lifetime())
+            .await?;
+        self.mark_phone(&user, true).await?;
+        self.metrics.session("revoked");
+        tracing::info!(user_id = %id, "user blocked by an operator");
+        Ok(user)
+    }
+
+    /// Unblocks user `id` (their old sessions stay revoked).
+    pub async fn admin_unblock(&self, id: Uuid) -> Result<user::Model, Error> {
+        let user = self
+            .db_query("admin_unblock", users::set_blocked(&self.db, id, None))
+            .await?
+            .ok_or(Error::NotFound)?;
+        self.mark_phone(&user, false).await?;
+        tracing::info!(user_id = %id, "user unblocked by an operator");
+        Ok(user)
+    }
+
+    /// Deletes user `id` with their identities; their sessions are revoked first.
+    pub async fn admin_delete(&self, id: Uuid) -> Result<(), Error> {
+        let Some((user, _)) = self
+            .db_query("find_user", crate::db::find_user(&self.db, id))
+            .await?
+        else {
+            return Err(Error::NotFound);
+        };
+        self.store
+            .revoke_user(&id.to_string(), self.tokens.longest_lifetime())
+            .await?;
+        // A new account for the number starts unblocked.
+        self.mark_phone(&user, false).await?;
+        self.db_query("admin_delete_user", users::delete_user(&self.db, id))
+            .await?
+            .ok_or(Error::NotFound)?;
+        tracing::info!(user_id = %id, "user deleted by an operator");
+        Ok(())
+    }
+
+    /// Revokes every session of user `id`, on every replica at once.
+    pub async fn admin_revoke_sessions(&self, id: Uuid) -> Result<(), Error> {
+        self.db_query("find_user_by_id", crate::db::find_user_by_id(&self.db, id))
+            .await?
+            .ok_or(Error::NotFound)?;
+        self.store
+            .revoke_user(&id.to_string(), self.tokens.longest_lifetime())
+            .await?;
+        self.metrics.session("revoked");
+        tracing::info!(user_id = %id, "sessions revoked by an operator");
+        Ok(())
+    }
+
+    /// Marks (or unmarks) the phone of `user` as getting no code.
+    async fn mark_phone(&self, user: &user::Model, blocked: bool) -> Result<(), Error> {
+        let Some(phone) = user.phone.as_deref() else {
+            return Ok(());
+        };
+        let phone = Phone::parse(phone, None)?;
+        let subjects = self.otp.subjects(&phone);
+        Ok(self
+            .store
+            .set_phone_blocked(&subjects.phone, blocked)
+            .await?)
+    }
+
+    /// Writes the block marks of every blocked user's phone into the store (at start-up: an
+    /// in-process store starts empty, a Redis may have lost them). How many.
+    pub async fn restore_phone_blocks(&self) -> Result<usize, Error> {
+        let phones = self
+            .db_query("blocked_phones", users::blocked_phones(&self.db))
+            .await?;
+        for phone in &phones {
+            if let Ok(phone) = Phone::parse(phone, None) {
+                let subjects = self.otp.subjects(&phone);
+                self.store.set_phone_blocked(&subjects.phone, true).await?;
+            }
+        }
+        Ok(phones.len())
+    }
+}
