@@ -232,6 +232,7 @@ pub const SECRET_VARIABLES: &[&str] = &[
     "TELEGRAM_BOT_TOKEN",
     "TELEGRAM_WEBHOOK_SECRET",
     "METRICS_TOKEN",
+    "TEST_PHONE_NUMBERS",
 ];
 
 /// The secrets of `NAME_FILE` variables; a file that cannot be read is a problem in `errors`.
