@@ -91,15 +91,18 @@ impl TestNumbers {
                 let masked = phone.masked();
                 match self.valid_until {
                     Some(until) if now >= until => format!(
-                        "TEST_PHONE_NUMBERS lists {masked}, but TEST_PHONE_NUMBERS_VALID_UNTIL                          ({}) has passed: it is an ordinary number again",
+                        "TEST_PHONE_NUMBERS lists {masked}, but TEST_PHONE_NUMBERS_VALID_UNTIL \
+                         ({}) has passed: it is an ordinary number again",
                         until.to_rfc3339()
                     ),
                     Some(until) => format!(
-                        "TEST_PHONE_NUMBERS: {masked} logs in with a fixed code, no delivery, no                          quota and no cooldown until {} (TEST_PHONE_NUMBERS_VALID_UNTIL)",
+                        "TEST_PHONE_NUMBERS: {masked} logs in with a fixed code, no delivery, no \
+                         quota and no cooldown until {} (TEST_PHONE_NUMBERS_VALID_UNTIL)",
                         until.to_rfc3339()
                     ),
                     None => format!(
-                        "TEST_PHONE_NUMBERS: {masked} logs in with a fixed code, no delivery, no                          quota and no cooldown, with no end (set TEST_PHONE_NUMBERS_VALID_UNTIL)"
+                        "TEST_PHONE_NUMBERS: {masked} logs in with a fixed code, no delivery, no \
+                         quota and no cooldown, with no end (set TEST_PHONE_NUMBERS_VALID_UNTIL)"
                     ),
                 }
             })
@@ -359,6 +362,7 @@ mod tests {
         assert!(warnings[1].contains("+91******3210"), "{warnings:?}");
         assert!(warnings[0].contains("until 2999-01-01T00:00:00+00:00"), "{warnings:?}");
         for w in &warnings {
+            assert!(!w.contains("  "), "one line of text: {w}");
             for secret in ["918273", "192837", "2015550123", "9876543210"] {
                 assert!(!w.contains(secret), "{w}");
             }
