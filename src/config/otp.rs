@@ -122,7 +122,10 @@ impl TestNumbers {
         for (i, entry) in env.list(VAR).iter().enumerate() {
             let n = i + 1;
             let Some((phone, code)) = entry.split_once('=') else {
-                env.report(invalid(VAR, format!("entry {n} is not phone=code (no `=`)")));
+                env.report(invalid(
+                    VAR,
+                    format!("entry {n} is not phone=code (no `=`)"),
+                ));
                 continue;
             };
             let phone = match Phone::parse(phone, default_region) {
@@ -265,8 +268,14 @@ mod tests {
         let listed: Vec<&str> = numbers.phones().map(Phone::as_str).collect();
         assert_eq!(listed, ["+12015550123", "+919876543210"]);
         let now = Utc::now();
-        assert_eq!(numbers.code_for(&phone("+12015550123"), now), Some("123456"));
-        assert_eq!(numbers.code_for(&phone("919876543210"), now), Some("000000"));
+        assert_eq!(
+            numbers.code_for(&phone("+12015550123"), now),
+            Some("123456")
+        );
+        assert_eq!(
+            numbers.code_for(&phone("919876543210"), now),
+            Some("000000")
+        );
         assert_eq!(numbers.code_for(&phone("+14155552671"), now), None);
         assert_eq!(numbers.valid_until(), None);
         // Unset or empty: no test numbers.
@@ -301,7 +310,10 @@ mod tests {
     fn test_numbers_end_at_valid_until() {
         let s = settings(&[
             ("TEST_PHONE_NUMBERS", "+12015550123=123456"),
-            ("TEST_PHONE_NUMBERS_VALID_UNTIL", "2027-01-31T12:00:00+01:00"),
+            (
+                "TEST_PHONE_NUMBERS_VALID_UNTIL",
+                "2027-01-31T12:00:00+01:00",
+            ),
         ])
         .unwrap();
         let numbers = &s.otp.test_numbers;
@@ -319,8 +331,14 @@ mod tests {
         for (value, expected) in [
             ("+12015550123", "entry 1 is not phone=code"),
             ("+12015550123=123456,+1201555=135791", "entry 2: "),
-            ("+12015550123=24680", "entry 1 (+1******0123): the code must be 6 digits"),
-            ("+12015550123=24680a", "entry 1 (+1******0123): the code must be 6 digits"),
+            (
+                "+12015550123=24680",
+                "entry 1 (+1******0123): the code must be 6 digits",
+            ),
+            (
+                "+12015550123=24680a",
+                "entry 1 (+1******0123): the code must be 6 digits",
+            ),
             ("+12015550123=2468024", "the code must be 6 digits"),
             (
                 "+12015550123=123456,+919876543210=222222,1 201 555 0123=333333",
@@ -351,7 +369,10 @@ mod tests {
     #[test]
     fn production_warns_once_per_number_without_its_code() {
         let pairs = [
-            ("TEST_PHONE_NUMBERS", "+12015550123=918273,+919876543210=192837"),
+            (
+                "TEST_PHONE_NUMBERS",
+                "+12015550123=918273,+919876543210=192837",
+            ),
             ("TEST_PHONE_NUMBERS_VALID_UNTIL", "2999-01-01T00:00:00Z"),
         ];
         let numbers = settings(&pairs).unwrap().otp.test_numbers;
@@ -360,7 +381,10 @@ mod tests {
         assert_eq!(warnings.len(), 2, "{warnings:?}");
         assert!(warnings[0].contains("+1******0123"), "{warnings:?}");
         assert!(warnings[1].contains("+91******3210"), "{warnings:?}");
-        assert!(warnings[0].contains("until 2999-01-01T00:00:00+00:00"), "{warnings:?}");
+        assert!(
+            warnings[0].contains("until 2999-01-01T00:00:00+00:00"),
+            "{warnings:?}"
+        );
         for w in &warnings {
             assert!(!w.contains("  "), "one line of text: {w}");
             for secret in ["918273", "192837", "2015550123", "9876543210"] {
@@ -382,6 +406,9 @@ mod tests {
         let s = settings(&[("TEST_PHONE_NUMBERS", "+12015550123=918273")]).unwrap();
         let shown = format!("{s:?}");
         assert!(shown.contains("+1******0123"), "{shown}");
-        assert!(!shown.contains("918273") && !shown.contains("2015550123"), "{shown}");
+        assert!(
+            !shown.contains("918273") && !shown.contains("2015550123"),
+            "{shown}"
+        );
     }
 }

@@ -155,7 +155,11 @@ async fn test_numbers_skip_send_quotas_and_cooldown(backend: Backend) {
 
 /// `OTP_MAX_ATTEMPTS` wrong codes, then the right one: the answers, as (status, code).
 async fn burn(app: &TestApp, phone: &str, right: &str) -> Vec<(u16, String)> {
-    let wrong = if right == "999999" { "888888" } else { "999999" };
+    let wrong = if right == "999999" {
+        "888888"
+    } else {
+        "999999"
+    };
     let mut answers = Vec::new();
     for i in 0..3 {
         let base = if i % 2 == 0 { &app.a } else { &app.b };
@@ -182,7 +186,10 @@ async fn test_numbers_keep_the_attempt_limit(backend: Backend) {
     .iter()
     .map(|(s, c)| (*s, c.to_string()))
     .collect();
-    assert_eq!(test_number, expected, "the right code is refused once burned");
+    assert_eq!(
+        test_number, expected,
+        "the right code is refused once burned"
+    );
     // Exactly what an ordinary number gets.
     let other = unique_phone();
     let code = app.login_code(&app.a, &other).await;
@@ -257,7 +264,11 @@ async fn test_numbers_end_at_valid_until_without_a_restart(backend: Backend) {
     // Same process, same settings: now an ordinary number.
     let reply = login_via(&app, &app.b, &phone, None).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    assert_eq!(standin.requests("twilio").len(), 1, "the provider is called");
+    assert_eq!(
+        standin.requests("twilio").len(),
+        1,
+        "the provider is called"
+    );
 }
 
 /// A bad entry stops start-up (exit 2, like every configuration error), naming the entry and
@@ -353,8 +364,18 @@ fn production_warns_once_per_test_number() {
         })
         .collect();
     assert_eq!(warnings.len(), 2, "{all}");
-    assert!(warnings[0]["message"].as_str().unwrap().contains("+1******0123"));
-    assert!(warnings[1]["message"].as_str().unwrap().contains("+91******3210"));
+    assert!(
+        warnings[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("+1******0123")
+    );
+    assert!(
+        warnings[1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("+91******3210")
+    );
     for secret in ["918273", "192837", "2015550123", "9876543210"] {
         assert!(!all.contains(secret), "{secret} in the output: {all}");
     }
