@@ -147,6 +147,10 @@ async fn serve(settings: Settings) -> ExitCode {
     for warning in config::lint::environment_warnings() {
         tracing::warn!("{warning}");
     }
+    let production = settings.environment == config::Environment::Production;
+    for warning in settings.otp.test_numbers.production_warnings(production) {
+        tracing::warn!("{warning}");
+    }
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(err) => {
@@ -194,6 +198,11 @@ async fn check() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let production = settings.environment == config::Environment::Production;
+    let test_numbers = settings.otp.test_numbers.production_warnings(production);
+    for warning in &test_numbers {
+        say!("warning: {warning}");
+    }
     let store = &settings.store;
     say!("environment: {:?}", settings.environment);
     say!(
@@ -209,7 +218,7 @@ async fn check() -> ExitCode {
     }
     say!(
         "configuration valid: {} warning(s)",
-        warnings.len() + unreachable.len()
+        warnings.len() + test_numbers.len() + unreachable.len()
     );
     ExitCode::SUCCESS
 }

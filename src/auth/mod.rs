@@ -13,7 +13,8 @@ use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
 use crate::config::{
-    AdminSettings, LimitSettings, MessagingSettings, OtpSettings, SessionIp, TokenSettings,
+    AdminSettings, LimitSettings, MessagingSettings, OtpSettings, SessionIp, TestNumbers,
+    TokenSettings,
 };
 use crate::db::{self, identity, user};
 use crate::delivery::{Delivery, Destination, OtpMessage};
@@ -75,6 +76,8 @@ pub struct AuthService {
     allowed_countries: Vec<String>,
     blocked_countries: Vec<String>,
     default_region: Option<phonenumber::country::Id>,
+    /// `TEST_PHONE_NUMBERS`: fixed codes, never sent.
+    test_numbers: TestNumbers,
     expose_otp: bool,
     refresh_grace: std::time::Duration,
     metrics: Arc<Metrics>,
@@ -137,6 +140,7 @@ impl AuthService {
             allowed_countries: config.limits.allowed_countries.clone(),
             blocked_countries: config.limits.blocked_countries.clone(),
             default_region: config.otp.default_region,
+            test_numbers: config.otp.test_numbers.clone(),
             expose_otp: config.otp.expose,
             refresh_grace: config.tokens.refresh_reuse_grace,
             metrics,
@@ -268,6 +272,9 @@ impl AuthService {
         self.check_number_policy(&phone)?;
         let (plan, telegram_chat) = self.delivery_plan(&phone, channel).await?;
         let subjects = self.otp.subjects(&phone);
+        if let Some(code) = self.test_numbers.code_for(&phone, Utc::now()) {
+            return self.login_test_number(phone, &subjects, code, &plan).await;
+        }
         let quotas = self.quotas.for_send(&phone, &subjects, client_ip);
         let issued = match self.otp.issue(&phone, &subjects, &quotas).await {
             Ok(issued) => issued,
@@ -295,9 +302,8 @@ impl AuthService {
             // Blocked by an operator: answered as if sent, so the answer tells nothing.
             let channel = plan
                 .iter()
-                .copied()
-                .find(|c| self.delivery.sender(*c).is_some())
-                .unwrap_or(Channel::Telegram);
+                .find_map(|c| self.delivery.sender(*c))
+                .map_or(Channel::Telegram, |sender| sender.channel());
             self.metrics
                 .otp_sent
                 .with_label_values(&[channel.as_str(), "blocked"])
@@ -366,6 +372,37 @@ impl AuthService {
         })
     }
 
+    /// A login of a test number (`TEST_PHONE_NUMBERS`, until `TEST_PHONE_NUMBERS_VALID_UNTIL`):
+    /// its fixed code is stored as any code is, with no quota charged and no cooldown, and no
+    /// provider is called. The answer names the channel a real send would have tried first.
+    async fn login_test_number(
+        &self,
+        phone: Phone,
+        subjects: &crate::domain::quota::Subjects,
+        code: &str,
+        plan: &[Channel],
+    ) -> Result<LoginStarted, Error> {
+        let issued = self.otp.issue_fixed(&phone, subjects, code).await?;
+        // An empty plan is `channel: telegram` for a number without a linked chat.
+        let channel = plan
+            .first()
+            .and_then(|c| self.delivery.sender(*c))
+            .map_or(Channel::Telegram, |sender| sender.channel());
+        self.metrics
+            .otp_sent
+            .with_label_values(&[channel.as_str(), "test_number"])
+            .inc();
+        tracing::info!(phone = %phone.masked(), channel = %channel, "test number: code not sent");
+        Ok(LoginStarted {
+            channel,
+            expires_in: issued.expires_in.as_secs(),
+            resend_after: issued.resend_after.as_secs(),
+            exposed_code: (self.expose_otp && !issued.blocked).then_some(issued.code),
+            quotas: (Vec::new(), issued.quotas),
+            phone,
+        })
+    }
+
     /// Checks the code and opens a session. One store round trip; one SQL statement on
     /// PostgreSQL and MariaDB, two on MySQL, a `SELECT` (+ `INSERT` for a new user) on SQLite
     /// ([`db::LoginSql`]); a returning user's `last_login_at` is written in the background.
@@ -415,9 +452,16 @@ impl AuthService {
                 return Err(err);
             }
         };
+        // A test number's success is counted apart, so store review and CI do not raise the
+        // success rate of real users; its refusals count as any other.
+        let outcome = if self.test_numbers.code_for(&phone, Utc::now()).is_some() {
+            "test_number"
+        } else {
+            "success"
+        };
         self.metrics
             .otp_verifications
-            .with_label_values(&["success"])
+            .with_label_values(&[outcome])
             .inc();
         let finished = self
             .db_query(

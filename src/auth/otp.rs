@@ -191,6 +191,50 @@ impl OtpService {
         }
     }
 
+    /// Stores the fixed `code` of a test number (`TEST_PHONE_NUMBERS`) as [`OtpService::issue`]
+    /// stores a fresh one, so verification, attempts and one-time use are the same; but with
+    /// no quota charged and no resend cooldown started. The answer reports the usual lifetime
+    /// and cooldown, so it reads as for any other number.
+    pub async fn issue_fixed(
+        &self,
+        phone: &Phone,
+        subjects: &Subjects,
+        code: &str,
+    ) -> Result<IssuedCode, Error> {
+        let hash = self.hash(phone, code);
+        match self
+            .store
+            .issue_code(&subjects.phone, &hash, self.ttl, Duration::ZERO, &[])
+            .await?
+        {
+            IssueOutcome::Issued(states) => Ok(IssuedCode {
+                code: code.to_string(),
+                hash,
+                expires_in: self.ttl,
+                resend_after: self.resend,
+                quotas: states,
+                blocked: false,
+            }),
+            // A blocked user's test number: no code stored either.
+            IssueOutcome::Blocked(states) => Ok(IssuedCode {
+                code: code.to_string(),
+                hash,
+                expires_in: self.ttl,
+                resend_after: self.resend,
+                quotas: states,
+                blocked: true,
+            }),
+            // A cooldown an ordinary login of this number started before it was listed.
+            IssueOutcome::Cooldown { retry_after } => Err(Error::RateLimited {
+                retry_after: whole_seconds(retry_after),
+                policy: "otp-resend",
+                limit: 1,
+                window: self.resend.as_secs(),
+            }),
+            IssueOutcome::Limited(refusal) => Err(Error::from(refusal)),
+        }
+    }
+
     /// Gives back a code that could not be delivered, with its cooldown and quota charges.
     pub async fn release(
         &self,

@@ -233,6 +233,7 @@ pub const SECRET_VARIABLES: &[&str] = &[
     "TELEGRAM_WEBHOOK_SECRET",
     "METRICS_TOKEN",
     "ADMIN_API_KEYS",
+    "TEST_PHONE_NUMBERS",
 ];
 
 /// The secrets of `NAME_FILE` variables; a file that cannot be read is a problem in `errors`.

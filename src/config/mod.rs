@@ -31,7 +31,7 @@ pub use delivery::{
 pub use env::{ConfigError, ConfigErrors, SECRET_VARIABLES, env_lookup, parse_dotenv};
 pub use limits::LimitSettings;
 pub use messaging::MessagingSettings;
-pub use otp::{OtpSettings, Pepper};
+pub use otp::{OtpSettings, Pepper, TestNumbers};
 pub use server::{ServerSettings, check_origin};
 pub use store::{
     DEFAULT_DATABASE_URL, RedisMode, StoreSettings, database_shown, normalize_database_url,

@@ -141,7 +141,7 @@ async fn whatsapp_text_and_authentication_template(backend: Backend) {
 }
 
 /// Links a Telegram chat to a (new) user with `phone`, as the messaging-login flow will.
-async fn link_telegram(app: &TestApp, phone: &str, chat: i64) {
+pub(crate) async fn link_telegram(app: &TestApp, phone: &str, chat: i64) {
     let db = otpgate::db::connect(&app.database_url, 1)
         .await
         .expect("db");

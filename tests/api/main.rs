@@ -27,4 +27,5 @@ mod production;
 mod redis_keys;
 mod standin;
 mod store;
+mod test_numbers;
 mod tokens;

@@ -15,7 +15,7 @@ crate::on_both_backends!(
 );
 
 /// The value of one sample line (`name{labels} value`) in a Prometheus text body, 0 if absent.
-fn sample(body: &str, series: &str) -> f64 {
+pub(crate) fn sample(body: &str, series: &str) -> f64 {
     body.lines()
         .find_map(|line| {
             line.strip_prefix(series)?
@@ -27,7 +27,7 @@ fn sample(body: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn metrics_text(app: &TestApp, base: &str) -> String {
+pub(crate) async fn metrics_text(app: &TestApp, base: &str) -> String {
     let resp = app
         .client
         .get(format!("{base}/metrics"))

@@ -329,6 +329,9 @@ async fn blocking_stops_codes_logins_and_every_session(backend: Backend) {
     assert_eq!(login.status, 200, "{}", login.body);
     assert!(login.body.get("otp_code").is_none(), "{}", login.body);
     assert_eq!(login.body["phone"], phone.as_str());
+    // The same channel as for any number.
+    let other = app.login(&app.a, &unique_phone()).await;
+    assert_eq!(login.body["channel"], other.body["channel"]);
 
     let detail = admin(&app, &app.b, Method::GET, &format!("/admin/v1/users/{id}")).await;
     assert_eq!(detail.status, 200);
