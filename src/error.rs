@@ -76,6 +76,13 @@ pub enum Error {
     /// 403 `user_blocked`: an operator blocked this account.
     #[error("This account is blocked.")]
     UserBlocked,
+    /// 403 `reauthentication_required`: the operation needs a session opened by a code within
+    /// the last `REAUTH_MAX_AGE_SECONDS`; log in again and retry with the new token.
+    #[error("Confirm with a new code first: log in again and retry with the new access token.")]
+    ReauthenticationRequired,
+    /// 409 `phone_taken`: the number belongs to another account (which is not said).
+    #[error("This phone number already belongs to another account.")]
+    PhoneTaken,
     /// 404 `not_found`: no such resource (or not the caller's: the same answer).
     #[error("No such resource.")]
     NotFound,
@@ -125,7 +132,11 @@ impl Error {
             | Error::InvalidTelegramAuth
             | Error::TelegramAuthExpired
             | Error::Unauthorized => 401,
-            Error::InvalidSignature | Error::InvalidPollToken | Error::UserBlocked => 403,
+            Error::InvalidSignature
+            | Error::InvalidPollToken
+            | Error::UserBlocked
+            | Error::ReauthenticationRequired => 403,
+            Error::PhoneTaken => 409,
             Error::NotFound => 404,
             Error::IntentExpired | Error::IntentConsumed => 410,
             Error::Store(_) | Error::DeliveryFailed => 503,
@@ -153,6 +164,8 @@ impl Error {
             Error::InvalidPollToken => "invalid_poll_token",
             Error::Unauthorized => "unauthorized",
             Error::UserBlocked => "user_blocked",
+            Error::ReauthenticationRequired => "reauthentication_required",
+            Error::PhoneTaken => "phone_taken",
             Error::NotFound => "not_found",
             Error::IntentExpired => "intent_expired",
             Error::IntentConsumed => "intent_consumed",

@@ -19,10 +19,29 @@ impl MigrationTrait for Migration {
                     .add_column(instant_null(backend, Users::BlockedAt))
                     .to_owned(),
             )
+            .await?;
+        // Start-up reads the blocked users; operators filter by it.
+        manager
+            .create_index(
+                Index::create()
+                    .name("ix_users_blocked_at")
+                    .table(Users::Table)
+                    .col(Users::BlockedAt)
+                    .if_not_exists()
+                    .to_owned(),
+            )
             .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_index(
+                Index::drop()
+                    .name("ix_users_blocked_at")
+                    .table(Users::Table)
+                    .to_owned(),
+            )
+            .await?;
         manager
             .alter_table(
                 Table::alter()

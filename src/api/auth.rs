@@ -439,6 +439,40 @@ failures! {
         "payload_too_large",
         "request_timeout",
     ];
+    /// `DELETE /api/auth/me`.
+    DeleteMeFailures { BODY = false }: [
+        "unauthorized",
+        "invalid_token",
+        "reauthentication_required",
+        "store_unavailable",
+        "database_unavailable",
+    ];
+    /// `POST /api/auth/phone`.
+    PhoneChangeFailures: [
+        "unauthorized",
+        "invalid_token",
+        "reauthentication_required",
+        "invalid_phone",
+        "country_not_allowed",
+        "unsupported_number",
+        "channel_unavailable",
+        "store_unavailable",
+        "database_unavailable",
+        "delivery_failed",
+    ];
+    /// `POST /api/auth/phone/verify`.
+    PhoneVerifyFailures: [
+        "unauthorized",
+        "invalid_token",
+        "reauthentication_required",
+        "invalid_otp",
+        "otp_expired",
+        "invalid_phone",
+        "too_many_attempts",
+        "phone_taken",
+        "store_unavailable",
+        "database_unavailable",
+    ];
     /// `GET /api/auth/sessions`.
     SessionsFailures { BODY = false }: [
         "unauthorized",
@@ -580,6 +614,87 @@ impl AuthApi {
         })))
     }
 
+    /// Delete the caller's account
+    ///
+    /// Removes the user and their identities and revokes every session. Needs a session
+    /// opened by a code within `REAUTH_MAX_AGE_SECONDS` (default 5 min): otherwise 403
+    /// `reauthentication_required` — have the user log in again, then retry with the new token.
+    #[oai(path = "/me", method = "delete", operation_id = "deleteMe")]
+    async fn delete_me(&self, auth: BearerAuth) -> Result<RevokedReply, Fails<DeleteMeFailures>> {
+        let claims = self.auth.authenticate(&auth.0.token).await?;
+        self.auth.delete_me(&claims).await?;
+        Ok(RevokedReply::Revoked)
+    }
+
+    /// Start a phone number change
+    ///
+    /// Sends a code to the new number (the answer is that of `/login`, the same whether or not
+    /// the number has an account). Needs a recent login, as `DELETE /me` does.
+    #[oai(path = "/phone", method = "post", operation_id = "changePhone")]
+    async fn change_phone(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        body: Body<PhoneChangeRequest>,
+    ) -> Result<LoginReply, Fails<PhoneChangeFailures>> {
+        let claims = self.auth.authenticate(&auth.0.token).await?;
+        let started = Box::pin(self.auth.start_phone_change(
+            &claims,
+            &body.phone,
+            body.channel.map(Channel::from),
+            client_ip(req),
+        ))
+        .await?;
+        let (policy, current) = headers(&started.quotas.0, &started.quotas.1).unzip();
+        Ok(LoginReply::Sent(
+            Json(LoginResponse {
+                message: "OTP sent successfully".into(),
+                phone: started.phone.as_str().to_string(),
+                channel: started.channel.into(),
+                expires_in: started.expires_in,
+                resend_after: started.resend_after,
+                otp_code: started.exposed_code,
+            }),
+            policy,
+            current,
+        ))
+    }
+
+    /// Confirm a phone number change
+    ///
+    /// With the code sent to the new number, the account moves there: its number and WhatsApp
+    /// identity change, the old number is told by SMS (when SMS is configured), and with
+    /// `revoke_other_sessions` every other session is signed out. A number that belongs to
+    /// another account is 409 `phone_taken` (which account is not said).
+    #[oai(
+        path = "/phone/verify",
+        method = "post",
+        operation_id = "verifyPhoneChange"
+    )]
+    async fn verify_phone_change(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        body: Body<PhoneVerifyRequest>,
+    ) -> Result<MeReply, Fails<PhoneVerifyFailures>> {
+        let claims = self.auth.authenticate(&auth.0.token).await?;
+        let (user, identities) = Box::pin(self.auth.finish_phone_change(
+            &claims,
+            &body.phone,
+            &body.otp_code,
+            body.revoke_other_sessions,
+            &client_info(req, None),
+        ))
+        .await?;
+        Ok(MeReply::Found(Json(Me {
+            id: user.id,
+            phone: user.phone,
+            created_at: user.created_at,
+            last_login_at: user.last_login_at,
+            identities: identities.into_iter().map(Identity::from).collect(),
+        })))
+    }
+
     /// The caller's sessions
     ///
     /// One entry per login (device) whose refresh token still works, newest first; `current`
@@ -611,6 +726,49 @@ impl AuthApi {
         let claims = self.auth.authenticate(&auth.0.token).await?;
         self.auth.revoke_my_session(&claims, &id.0).await?;
         Ok(RevokedReply::Revoked)
+    }
+}
+
+/// Move the account to another number: a code is sent there.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct PhoneChangeRequest {
+    /// The new number (any accepted form).
+    pub phone: PhoneText,
+    /// Delivery channel; the server's default when absent or null.
+    #[oai(nullable)]
+    pub channel: Option<RequestedChannel>,
+}
+
+impl Example for PhoneChangeRequest {
+    fn example() -> Self {
+        PhoneChangeRequest {
+            phone: PhoneText("+919812345678".into()),
+            channel: None,
+        }
+    }
+}
+
+/// Confirm the new number with the code sent there.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct PhoneVerifyRequest {
+    /// The new number, as sent to `/api/auth/phone`.
+    pub phone: PhoneText,
+    /// The digits received on the new number.
+    pub otp_code: OtpText,
+    /// Also sign out every other session of the account (default false).
+    #[oai(default)]
+    pub revoke_other_sessions: bool,
+}
+
+impl Example for PhoneVerifyRequest {
+    fn example() -> Self {
+        PhoneVerifyRequest {
+            phone: PhoneText("+919812345678".into()),
+            otp_code: OtpText("123456".into()),
+            revoke_other_sessions: true,
+        }
     }
 }
 
@@ -693,10 +851,10 @@ pub enum SessionsReply {
     Found(Json<SessionList>),
 }
 
-/// A session revoked.
+/// Done: a session revoked, or the account deleted.
 #[derive(ApiResponse)]
 pub enum RevokedReply {
-    /// The session's tokens are refused on every replica from now on.
+    /// Done on every replica: the tokens involved are refused from now on.
     #[oai(status = 204)]
     Revoked,
 }

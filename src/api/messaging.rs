@@ -231,6 +231,7 @@ failures! {
         "invalid_poll_token",
         "intent_expired",
         "intent_consumed",
+        "user_blocked",
         "store_unavailable",
         "database_unavailable",
     ];
@@ -239,6 +240,7 @@ failures! {
         "invalid_telegram_auth",
         "telegram_auth_expired",
         "channel_unavailable",
+        "user_blocked",
         "store_unavailable",
         "database_unavailable",
     ];

@@ -109,6 +109,12 @@ pub const PROBLEM_TYPES: &[(&str, u16, &str, &str)] = &[
         "The request is not signed by the messaging platform.",
     ),
     (
+        "reauthentication_required",
+        403,
+        "Re-authentication required",
+        "Confirm with a new code first: log in again and retry with the new access token.",
+    ),
+    (
         "user_blocked",
         403,
         "Account blocked",
@@ -132,6 +138,12 @@ pub const PROBLEM_TYPES: &[(&str, u16, &str, &str)] = &[
         408,
         "Request too slow",
         "The request body was not received in time.",
+    ),
+    (
+        "phone_taken",
+        409,
+        "Number in use",
+        "This phone number already belongs to another account.",
     ),
     (
         "intent_expired",

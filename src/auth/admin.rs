@@ -74,8 +74,17 @@ impl AuthService {
     }
 
     /// Blocks user `id`: no code reaches their phone, no login or refresh works, and every
-    /// session dies on every replica at once.
+    /// session dies on every replica at once. The store's marks first (so a login in flight
+    /// cannot open a session after the block), then the database's record.
     pub async fn admin_block(&self, id: Uuid) -> Result<user::Model, Error> {
+        let found = self
+            .db_query("find_user_by_id", crate::db::find_user_by_id(&self.db, id))
+            .await?
+            .ok_or(Error::NotFound)?;
+        self.mark_blocked(&found, true).await?;
+        self.store
+            .revoke_user(&id.to_string(), self.tokens.longest_lifetime())
+            .await?;
         let user = self
             .db_query(
                 "admin_block",
@@ -83,10 +92,6 @@ impl AuthService {
             )
             .await?
             .ok_or(Error::NotFound)?;
-        self.store
-            .revoke_user(&id.to_string(), self.tokens.longest_lifetime())
-            .await?;
-        self.mark_phone(&user, true).await?;
         self.metrics.session("revoked");
         tracing::info!(user_id = %id, "user blocked by an operator");
         Ok(user)
@@ -98,27 +103,14 @@ impl AuthService {
             .db_query("admin_unblock", users::set_blocked(&self.db, id, None))
             .await?
             .ok_or(Error::NotFound)?;
-        self.mark_phone(&user, false).await?;
+        self.mark_blocked(&user, false).await?;
         tracing::info!(user_id = %id, "user unblocked by an operator");
         Ok(user)
     }
 
     /// Deletes user `id` with their identities; their sessions are revoked first.
     pub async fn admin_delete(&self, id: Uuid) -> Result<(), Error> {
-        let Some((user, _)) = self
-            .db_query("find_user", crate::db::find_user(&self.db, id))
-            .await?
-        else {
-            return Err(Error::NotFound);
-        };
-        self.store
-            .revoke_user(&id.to_string(), self.tokens.longest_lifetime())
-            .await?;
-        // A new account for the number starts unblocked.
-        self.mark_phone(&user, false).await?;
-        self.db_query("admin_delete_user", users::delete_user(&self.db, id))
-            .await?
-            .ok_or(Error::NotFound)?;
+        self.delete_everywhere(id).await?;
         tracing::info!(user_id = %id, "user deleted by an operator");
         Ok(())
     }
@@ -136,31 +128,38 @@ impl AuthService {
         Ok(())
     }
 
-    /// Marks (or unmarks) the phone of `user` as getting no code.
-    async fn mark_phone(&self, user: &user::Model, blocked: bool) -> Result<(), Error> {
-        let Some(phone) = user.phone.as_deref() else {
-            return Ok(());
+    /// Marks (or unmarks) `user` as blocked in the store: no session of theirs stands or
+    /// opens, and their phone gets no code.
+    pub(super) async fn mark_blocked(
+        &self,
+        user: &user::Model,
+        blocked: bool,
+    ) -> Result<(), Error> {
+        let phone = match user.phone.as_deref().map(|p| Phone::parse(p, None)) {
+            Some(Ok(phone)) => Some(self.otp.subjects(&phone).phone),
+            _ => None,
         };
-        let phone = Phone::parse(phone, None)?;
-        let subjects = self.otp.subjects(&phone);
         Ok(self
             .store
-            .set_phone_blocked(&subjects.phone, blocked)
+            .set_blocked(&user.id.to_string(), phone.as_deref(), blocked)
             .await?)
     }
 
-    /// Writes the block marks of every blocked user's phone into the store (at start-up: an
-    /// in-process store starts empty, a Redis may have lost them). How many.
+    /// Writes the marks of every blocked user into the store (at start-up: an in-process store
+    /// starts empty, a Redis may have lost them). How many.
     pub async fn restore_phone_blocks(&self) -> Result<usize, Error> {
-        let phones = self
-            .db_query("blocked_phones", users::blocked_phones(&self.db))
+        let blocked = self
+            .db_query("blocked_users", users::blocked_users(&self.db))
             .await?;
-        for phone in &phones {
-            if let Ok(phone) = Phone::parse(phone, None) {
-                let subjects = self.otp.subjects(&phone);
-                self.store.set_phone_blocked(&subjects.phone, true).await?;
-            }
+        for (id, phone) in &blocked {
+            let phone = match phone.as_deref().map(|p| Phone::parse(p, None)) {
+                Some(Ok(phone)) => Some(self.otp.subjects(&phone).phone),
+                _ => None,
+            };
+            self.store
+                .set_blocked(&id.to_string(), phone.as_deref(), true)
+                .await?;
         }
-        Ok(phones.len())
+        Ok(blocked.len())
     }
 }

@@ -21,9 +21,10 @@ use crate::delivery::{Delivery, Destination, OtpMessage};
 use crate::domain::channel::Channel;
 use crate::domain::quota::{Quota, QuotaPolicy, QuotaState};
 use crate::error::Error;
-use crate::store::{RefreshOutcome, Store};
+use crate::store::{RefreshOutcome, SessionPut, Store};
 use crate::telemetry::Metrics;
 
+pub mod account;
 pub mod admin;
 pub mod intents;
 pub mod otp;
@@ -93,6 +94,8 @@ pub struct AuthService {
     admin_keys: Vec<[u8; 32]>,
     /// How much of the client address a session keeps.
     session_ip: SessionIp,
+    /// How recent a session's login must be to change the number or delete the account.
+    reauth_max_age: std::time::Duration,
 }
 
 /// How many parsed numbers [`AuthService::parse_phone`] keeps (then it starts afresh).
@@ -150,6 +153,7 @@ impl AuthService {
             login_sql: tokio::sync::OnceCell::new(),
             admin_keys: config.admin.key_hashes.clone(),
             session_ip: config.admin.session_ip,
+            reauth_max_age: config.admin.reauth_max_age,
         })
     }
 
@@ -469,12 +473,29 @@ impl AuthService {
                 db::login_finish(&self.db, session, phone.as_str(), Utc::now(), &self.touches),
             )
             .await;
-        let (user, created) = match finished {
-            Ok(found) => {
-                spent.keep();
-                found
+        // The session is recorded before the code counts as used: a store failure there (503)
+        // puts the code back too.
+        let opened = match finished {
+            Ok((user, created)) => {
+                let id = user.id;
+                self.open_session(user, client)
+                    .await
+                    .map(|session| (session, created))
+                    .map_err(|err| (err, Some(id)))
             }
-            Err(err) => {
+            Err(err) => Err((err, None)),
+        };
+        let (session, created) = match opened {
+            Ok(opened) => {
+                spent.keep();
+                opened
+            }
+            // Blocked: the code was right; it stays used.
+            Err((Error::UserBlocked, _)) => {
+                spent.keep();
+                return Err(Error::UserBlocked);
+            }
+            Err((err, _)) => {
                 // No login happened: the code goes back, so the client's retry (after a 503)
                 // works with the same code.
                 match spent.restore().await {
@@ -490,10 +511,10 @@ impl AuthService {
             }
         };
         if created {
-            tracing::info!(user_id = %user.id, "user created");
+            tracing::info!(user_id = %session.user.id, "user created");
         }
-        tracing::info!(phone = %phone.masked(), user_id = %user.id, "code verified");
-        self.open_session(user, client).await
+        tracing::info!(phone = %phone.masked(), user_id = %session.user.id, "code verified");
+        Ok(session)
     }
 
     /// Opens a new session for `user`: a fresh session id, recorded in the user's session index
@@ -508,14 +529,30 @@ impl AuthService {
             return Err(Error::UserBlocked);
         }
         let sid = crate::domain::ids::random_uuid().to_string();
-        self.store
+        let ttl = self.tokens.longest_lifetime();
+        let put = self
+            .store
             .put_session(
                 &user.id.to_string(),
                 &sid,
                 &self.session_meta(client),
-                self.tokens.longest_lifetime(),
+                ttl,
+                sessions::MAX_SESSIONS,
             )
             .await?;
+        match put {
+            SessionPut::Blocked => {
+                tracing::info!(user_id = %user.id, "login refused: the user is blocked");
+                return Err(Error::UserBlocked);
+            }
+            SessionPut::Recorded(evicted) => {
+                // Beyond the cap the oldest sessions end, as if signed out.
+                for old in evicted {
+                    self.store.revoke_session(&old, ttl).await?;
+                    self.metrics.session("revoked");
+                }
+            }
+        }
         let tokens = self.tokens.issue_pair(user.id, &sid)?;
         self.metrics.session("issued");
         tracing::info!(user_id = %user.id, "session opened");
@@ -583,6 +620,8 @@ impl AuthService {
                 Ok(LoggedIn { tokens, user })
             }
             RefreshOutcome::Reused => {
+                // Off the list too (best effort: the revocation itself is done).
+                let _ = self.store.drop_session(&claims.sub, &claims.sid).await;
                 self.metrics.session("reuse_detected");
                 tracing::warn!(user_id = %user_id, "refresh token reuse: session revoked");
                 Err(Error::TokenReused)

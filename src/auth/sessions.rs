@@ -24,6 +24,9 @@ use crate::error::Error;
 const USER_AGENT_MAX: usize = 256;
 /// The longest device name an app may send (characters).
 pub const DEVICE_NAME_MAX: usize = 64;
+/// The most sessions a user keeps: a login beyond it ends the oldest (bounds the index a login
+/// reads, and the lists).
+pub const MAX_SESSIONS: usize = 100;
 
 /// Who opens a session: what the request says about the client.
 #[derive(Debug, Clone, Default)]
@@ -151,13 +154,20 @@ impl AuthService {
     /// Revokes session `sid` of the caller (404 when it is not one of theirs, or no longer
     /// stands).
     pub async fn revoke_my_session(&self, claims: &Claims, sid: &str) -> Result<(), Error> {
-        let user = user_id(claims)?.to_string();
-        if !self.store.drop_session(&user, sid).await? {
+        let user = user_id(claims)?;
+        if !self
+            .sessions_of(user, None)
+            .await?
+            .iter()
+            .any(|s| s.id == sid)
+        {
             return Err(Error::NotFound);
         }
+        // Revoked first: should the second step fail, the session is dead, not hidden.
         self.store
             .revoke_session(sid, self.tokens.longest_lifetime())
             .await?;
+        self.store.drop_session(&user.to_string(), sid).await?;
         self.metrics.session("revoked");
         tracing::info!(user_id = %claims.sub, "session revoked by its user");
         Ok(())

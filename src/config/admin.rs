@@ -26,6 +26,9 @@ pub struct AdminSettings {
     pub key_hashes: Vec<[u8; 32]>,
     /// `SESSION_IP`: `truncated`, `full` or `off`.
     pub session_ip: SessionIp,
+    /// `REAUTH_MAX_AGE_SECONDS`: how recent a session's login must be to change the account's
+    /// number or delete it.
+    pub reauth_max_age: std::time::Duration,
 }
 
 impl std::fmt::Debug for AdminSettings {
@@ -33,6 +36,7 @@ impl std::fmt::Debug for AdminSettings {
         f.debug_struct("AdminSettings")
             .field("keys", &self.key_hashes.len())
             .field("session_ip", &self.session_ip)
+            .field("reauth_max_age", &self.reauth_max_age)
             .finish()
     }
 }
@@ -66,7 +70,9 @@ impl AdminSettings {
                 ));
             }
         };
+        let reauth: u64 = env.ranged("REAUTH_MAX_AGE_SECONDS", 300, 1..=86_400)?;
         Ok(Self {
+            reauth_max_age: std::time::Duration::from_secs(reauth),
             key_hashes: keys.iter().map(|k| admin_key_hash(k)).collect(),
             session_ip,
         })

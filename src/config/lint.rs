@@ -41,6 +41,7 @@ const PREFIXES: &[&str] = &[
     "HTTP_HEADER_",
     "ADMIN_",
     "SESSION_",
+    "REAUTH_",
 ];
 
 /// Every variable name otpgate reads.

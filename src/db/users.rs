@@ -101,14 +101,77 @@ pub async fn delete_user(db: &DatabaseConnection, id: Uuid) -> Result<Option<use
     Ok(Some(found))
 }
 
-/// The phones of blocked users (to mark them in the store at start-up).
-pub async fn blocked_phones(db: &DatabaseConnection) -> Result<Vec<String>, DbErr> {
-    let phones: Vec<Option<String>> = user::Entity::find()
+/// The blocked users and their phones (to mark them in the store at start-up).
+pub async fn blocked_users(db: &DatabaseConnection) -> Result<Vec<(Uuid, Option<String>)>, DbErr> {
+    user::Entity::find()
         .select_only()
+        .column(user::Column::Id)
         .column(user::Column::Phone)
         .filter(user::Column::BlockedAt.is_not_null())
         .into_tuple()
         .all(db)
-        .await?;
-    Ok(phones.into_iter().flatten().collect())
+        .await
+}
+
+/// Why [`change_phone`] did not move the account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhoneChange {
+    /// Moved: the user as stored now is returned beside it.
+    Done,
+    /// Another account has the new number.
+    Taken,
+    /// No such user.
+    NoUser,
+}
+
+/// Moves user `id` to phone `new` in one transaction: the user's phone, and their WhatsApp
+/// identity (its subject is the number) when it named the old one.
+pub async fn change_phone(
+    db: &DatabaseConnection,
+    id: Uuid,
+    new: &str,
+) -> Result<(PhoneChange, Option<user::Model>), DbErr> {
+    let txn = db.begin().await?;
+    let Some(found) = user::Entity::find_by_id(id).one(&txn).await? else {
+        return Ok((PhoneChange::NoUser, None));
+    };
+    if user::Entity::find()
+        .filter(user::Column::Phone.eq(new))
+        .filter(user::Column::Id.ne(id))
+        .one(&txn)
+        .await?
+        .is_some()
+    {
+        return Ok((PhoneChange::Taken, None));
+    }
+    let old = found.phone.clone();
+    let mut active = found.into_active_model();
+    active.phone = Set(Some(new.to_string()));
+    let updated = match active.update(&txn).await {
+        Ok(updated) => updated,
+        // Taken between the check and the update (another replica's login created it).
+        Err(err)
+            if matches!(
+                err.sql_err(),
+                Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+            ) =>
+        {
+            return Ok((PhoneChange::Taken, None));
+        }
+        Err(err) => return Err(err),
+    };
+    if let Some(old) = old {
+        identity::Entity::update_many()
+            .col_expr(
+                identity::Column::Subject,
+                sea_orm::sea_query::Expr::value(new),
+            )
+            .filter(identity::Column::UserId.eq(id))
+            .filter(identity::Column::Provider.eq("whatsapp"))
+            .filter(identity::Column::Subject.eq(old))
+            .exec(&txn)
+            .await?;
+    }
+    txn.commit().await?;
+    Ok((PhoneChange::Done, Some(updated)))
 }

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
 use super::{
-    BindOutcome, ClaimOutcome, IssueOutcome, RefreshOutcome, SessionRecord, Store, StoreError,
-    VerifyOutcome,
+    BindOutcome, ClaimOutcome, IssueOutcome, RefreshOutcome, SessionPut, SessionRecord, Store,
+    StoreError, VerifyOutcome,
 };
 use crate::domain::quota::{Quota, QuotaState, Refusal, gcra};
 
@@ -64,6 +64,8 @@ struct Inner {
     cutoffs: HashMap<String, (u64, Instant)>,
     /// Phones that get no code.
     blocked: std::collections::HashSet<String>,
+    /// Users whose sessions neither stand nor are recorded.
+    blocked_users: std::collections::HashSet<String>,
     last_sweep: Instant,
 }
 
@@ -164,6 +166,7 @@ impl MemoryStore {
                 sessions: HashMap::new(),
                 cutoffs: HashMap::new(),
                 blocked: Default::default(),
+                blocked_users: Default::default(),
                 last_sweep: now,
             }),
             epoch: now,
@@ -385,23 +388,37 @@ impl Store for MemoryStore {
         sid: &str,
         meta: &str,
         ttl: Duration,
-    ) -> Result<(), StoreError> {
+        max: usize,
+    ) -> Result<SessionPut, StoreError> {
         let (now, now_ms) = self.now();
         let at = crate::store::unix_ms();
         let mut inner = self.lock();
         inner.sweep(now, now_ms);
+        if inner.blocked_users.contains(user) {
+            return Ok(SessionPut::Blocked);
+        }
+        let index = inner.sessions.entry(user.to_string()).or_default();
+        index.retain(|_, (_, until)| *until > now);
+        let mut evicted = Vec::new();
+        if index.len() + 1 > max {
+            let mut by_age: Vec<(u64, String)> = index
+                .iter()
+                .map(|(sid, (r, _))| (r.created_ms, sid.clone()))
+                .collect();
+            by_age.sort();
+            for (_, old) in by_age.into_iter().take(index.len() + 1 - max) {
+                index.remove(&old);
+                evicted.push(old);
+            }
+        }
         let record = SessionRecord {
             sid: sid.to_string(),
             created_ms: at,
             last_used_ms: at,
             meta: meta.to_string(),
         };
-        inner
-            .sessions
-            .entry(user.to_string())
-            .or_default()
-            .insert(sid.to_string(), (record, now + ttl));
-        Ok(())
+        index.insert(sid.to_string(), (record, now + ttl));
+        Ok(SessionPut::Recorded(evicted))
     }
 
     async fn session_stands(
@@ -413,7 +430,9 @@ impl Store for MemoryStore {
     ) -> Result<bool, StoreError> {
         let now = Instant::now();
         let mut inner = self.lock();
-        if inner.revoked.get(sid).is_some_and(|until| *until > now) {
+        if inner.revoked.get(sid).is_some_and(|until| *until > now)
+            || inner.blocked_users.contains(user)
+        {
             return Ok(false);
         }
         let cutoff = inner
@@ -431,9 +450,28 @@ impl Store for MemoryStore {
         {
             return Ok(false);
         }
-        if touch && let Some((record, until)) = record {
-            record.last_used_ms = crate::store::unix_ms();
-            *until = now + ttl;
+        if touch {
+            let at = crate::store::unix_ms();
+            match record {
+                Some((record, until)) => {
+                    record.last_used_ms = at;
+                    *until = now + ttl;
+                }
+                None => {
+                    // Opened by an earlier version: known from its first refresh on.
+                    let record = SessionRecord {
+                        sid: sid.to_string(),
+                        created_ms: at,
+                        last_used_ms: at,
+                        meta: "{}".into(),
+                    };
+                    inner
+                        .sessions
+                        .entry(user.to_string())
+                        .or_default()
+                        .insert(sid.to_string(), (record, now + ttl));
+                }
+            }
         }
         Ok(true)
     }
@@ -475,12 +513,21 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn set_phone_blocked(&self, phone: &str, blocked: bool) -> Result<(), StoreError> {
+    async fn set_blocked(
+        &self,
+        user: &str,
+        phone: Option<&str>,
+        blocked: bool,
+    ) -> Result<(), StoreError> {
         let mut inner = self.lock();
         if blocked {
-            inner.blocked.insert(phone.to_string());
+            inner.blocked_users.insert(user.to_string());
+            inner.blocked.extend(phone.map(str::to_string));
         } else {
-            inner.blocked.remove(phone);
+            inner.blocked_users.remove(user);
+            if let Some(phone) = phone {
+                inner.blocked.remove(phone);
+            }
         }
         Ok(())
     }

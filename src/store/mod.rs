@@ -48,7 +48,7 @@ pub enum IssueOutcome {
     },
     /// A quota refused; nothing changed.
     Limited(Refusal),
-    /// The phone is blocked ([`Store::set_phone_blocked`]): cooldown and quotas were charged as
+    /// The phone is blocked ([`Store::set_blocked`]): cooldown and quotas were charged as
     /// for [`IssueOutcome::Issued`], but no code was stored. The caller answers as if one was
     /// sent, so the answer does not tell a blocked number from any other.
     Blocked(Vec<QuotaState>),
@@ -65,6 +65,16 @@ pub struct SessionRecord {
     pub last_used_ms: u64,
     /// What the domain recorded about it (JSON text: user agent, IP, device name).
     pub meta: String,
+}
+
+/// What [`Store::put_session`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionPut {
+    /// Recorded; the oldest sessions beyond the cap were dropped from the index (their ids:
+    /// the caller revokes them).
+    Recorded(Vec<String>),
+    /// The user is blocked ([`Store::set_blocked`]): nothing recorded.
+    Blocked,
 }
 
 /// What happened to a presented code.
@@ -208,19 +218,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records session `sid` of `user` (opened now, last used now, `meta`) in the user's
     /// session index, which lives `ttl` (the refresh token lifetime) after its last write;
-    /// sessions unused for `ttl` are dropped from it.
+    /// sessions unused for `ttl` are dropped from it, and beyond `max` sessions the oldest. A
+    /// blocked user gets nothing recorded.
     async fn put_session(
         &self,
         user: &str,
         sid: &str,
         meta: &str,
         ttl: Duration,
-    ) -> Result<(), StoreError>;
+        max: usize,
+    ) -> Result<SessionPut, StoreError>;
 
     /// Whether session `sid` of `user` still stands: not revoked by itself
-    /// ([`Store::revoke_session`]) nor by [`Store::revoke_user`] (a session opened before the
-    /// user's cut-off). With `touch`, a standing session's last use becomes now (a refresh)
-    /// and the index lives `ttl` more.
+    /// ([`Store::revoke_session`]), nor by [`Store::revoke_user`] (a session opened before the
+    /// user's cut-off), nor by a block. With `touch`, a standing session's last use becomes now
+    /// (a refresh; a session the index does not know is added to it) and the index lives `ttl`
+    /// more.
     async fn session_stands(
         &self,
         user: &str,
@@ -240,10 +253,16 @@ pub trait Store: Send + Sync + 'static {
     /// lives `ttl` (the longest token lifetime), and the session index emptied.
     async fn revoke_user(&self, user: &str, ttl: Duration) -> Result<(), StoreError>;
 
-    /// Blocks (or unblocks) codes to `phone`: [`Store::issue_code`] then stores none
+    /// Blocks (or unblocks) `user` and, when given, codes to their `phone`: no session of the
+    /// user stands or is recorded, and [`Store::issue_code`] stores no code for the phone
     /// ([`IssueOutcome::Blocked`]). No expiry: the database's `blocked_at` is the record, and
     /// start-up writes these marks again from it.
-    async fn set_phone_blocked(&self, phone: &str, blocked: bool) -> Result<(), StoreError>;
+    async fn set_blocked(
+        &self,
+        user: &str,
+        phone: Option<&str>,
+        blocked: bool,
+    ) -> Result<(), StoreError>;
 
     /// Stores a pending login intent `id` for `channel` whose poll token hashes to
     /// `poll_hash`, for `ttl`.
@@ -410,9 +429,13 @@ impl Store for Metered {
         sid: &str,
         meta: &str,
         ttl: Duration,
-    ) -> Result<(), StoreError> {
-        self.timed("put_session", self.inner.put_session(user, sid, meta, ttl))
-            .await
+        max: usize,
+    ) -> Result<SessionPut, StoreError> {
+        self.timed(
+            "put_session",
+            self.inner.put_session(user, sid, meta, ttl, max),
+        )
+        .await
     }
 
     async fn session_stands(
@@ -443,12 +466,14 @@ impl Store for Metered {
             .await
     }
 
-    async fn set_phone_blocked(&self, phone: &str, blocked: bool) -> Result<(), StoreError> {
-        self.timed(
-            "set_phone_blocked",
-            self.inner.set_phone_blocked(phone, blocked),
-        )
-        .await
+    async fn set_blocked(
+        &self,
+        user: &str,
+        phone: Option<&str>,
+        blocked: bool,
+    ) -> Result<(), StoreError> {
+        self.timed("set_blocked", self.inner.set_blocked(user, phone, blocked))
+            .await
     }
 
     async fn create_intent(

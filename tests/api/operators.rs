@@ -15,6 +15,8 @@ crate::on_both_backends!(
     deleting_a_user_ends_them_and_frees_the_number,
     admin_revokes_all_sessions_and_the_user_logs_in_again,
     users_are_searched_and_paged,
+    deleting_ones_own_account_needs_a_recent_login,
+    a_phone_change_moves_the_account_to_the_new_number,
 );
 
 const KEY: &str = "admin-key-0123456789abcdef0123456789";
@@ -514,4 +516,140 @@ async fn users_are_searched_and_paged(backend: Backend) {
             "{bad}"
         );
     }
+}
+
+async fn deleting_ones_own_account_needs_a_recent_login(backend: Backend) {
+    let keys = format!("other-key-000000000000000000,{KEY}");
+    let mut vars = LIMITS.to_vec();
+    vars.push(("ADMIN_API_KEYS", &keys));
+    vars.push(("REAUTH_MAX_AGE_SECONDS", "2"));
+    let app = spawn_app_with(backend, &vars).await;
+    let phone = unique_phone();
+    let old = app.sign_in(&phone).await;
+    let id = old["user"]["id"].as_str().unwrap().to_string();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let delete = |tokens: Value| {
+        let app = &app;
+        async move {
+            app.call(
+                &app.b,
+                Method::DELETE,
+                "/api/auth/me",
+                None,
+                Some(field(&tokens, "access_token")),
+            )
+            .await
+        }
+    };
+    // The login is too old, and a refresh does not make it new.
+    delete(old.clone())
+        .await
+        .assert_problem(403, "reauthentication_required");
+    let refreshed = app.refresh(&app.a, field(&old, "refresh_token")).await;
+    assert_eq!(refreshed.status, 200);
+    delete(refreshed.body.clone())
+        .await
+        .assert_problem(403, "reauthentication_required");
+    // A fresh code: deleted, everywhere.
+    let fresh = app.sign_in(&phone).await;
+    let deleted = delete(fresh.clone()).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.body);
+    assert!(!works(&app, &fresh).await && !works(&app, &refreshed.body).await);
+    admin(&app, &app.a, Method::GET, &format!("/admin/v1/users/{id}"))
+        .await
+        .assert_problem(404, "not_found");
+    let again = app.sign_in(&phone).await;
+    assert_ne!(again["user"]["id"], id.as_str());
+}
+
+async fn a_phone_change_moves_the_account_to_the_new_number(backend: Backend) {
+    let app = app(backend).await;
+    let (old_phone, new_phone) = (unique_phone(), unique_phone());
+    let other = app.sign_in(&unique_phone()).await;
+    let first = sign_in_as(&app, &old_phone, "phone").await;
+    let second = sign_in_as(&app, &old_phone, "tablet").await;
+    let id = first["user"]["id"].as_str().unwrap().to_string();
+    let access = field(&second, "access_token").to_string();
+    let call = |path: &'static str, body: Value| {
+        let (app, access) = (&app, access.clone());
+        async move {
+            app.call(&app.a, Method::POST, path, Some(body), Some(&access))
+                .await
+        }
+    };
+
+    // Unauthenticated: 401. The account's own number: 422 after the code.
+    app.call(
+        &app.a,
+        Method::POST,
+        "/api/auth/phone",
+        Some(json!({"phone": new_phone})),
+        None,
+    )
+    .await
+    .assert_problem(401, "unauthorized");
+    let sent = call("/api/auth/phone", json!({ "phone": old_phone })).await;
+    assert_eq!(sent.status, 200, "{}", sent.body);
+    let code = sent.body["otp_code"].as_str().unwrap().to_string();
+    call(
+        "/api/auth/phone/verify",
+        json!({ "phone": old_phone, "otp_code": code }),
+    )
+    .await
+    .assert_problem(422, "invalid_field");
+
+    // The number of another account: 409, which account is not said; nothing moved.
+    let taken_phone = other["user"]["phone"].as_str().unwrap().to_string();
+    let sent = call("/api/auth/phone", json!({ "phone": taken_phone })).await;
+    let code = sent.body["otp_code"].as_str().unwrap().to_string();
+    let taken = call(
+        "/api/auth/phone/verify",
+        json!({ "phone": taken_phone, "otp_code": code }),
+    )
+    .await;
+    taken.assert_problem(409, "phone_taken");
+    assert!(
+        !taken
+            .body
+            .to_string()
+            .contains(other["user"]["id"].as_str().unwrap())
+    );
+
+    // A wrong code counts as one; the right one moves the account and, on request, signs the
+    // other sessions out.
+    let sent = call("/api/auth/phone", json!({ "phone": new_phone })).await;
+    assert_eq!(sent.status, 200, "{}", sent.body);
+    let code = sent.body["otp_code"].as_str().unwrap().to_string();
+    let wrong = if code == "000000" { "000001" } else { "000000" };
+    call(
+        "/api/auth/phone/verify",
+        json!({ "phone": new_phone, "otp_code": wrong }),
+    )
+    .await
+    .assert_problem(400, "invalid_otp");
+    let moved = call(
+        "/api/auth/phone/verify",
+        json!({ "phone": new_phone, "otp_code": code, "revoke_other_sessions": true }),
+    )
+    .await;
+    assert_eq!(moved.status, 200, "{}", moved.body);
+    assert_eq!(moved.body["phone"], new_phone.as_str());
+    assert_eq!(moved.body["id"], id.as_str());
+    assert!(works(&app, &second).await);
+    assert!(!works(&app, &first).await);
+    let me = app.me(&app.b, &access).await;
+    assert_eq!(me.body["phone"], new_phone.as_str());
+    // The code was used once.
+    call(
+        "/api/auth/phone/verify",
+        json!({ "phone": new_phone, "otp_code": code }),
+    )
+    .await
+    .assert_problem(400, "otp_expired");
+
+    // The new number logs into the account; the old one is a new user now.
+    let again = app.sign_in(&new_phone).await;
+    assert_eq!(again["user"]["id"], id.as_str());
+    let fresh = app.sign_in(&old_phone).await;
+    assert_ne!(fresh["user"]["id"], id.as_str());
 }

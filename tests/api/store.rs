@@ -66,6 +66,7 @@ conformance!(
     intents_and_seen_marks_expire,
     sessions_are_indexed_touched_and_dropped,
     revoking_a_user_cuts_off_older_sessions_only,
+    sessions_are_capped_and_blocked_users_get_none,
     blocked_phones_get_no_code_but_pay_cooldown_and_quotas,
 );
 
@@ -673,12 +674,12 @@ async fn sessions_are_indexed_touched_and_dropped(store: Arc<dyn Store>) {
     let (a, b) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
     assert_eq!(store.sessions(&user, MINUTE).await.unwrap(), vec![]);
     store
-        .put_session(&user, &a, r#"{"device":"a"}"#, MINUTE)
+        .put_session(&user, &a, r#"{"device":"a"}"#, MINUTE, 100)
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
     store
-        .put_session(&user, &b, r#"{"device":"b"}"#, MINUTE)
+        .put_session(&user, &b, r#"{"device":"b"}"#, MINUTE, 100)
         .await
         .unwrap();
     let listed = store.sessions(&user, MINUTE).await.unwrap();
@@ -733,7 +734,10 @@ async fn sessions_are_indexed_touched_and_dropped(store: Arc<dyn Store>) {
     // The index expires with its lifetime.
     let short = Duration::from_millis(150);
     let brief = Uuid::new_v4().to_string();
-    store.put_session(&brief, "s", "{}", short).await.unwrap();
+    store
+        .put_session(&brief, "s", "{}", short, 100)
+        .await
+        .unwrap();
     assert_eq!(store.sessions(&brief, short).await.unwrap().len(), 1);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(store.sessions(&brief, short).await.unwrap(), vec![]);
@@ -742,8 +746,14 @@ async fn sessions_are_indexed_touched_and_dropped(store: Arc<dyn Store>) {
 async fn revoking_a_user_cuts_off_older_sessions_only(store: Arc<dyn Store>) {
     let user = Uuid::new_v4().to_string();
     let other = Uuid::new_v4().to_string();
-    store.put_session(&user, "s1", "{}", MINUTE).await.unwrap();
-    store.put_session(&other, "o1", "{}", MINUTE).await.unwrap();
+    store
+        .put_session(&user, "s1", "{}", MINUTE, 100)
+        .await
+        .unwrap();
+    store
+        .put_session(&other, "o1", "{}", MINUTE, 100)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
     store.revoke_user(&user, MINUTE).await.unwrap();
     assert!(
@@ -768,7 +778,10 @@ async fn revoking_a_user_cuts_off_older_sessions_only(store: Arc<dyn Store>) {
     );
     // A session opened after the cut-off stands.
     tokio::time::sleep(Duration::from_millis(5)).await;
-    store.put_session(&user, "s2", "{}", MINUTE).await.unwrap();
+    store
+        .put_session(&user, "s2", "{}", MINUTE, 100)
+        .await
+        .unwrap();
     assert!(
         store
             .session_stands(&user, "s2", false, MINUTE)
@@ -781,7 +794,7 @@ async fn revoking_a_user_cuts_off_older_sessions_only(store: Arc<dyn Store>) {
 async fn blocked_phones_get_no_code_but_pay_cooldown_and_quotas(store: Arc<dyn Store>) {
     let phone = key();
     let q = [quota("otp-phone", 3, MINUTE)];
-    store.set_phone_blocked(&phone, true).await.unwrap();
+    store.set_blocked("u", Some(&phone), true).await.unwrap();
     let cooldown = Duration::from_secs(30);
     match store
         .issue_code(&phone, "h1", MINUTE, cooldown, &q)
@@ -805,7 +818,7 @@ async fn blocked_phones_get_no_code_but_pay_cooldown_and_quotas(store: Arc<dyn S
     ));
     // Unblocked: codes again.
     let phone = key();
-    store.set_phone_blocked(&phone, true).await.unwrap();
+    store.set_blocked("u", Some(&phone), true).await.unwrap();
     assert!(matches!(
         store
             .issue_code(&phone, "h3", MINUTE, Duration::ZERO, &[])
@@ -813,7 +826,7 @@ async fn blocked_phones_get_no_code_but_pay_cooldown_and_quotas(store: Arc<dyn S
             .unwrap(),
         IssueOutcome::Blocked(_)
     ));
-    store.set_phone_blocked(&phone, false).await.unwrap();
+    store.set_blocked("u", Some(&phone), false).await.unwrap();
     assert!(matches!(
         store
             .issue_code(&phone, "h4", MINUTE, Duration::ZERO, &[])
@@ -824,5 +837,99 @@ async fn blocked_phones_get_no_code_but_pay_cooldown_and_quotas(store: Arc<dyn S
     assert_eq!(
         store.verify_code(&phone, "h4", 5, &[], &[]).await.unwrap(),
         VerifyOutcome::Verified
+    );
+}
+
+async fn sessions_are_capped_and_blocked_users_get_none(store: Arc<dyn Store>) {
+    use otpgate::store::SessionPut;
+    let user = Uuid::new_v4().to_string();
+    for sid in ["s1", "s2", "s3"] {
+        assert_eq!(
+            store
+                .put_session(&user, sid, "{}", MINUTE, 3)
+                .await
+                .unwrap(),
+            SessionPut::Recorded(vec![])
+        );
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    // The fourth pushes out the oldest, which the caller is told (to revoke it).
+    assert_eq!(
+        store
+            .put_session(&user, "s4", "{}", MINUTE, 3)
+            .await
+            .unwrap(),
+        SessionPut::Recorded(vec!["s1".to_string()])
+    );
+    let mut left: Vec<String> = store
+        .sessions(&user, MINUTE)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.sid)
+        .collect();
+    left.sort();
+    assert_eq!(left, ["s2", "s3", "s4"]);
+    // A refresh of a session the index does not know (opened by an earlier version) adds it.
+    assert!(
+        store
+            .session_stands(&user, "legacy", true, MINUTE)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .sessions(&user, MINUTE)
+            .await
+            .unwrap()
+            .iter()
+            .any(|s| s.sid == "legacy")
+    );
+    // A revoked session is not brought back by a refresh attempt.
+    store.revoke_session("s2", MINUTE).await.unwrap();
+    assert!(store.drop_session(&user, "s2").await.unwrap());
+    assert!(
+        !store
+            .session_stands(&user, "s2", true, MINUTE)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .sessions(&user, MINUTE)
+            .await
+            .unwrap()
+            .iter()
+            .any(|s| s.sid == "s2")
+    );
+    // Blocked: nothing stands, nothing is recorded; unblocked: sessions stand again.
+    store.set_blocked(&user, None, true).await.unwrap();
+    assert!(
+        !store
+            .session_stands(&user, "s4", false, MINUTE)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .put_session(&user, "s5", "{}", MINUTE, 3)
+            .await
+            .unwrap(),
+        SessionPut::Blocked
+    );
+    assert!(
+        !store
+            .sessions(&user, MINUTE)
+            .await
+            .unwrap()
+            .iter()
+            .any(|s| s.sid == "s5")
+    );
+    store.set_blocked(&user, None, false).await.unwrap();
+    assert!(
+        store
+            .session_stands(&user, "s4", false, MINUTE)
+            .await
+            .unwrap()
     );
 }

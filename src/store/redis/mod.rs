@@ -70,8 +70,8 @@ use redis::Script;
 
 use self::link::{Conn, RedisLink};
 use super::{
-    BindOutcome, ClaimOutcome, IssueOutcome, RefreshOutcome, SessionRecord, Store, StoreError,
-    VerifyOutcome, ttl_ms,
+    BindOutcome, ClaimOutcome, IssueOutcome, RefreshOutcome, SessionPut, SessionRecord, Store,
+    StoreError, VerifyOutcome, ttl_ms,
 };
 use crate::config::RedisMode;
 use crate::domain::quota::{Quota, QuotaState, Refusal};
@@ -618,11 +618,29 @@ impl Store for RedisStore {
         sid: &str,
         meta: &str,
         ttl: Duration,
-    ) -> Result<(), StoreError> {
+        max: usize,
+    ) -> Result<SessionPut, StoreError> {
         let mut invocation = self.put_session.key(self.user_key(user, "sessions"));
-        invocation.arg(sid).arg(meta).arg(ttl_ms(ttl));
-        let _: i64 = self.invoke_as(&invocation).await?;
-        Ok(())
+        invocation
+            .key(self.user_key(user, "blocked"))
+            .arg(sid)
+            .arg(meta)
+            .arg(ttl_ms(ttl))
+            .arg(max);
+        let reply: Vec<redis::Value> = self.invoke_as(&invocation).await?;
+        match reply.split_first() {
+            Some((redis::Value::Int(0), evicted)) => Ok(SessionPut::Recorded(
+                evicted
+                    .iter()
+                    .map(|v| redis::from_redis_value::<String>(v.clone()))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| StoreError::Protocol(format!("put_session: {e}")))?,
+            )),
+            Some((redis::Value::Int(1), [])) => Ok(SessionPut::Blocked),
+            _ => Err(StoreError::Protocol(format!(
+                "put_session returned {reply:?}"
+            ))),
+        }
     }
 
     async fn session_stands(
@@ -635,11 +653,19 @@ impl Store for RedisStore {
         let mut invocation = self.session_stands.key(self.user_key(user, "sessions"));
         invocation
             .key(self.user_key(user, "cutoff"))
+            .key(self.user_key(user, "blocked"))
             .arg(sid)
             .arg(if touch { "1" } else { "0" })
             .arg(ttl_ms(ttl));
         // The session's own mark lives in its slot, the user's cut-off in the user's: two
-        // calls, at once.
+        // calls. At once for a check; one after the other for a touch, which may add the
+        // session to the index and must not bring back a revoked one.
+        if touch {
+            if self.is_session_revoked(sid).await? {
+                return Ok(false);
+            }
+            return Ok(self.invoke_as::<i64>(&invocation).await? == 1);
+        }
         let (revoked, stands) = futures_util::future::try_join(
             self.is_session_revoked(sid),
             self.invoke_as::<i64>(&invocation),
@@ -708,25 +734,34 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn set_phone_blocked(&self, phone: &str, blocked: bool) -> Result<(), StoreError> {
-        let key = self.phone_key(phone, "blocked");
-        self.run(|mut conn| {
-            let key = key.clone();
-            async move {
-                let cmd = if blocked {
-                    let mut cmd = redis::cmd("SET");
-                    cmd.arg(&key).arg("1");
-                    cmd
+    async fn set_blocked(
+        &self,
+        user: &str,
+        phone: Option<&str>,
+        blocked: bool,
+    ) -> Result<(), StoreError> {
+        // The user's mark lives in the user's slot, the phone's in the phone's: one command
+        // each, at once.
+        let keys: Vec<String> = std::iter::once(self.user_key(user, "blocked"))
+            .chain(phone.map(|p| self.phone_key(p, "blocked")))
+            .collect();
+        let calls = keys.iter().map(|key| {
+            self.run(move |mut conn| async move {
+                let mut cmd = if blocked {
+                    redis::cmd("SET")
                 } else {
-                    let mut cmd = redis::cmd("DEL");
-                    cmd.arg(&key);
-                    cmd
+                    redis::cmd("DEL")
                 };
+                cmd.arg(key);
+                if blocked {
+                    cmd.arg("1");
+                }
                 let _: redis::Value = cmd.query_async(&mut conn).await?;
                 Ok(())
-            }
-        })
-        .await
+            })
+        });
+        futures_util::future::try_join_all(calls).await?;
+        Ok(())
     }
 
     async fn create_intent(
