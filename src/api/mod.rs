@@ -116,8 +116,11 @@ pub fn document(api: &Api) -> String {
 /// `examples` for a problem response: one per `` `code` `` its description names.
 fn add_problem_examples(response: &mut serde_json::Value) {
     let description = response["description"].as_str().unwrap_or("").to_string();
-    let Some(media) = response["content"]
-        .get_mut(problem::PROBLEM_JSON)
+    // `get_mut`, not indexing: indexing a missing key would add `"content": null` to a
+    // response without a body (a 204), which is not valid OpenAPI.
+    let Some(media) = response
+        .get_mut("content")
+        .and_then(|c| c.get_mut(problem::PROBLEM_JSON))
         .and_then(|m| m.as_object_mut())
     else {
         return;

@@ -187,6 +187,10 @@ async fn the_openapi_document_serves_code_generators() {
                     !description.is_empty(),
                     "{method} {path} {status}: no description"
                 );
+                assert!(
+                    !response.get("content").is_some_and(Value::is_null),
+                    "{method} {path} {status}: `content: null` is not OpenAPI"
+                );
                 let Some(content) = response["content"].as_object() else {
                     continue;
                 };
