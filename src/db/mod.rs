@@ -13,11 +13,12 @@ use sea_orm::{
 use uuid::Uuid;
 
 pub mod entities;
+pub mod events;
 pub mod hot;
 pub mod touches;
 pub mod users;
 
-pub use entities::{identity, user};
+pub use entities::{audit_event, event_outbox, identity, user};
 
 /// Opens a connection pool. SQLite gets one connection (it serialises writers anyway), WAL and a
 /// busy timeout; PostgreSQL and MySQL/MariaDB get `max_connections` (sqlx sets MySQL sessions to
