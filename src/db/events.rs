@@ -414,3 +414,111 @@ pub async fn oldest_pending(db: &DatabaseConnection) -> Result<Option<DateTime<U
         .await?
         .map(|row| row.created_at))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(at: DateTime<Utc>, webhook: bool) -> EventRecord {
+        EventRecord {
+            id: crate::domain::ids::new_time_ordered_uuid(),
+            at,
+            kind: "otp.sent",
+            user_id: None,
+            phone_hash: Some("ab".repeat(32)),
+            ip: None,
+            user_agent: None,
+            request_id: None,
+            details: serde_json::json!({ "outcome": "sent" }),
+            webhook: webhook.then(|| ("user.created", "{}".to_string())),
+        }
+    }
+
+    async fn database() -> (DatabaseConnection, std::path::PathBuf) {
+        let file = std::env::temp_dir().join(format!("otpgate-events-{}.db", Uuid::new_v4()));
+        let db = crate::db::connect(&format!("sqlite://{}?mode=rwc", file.display()), 1)
+            .await
+            .unwrap();
+        crate::db::migrate(&db).await.unwrap();
+        (db, file)
+    }
+
+    #[tokio::test]
+    async fn retention_deletes_only_old_rows_in_chunks() {
+        let (db, file) = database().await;
+        let now = Utc::now();
+        let old: Vec<_> = (0..2100)
+            .map(|_| record(now - chrono::Duration::days(100), false))
+            .collect();
+        for batch in old.chunks(BATCH) {
+            write(&db, batch).await.unwrap();
+        }
+        write(&db, &[record(now, false)]).await.unwrap();
+        let deleted = delete_before(&db, now - chrono::Duration::days(90))
+            .await
+            .unwrap();
+        assert_eq!(deleted, 2100, "more than two chunks");
+        let left = search_audit(
+            &db,
+            &AuditFilter {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].at.timestamp_millis(), now.timestamp_millis());
+        std::fs::remove_file(file).ok();
+    }
+
+    #[tokio::test]
+    async fn claims_are_exclusive_until_the_lease_ends() {
+        let (db, file) = database().await;
+        let now = Utc::now();
+        let events: Vec<_> = (0..3).map(|_| record(now, true)).collect();
+        write(&db, &events).await.unwrap();
+        let lease = now + chrono::Duration::seconds(30);
+        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let first = claim_outbox(&db, now, lease, a, 2).await.unwrap();
+        let second = claim_outbox(&db, now, lease, b, 2).await.unwrap();
+        assert_eq!((first.len(), second.len()), (2, 1));
+        assert!(
+            first
+                .iter()
+                .all(|r| r.attempts == 1 && r.locked_by == Some(a))
+        );
+        assert!(
+            claim_outbox(&db, now, lease, c, 5)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // A stale owner changes nothing; the owner schedules the retry.
+        let row = &second[0];
+        outbox_failed(&db, row.id, a, None, "HTTP 500")
+            .await
+            .unwrap();
+        outbox_delivered(&db, row.id, a).await.unwrap();
+        outbox_failed(&db, row.id, b, Some(now), "HTTP 500")
+            .await
+            .unwrap();
+        let again = claim_outbox(&db, now, lease, c, 5).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!((again[0].id, again[0].attempts), (row.id, 2));
+        // After the lease, A's rows are claimable again.
+        let later = lease + chrono::Duration::seconds(1);
+        let retaken = claim_outbox(&db, later, later + chrono::Duration::seconds(30), b, 5)
+            .await
+            .unwrap();
+        assert_eq!(retaken.len(), 3);
+        // Delivered rows go; a given-up row stays but is no longer pending.
+        outbox_delivered(&db, retaken[0].id, b).await.unwrap();
+        outbox_delivered(&db, retaken[1].id, b).await.unwrap();
+        outbox_failed(&db, retaken[2].id, b, None, "timeout")
+            .await
+            .unwrap();
+        assert_eq!(oldest_pending(&db).await.unwrap(), None);
+        std::fs::remove_file(file).ok();
+    }
+}
