@@ -358,6 +358,7 @@ impl AdminApi {
     /// excludes it (RFC 3339). Events are written in the background: one appears within about
     /// a second of its request.
     #[oai(path = "/audit", method = "get", operation_id = "adminListAudit")]
+    #[allow(clippy::too_many_arguments)]
     async fn list_audit(
         &self,
         key: AdminKey,

@@ -201,11 +201,21 @@ pub async fn search_audit(
     if let Some(kind) = &filter.kind {
         query = query.filter(audit_event::Column::Kind.eq(kind.as_str()));
     }
+    // MySQL/MariaDB: sqlx sends a `DateTime<Utc>` as a TIMESTAMP, which ends in 2038 (a later
+    // bound compares as nothing); as a DATETIME (the column's type, UTC) it compares right.
+    let mysql = db.get_database_backend() == DatabaseBackend::MySql;
+    let instant = |at: DateTime<Utc>| -> sea_orm::Value {
+        if mysql {
+            at.naive_utc().into()
+        } else {
+            at.into()
+        }
+    };
     if let Some(at) = filter.since {
-        query = query.filter(audit_event::Column::At.gte(at));
+        query = query.filter(audit_event::Column::At.gte(instant(at)));
     }
     if let Some(at) = filter.until {
-        query = query.filter(audit_event::Column::At.lt(at));
+        query = query.filter(audit_event::Column::At.lt(instant(at)));
     }
     if let Some(before) = filter.before {
         query = query.filter(audit_event::Column::Id.lt(before));
