@@ -109,6 +109,14 @@ pub struct Metrics {
     pub connection_events: IntCounterVec,
     /// `otpgate_open_connections`.
     pub open_connections: prometheus::IntGauge,
+    /// `otpgate_audit_dropped_total`.
+    pub audit_dropped: IntCounter,
+    /// `otpgate_audit_batch_failures_total`.
+    pub audit_batch_failures: IntCounter,
+    /// `otpgate_event_webhook_deliveries_total{outcome}`.
+    pub webhook_deliveries: IntCounterVec,
+    /// `otpgate_event_webhook_lag_seconds`.
+    pub webhook_lag: prometheus::Gauge,
 }
 
 impl Metrics {
@@ -215,6 +223,36 @@ impl Metrics {
                 let g = prometheus::IntGauge::new(
                     "otpgate_open_connections",
                     "HTTP connections open on the main port.",
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            audit_dropped: {
+                let c = IntCounter::new(
+                    "otpgate_audit_dropped_total",
+                    "Audit events not written: the queue to the database was full, or their \
+                     batch failed.",
+                )?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
+            audit_batch_failures: {
+                let c = IntCounter::new(
+                    "otpgate_audit_batch_failures_total",
+                    "Batches of audit events the database refused (their events are dropped).",
+                )?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
+            webhook_deliveries: counter(
+                "otpgate_event_webhook_deliveries_total",
+                "Event webhook attempts by outcome (delivered, failed_attempt, gave_up).",
+                &["outcome"],
+            )?,
+            webhook_lag: {
+                let g = prometheus::Gauge::new(
+                    "otpgate_event_webhook_lag_seconds",
+                    "Age of the oldest event not yet delivered to the event webhook (0: none).",
                 )?;
                 registry.register(Box::new(g.clone()))?;
                 g

@@ -19,6 +19,7 @@ use sea_orm_migration::sea_orm::DbBackend;
 
 mod m20261123_000001_create_users_and_identities;
 mod m20261129_000001_add_users_blocked_at;
+mod m20261201_000001_create_audit_events_and_event_outbox;
 
 /// A `NOT NULL` instant: `timestamptz` on PostgreSQL, `datetime(6)` (UTC) on MySQL/MariaDB.
 pub fn instant<T: IntoIden>(backend: DbBackend, col: T) -> ColumnDef {
@@ -59,6 +60,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261123_000001_create_users_and_identities::Migration),
             Box::new(m20261129_000001_add_users_blocked_at::Migration),
+            Box::new(m20261201_000001_create_audit_events_and_event_outbox::Migration),
         ]
     }
 }

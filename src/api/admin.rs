@@ -8,6 +8,7 @@ use std::sync::Arc;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
+use poem::Request;
 use poem_openapi::auth::Bearer;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
@@ -16,11 +17,12 @@ use poem_openapi::{ApiResponse, Object, OpenApi, SecurityScheme};
 use uuid::Uuid;
 
 use super::ApiTags;
-use super::auth::{Identity, Session};
+use super::auth::{Identity, Session, client_info};
 use super::problem::{Fails, failures};
 use crate::auth::AuthService;
-use crate::db::user;
+use crate::db::events::AuditFilter;
 use crate::db::users::UserFilter;
+use crate::db::{audit_event, user};
 use crate::error::Error;
 
 /// The admin API.
@@ -124,6 +126,92 @@ impl Example for AdminUserDetail {
     }
 }
 
+/// One audit event.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct AuditEvent {
+    /// Event id (UUID v7); for webhook events also the `webhook-id`.
+    pub id: Uuid,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// What happened: `otp.sent`, `otp.verified`, `otp.failed`, `login.succeeded`,
+    /// `token.refreshed`, `token.reused`, `session.revoked`, `sessions.revoked_all`,
+    /// `user.created`, `user.blocked`, `user.unblocked`, `user.deleted`.
+    pub kind: String,
+    /// The user concerned, when known.
+    pub user_id: Option<Uuid>,
+    /// A keyed hash of the phone number concerned (HMAC under the server's pepper; never the
+    /// number): the same number always hashes the same.
+    pub phone_hash: Option<String>,
+    /// The client's network, as sessions keep it (`SESSION_IP`).
+    pub ip: Option<String>,
+    /// The client's `User-Agent`.
+    pub user_agent: Option<String>,
+    /// The request id (`X-Request-Id`).
+    pub request_id: Option<String>,
+    /// Details of the event (channel, reason, scope, session id, actor).
+    pub details: serde_json::Value,
+}
+
+impl From<audit_event::Model> for AuditEvent {
+    fn from(e: audit_event::Model) -> Self {
+        AuditEvent {
+            id: e.id,
+            at: e.at,
+            kind: e.kind,
+            user_id: e.user_id,
+            phone_hash: e.phone_hash,
+            ip: e.ip,
+            user_agent: e.user_agent,
+            request_id: e.request_id,
+            details: e.details,
+        }
+    }
+}
+
+impl Example for AuditEvent {
+    fn example() -> Self {
+        AuditEvent {
+            id: Uuid::from_u128(0x0193_f3a0_7c1e_7d2a_9b4c_5e6f_7a8b_9c0e),
+            at: DateTime::from_timestamp(1_767_225_600, 0).unwrap_or_default(),
+            kind: "user.blocked".into(),
+            user_id: Some(AdminUser::example().id),
+            phone_hash: None,
+            ip: Some("203.0.113.0/24".into()),
+            user_agent: Some("curl/8.5.0".into()),
+            request_id: Some("5f0c6d1e9a7b4c3d8e2f1a0b9c8d7e6f".into()),
+            details: serde_json::json!({ "actor": "admin" }),
+        }
+    }
+}
+
+/// One page of audit events, newest first.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct AuditPage {
+    /// The events of this page.
+    pub events: Vec<AuditEvent>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl Example for AuditPage {
+    fn example() -> Self {
+        AuditPage {
+            events: vec![AuditEvent::example()],
+            next_cursor: Some("AZPzoHwefSqbTF5veoucDg".into()),
+        }
+    }
+}
+
+/// A page of audit events.
+#[derive(ApiResponse)]
+pub enum AuditReply {
+    /// Events matching the filters, newest first.
+    #[oai(status = 200)]
+    Found(Json<AuditPage>),
+}
+
 /// A page of users.
 #[derive(ApiResponse)]
 pub enum UsersReply {
@@ -157,7 +245,7 @@ pub enum DoneReply {
 }
 
 failures! {
-    /// `GET /admin/v1/users`.
+    /// `GET /admin/v1/users` and `GET /admin/v1/audit`.
     ListFailures { BODY = false }: [
         "unauthorized",
         "invalid_request",
@@ -263,6 +351,64 @@ impl AdminApi {
         })))
     }
 
+    /// Audit log
+    ///
+    /// Security events, newest first, `limit` per page (default 50, at most 100); pass
+    /// `next_cursor` back as `cursor` for the next page. `since` includes its instant, `until`
+    /// excludes it (RFC 3339). Events are written in the background: one appears within about
+    /// a second of its request.
+    #[oai(path = "/audit", method = "get", operation_id = "adminListAudit")]
+    #[allow(clippy::too_many_arguments)]
+    async fn list_audit(
+        &self,
+        key: AdminKey,
+        /// Only this user's events (a user id).
+        user_id: Query<Option<String>>,
+        /// Only events of this kind (`user.blocked`, …).
+        #[oai(validator(max_length = 64))]
+        kind: Query<Option<String>>,
+        /// At or after this instant.
+        since: Query<Option<DateTime<Utc>>>,
+        /// Before this instant.
+        until: Query<Option<DateTime<Utc>>>,
+        /// Events per page (1 to 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
+        limit: Query<Option<u32>>,
+        /// `next_cursor` of the previous page.
+        cursor: Query<Option<String>>,
+    ) -> Result<AuditReply, Fails<ListFailures>> {
+        self.check(&key)?;
+        let limit = limit.0.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
+        let user_id = user_id
+            .0
+            .as_deref()
+            .map(|text| {
+                Uuid::parse_str(text).map_err(|_| {
+                    Error::InvalidRequest("`user_id` is not a user id (a UUID).".into())
+                })
+            })
+            .transpose()?;
+        let filter = AuditFilter {
+            user_id,
+            kind: kind.0,
+            since: since.0,
+            until: until.0,
+            before: cursor.0.as_deref().map(parse_cursor).transpose()?,
+            limit: u64::from(limit) + 1,
+        };
+        let mut events = self.auth.admin_audit(&filter).await?;
+        let next_cursor = if events.len() > limit as usize {
+            events.truncate(limit as usize);
+            events.last().map(|e| cursor_of(e.id))
+        } else {
+            None
+        };
+        Ok(AuditReply::Found(Json(AuditPage {
+            events: events.into_iter().map(AuditEvent::from).collect(),
+            next_cursor,
+        })))
+    }
+
     /// One user
     ///
     /// With linked identities and the sessions standing now.
@@ -293,12 +439,16 @@ impl AdminApi {
     )]
     async fn block(
         &self,
+        req: &Request,
         key: AdminKey,
         /// User id.
         id: Path<String>,
     ) -> Result<ChangedReply, Fails<UserFailures>> {
         self.check(&key)?;
-        let user = self.auth.admin_block(user_id(&id.0)?).await?;
+        let user = self
+            .auth
+            .admin_block(user_id(&id.0)?, &client_info(req, None))
+            .await?;
         Ok(ChangedReply::Changed(Json(user.into())))
     }
 
@@ -312,12 +462,16 @@ impl AdminApi {
     )]
     async fn unblock(
         &self,
+        req: &Request,
         key: AdminKey,
         /// User id.
         id: Path<String>,
     ) -> Result<ChangedReply, Fails<UserFailures>> {
         self.check(&key)?;
-        let user = self.auth.admin_unblock(user_id(&id.0)?).await?;
+        let user = self
+            .auth
+            .admin_unblock(user_id(&id.0)?, &client_info(req, None))
+            .await?;
         Ok(ChangedReply::Changed(Json(user.into())))
     }
 
@@ -332,12 +486,15 @@ impl AdminApi {
     )]
     async fn delete_user(
         &self,
+        req: &Request,
         key: AdminKey,
         /// User id.
         id: Path<String>,
     ) -> Result<DoneReply, Fails<UserFailures>> {
         self.check(&key)?;
-        self.auth.admin_delete(user_id(&id.0)?).await?;
+        self.auth
+            .admin_delete(user_id(&id.0)?, &client_info(req, None))
+            .await?;
         Ok(DoneReply::Done)
     }
 
@@ -352,12 +509,15 @@ impl AdminApi {
     )]
     async fn revoke_sessions(
         &self,
+        req: &Request,
         key: AdminKey,
         /// User id.
         id: Path<String>,
     ) -> Result<DoneReply, Fails<UserFailures>> {
         self.check(&key)?;
-        self.auth.admin_revoke_sessions(user_id(&id.0)?).await?;
+        self.auth
+            .admin_revoke_sessions(user_id(&id.0)?, &client_info(req, None))
+            .await?;
         Ok(DoneReply::Done)
     }
 }

@@ -503,10 +503,11 @@ impl AuthApi {
     ) -> Result<LoginReply, Fails<LoginFailures>> {
         // Boxed here, once: the service's future (kilobytes: the store's and the database's
         // futures inside) would otherwise be copied into every boxed layer of the router.
+        let client = client_info(req, None);
         let started = Box::pin(self.auth.login(
             &body.phone,
             body.channel.map(Channel::from),
-            client_ip(req),
+            &client,
         ))
         .await?;
         let (policy, current) = headers(&started.quotas.0, &started.quotas.1).unzip();
@@ -552,9 +553,11 @@ impl AuthApi {
     )]
     async fn refresh_token(
         &self,
+        req: &Request,
         body: Body<RefreshRequest>,
     ) -> Result<Tokens, Fails<RefreshFailures>> {
-        let session = Box::pin(self.auth.refresh(&body.refresh_token)).await?;
+        let client = client_info(req, None);
+        let session = Box::pin(self.auth.refresh(&body.refresh_token, &client)).await?;
         Ok(Tokens::Issued(Json(session.into())))
     }
 
@@ -565,14 +568,15 @@ impl AuthApi {
     /// errors are RFC 6749 §5.2 objects (`{"error": "invalid_grant", "error_description": …}`)
     /// rather than problem documents.
     #[oai(path = "/token", method = "post", operation_id = "token")]
-    async fn token(&self, body: TokenRequest) -> Result<Tokens, OAuthFails> {
+    async fn token(&self, req: &Request, body: TokenRequest) -> Result<Tokens, OAuthFails> {
         let grant = match body {
             TokenRequest::Form(Form(grant)) | TokenRequest::Json(Body(grant)) => grant,
         };
         if grant.grant_type.0 != "refresh_token" {
             return Err(OAuthFails::unsupported_grant_type(&grant.grant_type));
         }
-        let session = Box::pin(self.auth.refresh(&grant.refresh_token)).await?;
+        let client = client_info(req, None);
+        let session = Box::pin(self.auth.refresh(&grant.refresh_token, &client)).await?;
         Ok(Tokens::Issued(Json(session.into())))
     }
 
@@ -597,6 +601,7 @@ impl AuthApi {
     #[oai(path = "/logout", method = "post", operation_id = "logout")]
     async fn logout(
         &self,
+        req: &Request,
         auth: BearerAuth,
         /// `local` (default): this session; `others`: every other session of the user;
         /// `global`: all of them, this one included.
@@ -608,7 +613,9 @@ impl AuthApi {
             Scope::Others => LogoutScope::Others,
             Scope::Global => LogoutScope::Global,
         };
-        self.auth.logout(&claims, scope).await?;
+        self.auth
+            .logout(&claims, scope, &client_info(req, None))
+            .await?;
         Ok(LogoutReply::LoggedOut(Json(LogoutResponse {
             status: "logged_out".into(),
         })))
@@ -620,9 +627,15 @@ impl AuthApi {
     /// opened by a code within `REAUTH_MAX_AGE_SECONDS` (default 5 min): otherwise 403
     /// `reauthentication_required` — have the user log in again, then retry with the new token.
     #[oai(path = "/me", method = "delete", operation_id = "deleteMe")]
-    async fn delete_me(&self, auth: BearerAuth) -> Result<RevokedReply, Fails<DeleteMeFailures>> {
+    async fn delete_me(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+    ) -> Result<RevokedReply, Fails<DeleteMeFailures>> {
         let claims = self.auth.authenticate(&auth.0.token).await?;
-        self.auth.delete_me(&claims).await?;
+        self.auth
+            .delete_me(&claims, &client_info(req, None))
+            .await?;
         Ok(RevokedReply::Revoked)
     }
 
@@ -642,7 +655,7 @@ impl AuthApi {
             &claims,
             &body.phone,
             body.channel.map(Channel::from),
-            client_ip(req),
+            &client_info(req, None),
         ))
         .await?;
         let (policy, current) = headers(&started.quotas.0, &started.quotas.1).unzip();
@@ -719,12 +732,15 @@ impl AuthApi {
     )]
     async fn revoke_session(
         &self,
+        req: &Request,
         auth: BearerAuth,
         /// The session id, from `GET /api/auth/sessions`.
         id: Path<String>,
     ) -> Result<RevokedReply, Fails<RevokeSessionFailures>> {
         let claims = self.auth.authenticate(&auth.0.token).await?;
-        self.auth.revoke_my_session(&claims, &id.0).await?;
+        self.auth
+            .revoke_my_session(&claims, &id.0, &client_info(req, None))
+            .await?;
         Ok(RevokedReply::Revoked)
     }
 }

@@ -205,6 +205,7 @@ impl AppState {
                 messaging: &settings.messaging,
                 app_name: &settings.delivery.app_name,
                 admin: &settings.admin,
+                events: &settings.events,
             },
             store.clone(),
             db.clone(),

@@ -2,11 +2,10 @@
 //! proof of the number ("sudo mode"): a session opened by a code within
 //! `REAUTH_MAX_AGE_SECONDS`, so a stolen access token cannot take the account over later.
 
-use std::net::IpAddr;
-
 use chrono::Utc;
 use uuid::Uuid;
 
+use super::events::EventKind;
 use super::sessions::{ClientInfo, LogoutScope};
 use super::tokens::Claims;
 use super::{AuthService, LoginStarted};
@@ -31,10 +30,15 @@ impl AuthService {
     }
 
     /// Deletes the caller's account: every session revoked, then the user and identities.
-    pub async fn delete_me(&self, claims: &Claims) -> Result<(), Error> {
+    pub async fn delete_me(&self, claims: &Claims, client: &ClientInfo) -> Result<(), Error> {
         let user = self.require_recent_login(claims).await?;
         self.delete_everywhere(user).await?;
         tracing::info!(user_id = %user, "account deleted by its user");
+        self.event(EventKind::UserDeleted)
+            .user(user)
+            .client(client)
+            .detail("actor", "user")
+            .emit();
         Ok(())
     }
 
@@ -65,10 +69,10 @@ impl AuthService {
         claims: &Claims,
         new_phone: &str,
         channel: Option<Channel>,
-        client_ip: Option<IpAddr>,
+        client: &ClientInfo,
     ) -> Result<LoginStarted, Error> {
         self.require_recent_login(claims).await?;
-        self.login(new_phone, channel, client_ip).await
+        self.login(new_phone, channel, client).await
     }
 
     /// Moves the caller's account to `new_phone` once its `code` checks out: the user's number
@@ -136,11 +140,23 @@ impl AuthService {
             }
         };
         tracing::info!(user_id = %user_id, to = %phone.masked(), "phone number changed");
+        let mut event = self
+            .event(EventKind::PhoneChanged)
+            .user(user_id)
+            .phone(&phone)
+            .client(client);
+        if let Some(Ok(previous)) = old.phone.as_deref().map(|p| self.parse_phone(p)) {
+            event = event.detail(
+                "previous_phone_hash",
+                self.otp.keyed_hash("audit-phone", previous.as_str()),
+            );
+        }
+        event.emit();
         if let Some(previous) = old.phone.as_deref() {
             self.tell_old_number(previous);
         }
         if revoke_others {
-            self.logout(claims, LogoutScope::Others).await?;
+            self.logout(claims, LogoutScope::Others, client).await?;
         }
         self.db_query("find_user", crate::db::find_user(&self.db, updated.id))
             .await?

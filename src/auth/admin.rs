@@ -7,6 +7,8 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use super::AuthService;
+use super::events::EventKind;
+use super::sessions::ClientInfo;
 use super::sessions::SessionView;
 use crate::config::admin::admin_key_hash;
 use crate::db::users::{self, UserFilter};
@@ -59,6 +61,18 @@ impl AuthService {
             .await
     }
 
+    /// Audit events matching `filter`, newest first.
+    pub async fn admin_audit(
+        &self,
+        filter: &crate::db::events::AuditFilter,
+    ) -> Result<Vec<crate::db::audit_event::Model>, Error> {
+        self.db_query(
+            "admin_search_audit",
+            crate::db::events::search_audit(&self.db, filter),
+        )
+        .await
+    }
+
     /// A user with identities and standing sessions.
     pub async fn admin_user(&self, id: Uuid) -> Result<UserDetail, Error> {
         let (user, identities) = self
@@ -76,7 +90,7 @@ impl AuthService {
     /// Blocks user `id`: no code reaches their phone, no login or refresh works, and every
     /// session dies on every replica at once. The store's marks first (so a login in flight
     /// cannot open a session after the block), then the database's record.
-    pub async fn admin_block(&self, id: Uuid) -> Result<user::Model, Error> {
+    pub async fn admin_block(&self, id: Uuid, client: &ClientInfo) -> Result<user::Model, Error> {
         let found = self
             .db_query("find_user_by_id", crate::db::find_user_by_id(&self.db, id))
             .await?
@@ -94,29 +108,44 @@ impl AuthService {
             .ok_or(Error::NotFound)?;
         self.metrics.session("revoked");
         tracing::info!(user_id = %id, "user blocked by an operator");
+        self.event(EventKind::UserBlocked)
+            .user(id)
+            .client(client)
+            .detail("actor", "admin")
+            .emit();
         Ok(user)
     }
 
     /// Unblocks user `id` (their old sessions stay revoked).
-    pub async fn admin_unblock(&self, id: Uuid) -> Result<user::Model, Error> {
+    pub async fn admin_unblock(&self, id: Uuid, client: &ClientInfo) -> Result<user::Model, Error> {
         let user = self
             .db_query("admin_unblock", users::set_blocked(&self.db, id, None))
             .await?
             .ok_or(Error::NotFound)?;
         self.mark_blocked(&user, false).await?;
         tracing::info!(user_id = %id, "user unblocked by an operator");
+        self.event(EventKind::UserUnblocked)
+            .user(id)
+            .client(client)
+            .detail("actor", "admin")
+            .emit();
         Ok(user)
     }
 
     /// Deletes user `id` with their identities; their sessions are revoked first.
-    pub async fn admin_delete(&self, id: Uuid) -> Result<(), Error> {
+    pub async fn admin_delete(&self, id: Uuid, client: &ClientInfo) -> Result<(), Error> {
         self.delete_everywhere(id).await?;
         tracing::info!(user_id = %id, "user deleted by an operator");
+        self.event(EventKind::UserDeleted)
+            .user(id)
+            .client(client)
+            .detail("actor", "admin")
+            .emit();
         Ok(())
     }
 
     /// Revokes every session of user `id`, on every replica at once.
-    pub async fn admin_revoke_sessions(&self, id: Uuid) -> Result<(), Error> {
+    pub async fn admin_revoke_sessions(&self, id: Uuid, client: &ClientInfo) -> Result<(), Error> {
         self.db_query("find_user_by_id", crate::db::find_user_by_id(&self.db, id))
             .await?
             .ok_or(Error::NotFound)?;
@@ -125,6 +154,12 @@ impl AuthService {
             .await?;
         self.metrics.session("revoked");
         tracing::info!(user_id = %id, "sessions revoked by an operator");
+        self.event(EventKind::SessionsRevokedAll)
+            .user(id)
+            .client(client)
+            .detail("actor", "admin")
+            .detail("scope", "all")
+            .emit();
         Ok(())
     }
 

@@ -4,7 +4,6 @@
 //! whose steps share the same checks and metrics.
 
 use std::future::Future;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,8 +12,8 @@ use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
 use crate::config::{
-    AdminSettings, LimitSettings, MessagingSettings, OtpSettings, SessionIp, TestNumbers,
-    TokenSettings,
+    AdminSettings, EventSettings, LimitSettings, MessagingSettings, OtpSettings, SessionIp,
+    TestNumbers, TokenSettings,
 };
 use crate::db::{self, identity, user};
 use crate::delivery::{Delivery, Destination, OtpMessage};
@@ -26,11 +25,13 @@ use crate::telemetry::Metrics;
 
 pub mod account;
 pub mod admin;
+pub mod events;
 pub mod intents;
 pub mod otp;
 pub mod sessions;
 pub mod tokens;
 
+use self::events::{EventKind, Events};
 use self::otp::OtpService;
 use self::sessions::ClientInfo;
 use self::tokens::{Claims, TokenKind, TokenPair, TokenService};
@@ -96,6 +97,8 @@ pub struct AuthService {
     session_ip: SessionIp,
     /// How recent a session's login must be to change the number or delete the account.
     reauth_max_age: std::time::Duration,
+    /// The audit log and the event webhook's outbox.
+    events: Events,
 }
 
 /// How many parsed numbers [`AuthService::parse_phone`] keeps (then it starts afresh).
@@ -116,6 +119,8 @@ pub struct AuthConfig<'a> {
     pub app_name: &'a str,
     /// Admin keys and session details.
     pub admin: &'a AdminSettings,
+    /// Audit retention and the event webhook.
+    pub events: &'a EventSettings,
 }
 
 impl AuthService {
@@ -127,6 +132,8 @@ impl AuthService {
         delivery: Delivery,
         metrics: Arc<Metrics>,
     ) -> Result<Self, Error> {
+        let db_for_events = db.clone();
+        let metrics_for_events = metrics.clone();
         Ok(Self {
             otp: OtpService::new(config.otp, store.clone())?,
             tokens: TokenService::new(config.tokens).map_err(Error::Internal)?,
@@ -154,6 +161,12 @@ impl AuthService {
             admin_keys: config.admin.key_hashes.clone(),
             session_ip: config.admin.session_ip,
             reauth_max_age: config.admin.reauth_max_age,
+            events: Events::start(
+                &db_for_events,
+                config.events.webhook.as_ref(),
+                config.events.audit_retention,
+                &metrics_for_events,
+            ),
         })
     }
 
@@ -270,14 +283,24 @@ impl AuthService {
         &self,
         phone: &str,
         channel: Option<Channel>,
-        client_ip: Option<IpAddr>,
+        client: &ClientInfo,
     ) -> Result<LoginStarted, Error> {
+        let client_ip = client.ip;
         let phone = self.parse_phone(phone)?;
         self.check_number_policy(&phone)?;
         let (plan, telegram_chat) = self.delivery_plan(&phone, channel).await?;
         let subjects = self.otp.subjects(&phone);
         if let Some(code) = self.test_numbers.code_for(&phone, Utc::now()) {
-            return self.login_test_number(phone, &subjects, code, &plan).await;
+            let started = self
+                .login_test_number(phone, &subjects, code, &plan)
+                .await?;
+            self.event(EventKind::OtpSent)
+                .phone(&started.phone)
+                .client(client)
+                .detail("channel", started.channel.as_str())
+                .detail("outcome", "test_number")
+                .emit();
+            return Ok(started);
         }
         let quotas = self.quotas.for_send(&phone, &subjects, client_ip);
         let issued = match self.otp.issue(&phone, &subjects, &quotas).await {
@@ -313,6 +336,12 @@ impl AuthService {
                 .with_label_values(&[channel.as_str(), "blocked"])
                 .inc();
             tracing::info!(phone = %phone.masked(), "no code sent: the user is blocked");
+            self.event(EventKind::OtpSent)
+                .phone(&phone)
+                .client(client)
+                .detail("channel", channel.as_str())
+                .detail("outcome", "blocked")
+                .emit();
             return Ok(LoginStarted {
                 channel,
                 expires_in: issued.expires_in.as_secs(),
@@ -366,6 +395,12 @@ impl AuthService {
             return Err(Error::DeliveryFailed);
         };
         tracing::info!(phone = %phone.masked(), channel = %channel, "code sent");
+        self.event(EventKind::OtpSent)
+            .phone(&phone)
+            .client(client)
+            .detail("channel", channel.as_str())
+            .detail("outcome", "sent")
+            .emit();
         Ok(LoginStarted {
             channel,
             expires_in: issued.expires_in.as_secs(),
@@ -453,6 +488,13 @@ impl AuthService {
                         .inc();
                 }
                 tracing::info!(phone = %phone.masked(), outcome = err.code(), "verification refused");
+                if outcome.is_some() {
+                    self.event(EventKind::OtpFailed)
+                        .phone(&phone)
+                        .client(client)
+                        .detail("reason", err.code())
+                        .emit();
+                }
                 return Err(err);
             }
         };
@@ -512,8 +554,19 @@ impl AuthService {
         };
         if created {
             tracing::info!(user_id = %session.user.id, "user created");
+            self.event(EventKind::UserCreated)
+                .user(session.user.id)
+                .phone(&phone)
+                .client(client)
+                .detail("method", "otp")
+                .emit();
         }
         tracing::info!(phone = %phone.masked(), user_id = %session.user.id, "code verified");
+        self.event(EventKind::OtpVerified)
+            .user(session.user.id)
+            .phone(&phone)
+            .client(client)
+            .emit();
         Ok(session)
     }
 
@@ -556,6 +609,11 @@ impl AuthService {
         let tokens = self.tokens.issue_pair(user.id, &sid)?;
         self.metrics.session("issued");
         tracing::info!(user_id = %user.id, "session opened");
+        self.event(EventKind::LoginSucceeded)
+            .user(user.id)
+            .client(client)
+            .detail("session_id", sid.as_str())
+            .emit();
         Ok(LoggedIn { tokens, user })
     }
 
@@ -573,7 +631,11 @@ impl AuthService {
     /// within the grace window gets the same successor refresh token again (concurrent mobile
     /// refreshes; one chain per session); later, the whole session is revoked. The user (one
     /// lookup by primary key; a deleted user's tokens are refused), then one store round trip.
-    pub async fn refresh(&self, refresh_token: &str) -> Result<LoggedIn, Error> {
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        client: &ClientInfo,
+    ) -> Result<LoggedIn, Error> {
         let claims = self.tokens.decode(refresh_token, TokenKind::Refresh)?;
         let user_id = Uuid::parse_str(&claims.sub).map_err(|_| Error::InvalidToken)?;
         // The user first: a database outage answers 503 with the token not spent, so the
@@ -617,6 +679,11 @@ impl AuthService {
                     spent_at_ms / 1000,
                 )?;
                 self.metrics.session("refreshed");
+                self.event(EventKind::TokenRefreshed)
+                    .user(user_id)
+                    .client(client)
+                    .detail("session_id", claims.sid.as_str())
+                    .emit();
                 Ok(LoggedIn { tokens, user })
             }
             RefreshOutcome::Reused => {
@@ -624,6 +691,11 @@ impl AuthService {
                 let _ = self.store.drop_session(&claims.sub, &claims.sid).await;
                 self.metrics.session("reuse_detected");
                 tracing::warn!(user_id = %user_id, "refresh token reuse: session revoked");
+                self.event(EventKind::TokenReused)
+                    .user(user_id)
+                    .client(client)
+                    .detail("session_id", claims.sid.as_str())
+                    .emit();
                 Err(Error::TokenReused)
             }
             RefreshOutcome::Revoked => Err(Error::InvalidToken),

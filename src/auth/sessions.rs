@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::AuthService;
+use super::events::EventKind;
 use super::tokens::Claims;
 use crate::config::SessionIp;
 use crate::domain::net::ip_bucket;
@@ -90,7 +91,23 @@ fn instant(ms: u64) -> DateTime<Utc> {
 impl AuthService {
     /// What session `sid` records about `client`, as the store keeps it (JSON).
     pub(super) fn session_meta(&self, client: &ClientInfo) -> String {
-        let ip = match self.session_ip {
+        let meta = Meta {
+            ua: client
+                .user_agent
+                .as_deref()
+                .map(|ua| clip(ua, USER_AGENT_MAX)),
+            ip: self.shown_ip(client),
+            device: client
+                .device_name
+                .as_deref()
+                .map(|d| clip(d, DEVICE_NAME_MAX)),
+        };
+        serde_json::to_string(&meta).unwrap_or_else(|_| "{}".into())
+    }
+
+    /// The client address as sessions and the audit log keep it (`SESSION_IP`).
+    pub(super) fn shown_ip(&self, client: &ClientInfo) -> Option<String> {
+        match self.session_ip {
             SessionIp::Off => None,
             SessionIp::Full => client.ip.map(|ip| ip.to_canonical().to_string()),
             SessionIp::Truncated => client.ip.map(|ip| match ip.to_canonical() {
@@ -100,19 +117,7 @@ impl AuthService {
                 }
                 v6 => format!("{}/48", ip_bucket(v6, 48)),
             }),
-        };
-        let meta = Meta {
-            ua: client
-                .user_agent
-                .as_deref()
-                .map(|ua| clip(ua, USER_AGENT_MAX)),
-            ip,
-            device: client
-                .device_name
-                .as_deref()
-                .map(|d| clip(d, DEVICE_NAME_MAX)),
-        };
-        serde_json::to_string(&meta).unwrap_or_else(|_| "{}".into())
+        }
     }
 
     /// The sessions of user `user_id`, newest first; `current` marks the one with id `current`.
@@ -153,7 +158,12 @@ impl AuthService {
 
     /// Revokes session `sid` of the caller (404 when it is not one of theirs, or no longer
     /// stands).
-    pub async fn revoke_my_session(&self, claims: &Claims, sid: &str) -> Result<(), Error> {
+    pub async fn revoke_my_session(
+        &self,
+        claims: &Claims,
+        sid: &str,
+        client: &ClientInfo,
+    ) -> Result<(), Error> {
         let user = user_id(claims)?;
         if !self
             .sessions_of(user, None)
@@ -170,11 +180,22 @@ impl AuthService {
         self.store.drop_session(&user.to_string(), sid).await?;
         self.metrics.session("revoked");
         tracing::info!(user_id = %claims.sub, "session revoked by its user");
+        self.event(EventKind::SessionRevoked)
+            .user(user_id(claims)?)
+            .client(client)
+            .detail("scope", "session")
+            .detail("session_id", sid)
+            .emit();
         Ok(())
     }
 
     /// Ends the caller's session, their other sessions, or all of them, on every replica.
-    pub async fn logout(&self, claims: &Claims, scope: LogoutScope) -> Result<(), Error> {
+    pub async fn logout(
+        &self,
+        claims: &Claims,
+        scope: LogoutScope,
+        client: &ClientInfo,
+    ) -> Result<(), Error> {
         let user = user_id(claims)?;
         let ttl = self.tokens.longest_lifetime();
         match scope {
@@ -198,6 +219,17 @@ impl AuthService {
         }
         self.metrics.session("revoked");
         tracing::info!(user_id = %claims.sub, scope = ?scope, "sessions revoked by logout");
+        let scope = match scope {
+            LogoutScope::Local => "local",
+            LogoutScope::Others => "others",
+            LogoutScope::Global => "global",
+        };
+        self.event(EventKind::SessionRevoked)
+            .user(user)
+            .client(client)
+            .detail("scope", scope)
+            .detail("session_id", claims.sid.as_str())
+            .emit();
         Ok(())
     }
 }

@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod delivery;
 pub mod env;
+pub mod events;
 pub mod limits;
 pub mod lint;
 pub mod messaging;
@@ -29,6 +30,7 @@ pub use delivery::{
     DEFAULT_MESSAGE_TEMPLATE, DeliverySettings, TelegramSettings, TwilioSettings, WhatsappSettings,
 };
 pub use env::{ConfigError, ConfigErrors, SECRET_VARIABLES, env_lookup, parse_dotenv};
+pub use events::{EventSettings, WebhookSettings};
 pub use limits::LimitSettings;
 pub use messaging::MessagingSettings;
 pub use otp::{OtpSettings, Pepper, TestNumbers};
@@ -73,6 +75,8 @@ pub struct Settings {
     pub messaging: MessagingSettings,
     /// Admin API keys and session details.
     pub admin: AdminSettings,
+    /// The audit log's retention and the event webhook.
+    pub events: EventSettings,
 }
 
 impl Settings {
@@ -119,6 +123,7 @@ impl Settings {
         let delivery = env.section(DeliverySettings::from_env(&env, production));
         let messaging = env.section(MessagingSettings::from_env(&env));
         let admin = env.section(AdminSettings::from_env(&env));
+        let events = env.section(EventSettings::from_env(&env));
         let (
             Some(tokens),
             Some(otp),
@@ -128,8 +133,9 @@ impl Settings {
             Some(delivery),
             Some(messaging),
             Some(admin),
+            Some(events),
         ) = (
-            tokens, otp, limits, server, store, delivery, messaging, admin,
+            tokens, otp, limits, server, store, delivery, messaging, admin, events,
         )
         else {
             env.finish()?;
@@ -145,6 +151,7 @@ impl Settings {
             delivery,
             messaging,
             admin,
+            events,
         };
         for err in settings.production_problems() {
             env.report(err);

@@ -13,11 +13,12 @@ use sea_orm::{
 use uuid::Uuid;
 
 pub mod entities;
+pub mod events;
 pub mod hot;
 pub mod touches;
 pub mod users;
 
-pub use entities::{identity, user};
+pub use entities::{audit_event, event_outbox, identity, user};
 
 /// Opens a connection pool. SQLite gets one connection (it serialises writers anyway), WAL and a
 /// busy timeout; PostgreSQL and MySQL/MariaDB get `max_connections` (sqlx sets MySQL sessions to
@@ -213,6 +214,17 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), SetupError> {
     }
     Migrator::up(db, None).await?;
     Ok(())
+}
+
+/// An instant as a query parameter. MySQL/MariaDB: sqlx sends a `DateTime<Utc>` as a TIMESTAMP,
+/// which ends in 2038 (a later bound compares as nothing); as a DATETIME (the columns' type,
+/// holding UTC) it compares right. Other backends: as it is.
+pub fn instant_param(db: &DatabaseConnection, at: DateTime<Utc>) -> sea_orm::Value {
+    if db.get_database_backend() == DatabaseBackend::MySql {
+        at.naive_utc().into()
+    } else {
+        at.into()
+    }
 }
 
 /// Checks that the database answers (readiness).

@@ -36,21 +36,22 @@ pub async fn search_users(
     filter: &UserFilter,
 ) -> Result<Vec<user::Model>, DbErr> {
     let mut query = user::Entity::find();
+    let instant = |at| super::instant_param(db, at);
     if let Some(prefix) = &filter.phone_prefix {
         // A `+` and digits only (checked at the edge): nothing LIKE would read as a wildcard.
         query = query.filter(user::Column::Phone.starts_with(prefix.as_str()));
     }
     if let Some(at) = filter.created_from {
-        query = query.filter(user::Column::CreatedAt.gte(at));
+        query = query.filter(user::Column::CreatedAt.gte(instant(at)));
     }
     if let Some(at) = filter.created_to {
-        query = query.filter(user::Column::CreatedAt.lt(at));
+        query = query.filter(user::Column::CreatedAt.lt(instant(at)));
     }
     if let Some(at) = filter.last_login_from {
-        query = query.filter(user::Column::LastLoginAt.gte(at));
+        query = query.filter(user::Column::LastLoginAt.gte(instant(at)));
     }
     if let Some(at) = filter.last_login_to {
-        query = query.filter(user::Column::LastLoginAt.lt(at));
+        query = query.filter(user::Column::LastLoginAt.lt(instant(at)));
     }
     match filter.blocked {
         Some(true) => query = query.filter(user::Column::BlockedAt.is_not_null()),

@@ -8,6 +8,7 @@
 //! - [`country`]: ISO 3166 country codes and per-country caps.
 //! - [`secret`]: values that never print, redacted connection strings.
 //! - [`ids`]: random and time-ordered UUIDs from the thread-local CSPRNG.
+//! - [`webhook`]: Standard Webhooks secrets and signatures for outbound events.
 
 pub mod channel;
 pub mod country;
@@ -17,3 +18,4 @@ pub mod phone;
 pub mod phone_type;
 pub mod quota;
 pub mod secret;
+pub mod webhook;

@@ -174,7 +174,15 @@ impl Replier {
     /// Sends a code for `phone` over `channel` through the normal login (same limits). Returns
     /// what to tell the user when a limit refused; other failures are logged and counted.
     async fn send_code(&self, phone: &str, channel: Channel) -> Option<String> {
-        match self.auth.login(phone, Some(channel), None).await {
+        match self
+            .auth
+            .login(
+                phone,
+                Some(channel),
+                &crate::auth::sessions::ClientInfo::default(),
+            )
+            .await
+        {
             Ok(_) => None,
             Err(Error::RateLimited { retry_after, .. }) => Some(format!(
                 "Too many codes were asked for this number. Try again in {} minute(s).",

@@ -187,6 +187,8 @@ pub struct TestApp {
     pub metrics: Option<String>,
     /// The database URL the instances share.
     pub database_url: String,
+    /// The settings instance B started with (for more replicas).
+    pub env: HashMap<String, String>,
 }
 
 /// A valid Indian mobile number (`+91 9…`) that no other test uses.
@@ -264,10 +266,10 @@ pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)]) -> Tes
     }
     let database_url = env["DATABASE_URL"].clone();
     let (a, metrics) = start(&env).await;
+    // The second replica does not migrate, as in a deployment with a migration job.
+    let mut env_b = env.clone();
+    env_b.insert("RUN_MIGRATIONS".into(), "false".into());
     let b = if backend.shared() {
-        // The second replica does not migrate, as in a deployment with a migration job.
-        let mut env_b = env.clone();
-        env_b.insert("RUN_MIGRATIONS".into(), "false".into());
         start(&env_b).await.0
     } else {
         a.clone()
@@ -280,6 +282,7 @@ pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)]) -> Tes
         mariadb,
         metrics,
         database_url,
+        env: env_b,
     }
 }
 
@@ -438,6 +441,15 @@ impl Reply {
 }
 
 impl TestApp {
+    /// Starts one more replica on the same database (and Redis), with `overrides`; its base URL.
+    pub async fn start_replica(&self, overrides: &[(&str, &str)]) -> String {
+        let mut env = self.env.clone();
+        for (k, v) in overrides {
+            env.insert(k.to_string(), v.to_string());
+        }
+        start(&env).await.0
+    }
+
     /// Makes the app's PostgreSQL or MariaDB database refuse (`false`) or accept (`true`)
     /// connections; refusing also ends the connections the app holds.
     pub async fn set_database_connections(&self, allow: bool) {

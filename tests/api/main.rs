@@ -11,6 +11,7 @@ mod contract;
 mod db;
 mod delivery;
 mod drain;
+mod events;
 mod failover;
 mod first_hour;
 mod flows;

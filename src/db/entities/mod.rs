@@ -1,4 +1,6 @@
-//! SeaORM entities (kept in step with `migration/` by hand; both are small).
+//! SeaORM entities (kept in step with `migration/` by hand; all are small).
 
+pub mod audit_event;
+pub mod event_outbox;
 pub mod identity;
 pub mod user;

@@ -1,0 +1,434 @@
+//! Security events: each one an audit row, and for some an outbound webhook event. A flow
+//! emits with one call, `self.event(EventKind::UserBlocked).user(id).client(client).emit()`:
+//! one non-blocking queue push, no await ([`crate::db::events`] writes in the background).
+//!
+//! The delivery task (one per replica, when `EVENT_WEBHOOK_URL` is set) claims due outbox rows,
+//! signs each the Standard Webhooks way and posts it; 2xx is delivered, anything else is
+//! retried with exponential backoff (`EVENT_WEBHOOK_RETRY_BASE_MS` doubling up to an hour)
+//! until `EVENT_WEBHOOK_MAX_ATTEMPTS` or three days, then given up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{SecondsFormat, Utc};
+use sea_orm::DatabaseConnection;
+use serde_json::{Map, Value, json};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use super::AuthService;
+use super::sessions::ClientInfo;
+use crate::config::WebhookSettings;
+use crate::db::event_outbox;
+use crate::db::events::{self as store, EventLog, EventLogMetrics, EventRecord};
+use crate::domain::phone::Phone;
+use crate::domain::webhook::signature;
+use crate::telemetry::Metrics;
+
+/// The longest user agent an audit row keeps (characters).
+const USER_AGENT_MAX: usize = 256;
+/// Retries are never further apart than this.
+const RETRY_CAP: Duration = Duration::from_secs(3600);
+/// An event is given up this long after it happened, whatever its attempts.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(3 * 24 * 3600);
+/// Events one replica claims at once.
+const CLAIM: u64 = 16;
+/// How often an idle delivery task looks for due events (new events wake it at once).
+const POLL: Duration = Duration::from_secs(1);
+/// How often the retention task runs.
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+
+/// What happened. The audit `kind` is [`EventKind::as_str`]; some kinds are also webhook events
+/// ([`EventKind::webhook_type`]). A new kind is a variant and a line in each match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// A code was issued (sent, or withheld from a blocked number, or a test number's).
+    OtpSent,
+    /// A code was verified.
+    OtpVerified,
+    /// A code was refused (wrong, expired, burned, rate limited).
+    OtpFailed,
+    /// A session was opened (any login method).
+    LoginSucceeded,
+    /// A refresh token was rotated.
+    TokenRefreshed,
+    /// A spent refresh token came back: its session is revoked.
+    TokenReused,
+    /// Sessions were revoked by their user (logout, `DELETE /api/auth/sessions/{id}`).
+    SessionRevoked,
+    /// An operator revoked every session of a user.
+    SessionsRevokedAll,
+    /// A user was created.
+    UserCreated,
+    /// An operator blocked a user.
+    UserBlocked,
+    /// An operator unblocked a user.
+    UserUnblocked,
+    /// An operator deleted a user.
+    UserDeleted,
+    /// A user's phone number changed (reserved).
+    PhoneChanged,
+    /// Another operator action.
+    AdminAction,
+}
+
+impl EventKind {
+    /// The audit kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::OtpSent => "otp.sent",
+            EventKind::OtpVerified => "otp.verified",
+            EventKind::OtpFailed => "otp.failed",
+            EventKind::LoginSucceeded => "login.succeeded",
+            EventKind::TokenRefreshed => "token.refreshed",
+            EventKind::TokenReused => "token.reused",
+            EventKind::SessionRevoked => "session.revoked",
+            EventKind::SessionsRevokedAll => "sessions.revoked_all",
+            EventKind::UserCreated => "user.created",
+            EventKind::UserBlocked => "user.blocked",
+            EventKind::UserUnblocked => "user.unblocked",
+            EventKind::UserDeleted => "user.deleted",
+            EventKind::PhoneChanged => "phone.changed",
+            EventKind::AdminAction => "admin.action",
+        }
+    }
+
+    /// The webhook event type, for the kinds sent to `EVENT_WEBHOOK_URL`.
+    pub fn webhook_type(self) -> Option<&'static str> {
+        match self {
+            EventKind::UserCreated => Some("user.created"),
+            EventKind::LoginSucceeded => Some("login.succeeded"),
+            EventKind::OtpFailed => Some("otp.failed"),
+            EventKind::SessionRevoked | EventKind::SessionsRevokedAll => Some("session.revoked"),
+            EventKind::UserBlocked => Some("user.blocked"),
+            EventKind::UserDeleted => Some("user.deleted"),
+            EventKind::PhoneChanged => Some("phone.changed"),
+            EventKind::OtpSent
+            | EventKind::OtpVerified
+            | EventKind::TokenRefreshed
+            | EventKind::TokenReused
+            | EventKind::UserUnblocked
+            | EventKind::AdminAction => None,
+        }
+    }
+}
+
+/// The audit writer and whether webhook events are queued.
+pub(super) struct Events {
+    log: EventLog,
+    webhook: bool,
+}
+
+impl Events {
+    /// Starts the writer; with `webhook`, the delivery task too; with `retention`, the
+    /// retention task.
+    pub(super) fn start(
+        db: &DatabaseConnection,
+        webhook: Option<&WebhookSettings>,
+        retention: Option<Duration>,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
+        let written = Arc::new(Notify::new());
+        let log = EventLog::start(
+            db.clone(),
+            store::QUEUE,
+            EventLogMetrics {
+                dropped: metrics.audit_dropped.clone(),
+                failed_batches: metrics.audit_batch_failures.clone(),
+            },
+            written.clone(),
+        );
+        if let Some(settings) = webhook {
+            tokio::spawn(deliver(
+                db.clone(),
+                settings.clone(),
+                metrics.clone(),
+                written,
+            ));
+        }
+        if let Some(retention) = retention {
+            tokio::spawn(keep_for(db.clone(), retention));
+        }
+        Self {
+            log,
+            webhook: webhook.is_some(),
+        }
+    }
+}
+
+/// An event being described; [`Event::emit`] queues it.
+#[must_use = "an event does nothing until emitted"]
+pub struct Event<'a> {
+    auth: &'a AuthService,
+    kind: EventKind,
+    user_id: Option<Uuid>,
+    phone_hash: Option<String>,
+    client: Option<&'a ClientInfo>,
+    details: Map<String, Value>,
+}
+
+impl AuthService {
+    /// Starts describing a `kind` event.
+    pub fn event(&self, kind: EventKind) -> Event<'_> {
+        Event {
+            auth: self,
+            kind,
+            user_id: None,
+            phone_hash: None,
+            client: None,
+            details: Map::new(),
+        }
+    }
+}
+
+impl<'a> Event<'a> {
+    /// The user concerned.
+    pub fn user(mut self, id: Uuid) -> Self {
+        self.user_id = Some(id);
+        self
+    }
+
+    /// The phone concerned (kept as `keyed_hash("audit-phone", e164)`).
+    pub fn phone(mut self, phone: &Phone) -> Self {
+        self.phone_hash = Some(self.auth.otp.keyed_hash("audit-phone", phone.as_str()));
+        self
+    }
+
+    /// The client that asked (network, user agent).
+    pub fn client(mut self, client: &'a ClientInfo) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// A detail (never a code, token, secret or phone number).
+    pub fn detail(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.details.insert(key.to_string(), value.into());
+        self
+    }
+
+    /// Queues the event: one non-blocking push (dropped and counted when the queue is full).
+    pub fn emit(self) {
+        let at = Utc::now();
+        let id = crate::domain::ids::time_ordered_uuid(at.timestamp_millis().max(0) as u64);
+        let webhook = match self.kind.webhook_type() {
+            Some(kind) if self.auth.events.webhook => {
+                let mut data = Map::new();
+                if let Some(user) = self.user_id {
+                    data.insert("user_id".into(), user.to_string().into());
+                }
+                if let Some(hash) = &self.phone_hash {
+                    data.insert("phone_hash".into(), hash.clone().into());
+                }
+                data.extend(self.details.clone());
+                let body = json!({
+                    "type": kind,
+                    "timestamp": at.to_rfc3339_opts(SecondsFormat::Millis, true),
+                    "data": data,
+                });
+                Some((kind, body.to_string()))
+            }
+            _ => None,
+        };
+        let client = self.client;
+        self.auth.events.log.record(EventRecord {
+            id,
+            at,
+            kind: self.kind.as_str(),
+            user_id: self.user_id,
+            phone_hash: self.phone_hash,
+            ip: client.and_then(|c| self.auth.shown_ip(c)),
+            user_agent: client.and_then(|c| c.user_agent.as_deref()).map(|ua| {
+                ua.chars()
+                    .filter(|c| !c.is_control())
+                    .take(USER_AGENT_MAX)
+                    .collect()
+            }),
+            request_id: crate::telemetry::current_request_id(),
+            details: Value::Object(self.details),
+            webhook,
+        });
+    }
+}
+
+/// The delay before attempt `attempts + 1` after `attempts` failed: `base` doubling, capped.
+pub fn backoff(base: Duration, attempts: u32) -> Duration {
+    let factor = 2u32.saturating_pow(attempts.saturating_sub(1).min(30));
+    base.saturating_mul(factor).min(RETRY_CAP)
+}
+
+/// The delivery task: claims due events, delivers them, repeats; wakes when events are written
+/// here or every second.
+async fn deliver(
+    db: DatabaseConnection,
+    settings: WebhookSettings,
+    metrics: Arc<Metrics>,
+    written: Arc<Notify>,
+) {
+    let client = match reqwest::Client::builder()
+        .timeout(settings.timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(client) => client,
+        Err(err) => {
+            tracing::error!(error = %err, "event webhook: no HTTP client; events are not delivered");
+            return;
+        }
+    };
+    let lease = chrono::Duration::from_std(settings.lease).unwrap_or(chrono::Duration::seconds(60));
+    loop {
+        let now = Utc::now();
+        match store::oldest_pending(&db).await {
+            Ok(oldest) => metrics.webhook_lag.set(oldest.map_or(0.0, |at| {
+                (now - at).num_milliseconds().max(0) as f64 / 1000.0
+            })),
+            Err(err) => tracing::debug!(error = %err, "event webhook: lag not measured"),
+        }
+        let owner = crate::domain::ids::random_uuid();
+        let claimed = store::claim_outbox(&db, now, now + lease, owner, CLAIM).await;
+        let rows = match claimed {
+            Ok(rows) => rows,
+            Err(err) => {
+                tracing::warn!(error = %err, "event webhook: could not claim events");
+                Vec::new()
+            }
+        };
+        if rows.is_empty() {
+            let _ = tokio::time::timeout(POLL, written.notified()).await;
+            continue;
+        }
+        let attempts = rows
+            .into_iter()
+            .map(|row| attempt(&db, &client, &settings, &metrics, owner, row));
+        futures_util::future::join_all(attempts).await;
+    }
+}
+
+/// One attempt at event `row`, and its bookkeeping.
+async fn attempt(
+    db: &DatabaseConnection,
+    client: &reqwest::Client,
+    settings: &WebhookSettings,
+    metrics: &Metrics,
+    owner: Uuid,
+    row: event_outbox::Model,
+) {
+    let timestamp = Utc::now().timestamp();
+    let id = row.id.to_string();
+    let sent = client
+        .post(&settings.url)
+        .header("content-type", "application/json")
+        .header("webhook-id", &id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header(
+            "webhook-signature",
+            signature(&settings.key, &id, timestamp, row.payload.as_bytes()),
+        )
+        .body(row.payload.clone())
+        .send()
+        .await;
+    let error = match sent {
+        Ok(resp) if resp.status().is_success() => None,
+        Ok(resp) => Some(format!("HTTP {}", resp.status().as_u16())),
+        Err(err) if err.is_timeout() => Some("timeout".to_string()),
+        Err(err) if err.is_connect() => Some("connection failed".to_string()),
+        Err(_) => Some("request failed".to_string()),
+    };
+    let Some(error) = error else {
+        metrics
+            .webhook_deliveries
+            .with_label_values(&["delivered"])
+            .inc();
+        if let Err(err) = store::outbox_delivered(db, row.id, owner).await {
+            // Delivered, not recorded: delivered again later (at least once).
+            tracing::warn!(error = %err, event = %row.id, "event webhook: delivery not recorded");
+        }
+        return;
+    };
+    let attempts = u32::try_from(row.attempts).unwrap_or(u32::MAX);
+    let next = Utc::now()
+        + chrono::Duration::from_std(backoff(settings.retry_base, attempts))
+            .unwrap_or(chrono::Duration::hours(1));
+    let too_old =
+        chrono::Duration::from_std(GIVE_UP_AFTER).is_ok_and(|limit| next - row.created_at > limit);
+    let give_up = attempts >= settings.max_attempts || too_old;
+    let outcome = if give_up { "gave_up" } else { "failed_attempt" };
+    metrics
+        .webhook_deliveries
+        .with_label_values(&[outcome])
+        .inc();
+    if give_up {
+        tracing::warn!(event = %row.id, kind = row.kind, attempts, error, "event webhook: given up");
+    } else {
+        tracing::info!(event = %row.id, kind = row.kind, attempts, error, "event webhook: attempt failed");
+    }
+    let next = (!give_up).then_some(next);
+    if let Err(err) = store::outbox_failed(db, row.id, owner, next, &error).await {
+        tracing::warn!(error = %err, event = %row.id, "event webhook: attempt not recorded");
+    }
+}
+
+/// The retention task: every hour, deletes audit events older than `retention`.
+async fn keep_for(db: DatabaseConnection, retention: Duration) {
+    let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(90));
+    loop {
+        // Not at start-up (the first requests come first), then hourly.
+        tokio::time::sleep(RETENTION_EVERY).await;
+        match store::delete_before(&db, Utc::now() - retention).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "audit events past their retention deleted"),
+            Err(err) => tracing::warn!(error = %err, "audit retention: delete failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_base_up_to_an_hour() {
+        let base = Duration::from_secs(5);
+        assert_eq!(backoff(base, 1), Duration::from_secs(5));
+        assert_eq!(backoff(base, 2), Duration::from_secs(10));
+        assert_eq!(backoff(base, 3), Duration::from_secs(20));
+        assert_eq!(backoff(base, 12), RETRY_CAP);
+        assert_eq!(backoff(base, 1000), RETRY_CAP);
+    }
+
+    #[test]
+    fn kinds_are_distinct_and_some_go_to_the_webhook() {
+        let all = [
+            EventKind::OtpSent,
+            EventKind::OtpVerified,
+            EventKind::OtpFailed,
+            EventKind::LoginSucceeded,
+            EventKind::TokenRefreshed,
+            EventKind::TokenReused,
+            EventKind::SessionRevoked,
+            EventKind::SessionsRevokedAll,
+            EventKind::UserCreated,
+            EventKind::UserBlocked,
+            EventKind::UserUnblocked,
+            EventKind::UserDeleted,
+            EventKind::PhoneChanged,
+            EventKind::AdminAction,
+        ];
+        let names: std::collections::HashSet<_> = all.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), all.len());
+        let hooks: std::collections::HashSet<_> =
+            all.iter().filter_map(|k| k.webhook_type()).collect();
+        for t in [
+            "user.created",
+            "login.succeeded",
+            "otp.failed",
+            "session.revoked",
+            "user.blocked",
+            "user.deleted",
+            "phone.changed",
+        ] {
+            assert!(hooks.contains(t), "{t}");
+        }
+        assert_eq!(hooks.len(), 7);
+    }
+}

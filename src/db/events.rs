@@ -1,0 +1,525 @@
+//! The audit log and the webhook outbox in SQL: the writer that records events off the request
+//! path, the admin API's search, retention, and the outbox claims replicas deliver from.
+//!
+//! A request queues its events ([`EventLog::record`], never waits); one background task writes
+//! whatever has queued up in one multi-row `INSERT` per table and batch, in one transaction (an
+//! event meant for the webhook gets its outbox row with its audit row, or neither). The queue
+//! is bounded: when the database falls that far behind, events are dropped and counted, never
+//! the request. A batch the database refuses (twice) is dropped and counted too.
+//!
+//! Outbox claims: a replica takes due rows by setting a lease (`locked_until`) and a claim id
+//! (`locked_by`); PostgreSQL and MySQL/MariaDB select them `FOR UPDATE SKIP LOCKED` in a short
+//! transaction, so replicas claiming at once take different rows; SQLite (one process) claims
+//! each row by a conditional `UPDATE`. Finishing an attempt checks the claim id, so a replica
+//! whose lease ran out (and whose row another replica took) changes nothing.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType};
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+};
+use tokio::sync::{Notify, mpsc};
+use uuid::Uuid;
+
+use super::entities::{audit_event, event_outbox};
+
+/// Events queued at most (then events are dropped until the writer catches up).
+pub const QUEUE: usize = 8192;
+/// Events written per statement at most.
+const BATCH: usize = 256;
+/// Rows the retention task deletes per statement.
+const DELETE_CHUNK: u64 = 1000;
+
+/// One event as the writer stores it.
+#[derive(Debug, Clone)]
+pub struct EventRecord {
+    /// UUID v7: the audit row's id, the outbox row's id and the `webhook-id`.
+    pub id: Uuid,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// The audit kind (`otp.sent`, …).
+    pub kind: &'static str,
+    /// The user concerned.
+    pub user_id: Option<Uuid>,
+    /// A keyed hash of the phone concerned.
+    pub phone_hash: Option<String>,
+    /// The client's network as sessions keep it.
+    pub ip: Option<String>,
+    /// The client's `User-Agent` (bounded).
+    pub user_agent: Option<String>,
+    /// The request id.
+    pub request_id: Option<String>,
+    /// The event's details (a JSON object).
+    pub details: serde_json::Value,
+    /// For the event webhook: its type and the body to send, exactly.
+    pub webhook: Option<(&'static str, String)>,
+}
+
+/// What the writer counts.
+#[derive(Clone)]
+pub struct EventLogMetrics {
+    /// Events not written: the queue was full, or their batch failed.
+    pub dropped: prometheus::IntCounter,
+    /// Batches the database refused.
+    pub failed_batches: prometheus::IntCounter,
+}
+
+/// The queue of events to write (cheap to clone).
+#[derive(Clone)]
+pub struct EventLog {
+    queue: mpsc::Sender<EventRecord>,
+    dropped: prometheus::IntCounter,
+}
+
+impl EventLog {
+    /// Starts the writer for `db` (a task on the current runtime) with room for `capacity`
+    /// events; `outbox_written` is told whenever outbox rows were committed.
+    pub fn start(
+        db: DatabaseConnection,
+        capacity: usize,
+        metrics: EventLogMetrics,
+        outbox_written: Arc<Notify>,
+    ) -> Self {
+        let (queue, pending) = mpsc::channel(capacity.max(1));
+        let dropped = metrics.dropped.clone();
+        tokio::spawn(write_batches(db, pending, metrics, outbox_written));
+        Self { queue, dropped }
+    }
+
+    /// Queues `event`. False when the queue is full (the event is dropped and counted).
+    pub fn record(&self, event: EventRecord) -> bool {
+        let queued = self.queue.try_send(event).is_ok();
+        if !queued {
+            self.dropped.inc();
+        }
+        queued
+    }
+}
+
+async fn write_batches(
+    db: DatabaseConnection,
+    mut pending: mpsc::Receiver<EventRecord>,
+    metrics: EventLogMetrics,
+    outbox_written: Arc<Notify>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while pending.recv_many(&mut batch, BATCH).await > 0 {
+        let mut result = write(&db, &batch).await;
+        if result.is_err() {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            result = write(&db, &batch).await;
+        }
+        match result {
+            Ok(()) => {
+                if batch.iter().any(|e| e.webhook.is_some()) {
+                    outbox_written.notify_one();
+                }
+            }
+            Err(err) => {
+                metrics.failed_batches.inc();
+                metrics.dropped.inc_by(batch.len() as u64);
+                tracing::warn!(error = %err, events = batch.len(), "could not write audit events");
+            }
+        }
+        batch.clear();
+    }
+}
+
+async fn write(db: &DatabaseConnection, batch: &[EventRecord]) -> Result<(), DbErr> {
+    let audit: Vec<audit_event::ActiveModel> = batch
+        .iter()
+        .map(|e| audit_event::ActiveModel {
+            id: Set(e.id),
+            at: Set(e.at),
+            kind: Set(e.kind.to_string()),
+            user_id: Set(e.user_id),
+            phone_hash: Set(e.phone_hash.clone()),
+            ip: Set(e.ip.clone()),
+            user_agent: Set(e.user_agent.clone()),
+            request_id: Set(e.request_id.clone()),
+            details: Set(e.details.clone()),
+        })
+        .collect();
+    let outbox: Vec<event_outbox::ActiveModel> = batch
+        .iter()
+        .filter_map(|e| {
+            let (kind, payload) = e.webhook.as_ref()?;
+            Some(event_outbox::ActiveModel {
+                id: Set(e.id),
+                kind: Set(kind.to_string()),
+                payload: Set(payload.clone()),
+                created_at: Set(e.at),
+                next_attempt_at: Set(e.at),
+                attempts: Set(0),
+                locked_until: Set(None),
+                locked_by: Set(None),
+                failed_at: Set(None),
+                last_error: Set(None),
+            })
+        })
+        .collect();
+    if audit.is_empty() {
+        return Ok(());
+    }
+    let txn = db.begin().await?;
+    audit_event::Entity::insert_many(audit).exec(&txn).await?;
+    if !outbox.is_empty() {
+        event_outbox::Entity::insert_many(outbox).exec(&txn).await?;
+    }
+    txn.commit().await
+}
+
+/// Which audit events a search returns, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only this user's.
+    pub user_id: Option<Uuid>,
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// At or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Before.
+    pub until: Option<DateTime<Utc>>,
+    /// Older than this id (the cursor).
+    pub before: Option<Uuid>,
+    /// At most this many.
+    pub limit: u64,
+}
+
+/// The audit events `filter` selects, newest first (by id: UUID v7, so by time).
+pub async fn search_audit(
+    db: &DatabaseConnection,
+    filter: &AuditFilter,
+) -> Result<Vec<audit_event::Model>, DbErr> {
+    let mut query = audit_event::Entity::find();
+    if let Some(user) = filter.user_id {
+        query = query.filter(audit_event::Column::UserId.eq(user));
+    }
+    if let Some(kind) = &filter.kind {
+        query = query.filter(audit_event::Column::Kind.eq(kind.as_str()));
+    }
+    let instant = |at| super::instant_param(db, at);
+    if let Some(at) = filter.since {
+        query = query.filter(audit_event::Column::At.gte(instant(at)));
+    }
+    if let Some(at) = filter.until {
+        query = query.filter(audit_event::Column::At.lt(instant(at)));
+    }
+    if let Some(before) = filter.before {
+        query = query.filter(audit_event::Column::Id.lt(before));
+    }
+    query
+        .order_by_desc(audit_event::Column::Id)
+        .limit(filter.limit)
+        .all(db)
+        .await
+}
+
+/// Deletes audit events from before `cutoff`, [`DELETE_CHUNK`] rows per statement (so no
+/// statement holds locks for long), and outbox events given up before it. How many audit rows.
+pub async fn delete_before(db: &DatabaseConnection, cutoff: DateTime<Utc>) -> Result<u64, DbErr> {
+    let mut deleted = 0;
+    loop {
+        let ids: Vec<Uuid> = audit_event::Entity::find()
+            .select_only()
+            .column(audit_event::Column::Id)
+            .filter(audit_event::Column::At.lt(cutoff))
+            .limit(DELETE_CHUNK)
+            .into_tuple()
+            .all(db)
+            .await?;
+        if ids.is_empty() {
+            break;
+        }
+        let chunk = ids.len() as u64;
+        deleted += audit_event::Entity::delete_many()
+            .filter(audit_event::Column::Id.is_in(ids))
+            .exec(db)
+            .await?
+            .rows_affected;
+        if chunk < DELETE_CHUNK {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    event_outbox::Entity::delete_many()
+        .filter(event_outbox::Column::FailedAt.lt(cutoff))
+        .exec(db)
+        .await?;
+    Ok(deleted)
+}
+
+/// Outbox rows due now and not leased: oldest due first.
+fn due(now: DateTime<Utc>) -> Condition {
+    Condition::all()
+        .add(event_outbox::Column::FailedAt.is_null())
+        .add(event_outbox::Column::NextAttemptAt.lte(now))
+        .add(
+            Condition::any()
+                .add(event_outbox::Column::LockedUntil.is_null())
+                .add(event_outbox::Column::LockedUntil.lte(now)),
+        )
+}
+
+/// Claims up to `limit` due outbox rows for `owner` until `lease_until` (each claim counts as
+/// an attempt); the rows claimed.
+pub async fn claim_outbox(
+    db: &DatabaseConnection,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+    owner: Uuid,
+    limit: u64,
+) -> Result<Vec<event_outbox::Model>, DbErr> {
+    if db.get_database_backend() != DatabaseBackend::Sqlite {
+        match claim_skip_locked(db, now, lease_until, owner, limit).await {
+            Ok(rows) => return Ok(rows),
+            // A server without SKIP LOCKED (MariaDB 10.5): the conditional claim below.
+            Err(err) if err.to_string().to_ascii_lowercase().contains("syntax") => {}
+            Err(err) => return Err(err),
+        }
+    }
+    let candidates: Vec<Uuid> = event_outbox::Entity::find()
+        .select_only()
+        .column(event_outbox::Column::Id)
+        .filter(due(now))
+        .order_by_asc(event_outbox::Column::NextAttemptAt)
+        .limit(limit)
+        .into_tuple()
+        .all(db)
+        .await?;
+    let mut claimed = Vec::with_capacity(candidates.len());
+    for id in candidates {
+        let taken = lease(event_outbox::Entity::update_many(), lease_until, owner)
+            .filter(event_outbox::Column::Id.eq(id))
+            .filter(due(now))
+            .exec(db)
+            .await?;
+        if taken.rows_affected == 1 {
+            claimed.push(id);
+        }
+    }
+    if claimed.is_empty() {
+        return Ok(Vec::new());
+    }
+    claimed_rows(db, claimed, owner).await
+}
+
+async fn claim_skip_locked(
+    db: &DatabaseConnection,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+    owner: Uuid,
+    limit: u64,
+) -> Result<Vec<event_outbox::Model>, DbErr> {
+    let txn = db.begin().await?;
+    let ids: Vec<Uuid> = event_outbox::Entity::find()
+        .select_only()
+        .column(event_outbox::Column::Id)
+        .filter(due(now))
+        .order_by_asc(event_outbox::Column::NextAttemptAt)
+        .limit(limit)
+        .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+        .into_tuple()
+        .all(&txn)
+        .await?;
+    if ids.is_empty() {
+        txn.commit().await?;
+        return Ok(Vec::new());
+    }
+    lease(event_outbox::Entity::update_many(), lease_until, owner)
+        .filter(event_outbox::Column::Id.is_in(ids.clone()))
+        .exec(&txn)
+        .await?;
+    let rows = claimed_rows(&txn, ids, owner).await?;
+    txn.commit().await?;
+    Ok(rows)
+}
+
+fn lease(
+    update: sea_orm::UpdateMany<event_outbox::Entity>,
+    lease_until: DateTime<Utc>,
+    owner: Uuid,
+) -> sea_orm::UpdateMany<event_outbox::Entity> {
+    update
+        .col_expr(event_outbox::Column::LockedUntil, Expr::value(lease_until))
+        .col_expr(event_outbox::Column::LockedBy, Expr::value(owner))
+        .col_expr(
+            event_outbox::Column::Attempts,
+            Expr::col(event_outbox::Column::Attempts).add(1),
+        )
+}
+
+async fn claimed_rows(
+    db: &impl ConnectionTrait,
+    ids: Vec<Uuid>,
+    owner: Uuid,
+) -> Result<Vec<event_outbox::Model>, DbErr> {
+    event_outbox::Entity::find()
+        .filter(event_outbox::Column::Id.is_in(ids))
+        .filter(event_outbox::Column::LockedBy.eq(owner))
+        .order_by_asc(event_outbox::Column::NextAttemptAt)
+        .all(db)
+        .await
+}
+
+/// Event `id`, claimed by `owner`, was delivered: its row goes.
+pub async fn outbox_delivered(db: &DatabaseConnection, id: Uuid, owner: Uuid) -> Result<(), DbErr> {
+    event_outbox::Entity::delete_many()
+        .filter(event_outbox::Column::Id.eq(id))
+        .filter(event_outbox::Column::LockedBy.eq(owner))
+        .exec(db)
+        .await
+        .map(drop)
+}
+
+/// Event `id`, claimed by `owner`, failed this attempt: next at `next` (or, with `next` = `None`,
+/// given up now).
+pub async fn outbox_failed(
+    db: &DatabaseConnection,
+    id: Uuid,
+    owner: Uuid,
+    next: Option<DateTime<Utc>>,
+    error: &str,
+) -> Result<(), DbErr> {
+    let mut update = event_outbox::Entity::update_many()
+        .col_expr(
+            event_outbox::Column::LockedUntil,
+            Expr::value(None::<DateTime<Utc>>),
+        )
+        .col_expr(event_outbox::Column::LockedBy, Expr::value(None::<Uuid>))
+        .col_expr(
+            event_outbox::Column::LastError,
+            Expr::value(error.chars().take(255).collect::<String>()),
+        );
+    update = match next {
+        Some(at) => update.col_expr(event_outbox::Column::NextAttemptAt, Expr::value(at)),
+        None => update.col_expr(event_outbox::Column::FailedAt, Expr::value(Utc::now())),
+    };
+    update
+        .filter(event_outbox::Column::Id.eq(id))
+        .filter(event_outbox::Column::LockedBy.eq(owner))
+        .exec(db)
+        .await
+        .map(drop)
+}
+
+/// When the oldest event not yet delivered (nor given up) happened.
+pub async fn oldest_pending(db: &DatabaseConnection) -> Result<Option<DateTime<Utc>>, DbErr> {
+    Ok(event_outbox::Entity::find()
+        .filter(event_outbox::Column::FailedAt.is_null())
+        .order_by_asc(event_outbox::Column::CreatedAt)
+        .one(db)
+        .await?
+        .map(|row| row.created_at))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(at: DateTime<Utc>, webhook: bool) -> EventRecord {
+        EventRecord {
+            id: crate::domain::ids::new_time_ordered_uuid(),
+            at,
+            kind: "otp.sent",
+            user_id: None,
+            phone_hash: Some("ab".repeat(32)),
+            ip: None,
+            user_agent: None,
+            request_id: None,
+            details: serde_json::json!({ "outcome": "sent" }),
+            webhook: webhook.then(|| ("user.created", "{}".to_string())),
+        }
+    }
+
+    async fn database() -> (DatabaseConnection, std::path::PathBuf) {
+        let file = std::env::temp_dir().join(format!("otpgate-events-{}.db", Uuid::new_v4()));
+        let db = crate::db::connect(&format!("sqlite://{}?mode=rwc", file.display()), 1)
+            .await
+            .unwrap();
+        crate::db::migrate(&db).await.unwrap();
+        (db, file)
+    }
+
+    #[tokio::test]
+    async fn retention_deletes_only_old_rows_in_chunks() {
+        let (db, file) = database().await;
+        let now = Utc::now();
+        let old: Vec<_> = (0..2100)
+            .map(|_| record(now - chrono::Duration::days(100), false))
+            .collect();
+        for batch in old.chunks(BATCH) {
+            write(&db, batch).await.unwrap();
+        }
+        write(&db, &[record(now, false)]).await.unwrap();
+        let deleted = delete_before(&db, now - chrono::Duration::days(90))
+            .await
+            .unwrap();
+        assert_eq!(deleted, 2100, "more than two chunks");
+        let left = search_audit(
+            &db,
+            &AuditFilter {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].at.timestamp_millis(), now.timestamp_millis());
+        std::fs::remove_file(file).ok();
+    }
+
+    #[tokio::test]
+    async fn claims_are_exclusive_until_the_lease_ends() {
+        let (db, file) = database().await;
+        let now = Utc::now();
+        let events: Vec<_> = (0..3).map(|_| record(now, true)).collect();
+        write(&db, &events).await.unwrap();
+        let lease = now + chrono::Duration::seconds(30);
+        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let first = claim_outbox(&db, now, lease, a, 2).await.unwrap();
+        let second = claim_outbox(&db, now, lease, b, 2).await.unwrap();
+        assert_eq!((first.len(), second.len()), (2, 1));
+        assert!(
+            first
+                .iter()
+                .all(|r| r.attempts == 1 && r.locked_by == Some(a))
+        );
+        assert!(
+            claim_outbox(&db, now, lease, c, 5)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // A stale owner changes nothing; the owner schedules the retry.
+        let row = &second[0];
+        outbox_failed(&db, row.id, a, None, "HTTP 500")
+            .await
+            .unwrap();
+        outbox_delivered(&db, row.id, a).await.unwrap();
+        outbox_failed(&db, row.id, b, Some(now), "HTTP 500")
+            .await
+            .unwrap();
+        let again = claim_outbox(&db, now, lease, c, 5).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!((again[0].id, again[0].attempts), (row.id, 2));
+        // After the lease, A's rows are claimable again.
+        let later = lease + chrono::Duration::seconds(1);
+        let retaken = claim_outbox(&db, later, later + chrono::Duration::seconds(30), b, 5)
+            .await
+            .unwrap();
+        assert_eq!(retaken.len(), 3);
+        // Delivered rows go; a given-up row stays but is no longer pending.
+        outbox_delivered(&db, retaken[0].id, b).await.unwrap();
+        outbox_delivered(&db, retaken[1].id, b).await.unwrap();
+        outbox_failed(&db, retaken[2].id, b, None, "timeout")
+            .await
+            .unwrap();
+        assert_eq!(oldest_pending(&db).await.unwrap(), None);
+        std::fs::remove_file(file).ok();
+    }
+}
