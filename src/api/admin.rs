@@ -47,12 +47,15 @@ pub struct AdminUser {
     /// User id (UUID v7).
     pub id: Uuid,
     /// Phone number in E.164, when the user has one.
+    #[oai(skip_serializing_if_is_none)]
     pub phone: Option<String>,
     /// First login.
     pub created_at: DateTime<Utc>,
     /// Latest login.
+    #[oai(skip_serializing_if_is_none)]
     pub last_login_at: Option<DateTime<Utc>>,
     /// When an operator blocked the user; absent when not blocked.
+    #[oai(skip_serializing_if_is_none)]
     pub blocked_at: Option<DateTime<Utc>>,
 }
 
@@ -88,6 +91,7 @@ pub struct UserPage {
     /// The users of this page.
     pub users: Vec<AdminUser>,
     /// Pass as `cursor` for the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
     pub next_cursor: Option<String>,
 }
 
@@ -139,15 +143,20 @@ pub struct AuditEvent {
     /// `user.created`, `user.blocked`, `user.unblocked`, `user.deleted`.
     pub kind: String,
     /// The user concerned, when known.
+    #[oai(skip_serializing_if_is_none)]
     pub user_id: Option<Uuid>,
     /// A keyed hash of the phone number concerned (HMAC under the server's pepper; never the
     /// number): the same number always hashes the same.
+    #[oai(skip_serializing_if_is_none)]
     pub phone_hash: Option<String>,
     /// The client's network, as sessions keep it (`SESSION_IP`).
+    #[oai(skip_serializing_if_is_none)]
     pub ip: Option<String>,
     /// The client's `User-Agent`.
+    #[oai(skip_serializing_if_is_none)]
     pub user_agent: Option<String>,
     /// The request id (`X-Request-Id`).
+    #[oai(skip_serializing_if_is_none)]
     pub request_id: Option<String>,
     /// Details of the event (channel, reason, scope, session id, actor).
     pub details: serde_json::Value,
@@ -192,6 +201,7 @@ pub struct AuditPage {
     /// The events of this page.
     pub events: Vec<AuditEvent>,
     /// Pass as `cursor` for the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
     pub next_cursor: Option<String>,
 }
 

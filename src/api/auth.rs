@@ -433,6 +433,7 @@ failures! {
     ];
     /// `POST /api/auth/logout`.
     LogoutFailures { BODY = false }: [
+        "invalid_request",
         "unauthorized",
         "invalid_token",
         "store_unavailable",
@@ -809,12 +810,15 @@ pub struct Session {
     pub created_at: DateTime<Utc>,
     /// When its refresh token was last used (or its opening).
     pub last_used_at: DateTime<Utc>,
-    /// The `User-Agent` it was opened with.
+    /// The `User-Agent` it was opened with (absent when none was sent).
+    #[oai(skip_serializing_if_is_none)]
     pub user_agent: Option<String>,
     /// The client's network at login (`203.0.113.0/24`, `2001:db8:1::/48`), or its address
-    /// when the server keeps whole addresses (`SESSION_IP=full`).
+    /// when the server keeps whole addresses (`SESSION_IP=full`); absent with `SESSION_IP=off`.
+    #[oai(skip_serializing_if_is_none)]
     pub ip: Option<String>,
-    /// The name the app gave the device at verify.
+    /// The name the app gave the device at verify (absent when none was given).
+    #[oai(skip_serializing_if_is_none)]
     pub device_name: Option<String>,
     /// Whether this is the session of the token making the request.
     pub current: bool,

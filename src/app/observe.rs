@@ -73,6 +73,8 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
         let path = req.uri().path();
         let route = if self.routes.contains(path) {
             path.to_string()
+        } else if let Some(template) = self.routes.iter().find(|t| template_matches(t, path)) {
+            template.clone()
         } else {
             UNMATCHED_ROUTE.into()
         };
@@ -109,5 +111,38 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
             );
         });
         Ok(resp)
+    }
+}
+
+/// Whether request `path` is an instance of route `template` with parameters
+/// (`/api/auth/sessions/{id}`): the same segments, each `{name}` matching one non-empty segment.
+pub(super) fn template_matches(template: &str, path: &str) -> bool {
+    if !template.contains('{') {
+        return false;
+    }
+    let mut wanted = template.split('/');
+    let mut given = path.split('/');
+    loop {
+        match (wanted.next(), given.next()) {
+            (None, None) => return true,
+            (Some(w), Some(g)) if w.starts_with('{') && w.ends_with('}') && !g.is_empty() => {}
+            (Some(w), Some(g)) if w == g => {}
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod template_tests {
+    use super::template_matches;
+
+    #[test]
+    fn parameters_match_one_segment() {
+        let t = "/admin/v1/users/{id}/block";
+        assert!(template_matches(t, "/admin/v1/users/0193/block"));
+        assert!(!template_matches(t, "/admin/v1/users//block"));
+        assert!(!template_matches(t, "/admin/v1/users/a/b/block"));
+        assert!(!template_matches(t, "/admin/v1/users/0193/unblock"));
+        assert!(!template_matches("/api/auth/login", "/api/auth/login"));
     }
 }

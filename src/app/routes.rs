@@ -282,7 +282,16 @@ pub(super) fn routes_with(
         .catch_all_error(|err| async move { problem_response(err) })
         .around(move |ep, req| {
             // RFC 9110: a 405 names the methods the resource supports.
-            let methods = allow.get(req.uri().path()).cloned();
+            let path = req.uri().path();
+            let methods = allow
+                .get(path)
+                .or_else(|| {
+                    allow
+                        .iter()
+                        .find(|(t, _)| super::observe::template_matches(t, path))
+                        .map(|(_, m)| m)
+                })
+                .cloned();
             let oauth = req.uri().path() == TOKEN_PATH;
             async move {
                 let mut resp = ep.call(req).await?;

@@ -156,6 +156,12 @@ async fn sessions_are_listed_and_revoked_one_by_one(backend: Backend) {
     )
     .await
     .assert_problem(404, "not_found");
+    // A method the route does not serve: 405 naming the ones it does (a route with a parameter).
+    let wrong = app
+        .call(&app.a, Method::PUT, &path, None, Some(access))
+        .await;
+    wrong.assert_problem(405, "method_not_allowed");
+    assert_eq!(wrong.header("allow"), Some("DELETE"));
     // No token: 401.
     app.call(&app.a, Method::GET, "/api/auth/sessions", None, None)
         .await
