@@ -129,7 +129,8 @@ async fn mariadb_tables_are_utf8mb4_binary_with_portable_types() {
             format!(
                 "SELECT TABLE_NAME AS t, ENGINE AS e, TABLE_COLLATION AS c \
                  FROM information_schema.TABLES WHERE TABLE_SCHEMA = '{}' \
-                 AND TABLE_NAME IN ('users', 'identities') ORDER BY TABLE_NAME",
+                 AND TABLE_NAME IN ('users', 'identities', 'audit_events', 'event_outbox') \
+                 ORDER BY TABLE_NAME",
                 database.name
             ),
         ))
@@ -148,6 +149,8 @@ async fn mariadb_tables_are_utf8mb4_binary_with_portable_types() {
     assert_eq!(
         tables,
         [
+            ("audit_events".into(), "InnoDB".into(), "utf8mb4_bin".into()),
+            ("event_outbox".into(), "InnoDB".into(), "utf8mb4_bin".into()),
             ("identities".into(), "InnoDB".into(), "utf8mb4_bin".into()),
             ("users".into(), "InnoDB".into(), "utf8mb4_bin".into()),
         ]
@@ -174,6 +177,7 @@ async fn mariadb_tables_are_utf8mb4_binary_with_portable_types() {
             ("phone".into(), "varchar(255)".into()),
             ("created_at".into(), "datetime(6)".into()),
             ("last_login_at".into(), "datetime(6)".into()),
+            ("blocked_at".into(), "datetime(6)".into()),
         ]
     );
 }
