@@ -126,6 +126,25 @@ pub enum LoginReply {
     ),
 }
 
+impl LoginReply {
+    /// The answer to a code on its way (a login, or the start of a number change).
+    fn sent(started: crate::auth::LoginStarted) -> Self {
+        let (policy, current) = headers(&started.quotas.0, &started.quotas.1).unzip();
+        LoginReply::Sent(
+            Json(LoginResponse {
+                message: "OTP sent successfully".into(),
+                phone: started.phone.as_str().to_string(),
+                channel: started.channel.into(),
+                expires_in: started.expires_in,
+                resend_after: started.resend_after,
+                otp_code: started.exposed_code,
+            }),
+            policy,
+            current,
+        )
+    }
+}
+
 impl Example for LoginRequest {
     fn example() -> Self {
         LoginRequest {
@@ -511,19 +530,7 @@ impl AuthApi {
             &client,
         ))
         .await?;
-        let (policy, current) = headers(&started.quotas.0, &started.quotas.1).unzip();
-        Ok(LoginReply::Sent(
-            Json(LoginResponse {
-                message: "OTP sent successfully".into(),
-                phone: started.phone.as_str().to_string(),
-                channel: started.channel.into(),
-                expires_in: started.expires_in,
-                resend_after: started.resend_after,
-                otp_code: started.exposed_code,
-            }),
-            policy,
-            current,
-        ))
+        Ok(LoginReply::sent(started))
     }
 
     /// Verify a code and log in
@@ -659,19 +666,7 @@ impl AuthApi {
             &client_info(req, None),
         ))
         .await?;
-        let (policy, current) = headers(&started.quotas.0, &started.quotas.1).unzip();
-        Ok(LoginReply::Sent(
-            Json(LoginResponse {
-                message: "OTP sent successfully".into(),
-                phone: started.phone.as_str().to_string(),
-                channel: started.channel.into(),
-                expires_in: started.expires_in,
-                resend_after: started.resend_after,
-                otp_code: started.exposed_code,
-            }),
-            policy,
-            current,
-        ))
+        Ok(LoginReply::sent(started))
     }
 
     /// Confirm a phone number change

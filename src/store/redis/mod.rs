@@ -373,7 +373,7 @@ impl Store for RedisStore {
             }
         };
         let outcome = match reply.as_slice() {
-            [0, states @ ..] if states.len() == 2 * together.len() => {
+            [status @ (0 | 3), states @ ..] if states.len() == 2 * together.len() => {
                 let mut together_states = quota_states(states);
                 let mut apart_states = apart_states.into_iter();
                 // Back in the order the quotas were given.
@@ -387,22 +387,11 @@ impl Store for RedisStore {
                         }
                     })
                     .collect();
-                return Ok(IssueOutcome::Issued(states));
-            }
-            [3, states @ ..] if states.len() == 2 * together.len() => {
-                let mut together_states = quota_states(states);
-                let mut apart_states = apart_states.into_iter();
-                let states = quotas
-                    .iter()
-                    .filter_map(|q| {
-                        if q.with_phone || self.single_node() {
-                            together_states.next()
-                        } else {
-                            apart_states.next()
-                        }
-                    })
-                    .collect();
-                return Ok(IssueOutcome::Blocked(states));
+                return Ok(if *status == 0 {
+                    IssueOutcome::Issued(states)
+                } else {
+                    IssueOutcome::Blocked(states)
+                });
             }
             [1, wait] => IssueOutcome::Cooldown {
                 retry_after: millis(*wait),
