@@ -455,6 +455,11 @@ else
   psql_q "SELECT split_part(ltrim(query), ' ', 1), sum(calls) FROM pg_stat_statements
           WHERE query !~* 'pg_stat_statements|^\s*(BEGIN|COMMIT|ROLLBACK|SET|SHOW)' GROUP BY 1" > "$work/sql.txt" \
     || rm -f "$work/sql.txt"
+  # Where PostgreSQL's time went, statement by statement (kept in the work folder: KEEP=1).
+  psql_q "SELECT calls, round(total_exec_time::numeric, 1) AS total_ms,
+                 round(mean_exec_time::numeric, 3) AS mean_ms, rows,
+                 left(regexp_replace(query, '\s+', ' ', 'g'), 100)
+          FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 12" > "$work/sql-top.txt" || true
 fi
 # Every replica must still be up and ready, and have served API requests during the run.
 for i in $(seq 1 "$REPLICAS"); do

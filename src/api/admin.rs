@@ -138,7 +138,8 @@ pub struct AuditEvent {
     pub id: Uuid,
     /// When it happened.
     pub at: DateTime<Utc>,
-    /// What happened: `otp.sent`, `otp.verified`, `otp.failed`, `login.succeeded`,
+    /// What happened: `otp.sent`, `otp.failed`, `login.succeeded` (`details.method`: `otp`,
+    /// `whatsapp_intent`, `telegram_intent`, `telegram_widget`),
     /// `token.refreshed`, `token.reused`, `session.revoked`, `sessions.revoked_all`,
     /// `user.created`, `user.blocked`, `user.unblocked`, `user.deleted`.
     pub kind: String,

@@ -44,11 +44,10 @@ const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 pub enum EventKind {
     /// A code was issued (sent, or withheld from a blocked number, or a test number's).
     OtpSent,
-    /// A code was verified.
-    OtpVerified,
     /// A code was refused (wrong, expired, burned, rate limited).
     OtpFailed,
-    /// A session was opened (any login method).
+    /// A session was opened (`details.method`: a verified code, a login intent, the Telegram
+    /// widget).
     LoginSucceeded,
     /// A refresh token was rotated.
     TokenRefreshed,
@@ -77,7 +76,6 @@ impl EventKind {
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::OtpSent => "otp.sent",
-            EventKind::OtpVerified => "otp.verified",
             EventKind::OtpFailed => "otp.failed",
             EventKind::LoginSucceeded => "login.succeeded",
             EventKind::TokenRefreshed => "token.refreshed",
@@ -104,7 +102,6 @@ impl EventKind {
             EventKind::UserDeleted => Some("user.deleted"),
             EventKind::PhoneChanged => Some("phone.changed"),
             EventKind::OtpSent
-            | EventKind::OtpVerified
             | EventKind::TokenRefreshed
             | EventKind::TokenReused
             | EventKind::UserUnblocked
@@ -400,7 +397,6 @@ mod tests {
     fn kinds_are_distinct_and_some_go_to_the_webhook() {
         let all = [
             EventKind::OtpSent,
-            EventKind::OtpVerified,
             EventKind::OtpFailed,
             EventKind::LoginSucceeded,
             EventKind::TokenRefreshed,

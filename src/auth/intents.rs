@@ -10,7 +10,7 @@ use chrono::Utc;
 use rand::RngExt;
 use sha2::{Digest, Sha256};
 
-use super::{AuthService, LoggedIn};
+use super::{AuthService, LoggedIn, LoginMethod};
 use crate::db;
 use crate::error::Error;
 use crate::store::{BindOutcome, ClaimOutcome};
@@ -232,13 +232,19 @@ impl AuthService {
                 return Err(Error::InvalidPollToken);
             }
         };
-        let user = if channel == IntentChannel::Whatsapp.as_str() {
-            self.user_for_phone(&subject).await
+        let (user, method) = if channel == IntentChannel::Whatsapp.as_str() {
+            (self.user_for_phone(&subject).await, IntentChannel::Whatsapp)
         } else {
-            self.user_for_telegram(&subject).await
+            (
+                self.user_for_telegram(&subject).await,
+                IntentChannel::Telegram,
+            )
         };
         let opened = match user {
-            Ok(user) => self.open_session(user, client).await,
+            Ok(user) => {
+                self.open_session(user, client, LoginMethod::Intent(method))
+                    .await
+            }
             Err(err) => Err(err),
         };
         let session = match opened {

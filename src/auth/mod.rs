@@ -54,6 +54,29 @@ pub struct LoginStarted {
     pub quotas: (Vec<Quota>, Vec<QuotaState>),
 }
 
+/// How a user proved their number, as the audit's `login.succeeded` records it.
+#[derive(Debug, Clone, Copy)]
+pub enum LoginMethod<'a> {
+    /// A code sent to this number was verified.
+    Otp(&'a Phone),
+    /// A login intent completed by a message on this channel.
+    Intent(intents::IntentChannel),
+    /// A signed Telegram Login Widget payload.
+    TelegramWidget,
+}
+
+impl LoginMethod<'_> {
+    /// The audit detail `method`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoginMethod::Otp(_) => "otp",
+            LoginMethod::Intent(intents::IntentChannel::Whatsapp) => "whatsapp_intent",
+            LoginMethod::Intent(intents::IntentChannel::Telegram) => "telegram_intent",
+            LoginMethod::TelegramWidget => "telegram_widget",
+        }
+    }
+}
+
 /// A new session: tokens plus the user they belong to.
 #[derive(Debug)]
 pub struct LoggedIn {
@@ -520,7 +543,7 @@ impl AuthService {
         let opened = match finished {
             Ok((user, created)) => {
                 let id = user.id;
-                self.open_session(user, client)
+                self.open_session(user, client, LoginMethod::Otp(&phone))
                     .await
                     .map(|session| (session, created))
                     .map_err(|err| (err, Some(id)))
@@ -562,20 +585,17 @@ impl AuthService {
                 .emit();
         }
         tracing::info!(phone = %phone.masked(), user_id = %session.user.id, "code verified");
-        self.event(EventKind::OtpVerified)
-            .user(session.user.id)
-            .phone(&phone)
-            .client(client)
-            .emit();
         Ok(session)
     }
 
     /// Opens a new session for `user`: a fresh session id, recorded in the user's session index
-    /// with what `client` tells, and a token pair. A blocked user gets none.
+    /// with what `client` tells, and a token pair. A blocked user gets none. The audit's
+    /// `login.succeeded` names `method` (for a code, it is the verification's record too).
     pub async fn open_session(
         &self,
         user: user::Model,
         client: &ClientInfo,
+        method: LoginMethod<'_>,
     ) -> Result<LoggedIn, Error> {
         if user.blocked_at.is_some() {
             tracing::info!(user_id = %user.id, "login refused: the user is blocked");
@@ -609,11 +629,17 @@ impl AuthService {
         let tokens = self.tokens.issue_pair(user.id, &sid)?;
         self.metrics.session("issued");
         tracing::info!(user_id = %user.id, "session opened");
-        self.event(EventKind::LoginSucceeded)
+        let event = self
+            .event(EventKind::LoginSucceeded)
             .user(user.id)
             .client(client)
-            .detail("session_id", sid.as_str())
-            .emit();
+            .detail("method", method.as_str())
+            .detail("session_id", sid.as_str());
+        match method {
+            LoginMethod::Otp(phone) => event.phone(phone),
+            _ => event,
+        }
+        .emit();
         Ok(LoggedIn { tokens, user })
     }
 

@@ -129,6 +129,12 @@ async fn write_batches(
 }
 
 async fn write(db: &DatabaseConnection, batch: &[EventRecord]) -> Result<(), DbErr> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    if db.get_database_backend() == DatabaseBackend::Postgres {
+        return write_unnest(db, batch).await.map_err(super::query_err);
+    }
     let audit: Vec<audit_event::ActiveModel> = batch
         .iter()
         .map(|e| audit_event::ActiveModel {
@@ -161,15 +167,76 @@ async fn write(db: &DatabaseConnection, batch: &[EventRecord]) -> Result<(), DbE
             })
         })
         .collect();
-    if audit.is_empty() {
-        return Ok(());
-    }
     let txn = db.begin().await?;
     audit_event::Entity::insert_many(audit).exec(&txn).await?;
     if !outbox.is_empty() {
         event_outbox::Entity::insert_many(outbox).exec(&txn).await?;
     }
     txn.commit().await
+}
+
+/// PostgreSQL: each table's rows as one array per column, in one statement whatever the batch
+/// size (one prepared statement, no SQL text built per batch, no row-by-row parameters).
+async fn write_unnest(
+    db: &DatabaseConnection,
+    batch: &[EventRecord],
+) -> Result<(), sea_orm::sqlx::Error> {
+    let pool = db.get_postgres_connection_pool();
+    let mut txn = pool.begin().await?;
+    sea_orm::sqlx::query(
+        "INSERT INTO audit_events \
+           (id, at, kind, user_id, phone_hash, ip, user_agent, request_id, details) \
+         SELECT id, at, kind, user_id, phone_hash, ip, user_agent, request_id, details::jsonb \
+         FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::uuid[], $5::text[], \
+                     $6::text[], $7::text[], $8::text[], $9::text[]) \
+           AS r(id, at, kind, user_id, phone_hash, ip, user_agent, request_id, details)",
+    )
+    .bind(batch.iter().map(|e| e.id).collect::<Vec<_>>())
+    .bind(batch.iter().map(|e| e.at).collect::<Vec<_>>())
+    .bind(batch.iter().map(|e| e.kind).collect::<Vec<_>>())
+    .bind(batch.iter().map(|e| e.user_id).collect::<Vec<_>>())
+    .bind(column(batch, |e| e.phone_hash.as_deref()))
+    .bind(column(batch, |e| e.ip.as_deref()))
+    .bind(column(batch, |e| e.user_agent.as_deref()))
+    .bind(column(batch, |e| e.request_id.as_deref()))
+    .bind(
+        batch
+            .iter()
+            .map(|e| e.details.to_string())
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut *txn)
+    .await?;
+    let hooks: Vec<(&EventRecord, &str, &str)> = batch
+        .iter()
+        .filter_map(|e| {
+            e.webhook
+                .as_ref()
+                .map(|(kind, body)| (e, *kind, body.as_str()))
+        })
+        .collect();
+    if !hooks.is_empty() {
+        sea_orm::sqlx::query(
+            "INSERT INTO event_outbox (id, kind, payload, created_at, next_attempt_at, attempts) \
+             SELECT id, kind, payload, at, at, 0 \
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[]) \
+               AS r(id, kind, payload, at)",
+        )
+        .bind(hooks.iter().map(|(e, _, _)| e.id).collect::<Vec<_>>())
+        .bind(hooks.iter().map(|(_, kind, _)| *kind).collect::<Vec<_>>())
+        .bind(hooks.iter().map(|(_, _, body)| *body).collect::<Vec<_>>())
+        .bind(hooks.iter().map(|(e, _, _)| e.at).collect::<Vec<_>>())
+        .execute(&mut *txn)
+        .await?;
+    }
+    txn.commit().await
+}
+
+fn column<'a>(
+    batch: &'a [EventRecord],
+    field: impl Fn(&'a EventRecord) -> Option<&'a str>,
+) -> Vec<Option<&'a str>> {
+    batch.iter().map(field).collect()
 }
 
 /// Which audit events a search returns, newest first.

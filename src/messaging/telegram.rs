@@ -9,8 +9,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::{Messaging, Replier, background};
-use crate::auth::LoggedIn;
 use crate::auth::intents::{IntentChannel, is_code};
+use crate::auth::{LoggedIn, LoginMethod};
 use crate::domain::channel::Channel;
 use crate::error::Error;
 
@@ -135,7 +135,9 @@ impl Messaging {
             return Err(Error::InvalidTelegramAuth);
         }
         let user = self.auth.user_for_telegram(&login.id.to_string()).await?;
-        self.auth.open_session(user, client).await
+        self.auth
+            .open_session(user, client, LoginMethod::TelegramWidget)
+            .await
     }
 
     /// A webhook update: 403 unless it carries our secret token; then handled once.
