@@ -241,8 +241,8 @@ impl AuthService {
             )
         };
         let opened = match user {
-            Ok(user) => {
-                self.open_session(user, client, LoginMethod::Intent(method))
+            Ok((user, created)) => {
+                self.open_session(user, created, client, LoginMethod::Intent(method))
                     .await
             }
             Err(err) => Err(err),
@@ -259,8 +259,8 @@ impl AuthService {
         Ok(PollResult::LoggedIn(Box::new(session)))
     }
 
-    /// The user owning `phone`, created on first login.
-    async fn user_for_phone(&self, phone: &str) -> Result<db::user::Model, Error> {
+    /// The user owning `phone`, created on first login (then `true`).
+    async fn user_for_phone(&self, phone: &str) -> Result<(db::user::Model, bool), Error> {
         let existing = self
             .db_query("find_user_by_phone", db::find_by_phone(&self.db, phone))
             .await?;
@@ -271,8 +271,12 @@ impl AuthService {
         .await
     }
 
-    /// The user of Telegram account `telegram_id`, created (without a phone) on first login.
-    pub async fn user_for_telegram(&self, telegram_id: &str) -> Result<db::user::Model, Error> {
+    /// The user of Telegram account `telegram_id`, created (without a phone) on first login
+    /// (then `true`).
+    pub async fn user_for_telegram(
+        &self,
+        telegram_id: &str,
+    ) -> Result<(db::user::Model, bool), Error> {
         self.db_query(
             "login_identity",
             db::login_identity(&self.db, TELEGRAM, telegram_id, Utc::now(), &self.touches),

@@ -543,14 +543,13 @@ impl AuthService {
         let opened = match finished {
             Ok((user, created)) => {
                 let id = user.id;
-                self.open_session(user, client, LoginMethod::Otp(&phone))
+                self.open_session(user, created, client, LoginMethod::Otp(&phone))
                     .await
-                    .map(|session| (session, created))
                     .map_err(|err| (err, Some(id)))
             }
             Err(err) => Err((err, None)),
         };
-        let (session, created) = match opened {
+        let session = match opened {
             Ok(opened) => {
                 spent.keep();
                 opened
@@ -575,25 +574,18 @@ impl AuthService {
                 return Err(err);
             }
         };
-        if created {
-            tracing::info!(user_id = %session.user.id, "user created");
-            self.event(EventKind::UserCreated)
-                .user(session.user.id)
-                .phone(&phone)
-                .client(client)
-                .detail("method", "otp")
-                .emit();
-        }
         tracing::info!(phone = %phone.masked(), user_id = %session.user.id, "code verified");
         Ok(session)
     }
 
     /// Opens a new session for `user`: a fresh session id, recorded in the user's session index
     /// with what `client` tells, and a token pair. A blocked user gets none. The audit's
-    /// `login.succeeded` names `method` (for a code, it is the verification's record too).
+    /// `login.succeeded` names `method` (for a code, it is the verification's record too); a
+    /// user `created` by this login gets its `user.created` first.
     pub async fn open_session(
         &self,
         user: user::Model,
+        created: bool,
         client: &ClientInfo,
         method: LoginMethod<'_>,
     ) -> Result<LoggedIn, Error> {
@@ -629,6 +621,19 @@ impl AuthService {
         let tokens = self.tokens.issue_pair(user.id, &sid)?;
         self.metrics.session("issued");
         tracing::info!(user_id = %user.id, "session opened");
+        if created {
+            tracing::info!(user_id = %user.id, "user created");
+            let event = self
+                .event(EventKind::UserCreated)
+                .user(user.id)
+                .client(client)
+                .detail("method", method.as_str());
+            match method {
+                LoginMethod::Otp(phone) => event.phone(phone),
+                _ => event,
+            }
+            .emit();
+        }
         let event = self
             .event(EventKind::LoginSucceeded)
             .user(user.id)

@@ -58,6 +58,14 @@ impl AdminSettings {
                 ),
             ));
         }
+        if keys.iter().any(|k| super::is_example_secret(k)) {
+            // Anyone can read the examples: such a key would open the admin API to anyone.
+            return Err(invalid(
+                "ADMIN_API_KEYS",
+                "a key is a placeholder from otpgate's examples: set your own \
+                 (for example `openssl rand -hex 32`)",
+            ));
+        }
         let session_ip = match env.get("SESSION_IP").map(|v| v.trim().to_ascii_lowercase()) {
             None => SessionIp::Truncated,
             Some(v) if v == "truncated" => SessionIp::Truncated,

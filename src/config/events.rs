@@ -23,6 +23,8 @@ pub struct WebhookSettings {
     pub url: String,
     /// The HMAC key: the decoded bytes of `EVENT_WEBHOOK_SECRET` (`whsec_<base64>`).
     pub key: Vec<u8>,
+    /// `EVENT_WEBHOOK_SECRET` as given (for the production check against published secrets).
+    pub secret: crate::domain::secret::Secret,
     /// `EVENT_WEBHOOK_TIMEOUT_SECONDS`: one attempt's limit.
     pub timeout: Duration,
     /// `EVENT_WEBHOOK_RETRY_BASE_MS`: the first retry's delay, doubled per attempt up to an
@@ -85,6 +87,7 @@ impl EventSettings {
                 Some(WebhookSettings {
                     url,
                     key,
+                    secret: crate::domain::secret::Secret::new(secret.trim()),
                     timeout: Duration::from_secs(timeout),
                     retry_base: Duration::from_millis(retry_base),
                     max_attempts,

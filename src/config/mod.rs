@@ -312,6 +312,9 @@ impl Settings {
                 found.push((var, s.expose()));
             }
         }
+        if let Some(w) = &self.events.webhook {
+            found.push(("EVENT_WEBHOOK_SECRET", w.secret.expose()));
+        }
         if let Some(password) = url_password(self.store.database_url.expose()) {
             found.push(("DATABASE_URL", password));
         }
@@ -332,6 +335,8 @@ pub const EXAMPLE_SECRETS: &[&str] = &[
     "password",
     "pass",
     "loadtest-secret-loadtest-secret-loadtest",
+    // The Standard Webhooks specification's test secret (its signature test vector), lowercased.
+    "whsec_mfkq9r8gkyqrtwjupd8ilpzio2lalasw",
 ];
 
 /// Whether `value` is one of [`EXAMPLE_SECRETS`] (or an obvious placeholder).
@@ -887,6 +892,33 @@ mod tests {
             assert!(err.names(var), "{var}={value}: {err}");
             assert!(err.to_string().contains("placeholder"), "{err}");
         }
+    }
+
+    #[test]
+    fn published_webhook_and_admin_secrets_are_refused() {
+        // The Standard Webhooks specification's own test secret: fine in a test, not in
+        // production.
+        let spec = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let url = ("EVENT_WEBHOOK_URL", "https://hooks.example.com/otpgate");
+        assert!(settings(&[url, ("EVENT_WEBHOOK_SECRET", spec)]).is_ok());
+        let err = production_with(&[url, ("EVENT_WEBHOOK_SECRET", spec)]).unwrap_err();
+        assert!(err.names("EVENT_WEBHOOK_SECRET"), "{err}");
+        assert!(err.to_string().contains("placeholder"), "{err}");
+        let own = "whsec_c2VjcmV0LW9mLW91ci1vd24tMzItYnl0ZXMtbG9uZw==";
+        assert!(production_with(&[url, ("EVENT_WEBHOOK_SECRET", own)]).is_ok());
+        // An admin key copied from the examples opens the admin API to anyone: never accepted.
+        for key in [
+            "replace-with-at-least-32-random-bytes-0000",
+            "change-me-change-me-change-me",
+        ] {
+            let err = settings(&[("ADMIN_API_KEYS", key)]).unwrap_err();
+            assert!(err.names("ADMIN_API_KEYS"), "{err}");
+            assert!(
+                !err.to_string().contains(key),
+                "the key is not echoed: {err}"
+            );
+        }
+        assert!(settings(&[("ADMIN_API_KEYS", "0123456789abcdef0123456789abcdef")]).is_ok());
     }
 
     /// Every secret printed in the repository's examples is refused in production: the files

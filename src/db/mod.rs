@@ -356,11 +356,7 @@ pub async fn login_finish(
 ) -> Result<(user::Model, bool), DbErr> {
     let (mut user, created) = match session {
         LoginSession::Pooled(existing) => {
-            let created = existing.is_none();
-            return Ok((
-                complete_login(db, existing, phone, now, touches).await?,
-                created,
-            ));
+            return complete_login(db, existing, phone, now, touches).await;
         }
         LoginSession::Postgres(conn) => postgres_login(conn, phone, now).await?,
         LoginSession::Mysql(conn, sql) => mysql_login(conn, sql, phone, now).await?,
@@ -467,17 +463,18 @@ async fn mysql_login(
 /// Completes a login for `phone`: the `existing` user (from [`find_by_phone`]) gets its
 /// `last_login_at` queued on `touches`, which the login does not wait for; a new user is
 /// inserted (one `INSERT`). Two replicas creating the same user at once both end up with it.
+/// The user, and whether this call created it.
 pub async fn complete_login(
     db: &DatabaseConnection,
     existing: Option<user::Model>,
     phone: &str,
     now: DateTime<Utc>,
     touches: &touches::LoginTouches,
-) -> Result<user::Model, DbErr> {
+) -> Result<(user::Model, bool), DbErr> {
     if let Some(mut found) = existing {
         touches.record(found.id, now);
         found.last_login_at = Some(now);
-        return Ok(found);
+        return Ok((found, false));
     }
     let new_user = user::ActiveModel {
         id: Set(crate::domain::ids::new_time_ordered_uuid()),
@@ -487,10 +484,10 @@ pub async fn complete_login(
         blocked_at: Set(None),
     };
     match new_user.insert(db).await {
-        Ok(created) => Ok(created),
+        Ok(created) => Ok((created, true)),
         // Another replica created the same new user at the same moment: its insert won.
         Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-            find_by_phone(db, phone).await?.ok_or(err)
+            Ok((find_by_phone(db, phone).await?.ok_or(err)?, false))
         }
         Err(err) => Err(err),
     }
@@ -527,19 +524,19 @@ pub async fn user_for_identity(
 
 /// Logs in through an external identity: its user, or a new user without a phone that owns
 /// it (one transaction: `INSERT` user + `INSERT` identity). Two replicas racing end up with the
-/// same user.
+/// same user. The user, and whether this call created it.
 pub async fn login_identity(
     db: &DatabaseConnection,
     provider: &str,
     subject: &str,
     now: DateTime<Utc>,
     touches: &touches::LoginTouches,
-) -> Result<user::Model, DbErr> {
+) -> Result<(user::Model, bool), DbErr> {
     if let Some(user) = user_for_identity(db, provider, subject).await? {
         let mut user = user;
         touches.record(user.id, now);
         user.last_login_at = Some(now);
-        return Ok(user);
+        return Ok((user, false));
     }
     let txn = db.begin().await?;
     let created = user::ActiveModel {
@@ -554,11 +551,14 @@ pub async fn login_identity(
     match insert_identity(&txn, created.id, provider, subject, now).await {
         Ok(()) => {
             txn.commit().await?;
-            Ok(created)
+            Ok((created, true))
         }
         Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
             txn.rollback().await?;
-            user_for_identity(db, provider, subject).await?.ok_or(err)
+            Ok((
+                user_for_identity(db, provider, subject).await?.ok_or(err)?,
+                false,
+            ))
         }
         Err(err) => Err(err),
     }

@@ -134,9 +134,9 @@ impl Messaging {
         {
             return Err(Error::InvalidTelegramAuth);
         }
-        let user = self.auth.user_for_telegram(&login.id.to_string()).await?;
+        let (user, created) = self.auth.user_for_telegram(&login.id.to_string()).await?;
         self.auth
-            .open_session(user, client, LoginMethod::TelegramWidget)
+            .open_session(user, created, client, LoginMethod::TelegramWidget)
             .await
     }
 

@@ -375,9 +375,11 @@ async fn login_times_are_written_in_batches_and_dropped_when_the_queue_is_full()
         let mut users = Vec::new();
         for i in 0..40 {
             let phone = format!("+9198123{i:05}");
-            let user = otpgate::db::complete_login(&db, None, &phone, Utc::now(), &never)
-                .await
-                .expect("create");
+            let (user, created) =
+                otpgate::db::complete_login(&db, None, &phone, Utc::now(), &never)
+                    .await
+                    .expect("create");
+            assert!(created);
             users.push(user);
         }
         let at = Utc::now() + chrono::Duration::minutes(5);

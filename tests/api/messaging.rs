@@ -836,7 +836,8 @@ fn widget(id: i64, auth_date: u64) -> Value {
 }
 
 async fn telegram_widget_checks_hash_age_and_replay(backend: Backend) {
-    let m = messaging_app(backend, &[]).await;
+    const KEY: &str = "admin-key-0123456789abcdef0123456789";
+    let m = messaging_app(backend, &[("ADMIN_API_KEYS", KEY)]).await;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock")
@@ -848,6 +849,46 @@ async fn telegram_widget_checks_hash_age_and_replay(backend: Backend) {
     assert_eq!(reply.status, 200, "{}", reply.body);
     let me = m.app.me(&m.app.b, field(&reply.body, "access_token")).await;
     assert_eq!(me.body["identities"][0]["subject"], json!(user.to_string()));
+    // The new user is in the audit log, created by the widget, then its login; a second
+    // widget login is a login only.
+    let again = m.app.post(&m.app.b, path, widget(user, now - 4)).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    let user_id = me.body["id"].as_str().expect("id").to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let kinds = loop {
+        let audit = m
+            .app
+            .call(
+                &m.app.a,
+                reqwest::Method::GET,
+                &format!("/admin/v1/audit?user_id={user_id}"),
+                None,
+                Some(KEY),
+            )
+            .await;
+        assert_eq!(audit.status, 200, "{}", audit.body);
+        let events = audit.body["events"].as_array().expect("events").clone();
+        if events.len() >= 3 || std::time::Instant::now() > deadline {
+            // Sorted: events of one millisecond have no order among them.
+            let mut kinds: Vec<(String, Value)> = events
+                .iter()
+                .map(|e| (e["kind"].to_string(), e["details"]["method"].clone()))
+                .collect();
+            kinds.sort_by(|a, b| a.0.cmp(&b.0));
+            break kinds;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let widget_method = json!("telegram_widget");
+    let expected = |kind: &str| (json!(kind).to_string(), widget_method.clone());
+    assert_eq!(
+        kinds,
+        vec![
+            expected("login.succeeded"),
+            expected("login.succeeded"),
+            expected("user.created"),
+        ]
+    );
     // Each signed login works once.
     m.app
         .post(&m.app.b, path, login)
