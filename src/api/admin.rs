@@ -20,6 +20,7 @@ use super::ApiTags;
 use super::auth::{Identity, Session, client_info};
 use super::problem::{Fails, failures};
 use crate::auth::AuthService;
+use crate::auth::admin::AdminActor;
 use crate::db::events::AuditFilter;
 use crate::db::users::UserFilter;
 use crate::db::{audit_event, user};
@@ -301,7 +302,7 @@ fn phone_prefix(text: &str) -> Result<String, Error> {
 }
 
 impl AdminApi {
-    fn check(&self, key: &AdminKey) -> Result<(), Error> {
+    fn check(&self, key: &AdminKey) -> Result<AdminActor, Error> {
         self.auth.check_admin_key(Some(&key.0.token))
     }
 }
@@ -455,10 +456,10 @@ impl AdminApi {
         /// User id.
         id: Path<String>,
     ) -> Result<ChangedReply, Fails<UserFailures>> {
-        self.check(&key)?;
+        let actor = self.check(&key)?;
         let user = self
             .auth
-            .admin_block(user_id(&id.0)?, &client_info(req, None))
+            .admin_block(user_id(&id.0)?, &actor, &client_info(req, None))
             .await?;
         Ok(ChangedReply::Changed(Json(user.into())))
     }
@@ -478,10 +479,10 @@ impl AdminApi {
         /// User id.
         id: Path<String>,
     ) -> Result<ChangedReply, Fails<UserFailures>> {
-        self.check(&key)?;
+        let actor = self.check(&key)?;
         let user = self
             .auth
-            .admin_unblock(user_id(&id.0)?, &client_info(req, None))
+            .admin_unblock(user_id(&id.0)?, &actor, &client_info(req, None))
             .await?;
         Ok(ChangedReply::Changed(Json(user.into())))
     }
@@ -502,9 +503,9 @@ impl AdminApi {
         /// User id.
         id: Path<String>,
     ) -> Result<DoneReply, Fails<UserFailures>> {
-        self.check(&key)?;
+        let actor = self.check(&key)?;
         self.auth
-            .admin_delete(user_id(&id.0)?, &client_info(req, None))
+            .admin_delete(user_id(&id.0)?, &actor, &client_info(req, None))
             .await?;
         Ok(DoneReply::Done)
     }
@@ -525,9 +526,9 @@ impl AdminApi {
         /// User id.
         id: Path<String>,
     ) -> Result<DoneReply, Fails<UserFailures>> {
-        self.check(&key)?;
+        let actor = self.check(&key)?;
         self.auth
-            .admin_revoke_sessions(user_id(&id.0)?, &client_info(req, None))
+            .admin_revoke_sessions(user_id(&id.0)?, &actor, &client_info(req, None))
             .await?;
         Ok(DoneReply::Done)
     }

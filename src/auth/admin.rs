@@ -27,6 +27,14 @@ pub struct UserDetail {
     pub sessions: Vec<SessionView>,
 }
 
+/// The operator behind an admin API call: which of `ADMIN_API_KEYS` was used, as the first 8
+/// hex digits of the key's SHA-256 (`printf %s "$KEY" | sha256sum | cut -c1-8`), never the key.
+#[derive(Debug, Clone)]
+pub struct AdminActor {
+    /// The key's fingerprint.
+    pub key_id: String,
+}
+
 impl AuthService {
     /// Whether the admin API is on (`ADMIN_API_KEYS` set).
     pub fn admin_enabled(&self) -> bool {
@@ -34,8 +42,8 @@ impl AuthService {
     }
 
     /// Checks an admin key: its SHA-256 against every configured key's, each in constant time
-    /// (all of them compared, whichever matches).
-    pub fn check_admin_key(&self, presented: Option<&str>) -> Result<(), Error> {
+    /// (all of them compared, whichever matches). The operator it names, for the audit log.
+    pub fn check_admin_key(&self, presented: Option<&str>) -> Result<AdminActor, Error> {
         if !self.admin_enabled() {
             return Err(Error::NotFound);
         }
@@ -48,7 +56,9 @@ impl AuthService {
             found |= key.ct_eq(&hash);
         }
         if bool::from(found) {
-            Ok(())
+            Ok(AdminActor {
+                key_id: hash[..4].iter().map(|b| format!("{b:02x}")).collect(),
+            })
         } else {
             tracing::warn!("admin API called with a wrong key");
             Err(Error::Unauthorized)
@@ -90,7 +100,12 @@ impl AuthService {
     /// Blocks user `id`: no code reaches their phone, no login or refresh works, and every
     /// session dies on every replica at once. The store's marks first (so a login in flight
     /// cannot open a session after the block), then the database's record.
-    pub async fn admin_block(&self, id: Uuid, client: &ClientInfo) -> Result<user::Model, Error> {
+    pub async fn admin_block(
+        &self,
+        id: Uuid,
+        actor: &AdminActor,
+        client: &ClientInfo,
+    ) -> Result<user::Model, Error> {
         let found = self
             .db_query("find_user_by_id", crate::db::find_user_by_id(&self.db, id))
             .await?
@@ -112,12 +127,18 @@ impl AuthService {
             .user(id)
             .client(client)
             .detail("actor", "admin")
+            .detail("key_id", actor.key_id.as_str())
             .emit();
         Ok(user)
     }
 
     /// Unblocks user `id` (their old sessions stay revoked).
-    pub async fn admin_unblock(&self, id: Uuid, client: &ClientInfo) -> Result<user::Model, Error> {
+    pub async fn admin_unblock(
+        &self,
+        id: Uuid,
+        actor: &AdminActor,
+        client: &ClientInfo,
+    ) -> Result<user::Model, Error> {
         let user = self
             .db_query("admin_unblock", users::set_blocked(&self.db, id, None))
             .await?
@@ -128,24 +149,36 @@ impl AuthService {
             .user(id)
             .client(client)
             .detail("actor", "admin")
+            .detail("key_id", actor.key_id.as_str())
             .emit();
         Ok(user)
     }
 
     /// Deletes user `id` with their identities; their sessions are revoked first.
-    pub async fn admin_delete(&self, id: Uuid, client: &ClientInfo) -> Result<(), Error> {
+    pub async fn admin_delete(
+        &self,
+        id: Uuid,
+        actor: &AdminActor,
+        client: &ClientInfo,
+    ) -> Result<(), Error> {
         self.delete_everywhere(id).await?;
         tracing::info!(user_id = %id, "user deleted by an operator");
         self.event(EventKind::UserDeleted)
             .user(id)
             .client(client)
             .detail("actor", "admin")
+            .detail("key_id", actor.key_id.as_str())
             .emit();
         Ok(())
     }
 
     /// Revokes every session of user `id`, on every replica at once.
-    pub async fn admin_revoke_sessions(&self, id: Uuid, client: &ClientInfo) -> Result<(), Error> {
+    pub async fn admin_revoke_sessions(
+        &self,
+        id: Uuid,
+        actor: &AdminActor,
+        client: &ClientInfo,
+    ) -> Result<(), Error> {
         self.db_query("find_user_by_id", crate::db::find_user_by_id(&self.db, id))
             .await?
             .ok_or(Error::NotFound)?;
@@ -158,6 +191,7 @@ impl AuthService {
             .user(id)
             .client(client)
             .detail("actor", "admin")
+            .detail("key_id", actor.key_id.as_str())
             .detail("scope", "all")
             .emit();
         Ok(())

@@ -147,6 +147,10 @@ async fn audit_log_records_login_refresh_logout_and_block(backend: Backend) {
     assert_eq!(hash.len(), 64, "a hex HMAC-SHA256");
     assert_eq!(by_kind("session.revoked")["details"]["scope"], "local");
     assert_eq!(by_kind("user.blocked")["details"]["actor"], "admin");
+    // Which admin key: a fingerprint (the first 8 hex digits of its SHA-256), never the key.
+    let fingerprint = &hex::encode(<sha2::Sha256 as sha2::Digest>::digest(KEY.as_bytes()))[..8];
+    assert_eq!(by_kind("user.blocked")["details"]["key_id"], fingerprint);
+    assert!(!text.contains(KEY), "the key is never stored");
     let sid = by_kind("login.succeeded")["details"]["session_id"].clone();
     assert_eq!(by_kind("token.refreshed")["details"]["session_id"], sid);
     // The code sent for this number: found by kind, with the same phone hash.
