@@ -23,6 +23,9 @@ use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use listener::{Connections, GuardedAcceptor};
 use routes::{connection_policy, metrics_routes, routes_with};
 
+/// How long, at most, the audit events queued when the server stops take to be written.
+const FLUSH_AT_SHUTDOWN: Duration = Duration::from_secs(5);
+
 /// How long, at most, connections that are open when shutdown starts keep being served (with
 /// `Connection: close`) before the server's own graceful shutdown closes the idle ones; at most
 /// half the grace. See [`Application::run_until_stopped`].
@@ -169,6 +172,7 @@ impl Application {
             })
         });
         let acceptor = GuardedAcceptor::new(self.acceptor, connections.clone());
+        let auth = self.state.auth.clone();
         let app = routes_with(self.state, Some(connections));
         let result = Server::new_with_acceptor(acceptor)
             .idle_timeout(idle)
@@ -177,6 +181,8 @@ impl Application {
         if let Some(task) = metrics_server {
             let _ = task.await;
         }
+        // The requests are answered; their audit events are written before the process ends.
+        auth.flush_events(FLUSH_AT_SHUTDOWN).await;
         result
     }
 }

@@ -153,6 +153,16 @@ impl Events {
     }
 }
 
+impl AuthService {
+    /// At shutdown, after the last request: writes the audit events still queued (at most
+    /// `timeout`; events emitted later are dropped and counted).
+    pub async fn flush_events(&self, timeout: Duration) {
+        if !self.events.log.close(timeout).await {
+            tracing::warn!("audit events still queued at shutdown were not all written");
+        }
+    }
+}
+
 /// An event being described; [`Event::emit`] queues it.
 #[must_use = "an event does nothing until emitted"]
 pub struct Event<'a> {

@@ -23,7 +23,8 @@ use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr,
     EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
 };
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::entities::{audit_event, event_outbox};
@@ -77,6 +78,8 @@ pub struct EventLogMetrics {
 pub struct EventLog {
     queue: mpsc::Sender<EventRecord>,
     dropped: prometheus::IntCounter,
+    closing: Arc<watch::Sender<bool>>,
+    writer: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
 }
 
 impl EventLog {
@@ -90,8 +93,25 @@ impl EventLog {
     ) -> Self {
         let (queue, pending) = mpsc::channel(capacity.max(1));
         let dropped = metrics.dropped.clone();
-        tokio::spawn(write_batches(db, pending, metrics, outbox_written));
-        Self { queue, dropped }
+        let (closing, closed) = watch::channel(false);
+        let writer = tokio::spawn(write_batches(db, pending, metrics, outbox_written, closed));
+        Self {
+            queue,
+            dropped,
+            closing: Arc::new(closing),
+            writer: Arc::new(std::sync::Mutex::new(Some(writer))),
+        }
+    }
+
+    /// At shutdown: no event is queued from now on, and what is queued is written (without
+    /// waiting for a batch to fill), for at most `timeout`. Whether the writer finished.
+    pub async fn close(&self, timeout: std::time::Duration) -> bool {
+        self.closing.send_replace(true);
+        let writer = self.writer.lock().ok().and_then(|mut w| w.take());
+        match writer {
+            Some(writer) => tokio::time::timeout(timeout, writer).await.is_ok(),
+            None => true,
+        }
     }
 
     /// Queues `event`. False when the queue is full (the event is dropped and counted).
@@ -104,16 +124,37 @@ impl EventLog {
     }
 }
 
+/// Resolves once the log is closing.
+async fn closing(closed: &mut watch::Receiver<bool>) {
+    // An error: the sender is gone, which closes the log too.
+    let _ = closed.wait_for(|closed| *closed).await;
+}
+
 async fn write_batches(
     db: DatabaseConnection,
     mut pending: mpsc::Receiver<EventRecord>,
     metrics: EventLogMetrics,
     outbox_written: Arc<Notify>,
+    mut closed: watch::Receiver<bool>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
-    while pending.recv_many(&mut batch, BATCH).await > 0 {
-        if batch.len() < BATCH {
-            tokio::time::sleep(LINGER).await;
+    loop {
+        let received = tokio::select! {
+            received = pending.recv_many(&mut batch, BATCH) => received,
+            () = closing(&mut closed) => {
+                // Nothing more comes in; what is queued is still received.
+                pending.close();
+                pending.recv_many(&mut batch, BATCH).await
+            }
+        };
+        if received == 0 {
+            break;
+        }
+        if batch.len() < BATCH && !*closed.borrow() {
+            tokio::select! {
+                () = tokio::time::sleep(LINGER) => {}
+                () = closing(&mut closed) => {}
+            }
             while batch.len() < BATCH {
                 match pending.try_recv() {
                     Ok(event) => batch.push(event),

@@ -354,3 +354,62 @@ fn stop(child: &mut std::process::Child) {
     let _ = Command::new("kill").arg(child.id().to_string()).status();
     let _ = child.wait();
 }
+
+/// A request over plain HTTP/1.1; the status code of the answer.
+fn http_status(port: u16, method: &str, path: &str, body: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut socket = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(request.as_bytes()).ok()?;
+    let mut answer = String::new();
+    socket.read_to_string(&mut answer).ok()?;
+    answer.split(' ').nth(1)?.parse().ok()
+}
+
+#[tokio::test]
+async fn audit_events_queued_at_sigterm_are_written_before_exit() {
+    let dir = temp_dir();
+    let port = free_port();
+    let database = format!("sqlite://{}?mode=rwc", dir.join("audit.db").display());
+    let mut child = otpgate(&dir)
+        .env("PORT", port.to_string())
+        .env("DATABASE_URL", &database)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_status(port, "GET", "/health", "").is_none() {
+        assert!(Instant::now() < deadline, "otpgate did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let phones: Vec<String> = (0..3).map(|_| crate::helpers::unique_phone()).collect();
+    for phone in &phones {
+        let body = format!(r#"{{"phone":"{phone}"}}"#);
+        assert_eq!(
+            http_status(port, "POST", "/api/auth/login", &body),
+            Some(200)
+        );
+    }
+    // At once: the events are still waiting for their batch to fill.
+    stop(&mut child);
+    let db = otpgate::db::connect(&database, 1).await.expect("connect");
+    let sent = otpgate::db::events::search_audit(
+        &db,
+        &otpgate::db::events::AuditFilter {
+            kind: Some("otp.sent".into()),
+            limit: 10,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("search");
+    assert_eq!(sent.len(), phones.len(), "every event queued is written");
+}
