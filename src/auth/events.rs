@@ -154,11 +154,16 @@ impl Events {
 }
 
 impl AuthService {
-    /// At shutdown, after the last request: writes the audit events still queued (at most
-    /// `timeout`; events emitted later are dropped and counted).
+    /// At shutdown, after the last request: writes the audit events and login times still
+    /// queued (at most `timeout`; any queued later are dropped and counted).
     pub async fn flush_events(&self, timeout: Duration) {
-        if !self.events.log.close(timeout).await {
+        let (events, touches) =
+            tokio::join!(self.events.log.close(timeout), self.touches.close(timeout));
+        if !events {
             tracing::warn!("audit events still queued at shutdown were not all written");
+        }
+        if !touches {
+            tracing::warn!("login times still queued at shutdown were not all written");
         }
     }
 }

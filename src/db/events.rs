@@ -23,10 +23,10 @@ use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr,
     EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
 };
-use tokio::sync::{Notify, mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::Notify;
 use uuid::Uuid;
 
+use super::batches::{BatchQueue, Batches};
 use super::entities::{audit_event, event_outbox};
 
 /// Events queued at most (then events are dropped until the writer catches up).
@@ -76,10 +76,7 @@ pub struct EventLogMetrics {
 /// The queue of events to write (cheap to clone).
 #[derive(Clone)]
 pub struct EventLog {
-    queue: mpsc::Sender<EventRecord>,
-    dropped: prometheus::IntCounter,
-    closing: Arc<watch::Sender<bool>>,
-    writer: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+    queue: BatchQueue<EventRecord>,
 }
 
 impl EventLog {
@@ -91,77 +88,33 @@ impl EventLog {
         metrics: EventLogMetrics,
         outbox_written: Arc<Notify>,
     ) -> Self {
-        let (queue, pending) = mpsc::channel(capacity.max(1));
         let dropped = metrics.dropped.clone();
-        let (closing, closed) = watch::channel(false);
-        let writer = tokio::spawn(write_batches(db, pending, metrics, outbox_written, closed));
-        Self {
-            queue,
-            dropped,
-            closing: Arc::new(closing),
-            writer: Arc::new(std::sync::Mutex::new(Some(writer))),
-        }
+        let queue = BatchQueue::start(capacity, BATCH, LINGER, dropped, |batches| {
+            write_batches(db, batches, metrics, outbox_written)
+        });
+        Self { queue }
     }
 
     /// At shutdown: no event is queued from now on, and what is queued is written (without
     /// waiting for a batch to fill), for at most `timeout`. Whether the writer finished.
     pub async fn close(&self, timeout: std::time::Duration) -> bool {
-        self.closing.send_replace(true);
-        let writer = self.writer.lock().ok().and_then(|mut w| w.take());
-        match writer {
-            Some(writer) => tokio::time::timeout(timeout, writer).await.is_ok(),
-            None => true,
-        }
+        self.queue.close(timeout).await
     }
 
     /// Queues `event`. False when the queue is full (the event is dropped and counted).
     pub fn record(&self, event: EventRecord) -> bool {
-        let queued = self.queue.try_send(event).is_ok();
-        if !queued {
-            self.dropped.inc();
-        }
-        queued
+        self.queue.push(event)
     }
-}
-
-/// Resolves once the log is closing.
-async fn closing(closed: &mut watch::Receiver<bool>) {
-    // An error: the sender is gone, which closes the log too.
-    let _ = closed.wait_for(|closed| *closed).await;
 }
 
 async fn write_batches(
     db: DatabaseConnection,
-    mut pending: mpsc::Receiver<EventRecord>,
+    mut batches: Batches<EventRecord>,
     metrics: EventLogMetrics,
     outbox_written: Arc<Notify>,
-    mut closed: watch::Receiver<bool>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
-    loop {
-        let received = tokio::select! {
-            received = pending.recv_many(&mut batch, BATCH) => received,
-            () = closing(&mut closed) => {
-                // Nothing more comes in; what is queued is still received.
-                pending.close();
-                pending.recv_many(&mut batch, BATCH).await
-            }
-        };
-        if received == 0 {
-            break;
-        }
-        if batch.len() < BATCH && !*closed.borrow() {
-            tokio::select! {
-                () = tokio::time::sleep(LINGER) => {}
-                () = closing(&mut closed) => {}
-            }
-            while batch.len() < BATCH {
-                match pending.try_recv() {
-                    Ok(event) => batch.push(event),
-                    Err(_) => break,
-                }
-            }
-        }
+    while batches.next(&mut batch).await {
         let mut result = write(&db, &batch).await;
         if result.is_err() {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;

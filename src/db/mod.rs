@@ -12,6 +12,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+pub mod batches;
 pub mod entities;
 pub mod events;
 pub mod hot;

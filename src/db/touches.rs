@@ -7,16 +7,17 @@
 //! when the database falls that far behind, a time is dropped (counted), never the login.
 //! Rows are updated in id order (replicas writing overlapping batches wait for each other
 //! instead of deadlocking; a deadlock is retried once anyway) and a time never moves back.
-//! Times still queued when the process stops are not written.
+//! Times still queued when the server stops are written before the process ends.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, TransactionTrait};
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::batches::{BatchQueue, Batches};
 use super::user;
 
 /// Logins queued at most (then times are dropped until the writer catches up).
@@ -27,37 +28,40 @@ const BATCH: usize = 512;
 /// The queue of login times to write (cheap to clone).
 #[derive(Clone)]
 pub struct LoginTouches {
-    queue: mpsc::Sender<(Uuid, DateTime<Utc>)>,
-    dropped: prometheus::IntCounter,
+    queue: BatchQueue<(Uuid, DateTime<Utc>)>,
 }
 
 impl LoginTouches {
     /// Starts the writer for `db` (a task on the current runtime) with room for `capacity`
     /// logins; `dropped` counts the times a full queue turned away.
     pub fn start(db: DatabaseConnection, capacity: usize, dropped: prometheus::IntCounter) -> Self {
-        let (queue, pending) = mpsc::channel(capacity.max(1));
-        tokio::spawn(write_batches(db, pending, dropped.clone()));
-        Self { queue, dropped }
+        let counted = dropped.clone();
+        let queue = BatchQueue::start(capacity, BATCH, Duration::ZERO, dropped, |batches| {
+            write_batches(db, batches, counted)
+        });
+        Self { queue }
     }
 
     /// Queues "user `id` logged in `at`". False when the queue is full (the time is dropped
     /// and counted).
     pub fn record(&self, id: Uuid, at: DateTime<Utc>) -> bool {
-        let queued = self.queue.try_send((id, at)).is_ok();
-        if !queued {
-            self.dropped.inc();
-        }
-        queued
+        self.queue.push((id, at))
+    }
+
+    /// At shutdown: the times still queued are written (for at most `timeout`). Whether the
+    /// writer finished.
+    pub async fn close(&self, timeout: Duration) -> bool {
+        self.queue.close(timeout).await
     }
 }
 
 async fn write_batches(
     db: DatabaseConnection,
-    mut pending: mpsc::Receiver<(Uuid, DateTime<Utc>)>,
+    mut batches: Batches<(Uuid, DateTime<Utc>)>,
     dropped: prometheus::IntCounter,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
-    while pending.recv_many(&mut batch, BATCH).await > 0 {
+    while batches.next(&mut batch).await {
         // One row per user: the latest time queued.
         let mut latest: HashMap<Uuid, DateTime<Utc>> = HashMap::with_capacity(batch.len());
         for (id, at) in batch.drain(..) {

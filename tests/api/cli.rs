@@ -355,8 +355,8 @@ fn stop(child: &mut std::process::Child) {
     let _ = child.wait();
 }
 
-/// A request over plain HTTP/1.1; the status code of the answer.
-fn http_status(port: u16, method: &str, path: &str, body: &str) -> Option<u16> {
+/// A request over plain HTTP/1.1: the status code and body of the answer.
+fn http(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut socket = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     socket
@@ -370,35 +370,70 @@ fn http_status(port: u16, method: &str, path: &str, body: &str) -> Option<u16> {
     socket.write_all(request.as_bytes()).ok()?;
     let mut answer = String::new();
     socket.read_to_string(&mut answer).ok()?;
-    answer.split(' ').nth(1)?.parse().ok()
+    let status = answer.split(' ').nth(1)?.parse().ok()?;
+    let body = answer.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
+/// Logs `phone` in with the code the development server exposes; the user's id.
+fn sign_in(port: u16, phone: &str) -> String {
+    let (status, body) = http(
+        port,
+        "POST",
+        "/api/auth/login",
+        &format!(r#"{{"phone":"{phone}"}}"#),
+    )
+    .expect("login");
+    assert_eq!(status, 200, "{body}");
+    let sent: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let code = sent["otp_code"].as_str().expect("otp_code (EXPOSE_OTP)");
+    let (status, body) = http(
+        port,
+        "POST",
+        "/api/auth/verify-otp",
+        &format!(r#"{{"phone":"{phone}","otp_code":"{code}"}}"#),
+    )
+    .expect("verify");
+    assert_eq!(status, 200, "{body}");
+    let tokens: serde_json::Value = serde_json::from_str(&body).expect("json");
+    tokens["user"]["id"].as_str().expect("user id").to_string()
 }
 
 #[tokio::test]
-async fn audit_events_queued_at_sigterm_are_written_before_exit() {
+async fn what_is_queued_at_sigterm_is_written_before_exit() {
     let dir = temp_dir();
     let port = free_port();
-    let database = format!("sqlite://{}?mode=rwc", dir.join("audit.db").display());
+    let database = format!("sqlite://{}?mode=rwc", dir.join("queued.db").display());
     let mut child = otpgate(&dir)
         .env("PORT", port.to_string())
         .env("DATABASE_URL", &database)
+        .env("OTP_RESEND_SECONDS", "0")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while http_status(port, "GET", "/health", "").is_none() {
+    while http(port, "GET", "/health", "").is_none() {
         assert!(Instant::now() < deadline, "otpgate did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let phones: Vec<String> = (0..3).map(|_| crate::helpers::unique_phone()).collect();
-    for phone in &phones {
-        let body = format!(r#"{{"phone":"{phone}"}}"#);
-        assert_eq!(
-            http_status(port, "POST", "/api/auth/login", &body),
-            Some(200)
-        );
+    let returning = crate::helpers::unique_phone();
+    let user = sign_in(port, &returning);
+    std::thread::sleep(Duration::from_millis(20));
+    // A returning user's login time and three codes' audit events, all still queued when
+    // SIGTERM comes at once (the audit waits 50 ms for a batch to fill).
+    assert_eq!(sign_in(port, &returning), user);
+    for _ in 0..3 {
+        let phone = crate::helpers::unique_phone();
+        let (status, _) = http(
+            port,
+            "POST",
+            "/api/auth/login",
+            &format!(r#"{{"phone":"{phone}"}}"#),
+        )
+        .expect("login");
+        assert_eq!(status, 200);
     }
-    // At once: the events are still waiting for their batch to fill.
     stop(&mut child);
     let db = otpgate::db::connect(&database, 1).await.expect("connect");
     let sent = otpgate::db::events::search_audit(
@@ -411,5 +446,15 @@ async fn audit_events_queued_at_sigterm_are_written_before_exit() {
     )
     .await
     .expect("search");
-    assert_eq!(sent.len(), phones.len(), "every event queued is written");
+    assert_eq!(sent.len(), 5, "every event queued is written");
+    let user = otpgate::db::find_user_by_id(&db, user.parse().expect("uuid"))
+        .await
+        .expect("find")
+        .expect("user");
+    let last = user.last_login_at.expect("last_login_at");
+    assert!(
+        last - user.created_at >= chrono::Duration::milliseconds(20),
+        "the second login's time is written: {last} vs {}",
+        user.created_at
+    );
 }
