@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use sea_orm::DatabaseConnection;
@@ -122,6 +122,9 @@ pub struct AuthService {
     reauth_max_age: std::time::Duration,
     /// The audit log and the event webhook's outbox.
     events: Events,
+    /// Recent sends' typical latency (µs, an average weighted to the last few): answers that
+    /// send nothing wait about as long (see [`AuthService::imitate_send`]).
+    send_latency_us: std::sync::atomic::AtomicU64,
 }
 
 /// How many parsed numbers [`AuthService::parse_phone`] keeps (then it starts afresh).
@@ -190,7 +193,35 @@ impl AuthService {
                 config.events.audit_retention,
                 &metrics_for_events,
             ),
+            send_latency_us: Default::default(),
         })
+    }
+
+    /// Records how long a successful send took.
+    fn note_send(&self, took: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let old = self.send_latency_us.load(Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / 8 + sample / 8
+        };
+        self.send_latency_us.store(new, Relaxed);
+    }
+
+    /// An answer that sends nothing (a blocked number, `channel: telegram` for a number without
+    /// a linked chat) waits about as long as recent sends took (their typical latency, ±50 %,
+    /// at most 10 s), so its timing does not tell it from a send.
+    async fn imitate_send(&self) {
+        let typical = self
+            .send_latency_us
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .min(10_000_000);
+        if typical > 0 {
+            let wait = rand::random_range(typical / 2..=typical + typical / 2);
+            tokio::time::sleep(Duration::from_micros(wait)).await;
+        }
     }
 
     /// Chooses the login statement for this database now (one `SELECT VERSION()` on
@@ -359,6 +390,7 @@ impl AuthService {
                 .with_label_values(&[channel.as_str(), "blocked"])
                 .inc();
             tracing::info!(phone = %phone.masked(), "no code sent: the user is blocked");
+            self.imitate_send().await;
             self.event(EventKind::OtpSent)
                 .phone(&phone)
                 .client(client)
@@ -380,6 +412,7 @@ impl AuthService {
                 .otp_sent
                 .with_label_values(&[Channel::Telegram.as_str(), "unlinked"])
                 .inc();
+            self.imitate_send().await;
             delivered = Some(Channel::Telegram);
         }
         for channel in plan {
@@ -400,6 +433,7 @@ impl AuthService {
                 .inc();
             match sent {
                 Ok(()) => {
+                    self.note_send(started.elapsed());
                     delivered = Some(sender.channel());
                     break;
                 }

@@ -22,6 +22,7 @@ crate::on_both_backends!(
     one_retry_rides_out_a_blip,
     timeouts_and_total_failure_are_503_and_charge_nothing,
     autofill_lines_end_the_sms,
+    a_blocked_number_is_answered_about_as_slowly_as_a_send,
 );
 
 /// An app wired to the stand-in with `extra` settings on top.
@@ -306,4 +307,46 @@ async fn autofill_lines_end_the_sms(backend: Backend) {
         "{text}"
     );
     assert!(lines.contains(&"FA+9qCX9VSu"), "{text}");
+}
+
+/// A login for a blocked number sends nothing, but its answer takes about as long as recent
+/// sends did (±50 %), so its timing does not tell that the number is blocked.
+async fn a_blocked_number_is_answered_about_as_slowly_as_a_send(backend: Backend) {
+    const KEY: &str = "admin-key-0123456789abcdef0123456789";
+    let standin = StandIn::start().await;
+    let mut extra = SMS.to_vec();
+    extra.extend([("ADMIN_API_KEYS", KEY), ("OTP_RESEND_SECONDS", "0")]);
+    let app = app_with(backend, &standin, &extra).await;
+    let phone = unique_phone();
+    let code = app.login_code(&app.a, &phone).await;
+    let tokens = app.verify(&app.a, &phone, &code).await;
+    assert_eq!(tokens.status, 200, "{}", tokens.body);
+    let id = tokens.body["user"]["id"].as_str().expect("id").to_string();
+    let blocked = app
+        .call(
+            &app.a,
+            reqwest::Method::POST,
+            &format!("/admin/v1/users/{id}/block"),
+            None,
+            Some(KEY),
+        )
+        .await;
+    assert_eq!(blocked.status, 200, "{}", blocked.body);
+    // Sends now take 200 ms at the provider.
+    standin.set_mode("twilio", Mode::Hang(Duration::from_millis(200)));
+    for _ in 0..12 {
+        assert_eq!(login_via(&app, &unique_phone(), None).await.status, 200);
+    }
+    let before = standin.requests("twilio").len();
+    let started = std::time::Instant::now();
+    let login = login_via(&app, &phone, None).await;
+    let took = started.elapsed();
+    assert_eq!(login.status, 200, "{}", login.body);
+    assert_eq!(standin.requests("twilio").len(), before, "nothing sent");
+    // The typical send is ~160 ms by now (an average weighted 1/8 to each new send, the
+    // first ones ~0 ms), so the answer takes at least ~80 ms.
+    assert!(
+        took >= Duration::from_millis(60),
+        "answered in {took:?}, sends took 200 ms"
+    );
 }
