@@ -122,6 +122,9 @@ impl Messaging {
         if !(-60..=max_age).contains(&age) {
             return Err(Error::TelegramAuthExpired);
         }
+        // The user first (found, or created once however often this runs): a database outage
+        // (503) leaves the signed login usable for the client's retry.
+        let (user, created) = self.auth.user_for_telegram(&login.id.to_string()).await?;
         // Each signed login works once: a replayed one (stolen from a log or a page) is refused.
         let ttl = self.settings.telegram_auth_max_age + std::time::Duration::from_secs(60);
         if !self
@@ -134,7 +137,6 @@ impl Messaging {
         {
             return Err(Error::InvalidTelegramAuth);
         }
-        let (user, created) = self.auth.user_for_telegram(&login.id.to_string()).await?;
         self.auth
             .open_session(user, created, client, LoginMethod::TelegramWidget)
             .await

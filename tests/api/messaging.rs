@@ -1016,6 +1016,13 @@ async fn database_outage_loses_no_webhook_event_and_no_login(backend: Backend) {
     )
     .await;
 
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let signed = widget(telegram_user(), now - 3);
+    let path = "/api/auth/telegram/widget";
+
     m.app.set_database_connections(false).await;
     telegram_update(&m.app, &m.app.a, &own)
         .await
@@ -1023,7 +1030,19 @@ async fn database_outage_loses_no_webhook_event_and_no_login(backend: Backend) {
     poll(&m.app, &m.app.a, &intent)
         .await
         .assert_problem(503, "database_unavailable");
+    m.app
+        .post(&m.app.a, path, signed.clone())
+        .await
+        .assert_problem(503, "database_unavailable");
     m.app.set_database_connections(true).await;
+
+    // The signed widget login was not spent by the outage: the client's retry works, once.
+    let widget_login = m.app.post(&m.app.b, path, signed.clone()).await;
+    assert_eq!(widget_login.status, 200, "{}", widget_login.body);
+    m.app
+        .post(&m.app.a, path, signed)
+        .await
+        .assert_problem(401, "invalid_telegram_auth");
 
     assert_eq!(telegram_update(&m.app, &m.app.b, &own).await.status, 200);
     let login = telegram_login(&m.app, &m.app.a, &phone).await;
