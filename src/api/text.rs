@@ -183,13 +183,13 @@ checked_text! {
 }
 
 checked_text! {
-    /// A captcha token as the widget gives it (Turnstile, hCaptcha, reCAPTCHA): 1 to 4096
-    /// printable ASCII characters.
+    /// A captcha token as the widget gives it (Turnstile, hCaptcha, reCAPTCHA): at most 4096
+    /// printable ASCII characters (an empty one counts as missing).
     CaptchaTokenText {
-        pattern: r"^[\x21-\x7e]{1,4096}$",
+        pattern: r"^[\x21-\x7e]{0,4096}$",
         max_length: 4096,
-        rule: "a captcha token of 1 to 4096 printable ASCII characters, as the widget gave it",
-        check: |t| (1..=4096).contains(&t.len()) && t.bytes().all(|b| (0x21..=0x7e).contains(&b)),
+        rule: "a captcha token of at most 4096 printable ASCII characters, as the widget gave it",
+        check: |t| t.len() <= 4096 && t.bytes().all(|b| (0x21..=0x7e).contains(&b)),
     }
 }
 
