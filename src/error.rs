@@ -102,6 +102,14 @@ pub enum Error {
     /// 401 `telegram_auth_expired`: the widget's `auth_date` is too old (or in the future).
     #[error("The Telegram login data is too old; log in again.")]
     TelegramAuthExpired,
+    /// 403 `captcha_failed`: the captcha token is missing, invalid, replayed, expired or
+    /// scored too low; no code was sent.
+    #[error("The captcha check failed; solve the captcha again and retry with its new token.")]
+    CaptchaFailed,
+    /// 503 `captcha_unavailable`: the captcha provider did not answer (and the gate fails
+    /// closed); no code was sent.
+    #[error("The captcha could not be checked; retry shortly.")]
+    CaptchaUnavailable,
     /// 503 `delivery_failed`: no channel could deliver the code; nothing was charged.
     #[error("The code could not be delivered; retry shortly.")]
     DeliveryFailed,
@@ -135,11 +143,12 @@ impl Error {
             Error::InvalidSignature
             | Error::InvalidPollToken
             | Error::UserBlocked
+            | Error::CaptchaFailed
             | Error::ReauthenticationRequired => 403,
             Error::PhoneTaken => 409,
             Error::NotFound => 404,
             Error::IntentExpired | Error::IntentConsumed => 410,
-            Error::Store(_) | Error::DeliveryFailed => 503,
+            Error::Store(_) | Error::DeliveryFailed | Error::CaptchaUnavailable => 503,
             Error::Database(e) if db_unavailable(e) => 503,
             Error::Database(_) | Error::Internal(_) => 500,
         }
@@ -171,6 +180,8 @@ impl Error {
             Error::IntentConsumed => "intent_consumed",
             Error::InvalidTelegramAuth => "invalid_telegram_auth",
             Error::TelegramAuthExpired => "telegram_auth_expired",
+            Error::CaptchaFailed => "captcha_failed",
+            Error::CaptchaUnavailable => "captcha_unavailable",
             Error::DeliveryFailed => "delivery_failed",
             Error::Store(_) => "store_unavailable",
             Error::Database(e) if db_unavailable(e) => "database_unavailable",

@@ -117,6 +117,8 @@ pub struct Metrics {
     pub webhook_deliveries: IntCounterVec,
     /// `otpgate_event_webhook_lag_seconds`.
     pub webhook_lag: prometheus::Gauge,
+    /// `otpgate_captcha_verdicts_total{provider,verdict,mode}`.
+    pub captcha_verdicts: IntCounterVec,
 }
 
 impl Metrics {
@@ -257,6 +259,12 @@ impl Metrics {
                 registry.register(Box::new(g.clone()))?;
                 g
             },
+            captcha_verdicts: counter(
+                "otpgate_captcha_verdicts_total",
+                "Captcha checks before a code is sent, by provider, verdict (pass, fail, missing, \
+                 low_score, unavailable) and mode (shadow, enforce).",
+                &["provider", "verdict", "mode"],
+            )?,
             registry,
         };
         let build_info = IntGaugeVec::new(

@@ -139,8 +139,9 @@ pub struct AuditEvent {
     pub id: Uuid,
     /// When it happened.
     pub at: DateTime<Utc>,
-    /// What happened: `otp.sent`, `otp.failed`, `login.succeeded` (`details.method`: `otp`,
-    /// `whatsapp_intent`, `telegram_intent`, `telegram_widget`),
+    /// What happened: `otp.sent`, `otp.failed`, `captcha.failed` (`details.verdict`: `fail`,
+    /// `missing`, `low_score`, `unavailable`; `details.mode`), `login.succeeded`
+    /// (`details.method`: `otp`, `whatsapp_intent`, `telegram_intent`, `telegram_widget`),
     /// `token.refreshed`, `token.reused`, `session.revoked`, `sessions.revoked_all`,
     /// `user.created`, `user.blocked`, `user.unblocked`, `user.deleted`.
     pub kind: String,

@@ -15,7 +15,8 @@ use super::ApiTags;
 use super::body::Body;
 use super::oauth::OAuthFails;
 use super::problem::{Fails, failures, headers};
-use super::text::{DeviceNameText, OtpText, PhoneText, Text, TokenText};
+use super::text::{CaptchaTokenText, DeviceNameText, OtpText, PhoneText, Text, TokenText};
+use crate::auth::captcha::CaptchaInput;
 use crate::auth::sessions::{ClientInfo, LogoutScope, SessionView};
 use crate::auth::{AuthService, LoggedIn};
 use crate::db::{identity, user};
@@ -89,6 +90,12 @@ pub struct LoginRequest {
     /// Delivery channel; the server's default when absent or null.
     #[oai(nullable)]
     pub channel: Option<RequestedChannel>,
+    /// The token of the captcha the user solved (Cloudflare Turnstile, hCaptcha or reCAPTCHA,
+    /// as the server's `CAPTCHA_PROVIDER`): required when the server enforces a captcha
+    /// (otherwise 403 `captcha_failed`), ignored when it has none. Single-use: solve the
+    /// captcha again for each request.
+    #[oai(skip_serializing_if_is_none)]
+    pub captcha_token: Option<CaptchaTokenText>,
 }
 
 /// A code is on its way.
@@ -150,6 +157,7 @@ impl Example for LoginRequest {
         LoginRequest {
             phone: PhoneText("+919876543210".into()),
             channel: Some(RequestedChannel::Sms),
+            captcha_token: None,
         }
     }
 }
@@ -421,8 +429,10 @@ failures! {
         "country_not_allowed",
         "unsupported_number",
         "channel_unavailable",
+        "captcha_failed",
         "store_unavailable",
         "database_unavailable",
+        "captcha_unavailable",
         "delivery_failed",
     ];
     /// `POST /api/auth/verify-otp`.
@@ -476,8 +486,10 @@ failures! {
         "country_not_allowed",
         "unsupported_number",
         "channel_unavailable",
+        "captcha_failed",
         "store_unavailable",
         "database_unavailable",
+        "captcha_unavailable",
         "delivery_failed",
     ];
     /// `POST /api/auth/phone/verify`.
@@ -514,7 +526,10 @@ impl AuthApi {
     ///
     /// Sends a code to the phone over the requested channel. A second request for the same
     /// phone within the resend window gets 429 with `Retry-After`. The answer is the same for
-    /// known and new numbers.
+    /// known and new numbers. When the server has a captcha gate (`CAPTCHA_PROVIDER`), send the
+    /// solved captcha's `captcha_token`: a missing or failed one is 403 `captcha_failed`, and a
+    /// captcha provider that does not answer is 503 `captcha_unavailable` (unless the server
+    /// lets logins through then); either way no code is sent.
     #[oai(path = "/login", method = "post", operation_id = "login")]
     async fn login(
         &self,
@@ -528,6 +543,7 @@ impl AuthApi {
             &body.phone,
             body.channel.map(Channel::from),
             &client,
+            CaptchaInput::Token(body.captcha_token.as_deref()),
         ))
         .await?;
         Ok(LoginReply::sent(started))
@@ -650,7 +666,8 @@ impl AuthApi {
     /// Start a phone number change
     ///
     /// Sends a code to the new number (the answer is that of `/login`, the same whether or not
-    /// the number has an account). Needs a recent login, as `DELETE /me` does.
+    /// the number has an account; with a captcha gate, `captcha_token` as for `/login`). Needs a
+    /// recent login, as `DELETE /me` does.
     #[oai(path = "/phone", method = "post", operation_id = "changePhone")]
     async fn change_phone(
         &self,
@@ -664,6 +681,7 @@ impl AuthApi {
             &body.phone,
             body.channel.map(Channel::from),
             &client_info(req, None),
+            CaptchaInput::Token(body.captcha_token.as_deref()),
         ))
         .await?;
         Ok(LoginReply::sent(started))
@@ -750,6 +768,9 @@ pub struct PhoneChangeRequest {
     /// Delivery channel; the server's default when absent or null.
     #[oai(nullable)]
     pub channel: Option<RequestedChannel>,
+    /// The solved captcha's token, as for `/login` (required when the server enforces one).
+    #[oai(skip_serializing_if_is_none)]
+    pub captcha_token: Option<CaptchaTokenText>,
 }
 
 impl Example for PhoneChangeRequest {
@@ -757,6 +778,7 @@ impl Example for PhoneChangeRequest {
         PhoneChangeRequest {
             phone: PhoneText("+919812345678".into()),
             channel: None,
+            captcha_token: None,
         }
     }
 }

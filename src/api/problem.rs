@@ -121,6 +121,12 @@ pub const PROBLEM_TYPES: &[(&str, u16, &str, &str)] = &[
         "This account is blocked.",
     ),
     (
+        "captcha_failed",
+        403,
+        "Captcha failed",
+        "The captcha check failed; solve the captcha again and retry with its new token.",
+    ),
+    (
         "invalid_poll_token",
         403,
         "Wrong poll token",
@@ -246,6 +252,12 @@ pub const PROBLEM_TYPES: &[(&str, u16, &str, &str)] = &[
         503,
         "Code not delivered",
         "The code could not be delivered; retry shortly.",
+    ),
+    (
+        "captcha_unavailable",
+        503,
+        "Captcha unavailable",
+        "The captcha could not be checked; retry shortly.",
     ),
     (
         "http_version_not_supported",

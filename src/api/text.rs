@@ -183,6 +183,17 @@ checked_text! {
 }
 
 checked_text! {
+    /// A captcha token as the widget gives it (Turnstile, hCaptcha, reCAPTCHA): at most 4096
+    /// printable ASCII characters (an empty one counts as missing).
+    CaptchaTokenText {
+        pattern: r"^[\x21-\x7e]{0,4096}$",
+        max_length: 4096,
+        rule: "a captcha token of at most 4096 printable ASCII characters, as the widget gave it",
+        check: |t| t.len() <= 4096 && t.bytes().all(|b| (0x21..=0x7e).contains(&b)),
+    }
+}
+
+checked_text! {
     /// A hex SHA-256 HMAC: 64 hex digits.
     HexHashText {
         pattern: r"^[0-9a-fA-F]{64}$",
@@ -211,6 +222,11 @@ pub(crate) const RULES: &[Rule] = &[
         PollTokenText::RULE,
     ),
     (HexHashText::PATTERN, HexHashText::check, HexHashText::RULE),
+    (
+        CaptchaTokenText::PATTERN,
+        CaptchaTokenText::check,
+        CaptchaTokenText::RULE,
+    ),
     (TokenText::PATTERN, TokenText::check, TokenText::RULE),
     (Text::PATTERN, Text::check, Text::RULE),
     (

@@ -206,6 +206,7 @@ impl AppState {
                 app_name: &settings.delivery.app_name,
                 admin: &settings.admin,
                 events: &settings.events,
+                captcha: settings.captcha.as_ref(),
             },
             store.clone(),
             db.clone(),

@@ -70,9 +70,10 @@ impl AuthService {
         new_phone: &str,
         channel: Option<Channel>,
         client: &ClientInfo,
+        captcha: super::captcha::CaptchaInput<'_>,
     ) -> Result<LoginStarted, Error> {
         self.require_recent_login(claims).await?;
-        self.login(new_phone, channel, client).await
+        self.login(new_phone, channel, client, captcha).await
     }
 
     /// Moves the caller's account to `new_phone` once its `code` checks out: the user's number

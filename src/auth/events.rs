@@ -46,6 +46,9 @@ pub enum EventKind {
     OtpSent,
     /// A code was refused (wrong, expired, burned, rate limited).
     OtpFailed,
+    /// A captcha check before a code did not pass (`details.verdict`: fail, missing, low_score,
+    /// unavailable; `details.mode`: shadow or enforce). Audit only; passes are not recorded.
+    CaptchaFailed,
     /// A session was opened (`details.method`: a verified code, a login intent, the Telegram
     /// widget).
     LoginSucceeded,
@@ -77,6 +80,7 @@ impl EventKind {
         match self {
             EventKind::OtpSent => "otp.sent",
             EventKind::OtpFailed => "otp.failed",
+            EventKind::CaptchaFailed => "captcha.failed",
             EventKind::LoginSucceeded => "login.succeeded",
             EventKind::TokenRefreshed => "token.refreshed",
             EventKind::TokenReused => "token.reused",
@@ -102,6 +106,7 @@ impl EventKind {
             EventKind::UserDeleted => Some("user.deleted"),
             EventKind::PhoneChanged => Some("phone.changed"),
             EventKind::OtpSent
+            | EventKind::CaptchaFailed
             | EventKind::TokenRefreshed
             | EventKind::TokenReused
             | EventKind::UserUnblocked
@@ -413,6 +418,7 @@ mod tests {
         let all = [
             EventKind::OtpSent,
             EventKind::OtpFailed,
+            EventKind::CaptchaFailed,
             EventKind::LoginSucceeded,
             EventKind::TokenRefreshed,
             EventKind::TokenReused,
@@ -441,5 +447,7 @@ mod tests {
             assert!(hooks.contains(t), "{t}");
         }
         assert_eq!(hooks.len(), 7);
+        assert_eq!(EventKind::CaptchaFailed.as_str(), "captcha.failed");
+        assert_eq!(EventKind::CaptchaFailed.webhook_type(), None);
     }
 }

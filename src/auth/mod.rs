@@ -12,8 +12,8 @@ use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
 use crate::config::{
-    AdminSettings, EventSettings, LimitSettings, MessagingSettings, OtpSettings, SessionIp,
-    TestNumbers, TokenSettings,
+    AdminSettings, CaptchaSettings, EventSettings, LimitSettings, MessagingSettings, OtpSettings,
+    SessionIp, TestNumbers, TokenSettings,
 };
 use crate::db::{self, identity, user};
 use crate::delivery::{Delivery, Destination, OtpMessage};
@@ -25,12 +25,14 @@ use crate::telemetry::Metrics;
 
 pub mod account;
 pub mod admin;
+pub mod captcha;
 pub mod events;
 pub mod intents;
 pub mod otp;
 pub mod sessions;
 pub mod tokens;
 
+use self::captcha::{CaptchaGate, CaptchaInput};
 use self::events::{EventKind, Events};
 use self::otp::OtpService;
 use self::sessions::ClientInfo;
@@ -125,6 +127,8 @@ pub struct AuthService {
     /// Recent sends' typical latency (µs, an average weighted to the last few): answers that
     /// send nothing wait about as long (see [`AuthService::imitate_send`]).
     send_latency_us: std::sync::atomic::AtomicU64,
+    /// The captcha gate before a code is sent, when `CAPTCHA_PROVIDER` is set.
+    captcha: Option<CaptchaGate>,
 }
 
 /// How many parsed numbers [`AuthService::parse_phone`] keeps (then it starts afresh).
@@ -147,6 +151,8 @@ pub struct AuthConfig<'a> {
     pub admin: &'a AdminSettings,
     /// Audit retention and the event webhook.
     pub events: &'a EventSettings,
+    /// The captcha gate, when configured.
+    pub captcha: Option<&'a CaptchaSettings>,
 }
 
 impl AuthService {
@@ -194,6 +200,7 @@ impl AuthService {
                 &metrics_for_events,
             ),
             send_latency_us: Default::default(),
+            captcha: config.captcha.map(CaptchaGate::new).transpose()?,
         })
     }
 
@@ -333,11 +340,15 @@ impl AuthService {
     ///
     /// The database is read only for Telegram (the linked chat), so for the other channels the
     /// answer is the same whether or not the number has an account.
+    ///
+    /// With a captcha gate, `captcha` is checked once the number is known to be acceptable and
+    /// before any quota is charged or anything sent; test numbers skip it.
     pub async fn login(
         &self,
         phone: &str,
         channel: Option<Channel>,
         client: &ClientInfo,
+        captcha: CaptchaInput<'_>,
     ) -> Result<LoginStarted, Error> {
         let client_ip = client.ip;
         let phone = self.parse_phone(phone)?;
@@ -356,6 +367,7 @@ impl AuthService {
                 .emit();
             return Ok(started);
         }
+        self.check_captcha(captcha, &phone, client).await?;
         let quotas = self.quotas.for_send(&phone, &subjects, client_ip);
         let issued = match self.otp.issue(&phone, &subjects, &quotas).await {
             Ok(issued) => issued,

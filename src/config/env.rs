@@ -235,6 +235,7 @@ pub const SECRET_VARIABLES: &[&str] = &[
     "ADMIN_API_KEYS",
     "TEST_PHONE_NUMBERS",
     "EVENT_WEBHOOK_SECRET",
+    "CAPTCHA_SECRET",
 ];
 
 /// The secrets of `NAME_FILE` variables; a file that cannot be read is a problem in `errors`.

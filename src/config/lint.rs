@@ -42,6 +42,7 @@ const PREFIXES: &[&str] = &[
     "ADMIN_",
     "SESSION_",
     "REAUTH_",
+    "CAPTCHA_",
 ];
 
 /// Every variable name otpgate reads.
@@ -214,6 +215,8 @@ mod tests {
             ("WHATSAPP_ACCESS_TOKEN", "t"),
             ("WHATSAPP_PHONE_NUMBER_ID", "1"),
             ("TELEGRAM_BOT_TOKEN", "1:x"),
+            ("CAPTCHA_PROVIDER", "turnstile"),
+            ("CAPTCHA_SECRET", "x"),
             ("REDIS_URL", "redis://127.0.0.1"),
             ("JWT_ALGORITHM", "ES256"),
             ("JWT_PRIVATE_KEY_FILE", key.as_str()),

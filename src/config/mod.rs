@@ -14,6 +14,7 @@
 //! sections, are here.
 
 pub mod admin;
+pub mod captcha;
 pub mod delivery;
 pub mod env;
 pub mod events;
@@ -26,6 +27,7 @@ pub mod store;
 pub mod tokens;
 
 pub use admin::{AdminSettings, SessionIp};
+pub use captcha::{CaptchaMode, CaptchaProvider, CaptchaSettings};
 pub use delivery::{
     DEFAULT_MESSAGE_TEMPLATE, DeliverySettings, TelegramSettings, TwilioSettings, WhatsappSettings,
 };
@@ -77,6 +79,8 @@ pub struct Settings {
     pub admin: AdminSettings,
     /// The audit log's retention and the event webhook.
     pub events: EventSettings,
+    /// The captcha gate before a code is sent; `None` when `CAPTCHA_PROVIDER` is unset.
+    pub captcha: Option<CaptchaSettings>,
 }
 
 impl Settings {
@@ -124,6 +128,7 @@ impl Settings {
         let messaging = env.section(MessagingSettings::from_env(&env));
         let admin = env.section(AdminSettings::from_env(&env));
         let events = env.section(EventSettings::from_env(&env));
+        let captcha = env.section(CaptchaSettings::from_env(&env));
         let (
             Some(tokens),
             Some(otp),
@@ -134,8 +139,9 @@ impl Settings {
             Some(messaging),
             Some(admin),
             Some(events),
+            Some(captcha),
         ) = (
-            tokens, otp, limits, server, store, delivery, messaging, admin, events,
+            tokens, otp, limits, server, store, delivery, messaging, admin, events, captcha,
         )
         else {
             env.finish()?;
@@ -152,6 +158,7 @@ impl Settings {
             messaging,
             admin,
             events,
+            captcha,
         };
         for err in settings.production_problems() {
             env.report(err);
@@ -314,6 +321,9 @@ impl Settings {
         }
         if let Some(w) = &self.events.webhook {
             found.push(("EVENT_WEBHOOK_SECRET", w.secret.expose()));
+        }
+        if let Some(c) = &self.captcha {
+            found.push(("CAPTCHA_SECRET", c.secret.expose()));
         }
         if let Some(password) = url_password(self.store.database_url.expose()) {
             found.push(("DATABASE_URL", password));

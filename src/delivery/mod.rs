@@ -5,6 +5,9 @@
 //! - `whatsapp`: the WhatsApp Cloud API, as an authentication template or a text message;
 //! - `telegram`: a bot message to the user's linked Telegram chat.
 //!
+//! Beside them, the other outbound provider a login calls: the captcha siteverify endpoint
+//! ([`captcha`]).
+//!
 //! Every provider request is bounded by `DELIVERY_TIMEOUT_MS` and retried once, after a short
 //! pause, on a timeout, a connection failure, a 429 or a 5xx. Provider error texts are logged
 //! with phone numbers masked and never reach the client; tokens never appear in logs (URLs are
@@ -17,8 +20,10 @@ use crate::config::DeliverySettings;
 pub use crate::domain::channel::Channel;
 use crate::domain::phone::Phone;
 
+pub mod captcha;
 mod providers;
 
+pub use captcha::{CaptchaOutage, CaptchaVerifier, Siteverify};
 pub use providers::{LogSender, TelegramSender, TwilioSender, WhatsappSender};
 
 /// A provider refused or did not answer.

@@ -180,6 +180,8 @@ impl Replier {
                 phone,
                 Some(channel),
                 &crate::auth::sessions::ClientInfo::default(),
+                // The user messaged us from their own account: no captcha.
+                crate::auth::captcha::CaptchaInput::Exempt,
             )
             .await
         {

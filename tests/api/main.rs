@@ -6,6 +6,7 @@
 
 mod helpers;
 
+mod captcha;
 mod cli;
 mod contract;
 mod db;

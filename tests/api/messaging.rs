@@ -18,6 +18,7 @@ crate::on_both_backends!(
     whatsapp_intent_logs_in_on_the_other_replica,
     duplicate_deliveries_act_once,
     whatsapp_otp_command_sends_a_code_that_verifies,
+    message_commands_are_not_captcha_gated,
     old_whatsapp_messages_are_ignored,
     telegram_start_binds_the_intent_and_asks_for_the_contact,
     own_contact_links_the_phone_and_foreign_contacts_nothing,
@@ -553,6 +554,40 @@ async fn whatsapp_otp_command_sends_a_code_that_verifies(backend: Backend) {
     );
     let verified = m.app.verify(&m.app.b, &phone, &code).await;
     assert_eq!(verified.status, 200, "{}", verified.body);
+}
+
+/// A code asked for by a message from the user's own WhatsApp account skips the captcha gate
+/// (the message is the human step): sent even with an enforced gate whose verifier is down.
+async fn message_commands_are_not_captcha_gated(backend: Backend) {
+    let m = messaging_app(
+        backend,
+        &[
+            ("CAPTCHA_PROVIDER", "turnstile"),
+            ("CAPTCHA_SECRET", "captcha-secret"),
+            ("CAPTCHA_MODE", "enforce"),
+            ("CAPTCHA_VERIFY_URL", "http://127.0.0.1:9/siteverify"),
+        ],
+    )
+    .await;
+    let phone = unique_phone();
+    // The app's own login is gated: refused without a token.
+    m.app
+        .login(&m.app.a, &unique_phone())
+        .await
+        .assert_problem(403, "captcha_failed");
+    let reply = whatsapp_signed(
+        &m.app,
+        &m.app.a,
+        &whatsapp_message(&digits(&phone), "wamid.otp-captcha", "code"),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    let sent = m.standin.wait_for("whatsapp", 1).await;
+    assert_eq!(sent[0].body["to"], json!(digits(&phone)));
+    let text = sent[0].body["text"]["body"].as_str().expect("text");
+    let code: String = text.chars().take_while(char::is_ascii_digit).collect();
+    assert_eq!(code.len(), 6, "{text}");
+    assert!(m.standin.requests("captcha").is_empty());
 }
 
 async fn old_whatsapp_messages_are_ignored(backend: Backend) {

@@ -1,7 +1,9 @@
-//! A local stand-in for Twilio, the WhatsApp Cloud API and the Telegram Bot API. It checks each
-//! request as the provider documents it (method, path, auth header, content type, fields),
-//! records it, and answers as the provider does; a request that breaks the contract gets the
-//! provider's 400, so a malformed send fails the test. Failures can be scripted per provider.
+//! A local stand-in for Twilio, the WhatsApp Cloud API and the Telegram Bot API, and for a
+//! captcha provider's siteverify endpoint. It checks each request as the provider documents it
+//! (method, path, auth header, content type, fields), records it, and answers as the provider
+//! does; a request that breaks the contract gets the provider's 400 (siteverify: `success:
+//! false`), so a malformed send fails the test. Failures can be scripted per provider; the
+//! siteverify answer is chosen by the token ([`siteverify`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,6 +23,7 @@ pub const TWILIO_FROM: &str = "+15005550006";
 pub const WHATSAPP_TOKEN: &str = "whatsapp-access-token";
 pub const WHATSAPP_PHONE_ID: &str = "106540352242922";
 pub const TELEGRAM_TOKEN: &str = "123456:ABC-telegram-bot-token";
+pub const CAPTCHA_SECRET: &str = "0x4AAAAAAAcaptcha-secret-key";
 
 /// How a provider answers.
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +53,8 @@ pub struct Recorded {
 struct State {
     requests: Vec<Recorded>,
     modes: HashMap<&'static str, Mode>,
+    /// Captcha tokens already checked (`once-…` tokens work once).
+    spent_tokens: std::collections::HashSet<String>,
 }
 
 /// A running stand-in on a loopback port.
@@ -129,6 +134,21 @@ impl StandIn {
             ("TELEGRAM_API_BASE", self.base.clone()),
         ]
     }
+
+    /// otpgate settings for a captcha gate of `provider` checked here, in `mode`.
+    pub fn captcha_settings(
+        &self,
+        provider: &'static str,
+        mode: &'static str,
+    ) -> Vec<(&'static str, String)> {
+        vec![
+            ("CAPTCHA_PROVIDER", provider.into()),
+            ("CAPTCHA_SECRET", CAPTCHA_SECRET.into()),
+            ("CAPTCHA_MODE", mode.into()),
+            ("CAPTCHA_VERIFY_URL", format!("{}/siteverify", self.base)),
+            ("CAPTCHA_TIMEOUT_MS", "500".into()),
+        ]
+    }
 }
 
 fn json_response(status: u16, body: Value) -> Response {
@@ -168,6 +188,9 @@ fn parse_form(body: &str) -> Value {
 
 async fn handle(state: Arc<Mutex<State>>, mut req: Request) -> Response {
     let path = req.uri().path().to_string();
+    if path == "/siteverify" {
+        return siteverify(state, req).await;
+    }
     let provider: &'static str = if path.starts_with("/2010-04-01/Accounts/") {
         "twilio"
     } else if path.starts_with("/v21.0/") {
@@ -362,5 +385,92 @@ fn check_telegram(path: &str, content_type: &str, body: &Value) -> Option<String
             });
             (!ok).then(|| "can't parse reply keyboard markup JSON object".into())
         }
+    }
+}
+
+/// A captcha provider's siteverify (Turnstile, hCaptcha and reCAPTCHA document the same
+/// request): POST, form-encoded `secret`, `response`, `remoteip`. A request that breaks this
+/// gets `success: false` with the provider's error code. The token chooses the answer:
+/// `pass…` passes, `fail…` is refused (`invalid-input-response`), `low…` passes with score 0.1,
+/// `high…` with score 0.9, `once-…` passes the first time and is then `timeout-or-duplicate`,
+/// `slow…` answers after 2 s, `boom…` is an HTTP 500, `junk…` a 200 that is not JSON.
+async fn siteverify(state: Arc<Mutex<State>>, mut req: Request) -> Response {
+    let method = req.method().clone();
+    let content_type = req.content_type().unwrap_or("").to_string();
+    let raw = req.take_body().into_string().await.unwrap_or_default();
+    let form = parse_form(&raw);
+    let token = form["response"].as_str().unwrap_or("").to_string();
+    let replayed = {
+        let mut state = state.lock().expect("lock");
+        state.requests.push(Recorded {
+            provider: "captcha",
+            path: "/siteverify".into(),
+            body: form.clone(),
+        });
+        !state.spent_tokens.insert(token.clone())
+    };
+    let refuse =
+        |code: &str| json_response(200, json!({ "success": false, "error-codes": [code] }));
+    if method != poem::http::Method::POST {
+        return json_response(
+            405,
+            json!({ "success": false, "error-codes": ["bad-request"] }),
+        );
+    }
+    if !content_type.starts_with("application/x-www-form-urlencoded") {
+        return refuse("bad-request");
+    }
+    match form["secret"].as_str() {
+        None | Some("") => return refuse("missing-input-secret"),
+        Some(secret) if secret != CAPTCHA_SECRET => return refuse("invalid-input-secret"),
+        Some(_) => {}
+    }
+    if token.is_empty() {
+        return refuse("missing-input-response");
+    }
+    if form["remoteip"]
+        .as_str()
+        .is_none_or(|ip| ip.parse::<std::net::IpAddr>().is_err())
+    {
+        return refuse("invalid-remoteip");
+    }
+    let ok = |extra: Value| {
+        let mut body = json!({
+            "success": true,
+            "challenge_ts": "2026-11-29T12:00:00Z",
+            "hostname": "app.example",
+            "error-codes": [],
+        });
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            body.extend(extra.clone());
+        }
+        json_response(200, body)
+    };
+    if token.starts_with("pass") {
+        ok(json!({}))
+    } else if token.starts_with("fail") {
+        refuse("invalid-input-response")
+    } else if token.starts_with("low") {
+        ok(json!({ "score": 0.1, "action": "login" }))
+    } else if token.starts_with("high") {
+        ok(json!({ "score": 0.9, "action": "login" }))
+    } else if token.starts_with("once-") {
+        if replayed {
+            refuse("timeout-or-duplicate")
+        } else {
+            ok(json!({}))
+        }
+    } else if token.starts_with("slow") {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        ok(json!({}))
+    } else if token.starts_with("boom") {
+        json_response(500, json!({ "error": "internal" }))
+    } else if token.starts_with("junk") {
+        Response::builder()
+            .status(StatusCode::OK)
+            .content_type("text/html")
+            .body("<html>maintenance</html>")
+    } else {
+        refuse("invalid-input-response")
     }
 }

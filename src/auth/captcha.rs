@@ -1,0 +1,156 @@
+//! The human gate before a code is sent: what a captcha verdict means for a login.
+//!
+//! The provider call is [`crate::delivery::CaptchaVerifier`]; here, the verdict (pass, fail,
+//! missing, low score, unavailable), the mode (`shadow` records, `enforce` refuses) and the
+//! fail-open choice for an outage. Every verdict is counted
+//! (`otpgate_captcha_verdicts_total{provider,verdict,mode}`); every verdict but a pass is an
+//! audit event `captcha.failed`.
+
+use crate::config::{CaptchaMode, CaptchaProvider, CaptchaSettings};
+use crate::delivery::CaptchaVerifier;
+use crate::domain::phone::Phone;
+use crate::error::Error;
+
+use super::AuthService;
+use super::events::EventKind;
+use super::sessions::ClientInfo;
+
+/// What a code request brings for the captcha gate.
+#[derive(Debug, Clone, Copy)]
+pub enum CaptchaInput<'a> {
+    /// A request from a client app: its `captcha_token`, if any.
+    Token(Option<&'a str>),
+    /// Not gated: the user messaged us from their own WhatsApp or Telegram account (a message
+    /// command asking for a code), which is itself the human step.
+    Exempt,
+}
+
+/// The gate, when `CAPTCHA_PROVIDER` is set.
+pub(super) struct CaptchaGate {
+    provider: CaptchaProvider,
+    mode: CaptchaMode,
+    min_score: f64,
+    fail_open: bool,
+    verifier: CaptchaVerifier,
+}
+
+impl CaptchaGate {
+    pub(super) fn new(settings: &CaptchaSettings) -> Result<Self, Error> {
+        Ok(Self {
+            provider: settings.provider,
+            mode: settings.mode,
+            min_score: settings.min_score,
+            fail_open: settings.fail_open,
+            verifier: CaptchaVerifier::from_settings(settings).map_err(Error::Internal)?,
+        })
+    }
+}
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Verdict {
+    Pass,
+    /// The provider said no (invalid, forged, replayed or expired token).
+    Fail,
+    /// No token in the request.
+    Missing,
+    /// A reCAPTCHA score below `CAPTCHA_MIN_SCORE`.
+    LowScore,
+    /// The provider gave no verdict (timeout, connection error, non-2xx, unreadable answer).
+    Unavailable,
+}
+
+impl Verdict {
+    fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+            Verdict::Missing => "missing",
+            Verdict::LowScore => "low_score",
+            Verdict::Unavailable => "unavailable",
+        }
+    }
+}
+
+impl AuthService {
+    /// Checks the captcha of a code request for `phone`. `Ok` lets the code be sent; in
+    /// `enforce` mode a failed verdict is 403 `captcha_failed`, an outage 503
+    /// `captcha_unavailable` unless `CAPTCHA_FAIL_OPEN`. `shadow` mode never refuses.
+    pub(super) async fn check_captcha(
+        &self,
+        input: CaptchaInput<'_>,
+        phone: &Phone,
+        client: &ClientInfo,
+    ) -> Result<(), Error> {
+        let Some(gate) = &self.captcha else {
+            return Ok(());
+        };
+        let token = match input {
+            CaptchaInput::Exempt => return Ok(()),
+            _ if gate.mode == CaptchaMode::Off => return Ok(()),
+            CaptchaInput::Token(token) => token.filter(|t| !t.trim().is_empty()),
+        };
+        let mut score = None;
+        let verdict = match token {
+            None => Verdict::Missing,
+            Some(token) => match gate.verifier.verify(token, client.ip).await {
+                Ok(answer) => {
+                    score = answer.score;
+                    if !answer.success {
+                        tracing::info!(
+                            phone = %phone.masked(),
+                            error_codes = ?answer.error_codes,
+                            "captcha refused by the provider"
+                        );
+                        Verdict::Fail
+                    } else if gate.provider == CaptchaProvider::Recaptcha
+                        && answer.score.is_some_and(|s| s < gate.min_score)
+                    {
+                        Verdict::LowScore
+                    } else {
+                        Verdict::Pass
+                    }
+                }
+                Err(outage) => {
+                    tracing::warn!(
+                        provider = gate.provider.as_str(),
+                        fail_open = gate.fail_open,
+                        error = %outage,
+                        "captcha verifier unavailable"
+                    );
+                    Verdict::Unavailable
+                }
+            },
+        };
+        self.metrics
+            .captcha_verdicts
+            .with_label_values(&[gate.provider.as_str(), verdict.as_str(), gate.mode.as_str()])
+            .inc();
+        if verdict == Verdict::Pass {
+            return Ok(());
+        }
+        let mut event = self
+            .event(EventKind::CaptchaFailed)
+            .phone(phone)
+            .client(client)
+            .detail("provider", gate.provider.as_str())
+            .detail("verdict", verdict.as_str())
+            .detail("mode", gate.mode.as_str());
+        // Only reCAPTCHA's score means "how human"; hCaptcha Enterprise's is a risk score.
+        if let Some(score) = score.filter(|_| gate.provider == CaptchaProvider::Recaptcha) {
+            event = event.detail("score", score);
+        }
+        event.emit();
+        if gate.mode != CaptchaMode::Enforce {
+            return Ok(());
+        }
+        match verdict {
+            Verdict::Unavailable if gate.fail_open => Ok(()),
+            Verdict::Unavailable => Err(Error::CaptchaUnavailable),
+            _ => {
+                tracing::info!(phone = %phone.masked(), verdict = verdict.as_str(), "code refused: captcha");
+                Err(Error::CaptchaFailed)
+            }
+        }
+    }
+}
