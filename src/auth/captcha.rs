@@ -56,8 +56,11 @@ enum Verdict {
     Missing,
     /// A reCAPTCHA score below `CAPTCHA_MIN_SCORE`.
     LowScore,
-    /// The provider gave no verdict (timeout, connection error, non-2xx, unreadable answer).
+    /// The provider gave no verdict (timeout, connection error, 5xx, unreadable answer).
     Unavailable,
+    /// The provider refused to answer us (4xx, 429): counted as unavailable, but never lets a
+    /// login through, even with `CAPTCHA_FAIL_OPEN`.
+    Refused,
 }
 
 impl Verdict {
@@ -67,7 +70,7 @@ impl Verdict {
             Verdict::Fail => "fail",
             Verdict::Missing => "missing",
             Verdict::LowScore => "low_score",
-            Verdict::Unavailable => "unavailable",
+            Verdict::Unavailable | Verdict::Refused => "unavailable",
         }
     }
 }
@@ -114,11 +117,15 @@ impl AuthService {
                 Err(outage) => {
                     tracing::warn!(
                         provider = gate.provider.as_str(),
-                        fail_open = gate.fail_open,
+                        fail_open = gate.fail_open && !outage.refused,
                         error = %outage,
                         "captcha verifier unavailable"
                     );
-                    Verdict::Unavailable
+                    if outage.refused {
+                        Verdict::Refused
+                    } else {
+                        Verdict::Unavailable
+                    }
                 }
             },
         };
@@ -128,6 +135,11 @@ impl AuthService {
             .inc();
         if verdict == Verdict::Pass {
             return Ok(());
+        }
+        // No row for a request that brought no token at all in enforce mode (refused at once,
+        // counted): a flood of them would fill the audit queue and crowd out real events.
+        if verdict == Verdict::Missing && gate.mode == CaptchaMode::Enforce {
+            return Err(Error::CaptchaFailed);
         }
         let mut event = self
             .event(EventKind::CaptchaFailed)
@@ -146,7 +158,7 @@ impl AuthService {
         }
         match verdict {
             Verdict::Unavailable if gate.fail_open => Ok(()),
-            Verdict::Unavailable => Err(Error::CaptchaUnavailable),
+            Verdict::Unavailable | Verdict::Refused => Err(Error::CaptchaUnavailable),
             _ => {
                 tracing::info!(phone = %phone.masked(), verdict = verdict.as_str(), "code refused: captcha");
                 Err(Error::CaptchaFailed)

@@ -236,7 +236,13 @@ impl<'a> Event<'a> {
                 if let Some(hash) = &self.phone_hash {
                     data.insert("phone_hash".into(), hash.clone().into());
                 }
-                data.extend(self.details.clone());
+                // Which admin key acted stays in the audit log, inside the trust boundary.
+                data.extend(
+                    self.details
+                        .iter()
+                        .filter(|(key, _)| key.as_str() != "key_id")
+                        .map(|(key, value)| (key.clone(), value.clone())),
+                );
                 let body = json!({
                     "type": kind,
                     "timestamp": at.to_rfc3339_opts(SecondsFormat::Millis, true),

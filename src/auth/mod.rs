@@ -226,7 +226,7 @@ impl AuthService {
             .load(std::sync::atomic::Ordering::Relaxed)
             .min(10_000_000);
         if typical > 0 {
-            let wait = rand::random_range(typical / 2..=typical + typical / 2);
+            let wait = rand::random_range(typical / 2..=typical + typical / 2).min(10_000_000);
             tokio::time::sleep(Duration::from_micros(wait)).await;
         }
     }

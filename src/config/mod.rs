@@ -214,6 +214,14 @@ impl Settings {
                 );
             }
         }
+        if let Some(c) = &self.captcha
+            && !c.verify_url.starts_with("https://")
+        {
+            refuse(
+                "CAPTCHA_VERIFY_URL",
+                "production sends the captcha secret only over https://",
+            );
+        }
         let server = &self.server;
         if server.cors_origins.iter().any(|o| o == "*") {
             refuse(
@@ -347,6 +355,12 @@ pub const EXAMPLE_SECRETS: &[&str] = &[
     "loadtest-secret-loadtest-secret-loadtest",
     // The Standard Webhooks specification's test secret (its signature test vector), lowercased.
     "whsec_mfkq9r8gkyqrtwjupd8ilpzio2lalasw",
+    // The captcha providers' published test secrets (every token passes), lowercased:
+    // Turnstile's always-pass and always-fail keys, hCaptcha's, reCAPTCHA's.
+    "1x0000000000000000000000000000000aa",
+    "2x0000000000000000000000000000000aa",
+    "0x0000000000000000000000000000000000000000",
+    "6leixactaaaaagg-vfi1tnrwxmznfuojj4wifjwe",
 ];
 
 /// Whether `value` is one of [`EXAMPLE_SECRETS`] (or an obvious placeholder).
@@ -902,6 +916,24 @@ mod tests {
             assert!(err.names(var), "{var}={value}: {err}");
             assert!(err.to_string().contains("placeholder"), "{err}");
         }
+    }
+
+    #[test]
+    fn production_refuses_captcha_test_secrets_and_plain_http() {
+        let provider = ("CAPTCHA_PROVIDER", "turnstile");
+        let own = ("CAPTCHA_SECRET", "0x4AAAAAAA-our-own-secret-of-some-length");
+        assert!(production_with(&[provider, own]).is_ok());
+        let err = production_with(&[
+            provider,
+            ("CAPTCHA_SECRET", "1x0000000000000000000000000000000AA"),
+        ])
+        .unwrap_err();
+        assert!(err.names("CAPTCHA_SECRET"), "{err}");
+        let plain = ("CAPTCHA_VERIFY_URL", "http://captcha.internal/siteverify");
+        let err = production_with(&[provider, own, plain]).unwrap_err();
+        assert!(err.names("CAPTCHA_VERIFY_URL"), "{err}");
+        // Development may use a local stand-in over http.
+        assert!(settings(&[provider, own, plain]).is_ok());
     }
 
     #[test]

@@ -75,7 +75,9 @@ impl<T: Send + 'static> BatchQueue<T> {
         self.closing.send_replace(true);
         let task = self.task.lock().ok().and_then(|mut t| t.take());
         match task {
-            Some(task) => tokio::time::timeout(timeout, task).await.is_ok(),
+            // Finished, not cancelled nor panicked.
+            Some(task) => matches!(tokio::time::timeout(timeout, task).await, Ok(Ok(()))),
+            // Closed before: whoever took the task waited for it.
             None => true,
         }
     }

@@ -32,8 +32,23 @@ pub struct Siteverify {
 /// The verifier did not give a verdict: a timeout, a connection failure, a non-2xx answer or a
 /// body that is not a siteverify answer. The text carries no secret and no URL.
 #[derive(Debug, thiserror::Error)]
-#[error("captcha verifier unavailable: {0}")]
-pub struct CaptchaOutage(pub String);
+#[error("captcha verifier unavailable: {reason}")]
+pub struct CaptchaOutage {
+    /// What went wrong.
+    pub reason: String,
+    /// The provider refused to answer us (4xx, 429 among them: our secret throttled or
+    /// refused): never a reason to let logins through, as an attacker can cause it.
+    pub refused: bool,
+}
+
+impl CaptchaOutage {
+    fn down(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            refused: false,
+        }
+    }
+}
 
 /// Posts tokens to the siteverify URL.
 pub struct CaptchaVerifier {
@@ -80,7 +95,7 @@ impl CaptchaVerifier {
             .await
             .map_err(|e| {
                 let e = e.without_url();
-                CaptchaOutage(if e.is_timeout() {
+                CaptchaOutage::down(if e.is_timeout() {
                     "timed out".into()
                 } else {
                     e.to_string()
@@ -88,13 +103,17 @@ impl CaptchaVerifier {
             })?;
         let status = resp.status();
         if !status.is_success() {
-            return Err(CaptchaOutage(format!("HTTP {}", status.as_u16())));
+            return Err(CaptchaOutage {
+                reason: format!("HTTP {}", status.as_u16()),
+                refused: status.is_client_error(),
+            });
         }
         let body = resp
             .bytes()
             .await
-            .map_err(|e| CaptchaOutage(e.without_url().to_string()))?;
-        serde_json::from_slice(&body).map_err(|e| CaptchaOutage(format!("unreadable answer: {e}")))
+            .map_err(|e| CaptchaOutage::down(e.without_url().to_string()))?;
+        serde_json::from_slice(&body)
+            .map_err(|e| CaptchaOutage::down(format!("unreadable answer: {e}")))
     }
 }
 

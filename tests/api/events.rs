@@ -508,6 +508,10 @@ async fn webhook_deliveries_are_signed_and_every_event_arrives(backend: Backend)
             !text.contains(phone.trim_start_matches('+')),
             "no phone number in webhook bodies: {text}"
         );
+        assert!(
+            body["data"].get("key_id").is_none(),
+            "which admin key acted stays in the audit log: {text}"
+        );
         if body["type"] != "otp.failed" {
             assert_eq!(body["data"]["user_id"], user.as_str(), "{body}");
         }

@@ -393,7 +393,8 @@ fn check_telegram(path: &str, content_type: &str, body: &Value) -> Option<String
 /// gets `success: false` with the provider's error code. The token chooses the answer:
 /// `pass…` passes, `fail…` is refused (`invalid-input-response`), `low…` passes with score 0.1,
 /// `high…` with score 0.9, `once-…` passes the first time and is then `timeout-or-duplicate`,
-/// `slow…` answers after 2 s, `boom…` is an HTTP 500, `junk…` a 200 that is not JSON.
+/// `slow…` answers after 2 s, `boom…` is an HTTP 500, `throttled…` an HTTP 429, `junk…` a 200
+/// that is not JSON.
 async fn siteverify(state: Arc<Mutex<State>>, mut req: Request) -> Response {
     let method = req.method().clone();
     let content_type = req.content_type().unwrap_or("").to_string();
@@ -465,6 +466,8 @@ async fn siteverify(state: Arc<Mutex<State>>, mut req: Request) -> Response {
         ok(json!({}))
     } else if token.starts_with("boom") {
         json_response(500, json!({ "error": "internal" }))
+    } else if token.starts_with("throttled") {
+        json_response(429, json!({ "error": "too many requests" }))
     } else if token.starts_with("junk") {
         Response::builder()
             .status(StatusCode::OK)
