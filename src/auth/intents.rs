@@ -10,8 +10,10 @@ use chrono::Utc;
 use rand::RngExt;
 use sha2::{Digest, Sha256};
 
+use super::events::EventKind;
 use super::{AuthService, LoggedIn, LoginMethod};
 use crate::db;
+use crate::domain::phone::Phone;
 use crate::error::Error;
 use crate::store::{BindOutcome, ClaimOutcome};
 
@@ -296,17 +298,27 @@ impl AuthService {
     }
 
     /// Links `phone` (shared by the Telegram user about themselves) to Telegram account
-    /// `telegram_id`, so codes for the phone can go to that chat.
+    /// `telegram_id`, so codes for the phone can go to that chat. A user created for the phone
+    /// here is a `user.created` (`details.method`: `telegram_contact`).
     pub async fn link_telegram_phone(
         &self,
         telegram_id: &str,
-        phone: &str,
+        phone: &Phone,
     ) -> Result<db::user::Model, Error> {
-        self.db_query(
-            "link_phone",
-            db::link_phone(&self.db, TELEGRAM, telegram_id, phone, Utc::now()),
-        )
-        .await
+        let (user, created) = self
+            .db_query(
+                "link_phone",
+                db::link_phone(&self.db, TELEGRAM, telegram_id, phone.as_str(), Utc::now()),
+            )
+            .await?;
+        if created {
+            self.event(EventKind::UserCreated)
+                .user(user.id)
+                .phone(phone)
+                .detail("method", "telegram_contact")
+                .emit();
+        }
+        Ok(user)
     }
 }
 

@@ -587,14 +587,15 @@ async fn insert_identity(
 /// Links `phone`, proven by the provider (a Telegram contact the user shared about
 /// themselves), to identity (`provider`, `subject`), in one transaction. The phone's user is
 /// the one that counts: the identity joins it (created if needed). An identity whose user has
-/// no phone yet hands that user the phone instead, so its sessions keep their user.
+/// no phone yet hands that user the phone instead, so its sessions keep their user. The user,
+/// and whether this call created it.
 pub async fn link_phone(
     db: &DatabaseConnection,
     provider: &str,
     subject: &str,
     phone: &str,
     now: DateTime<Utc>,
-) -> Result<user::Model, DbErr> {
+) -> Result<(user::Model, bool), DbErr> {
     let txn = db.begin().await?;
     let phone_user = user::Entity::find()
         .filter(user::Column::Phone.eq(phone))
@@ -606,6 +607,7 @@ pub async fn link_phone(
         .find_also_related(user::Entity)
         .one(&txn)
         .await?;
+    let mut created = false;
     let user = match (linked, phone_user) {
         // Already linked to the phone's user.
         (Some((_, Some(owner))), Some(phone_user)) if owner.id == phone_user.id => phone_user,
@@ -619,7 +621,10 @@ pub async fn link_phone(
         (Some((ident, _)), phone_user) => {
             let target = match phone_user {
                 Some(u) => u,
-                None => new_phone_user(&txn, phone, now).await?,
+                None => {
+                    created = true;
+                    new_phone_user(&txn, phone, now).await?
+                }
             };
             let mut active: identity::ActiveModel = ident.into();
             active.user_id = Set(target.id);
@@ -629,14 +634,17 @@ pub async fn link_phone(
         (None, phone_user) => {
             let target = match phone_user {
                 Some(u) => u,
-                None => new_phone_user(&txn, phone, now).await?,
+                None => {
+                    created = true;
+                    new_phone_user(&txn, phone, now).await?
+                }
             };
             insert_identity(&txn, target.id, provider, subject, now).await?;
             target
         }
     };
     txn.commit().await?;
-    Ok(user)
+    Ok((user, created))
 }
 
 async fn new_phone_user(

@@ -241,7 +241,7 @@ impl Messaging {
             return Ok(());
         };
         self.auth
-            .link_telegram_phone(&from.to_string(), phone.as_str())
+            .link_telegram_phone(&from.to_string(), &phone)
             .await?;
         self.metrics.webhook(SOURCE, "phone_linked");
         tracing::info!(telegram_id = from, phone = %phone.masked(), "phone linked to Telegram");

@@ -1034,7 +1034,8 @@ async fn intents_expire_and_need_configuration(backend: Backend) {
 /// A database outage: the webhook answers 503 and the platform's redelivery is processed; a
 /// poll answers 503 and the next poll still gets the tokens. Nothing is lost.
 async fn database_outage_loses_no_webhook_event_and_no_login(backend: Backend) {
-    let m = messaging_app(backend, &[]).await;
+    const KEY: &str = "admin-key-0123456789abcdef0123456789";
+    let m = messaging_app(backend, &[("ADMIN_API_KEYS", KEY)]).await;
     let user = telegram_user();
     let phone = unique_phone();
     let own = telegram_message(
@@ -1082,6 +1083,34 @@ async fn database_outage_loses_no_webhook_event_and_no_login(backend: Backend) {
     assert_eq!(telegram_update(&m.app, &m.app.b, &own).await.status, 200);
     let login = telegram_login(&m.app, &m.app.a, &phone).await;
     assert_eq!(login.status, 200, "{}", login.body);
+    // The contact created the number's user: a user.created by the contact, once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let created = loop {
+        let audit = m
+            .app
+            .call(
+                &m.app.a,
+                reqwest::Method::GET,
+                "/admin/v1/audit?kind=user.created&limit=100",
+                None,
+                Some(KEY),
+            )
+            .await;
+        assert_eq!(audit.status, 200, "{}", audit.body);
+        let by_contact: Vec<Value> = audit.body["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .filter(|e| e["details"]["method"] == json!("telegram_contact"))
+            .cloned()
+            .collect();
+        if !by_contact.is_empty() || std::time::Instant::now() > deadline {
+            break by_contact;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert!(created[0]["phone_hash"].is_string());
     let tokens = poll(&m.app, &m.app.b, &intent).await;
     assert_eq!(tokens.status, 200, "{}", tokens.body);
     assert_eq!(tokens.body["user"]["phone"], json!(sender));
