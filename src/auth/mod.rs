@@ -124,9 +124,9 @@ pub struct AuthService {
     reauth_max_age: std::time::Duration,
     /// The audit log and the event webhook's outbox.
     events: Events,
-    /// Recent sends' typical latency (µs, an average weighted to the last few): answers that
-    /// send nothing wait about as long (see [`AuthService::imitate_send`]).
-    send_latency_us: std::sync::atomic::AtomicU64,
+    /// Recent sends' typical latency per channel (µs, an average weighted to the last few):
+    /// answers that send nothing wait about as long (see [`AuthService::imitate_send`]).
+    send_latency_us: [std::sync::atomic::AtomicU64; 4],
     /// The captcha gate before a code is sent, when `CAPTCHA_PROVIDER` is set.
     captcha: Option<CaptchaGate>,
 }
@@ -204,25 +204,31 @@ impl AuthService {
         })
     }
 
-    /// Records how long a successful send took.
-    fn note_send(&self, took: Duration) {
+    fn send_latency(&self, channel: Channel) -> &std::sync::atomic::AtomicU64 {
+        &self.send_latency_us[channel as usize % self.send_latency_us.len()]
+    }
+
+    /// Records how long a successful send on `channel` took.
+    fn note_send(&self, channel: Channel, took: Duration) {
         use std::sync::atomic::Ordering::Relaxed;
         let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        let old = self.send_latency_us.load(Relaxed);
+        let latency = self.send_latency(channel);
+        let old = latency.load(Relaxed);
         let new = if old == 0 {
             sample
         } else {
             old - old / 8 + sample / 8
         };
-        self.send_latency_us.store(new, Relaxed);
+        latency.store(new, Relaxed);
     }
 
     /// An answer that sends nothing (a blocked number, `channel: telegram` for a number without
-    /// a linked chat) waits about as long as recent sends took (their typical latency, ±50 %,
-    /// at most 10 s), so its timing does not tell it from a send.
-    async fn imitate_send(&self) {
+    /// a linked chat) waits about as long as recent sends on the `channel` it names took (their
+    /// typical latency, ±50 %, at most 10 s), so its timing does not tell it from a send. (A
+    /// replica that has not sent on that channel yet has nothing to imitate.)
+    async fn imitate_send(&self, channel: Channel) {
         let typical = self
-            .send_latency_us
+            .send_latency(channel)
             .load(std::sync::atomic::Ordering::Relaxed)
             .min(10_000_000);
         if typical > 0 {
@@ -402,7 +408,7 @@ impl AuthService {
                 .with_label_values(&[channel.as_str(), "blocked"])
                 .inc();
             tracing::info!(phone = %phone.masked(), "no code sent: the user is blocked");
-            self.imitate_send().await;
+            self.imitate_send(channel).await;
             self.event(EventKind::OtpSent)
                 .phone(&phone)
                 .client(client)
@@ -424,7 +430,7 @@ impl AuthService {
                 .otp_sent
                 .with_label_values(&[Channel::Telegram.as_str(), "unlinked"])
                 .inc();
-            self.imitate_send().await;
+            self.imitate_send(Channel::Telegram).await;
             delivered = Some(Channel::Telegram);
         }
         for channel in plan {
@@ -445,7 +451,7 @@ impl AuthService {
                 .inc();
             match sent {
                 Ok(()) => {
-                    self.note_send(started.elapsed());
+                    self.note_send(sender.channel(), started.elapsed());
                     delivered = Some(sender.channel());
                     break;
                 }
