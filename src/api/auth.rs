@@ -93,8 +93,8 @@ pub struct LoginRequest {
     /// The token of the captcha the user solved (Cloudflare Turnstile, hCaptcha or reCAPTCHA,
     /// as the server's `CAPTCHA_PROVIDER`): required when the server enforces a captcha
     /// (otherwise 403 `captcha_failed`), ignored when it has none. Single-use: solve the
-    /// captcha again for each request.
-    #[oai(skip_serializing_if_is_none)]
+    /// captcha again for each request. Absent or null: no token.
+    #[oai(nullable, skip_serializing_if_is_none)]
     pub captcha_token: Option<CaptchaTokenText>,
 }
 
@@ -768,8 +768,9 @@ pub struct PhoneChangeRequest {
     /// Delivery channel; the server's default when absent or null.
     #[oai(nullable)]
     pub channel: Option<RequestedChannel>,
-    /// The solved captcha's token, as for `/login` (required when the server enforces one).
-    #[oai(skip_serializing_if_is_none)]
+    /// The solved captcha's token, as for `/login` (required when the server enforces one);
+    /// absent or null: no token.
+    #[oai(nullable, skip_serializing_if_is_none)]
     pub captcha_token: Option<CaptchaTokenText>,
 }
 
