@@ -375,8 +375,8 @@ fn http(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, String)
     Some((status, body))
 }
 
-/// Logs `phone` in with the code the development server exposes; the user's id.
-fn sign_in(port: u16, phone: &str) -> String {
+/// Asks for a code for `phone` (200 expected); the answer.
+fn login(port: u16, phone: &str) -> serde_json::Value {
     let (status, body) = http(
         port,
         "POST",
@@ -385,7 +385,12 @@ fn sign_in(port: u16, phone: &str) -> String {
     )
     .expect("login");
     assert_eq!(status, 200, "{body}");
-    let sent: serde_json::Value = serde_json::from_str(&body).expect("json");
+    serde_json::from_str(&body).expect("json")
+}
+
+/// Logs `phone` in with the code the development server exposes; the user's id.
+fn sign_in(port: u16, phone: &str) -> String {
+    let sent = login(port, phone);
     let code = sent["otp_code"].as_str().expect("otp_code (EXPOSE_OTP)");
     let (status, body) = http(
         port,
@@ -424,15 +429,7 @@ async fn what_is_queued_at_sigterm_is_written_before_exit() {
     // SIGTERM comes at once (the audit waits 50 ms for a batch to fill).
     assert_eq!(sign_in(port, &returning), user);
     for _ in 0..3 {
-        let phone = crate::helpers::unique_phone();
-        let (status, _) = http(
-            port,
-            "POST",
-            "/api/auth/login",
-            &format!(r#"{{"phone":"{phone}"}}"#),
-        )
-        .expect("login");
-        assert_eq!(status, 200);
+        login(port, &crate::helpers::unique_phone());
     }
     stop(&mut child);
     let db = otpgate::db::connect(&database, 1).await.expect("connect");

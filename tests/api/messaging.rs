@@ -30,6 +30,7 @@ crate::on_both_backends!(
 
 crate::on_sql_servers!(database_outage_loses_no_webhook_event_and_no_login);
 
+const ADMIN_KEY: &str = "admin-key-0123456789abcdef0123456789";
 const VERIFY_TOKEN: &str = "verify-me-please";
 const APP_SECRET: &str = "whatsapp-app-secret";
 const BUSINESS_NUMBER: &str = "15550001234";
@@ -62,6 +63,29 @@ async fn messaging_app(backend: Backend, extra: &[(&str, &str)]) -> Messaging {
     Messaging {
         app: spawn_app_with(backend, &settings).await,
         standin,
+    }
+}
+
+/// The audit events `query` selects (`GET /admin/v1/audit`), once `enough` holds for them or
+/// after 10 s (the caller's assertions then say what is missing): events are written in batches.
+async fn audit_until(app: &TestApp, query: &str, enough: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let audit = app
+            .call(
+                &app.a,
+                reqwest::Method::GET,
+                &format!("/admin/v1/audit{query}"),
+                None,
+                Some(ADMIN_KEY),
+            )
+            .await;
+        assert_eq!(audit.status, 200, "{}", audit.body);
+        let events = audit.body["events"].as_array().expect("events").clone();
+        if enough(&events) || std::time::Instant::now() > deadline {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -871,8 +895,7 @@ fn widget(id: i64, auth_date: u64) -> Value {
 }
 
 async fn telegram_widget_checks_hash_age_and_replay(backend: Backend) {
-    const KEY: &str = "admin-key-0123456789abcdef0123456789";
-    let m = messaging_app(backend, &[("ADMIN_API_KEYS", KEY)]).await;
+    let m = messaging_app(backend, &[("ADMIN_API_KEYS", ADMIN_KEY)]).await;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock")
@@ -889,31 +912,13 @@ async fn telegram_widget_checks_hash_age_and_replay(backend: Backend) {
     let again = m.app.post(&m.app.b, path, widget(user, now - 4)).await;
     assert_eq!(again.status, 200, "{}", again.body);
     let user_id = me.body["id"].as_str().expect("id").to_string();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let kinds = loop {
-        let audit = m
-            .app
-            .call(
-                &m.app.a,
-                reqwest::Method::GET,
-                &format!("/admin/v1/audit?user_id={user_id}"),
-                None,
-                Some(KEY),
-            )
-            .await;
-        assert_eq!(audit.status, 200, "{}", audit.body);
-        let events = audit.body["events"].as_array().expect("events").clone();
-        if events.len() >= 3 || std::time::Instant::now() > deadline {
-            // Sorted: events of one millisecond have no order among them.
-            let mut kinds: Vec<(String, Value)> = events
-                .iter()
-                .map(|e| (e["kind"].to_string(), e["details"]["method"].clone()))
-                .collect();
-            kinds.sort_by(|a, b| a.0.cmp(&b.0));
-            break kinds;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let events = audit_until(&m.app, &format!("?user_id={user_id}"), |e| e.len() >= 3).await;
+    // Sorted: events of one millisecond have no order among them.
+    let mut kinds: Vec<(String, Value)> = events
+        .iter()
+        .map(|e| (e["kind"].to_string(), e["details"]["method"].clone()))
+        .collect();
+    kinds.sort_by(|a, b| a.0.cmp(&b.0));
     let widget_method = json!("telegram_widget");
     let expected = |kind: &str| (json!(kind).to_string(), widget_method.clone());
     assert_eq!(
@@ -1034,8 +1039,7 @@ async fn intents_expire_and_need_configuration(backend: Backend) {
 /// A database outage: the webhook answers 503 and the platform's redelivery is processed; a
 /// poll answers 503 and the next poll still gets the tokens. Nothing is lost.
 async fn database_outage_loses_no_webhook_event_and_no_login(backend: Backend) {
-    const KEY: &str = "admin-key-0123456789abcdef0123456789";
-    let m = messaging_app(backend, &[("ADMIN_API_KEYS", KEY)]).await;
+    let m = messaging_app(backend, &[("ADMIN_API_KEYS", ADMIN_KEY)]).await;
     let user = telegram_user();
     let phone = unique_phone();
     let own = telegram_message(
@@ -1084,31 +1088,14 @@ async fn database_outage_loses_no_webhook_event_and_no_login(backend: Backend) {
     let login = telegram_login(&m.app, &m.app.a, &phone).await;
     assert_eq!(login.status, 200, "{}", login.body);
     // The contact created the number's user: a user.created by the contact, once.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let created = loop {
-        let audit = m
-            .app
-            .call(
-                &m.app.a,
-                reqwest::Method::GET,
-                "/admin/v1/audit?kind=user.created&limit=100",
-                None,
-                Some(KEY),
-            )
-            .await;
-        assert_eq!(audit.status, 200, "{}", audit.body);
-        let by_contact: Vec<Value> = audit.body["events"]
-            .as_array()
-            .expect("events")
-            .iter()
-            .filter(|e| e["details"]["method"] == json!("telegram_contact"))
-            .cloned()
-            .collect();
-        if !by_contact.is_empty() || std::time::Instant::now() > deadline {
-            break by_contact;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let by_contact = |e: &Value| e["details"]["method"] == json!("telegram_contact");
+    let created: Vec<Value> = audit_until(&m.app, "?kind=user.created&limit=100", |events| {
+        events.iter().any(by_contact)
+    })
+    .await
+    .into_iter()
+    .filter(by_contact)
+    .collect();
     assert_eq!(created.len(), 1, "{created:?}");
     assert!(created[0]["phone_hash"].is_string());
     let tokens = poll(&m.app, &m.app.b, &intent).await;
