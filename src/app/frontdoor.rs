@@ -148,6 +148,9 @@ impl<E: Endpoint> Endpoint for ClientGateEndpoint<E> {
         if let Some(ip) = ip {
             req.extensions_mut().insert(ClientIp(ip));
         }
-        self.inner.call(req).await.map(IntoResponse::into_response)
+        // Boxed, as in `ObserveEndpoint`: the layers above stay small.
+        Box::pin(self.inner.call(req))
+            .await
+            .map(IntoResponse::into_response)
     }
 }

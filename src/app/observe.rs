@@ -82,7 +82,9 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
 
         let result = with_request_id(
             request_id.clone(),
-            self.inner.call(req).instrument(span.clone()),
+            // Boxed: the layers below hold kilobytes of futures, which would otherwise be
+            // copied into each layer above (and once more per layer on the way in).
+            Box::pin(self.inner.call(req)).instrument(span.clone()),
         )
         .await;
         // Errors that escaped every handler still become a response, so they are measured.

@@ -97,7 +97,8 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
                 Ok(Ok(collected)) => req.set_body(collected.to_bytes()),
             }
         }
-        self.inner.call(req).await
+        // Boxed, as in `ObserveEndpoint`: the layers above stay small.
+        Box::pin(self.inner.call(req)).await
     }
 }
 
@@ -294,7 +295,8 @@ pub(super) fn routes_with(
                 .cloned();
             let oauth = req.uri().path() == TOKEN_PATH;
             async move {
-                let mut resp = ep.call(req).await?;
+                // Boxed, as in `ObserveEndpoint`: the layers above stay small.
+                let mut resp = Box::pin(ep.call(req)).await?;
                 if oauth && !resp.status().is_success() {
                     // The OAuth token endpoint answers errors the RFC 6749 way.
                     resp = rewrite_problem(resp).await;

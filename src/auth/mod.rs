@@ -241,8 +241,11 @@ impl AuthService {
     /// MySQL/MariaDB), so the first login does not; an error means the database does not
     /// answer yet, and the first login chooses instead.
     pub async fn prepare_database(&self) -> Result<db::LoginSql, sea_orm::DbErr> {
-        self.login_sql
-            .get_or_try_init(|| db::login_sql(&self.db))
+        if let Some(sql) = self.login_sql.get() {
+            return Ok(*sql);
+        }
+        // Boxed: the first call's future is large, and every login's would carry it.
+        Box::pin(self.login_sql.get_or_try_init(|| db::login_sql(&self.db)))
             .await
             .copied()
     }
@@ -309,10 +312,10 @@ impl AuthService {
             || Error::ChannelUnavailable(requested.map_or("default", Channel::as_str).to_string());
         let mut plan = self.delivery.plan(requested).ok_or_else(unavailable)?;
         let telegram_chat = if plan.contains(&Channel::Telegram) {
-            self.db_query(
+            Box::pin(self.db_query(
                 "telegram_chat_for_phone",
                 db::telegram_chat_for_phone(&self.db, phone.as_str()),
-            )
+            ))
             .await?
         } else {
             None

@@ -1,4 +1,5 @@
-//! The login's own PostgreSQL connections, apart from SeaORM's pool.
+//! The login's own PostgreSQL connections, apart from SeaORM's pool, and the queue that sends
+//! the logins waiting at one moment in one statement ([`LoginQueue`]).
 //!
 //! SeaORM's pool (sqlx's) pings the server when a connection is checked out and again when it is
 //! returned: two round trips around every statement, each one a wake-up of a PostgreSQL backend
@@ -15,14 +16,20 @@
 //! reused) or been closed, so the server never holds more than `max` of the login's backends.
 //! An idle connection popped after [`IDLE_LIMIT`] is closed instead of reused.
 
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use sea_orm::sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgRow};
 use sea_orm::sqlx::query::Query;
 use sea_orm::sqlx::{Connection, Postgres};
 use sea_orm::{ConnAcquireErr, DatabaseConnection, DbErr, RuntimeErr};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use uuid::Uuid;
+
+use super::user;
 
 /// A connection idle for longer is closed rather than reused.
 pub const IDLE_LIMIT: Duration = Duration::from_secs(120);
@@ -30,10 +37,16 @@ pub const IDLE_LIMIT: Duration = Duration::from_secs(120);
 /// The longest a login's statement may take (server and client side).
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Up to `max` connections of the login path (`DB_CONNECTIONS`), made on demand.
+/// Up to `max` connections of the login path (`DB_CONNECTIONS`), made on demand, and the queue
+/// of logins waiting for their statement ([`HotPool::logins`]).
 pub struct HotPool {
     shared: Arc<Shared>,
+    logins: OnceLock<LoginQueue>,
 }
+
+/// Login statements sent, over every pool of the process (for tests: fewer than the logins
+/// when they were batched).
+static LOGIN_STATEMENTS: AtomicU64 = AtomicU64::new(0);
 
 struct Shared {
     options: PgConnectOptions,
@@ -63,13 +76,42 @@ impl HotPool {
                 acquire_timeout: pool.options().get_acquire_timeout(),
                 connect_timeout: pool.options().get_acquire_timeout().min(STATEMENT_TIMEOUT),
             }),
+            logins: OnceLock::new(),
         })
     }
 
-    /// A connection for one login: an idle one, or a new one. Waits for a free slot up to the
-    /// pool's acquire timeout; a server that refuses connections is [`DbErr::Conn`] (503).
+    /// The queue of logins (started on first use, on the current runtime).
+    pub fn logins(&self) -> LoginQueue {
+        self.logins
+            .get_or_init(|| LoginQueue::start(self.shared.clone()))
+            .clone()
+    }
+
+    /// A connection: an idle one, or a new one. Waits for a free slot up to the pool's acquire
+    /// timeout; a server that refuses connections is [`DbErr::Conn`] (503).
     pub async fn lease(&self) -> Result<Lease, DbErr> {
-        let shared = &self.shared;
+        self.shared.lease().await
+    }
+
+    /// How many connections are idle now (for tests).
+    pub fn idle_connections(&self) -> usize {
+        self.shared.lock_idle().len()
+    }
+
+    /// How many more connections could be handed out now (for tests).
+    pub fn free_slots(&self) -> usize {
+        self.shared.permits.available_permits()
+    }
+
+    /// Login statements sent so far by every pool of this process (for tests).
+    pub fn login_statements() -> u64 {
+        LOGIN_STATEMENTS.load(Ordering::Relaxed)
+    }
+}
+
+impl Shared {
+    async fn lease(self: &Arc<Self>) -> Result<Lease, DbErr> {
+        let shared = self;
         let permit = tokio::time::timeout(
             shared.acquire_timeout,
             shared.permits.clone().acquire_owned(),
@@ -91,18 +133,6 @@ impl HotPool {
         })
     }
 
-    /// How many connections are idle now (for tests).
-    pub fn idle_connections(&self) -> usize {
-        self.shared.lock_idle().len()
-    }
-
-    /// How many more connections could be handed out now (for tests).
-    pub fn free_slots(&self) -> usize {
-        self.shared.permits.available_permits()
-    }
-}
-
-impl Shared {
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<(PgConnection, Instant)>> {
         self.idle
             .lock()
@@ -181,13 +211,22 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// Runs the statement `query` builds and returns its row, if any. When the connection was
-    /// an idle one and it turns out broken, the statement runs once more on a new connection:
-    /// the statements given here must be safe to repeat.
+    /// Runs the statement `query` builds and returns its first row, if any (see
+    /// [`Lease::fetch_all`]).
     pub async fn fetch_optional<'q>(
         &mut self,
         query: impl Fn() -> Query<'q, Postgres, PgArguments>,
     ) -> Result<Option<PgRow>, DbErr> {
+        Ok(self.fetch_all(query).await?.into_iter().next())
+    }
+
+    /// Runs the statement `query` builds and returns its rows. When the connection was an idle
+    /// one and it turns out broken, the statement runs once more on a new connection: the
+    /// statements given here must be safe to repeat.
+    pub async fn fetch_all<'q>(
+        &mut self,
+        query: impl Fn() -> Query<'q, Postgres, PgArguments>,
+    ) -> Result<Vec<PgRow>, DbErr> {
         loop {
             let Some(conn) = self.conn.as_mut() else {
                 return Err(DbErr::Conn(RuntimeErr::Internal(
@@ -195,19 +234,18 @@ impl Lease {
                 )));
             };
             self.healthy = false;
-            let answer =
-                tokio::time::timeout(STATEMENT_TIMEOUT, query().fetch_optional(&mut *conn))
-                    .await
-                    .map_err(|_| {
-                        // Left unhealthy: drained (or closed) in the background when dropped.
-                        DbErr::Conn(RuntimeErr::Internal(format!(
-                            "the login's statement took longer than {STATEMENT_TIMEOUT:?}"
-                        )))
-                    })?;
+            let answer = tokio::time::timeout(STATEMENT_TIMEOUT, query().fetch_all(&mut *conn))
+                .await
+                .map_err(|_| {
+                    // Left unhealthy: drained (or closed) in the background when dropped.
+                    DbErr::Conn(RuntimeErr::Internal(format!(
+                        "the login's statement took longer than {STATEMENT_TIMEOUT:?}"
+                    )))
+                })?;
             match answer {
-                Ok(row) => {
+                Ok(rows) => {
                     self.healthy = true;
-                    return Ok(row);
+                    return Ok(rows);
                 }
                 Err(err) if is_broken_connection(&err) => {
                     if let Some(broken) = self.conn.take() {
@@ -220,10 +258,11 @@ impl Lease {
                 }
                 Err(err) => {
                     // The server refused the statement and is ready for the next one. One it
-                    // cancelled for taking too long (57014) means it is overloaded: 503.
+                    // cancelled for taking too long (57014) means it is overloaded, and one it
+                    // broke out of a deadlock (40P01) is worth a retry: 503 either way.
                     self.healthy = true;
                     let cancelled = matches!(&err, sea_orm::sqlx::Error::Database(db)
-                        if db.code().as_deref() == Some("57014"));
+                        if matches!(db.code().as_deref(), Some("57014" | "40P01")));
                     let err = RuntimeErr::SqlxError(err.into());
                     return Err(if cancelled {
                         DbErr::Conn(err)
@@ -261,5 +300,199 @@ pub fn is_broken_connection(err: &sea_orm::sqlx::Error) -> bool {
             .code()
             .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
         _ => false,
+    }
+}
+
+/// The most logins one statement carries.
+const MAX_BATCH: usize = 64;
+
+/// The most login statements in flight at once (fewer when the pool is smaller). While they
+/// run, the logins arriving meanwhile wait and then go together, in one statement: under load a
+/// statement carries many logins (one round trip, one commit), and a lone login goes at once.
+const MAX_IN_FLIGHT: usize = 4;
+
+/// Creates the users of new numbers and returns those of known ones, all in one statement.
+/// Rows are inserted in phone order, so two replicas' statements never wait on each other's
+/// rows in a cycle. The main query's snapshot does not see the rows `created` inserts, so every
+/// phone comes back once: created, or found.
+const LOGIN_BATCH: &str = "WITH input AS (\
+     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[]) AS i(id, phone, at)), \
+     created AS (INSERT INTO users (id, phone, created_at, last_login_at) \
+     SELECT id, phone, at, at FROM input ORDER BY phone ON CONFLICT (phone) DO NOTHING \
+     RETURNING id, phone, created_at, last_login_at, blocked_at) \
+     SELECT id, phone, created_at, last_login_at, blocked_at, true AS created FROM created \
+     UNION ALL \
+     SELECT id, phone, created_at, last_login_at, blocked_at, false FROM users \
+     WHERE phone = ANY($2)";
+
+/// The users of phones another replica created while the batch waited on the unique index
+/// (committed after the batch's snapshot was taken).
+const LOGIN_LATE: &str = "SELECT id, phone, created_at, last_login_at, blocked_at, \
+     false AS created FROM users WHERE phone = ANY($1)";
+
+/// The user of a login, and whether the login created it.
+pub type LoginRow = (user::Model, bool);
+
+struct PendingLogin {
+    id: Uuid,
+    phone: String,
+    at: DateTime<Utc>,
+    reply: oneshot::Sender<Result<LoginRow, DbErr>>,
+}
+
+/// The logins waiting for their statement; one task sends them, many to a statement (cheap to
+/// clone). The task ends once the pool and every clone are gone.
+#[derive(Clone)]
+pub struct LoginQueue {
+    queue: mpsc::UnboundedSender<PendingLogin>,
+}
+
+impl LoginQueue {
+    fn start(shared: Arc<Shared>) -> Self {
+        let (queue, pending) = mpsc::unbounded_channel();
+        let in_flight = shared.permits.available_permits().clamp(1, MAX_IN_FLIGHT);
+        tokio::spawn(send_logins(shared, pending, in_flight));
+        Self { queue }
+    }
+
+    /// Creates the user of `phone` (with `id`, at `at`) or returns the existing one. The
+    /// statement is repeated once on a fresh connection when an idle one turns out broken (the
+    /// statement is safe to repeat: a user the first run created is found by the second).
+    pub async fn login(&self, id: Uuid, phone: &str, at: DateTime<Utc>) -> Result<LoginRow, DbErr> {
+        let (reply, answer) = oneshot::channel();
+        let pending = PendingLogin {
+            id,
+            phone: phone.to_string(),
+            at,
+            reply,
+        };
+        let gone = || DbErr::Conn(RuntimeErr::Internal("the login queue has stopped".into()));
+        self.queue.send(pending).map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+/// Takes logins off the queue, as many as are waiting (one per phone, up to [`MAX_BATCH`]),
+/// whenever fewer than `in_flight` statements are running.
+async fn send_logins(
+    shared: Arc<Shared>,
+    mut queue: mpsc::UnboundedReceiver<PendingLogin>,
+    in_flight: usize,
+) {
+    let slots = Arc::new(Semaphore::new(in_flight));
+    let mut waiting: Vec<PendingLogin> = Vec::new();
+    loop {
+        if waiting.is_empty() && queue.recv_many(&mut waiting, MAX_BATCH).await == 0 {
+            return;
+        }
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        while let Ok(pending) = queue.try_recv() {
+            waiting.push(pending);
+        }
+        // A cancelled request's login is not sent.
+        waiting.retain(|pending| !pending.reply.is_closed());
+        let batch = take_batch(&mut waiting);
+        if batch.is_empty() {
+            continue;
+        }
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            run_batch(&shared, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Up to [`MAX_BATCH`] logins of distinct phones, in phone order; the rest stay (a second login
+/// of one phone goes in a later statement, which finds the user the first one created).
+fn take_batch(waiting: &mut Vec<PendingLogin>) -> Vec<PendingLogin> {
+    let mut phones = HashSet::new();
+    let mut batch = Vec::new();
+    let mut rest = Vec::new();
+    for pending in waiting.drain(..) {
+        if batch.len() < MAX_BATCH && phones.insert(pending.phone.clone()) {
+            batch.push(pending);
+        } else {
+            rest.push(pending);
+        }
+    }
+    *waiting = rest;
+    batch.sort_by(|a, b| a.phone.cmp(&b.phone));
+    batch
+}
+
+async fn run_batch(shared: &Arc<Shared>, batch: Vec<PendingLogin>) {
+    match batch_rows(shared, &batch).await {
+        Ok(mut rows) => {
+            for pending in batch {
+                let row = rows
+                    .remove(&pending.phone)
+                    .ok_or_else(|| DbErr::RecordNotFound(format!("the user of {}", pending.phone)));
+                let _ = pending.reply.send(row);
+            }
+        }
+        Err(err) => {
+            for pending in batch {
+                let _ = pending.reply.send(Err(copy_err(&err)));
+            }
+        }
+    }
+}
+
+async fn batch_rows(
+    shared: &Arc<Shared>,
+    batch: &[PendingLogin],
+) -> Result<HashMap<String, LoginRow>, DbErr> {
+    let mut lease = shared.lease().await?;
+    let ids: Vec<Uuid> = batch.iter().map(|p| p.id).collect();
+    let phones: Vec<&str> = batch.iter().map(|p| p.phone.as_str()).collect();
+    let ats: Vec<DateTime<Utc>> = batch.iter().map(|p| p.at).collect();
+    LOGIN_STATEMENTS.fetch_add(1, Ordering::Relaxed);
+    let rows = lease
+        .fetch_all(|| {
+            sea_orm::sqlx::query(LOGIN_BATCH)
+                .bind(&ids)
+                .bind(&phones)
+                .bind(&ats)
+        })
+        .await?;
+    let mut found = HashMap::with_capacity(batch.len());
+    for row in rows {
+        let (user, created) = login_row(row)?;
+        found.insert(user.phone.clone().unwrap_or_default(), (user, created));
+    }
+    let late: Vec<&str> = phones
+        .iter()
+        .copied()
+        .filter(|phone| !found.contains_key(*phone))
+        .collect();
+    if !late.is_empty() {
+        let rows = lease
+            .fetch_all(|| sea_orm::sqlx::query(LOGIN_LATE).bind(&late))
+            .await?;
+        for row in rows {
+            let (user, created) = login_row(row)?;
+            found.insert(user.phone.clone().unwrap_or_default(), (user, created));
+        }
+    }
+    Ok(found)
+}
+
+fn login_row(row: PgRow) -> Result<LoginRow, DbErr> {
+    let created: bool = sea_orm::sqlx::Row::try_get(&row, "created").map_err(super::query_err)?;
+    Ok((super::row_user(row)?, created))
+}
+
+/// The failure of a batch, for each of its logins (of the same class: a connection-level one
+/// stays a 503).
+fn copy_err(err: &DbErr) -> DbErr {
+    let text = || RuntimeErr::Internal(err.to_string());
+    match err {
+        DbErr::ConnectionAcquire(acquire) => DbErr::ConnectionAcquire(*acquire),
+        DbErr::Conn(_) => DbErr::Conn(text()),
+        DbErr::RecordNotFound(what) => DbErr::RecordNotFound(what.clone()),
+        _ => DbErr::Query(text()),
     }
 }

@@ -248,8 +248,9 @@ pub async fn find_by_phone(
 /// [`login_sql`] picks it from the backend and, on MySQL/MariaDB, the server's version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoginSql {
-    /// PostgreSQL: `WITH created AS (INSERT … ON CONFLICT DO NOTHING RETURNING …) SELECT …
-    /// UNION ALL SELECT …`: one statement for new and returning users.
+    /// PostgreSQL: `WITH created AS (INSERT … SELECT FROM UNNEST(…) ON CONFLICT DO NOTHING
+    /// RETURNING …) SELECT … UNION ALL SELECT …`: one statement for new and returning users,
+    /// and for every login waiting at that moment ([`hot::LoginQueue`]).
     Postgres,
     /// MariaDB 10.5 and newer: `INSERT … ON DUPLICATE KEY UPDATE phone = phone RETURNING …`,
     /// which returns the new row or the existing one: one statement.
@@ -272,14 +273,16 @@ pub async fn login_sql(db: &DatabaseConnection) -> Result<LoginSql, DbErr> {
 }
 
 /// The database side of one login by code, started before the code is checked and finished
-/// after. On PostgreSQL: one connection of the login pool ([`hot`]), taken before the code
-/// check, so a database that refuses connections answers 503 without spending the code. On
+/// after. On PostgreSQL: nothing before the check; after it, the login joins the login pool's
+/// queue ([`hot::LoginQueue`]), whose one statement creates or finds the users of every login
+/// waiting at that moment (a database that fails it answers 503, and the code goes back). On
 /// MySQL/MariaDB: one pooled connection, checked out (and pinged by the pool) before the code
 /// check. Then the [`LoginSql`] statement that inserts a new user or returns the existing one.
 /// On SQLite: the lookup first, then the insert (or nothing), through the pool.
 pub enum LoginSession {
-    /// A PostgreSQL connection held for this login.
-    Postgres(hot::Lease),
+    /// PostgreSQL: the login pool's queue, which sends the logins waiting at the same moment
+    /// in one statement.
+    Postgres(hot::LoginQueue),
     /// A MySQL/MariaDB connection held for this login, and the statement to use on it.
     Mysql(
         sea_orm::sqlx::pool::PoolConnection<sea_orm::sqlx::MySql>,
@@ -289,12 +292,12 @@ pub enum LoginSession {
     Pooled(Option<user::Model>),
 }
 
-fn row_user(row: impl Into<sea_orm::QueryResult>) -> Result<user::Model, DbErr> {
+pub(crate) fn row_user(row: impl Into<sea_orm::QueryResult>) -> Result<user::Model, DbErr> {
     use sea_orm::FromQueryResult;
     user::Model::from_query_result(&row.into(), "")
 }
 
-fn query_err(err: sea_orm::sqlx::Error) -> DbErr {
+pub(crate) fn query_err(err: sea_orm::sqlx::Error) -> DbErr {
     if hot::is_broken_connection(&err) {
         // The connection broke under the query: the database is unavailable (503), not a bug.
         DbErr::Conn(sea_orm::RuntimeErr::SqlxError(err.into()))
@@ -325,20 +328,21 @@ pub async fn login_start(
 ) -> Result<LoginSession, DbErr> {
     match (sql, db.get_database_backend(), hot) {
         (LoginSql::Postgres, DatabaseBackend::Postgres, Some(pool)) => {
-            Ok(LoginSession::Postgres(pool.lease().await?))
+            Ok(LoginSession::Postgres(pool.logins()))
         }
         (
             LoginSql::MariadbReturning | LoginSql::MysqlInsertThenSelect,
             DatabaseBackend::MySql,
             _,
         ) => Ok(LoginSession::Mysql(
-            db.get_mysql_connection_pool()
-                .acquire()
+            Box::pin(db.get_mysql_connection_pool().acquire())
                 .await
                 .map_err(acquire_err)?,
             sql,
         )),
-        (LoginSql::Pooled, _, _) => Ok(LoginSession::Pooled(find_by_phone(db, phone).await?)),
+        (LoginSql::Pooled, _, _) => Ok(LoginSession::Pooled(
+            Box::pin(find_by_phone(db, phone)).await?,
+        )),
         (sql, backend, _) => Err(DbErr::Custom(format!(
             "the login statement {sql:?} does not run on {backend:?}"
         ))),
@@ -356,61 +360,21 @@ pub async fn login_finish(
     touches: &touches::LoginTouches,
 ) -> Result<(user::Model, bool), DbErr> {
     let (mut user, created) = match session {
+        // The other backends' futures are boxed, so a PostgreSQL login's stays small.
         LoginSession::Pooled(existing) => {
-            return complete_login(db, existing, phone, now, touches).await;
+            return Box::pin(complete_login(db, existing, phone, now, touches)).await;
         }
-        LoginSession::Postgres(conn) => postgres_login(conn, phone, now).await?,
-        LoginSession::Mysql(conn, sql) => mysql_login(conn, sql, phone, now).await?,
+        LoginSession::Postgres(queue) => {
+            let id = crate::domain::ids::time_ordered_uuid(now.timestamp_millis().max(0) as u64);
+            queue.login(id, phone, now).await?
+        }
+        LoginSession::Mysql(conn, sql) => Box::pin(mysql_login(conn, sql, phone, now)).await?,
     };
     if !created {
         touches.record(user.id, now);
         user.last_login_at = Some(now);
     }
     Ok((user, created))
-}
-
-async fn postgres_login(
-    mut conn: hot::Lease,
-    phone: &str,
-    now: DateTime<Utc>,
-) -> Result<(user::Model, bool), DbErr> {
-    // Inserts the user unless the phone has one (no row is written then), and returns either.
-    // The existing row is read in the statement's snapshot: a row committed by another
-    // replica's insert while this one waited on the unique index is read just after.
-    // Safe to run twice (the lease repeats it on a fresh connection when an idle one turns
-    // out broken): a user the first run created is found by the second.
-    let id = crate::domain::ids::time_ordered_uuid(now.timestamp_millis().max(0) as u64);
-    let row = conn
-        .fetch_optional(|| {
-            sea_orm::sqlx::query(
-                "WITH created AS (INSERT INTO users (id, phone, created_at, last_login_at) \
-                 VALUES ($1, $2, $3, $3) ON CONFLICT (phone) DO NOTHING \
-                 RETURNING id, phone, created_at, last_login_at, blocked_at) \
-                 SELECT id, phone, created_at, last_login_at, blocked_at, true AS created \
-                 FROM created UNION ALL \
-                 SELECT id, phone, created_at, last_login_at, blocked_at, false FROM users \
-                 WHERE phone = $2",
-            )
-            .bind(id)
-            .bind(phone)
-            .bind(now)
-        })
-        .await?;
-    let row = match row {
-        Some(row) => row,
-        None => conn
-            .fetch_optional(|| {
-                sea_orm::sqlx::query(
-                    "SELECT id, phone, created_at, last_login_at, blocked_at, false AS created \
-                     FROM users WHERE phone = $1",
-                )
-                .bind(phone)
-            })
-            .await?
-            .ok_or_else(|| DbErr::RecordNotFound(format!("the user of {phone}")))?,
-    };
-    let created: bool = sea_orm::sqlx::Row::try_get(&row, "created").map_err(query_err)?;
-    Ok((row_user(row)?, created))
 }
 
 async fn mysql_login(

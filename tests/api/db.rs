@@ -1,7 +1,8 @@
-//! The database side of a login: a connection checked out before the code check, then the
-//! statement that creates the user or returns the existing one (one on PostgreSQL and MariaDB,
-//! an insert and a select on MySQL, which MariaDB runs too). Two first logins of one new number
-//! at the same moment end with one user, whichever insert wins.
+//! The database side of a login: started before the code check (a connection checked out on
+//! MySQL/MariaDB), then the statement that creates the user or returns the existing one (one on
+//! PostgreSQL, for every login waiting at that moment, and on MariaDB; an insert and a select on
+//! MySQL, which MariaDB runs too). Two first logins of one new number at the same moment end
+//! with one user, whichever insert wins.
 
 use chrono::{SubsecRound, Utc};
 use otpgate::db::hot::HotPool;
@@ -84,6 +85,96 @@ async fn simultaneous_first_logins_of_one_number_share_one_user() {
         LoginSql::Postgres
     );
     simultaneous_first_logins_share_one_user(&db, LoginSql::Postgres).await;
+}
+
+/// Logins arriving while the login statements are held up (here by a lock on the table) go
+/// together once it is released: fewer statements than logins, every login its own answer, one
+/// user per number (two logins of one number in the same moment: one creates, one finds), and
+/// known numbers found, not created again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_waiting_together_share_statements_on_postgres() {
+    if !cluster_available() {
+        return;
+    }
+    let (_, _, url) = fresh_postgres_database().await;
+    let db = otpgate::db::connect(&url, 4).await.expect("connect");
+    otpgate::db::migrate(&db).await.expect("migrate");
+    let hot = HotPool::for_database(&db).expect("a login pool on PostgreSQL");
+    let touches = LoginTouches::start(db.clone(), 16, dropped());
+    let login = |phone: String| {
+        let (db, hot, touches) = (db.clone(), &hot, &touches);
+        async move {
+            let session = otpgate::db::login_start(&db, Some(hot), LoginSql::Postgres, &phone)
+                .await
+                .expect("start");
+            let (user, created) =
+                otpgate::db::login_finish(&db, session, &phone, Utc::now(), touches)
+                    .await
+                    .expect("login");
+            (phone, user, created)
+        }
+    };
+    // Ten numbers known before.
+    let known: Vec<String> = (0..10).map(|i| format!("+9198123410{i:02}")).collect();
+    let mut known_ids = std::collections::HashMap::new();
+    for phone in &known {
+        let (_, user, created) = login(phone.clone()).await;
+        assert!(created);
+        known_ids.insert(phone.clone(), user.id);
+    }
+    // Held up: every login statement waits for the lock.
+    let blocker = Database::connect(url.as_str())
+        .await
+        .expect("second connection");
+    let lock = blocker.begin().await.expect("begin");
+    lock.execute_unprepared("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    let before = HotPool::login_statements();
+    // 30 new numbers, 10 of them twice, and the 10 known ones: 50 logins.
+    let new: Vec<String> = (0..30).map(|i| format!("+9198123420{i:02}")).collect();
+    let phones: Vec<String> = new
+        .iter()
+        .chain(new.iter().take(10))
+        .chain(known.iter())
+        .cloned()
+        .collect();
+    let all = futures_util::future::join_all(phones.iter().cloned().map(login));
+    let running = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        lock.commit().await.expect("unlock");
+        blocker.close().await.ok();
+    });
+    let answers = all.await;
+    running.await.expect("unlocked");
+    let statements = HotPool::login_statements() - before;
+    assert!(
+        statements < 25,
+        "{statements} statements for {} logins",
+        answers.len()
+    );
+    assert_eq!(answers.len(), 50);
+    let mut ids: std::collections::HashMap<&str, uuid::Uuid> = std::collections::HashMap::new();
+    let mut created_count: std::collections::HashMap<&str, usize> =
+        std::collections::HashMap::new();
+    for (phone, user, created) in &answers {
+        assert_eq!(
+            user.phone.as_deref(),
+            Some(phone.as_str()),
+            "its own answer"
+        );
+        if let Some(id) = ids.insert(phone, user.id) {
+            assert_eq!(id, user.id, "one user for {phone}");
+        }
+        *created_count.entry(phone).or_default() += usize::from(*created);
+    }
+    for phone in &new {
+        assert_eq!(created_count[phone.as_str()], 1, "{phone} created once");
+    }
+    for phone in &known {
+        assert_eq!(created_count[phone.as_str()], 0, "{phone} was known");
+        assert_eq!(ids[phone.as_str()], known_ids[phone]);
+    }
 }
 
 /// MariaDB picks its one-statement `INSERT … RETURNING`; MySQL's insert-then-select (which
@@ -324,7 +415,11 @@ async fn the_login_pool_replaces_connections_the_server_ended() {
     let session = otpgate::db::login_start(&db, Some(&hot), LoginSql::Postgres, "+919812340002")
         .await
         .expect("start");
-    assert_eq!(hot.idle_connections(), 0);
+    assert_eq!(
+        hot.idle_connections(),
+        1,
+        "nothing is taken before the statement"
+    );
     let finish = otpgate::db::login_finish(&db, session, "+919812340002", Utc::now(), &touches);
     let waited = tokio::time::timeout(std::time::Duration::from_millis(300), finish).await;
     assert!(
