@@ -6,6 +6,7 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock .env.example ./
+COPY .cargo ./.cargo
 COPY migration ./migration
 COPY loadtest ./loadtest
 COPY src ./src

@@ -80,6 +80,12 @@ fn is_help(arg: &str) -> bool {
     matches!(arg, "-h" | "--help" | "help")
 }
 
+/// mimalloc: a request allocates and frees many blocks of a few kilobytes (futures, buffers),
+/// which glibc's allocator serves slowly (no thread cache above 1 KiB); measured in
+/// `loadtest/cluster.sh`, with the peak RSS inside its budget.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
