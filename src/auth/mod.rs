@@ -524,8 +524,10 @@ impl AuthService {
     /// PostgreSQL and MariaDB, two on MySQL, a `SELECT` (+ `INSERT` for a new user) on SQLite
     /// ([`db::LoginSql`]); a returning user's `last_login_at` is written in the background.
     ///
-    /// The user is looked up before the code is spent, so a database outage answers 503 and
-    /// leaves the code usable.
+    /// A database outage answers 503 and leaves the code usable: on MySQL/MariaDB and SQLite the
+    /// database is reached before the code is spent; on PostgreSQL the code goes back when the
+    /// login's statement fails, and once one has failed for want of the database, the next
+    /// logins reach it before their code check (no attempt charged while it stays away).
     pub async fn verify(
         &self,
         phone: &str,

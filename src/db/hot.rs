@@ -11,13 +11,14 @@
 //!
 //! A statement gets [`STATEMENT_TIMEOUT`], on the server (`statement_timeout`) and here (a
 //! connection silently dropped by a firewall answers nothing): then the login answers 503 and
-//! its code goes back. A connection dropped in the middle of a statement (the request was
-//! cancelled, or timed out) keeps its slot until it has drained (answered a ping, then it is
-//! reused) or been closed, so the server never holds more than `max` of the login's backends.
+//! its code goes back. A connection dropped in the middle of a statement (it timed out here; a
+//! cancelled request does not cancel the statement its login went out in) keeps its slot until
+//! it has drained (answered a ping, then it is reused) or been closed, so the server never
+//! holds more than `max` of the login's backends.
 //! An idle connection popped after [`IDLE_LIMIT`] is closed instead of reused.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -44,16 +45,17 @@ pub struct HotPool {
     logins: OnceLock<LoginQueue>,
 }
 
-/// Login statements sent, over every pool of the process (for tests: fewer than the logins
-/// when they were batched).
-static LOGIN_STATEMENTS: AtomicU64 = AtomicU64::new(0);
-
 struct Shared {
     options: PgConnectOptions,
     idle: Mutex<Vec<(PgConnection, Instant)>>,
     permits: Arc<Semaphore>,
+    max: usize,
     acquire_timeout: Duration,
     connect_timeout: Duration,
+    /// Login statements sent (for tests: fewer than the logins when they went together).
+    login_statements: AtomicU64,
+    /// The last login statement failed for want of the database (cleared by one that ran).
+    unreachable: AtomicBool,
 }
 
 impl HotPool {
@@ -73,6 +75,9 @@ impl HotPool {
                 )]),
                 idle: Mutex::new(Vec::with_capacity(max)),
                 permits: Arc::new(Semaphore::new(max)),
+                max,
+                login_statements: AtomicU64::new(0),
+                unreachable: AtomicBool::new(false),
                 acquire_timeout: pool.options().get_acquire_timeout(),
                 connect_timeout: pool.options().get_acquire_timeout().min(STATEMENT_TIMEOUT),
             }),
@@ -103,9 +108,20 @@ impl HotPool {
         self.shared.permits.available_permits()
     }
 
-    /// Login statements sent so far by every pool of this process (for tests).
-    pub fn login_statements() -> u64 {
-        LOGIN_STATEMENTS.load(Ordering::Relaxed)
+    /// Login statements this pool has sent so far (for tests).
+    pub fn login_statements(&self) -> u64 {
+        self.shared.login_statements.load(Ordering::Relaxed)
+    }
+
+    /// Before a code is checked: when the last login statement failed for want of the database,
+    /// a connection is taken (and given back), so while the database stays away the login
+    /// answers 503 before the code check charges anything; otherwise nothing is done.
+    pub async fn check_reachable(&self) -> Result<(), DbErr> {
+        if self.shared.unreachable.load(Ordering::Relaxed) {
+            drop(self.shared.lease().await?);
+            self.shared.unreachable.store(false, Ordering::Relaxed);
+        }
+        Ok(())
     }
 }
 
@@ -199,9 +215,9 @@ fn drain_in_background(shared: Arc<Shared>, mut conn: PgConnection, permit: Owne
     });
 }
 
-/// One connection of the [`HotPool`], held by one login. Dropped after a statement that
-/// completed, it goes back to the pool; dropped in the middle of one (the request was
-/// cancelled) or after a failure, it is closed.
+/// One connection of the [`HotPool`], held by one login statement. Dropped after a statement
+/// that completed, it goes back to the pool; dropped in the middle of one (it timed out, or its
+/// holder was cancelled), it drains in the background; after a failure, it is closed.
 pub struct Lease {
     conn: Option<PgConnection>,
     reused: bool,
@@ -313,8 +329,10 @@ const MAX_IN_FLIGHT: usize = 4;
 
 /// Creates the users of new numbers and returns those of known ones, all in one statement.
 /// Rows are inserted in phone order, so two replicas' statements never wait on each other's
-/// rows in a cycle. The main query's snapshot does not see the rows `created` inserts, so every
-/// phone comes back once: created, or found.
+/// rows in a cycle. The main query's snapshot does not see the rows `created` inserts, so a
+/// phone comes back once, created or found; twice only when its user lost it (deleted, or a
+/// number change) while the statement ran, and then the created row is the answer
+/// ([`keep_row`]).
 const LOGIN_BATCH: &str = "WITH input AS (\
      SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[]) AS i(id, phone, at)), \
      created AS (INSERT INTO users (id, phone, created_at, last_login_at) \
@@ -337,6 +355,9 @@ struct PendingLogin {
     id: Uuid,
     phone: String,
     at: DateTime<Utc>,
+    /// Past this, the login is answered 503 instead of being sent (a database that answers
+    /// slower than logins arrive must not grow the queue without end).
+    deadline: Instant,
     reply: oneshot::Sender<Result<LoginRow, DbErr>>,
 }
 
@@ -345,14 +366,16 @@ struct PendingLogin {
 #[derive(Clone)]
 pub struct LoginQueue {
     queue: mpsc::UnboundedSender<PendingLogin>,
+    wait_limit: Duration,
 }
 
 impl LoginQueue {
     fn start(shared: Arc<Shared>) -> Self {
         let (queue, pending) = mpsc::unbounded_channel();
-        let in_flight = shared.permits.available_permits().clamp(1, MAX_IN_FLIGHT);
+        let in_flight = shared.max.clamp(1, MAX_IN_FLIGHT);
+        let wait_limit = shared.acquire_timeout;
         tokio::spawn(send_logins(shared, pending, in_flight));
-        Self { queue }
+        Self { queue, wait_limit }
     }
 
     /// Creates the user of `phone` (with `id`, at `at`) or returns the existing one. The
@@ -364,6 +387,7 @@ impl LoginQueue {
             id,
             phone: phone.to_string(),
             at,
+            deadline: Instant::now() + self.wait_limit,
             reply,
         };
         let gone = || DbErr::Conn(RuntimeErr::Internal("the login queue has stopped".into()));
@@ -391,8 +415,17 @@ async fn send_logins(
         while let Ok(pending) = queue.try_recv() {
             waiting.push(pending);
         }
-        // A cancelled request's login is not sent.
-        waiting.retain(|pending| !pending.reply.is_closed());
+        // A cancelled request's login is not sent; one that waited too long is a 503.
+        let now = Instant::now();
+        waiting.retain_mut(|pending| {
+            if pending.deadline > now {
+                return !pending.reply.is_closed();
+            }
+            let (late, _) = oneshot::channel();
+            let reply = std::mem::replace(&mut pending.reply, late);
+            let _ = reply.send(Err(DbErr::ConnectionAcquire(ConnAcquireErr::Timeout)));
+            false
+        });
         let batch = take_batch(&mut waiting);
         if batch.is_empty() {
             continue;
@@ -405,8 +438,9 @@ async fn send_logins(
     }
 }
 
-/// Up to [`MAX_BATCH`] logins of distinct phones, in phone order; the rest stay (a second login
-/// of one phone goes in a later statement, which finds the user the first one created).
+/// Up to [`MAX_BATCH`] logins of distinct phones, in phone order; the rest stay for the next
+/// statement (a second login of one phone may run beside the first one's statement: it waits on
+/// the unique index, then finds the user the first one created through [`LOGIN_LATE`]).
 fn take_batch(waiting: &mut Vec<PendingLogin>) -> Vec<PendingLogin> {
     let mut phones = HashSet::new();
     let mut batch = Vec::new();
@@ -424,7 +458,10 @@ fn take_batch(waiting: &mut Vec<PendingLogin>) -> Vec<PendingLogin> {
 }
 
 async fn run_batch(shared: &Arc<Shared>, batch: Vec<PendingLogin>) {
-    match batch_rows(shared, &batch).await {
+    let rows = batch_rows(shared, &batch).await;
+    let unreachable = matches!(&rows, Err(DbErr::Conn(_) | DbErr::ConnectionAcquire(_)));
+    shared.unreachable.store(unreachable, Ordering::Relaxed);
+    match rows {
         Ok(mut rows) => {
             for pending in batch {
                 let row = rows
@@ -449,7 +486,7 @@ async fn batch_rows(
     let ids: Vec<Uuid> = batch.iter().map(|p| p.id).collect();
     let phones: Vec<&str> = batch.iter().map(|p| p.phone.as_str()).collect();
     let ats: Vec<DateTime<Utc>> = batch.iter().map(|p| p.at).collect();
-    LOGIN_STATEMENTS.fetch_add(1, Ordering::Relaxed);
+    shared.login_statements.fetch_add(1, Ordering::Relaxed);
     let rows = lease
         .fetch_all(|| {
             sea_orm::sqlx::query(LOGIN_BATCH)
@@ -460,8 +497,7 @@ async fn batch_rows(
         .await?;
     let mut found = HashMap::with_capacity(batch.len());
     for row in rows {
-        let (user, created) = login_row(row)?;
-        found.insert(user.phone.clone().unwrap_or_default(), (user, created));
+        keep_row(&mut found, login_row(row)?);
     }
     let late: Vec<&str> = phones
         .iter()
@@ -473,11 +509,23 @@ async fn batch_rows(
             .fetch_all(|| sea_orm::sqlx::query(LOGIN_LATE).bind(&late))
             .await?;
         for row in rows {
-            let (user, created) = login_row(row)?;
-            found.insert(user.phone.clone().unwrap_or_default(), (user, created));
+            keep_row(&mut found, login_row(row)?);
         }
     }
     Ok(found)
+}
+
+/// Keeps the row of a phone, the created one when there are two: the statement's snapshot may
+/// still show a user who had the phone and lost it (deleted, or moved to another number) while
+/// the insert, which sees committed rows, created the phone's new user.
+fn keep_row(found: &mut HashMap<String, LoginRow>, row: LoginRow) {
+    let phone = row.0.phone.clone().unwrap_or_default();
+    match found.get(&phone) {
+        Some((_, true)) => {}
+        _ => {
+            found.insert(phone, row);
+        }
+    }
 }
 
 fn login_row(row: PgRow) -> Result<LoginRow, DbErr> {
@@ -494,5 +542,43 @@ fn copy_err(err: &DbErr) -> DbErr {
         DbErr::Conn(_) => DbErr::Conn(text()),
         DbErr::RecordNotFound(what) => DbErr::RecordNotFound(what.clone()),
         _ => DbErr::Query(text()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(id: u128, phone: &str) -> user::Model {
+        user::Model {
+            id: Uuid::from_u128(id),
+            phone: Some(phone.to_string()),
+            created_at: Utc::now(),
+            last_login_at: None,
+            blocked_at: None,
+        }
+    }
+
+    #[test]
+    fn a_phone_returned_twice_is_answered_with_the_user_created_now() {
+        for created_first in [true, false] {
+            let mut found = HashMap::new();
+            let rows = [(user(1, "+911"), true), (user(2, "+911"), false)];
+            let order: Vec<_> = if created_first {
+                rows.into_iter().collect()
+            } else {
+                rows.into_iter().rev().collect()
+            };
+            for row in order {
+                keep_row(&mut found, row);
+            }
+            keep_row(&mut found, (user(3, "+912"), false));
+            assert_eq!(found["+911"].0.id, Uuid::from_u128(1));
+            assert!(found["+911"].1);
+            assert_eq!(
+                (found["+912"].0.id, found["+912"].1),
+                (Uuid::from_u128(3), false)
+            );
+        }
     }
 }

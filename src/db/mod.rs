@@ -273,9 +273,11 @@ pub async fn login_sql(db: &DatabaseConnection) -> Result<LoginSql, DbErr> {
 }
 
 /// The database side of one login by code, started before the code is checked and finished
-/// after. On PostgreSQL: nothing before the check; after it, the login joins the login pool's
-/// queue ([`hot::LoginQueue`]), whose one statement creates or finds the users of every login
-/// waiting at that moment (a database that fails it answers 503, and the code goes back). On
+/// after. On PostgreSQL: nothing before the check while the database answers (after a login
+/// statement failed for want of it, a connection is taken first: a 503 then charges nothing);
+/// after it, the login joins the login pool's queue ([`hot::LoginQueue`]), whose one statement
+/// creates or finds the users of every login waiting at that moment (a database that fails it
+/// answers 503, and the code goes back). On
 /// MySQL/MariaDB: one pooled connection, checked out (and pinged by the pool) before the code
 /// check. Then the [`LoginSql`] statement that inserts a new user or returns the existing one.
 /// On SQLite: the lookup first, then the insert (or nothing), through the pool.
@@ -328,6 +330,7 @@ pub async fn login_start(
 ) -> Result<LoginSession, DbErr> {
     match (sql, db.get_database_backend(), hot) {
         (LoginSql::Postgres, DatabaseBackend::Postgres, Some(pool)) => {
+            pool.check_reachable().await?;
             Ok(LoginSession::Postgres(pool.logins()))
         }
         (

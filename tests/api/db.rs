@@ -130,7 +130,7 @@ async fn logins_waiting_together_share_statements_on_postgres() {
     lock.execute_unprepared("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
         .await
         .expect("lock");
-    let before = HotPool::login_statements();
+    let before = hot.login_statements();
     // 30 new numbers, 10 of them twice, and the 10 known ones: 50 logins.
     let new: Vec<String> = (0..30).map(|i| format!("+9198123420{i:02}")).collect();
     let phones: Vec<String> = new
@@ -147,7 +147,7 @@ async fn logins_waiting_together_share_statements_on_postgres() {
     });
     let answers = all.await;
     running.await.expect("unlocked");
-    let statements = HotPool::login_statements() - before;
+    let statements = hot.login_statements() - before;
     assert!(
         statements < 25,
         "{statements} statements for {} logins",
@@ -444,6 +444,66 @@ async fn the_login_pool_replaces_connections_the_server_ended() {
         .await
         .expect("a login on the drained connection");
     assert_eq!(again.id, first.id);
+}
+
+/// Once a login statement failed for want of the database, the next login reaches the database
+/// before its code check (`login_start` answers the 503 then, so nothing is charged); once the
+/// database is back, logins go as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failed_login_statement_the_next_login_checks_the_database_first() {
+    if !cluster_available() {
+        return;
+    }
+    let (admin_url, name, url) = fresh_postgres_database().await;
+    let db = otpgate::db::connect(&url, 4).await.expect("connect");
+    otpgate::db::migrate(&db).await.expect("migrate");
+    let hot = HotPool::for_database(&db).expect("a login pool on PostgreSQL");
+    let touches = LoginTouches::start(db.clone(), 16, dropped());
+    let admin = Database::connect(admin_url.as_str()).await.expect("admin");
+    let allow = |on: bool| {
+        let admin = &admin;
+        let name = name.clone();
+        async move {
+            admin
+                .execute_unprepared(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS {on}"))
+                .await
+                .expect("alter");
+            if !on {
+                admin
+                    .execute_unprepared(&format!(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE datname = '{name}'"
+                    ))
+                    .await
+                    .expect("terminate");
+            }
+        }
+    };
+    let phone = "+919812343001";
+    allow(false).await;
+    let session = otpgate::db::login_start(&db, Some(&hot), LoginSql::Postgres, phone)
+        .await
+        .expect("nothing failed yet: the login goes to its statement");
+    let failed = otpgate::db::login_finish(&db, session, phone, Utc::now(), &touches).await;
+    assert!(
+        matches!(failed, Err(sea_orm::DbErr::Conn(_))),
+        "a 503: {failed:?}"
+    );
+    let refused = otpgate::db::login_start(&db, Some(&hot), LoginSql::Postgres, phone).await;
+    assert!(
+        matches!(refused, Err(sea_orm::DbErr::Conn(_))),
+        "refused before the code check: {:?}",
+        refused.err()
+    );
+    allow(true).await;
+    let session = otpgate::db::login_start(&db, Some(&hot), LoginSql::Postgres, phone)
+        .await
+        .expect("the database is back");
+    let (_, created) = otpgate::db::login_finish(&db, session, phone, Utc::now(), &touches)
+        .await
+        .expect("login");
+    assert!(created);
+    admin.close().await.ok();
 }
 
 fn dropped() -> prometheus::IntCounter {
