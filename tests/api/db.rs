@@ -96,11 +96,13 @@ async fn logins_waiting_together_share_statements_on_postgres() {
     if !cluster_available() {
         return;
     }
-    let (_, _, url) = fresh_postgres_database().await;
-    let db = otpgate::db::connect(&url, 4).await.expect("connect");
-    otpgate::db::migrate(&db).await.expect("migrate");
-    let hot = HotPool::for_database(&db).expect("a login pool on PostgreSQL");
-    let touches = LoginTouches::start(db.clone(), 16, dropped());
+    let LoginPool {
+        url,
+        db,
+        hot,
+        touches,
+        ..
+    } = login_pool().await;
     let login = |phone: String| {
         let (db, hot, touches) = (db.clone(), &hot, &touches);
         async move {
@@ -357,19 +359,22 @@ async fn sqlite_logins_go_through_the_pool() {
 }
 
 /// The login pool reuses its connections without pinging them; one that the server ended while
-/// it sat idle fails its statement, which then runs again on a new connection. A lease dropped in
-/// the middle of a statement (a cancelled request) keeps its slot until the server is done with
-/// it, then is reused.
+/// it sat idle fails its statement, which then runs again on a new connection. A login whose
+/// request is cancelled in the middle of its statement does not cancel the statement: its
+/// connection keeps its slot until the server is done with it, then is reused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_login_pool_replaces_connections_the_server_ended() {
     if !cluster_available() {
         return;
     }
-    let (admin_url, name, url) = fresh_postgres_database().await;
-    let db = otpgate::db::connect(&url, 4).await.expect("connect");
-    otpgate::db::migrate(&db).await.expect("migrate");
-    let hot = HotPool::for_database(&db).expect("a login pool on PostgreSQL");
-    let touches = LoginTouches::start(db.clone(), 16, dropped());
+    let LoginPool {
+        admin_url,
+        name,
+        url,
+        db,
+        hot,
+        touches,
+    } = login_pool().await;
     let login = |phone: &'static str| {
         let (db, hot, touches) = (db.clone(), &hot, &touches);
         async move {
@@ -454,11 +459,14 @@ async fn after_a_failed_login_statement_the_next_login_checks_the_database_first
     if !cluster_available() {
         return;
     }
-    let (admin_url, name, url) = fresh_postgres_database().await;
-    let db = otpgate::db::connect(&url, 4).await.expect("connect");
-    otpgate::db::migrate(&db).await.expect("migrate");
-    let hot = HotPool::for_database(&db).expect("a login pool on PostgreSQL");
-    let touches = LoginTouches::start(db.clone(), 16, dropped());
+    let LoginPool {
+        admin_url,
+        name,
+        db,
+        hot,
+        touches,
+        ..
+    } = login_pool().await;
     let admin = Database::connect(admin_url.as_str()).await.expect("admin");
     let allow = |on: bool| {
         let admin = &admin;
@@ -504,6 +512,32 @@ async fn after_a_failed_login_statement_the_next_login_checks_the_database_first
         .expect("login");
     assert!(created);
     admin.close().await.ok();
+}
+
+/// A fresh PostgreSQL database, migrated, with its login pool and login-time writer.
+struct LoginPool {
+    admin_url: String,
+    name: String,
+    url: String,
+    db: DatabaseConnection,
+    hot: HotPool,
+    touches: LoginTouches,
+}
+
+async fn login_pool() -> LoginPool {
+    let (admin_url, name, url) = fresh_postgres_database().await;
+    let db = otpgate::db::connect(&url, 4).await.expect("connect");
+    otpgate::db::migrate(&db).await.expect("migrate");
+    let hot = HotPool::for_database(&db).expect("a login pool on PostgreSQL");
+    let touches = LoginTouches::start(db.clone(), 16, dropped());
+    LoginPool {
+        admin_url,
+        name,
+        url,
+        db,
+        hot,
+        touches,
+    }
 }
 
 fn dropped() -> prometheus::IntCounter {
