@@ -415,17 +415,18 @@ async fn send_logins(
         while let Ok(pending) = queue.try_recv() {
             waiting.push(pending);
         }
-        // A cancelled request's login is not sent; one that waited too long is a 503.
+        // One that waited too long is a 503; a cancelled request's login is not sent.
         let now = Instant::now();
-        waiting.retain_mut(|pending| {
-            if pending.deadline > now {
-                return !pending.reply.is_closed();
-            }
-            let (late, _) = oneshot::channel();
-            let reply = std::mem::replace(&mut pending.reply, late);
-            let _ = reply.send(Err(DbErr::ConnectionAcquire(ConnAcquireErr::Timeout)));
-            false
-        });
+        let (late, current): (Vec<_>, Vec<_>) = waiting
+            .drain(..)
+            .partition(|pending| pending.deadline <= now);
+        for pending in late {
+            let _ = pending
+                .reply
+                .send(Err(DbErr::ConnectionAcquire(ConnAcquireErr::Timeout)));
+        }
+        waiting = current;
+        waiting.retain(|pending| !pending.reply.is_closed());
         let batch = take_batch(&mut waiting);
         if batch.is_empty() {
             continue;
@@ -464,9 +465,10 @@ async fn run_batch(shared: &Arc<Shared>, batch: Vec<PendingLogin>) {
     match rows {
         Ok(mut rows) => {
             for pending in batch {
+                // The number stays out of the error (it is logged with a 500).
                 let row = rows
                     .remove(&pending.phone)
-                    .ok_or_else(|| DbErr::RecordNotFound(format!("the user of {}", pending.phone)));
+                    .ok_or_else(|| DbErr::RecordNotFound("the user of a login".into()));
                 let _ = pending.reply.send(row);
             }
         }

@@ -423,7 +423,7 @@ async fn mysql_login(
             .await
             .map_err(query_err)?
     };
-    let user = row_user(row.ok_or_else(|| DbErr::RecordNotFound(format!("the user of {phone}")))?)?;
+    let user = row_user(row.ok_or_else(|| DbErr::RecordNotFound("the user of a login".into()))?)?;
     let created = user.id == id;
     Ok((user, created))
 }
