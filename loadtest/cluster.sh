@@ -119,13 +119,11 @@ fi
 bin="${OTPGATE_BIN:-$PWD/$target/otpgate}"
 loadtest="$PWD/$target/otpgate-loadtest"
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+. scripts/lib/ports.sh
 
 work=$(mktemp -d /tmp/otpgate-cluster.XXXXXX)
 chmod 755 "$work"
-redis_port=$(free_port) pg_port=$(free_port) lb_port=$(free_port) stub_port=$(free_port)
+free_port redis_port; free_port pg_port; free_port lb_port; free_port stub_port
 pg_user=$(id -un)
 run_pg() { "$@"; }
 if [ "$(id -u)" = 0 ]; then
@@ -238,7 +236,7 @@ start_replica() {
 }
 log "starting $REPLICAS replicas ($PROFILE build)"
 for i in $(seq 1 "$REPLICAS"); do
-  replica_ports[$i]=$(free_port)
+  free_port replica_port; replica_ports[$i]=$replica_port
   start_replica "$i"
 done
 

@@ -36,9 +36,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+. scripts/lib/ports.sh
 
 backend_env=(RATE_LIMIT_ENABLED=false)
 if [ "$BACKEND" = redis ]; then
@@ -50,7 +48,7 @@ if [ "$BACKEND" = redis ]; then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
-  redis_port=$(free_port) pg_port=$(free_port)
+  free_port redis_port; free_port pg_port
   log "starting redis-server on :$redis_port and PostgreSQL on :$pg_port"
   redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
     --daemonize yes --pidfile "$work/redis.pid" --logfile "$work/redis.log" --dir "$work"
@@ -74,7 +72,7 @@ cargo build --locked --quiet --bin otpgate
 bin="$PWD/target/debug/otpgate"
 "$bin" keygen --alg ES256 > "$work/jwt.pem"
 
-port=$(free_port)
+free_port port
 log "starting otpgate on 127.0.0.1:$port ($BACKEND backends)"
 # exec: $! is the server itself, so the cleanup stops it (not only this subshell).
 (cd "$work" && exec env -i PATH="$PATH" HOST=127.0.0.1 PORT="$port" LOG_LEVEL=warn \

@@ -33,15 +33,13 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 PG_BIN=$(pg_bindir)
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+. scripts/lib/ports.sh
 
 work=$(mktemp -d /tmp/otpgate-test.XXXXXX)
 chmod 755 "$work"
-redis_port=$(free_port)
-pg_port=$(free_port)
-mariadb_port=$(free_port)
+free_port redis_port
+free_port pg_port
+free_port mariadb_port
 
 # PostgreSQL refuses to run as root: run it as the postgres user when we are root.
 pg_user=$(id -un)
