@@ -921,3 +921,110 @@ pub enum Tokens {
     #[oai(status = 200)]
     Issued(Json<TokenResponse>),
 }
+
+/// The two operations every login makes, which [`crate::app`] calls without the router (its
+/// layers cost more CPU than the operations' own parsing and rendering).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HotOperation {
+    /// `POST /api/auth/login`.
+    Login,
+    /// `POST /api/auth/verify-otp`.
+    Verify,
+}
+
+impl HotOperation {
+    /// The paths, as the operations above declare them under the API's prefix.
+    pub const LOGIN_PATH: &'static str = "/api/auth/login";
+    /// See [`HotOperation::LOGIN_PATH`].
+    pub const VERIFY_PATH: &'static str = "/api/auth/verify-otp";
+
+    /// The operation `req` calls, when it is one of the two with a JSON body: `POST`, the exact
+    /// path (no query string), a `Content-Type` the operation accepts. Anything else (including
+    /// what the router would refuse) is left to the router.
+    pub fn of(req: &Request) -> Option<Self> {
+        if req.method() != poem::http::Method::POST || req.uri().query().is_some() {
+            return None;
+        }
+        let op = match req.uri().path() {
+            Self::LOGIN_PATH => Self::Login,
+            Self::VERIFY_PATH => Self::Verify,
+            _ => return None,
+        };
+        let json = req.content_type().is_some_and(
+            <Body<LoginRequest> as poem_openapi::payload::Payload>::check_content_type,
+        );
+        json.then_some(op)
+    }
+}
+
+impl AuthApi {
+    /// Answers `op` for a request whose body is `data`, as its operation endpoint does: the
+    /// same handler, the same response or error (rendered further up, as the router's are).
+    /// `None` when the body does not parse: the router answers it then, with the error that
+    /// says what is wrong.
+    pub async fn call_hot(
+        &self,
+        op: HotOperation,
+        req: &Request,
+        data: &[u8],
+    ) -> Option<poem::Result<poem::Response>> {
+        use poem::IntoResponse;
+        Some(match op {
+            HotOperation::Login => {
+                let body = super::body::parse::<LoginRequest>(data).ok()?;
+                self.login(req, Body(body))
+                    .await
+                    .map(IntoResponse::into_response)
+                    .map_err(Into::into)
+            }
+            HotOperation::Verify => {
+                let body = super::body::parse::<VerifyRequest>(data).ok()?;
+                self.verify_otp(req, Body(body))
+                    .await
+                    .map(IntoResponse::into_response)
+                    .map_err(Into::into)
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HotOperation;
+
+    fn request(method: poem::http::Method, uri: &str, content_type: Option<&str>) -> poem::Request {
+        let mut builder = poem::Request::builder().method(method).uri_str(uri);
+        if let Some(value) = content_type {
+            builder = builder.content_type(value);
+        }
+        builder.finish()
+    }
+
+    #[test]
+    fn only_the_two_json_posts_take_the_hot_path() {
+        use poem::http::Method;
+        let json = Some("application/json");
+        let hot = |m, uri, ct| HotOperation::of(&request(m, uri, ct));
+        assert_eq!(
+            hot(Method::POST, "/api/auth/login", json),
+            Some(HotOperation::Login)
+        );
+        assert_eq!(
+            hot(
+                Method::POST,
+                "/api/auth/verify-otp",
+                Some("application/json; charset=utf-8")
+            ),
+            Some(HotOperation::Verify)
+        );
+        assert_eq!(hot(Method::POST, "/api/auth/login?x=1", json), None);
+        assert_eq!(hot(Method::POST, "/api/auth/login/", json), None);
+        assert_eq!(hot(Method::GET, "/api/auth/login", json), None);
+        assert_eq!(
+            hot(Method::POST, "/api/auth/login", Some("text/plain")),
+            None
+        );
+        assert_eq!(hot(Method::POST, "/api/auth/login", None), None);
+        assert_eq!(hot(Method::POST, "/api/auth/refresh-token", json), None);
+    }
+}

@@ -15,6 +15,7 @@ use super::frontdoor::{ClientGate, FrontDoor};
 use super::listener::{ConnectionPolicy, Connections, TrackRequests};
 use super::observe::Observe;
 use super::state::AppState;
+use crate::api::auth::{AuthApi, HotOperation};
 use crate::api::oauth::{TOKEN_PATH, rewrite_problem};
 use crate::api::problem::{problem_response, unauthorized};
 use crate::config::Settings;
@@ -101,6 +102,52 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
         Box::pin(self.inner.call(req)).await
     }
 }
+
+/// `Cache-Control: no-store` and `Pragma: no-cache` on the API's answers (tokens, codes and
+/// quotas are nobody's to keep).
+fn no_store() -> SetHeader {
+    SetHeader::new()
+        .overriding(header::CACHE_CONTROL, "no-store")
+        .overriding(header::PRAGMA, "no-cache")
+}
+
+/// The router, with the two operations every login makes ([`HotOperation`]) answered before
+/// it: their handlers are called directly, not through the route tree and poem-openapi's
+/// per-operation endpoint (which cost more CPU than the operations' own parsing and rendering,
+/// measured in `loadtest/`). The answer is the router's: the same handler, the same
+/// `no-store` headers on success, the same error passed up to be rendered. A body that does
+/// not parse goes to the router, which says what is wrong with it.
+struct HotPaths<E> {
+    api: AuthApi,
+    router: E,
+}
+
+impl<E: Endpoint> Endpoint for HotPaths<E> {
+    type Output = Response;
+
+    async fn call(&self, mut req: Request) -> poem::Result<Response> {
+        if let Some(op) = HotOperation::of(&req) {
+            // `BodyLimit` below has read the body into memory already.
+            let data = req.take_body().into_bytes().await?;
+            match Box::pin(self.api.call_hot(op, &req, &data)).await {
+                Some(Ok(mut resp)) => {
+                    let headers = resp.headers_mut();
+                    headers.insert(header::CACHE_CONTROL, NO_STORE.clone());
+                    headers.insert(header::PRAGMA, NO_CACHE.clone());
+                    return Ok(resp);
+                }
+                Some(Err(err)) => return Err(err),
+                None => req.set_body(data),
+            }
+        }
+        Box::pin(self.router.call(req))
+            .await
+            .map(IntoResponse::into_response)
+    }
+}
+
+static NO_STORE: header::HeaderValue = header::HeaderValue::from_static("no-store");
+static NO_CACHE: header::HeaderValue = header::HeaderValue::from_static("no-cache");
 
 /// CORS for browser clients: the origins of `CORS_ORIGINS` (`*` = any, development only).
 fn cors(origins: &[String]) -> Option<poem::middleware::Cors> {
@@ -261,65 +308,60 @@ pub(super) fn routes_with(
     let cors = cors(&settings.server.cors_origins);
     let vary = cors.is_some();
     let tracked = connections.is_some();
-    route
-        .nest(
-            "/",
-            api.with(
-                SetHeader::new()
-                    .overriding(header::CACHE_CONTROL, "no-store")
-                    .overriding(header::PRAGMA, "no-cache"),
-            ),
-        )
-        .with(BodyLimit {
-            max: settings.server.body_limit_bytes,
-        })
-        .with(gate)
-        // Errors become problem documents inside the CORS layer (which would otherwise render
-        // framework errors as text/plain), so browsers get them with the CORS headers.
-        .catch_all_error(|err| async move { problem_response(err) })
-        .with_if(cors.is_some(), cors.unwrap_or_default())
-        // The CORS answer depends on `Origin`: caches must keep one per origin.
-        .with_if(vary, SetHeader::new().appending(header::VARY, "Origin"))
-        .catch_all_error(|err| async move { problem_response(err) })
-        .around(move |ep, req| {
-            // RFC 9110: a 405 names the methods the resource supports.
-            let path = req.uri().path();
-            let methods = allow
-                .get(path)
-                .or_else(|| {
-                    allow
-                        .iter()
-                        .find(|(t, _)| super::observe::template_matches(t, path))
-                        .map(|(_, m)| m)
-                })
-                .cloned();
-            let oauth = req.uri().path() == TOKEN_PATH;
-            async move {
-                // Boxed, as in `ObserveEndpoint`: the layers above stay small.
-                let mut resp = Box::pin(ep.call(req)).await?;
-                if oauth && !resp.status().is_success() {
-                    // The OAuth token endpoint answers errors the RFC 6749 way.
-                    resp = rewrite_problem(resp).await;
-                }
-                if resp.status() == StatusCode::METHOD_NOT_ALLOWED
-                    && let Some(value) =
-                        methods.and_then(|m| header::HeaderValue::from_str(&m).ok())
-                {
-                    resp.headers_mut().insert(header::ALLOW, value);
-                }
-                Ok(resp)
+    HotPaths {
+        api: AuthApi {
+            auth: state.auth.clone(),
+        },
+        router: route.nest("/", api.with(no_store())),
+    }
+    .with(BodyLimit {
+        max: settings.server.body_limit_bytes,
+    })
+    .with(gate)
+    // Errors become problem documents inside the CORS layer (which would otherwise render
+    // framework errors as text/plain), so browsers get them with the CORS headers.
+    .catch_all_error(|err| async move { problem_response(err) })
+    .with_if(cors.is_some(), cors.unwrap_or_default())
+    // The CORS answer depends on `Origin`: caches must keep one per origin.
+    .with_if(vary, SetHeader::new().appending(header::VARY, "Origin"))
+    .catch_all_error(|err| async move { problem_response(err) })
+    .around(move |ep, req| {
+        // RFC 9110: a 405 names the methods the resource supports.
+        let path = req.uri().path();
+        let methods = allow
+            .get(path)
+            .or_else(|| {
+                allow
+                    .iter()
+                    .find(|(t, _)| super::observe::template_matches(t, path))
+                    .map(|(_, m)| m)
+            })
+            .cloned();
+        let oauth = req.uri().path() == TOKEN_PATH;
+        async move {
+            // Boxed, as in `ObserveEndpoint`: the layers above stay small.
+            let mut resp = Box::pin(ep.call(req)).await?;
+            if oauth && !resp.status().is_success() {
+                // The OAuth token endpoint answers errors the RFC 6749 way.
+                resp = rewrite_problem(resp).await;
             }
-        })
-        .with(SetHeader::new().overriding(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        .with(observed)
-        .with_if(
-            tracked,
-            TrackRequests {
-                connections: connections.unwrap_or_else(|| {
-                    Connections::new(connection_policy(&settings), metrics, false)
-                }),
-            },
-        )
+            if resp.status() == StatusCode::METHOD_NOT_ALLOWED
+                && let Some(value) = methods.and_then(|m| header::HeaderValue::from_str(&m).ok())
+            {
+                resp.headers_mut().insert(header::ALLOW, value);
+            }
+            Ok(resp)
+        }
+    })
+    .with(SetHeader::new().overriding(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+    .with(observed)
+    .with_if(
+        tracked,
+        TrackRequests {
+            connections: connections
+                .unwrap_or_else(|| Connections::new(connection_policy(&settings), metrics, false)),
+        },
+    )
 }
 
 pub(super) fn connection_policy(settings: &Settings) -> ConnectionPolicy {

@@ -10,7 +10,8 @@ use crate::helpers::{Backend, TestApp, spawn_app, spawn_app_with};
 
 crate::on_both_backends!(
     oauth_token_endpoint_speaks_rfc_6749,
-    token_responses_carry_expiry_and_user_and_are_not_cached
+    token_responses_carry_expiry_and_user_and_are_not_cached,
+    login_and_verify_answer_alike_with_and_without_the_router
 );
 
 async fn form(
@@ -388,5 +389,148 @@ async fn errors_reach_browsers_with_cors_headers() {
                 "{reply}"
             );
         }
+    }
+}
+
+/// What a reply shows a client, with what differs between two requests of the same kind taken
+/// out: the request id and date, the phone number and the per-request values in the body.
+fn shape(reply: &crate::helpers::Reply) -> (u16, Vec<(String, String)>, Value) {
+    let mut headers: Vec<(String, String)> = reply
+        .headers
+        .iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "date" | "x-request-id" | "content-length"))
+        .map(|(name, value)| {
+            let value = value.to_str().unwrap_or("?");
+            // The quota fields name the same policies; what is left of the IP's differs by one.
+            let value = if name.as_str() == "ratelimit" {
+                value
+                    .split(", ")
+                    .map(|f| f.split(';').next().unwrap_or(""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            } else {
+                value.to_string()
+            };
+            (name.to_string(), value)
+        })
+        .collect();
+    headers.sort();
+    let mut body = reply.body.clone();
+    if let Some(object) = body.as_object_mut() {
+        for (key, value) in object.iter_mut() {
+            if !matches!(
+                key.as_str(),
+                "code"
+                    | "status"
+                    | "type"
+                    | "title"
+                    | "channel"
+                    | "message"
+                    | "token_type"
+                    | "field"
+            ) {
+                *value = json!(type_name(value));
+            }
+        }
+    }
+    (reply.status, headers, body)
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// `POST /api/auth/login` and `/api/auth/verify-otp` are answered before the router (the hot
+/// path of `src/app/routes.rs`); a query string sends the same request through the router and
+/// poem-openapi's operation endpoint. Both must answer alike: successes, refusals by the
+/// service, bodies that do not parse, the wrong media type.
+async fn login_and_verify_answer_alike_with_and_without_the_router(backend: Backend) {
+    let app = spawn_app(backend).await;
+    // The hot path's paths are the operations' own.
+    let spec: Value = app
+        .client
+        .get(format!("{}/openapi.json", app.a))
+        .send()
+        .await
+        .expect("spec")
+        .json()
+        .await
+        .expect("spec JSON");
+    use otpgate::api::auth::HotOperation;
+    for path in [HotOperation::LOGIN_PATH, HotOperation::VERIFY_PATH] {
+        assert!(
+            spec["paths"][path]["post"].is_object(),
+            "{path} in the spec"
+        );
+    }
+    let both = |path: &'static str| [path.to_string(), format!("{path}?via=router")];
+    let raw = |path: String, content_type: &'static str, body: &'static str| {
+        let app = &app;
+        async move {
+            let resp = app
+                .client
+                .post(format!("{}{path}", app.a))
+                .header("content-type", content_type)
+                .body(body)
+                .send()
+                .await
+                .expect("sent");
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let body = resp.json().await.unwrap_or(Value::Null);
+            crate::helpers::Reply {
+                status,
+                headers,
+                body,
+            }
+        }
+    };
+    let mut shapes = Vec::new();
+    for (i, login) in both("/api/auth/login").into_iter().enumerate() {
+        let phone = format!("+91981234{:04}", 7100 + i);
+        let sent = app.post(&app.a, &login, json!({ "phone": phone })).await;
+        assert_eq!(sent.status, 200, "{login}: {}", sent.body);
+        let code = sent.body["otp_code"].as_str().unwrap().to_string();
+        let verify = login.replace("/login", "/verify-otp");
+        let wrong = if code == "000000" { "111111" } else { "000000" };
+        let refused = app
+            .post(
+                &app.a,
+                &verify,
+                json!({ "phone": phone, "otp_code": wrong }),
+            )
+            .await;
+        let verified = app
+            .post(&app.b, &verify, json!({ "phone": phone, "otp_code": code }))
+            .await;
+        assert_eq!(verified.status, 200, "{verify}: {}", verified.body);
+        assert_eq!(verified.headers["cache-control"], "no-store");
+        let unparsed = raw(verify.clone(), "application/json", r#"{"phone": 5}"#).await;
+        let not_json = raw(login.clone(), "application/json", "{").await;
+        let wrong_type = raw(login.clone(), "text/plain", "phone=+919812347100").await;
+        let no_type = raw(verify.clone(), "", "").await;
+        shapes.push(
+            [
+                sent, refused, verified, unparsed, not_json, wrong_type, no_type,
+            ]
+            .iter()
+            .map(shape)
+            .collect::<Vec<_>>(),
+        );
+    }
+    assert!(
+        shapes[0][1].0 == 400 && shapes[0][3].0 == 422,
+        "{:?}",
+        shapes[0]
+    );
+    for (hot, routed) in shapes[0].iter().zip(&shapes[1]) {
+        assert_eq!(hot, routed);
     }
 }
