@@ -71,12 +71,12 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
             );
         let method = method_label(req.method());
         let path = req.uri().path();
-        let route = if self.routes.contains(path) {
-            path.to_string()
+        let route: &str = if let Some(known) = self.routes.get(path) {
+            known
         } else if let Some(template) = self.routes.iter().find(|t| template_matches(t, path)) {
-            template.clone()
+            template
         } else {
-            UNMATCHED_ROUTE.into()
+            UNMATCHED_ROUTE
         };
         let span = tracing::info_span!("request", request_id = %request_id, method, route = %route);
 
@@ -99,11 +99,11 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
         let elapsed = started.elapsed();
         self.metrics
             .http_requests
-            .with_label_values(&[method, &route, &status.to_string()])
+            .with_label_values(&[method, route, resp.status().as_str()])
             .inc();
         self.metrics
             .http_duration
-            .with_label_values(&[method, &route])
+            .with_label_values(&[method, route])
             .observe(elapsed.as_secs_f64());
         span.in_scope(|| {
             tracing::info!(

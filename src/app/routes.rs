@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
+use poem::endpoint::EitherEndpoint;
 use poem::http::{StatusCode, header};
 use poem::middleware::SetHeader;
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
@@ -98,8 +99,8 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
                 Ok(Ok(collected)) => req.set_body(collected.to_bytes()),
             }
         }
-        // Boxed, as in `ObserveEndpoint`: the layers above stay small.
-        Box::pin(self.inner.call(req)).await
+        // Not boxed: the endpoint below ([`HotPaths`]) boxes its own large futures.
+        self.inner.call(req).await
     }
 }
 
@@ -146,6 +147,48 @@ impl<E: Endpoint> Endpoint for HotPaths<E> {
     }
 }
 
+/// The outermost answer-shaping layer: every error becomes a problem document; a 405 names the
+/// methods its path supports (RFC 9110 `Allow`); the OAuth token endpoint's errors take the RFC
+/// 6749 form; every answer says `X-Content-Type-Options: nosniff`. One layer, not four: each
+/// layer costs a future and its copies on every request.
+struct Edge<E> {
+    inner: E,
+    /// The methods of each path (and path template).
+    allow: Arc<HashMap<String, String>>,
+}
+
+impl<E: Endpoint> Endpoint for Edge<E> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> poem::Result<Response> {
+        let uri = req.uri().clone();
+        // Boxed, as in `ObserveEndpoint`: the layers above stay small.
+        let mut resp = match Box::pin(self.inner.call(req)).await {
+            Ok(resp) => resp.into_response(),
+            Err(err) => problem_response(err),
+        };
+        let path = uri.path();
+        if path == TOKEN_PATH && !resp.status().is_success() {
+            resp = rewrite_problem(resp).await;
+        }
+        if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+            let methods = self.allow.get(path).or_else(|| {
+                self.allow
+                    .iter()
+                    .find(|(t, _)| super::observe::template_matches(t, path))
+                    .map(|(_, m)| m)
+            });
+            if let Some(value) = methods.and_then(|m| header::HeaderValue::from_str(m).ok()) {
+                resp.headers_mut().insert(header::ALLOW, value);
+            }
+        }
+        resp.headers_mut()
+            .insert(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF.clone());
+        Ok(resp)
+    }
+}
+
+static NOSNIFF: header::HeaderValue = header::HeaderValue::from_static("nosniff");
 static NO_STORE: header::HeaderValue = header::HeaderValue::from_static("no-store");
 static NO_CACHE: header::HeaderValue = header::HeaderValue::from_static("no-cache");
 
@@ -305,10 +348,8 @@ pub(super) fn routes_with(
             }),
         );
     }
-    let cors = cors(&settings.server.cors_origins);
-    let vary = cors.is_some();
     let tracked = connections.is_some();
-    HotPaths {
+    let gated = HotPaths {
         api: AuthApi {
             auth: state.auth.clone(),
         },
@@ -317,43 +358,23 @@ pub(super) fn routes_with(
     .with(BodyLimit {
         max: settings.server.body_limit_bytes,
     })
-    .with(gate)
-    // Errors become problem documents inside the CORS layer (which would otherwise render
-    // framework errors as text/plain), so browsers get them with the CORS headers.
-    .catch_all_error(|err| async move { problem_response(err) })
-    .with_if(cors.is_some(), cors.unwrap_or_default())
-    // The CORS answer depends on `Origin`: caches must keep one per origin.
-    .with_if(vary, SetHeader::new().appending(header::VARY, "Origin"))
-    .catch_all_error(|err| async move { problem_response(err) })
-    .around(move |ep, req| {
-        // RFC 9110: a 405 names the methods the resource supports.
-        let path = req.uri().path();
-        let methods = allow
-            .get(path)
-            .or_else(|| {
-                allow
-                    .iter()
-                    .find(|(t, _)| super::observe::template_matches(t, path))
-                    .map(|(_, m)| m)
-            })
-            .cloned();
-        let oauth = req.uri().path() == TOKEN_PATH;
-        async move {
-            // Boxed, as in `ObserveEndpoint`: the layers above stay small.
-            let mut resp = Box::pin(ep.call(req)).await?;
-            if oauth && !resp.status().is_success() {
-                // The OAuth token endpoint answers errors the RFC 6749 way.
-                resp = rewrite_problem(resp).await;
-            }
-            if resp.status() == StatusCode::METHOD_NOT_ALLOWED
-                && let Some(value) = methods.and_then(|m| header::HeaderValue::from_str(&m).ok())
-            {
-                resp.headers_mut().insert(header::ALLOW, value);
-            }
-            Ok(resp)
-        }
-    })
-    .with(SetHeader::new().overriding(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+    .with(gate);
+    let below = match cors(&settings.server.cors_origins) {
+        // Errors become problem documents inside the CORS layer (which would otherwise render
+        // framework errors as text/plain), so browsers get them with the CORS headers; the CORS
+        // answer depends on `Origin`, so caches must keep one per origin.
+        Some(cors) => EitherEndpoint::B(
+            gated
+                .catch_all_error(|err| async move { problem_response(err) })
+                .with(cors)
+                .with(SetHeader::new().appending(header::VARY, "Origin")),
+        ),
+        None => EitherEndpoint::A(gated),
+    };
+    Edge {
+        inner: below,
+        allow,
+    }
     .with(observed)
     .with_if(
         tracked,
