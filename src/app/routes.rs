@@ -407,3 +407,89 @@ pub(super) fn metrics_routes(
         .catch_all_error(|err| async move { problem_response(err) })
         .with(TrackRequests { connections })
 }
+
+#[cfg(test)]
+mod tests {
+    use poem::http::{Method, StatusCode};
+    use poem::{Endpoint, Request};
+
+    use super::{AuthApi, HotPaths};
+    use crate::app::state::AppState;
+    use crate::config::Settings;
+
+    /// The router below [`HotPaths`] answers 418 here: a 418 means the request went to it.
+    #[tokio::test]
+    async fn login_and_verify_are_answered_before_the_router() {
+        let env = [
+            ("DATABASE_URL", "sqlite::memory:"),
+            ("JWT_SECRET_KEY", "0123456789abcdef0123456789abcdef"),
+            ("EXPOSE_OTP", "true"),
+            ("RATE_LIMIT_ENABLED", "false"),
+        ];
+        let settings = Settings::from_lookup(|k| {
+            env.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| v.to_string())
+        })
+        .expect("settings");
+        let state = AppState::build(settings).await.expect("state");
+        let hot = HotPaths {
+            api: AuthApi {
+                auth: state.auth.clone(),
+            },
+            router: poem::endpoint::make_sync(|_| StatusCode::IM_A_TEAPOT),
+        };
+        let call = |uri: &str, content_type: Option<&str>, body: &str| {
+            let mut req = Request::builder().method(Method::POST).uri_str(uri);
+            if let Some(value) = content_type {
+                req = req.content_type(value);
+            }
+            hot.call(req.body(body.to_string()))
+        };
+        let json = Some("application/json");
+        let login = r#"{"phone": "+919812347200"}"#;
+        let sent = call("/api/auth/login", json, login).await.expect("login");
+        assert_eq!(sent.status(), StatusCode::OK);
+        assert_eq!(sent.headers()["cache-control"], "no-store");
+        assert_eq!(sent.headers()["pragma"], "no-cache");
+        let body: serde_json::Value =
+            serde_json::from_str(&sent.into_body().into_string().await.unwrap()).unwrap();
+        let code = body["otp_code"].as_str().expect("exposed code").to_string();
+        // A refusal by the service is an error passed up, as the operation endpoint passes it.
+        let wrong = if code == "000000" { "111111" } else { "000000" };
+        let refused = call(
+            "/api/auth/verify-otp",
+            Some("application/vnd.api+json"),
+            &format!(r#"{{"phone": "+919812347200", "otp_code": "{wrong}"}}"#),
+        )
+        .await;
+        let err = refused.err().expect("a wrong code is an error");
+        assert!(err.is::<crate::error::Error>(), "{err}");
+        let verified = call(
+            "/api/auth/verify-otp",
+            json,
+            &format!(r#"{{"phone": "+919812347200", "otp_code": "{code}"}}"#),
+        )
+        .await
+        .expect("verify");
+        assert_eq!(verified.status(), StatusCode::OK);
+        assert_eq!(verified.headers()["cache-control"], "no-store");
+        // Everything else goes to the router.
+        for (uri, content_type, body) in [
+            ("/api/auth/login?", json, login),
+            ("/api/auth/login/", json, login),
+            ("/api/auth/login", None, login),
+            ("/api/auth/login", Some("text/plain"), login),
+            ("/api/auth/login", json, r#"{"phone": 5}"#),
+            ("/api/auth/login", json, "{"),
+            ("/api/auth/refresh-token", json, "{}"),
+        ] {
+            let resp = call(uri, content_type, body).await.expect("router");
+            assert_eq!(
+                resp.status(),
+                StatusCode::IM_A_TEAPOT,
+                "{uri} {content_type:?} {body}"
+            );
+        }
+    }
+}

@@ -74,10 +74,12 @@ impl HotPool {
                         "statement_timeout",
                         STATEMENT_TIMEOUT.as_millis().to_string(),
                     ),
-                    // The login statement's plan does not depend on its arrays, but PostgreSQL
-                    // keeps planning it afresh (its custom plans look cheaper than the generic
-                    // one): at 1,200 flows/s that was ~60 % of its CPU per statement. Measured
-                    // in `loadtest/` (PostgreSQL 13+ has the setting).
+                    // The login statements' plans do not depend on their arrays (a unique
+                    // index on `phone` either way), but PostgreSQL kept planning them afresh
+                    // (its custom plans look cheaper than the generic one): at 1,200 flows/s,
+                    // 25–60 % of its CPU per statement (`loadtest/README.md`). Every statement
+                    // on this pool gets the generic plan: one whose best plan depends on its
+                    // values belongs on SeaORM's pool. PostgreSQL 12+ has the setting.
                     ("plan_cache_mode", "force_generic_plan".to_string()),
                 ]),
                 idle: Mutex::new(Vec::with_capacity(max)),
