@@ -463,7 +463,7 @@ mod tests {
             &format!(r#"{{"phone": "+919812347200", "otp_code": "{wrong}"}}"#),
         )
         .await;
-        let err = refused.err().expect("a wrong code is an error");
+        let err = refused.expect_err("a wrong code is an error");
         assert!(err.is::<crate::error::Error>(), "{err}");
         let verified = call(
             "/api/auth/verify-otp",
