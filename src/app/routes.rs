@@ -108,8 +108,8 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
 /// quotas are nobody's to keep).
 fn no_store() -> SetHeader {
     SetHeader::new()
-        .overriding(header::CACHE_CONTROL, "no-store")
-        .overriding(header::PRAGMA, "no-cache")
+        .overriding(header::CACHE_CONTROL, NO_STORE.clone())
+        .overriding(header::PRAGMA, NO_CACHE.clone())
 }
 
 /// The router, with the two operations every login makes ([`HotOperation`]) answered before
