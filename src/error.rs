@@ -113,6 +113,10 @@ pub enum Error {
     /// 503 `delivery_failed`: no channel could deliver the code; nothing was charged.
     #[error("The code could not be delivered; retry shortly.")]
     DeliveryFailed,
+    /// 503 `overloaded`: this replica is serving `HTTP_MAX_IN_FLIGHT` requests already; nothing
+    /// was done.
+    #[error("The server is busy; retry shortly.")]
+    Overloaded,
     /// 503 `store_unavailable`: Redis (or the store) did not answer.
     #[error("store unavailable: {0}")]
     Store(#[from] StoreError),
@@ -148,7 +152,10 @@ impl Error {
             Error::PhoneTaken => 409,
             Error::NotFound => 404,
             Error::IntentExpired | Error::IntentConsumed => 410,
-            Error::Store(_) | Error::DeliveryFailed | Error::CaptchaUnavailable => 503,
+            Error::Store(_)
+            | Error::DeliveryFailed
+            | Error::CaptchaUnavailable
+            | Error::Overloaded => 503,
             Error::Database(e) if db_unavailable(e) => 503,
             Error::Database(_) | Error::Internal(_) => 500,
         }
@@ -183,6 +190,7 @@ impl Error {
             Error::CaptchaFailed => "captcha_failed",
             Error::CaptchaUnavailable => "captcha_unavailable",
             Error::DeliveryFailed => "delivery_failed",
+            Error::Overloaded => "overloaded",
             Error::Store(_) => "store_unavailable",
             Error::Database(e) if db_unavailable(e) => "database_unavailable",
             Error::Database(_) | Error::Internal(_) => "internal_error",

@@ -109,6 +109,8 @@ pub struct Metrics {
     pub connection_events: IntCounterVec,
     /// `otpgate_open_connections`.
     pub open_connections: prometheus::IntGauge,
+    /// `otpgate_requests_shed_total`.
+    pub requests_shed: IntCounter,
     /// `otpgate_audit_dropped_total`.
     pub audit_dropped: IntCounter,
     /// `otpgate_audit_batch_failures_total`.
@@ -228,6 +230,15 @@ impl Metrics {
                 )?;
                 registry.register(Box::new(g.clone()))?;
                 g
+            },
+            requests_shed: {
+                let c = IntCounter::new(
+                    "otpgate_requests_shed_total",
+                    "Requests answered 503 overloaded because HTTP_MAX_IN_FLIGHT requests were \
+                     being served already.",
+                )?;
+                registry.register(Box::new(c.clone()))?;
+                c
             },
             audit_dropped: {
                 let c = IntCounter::new(

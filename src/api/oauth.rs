@@ -51,7 +51,9 @@ pub fn oauth_error(code: &str, field: Option<&str>, status: u16) -> (&'static st
         "invalid_request" | "invalid_field" | "unsupported_media_type" => ("invalid_request", 400),
         "payload_too_large" | "request_timeout" => ("invalid_request", status),
         "rate_limited" => ("temporarily_unavailable", 429),
-        "store_unavailable" | "database_unavailable" => ("temporarily_unavailable", 503),
+        "store_unavailable" | "database_unavailable" | "overloaded" => {
+            ("temporarily_unavailable", 503)
+        }
         // Anything else around the operation (a wrong method, …) keeps its status.
         _ if (400..500).contains(&status) => ("invalid_request", status),
         _ => ("server_error", status.max(500)),

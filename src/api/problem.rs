@@ -260,6 +260,12 @@ pub const PROBLEM_TYPES: &[(&str, u16, &str, &str)] = &[
         "The captcha could not be checked; retry shortly.",
     ),
     (
+        "overloaded",
+        503,
+        "Server busy",
+        "The server is busy; retry shortly.",
+    ),
+    (
         "http_version_not_supported",
         505,
         "HTTP version not supported",
@@ -418,7 +424,7 @@ impl poem::error::ResponseError for Error {
                     headers.insert("ratelimit", r);
                 }
             }
-            Error::Store(_) | Error::DeliveryFailed => {
+            Error::Store(_) | Error::DeliveryFailed | Error::Overloaded => {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
             }
@@ -446,7 +452,8 @@ pub trait Failures: Send + Sync + 'static {
     /// Whether it takes a JSON body (malformed, too large, too slow, wrong media type, a bad
     /// field).
     const BODY: bool = true;
-    /// Whether the front door (`RATE_LIMIT_FRONTDOOR_PER_SECOND`) stands before it.
+    /// Whether the front door (`RATE_LIMIT_FRONTDOOR_PER_SECOND`) and the in-flight bound
+    /// (`HTTP_MAX_IN_FLIGHT`) stand before it.
     const FRONT_DOOR: bool = true;
 
     /// Every code, in status order.
@@ -462,7 +469,7 @@ pub trait Failures: Send + Sync + 'static {
             ]);
         }
         if Self::FRONT_DOOR {
-            codes.push("rate_limited");
+            codes.extend(["rate_limited", "overloaded"]);
         }
         codes.push("internal_error");
         codes.sort_by_key(|c| (status_of(c), *c));

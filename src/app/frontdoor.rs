@@ -1,9 +1,11 @@
 //! The per-replica front door: a governor limiter keyed by client IP (its bucket) that sheds
 //! floods before they cost a store round trip, on every path but the probes and the webhooks.
-//! Its keys are swept on a timer. It also finds the client IP of each request for the quotas.
+//! Its keys are swept on a timer. It also finds the client IP of each request for the quotas,
+//! and holds the bound on requests served at once ([`InFlight`], applied once a body is in).
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -71,6 +73,54 @@ impl FrontDoor {
     }
 }
 
+/// The bound on requests served at once by one replica (`HTTP_MAX_IN_FLIGHT`).
+///
+/// Past its capacity a replica that queues every request makes every one of them late: the
+/// store's calls wait behind thousands of others until they time out, work is done for answers
+/// nobody waits for any more, and memory grows with the queue (measured in `loadtest/`, open
+/// model past the maximum rate). Refusing the excess at once keeps the admitted requests fast;
+/// the load balancer or the client retries elsewhere or a second later (`Retry-After: 1`).
+pub struct InFlight {
+    max: usize,
+    now: AtomicUsize,
+}
+
+impl InFlight {
+    /// A bound of `max` requests at once; `None` when `max` is 0 (no bound).
+    pub fn new(max: usize) -> Option<Arc<Self>> {
+        (max > 0).then(|| {
+            Arc::new(Self {
+                max,
+                now: AtomicUsize::new(0),
+            })
+        })
+    }
+
+    /// A place for one more request, held until the guard drops; `None` when all are taken.
+    pub fn enter(&self) -> Option<Admitted<'_>> {
+        if self.now.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.now.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Admitted(&self.now))
+    }
+
+    /// Requests being served now.
+    pub fn current(&self) -> usize {
+        self.now.load(Ordering::Acquire)
+    }
+}
+
+/// One admitted request's place in [`InFlight`]; given back when the request ends (answered,
+/// failed, or dropped with its connection).
+pub struct Admitted<'a>(&'a AtomicUsize);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Paths the front door leaves alone: the probes (a kubelet or Prometheus must never be
 /// refused) and the webhooks (Meta and Telegram send from few addresses and are authenticated
 /// by signature; a per-IP limit would only make them retry).
@@ -81,6 +131,12 @@ const UNGATED: [&str; 5] = [
     "/api/whatsapp/webhook",
     "/api/telegram/webhook",
 ];
+
+/// Whether the front door and the in-flight bound stand before `path` (not the probes, nor the
+/// webhooks).
+pub fn is_gated(path: &str) -> bool {
+    !UNGATED.contains(&path)
+}
 
 /// Middleware: finds the client IP, stores its bucket ([`ip_bucket`]) in the request for the
 /// quotas, and applies the front door (when there is one) to every path but the probes and the
@@ -131,7 +187,7 @@ impl<E: Endpoint> Endpoint for ClientGateEndpoint<E> {
             .filter_map(|v| v.to_str().ok())
             .collect();
         let ip = client_ip(peer, &forwarded, &self.trusted).map(|ip| ip_bucket(ip, self.v6_prefix));
-        let gated = !UNGATED.contains(&req.uri().path());
+        let gated = is_gated(req.uri().path());
         if let (Some(door), Some(ip), true) = (&self.door, ip, gated)
             && let Err(wait) = door.check(ip)
         {

@@ -12,7 +12,7 @@ use poem::middleware::SetHeader;
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use subtle::ConstantTimeEq;
 
-use super::frontdoor::{ClientGate, FrontDoor};
+use super::frontdoor::{ClientGate, FrontDoor, InFlight, is_gated};
 use super::listener::{ConnectionPolicy, Connections, TrackRequests};
 use super::observe::Observe;
 use super::state::AppState;
@@ -118,15 +118,30 @@ fn no_store() -> SetHeader {
 /// measured in `loadtest/`). The answer is the router's: the same handler, the same
 /// `no-store` headers on success, the same error passed up to be rendered. A body that does
 /// not parse goes to the router, which says what is wrong with it.
+///
+/// Here too, once the body is in (a slow client holds no place), the bound on requests served
+/// at once ([`InFlight`], `HTTP_MAX_IN_FLIGHT`): past it, 503 `overloaded` at once.
 struct HotPaths<E> {
     api: AuthApi,
     router: E,
+    in_flight: Option<Arc<InFlight>>,
+    metrics: Arc<Metrics>,
 }
 
 impl<E: Endpoint> Endpoint for HotPaths<E> {
     type Output = Response;
 
     async fn call(&self, mut req: Request) -> poem::Result<Response> {
+        let _admitted = match &self.in_flight {
+            Some(bound) if is_gated(req.uri().path()) => match bound.enter() {
+                Some(admitted) => Some(admitted),
+                None => {
+                    self.metrics.requests_shed.inc();
+                    return Err(crate::error::Error::Overloaded.into());
+                }
+            },
+            _ => None,
+        };
         if let Some(op) = HotOperation::of(&req) {
             // `BodyLimit` below has read the body into memory already.
             let data = req.take_body().into_bytes().await?;
@@ -354,6 +369,8 @@ pub(super) fn routes_with(
             auth: state.auth.clone(),
         },
         router: route.nest("/", api.with(no_store())),
+        in_flight: InFlight::new(settings.server.http_max_in_flight),
+        metrics: metrics.clone(),
     }
     .with(BodyLimit {
         max: settings.server.body_limit_bytes,
@@ -413,7 +430,7 @@ mod tests {
     use poem::http::{Method, StatusCode};
     use poem::{Endpoint, Request};
 
-    use super::{AuthApi, HotPaths};
+    use super::{AuthApi, HotPaths, InFlight};
     use crate::app::state::AppState;
     use crate::config::Settings;
 
@@ -438,6 +455,8 @@ mod tests {
                 auth: state.auth.clone(),
             },
             router: poem::endpoint::make_sync(|_| StatusCode::IM_A_TEAPOT),
+            in_flight: None,
+            metrics: state.metrics.clone(),
         };
         let call = |uri: &str, content_type: Option<&str>, body: &str| {
             let mut req = Request::builder().method(Method::POST).uri_str(uri);
@@ -491,5 +510,71 @@ mod tests {
                 "{uri} {content_type:?} {body}"
             );
         }
+    }
+
+    /// Past `HTTP_MAX_IN_FLIGHT`, gated paths get 503 `overloaded` before any work; the probes
+    /// do not count and are never refused; a place given back is taken again.
+    #[tokio::test]
+    async fn requests_past_the_in_flight_bound_are_shed() {
+        let env = [
+            ("DATABASE_URL", "sqlite::memory:"),
+            ("JWT_SECRET_KEY", "0123456789abcdef0123456789abcdef"),
+            ("EXPOSE_OTP", "true"),
+            ("RATE_LIMIT_ENABLED", "false"),
+            ("HTTP_MAX_IN_FLIGHT", "2"),
+        ];
+        let settings = Settings::from_lookup(|k| {
+            env.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| v.to_string())
+        })
+        .expect("settings");
+        let state = AppState::build(settings).await.expect("state");
+        let bound = InFlight::new(state.settings.server.http_max_in_flight).expect("a bound");
+        let hot = HotPaths {
+            api: AuthApi {
+                auth: state.auth.clone(),
+            },
+            router: poem::endpoint::make_sync(|_| StatusCode::IM_A_TEAPOT),
+            in_flight: Some(bound.clone()),
+            metrics: state.metrics.clone(),
+        };
+        let call = |method: Method, uri: &str| {
+            hot.call(
+                Request::builder()
+                    .method(method)
+                    .uri_str(uri)
+                    .content_type("application/json")
+                    .body(r#"{"phone": "+919812347201"}"#),
+            )
+        };
+        // Two requests being served: every place is taken.
+        let first = bound.enter().expect("a first place");
+        let second = bound.enter().expect("a second place");
+        assert!(bound.enter().is_none(), "a third place past a bound of 2");
+        assert_eq!(bound.current(), 2);
+        for uri in ["/api/auth/login", "/api/auth/refresh", "/api/auth/me"] {
+            let err = call(Method::POST, uri).await.expect_err(uri);
+            let resp = crate::api::problem::problem_response(err);
+            assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "{uri}");
+            assert_eq!(resp.headers()["retry-after"], "1", "{uri}");
+            let body = resp.into_body().into_string().await.expect("body");
+            assert!(body.contains(r#""code":"overloaded""#), "{uri}: {body}");
+        }
+        assert_eq!(state.metrics.requests_shed.get(), 3);
+        assert_eq!(bound.current(), 2, "a refused request holds no place");
+        // The probes and the webhooks are not bounded.
+        for uri in ["/health", "/ready", "/metrics", "/api/telegram/webhook"] {
+            let resp = call(Method::GET, uri).await.expect(uri);
+            assert_eq!(resp.status(), StatusCode::IM_A_TEAPOT, "{uri}");
+        }
+        // A place given back (the request ended) is taken by the next one.
+        drop(first);
+        let sent = call(Method::POST, "/api/auth/login").await.expect("login");
+        assert_eq!(sent.status(), StatusCode::OK);
+        assert_eq!(bound.current(), 1, "the login gave its place back");
+        drop(second);
+        assert_eq!(bound.current(), 0);
+        assert!(InFlight::new(0).is_none(), "HTTP_MAX_IN_FLIGHT=0: no bound");
     }
 }

@@ -30,6 +30,9 @@ pub struct ServerSettings {
     /// `HTTP_MAX_CONNECTIONS_PER_IP`: open connections per client address (trusted proxies
     /// are exempt; 0 = no per-address cap).
     pub http_max_connections_per_ip: usize,
+    /// `HTTP_MAX_IN_FLIGHT`: requests served at once per replica (probes and webhooks aside);
+    /// more are answered 503 `overloaded` (0 = no bound).
+    pub http_max_in_flight: usize,
     /// `METRICS_PORT`: serve `/metrics` on this port (same host) instead of the main one.
     pub metrics_port: Option<u16>,
     /// `METRICS_TOKEN`: when set, `/metrics` wants `Authorization: Bearer <token>`.
@@ -83,6 +86,7 @@ impl ServerSettings {
             http_header_timeout: Duration::from_secs(header_timeout),
             http_max_connections: env.ranged("HTTP_MAX_CONNECTIONS", 20_000, 1..=10_000_000)?,
             http_max_connections_per_ip: env.parse("HTTP_MAX_CONNECTIONS_PER_IP", 512)?,
+            http_max_in_flight: env.ranged("HTTP_MAX_IN_FLIGHT", 256, 0..=10_000_000)?,
             cors_origins,
             body_limit_bytes: env.parse("BODY_LIMIT_BYTES", 64 * 1024)?,
             http_idle_timeout: Duration::from_secs(env.parse("HTTP_IDLE_TIMEOUT_SECONDS", 30)?),

@@ -23,6 +23,7 @@ crate::on_both_backends!(
     timeouts_and_total_failure_are_503_and_charge_nothing,
     autofill_lines_end_the_sms,
     a_blocked_number_is_answered_about_as_slowly_as_a_send,
+    a_replica_past_its_in_flight_bound_sheds_at_once,
 );
 
 /// An app wired to the stand-in with `extra` settings on top.
@@ -348,5 +349,86 @@ async fn a_blocked_number_is_answered_about_as_slowly_as_a_send(backend: Backend
     assert!(
         took >= Duration::from_millis(60),
         "answered in {took:?}, sends took 200 ms"
+    );
+}
+
+/// `HTTP_MAX_IN_FLIGHT=1`: while one login waits on Twilio, the next request to that replica
+/// is answered 503 `overloaded` at once (not queued behind it), costs nothing (no send), and
+/// the probes still answer; the other replica serves; the place comes back when the login ends.
+async fn a_replica_past_its_in_flight_bound_sheds_at_once(backend: Backend) {
+    let standin = StandIn::start().await;
+    let mut settings = SMS.to_vec();
+    settings.extend([("HTTP_MAX_IN_FLIGHT", "1"), ("DELIVERY_TIMEOUT_MS", "5000")]);
+    let app = app_with(backend, &standin, &settings).await;
+    let hold = Duration::from_millis(1500);
+    standin.set_mode("twilio", Mode::Hang(hold));
+    let held = tokio::spawn({
+        let (client, url) = (app.client.clone(), format!("{}/api/auth/login", app.a));
+        async move {
+            let resp = client
+                .post(url)
+                .json(&json!({ "phone": unique_phone() }))
+                .send()
+                .await
+                .expect("the held login is answered");
+            resp.status().as_u16()
+        }
+    });
+    // The first login is at Twilio now: the replica's one place is taken.
+    standin.wait_for("twilio", 1).await;
+    standin.set_mode("twilio", Mode::Ok);
+    let started = std::time::Instant::now();
+    let shed = login_via(&app, &unique_phone(), None).await;
+    assert_eq!(shed.status, 503, "{}", shed.body);
+    assert_eq!(shed.code(), "overloaded", "{}", shed.body);
+    assert_eq!(shed.header("retry-after"), Some("1"));
+    assert!(
+        shed.header("content-type")
+            .is_some_and(|t| t.starts_with("application/problem+json"))
+    );
+    assert!(
+        started.elapsed() < hold / 2,
+        "refused at once, not queued behind the held login ({:?})",
+        started.elapsed()
+    );
+    assert!(!held.is_finished(), "the held login was still in flight");
+    assert_eq!(
+        standin.requests("twilio").len(),
+        1,
+        "the shed login sent nothing"
+    );
+    let health = app
+        .call(&app.a, reqwest::Method::GET, "/health", None, None)
+        .await;
+    assert_eq!(health.status, 200, "the probes are never shed");
+    // The other replica (on the cluster backend; embedded runs one) has its own places.
+    if app.b != app.a {
+        let elsewhere = app
+            .post(
+                &app.b,
+                "/api/auth/login",
+                json!({ "phone": unique_phone() }),
+            )
+            .await;
+        assert_eq!(elsewhere.status, 200, "{}", elsewhere.body);
+    }
+    assert_eq!(held.await.expect("held login"), 200);
+    // The place is back: the replica serves again.
+    let again = login_via(&app, &unique_phone(), None).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.a))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "otpgate_requests_shed_total 1"),
+        "{metrics}"
     );
 }
