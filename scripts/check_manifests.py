@@ -75,6 +75,18 @@ for d in deployments:
     check(pod.get("terminationGracePeriodSeconds", 30) > grace + pause,
           "terminationGracePeriodSeconds must exceed SHUTDOWN_GRACE_SECONDS + preStop")
     check(len(pod.get("topologySpreadConstraints", [])) >= 1, "topology spread")
+    # Message templates (messageTemplates): a ConfigMap of <locale>.txt files, each with {code},
+    # mounted where OTP_TEMPLATES_DIR points.
+    for cm in by_kind.get("ConfigMap", []):
+        if not cm["metadata"]["name"].endswith("-templates"):
+            continue
+        for key, text in cm.get("data", {}).items():
+            check(key.endswith(".txt") and "{code}" in text, f"template {key} without {{code}}")
+        volumes = [v["name"] for v in pod.get("volumes", [])
+                   if v.get("configMap", {}).get("name") == cm["metadata"]["name"]]
+        mounts = [m["mountPath"] for m in c.get("volumeMounts", []) if m["name"] in volumes]
+        check(len(mounts) == 1 and env.get("OTP_TEMPLATES_DIR") == mounts[0],
+              f"templates mounted at {mounts}, OTP_TEMPLATES_DIR={env.get('OTP_TEMPLATES_DIR')}")
 
 jobs = by_kind.get("Job", [])
 check(len(jobs) == 1, f"expected exactly one migration Job, got {len(jobs)}")

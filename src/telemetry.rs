@@ -109,6 +109,10 @@ pub struct Metrics {
     pub connection_events: IntCounterVec,
     /// `otpgate_open_connections`.
     pub open_connections: prometheus::IntGauge,
+    /// `otpgate_sms_segments_total{encoding}`.
+    pub sms_segments: IntCounterVec,
+    /// `otpgate_sms_template_segments{locale,encoding}`.
+    pub sms_template_segments: IntGaugeVec,
     /// `otpgate_requests_shed_total`.
     pub requests_shed: IntCounter,
     /// `otpgate_audit_dropped_total`.
@@ -227,6 +231,24 @@ impl Metrics {
                 let g = prometheus::IntGauge::new(
                     "otpgate_open_connections",
                     "HTTP connections open on the main port.",
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            sms_segments: counter(
+                "otpgate_sms_segments_total",
+                "SMS segments of the code messages sent (what carriers bill), by encoding \
+                 (gsm7: 160 characters in one segment, 153 beyond; ucs2: 70, then 67).",
+                &["encoding"],
+            )?,
+            sms_template_segments: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "otpgate_sms_template_segments",
+                        "SMS segments a code message takes in each locale, known at start (the \
+                         code's length, its lifetime, APP_NAME and the autofill lines included).",
+                    ),
+                    &["locale", "encoding"],
                 )?;
                 registry.register(Box::new(g.clone()))?;
                 g

@@ -96,6 +96,11 @@ pub struct LoginRequest {
     /// captcha again for each request. Absent or null: no token.
     #[oai(nullable, skip_serializing_if_is_none)]
     pub captcha_token: Option<CaptchaTokenText>,
+    /// The language of the code message, a BCP 47 tag such as `es`, `pt-BR` or `hi`. Without it
+    /// (or when the server has no template for it) the request's `Accept-Language`, then the
+    /// number's country, then the server's default decide. Never an error.
+    #[oai(nullable, skip_serializing_if_is_none)]
+    pub locale: Option<String>,
 }
 
 /// A code is on its way.
@@ -158,6 +163,7 @@ impl Example for LoginRequest {
             phone: PhoneText("+919876543210".into()),
             channel: Some(RequestedChannel::Sms),
             captcha_token: None,
+            locale: Some("en".into()),
         }
     }
 }
@@ -217,6 +223,22 @@ pub(crate) fn client_info(req: &Request, device_name: Option<String>) -> ClientI
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
         device_name,
+        locale: None,
+        accept_language: None,
+    }
+}
+
+/// [`client_info`] of a request that sends a code: with the language it asks the message in
+/// (its `locale` field, its `Accept-Language`).
+fn sender_info(req: &Request, locale: Option<&String>) -> ClientInfo {
+    ClientInfo {
+        locale: locale.cloned(),
+        accept_language: req
+            .headers()
+            .get(poem::http::header::ACCEPT_LANGUAGE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        ..client_info(req, None)
     }
 }
 
@@ -538,7 +560,7 @@ impl AuthApi {
     ) -> Result<LoginReply, Fails<LoginFailures>> {
         // Boxed here, once: the service's future (kilobytes: the store's and the database's
         // futures inside) would otherwise be copied into every boxed layer of the router.
-        let client = client_info(req, None);
+        let client = sender_info(req, body.locale.as_ref());
         let started = Box::pin(self.auth.login(
             &body.phone,
             body.channel.map(Channel::from),
@@ -676,11 +698,12 @@ impl AuthApi {
         body: Body<PhoneChangeRequest>,
     ) -> Result<LoginReply, Fails<PhoneChangeFailures>> {
         let claims = self.auth.authenticate(&auth.0.token).await?;
+        let client = sender_info(req, body.locale.as_ref());
         let started = Box::pin(self.auth.start_phone_change(
             &claims,
             &body.phone,
             body.channel.map(Channel::from),
-            &client_info(req, None),
+            &client,
             CaptchaInput::Token(body.captcha_token.as_deref()),
         ))
         .await?;
@@ -772,6 +795,9 @@ pub struct PhoneChangeRequest {
     /// absent or null: no token.
     #[oai(nullable, skip_serializing_if_is_none)]
     pub captcha_token: Option<CaptchaTokenText>,
+    /// The language of the code message, as for `/login`.
+    #[oai(nullable, skip_serializing_if_is_none)]
+    pub locale: Option<String>,
 }
 
 impl Example for PhoneChangeRequest {
@@ -780,6 +806,7 @@ impl Example for PhoneChangeRequest {
             phone: PhoneText("+919812345678".into()),
             channel: None,
             captcha_token: None,
+            locale: None,
         }
     }
 }

@@ -185,6 +185,8 @@ impl AuthService {
             let message = OtpMessage {
                 code: "",
                 text: &text,
+                // The notice is written in English whatever the locales.
+                locale: "en",
             };
             if let Err(err) = sender.send(&destination, &message).await {
                 tracing::warn!(phone = %phone.masked(), channel = %err.channel, "could not tell the old number");

@@ -16,7 +16,7 @@ use crate::config::{
     SessionIp, TestNumbers, TokenSettings,
 };
 use crate::db::{self, identity, user};
-use crate::delivery::{Delivery, Destination, OtpMessage};
+use crate::delivery::{Delivery, Destination, OtpMessage, sms_segments};
 use crate::domain::channel::Channel;
 use crate::domain::quota::{Quota, QuotaPolicy, QuotaState};
 use crate::error::Error;
@@ -166,6 +166,26 @@ impl AuthService {
     ) -> Result<Self, Error> {
         let db_for_events = db.clone();
         let metrics_for_events = metrics.clone();
+        // What an SMS costs in each language is known now: the code's length, its lifetime,
+        // the app's name and the autofill lines do not change while the process runs.
+        let sample = "0".repeat(config.otp.length as usize);
+        let minutes = config.otp.ttl.as_secs() / 60;
+        for locale in delivery.locales().all() {
+            let tag = delivery.locales().tag(locale);
+            let (encoding, segments) = sms_segments(&delivery.render(&sample, minutes, locale));
+            metrics
+                .sms_template_segments
+                .with_label_values(&[tag, encoding.as_str()])
+                .set(i64::from(segments));
+            if segments > 1 {
+                tracing::info!(
+                    locale = tag,
+                    encoding = encoding.as_str(),
+                    segments,
+                    "a code SMS in this locale takes more than one segment"
+                );
+            }
+        }
         Ok(Self {
             otp: OtpService::new(config.otp, store.clone())?,
             tokens: TokenService::new(config.tokens).map_err(Error::Internal)?,
@@ -388,12 +408,18 @@ impl AuthService {
                 return Err(err);
             }
         };
+        let locale = self.delivery.locales().choose(
+            client.locale.as_deref(),
+            client.accept_language.as_deref(),
+            phone.region(),
+        );
         let text = self
             .delivery
-            .render(&issued.code, issued.expires_in.as_secs() / 60);
+            .render(&issued.code, issued.expires_in.as_secs() / 60, locale);
         let message = OtpMessage {
             code: &issued.code,
             text: &text,
+            locale: self.delivery.locales().tag(locale),
         };
         let destination = Destination {
             phone: &phone,
@@ -454,6 +480,13 @@ impl AuthService {
                 .inc();
             match sent {
                 Ok(()) => {
+                    if sender.channel() == Channel::Sms {
+                        let (encoding, segments) = sms_segments(&text);
+                        self.metrics
+                            .sms_segments
+                            .with_label_values(&[encoding.as_str()])
+                            .inc_by(u64::from(segments));
+                    }
                     self.note_send(sender.channel(), started.elapsed());
                     delivered = Some(sender.channel());
                     break;

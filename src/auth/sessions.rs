@@ -38,6 +38,10 @@ pub struct ClientInfo {
     pub user_agent: Option<String>,
     /// A name the app gives the device (`device_name` at verify).
     pub device_name: Option<String>,
+    /// The language the request asks the code message in (`locale` at login).
+    pub locale: Option<String>,
+    /// The `Accept-Language` header.
+    pub accept_language: Option<String>,
 }
 
 /// One of a user's sessions, as the API shows it.

@@ -1,9 +1,10 @@
 //! Delivery: the providers (Twilio, WhatsApp Cloud API, Telegram Bot API), the channel order,
-//! and the message text.
+//! and the message text (its languages: [`super::locales`]).
 
 use std::time::Duration;
 
 use super::env::{ConfigError, Vars, base_url, invalid, required};
+use super::locales::LocaleSettings;
 use crate::domain::channel::Channel;
 use crate::domain::secret::Secret;
 
@@ -20,6 +21,26 @@ pub struct TwilioSettings {
     pub messaging_service_sid: Option<String>,
     /// `TWILIO_API_BASE`.
     pub api_base: String,
+}
+
+/// A team's own SMS gateway (`SMS_PROVIDER=http`): each code is POSTed to it as JSON, signed
+/// the Standard Webhooks way.
+#[derive(Clone)]
+pub struct HttpSmsSettings {
+    /// `SMS_HTTP_URL`.
+    pub url: String,
+    /// The HMAC key: the decoded bytes of `SMS_HTTP_SECRET` (`whsec_<base64>`).
+    pub key: Vec<u8>,
+    /// `SMS_HTTP_SECRET` as given (for the production check against published secrets).
+    pub secret: Secret,
+}
+
+impl std::fmt::Debug for HttpSmsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpSmsSettings")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
 }
 
 /// WhatsApp Cloud API.
@@ -52,6 +73,8 @@ pub struct DeliverySettings {
     /// SMS through Twilio; `None` = the `sms` channel writes to the log (development) or is
     /// off (production).
     pub twilio: Option<TwilioSettings>,
+    /// SMS through the team's own gateway (`SMS_PROVIDER=http`).
+    pub http_sms: Option<HttpSmsSettings>,
     /// WhatsApp, when configured.
     pub whatsapp: Option<WhatsappSettings>,
     /// Telegram, when configured.
@@ -60,8 +83,9 @@ pub struct DeliverySettings {
     pub timeout: Duration,
     /// `OTP_CHANNEL_ORDER`: default channel first, then the fallbacks.
     pub channel_order: Vec<Channel>,
-    /// `OTP_MESSAGE_TEMPLATE`: with `{code}`, `{minutes}`, `{app}`.
-    pub message_template: String,
+    /// The message templates by locale (`OTP_MESSAGE_TEMPLATE`, `OTP_TEMPLATES_DIR`, …), each
+    /// with `{code}`, `{minutes}`, `{app}`.
+    pub locales: LocaleSettings,
     /// `APP_NAME`: `{app}` in messages.
     pub app_name: String,
     /// `OTP_ANDROID_APP_HASH`: the 11-character SMS Retriever hash line.
@@ -73,10 +97,6 @@ pub struct DeliverySettings {
     /// `SEND_OTP_VIA_SMS`: the seed's switch; false keeps codes on the `log` channel.
     pub send_otp_via_sms: bool,
 }
-
-/// The default `OTP_MESSAGE_TEMPLATE`.
-pub const DEFAULT_MESSAGE_TEMPLATE: &str =
-    "{code} is your {app} verification code. It expires in {minutes} minutes. Do not share it.";
 
 impl DeliverySettings {
     pub(crate) fn from_env(env: &Vars<'_>, production: bool) -> Result<Self, ConfigError> {
@@ -90,14 +110,61 @@ fn delivery_settings(
     send_otp_via_sms: bool,
     production: bool,
 ) -> Result<DeliverySettings, ConfigError> {
-    let twilio = if send_otp_via_sms {
-        let because = "when SEND_OTP_VIA_SMS=true";
+    // `SMS_PROVIDER` names the SMS provider; unset, the seed's `SEND_OTP_VIA_SMS=true` means
+    // Twilio. Set, it turns real SMS on whatever `SEND_OTP_VIA_SMS` says.
+    let provider = match env
+        .get("SMS_PROVIDER")
+        .map(|p| p.trim().to_ascii_lowercase())
+    {
+        None if send_otp_via_sms => Some("twilio"),
+        None => None,
+        Some(p) if p == "twilio" => Some("twilio"),
+        Some(p) if p == "http" => Some("http"),
+        Some(p) => {
+            env.report(invalid(
+                "SMS_PROVIDER",
+                format!("{p:?} is not one of twilio, http"),
+            ));
+            None
+        }
+    };
+    let http_sms = if provider == Some("http") {
+        let url = required(env, "SMS_HTTP_URL", "when SMS_PROVIDER=http")?;
+        let url = url.trim().to_string();
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            env.report(invalid(
+                "SMS_HTTP_URL",
+                "must start with https:// (or http://)",
+            ));
+        }
+        let secret = required(
+            env,
+            "SMS_HTTP_SECRET",
+            "when SMS_PROVIDER=http: whsec_ followed by base64 (for example \
+             `whsec_$(openssl rand -base64 32)`)",
+        )?;
+        let key = if secret.is_empty() {
+            Vec::new() // reported as missing already
+        } else {
+            crate::domain::webhook::parse_secret(&secret)
+                .map_err(|e| invalid("SMS_HTTP_SECRET", e.to_string()))?
+        };
+        Some(HttpSmsSettings {
+            url,
+            key,
+            secret: Secret::new(secret.trim()),
+        })
+    } else {
+        None
+    };
+    let twilio = if provider == Some("twilio") {
+        let because = "when SEND_OTP_VIA_SMS=true or SMS_PROVIDER=twilio";
         let from = env.get("TWILIO_PHONE_NUMBER");
         let messaging_service_sid = env.get("TWILIO_MESSAGING_SERVICE_SID");
         if from.is_none() && messaging_service_sid.is_none() {
             env.report(invalid(
                 "TWILIO_PHONE_NUMBER",
-                "SEND_OTP_VIA_SMS=true needs TWILIO_PHONE_NUMBER or TWILIO_MESSAGING_SERVICE_SID",
+                "Twilio SMS needs TWILIO_PHONE_NUMBER or TWILIO_MESSAGING_SERVICE_SID",
             ));
         }
         Some(TwilioSettings {
@@ -162,12 +229,7 @@ fn delivery_settings(
             })
             .collect::<Result<Vec<_>, _>>()?,
     };
-    let message_template = env
-        .get("OTP_MESSAGE_TEMPLATE")
-        .unwrap_or_else(|| DEFAULT_MESSAGE_TEMPLATE.into());
-    if !message_template.contains("{code}") {
-        env.report(invalid("OTP_MESSAGE_TEMPLATE", "must contain {code}"));
-    }
+    let locales = LocaleSettings::from_env(env)?;
     let android_app_hash = env
         .get("OTP_ANDROID_APP_HASH")
         .map(|h| h.trim().to_string());
@@ -196,15 +258,16 @@ fn delivery_settings(
     let timeout_ms: u64 = env.ranged("DELIVERY_TIMEOUT_MS", 5000, 1..=60_000)?;
     Ok(DeliverySettings {
         twilio,
+        http_sms,
         whatsapp,
         telegram,
         timeout: Duration::from_millis(timeout_ms),
         channel_order,
-        message_template,
+        locales,
         app_name: env.get("APP_NAME").unwrap_or_else(|| "otpgate".into()),
         android_app_hash,
         webotp_domain,
-        log_channel: !production && !send_otp_via_sms,
+        log_channel: !production && provider.is_none(),
         send_otp_via_sms,
     })
 }

@@ -43,6 +43,7 @@ const PREFIXES: &[&str] = &[
     "SESSION_",
     "REAUTH_",
     "CAPTCHA_",
+    "SMS_",
 ];
 
 /// Every variable name otpgate reads.
@@ -222,7 +223,16 @@ mod tests {
             ("JWT_PRIVATE_KEY_FILE", key.as_str()),
             ("DEBUG", "true"),
         ];
-        for pairs in [&full[..], &[]] {
+        // The other SMS provider.
+        let gateway = [
+            ("SMS_PROVIDER", "http"),
+            ("SMS_HTTP_URL", "https://sms.example/otp"),
+            (
+                "SMS_HTTP_SECRET",
+                "whsec_b3RwZ2F0ZS10ZXN0LXNtcy1nYXRld2F5LWtleS0zMmI=",
+            ),
+        ];
+        for pairs in [&full[..], &gateway[..], &[]] {
             let _ = crate::config::Settings::from_lookup(|k| {
                 asked.lock().unwrap().insert(k.to_string());
                 pairs
@@ -271,6 +281,7 @@ mod tests {
             "RUN_MIGRATIONS",
             "JWT_PRIVATE_KEY_FILE",
             "JWT_PREVIOUS_PUBLIC_KEY_FILES",
+            "OTP_TEMPLATES_DIR",
         ];
         let expected: BTreeSet<String> = super::super::parse_dotenv(EXAMPLE_ENV)
             .into_keys()

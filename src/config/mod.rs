@@ -20,6 +20,7 @@ pub mod env;
 pub mod events;
 pub mod limits;
 pub mod lint;
+pub mod locales;
 pub mod messaging;
 pub mod otp;
 pub mod server;
@@ -29,11 +30,12 @@ pub mod tokens;
 pub use admin::{AdminSettings, SessionIp};
 pub use captcha::{CaptchaMode, CaptchaProvider, CaptchaSettings};
 pub use delivery::{
-    DEFAULT_MESSAGE_TEMPLATE, DeliverySettings, TelegramSettings, TwilioSettings, WhatsappSettings,
+    DeliverySettings, HttpSmsSettings, TelegramSettings, TwilioSettings, WhatsappSettings,
 };
 pub use env::{ConfigError, ConfigErrors, SECRET_VARIABLES, env_lookup, parse_dotenv};
 pub use events::{EventSettings, WebhookSettings};
 pub use limits::LimitSettings;
+pub use locales::{LocaleSettings, canonical_tag};
 pub use messaging::MessagingSettings;
 pub use otp::{OtpSettings, Pepper, TestNumbers};
 pub use server::{ServerSettings, check_origin};
@@ -314,6 +316,9 @@ impl Settings {
         if let Some(t) = &self.delivery.twilio {
             found.push(("TWILIO_AUTH_TOKEN", t.auth_token.expose()));
         }
+        if let Some(h) = &self.delivery.http_sms {
+            found.push(("SMS_HTTP_SECRET", h.secret.expose()));
+        }
         if let Some(w) = &self.delivery.whatsapp {
             found.push(("WHATSAPP_ACCESS_TOKEN", w.access_token.expose()));
         }
@@ -468,6 +473,31 @@ mod tests {
         assert_eq!(
             var(&[("OTP_MESSAGE_TEMPLATE", "no code here")]),
             "OTP_MESSAGE_TEMPLATE"
+        );
+        assert_eq!(var(&[("SMS_PROVIDER", "pigeon")]), "SMS_PROVIDER");
+        assert_eq!(var(&[("SMS_PROVIDER", "http")]), "SMS_HTTP_URL");
+        let gateway = [
+            ("SMS_PROVIDER", "http"),
+            ("SMS_HTTP_URL", "https://sms.example/otp"),
+        ];
+        assert_eq!(var(&gateway), "SMS_HTTP_SECRET");
+        let mut bad = gateway.to_vec();
+        bad.push(("SMS_HTTP_SECRET", "not-whsec"));
+        assert_eq!(var(&bad), "SMS_HTTP_SECRET");
+        let mut ok = gateway.to_vec();
+        ok.push((
+            "SMS_HTTP_SECRET",
+            "whsec_b3RwZ2F0ZS10ZXN0LXNtcy1nYXRld2F5LWtleS0zMmI=",
+        ));
+        let s = settings(&ok).unwrap();
+        assert!(s.delivery.http_sms.is_some() && s.delivery.twilio.is_none());
+        assert!(
+            !s.delivery.log_channel,
+            "a real SMS provider replaces the log channel"
+        );
+        assert!(
+            !format!("{s:?}").contains("b3RwZ2F0"),
+            "the secret stays out of Debug"
         );
         let twilio = [
             ("SEND_OTP_VIA_SMS", "true"),

@@ -1,7 +1,8 @@
 //! How a code reaches its user: one [`Sender`] per channel, one shared HTTP client.
 //!
-//! - `sms`: Twilio's Messages API (or, in development with `SEND_OTP_VIA_SMS=false`, the `log`
-//!   channel, which writes the code to the server log as the seed did);
+//! - `sms`: Twilio's Messages API or the team's own gateway (`SMS_PROVIDER=http`), or, in
+//!   development with `SEND_OTP_VIA_SMS=false`, the `log` channel, which writes the code to the
+//!   server log as the seed did;
 //! - `whatsapp`: the WhatsApp Cloud API, as an authentication template or a text message;
 //! - `telegram`: a bot message to the user's linked Telegram chat.
 //!
@@ -21,10 +22,12 @@ pub use crate::domain::channel::Channel;
 use crate::domain::phone::Phone;
 
 pub mod captcha;
+pub mod locale;
 mod providers;
 
 pub use captcha::{CaptchaOutage, CaptchaVerifier, Siteverify};
-pub use providers::{LogSender, TelegramSender, TwilioSender, WhatsappSender};
+pub use locale::{LocaleId, Locales, SmsEncoding, sms_segments};
+pub use providers::{HttpSmsSender, LogSender, TelegramSender, TwilioSender, WhatsappSender};
 
 /// A provider refused or did not answer.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +55,8 @@ pub struct OtpMessage<'a> {
     pub code: &'a str,
     /// The full text, autofill lines included.
     pub text: &'a str,
+    /// The text's locale (`pt-BR`).
+    pub locale: &'a str,
 }
 
 /// Sends a code over one channel.
@@ -76,7 +81,7 @@ pub struct Delivery {
     whatsapp_api: Option<Arc<WhatsappSender>>,
     telegram_api: Option<Arc<TelegramSender>>,
     order: Vec<Channel>,
-    template: String,
+    locales: Locales,
     app_name: String,
     android_app_hash: Option<String>,
     webotp_domain: Option<String>,
@@ -92,11 +97,17 @@ impl Delivery {
             .user_agent(concat!("otpgate/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
-        let sms: Option<Arc<dyn Sender>> = match (&settings.twilio, settings.log_channel) {
-            (Some(twilio), _) => Some(Arc::new(TwilioSender::new(client.clone(), twilio.clone()))),
-            (None, true) => Some(Arc::new(LogSender)),
-            (None, false) => None,
-        };
+        let sms: Option<Arc<dyn Sender>> =
+            match (&settings.twilio, &settings.http_sms, settings.log_channel) {
+                (Some(twilio), _, _) => {
+                    Some(Arc::new(TwilioSender::new(client.clone(), twilio.clone())))
+                }
+                (None, Some(http), _) => {
+                    Some(Arc::new(HttpSmsSender::new(client.clone(), http.clone())))
+                }
+                (None, None, true) => Some(Arc::new(LogSender)),
+                (None, None, false) => None,
+            };
         let whatsapp_api = settings
             .whatsapp
             .clone()
@@ -112,7 +123,7 @@ impl Delivery {
             whatsapp_api,
             telegram_api,
             order: settings.channel_order.clone(),
-            template: settings.message_template.clone(),
+            locales: Locales::new(&settings.locales),
             app_name: settings.app_name.clone(),
             android_app_hash: settings.android_app_hash.clone(),
             webotp_domain: settings.webotp_domain.clone(),
@@ -160,11 +171,17 @@ impl Delivery {
         Some(plan)
     }
 
-    /// The text of a code message: the template, then the SMS Retriever hash line, then the
-    /// WebOTP line (which must be the last line).
-    pub fn render(&self, code: &str, minutes: u64) -> String {
+    /// The message languages ([`Locales`]).
+    pub fn locales(&self) -> &Locales {
+        &self.locales
+    }
+
+    /// The text of a code message in `locale`: its template, then the SMS Retriever hash line,
+    /// then the WebOTP line (which must be the last line).
+    pub fn render(&self, code: &str, minutes: u64, locale: LocaleId) -> String {
         let mut text = self
-            .template
+            .locales
+            .template(locale)
             .replace("{code}", code)
             .replace("{minutes}", &minutes.to_string())
             .replace("{app}", &self.app_name);
@@ -225,13 +242,14 @@ mod tests {
             ("OTP_ANDROID_APP_HASH", "FA+9qCX9VSu"),
             ("OTP_WEBOTP_DOMAIN", "acme.example"),
         ]);
-        let text = d.render("123456", 5);
+        let text = d.render("123456", 5, d.locales().default_locale());
         assert!(
             text.starts_with("123456 is your Acme verification code. It expires in 5 minutes.")
         );
         assert!(text.contains("\n\nFA+9qCX9VSu\n\n"));
         assert!(text.ends_with("\n@acme.example #123456"), "{text}");
-        let plain = delivery(&[("OTP_MESSAGE_TEMPLATE", "Code {code} for {app}")]).render("42", 5);
+        let d = delivery(&[("OTP_MESSAGE_TEMPLATE", "Code {code} for {app}")]);
+        let plain = d.render("42", 5, d.locales().default_locale());
         assert_eq!(plain, "Code 42 for otpgate");
     }
 }

@@ -115,6 +115,11 @@ impl Phone {
         self.region.map(|r| r.as_ref().to_string())
     }
 
+    /// The same, borrowed.
+    pub fn region(&self) -> Option<&str> {
+        self.region.as_ref().map(|r| r.as_ref())
+    }
+
     /// The number's type as libphonenumber classifies it.
     pub fn kind(&self) -> Type {
         self.kind

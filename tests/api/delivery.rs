@@ -24,6 +24,8 @@ crate::on_both_backends!(
     autofill_lines_end_the_sms,
     a_blocked_number_is_answered_about_as_slowly_as_a_send,
     a_replica_past_its_in_flight_bound_sheds_at_once,
+    messages_are_written_in_the_users_language,
+    sms_goes_to_the_teams_own_gateway_signed,
 );
 
 /// An app wired to the stand-in with `extra` settings on top.
@@ -431,4 +433,199 @@ async fn a_replica_past_its_in_flight_bound_sheds_at_once(backend: Backend) {
             .any(|l| l == "otpgate_requests_shed_total 1"),
         "{metrics}"
     );
+}
+
+/// A number of `country_prefix` no other test uses (the rest of the digits random).
+fn unique_number(country_prefix: &str, digits: usize) -> String {
+    let n = Uuid::new_v4().as_u128() % 10u128.pow(digits as u32);
+    format!("{country_prefix}{n:0digits$}")
+}
+
+/// The code message's language: the request's `locale`, then `Accept-Language`, then the
+/// number's country, then the default; an unknown locale is no error. The segments are counted.
+async fn messages_are_written_in_the_users_language(backend: Backend) {
+    let standin = StandIn::start().await;
+    let mut settings = SMS.to_vec();
+    settings.push(("APP_NAME", "Acme"));
+    let app = app_with(backend, &standin, &settings).await;
+    let send = |body: serde_json::Value, accept_language: Option<&'static str>| {
+        let mut req = app
+            .client
+            .post(format!("{}/api/auth/login", app.a))
+            .json(&body);
+        if let Some(value) = accept_language {
+            req = req.header("accept-language", value);
+        }
+        let standin = standin.clone();
+        async move {
+            let resp = req.send().await.expect("login");
+            let status = resp.status().as_u16();
+            let body: serde_json::Value = resp.json().await.expect("json");
+            assert_eq!(status, 200, "{body}");
+            let code = body["otp_code"].as_str().expect("code").to_string();
+            let sent = standin.requests("twilio");
+            let text = sent.last().expect("an SMS").body["Body"]
+                .as_str()
+                .expect("Body")
+                .to_string();
+            assert!(text.starts_with(&code), "{text}");
+            text[code.len()..].to_string()
+        }
+    };
+    // Indian numbers: English by default.
+    let english = " is your Acme verification code. It expires in 5 minutes. Do not share it.";
+    assert_eq!(
+        send(json!({ "phone": unique_phone() }), None).await,
+        english
+    );
+    // The request's locale first, whatever the header says.
+    assert_eq!(
+        send(
+            json!({ "phone": unique_phone(), "locale": "es-MX" }),
+            Some("pt-BR")
+        )
+        .await,
+        " es tu código de Acme. Vence en 5 min. No lo compartas."
+    );
+    // Then Accept-Language, by weight.
+    assert_eq!(
+        send(
+            json!({ "phone": unique_phone() }),
+            Some("de;q=0.9, hi, en;q=0.8")
+        )
+        .await,
+        " आपका Acme कोड है। 5 मिनट तक मान्य। इसे साझा न करें।"
+    );
+    // Then the number's country: Brazil, Indonesia.
+    assert_eq!(
+        send(json!({ "phone": unique_number("+551198", 7) }), None).await,
+        " é seu código Acme. Expira em 5 min. Não compartilhe."
+    );
+    assert_eq!(
+        send(
+            json!({ "phone": unique_number("+62812", 8), "locale": "xx" }),
+            None
+        )
+        .await,
+        " adalah kode verifikasi Acme Anda. Berlaku 5 menit. Jangan berikan kepada siapa pun."
+    );
+    // An unknown or malformed locale is not an error.
+    for locale in ["tlh", "not a locale!", ""] {
+        assert_eq!(
+            send(
+                json!({ "phone": unique_phone(), "locale": locale }),
+                Some("*")
+            )
+            .await,
+            english,
+            "{locale:?}"
+        );
+    }
+    assert_eq!(
+        send(json!({ "phone": unique_phone(), "locale": "ar-EG" }), None).await,
+        " هو رمز التحقق من Acme. صالح لمدة 5 دقائق. لا تشاركه."
+    );
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.a))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing:\n{metrics}"))
+    };
+    // English and Indonesian are GSM-7; Spanish (ó), Hindi, Portuguese and Arabic are UCS-2.
+    assert_eq!(value("otpgate_sms_segments_total{encoding=\"gsm7\"}"), 5.0);
+    assert_eq!(value("otpgate_sms_segments_total{encoding=\"ucs2\"}"), 4.0);
+    assert_eq!(
+        value("otpgate_sms_template_segments{encoding=\"ucs2\",locale=\"hi\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("otpgate_sms_template_segments{encoding=\"gsm7\",locale=\"en\"}"),
+        1.0
+    );
+}
+
+/// `SMS_PROVIDER=http`: the code goes to the team's own gateway as signed JSON (the stand-in
+/// checks the Standard Webhooks signature and the body as the README documents them), never to
+/// Twilio; a retry carries the same `webhook-id`; a refusal falls back to the next channel.
+async fn sms_goes_to_the_teams_own_gateway_signed(backend: Backend) {
+    let standin = StandIn::start().await;
+    let gateway = standin.gateway_settings();
+    let mut settings: Vec<(&str, &str)> = gateway.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    settings.extend(WHATSAPP);
+    settings.push(("OTP_CHANNEL_ORDER", "sms,whatsapp"));
+    let app = app_with(backend, &standin, &settings).await;
+
+    let phone = unique_phone();
+    let reply = login_via(&app, &phone, None).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["channel"], json!("sms"));
+    let code = reply.body["otp_code"].as_str().expect("code").to_string();
+    let sent = standin.requests("gateway");
+    assert_eq!(sent.len(), 1, "the gateway accepted the signed request");
+    let body = &sent[0].body;
+    assert_eq!(body["type"], json!("otp.sms"));
+    assert_eq!(body["to"], json!(phone));
+    assert_eq!(body["code"], json!(code));
+    assert_eq!(body["locale"], json!("en"));
+    assert!(
+        body["text"].as_str().expect("text").starts_with(&code),
+        "{body}"
+    );
+    assert!(
+        standin.requests("twilio").is_empty(),
+        "nothing went to Twilio"
+    );
+    assert_eq!(app.verify(&app.b, &phone, &code).await.status, 200);
+
+    // The language travels with the message.
+    let reply = app
+        .post(
+            &app.a,
+            "/api/auth/login",
+            json!({ "phone": unique_phone(), "locale": "es" }),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let body = &standin.requests("gateway")[1].body;
+    assert_eq!(body["locale"], json!("es"));
+    assert!(
+        body["text"]
+            .as_str()
+            .expect("text")
+            .contains(" es tu código de "),
+        "{body}"
+    );
+
+    // A blip (503) is retried once, under the same webhook-id.
+    standin.set_mode("gateway", Mode::FailTimes(503, 1));
+    let reply = login_via(&app, &unique_phone(), None).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["channel"], json!("sms"));
+    let sent = standin.requests("gateway");
+    assert_eq!(sent.len(), 4);
+    assert!(sent[2].webhook_id.is_some());
+    assert_eq!(
+        sent[2].webhook_id, sent[3].webhook_id,
+        "a retry keeps its id"
+    );
+    assert_ne!(
+        sent[1].webhook_id, sent[2].webhook_id,
+        "each message has its own"
+    );
+
+    // A refusal falls back to WhatsApp.
+    standin.set_mode("gateway", Mode::Status(400));
+    let reply = login_via(&app, &unique_phone(), None).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["channel"], json!("whatsapp"));
+    assert_eq!(standin.requests("gateway").len(), 5, "a 400 is not retried");
 }

@@ -24,6 +24,9 @@ pub const WHATSAPP_TOKEN: &str = "whatsapp-access-token";
 pub const WHATSAPP_PHONE_ID: &str = "106540352242922";
 pub const TELEGRAM_TOKEN: &str = "123456:ABC-telegram-bot-token";
 pub const CAPTCHA_SECRET: &str = "0x4AAAAAAAcaptcha-secret-key";
+/// The signing secret of the team's own SMS gateway (`SMS_PROVIDER=http`), Standard Webhooks
+/// form; its key is the 32 bytes `otpgate-test-sms-gateway-key-32b`.
+pub const SMS_GATEWAY_SECRET: &str = "whsec_b3RwZ2F0ZS10ZXN0LXNtcy1nYXRld2F5LWtleS0zMmI=";
 
 /// How a provider answers.
 #[derive(Debug, Clone, Copy)]
@@ -41,12 +44,14 @@ pub enum Mode {
 /// One request as the stand-in saw it.
 #[derive(Debug, Clone)]
 pub struct Recorded {
-    /// `twilio`, `whatsapp` or `telegram`.
+    /// `twilio`, `whatsapp`, `telegram`, `gateway` (the team's own SMS gateway) or `captcha`.
     pub provider: &'static str,
     /// The request path.
     pub path: String,
     /// Form fields (Twilio) or the JSON body (the others).
     pub body: Value,
+    /// The `webhook-id` header (the SMS gateway's deduplication key).
+    pub webhook_id: Option<String>,
 }
 
 #[derive(Default)]
@@ -135,6 +140,15 @@ impl StandIn {
         ]
     }
 
+    /// otpgate settings sending SMS to this stand-in as the team's own gateway.
+    pub fn gateway_settings(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("SMS_PROVIDER", "http".into()),
+            ("SMS_HTTP_URL", format!("{}/sms-gateway", self.base)),
+            ("SMS_HTTP_SECRET", SMS_GATEWAY_SECRET.into()),
+        ]
+    }
+
     /// otpgate settings for a captcha gate of `provider` checked here, in `mode`.
     pub fn captcha_settings(
         &self,
@@ -197,11 +211,24 @@ async fn handle(state: Arc<Mutex<State>>, mut req: Request) -> Response {
         "whatsapp"
     } else if path.starts_with("/bot") {
         "telegram"
+    } else if path == "/sms-gateway" {
+        "gateway"
     } else {
         return json_response(404, json!({ "error": "no such endpoint" }));
     };
     let content_type = req.content_type().unwrap_or("").to_string();
     let authorization = req.headers().get("authorization").cloned();
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let signed = (
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+    );
     let raw = req.take_body().into_string().await.unwrap_or_default();
     let body = if provider == "twilio" {
         parse_form(&raw)
@@ -214,6 +241,7 @@ async fn handle(state: Arc<Mutex<State>>, mut req: Request) -> Response {
             provider,
             path: path.clone(),
             body: body.clone(),
+            webhook_id: signed.0.clone(),
         });
         let mode = state.modes.get(provider).copied().unwrap_or(Mode::Ok);
         if let Mode::FailTimes(status, n) = mode {
@@ -239,6 +267,7 @@ async fn handle(state: Arc<Mutex<State>>, mut req: Request) -> Response {
     let problems = match provider {
         "twilio" => check_twilio(&path, &content_type, authorization.as_ref(), &body),
         "whatsapp" => check_whatsapp(&path, &content_type, authorization.as_ref(), &body),
+        "gateway" => check_gateway(&content_type, &signed, &raw, &body),
         _ => check_telegram(&path, &content_type, &body),
     };
     if let Some(problem) = problems {
@@ -251,6 +280,7 @@ async fn handle(state: Arc<Mutex<State>>, mut req: Request) -> Response {
                 400,
                 json!({ "error": { "message": problem, "type": "OAuthException", "code": 100 } }),
             ),
+            "gateway" => json_response(400, json!({ "error": problem })),
             _ => json_response(
                 400,
                 json!({ "ok": false, "error_code": 400, "description": format!("Bad Request: {problem}") }),
@@ -258,6 +288,7 @@ async fn handle(state: Arc<Mutex<State>>, mut req: Request) -> Response {
         };
     }
     match provider {
+        "gateway" => json_response(202, json!({ "accepted": true })),
         "twilio" => json_response(
             201,
             json!({ "sid": "SM0123", "status": "queued", "to": body["To"] }),
@@ -308,6 +339,60 @@ fn check_twilio(
         (Some(_), None) | (None, Some(_)) => None,
         _ => Some("exactly one of 'From' and 'MessagingServiceSid' is required".into()),
     }
+}
+
+/// The team's own SMS gateway as the README tells teams to build it: a recent timestamp, the
+/// Standard Webhooks signature over `{id}.{timestamp}.{body}`, and the documented body.
+fn check_gateway(
+    content_type: &str,
+    (id, timestamp, signature): &(Option<String>, Option<String>, Option<String>),
+    raw: &str,
+    body: &Value,
+) -> Option<String> {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use hmac::{Hmac, KeyInit, Mac};
+    if !content_type.starts_with("application/json") {
+        return Some(format!("content type {content_type}"));
+    }
+    let (Some(id), Some(timestamp), Some(signature)) = (id, timestamp, signature) else {
+        return Some("webhook-id, webhook-timestamp and webhook-signature are required".into());
+    };
+    let Ok(ts) = timestamp.parse::<i64>() else {
+        return Some(format!(
+            "webhook-timestamp {timestamp:?} is not Unix seconds"
+        ));
+    };
+    if (chrono::Utc::now().timestamp() - ts).abs() > 300 {
+        return Some("webhook-timestamp is too far from now".into());
+    }
+    let key = STANDARD
+        .decode(SMS_GATEWAY_SECRET.strip_prefix("whsec_").expect("whsec_"))
+        .expect("base64");
+    let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&key).expect("key");
+    mac.update(format!("{id}.{timestamp}.{raw}").as_bytes());
+    let expected = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
+    if !signature.split(' ').any(|s| s == expected) {
+        return Some("bad signature".into());
+    }
+    let to = body["to"].as_str().unwrap_or("");
+    if !to.starts_with('+') || to.len() < 8 {
+        return Some(format!("to {to:?} is not E.164"));
+    }
+    if body["text"].as_str().is_none_or(str::is_empty) || !body["locale"].is_string() {
+        return Some("text and locale are required".into());
+    }
+    match body["type"].as_str() {
+        Some("otp.sms") => {
+            let code = body["code"].as_str().unwrap_or("");
+            if code.is_empty() || !code.bytes().all(|b| b.is_ascii_digit()) {
+                return Some("an otp.sms needs its code".into());
+            }
+        }
+        Some("notice.sms") if body.get("code").is_none() => {}
+        other => return Some(format!("unexpected type {other:?}")),
+    }
+    None
 }
 
 fn check_whatsapp(
@@ -407,6 +492,7 @@ async fn siteverify(state: Arc<Mutex<State>>, mut req: Request) -> Response {
             provider: "captcha",
             path: "/siteverify".into(),
             body: form.clone(),
+            webhook_id: None,
         });
         !state.spent_tokens.insert(token.clone())
     };
