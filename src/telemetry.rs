@@ -109,6 +109,8 @@ pub struct Metrics {
     pub connection_events: IntCounterVec,
     /// `otpgate_open_connections`.
     pub open_connections: prometheus::IntGauge,
+    /// `otpgate_delivery_status_total{channel,status}`.
+    pub delivery_status: IntCounterVec,
     /// `otpgate_sms_segments_total{encoding}`.
     pub sms_segments: IntCounterVec,
     /// `otpgate_sms_template_segments{locale,encoding}`.
@@ -235,6 +237,13 @@ impl Metrics {
                 registry.register(Box::new(g.clone()))?;
                 g
             },
+            delivery_status: counter(
+                "otpgate_delivery_status_total",
+                "Delivery receipts by channel (sms: Twilio status callbacks; whatsapp: the \
+                 statuses of WhatsApp notifications) and status (queued, sent, delivered, read, \
+                 undelivered, failed, ...).",
+                &["channel", "status"],
+            )?,
             sms_segments: counter(
                 "otpgate_sms_segments_total",
                 "SMS segments of the code messages sent (what carriers bill), by encoding \

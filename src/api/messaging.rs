@@ -184,38 +184,59 @@ impl Example for PollRequest {
     }
 }
 
-/// A request body read as raw bytes (a webhook's signature covers the exact bytes sent),
-/// documented as JSON.
-pub struct RawJson(pub Vec<u8>);
+/// A request body kept byte for byte (its signature covers those bytes), documented with its
+/// media type.
+macro_rules! raw_body {
+    ($(#[$doc:meta])* $name:ident, $content_type:literal, $description:literal, $schema:literal) => {
+        $(#[$doc])*
+        pub struct $name(pub Vec<u8>);
 
-impl<'a> ApiExtractor<'a> for RawJson {
-    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
+        impl<'a> ApiExtractor<'a> for $name {
+            const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
 
-    type ParamType = ();
-    type ParamRawType = ();
+            type ParamType = ();
+            type ParamRawType = ();
 
-    fn register(_registry: &mut Registry) {}
+            fn register(_registry: &mut Registry) {}
 
-    fn request_meta() -> Option<MetaRequest> {
-        Some(MetaRequest {
-            description: Some("The platform's JSON notification, byte for byte as sent."),
-            content: vec![MetaMediaType {
-                content_type: "application/json",
-                schema: MetaSchemaRef::Inline(Box::new(MetaSchema::new("object"))),
-            }],
-            required: true,
-        })
-    }
+            fn request_meta() -> Option<MetaRequest> {
+                Some(MetaRequest {
+                    description: Some($description),
+                    content: vec![MetaMediaType {
+                        content_type: $content_type,
+                        schema: MetaSchemaRef::Inline(Box::new(MetaSchema::new($schema))),
+                    }],
+                    required: true,
+                })
+            }
 
-    async fn from_request(
-        request: &'a Request,
-        body: &mut poem::RequestBody,
-        _param_opts: ExtractParamOptions<Self::ParamType>,
-    ) -> poem::Result<Self> {
-        let bytes = <Vec<u8> as poem::FromRequest>::from_request(request, body).await?;
-        Ok(RawJson(bytes))
-    }
+            async fn from_request(
+                request: &'a Request,
+                body: &mut poem::RequestBody,
+                _param_opts: ExtractParamOptions<Self::ParamType>,
+            ) -> poem::Result<Self> {
+                let bytes = <Vec<u8> as poem::FromRequest>::from_request(request, body).await?;
+                Ok($name(bytes))
+            }
+        }
+    };
 }
+
+raw_body!(
+    /// A webhook's JSON body, byte for byte (its signature covers those bytes).
+    RawJson,
+    "application/json",
+    "The platform's JSON notification, byte for byte as sent.",
+    "object"
+);
+
+raw_body!(
+    /// A webhook's form body, byte for byte (its signature covers every field).
+    RawForm,
+    "application/x-www-form-urlencoded",
+    "Twilio's status callback form (MessageSid, MessageStatus, To, ErrorCode, ...), as sent.",
+    "object"
+);
 
 fn ack() -> WebhookHandled {
     WebhookHandled::Ok(Json(WebhookAck {
@@ -253,6 +274,8 @@ failures! {
         "store_unavailable",
         "database_unavailable",
     ];
+    /// `POST /api/twilio/status`: signed by Twilio, not behind the front door.
+    StatusCallbackFailures { FRONT_DOOR = false }: ["invalid_signature", "not_found"];
 }
 
 /// A webhook call was handled.
@@ -448,6 +471,29 @@ impl MessagingApi {
         self.messaging
             .telegram_update(&body.0, secret.0.as_deref())
             .await?;
+        Ok(ack())
+    }
+
+    /// Twilio status callback
+    ///
+    /// Delivery receipts of the SMS otpgate sent through Twilio: with `PUBLIC_BASE_URL` set,
+    /// every SMS asks Twilio to report to `{PUBLIC_BASE_URL}/api/twilio/status`. Signed with
+    /// `X-Twilio-Signature` (base64 HMAC-SHA1, under `TWILIO_AUTH_TOKEN`, of that URL followed
+    /// by every field's name and value sorted by name); unsigned calls are 403 and nothing is
+    /// recorded. 404 when the server has no Twilio or no `PUBLIC_BASE_URL`.
+    #[oai(
+        path = "/api/twilio/status",
+        method = "post",
+        operation_id = "twilioStatusCallback",
+        tag = "ApiTags::Webhooks"
+    )]
+    async fn twilio_status(
+        &self,
+        #[oai(name = "X-Twilio-Signature")] signature: Header<Option<String>>,
+        body: RawForm,
+    ) -> Result<WebhookHandled, Fails<StatusCallbackFailures>> {
+        self.messaging
+            .twilio_status(&body.0, signature.0.as_deref())?;
         Ok(ack())
     }
 }

@@ -124,12 +124,13 @@ impl Drop for Admitted<'_> {
 /// Paths the front door leaves alone: the probes (a kubelet or Prometheus must never be
 /// refused) and the webhooks (Meta and Telegram send from few addresses and are authenticated
 /// by signature; a per-IP limit would only make them retry).
-const UNGATED: [&str; 5] = [
+const UNGATED: [&str; 6] = [
     "/health",
     "/ready",
     "/metrics",
     "/api/whatsapp/webhook",
     "/api/telegram/webhook",
+    "/api/twilio/status",
 ];
 
 /// Whether the front door and the in-flight bound stand before `path` (not the probes, nor the

@@ -283,6 +283,12 @@ impl AppState {
             expose_otp = settings.otp.expose,
             "state ready"
         );
+        let twilio_callbacks = settings.delivery.twilio.as_ref().and_then(|t| {
+            Some(crate::messaging::receipts::TwilioCallbacks {
+                url: t.status_callback.clone()?,
+                auth_token: t.auth_token.clone(),
+            })
+        });
         let messaging = Arc::new(Messaging::new(
             &settings.messaging,
             settings
@@ -290,6 +296,7 @@ impl AppState {
                 .telegram
                 .as_ref()
                 .map(|t| t.bot_token.clone()),
+            twilio_callbacks,
             auth.clone(),
             store.clone(),
             metrics.clone(),

@@ -21,6 +21,10 @@ pub struct TwilioSettings {
     pub messaging_service_sid: Option<String>,
     /// `TWILIO_API_BASE`.
     pub api_base: String,
+    /// `{PUBLIC_BASE_URL}/api/twilio/status`: where Twilio reports each message's delivery
+    /// (sent as `StatusCallback`, and the URL its signature covers); `None` without
+    /// `PUBLIC_BASE_URL`.
+    pub status_callback: Option<String>,
 }
 
 /// A team's own SMS gateway (`SMS_PROVIDER=http`): each code is POSTed to it as JSON, signed
@@ -157,6 +161,22 @@ fn delivery_settings(
     } else {
         None
     };
+    let public_base_url = match env.get("PUBLIC_BASE_URL") {
+        None => None,
+        Some(url) => {
+            let url = url.trim().trim_end_matches('/').to_string();
+            let valid = (url.starts_with("https://") || url.starts_with("http://"))
+                && !url.contains(['?', '#'])
+                && url.split("://").nth(1).is_some_and(|rest| !rest.is_empty());
+            if !valid {
+                env.report(invalid(
+                    "PUBLIC_BASE_URL",
+                    "must be the service's public URL, e.g. https://auth.example.com",
+                ));
+            }
+            Some(url)
+        }
+    };
     let twilio = if provider == Some("twilio") {
         let because = "when SEND_OTP_VIA_SMS=true or SMS_PROVIDER=twilio";
         let from = env.get("TWILIO_PHONE_NUMBER");
@@ -173,6 +193,9 @@ fn delivery_settings(
             from,
             messaging_service_sid,
             api_base: base_url(env, "TWILIO_API_BASE", "https://api.twilio.com")?,
+            status_callback: public_base_url
+                .as_ref()
+                .map(|base| format!("{base}/api/twilio/status")),
         })
     } else {
         None

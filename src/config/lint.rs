@@ -44,6 +44,7 @@ const PREFIXES: &[&str] = &[
     "REAUTH_",
     "CAPTCHA_",
     "SMS_",
+    "PUBLIC_",
 ];
 
 /// Every variable name otpgate reads.

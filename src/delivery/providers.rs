@@ -99,6 +99,9 @@ impl Sender for TwilioSender {
             (None, Some(from)) => form.push(("From", from)),
             (None, None) => {}
         }
+        if let Some(callback) = &self.settings.status_callback {
+            form.push(("StatusCallback", callback));
+        }
         send_with_retry(Channel::Sms, || {
             self.client
                 .post(&self.url)

@@ -20,6 +20,7 @@ use crate::error::Error;
 use crate::store::{BindOutcome, Store};
 use crate::telemetry::Metrics;
 
+pub mod receipts;
 pub mod telegram;
 pub mod whatsapp;
 
@@ -34,6 +35,7 @@ pub struct Messaging {
     metrics: Arc<Metrics>,
     settings: MessagingSettings,
     bot_token: Option<Secret>,
+    twilio_callbacks: Option<receipts::TwilioCallbacks>,
 }
 
 impl Messaging {
@@ -41,6 +43,7 @@ impl Messaging {
     pub fn new(
         settings: &MessagingSettings,
         bot_token: Option<Secret>,
+        twilio_callbacks: Option<receipts::TwilioCallbacks>,
         auth: Arc<AuthService>,
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
@@ -51,6 +54,7 @@ impl Messaging {
             metrics,
             settings: settings.clone(),
             bot_token,
+            twilio_callbacks,
         }
     }
 

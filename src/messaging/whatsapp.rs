@@ -136,8 +136,9 @@ impl Messaging {
             .flat_map(|e| &e.changes)
             .map(|c| &c.value)
         {
-            for _ in &value.statuses {
+            for status in &value.statuses {
                 self.metrics.webhook(SOURCE, "status");
+                self.whatsapp_status(status);
             }
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

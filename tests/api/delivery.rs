@@ -26,6 +26,7 @@ crate::on_both_backends!(
     a_replica_past_its_in_flight_bound_sheds_at_once,
     messages_are_written_in_the_users_language,
     sms_goes_to_the_teams_own_gateway_signed,
+    twilio_status_callbacks_are_signed_and_counted,
 );
 
 /// An app wired to the stand-in with `extra` settings on top.
@@ -628,4 +629,164 @@ async fn sms_goes_to_the_teams_own_gateway_signed(backend: Backend) {
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.body["channel"], json!("whatsapp"));
     assert_eq!(standin.requests("gateway").len(), 5, "a 400 is not retried");
+}
+
+/// Twilio's request signature, computed here as its documentation describes it: base64
+/// HMAC-SHA1 under the auth token of the URL followed by the fields' names and values, sorted.
+fn twilio_signature(url: &str, fields: &[(&str, &str)]) -> String {
+    use base64::Engine;
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut sorted = fields.to_vec();
+    sorted.sort();
+    let mut data = url.to_string();
+    for (name, value) in sorted {
+        data.push_str(name);
+        data.push_str(value);
+    }
+    let mut mac =
+        <Hmac<sha1::Sha1> as KeyInit>::new_from_slice(crate::standin::TWILIO_TOKEN.as_bytes())
+            .expect("key");
+    mac.update(data.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+async fn status_callback(
+    app: &TestApp,
+    fields: &[(&str, &str)],
+    signature: Option<String>,
+) -> Reply {
+    let mut req = app
+        .client
+        .post(format!("{}/api/twilio/status", app.a))
+        .form(fields);
+    if let Some(signature) = signature {
+        req = req.header("x-twilio-signature", signature);
+    }
+    let resp = req.send().await.expect("callback");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.json().await.unwrap_or(serde_json::Value::Null);
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn metric(app: &TestApp, series: &str) -> f64 {
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.a))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// With `PUBLIC_BASE_URL`, each SMS asks Twilio for status callbacks; a callback signed by our
+/// account over that URL is counted, anything else is 403 and counts nothing; without
+/// `PUBLIC_BASE_URL` the endpoint is 404.
+async fn twilio_status_callbacks_are_signed_and_counted(backend: Backend) {
+    let standin = StandIn::start().await;
+    let public = "https://auth.acme.example";
+    let callback = format!("{public}/api/twilio/status");
+    let mut settings = SMS.to_vec();
+    settings.push(("PUBLIC_BASE_URL", "https://auth.acme.example/"));
+    let app = app_with(backend, &standin, &settings).await;
+    let phone = unique_phone();
+    assert_eq!(login_via(&app, &phone, None).await.status, 200);
+    let sent = standin.requests("twilio");
+    assert_eq!(sent[0].body["StatusCallback"], json!(callback));
+
+    let delivered = [
+        ("MessageSid", "SM0123"),
+        ("SmsSid", "SM0123"),
+        ("AccountSid", TWILIO_SID),
+        ("MessageStatus", "delivered"),
+        ("SmsStatus", "delivered"),
+        ("To", phone.as_str()),
+        ("From", TWILIO_FROM),
+        ("ApiVersion", "2010-04-01"),
+    ];
+    let series = "otpgate_delivery_status_total{channel=\"sms\",status=\"delivered\"}";
+    let reply = status_callback(
+        &app,
+        &delivered,
+        Some(twilio_signature(&callback, &delivered)),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(metric(&app, series).await, 1.0);
+
+    // Unsigned, signed with another URL, or a field changed after signing: 403, not counted.
+    let other_url = twilio_signature("https://evil.example/api/twilio/status", &delivered);
+    let mut tampered = delivered;
+    tampered[3] = ("MessageStatus", "failed");
+    for (fields, signature) in [
+        (&delivered, None),
+        (&delivered, Some(String::new())),
+        (&delivered, Some(other_url)),
+        (&tampered, Some(twilio_signature(&callback, &delivered))),
+    ] {
+        let reply = status_callback(&app, fields, signature).await;
+        assert_eq!(reply.status, 403, "{}", reply.body);
+        assert_eq!(reply.code(), "invalid_signature");
+    }
+    assert_eq!(
+        metric(&app, series).await,
+        1.0,
+        "refused callbacks count nothing"
+    );
+
+    // A failure is counted under its own status; an unknown status is "other".
+    let failed = [
+        ("MessageSid", "SM0124"),
+        ("MessageStatus", "undelivered"),
+        ("ErrorCode", "30003"),
+        ("To", phone.as_str()),
+    ];
+    let reply = status_callback(&app, &failed, Some(twilio_signature(&callback, &failed))).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let odd = [("MessageSid", "SM0125"), ("MessageStatus", "teleported")];
+    let reply = status_callback(&app, &odd, Some(twilio_signature(&callback, &odd))).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        metric(
+            &app,
+            "otpgate_delivery_status_total{channel=\"sms\",status=\"undelivered\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &app,
+            "otpgate_delivery_status_total{channel=\"sms\",status=\"other\"}"
+        )
+        .await,
+        1.0
+    );
+
+    // Without PUBLIC_BASE_URL: no StatusCallback, and the endpoint does not exist.
+    let standin = StandIn::start().await;
+    let app = app_with(backend, &standin, &SMS).await;
+    assert_eq!(login_via(&app, &unique_phone(), None).await.status, 200);
+    assert!(
+        standin.requests("twilio")[0]
+            .body
+            .get("StatusCallback")
+            .is_none()
+    );
+    let reply = status_callback(
+        &app,
+        &delivered,
+        Some(twilio_signature(&callback, &delivered)),
+    )
+    .await;
+    assert_eq!(reply.status, 404, "{}", reply.body);
 }

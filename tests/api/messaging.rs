@@ -26,6 +26,7 @@ crate::on_both_backends!(
     telegram_widget_refuses_the_future_and_honours_a_custom_max_age,
     intents_expire_and_need_configuration,
     failed_replies_still_answer_200_and_are_counted,
+    whatsapp_statuses_are_counted,
 );
 
 crate::on_sql_servers!(database_outage_loses_no_webhook_event_and_no_login);
@@ -1138,4 +1139,47 @@ async fn failed_replies_still_answer_200_and_are_counted(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(counted, "reply failures are counted");
+}
+
+/// The `statuses` of signed WhatsApp notifications are counted per status; an unsigned
+/// notification counts nothing.
+async fn whatsapp_statuses_are_counted(backend: Backend) {
+    let m = messaging_app(backend, &[]).await;
+    let app = &m.app;
+    let statuses = |list: Value| {
+        json!({
+            "object": "whatsapp_business_account",
+            "entry": [{ "id": "102290129340398", "changes": [{ "field": "messages", "value": {
+                "messaging_product": "whatsapp",
+                "metadata": { "display_phone_number": BUSINESS_NUMBER, "phone_number_id": WHATSAPP_PHONE_ID },
+                "statuses": list
+            }}]}]
+        })
+    };
+    let body = statuses(json!([
+        { "id": "wamid.A", "status": "sent", "timestamp": "1700000000", "recipient_id": "919812345678" },
+        { "id": "wamid.A", "status": "delivered", "timestamp": "1700000001", "recipient_id": "919812345678" },
+        { "id": "wamid.B", "status": "failed", "timestamp": "1700000002", "recipient_id": "919812345679",
+          "errors": [{ "code": 131026, "title": "Message undeliverable" }] }
+    ]));
+    let reply = whatsapp_signed(app, &app.a, &body).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let bytes = serde_json::to_vec(&body).expect("json");
+    let forged = raw_post(app, &app.a, "/api/whatsapp/webhook", &bytes, &[]).await;
+    assert_eq!(forged.status, 403);
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.a))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for (status, count) in [("sent", 1), ("delivered", 1), ("failed", 1)] {
+        let line = format!(
+            "otpgate_delivery_status_total{{channel=\"whatsapp\",status=\"{status}\"}} {count}"
+        );
+        assert!(text.lines().any(|l| l == line), "{line}\n{text}");
+    }
 }

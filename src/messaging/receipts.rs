@@ -1,0 +1,166 @@
+//! Delivery receipts: Twilio's status callbacks (`POST /api/twilio/status`, signed with
+//! `X-Twilio-Signature`) and the `statuses` of WhatsApp notifications, counted per channel and
+//! status. Failures are logged with the number masked and the provider's error code.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, KeyInit, Mac};
+use subtle::ConstantTimeEq;
+
+use super::Messaging;
+use crate::domain::phone::Phone;
+use crate::domain::secret::Secret;
+use crate::error::Error;
+
+const TWILIO: &str = "twilio";
+
+/// What checks Twilio's status callbacks: the URL Twilio calls (the one it signs) and the key.
+#[derive(Debug, Clone)]
+pub struct TwilioCallbacks {
+    /// `{PUBLIC_BASE_URL}/api/twilio/status`.
+    pub url: String,
+    /// `TWILIO_AUTH_TOKEN`: the HMAC-SHA1 key.
+    pub auth_token: Secret,
+}
+
+/// Twilio's request signature (its documented "validating requests"): the base64 HMAC-SHA1,
+/// under the auth token, of the full URL followed by every POST field's name and value, fields
+/// sorted by name (then value), without separators.
+pub fn twilio_signature(auth_token: &[u8], url: &str, fields: &[(String, String)]) -> String {
+    let mut sorted: Vec<&(String, String)> = fields.iter().collect();
+    sorted.sort();
+    let Ok(mut mac) = <Hmac<sha1::Sha1> as KeyInit>::new_from_slice(auth_token) else {
+        // HMAC takes keys of any length.
+        return String::new();
+    };
+    mac.update(url.as_bytes());
+    for (name, value) in sorted {
+        mac.update(name.as_bytes());
+        mac.update(value.as_bytes());
+    }
+    STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// A provider's status in the bounded set of the metric's `status` label.
+fn status_label(status: &str) -> &'static str {
+    match status {
+        "accepted" => "accepted",
+        "queued" => "queued",
+        "sending" => "sending",
+        "sent" => "sent",
+        "delivered" => "delivered",
+        "read" => "read",
+        "undelivered" => "undelivered",
+        "failed" => "failed",
+        "canceled" => "canceled",
+        _ => "other",
+    }
+}
+
+/// The number a receipt is about, masked for the log (`+91******3210`), when it parses.
+fn masked(number: &str) -> String {
+    let e164 = if number.starts_with('+') {
+        number.to_string()
+    } else {
+        format!("+{number}")
+    };
+    Phone::parse(&e164, None).map_or_else(|_| "unknown".to_string(), |p| p.masked())
+}
+
+impl Messaging {
+    /// `POST /api/twilio/status`: 404 without `PUBLIC_BASE_URL` and Twilio; 403 unless signed
+    /// by our Twilio account; then the status is counted (and a failure logged).
+    pub fn twilio_status(&self, body: &[u8], signature: Option<&str>) -> Result<(), Error> {
+        let Some(callbacks) = &self.twilio_callbacks else {
+            return Err(Error::NotFound);
+        };
+        let fields: Vec<(String, String)> = form_urlencoded::parse(body)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let expected = twilio_signature(
+            callbacks.auth_token.expose().as_bytes(),
+            &callbacks.url,
+            &fields,
+        );
+        let presented = signature.unwrap_or("").trim();
+        if presented.is_empty() || !bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+            self.metrics.webhook(TWILIO, "forbidden");
+            tracing::warn!("Twilio status callback without a valid X-Twilio-Signature refused");
+            return Err(Error::InvalidSignature);
+        }
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let status = status_label(field("MessageStatus").unwrap_or(""));
+        self.metrics.webhook(TWILIO, "status");
+        self.metrics
+            .delivery_status
+            .with_label_values(&["sms", status])
+            .inc();
+        if matches!(status, "failed" | "undelivered") {
+            tracing::info!(
+                phone = %masked(field("To").unwrap_or("")),
+                status,
+                error_code = field("ErrorCode").unwrap_or(""),
+                "an SMS was not delivered"
+            );
+        }
+        Ok(())
+    }
+
+    /// One `statuses[]` entry of a WhatsApp notification: counted, and a failure logged.
+    pub(super) fn whatsapp_status(&self, status: &serde_json::Value) {
+        let label = status_label(status["status"].as_str().unwrap_or(""));
+        self.metrics
+            .delivery_status
+            .with_label_values(&["whatsapp", label])
+            .inc();
+        if label == "failed" {
+            tracing::info!(
+                phone = %masked(status["recipient_id"].as_str().unwrap_or("")),
+                error_code = status["errors"][0]["code"].as_i64().unwrap_or(0),
+                "a WhatsApp message was not delivered"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example of Twilio's request-validation documentation.
+    #[test]
+    fn signatures_match_twilios_documented_example() {
+        let fields: Vec<(String, String)> = [
+            ("CallSid", "CA1234567890ABCDE"),
+            ("Caller", "+12349013030"),
+            ("Digits", "1234"),
+            ("From", "+12349013030"),
+            ("To", "+18005551212"),
+        ]
+        .iter()
+        .rev()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(
+            twilio_signature(
+                b"12345",
+                "https://mycompany.com/myapp.php?foo=1&bar=2",
+                &fields
+            ),
+            "0/KCTR6DLpKmkAf8muzZqo1nDgQ="
+        );
+    }
+
+    #[test]
+    fn statuses_are_bounded() {
+        assert_eq!(status_label("delivered"), "delivered");
+        assert_eq!(status_label("undelivered"), "undelivered");
+        assert_eq!(status_label("DELIVERED"), "other");
+        assert_eq!(status_label("x".repeat(1000).as_str()), "other");
+    }
+}
