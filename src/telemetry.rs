@@ -109,6 +109,10 @@ pub struct Metrics {
     pub connection_events: IntCounterVec,
     /// `otpgate_open_connections`.
     pub open_connections: prometheus::IntGauge,
+    /// `otpgate_codes_sent_total{channel,country}`.
+    pub codes_sent: IntCounterVec,
+    /// `otpgate_codes_verified_total{country}`.
+    pub codes_verified: IntCounterVec,
     /// `otpgate_delivery_status_total{channel,status}`.
     pub delivery_status: IntCounterVec,
     /// `otpgate_sms_segments_total{encoding}`.
@@ -237,6 +241,19 @@ impl Metrics {
                 registry.register(Box::new(g.clone()))?;
                 g
             },
+            codes_sent: counter(
+                "otpgate_codes_sent_total",
+                "Codes a provider accepted, by the channel that took them and the number's \
+                 country (ISO 3166 alpha-2; test numbers left out): the denominator of the \
+                 conversion ratio.",
+                &["channel", "country"],
+            )?,
+            codes_verified: counter(
+                "otpgate_codes_verified_total",
+                "Codes verified, by the number's country (test numbers left out): the \
+                 numerator of the conversion ratio.",
+                &["country"],
+            )?,
             delivery_status: counter(
                 "otpgate_delivery_status_total",
                 "Delivery receipts by channel (sms: Twilio status callbacks; whatsapp: the \

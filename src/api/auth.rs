@@ -225,6 +225,7 @@ pub(crate) fn client_info(req: &Request, device_name: Option<String>) -> ClientI
         device_name,
         locale: None,
         accept_language: None,
+        admission: None,
     }
 }
 
@@ -238,6 +239,10 @@ fn sender_info(req: &Request, locale: Option<&String>) -> ClientInfo {
             .get(poem::http::header::ACCEPT_LANGUAGE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
+        admission: req
+            .extensions()
+            .get::<crate::domain::admission::Admission>()
+            .cloned(),
         ..client_info(req, None)
     }
 }

@@ -141,8 +141,8 @@ impl ApiResponse for OAuthFails {
             (500, "`server_error`: an internal error."),
             (
                 503,
-                "`temporarily_unavailable`: Redis or the database is unavailable; nothing was \
-                 spent.",
+                "`temporarily_unavailable`: Redis or the database is unavailable, or the \
+                 server is busy (`HTTP_MAX_IN_FLIGHT`); nothing was spent.",
             ),
         ];
         MetaResponses {

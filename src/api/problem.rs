@@ -393,7 +393,9 @@ impl poem::error::ResponseError for Error {
     }
 
     fn as_response(&self) -> Response {
-        if self.is_server_error() {
+        // Shed requests are not failures: they are counted (`otpgate_requests_shed_total`), and
+        // an error line each would cost most when the replica has least to spare.
+        if self.is_server_error() && !matches!(self, Error::Overloaded) {
             let error = redact_credentials(&self.to_string());
             tracing::error!(code = self.code(), error, "request failed");
         }

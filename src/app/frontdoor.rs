@@ -1,11 +1,10 @@
 //! The per-replica front door: a governor limiter keyed by client IP (its bucket) that sheds
 //! floods before they cost a store round trip, on every path but the probes and the webhooks.
 //! Its keys are swept on a timer. It also finds the client IP of each request for the quotas,
-//! and holds the bound on requests served at once ([`InFlight`], applied once a body is in).
+//! and says which paths the bound on requests served at once leaves alone ([`is_gated`]).
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -70,54 +69,6 @@ impl FrontDoor {
         self.limiter
             .check_key(&ip)
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
-    }
-}
-
-/// The bound on requests served at once by one replica (`HTTP_MAX_IN_FLIGHT`).
-///
-/// Past its capacity a replica that queues every request makes every one of them late: the
-/// store's calls wait behind thousands of others until they time out, work is done for answers
-/// nobody waits for any more, and memory grows with the queue (measured in `loadtest/`, open
-/// model past the maximum rate). Refusing the excess at once keeps the admitted requests fast;
-/// the load balancer or the client retries elsewhere or a second later (`Retry-After: 1`).
-pub struct InFlight {
-    max: usize,
-    now: AtomicUsize,
-}
-
-impl InFlight {
-    /// A bound of `max` requests at once; `None` when `max` is 0 (no bound).
-    pub fn new(max: usize) -> Option<Arc<Self>> {
-        (max > 0).then(|| {
-            Arc::new(Self {
-                max,
-                now: AtomicUsize::new(0),
-            })
-        })
-    }
-
-    /// A place for one more request, held until the guard drops; `None` when all are taken.
-    pub fn enter(&self) -> Option<Admitted<'_>> {
-        if self.now.fetch_add(1, Ordering::AcqRel) >= self.max {
-            self.now.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(Admitted(&self.now))
-    }
-
-    /// Requests being served now.
-    pub fn current(&self) -> usize {
-        self.now.load(Ordering::Acquire)
-    }
-}
-
-/// One admitted request's place in [`InFlight`]; given back when the request ends (answered,
-/// failed, or dropped with its connection).
-pub struct Admitted<'a>(&'a AtomicUsize);
-
-impl Drop for Admitted<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -12,7 +12,7 @@ use poem::middleware::SetHeader;
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use subtle::ConstantTimeEq;
 
-use super::frontdoor::{ClientGate, FrontDoor, InFlight, is_gated};
+use super::frontdoor::{ClientGate, FrontDoor, is_gated};
 use super::listener::{ConnectionPolicy, Connections, TrackRequests};
 use super::observe::Observe;
 use super::state::AppState;
@@ -20,6 +20,7 @@ use crate::api::auth::{AuthApi, HotOperation};
 use crate::api::oauth::{TOKEN_PATH, rewrite_problem};
 use crate::api::problem::{problem_response, unauthorized};
 use crate::config::Settings;
+use crate::domain::admission::InFlight;
 use crate::domain::secret::Secret;
 use crate::telemetry::Metrics;
 
@@ -120,7 +121,8 @@ fn no_store() -> SetHeader {
 /// not parse goes to the router, which says what is wrong with it.
 ///
 /// Here too, once the body is in (a slow client holds no place), the bound on requests served
-/// at once ([`InFlight`], `HTTP_MAX_IN_FLIGHT`): past it, 503 `overloaded` at once.
+/// at once ([`InFlight`], `HTTP_MAX_IN_FLIGHT`): past it, 503 `overloaded` at once. A request
+/// waiting on an outside provider steps out of it ([`crate::domain::admission::Admission`]).
 struct HotPaths<E> {
     api: AuthApi,
     router: E,
@@ -132,9 +134,14 @@ impl<E: Endpoint> Endpoint for HotPaths<E> {
     type Output = Response;
 
     async fn call(&self, mut req: Request) -> poem::Result<Response> {
+        // The place is held until this call returns (a clone rides in the request, so a login
+        // can step out of it while a provider answers).
         let _admitted = match &self.in_flight {
             Some(bound) if is_gated(req.uri().path()) => match bound.enter() {
-                Some(admitted) => Some(admitted),
+                Some(admitted) => {
+                    req.extensions_mut().insert(admitted.clone());
+                    Some(admitted)
+                }
                 None => {
                     self.metrics.requests_shed.inc();
                     return Err(crate::error::Error::Overloaded.into());

@@ -396,7 +396,9 @@ impl AuthService {
                 .emit();
             return Ok(started);
         }
-        self.check_captcha(captcha, &phone, client).await?;
+        client
+            .away(self.check_captcha(captcha, &phone, client))
+            .await?;
         let quotas = self.quotas.for_send(&phone, &subjects, client_ip);
         let issued = match self.otp.issue(&phone, &subjects, &quotas).await {
             Ok(issued) => issued,
@@ -437,7 +439,7 @@ impl AuthService {
                 .with_label_values(&[channel.as_str(), "blocked"])
                 .inc();
             tracing::info!(phone = %phone.masked(), "no code sent: the user is blocked");
-            self.imitate_send(channel).await;
+            client.away(self.imitate_send(channel)).await;
             self.event(EventKind::OtpSent)
                 .phone(&phone)
                 .client(client)
@@ -459,7 +461,7 @@ impl AuthService {
                 .otp_sent
                 .with_label_values(&[Channel::Telegram.as_str(), "unlinked"])
                 .inc();
-            self.imitate_send(Channel::Telegram).await;
+            client.away(self.imitate_send(Channel::Telegram)).await;
             delivered = Some(Channel::Telegram);
         }
         for channel in plan {
@@ -468,7 +470,7 @@ impl AuthService {
             };
             let label = sender.channel().as_str();
             let started = Instant::now();
-            let sent = sender.send(&destination, &message).await;
+            let sent = client.away(sender.send(&destination, &message)).await;
             self.metrics
                 .delivery_duration
                 .with_label_values(&[label])
@@ -480,6 +482,10 @@ impl AuthService {
                 .inc();
             match sent {
                 Ok(()) => {
+                    self.metrics
+                        .codes_sent
+                        .with_label_values(&[label, phone.region().unwrap_or("unknown")])
+                        .inc();
                     if sender.channel() == Channel::Sms {
                         let (encoding, segments) = sms_segments(&text);
                         self.metrics
@@ -622,6 +628,12 @@ impl AuthService {
             .otp_verifications
             .with_label_values(&[outcome])
             .inc();
+        if outcome == "success" {
+            self.metrics
+                .codes_verified
+                .with_label_values(&[phone.region().unwrap_or("unknown")])
+                .inc();
+        }
         let finished = self
             .db_query(
                 "complete_login",

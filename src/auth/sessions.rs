@@ -42,6 +42,19 @@ pub struct ClientInfo {
     pub locale: Option<String>,
     /// The `Accept-Language` header.
     pub accept_language: Option<String>,
+    /// The request's place in `HTTP_MAX_IN_FLIGHT`, given up while a provider answers.
+    pub admission: Option<crate::domain::admission::Admission>,
+}
+
+impl ClientInfo {
+    /// Runs `work` (a call to an outside provider: SMS, captcha) outside the request's place in
+    /// the in-flight bound, so a slow provider does not fill the bound.
+    pub async fn away<F: std::future::Future>(&self, work: F) -> F::Output {
+        match &self.admission {
+            Some(admission) => admission.away(work).await,
+            None => work.await,
+        }
+    }
 }
 
 /// One of a user's sessions, as the API shows it.

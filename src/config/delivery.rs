@@ -41,8 +41,10 @@ pub struct HttpSmsSettings {
 
 impl std::fmt::Debug for HttpSmsSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL without its query, which may carry a token.
+        let url = self.url.split(['?', '#']).next().unwrap_or("");
         f.debug_struct("HttpSmsSettings")
-            .field("url", &self.url)
+            .field("url", &url)
             .finish_non_exhaustive()
     }
 }

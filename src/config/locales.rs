@@ -188,6 +188,11 @@ impl LocaleSettings {
         };
         if let Some(template) = env.get("OTP_MESSAGE_TEMPLATE") {
             templates.insert(default_locale.clone(), template);
+            if env.get("OTP_LOCALES").is_none() && env.get("OTP_TEMPLATES_DIR").is_none() {
+                // A team's own message, set before messages had languages (perhaps the text
+                // its carrier registered): it stays the only one until they ask for more.
+                templates.retain(|tag, _| *tag == default_locale);
+            }
         }
         if env.get("OTP_LOCALES").is_some() {
             let mut wanted = Vec::new();
@@ -303,6 +308,25 @@ mod tests {
         assert_eq!(t.keys().collect::<Vec<_>>(), ["es", "fr", "id"]);
         assert_eq!(t["fr"], "Votre code : {code}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A custom `OTP_MESSAGE_TEMPLATE` alone is every user's message, as it was before
+    /// languages; `OTP_LOCALES` adds the others back.
+    #[test]
+    fn a_custom_message_alone_is_the_only_one() {
+        let custom = ("OTP_MESSAGE_TEMPLATE", "Your Acme code: {code}");
+        let s = settings_from(&[custom]).unwrap();
+        let t = &s.delivery.locales.templates;
+        assert_eq!(t.keys().collect::<Vec<_>>(), ["en"]);
+        assert_eq!(t["en"], "Your Acme code: {code}");
+        let s = settings_from(&[custom, ("OTP_LOCALES", "en,es,hi")]).unwrap();
+        let t = &s.delivery.locales.templates;
+        assert_eq!(t.keys().collect::<Vec<_>>(), ["en", "es", "hi"]);
+        assert_eq!(t["en"], "Your Acme code: {code}");
+        assert_eq!(
+            settings_from(&[]).unwrap().delivery.locales.templates.len(),
+            6
+        );
     }
 
     #[test]

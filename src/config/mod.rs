@@ -294,11 +294,25 @@ impl Settings {
             );
         }
         let d = &self.delivery;
-        if d.twilio.is_none() && d.whatsapp.is_none() && d.telegram.is_none() {
+        if d.twilio.is_none()
+            && d.http_sms.is_none()
+            && d.whatsapp.is_none()
+            && d.telegram.is_none()
+        {
             refuse(
                 "SEND_OTP_VIA_SMS",
                 "production needs a real delivery channel (SEND_OTP_VIA_SMS=true with Twilio, \
-                 WhatsApp or Telegram); the development `log` channel is refused",
+                 SMS_PROVIDER=http, WhatsApp or Telegram); the development `log` channel is \
+                 refused",
+            );
+        }
+        if d.http_sms
+            .as_ref()
+            .is_some_and(|h| !h.url.starts_with("https://"))
+        {
+            refuse(
+                "SMS_HTTP_URL",
+                "production sends codes to the SMS gateway over https:// only",
             );
         }
         problems
@@ -360,6 +374,8 @@ pub const EXAMPLE_SECRETS: &[&str] = &[
     "loadtest-secret-loadtest-secret-loadtest",
     // The Standard Webhooks specification's test secret (its signature test vector), lowercased.
     "whsec_mfkq9r8gkyqrtwjupd8ilpzio2lalasw",
+    // The SMS gateway secret of otpgate's own tests (tests/api/standin.rs), lowercased.
+    "whsec_b3rwz2f0zs10zxn0lxntcy1nyxrld2f5lwtles0zmmi=",
     // The captcha providers' published test secrets (every token passes), lowercased:
     // Turnstile's always-pass and always-fail keys, hCaptcha's, reCAPTCHA's.
     "1x0000000000000000000000000000000aa",
@@ -886,6 +902,25 @@ mod tests {
         pairs.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
         pairs.extend_from_slice(extra);
         settings(&pairs)
+    }
+
+    #[test]
+    fn production_accepts_the_teams_own_sms_gateway_over_https() {
+        let gateway = [
+            ("SEND_OTP_VIA_SMS", "false"),
+            ("SMS_PROVIDER", "http"),
+            ("SMS_HTTP_URL", "https://sms.acme.example/otp"),
+            (
+                "SMS_HTTP_SECRET",
+                "whsec_cHJvZHVjdGlvbi1nYXRld2F5LWtleS0wMTIzNDU2Nzg5",
+            ),
+        ];
+        let s = production_with(&gateway).expect("the gateway is a real channel");
+        assert!(s.delivery.http_sms.is_some() && s.delivery.twilio.is_none());
+        let mut plain = gateway.to_vec();
+        plain[2] = ("SMS_HTTP_URL", "http://sms.acme.example/otp");
+        let err = production_with(&plain).unwrap_err();
+        assert!(err.names("SMS_HTTP_URL"), "{err}");
     }
 
     #[test]

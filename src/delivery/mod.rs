@@ -94,6 +94,8 @@ impl Delivery {
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout)
             .pool_idle_timeout(Duration::from_secs(90))
+            // No provider API redirects; following one would re-send a signed code elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("otpgate/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;

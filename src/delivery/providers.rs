@@ -12,9 +12,12 @@ use crate::config::{HttpSmsSettings, TelegramSettings, TwilioSettings, WhatsappS
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// Sends a request built by `build`, retrying once on a timeout, a connection failure, a 429 or
-/// a 5xx. Any other non-2xx answer is final. The error text never contains the URL.
+/// a 5xx. Any other non-2xx answer is final. The error text never contains the URL; it quotes
+/// the provider's answer only when `quote` (a documented API's error, not an unknown gateway
+/// that might echo the code back).
 async fn send_with_retry(
     channel: Channel,
+    quote: bool,
     build: impl Fn() -> reqwest::RequestBuilder,
 ) -> Result<reqwest::Response, DeliveryError> {
     let fail = |reason: String| DeliveryError { channel, reason };
@@ -27,8 +30,12 @@ async fn send_with_retry(
             Ok(resp) if resp.status().is_success() => return Ok(resp),
             Ok(resp) => {
                 let status = resp.status();
-                let body = resp.text().await.unwrap_or_default();
-                let reason = format!("HTTP {}: {}", status.as_u16(), truncate(&body, 300));
+                let reason = if quote {
+                    let body = resp.text().await.unwrap_or_default();
+                    format!("HTTP {}: {}", status.as_u16(), truncate(&body, 300))
+                } else {
+                    format!("HTTP {}", status.as_u16())
+                };
                 if status.as_u16() == 429 || status.is_server_error() {
                     last = reason;
                     continue;
@@ -102,7 +109,7 @@ impl Sender for TwilioSender {
         if let Some(callback) = &self.settings.status_callback {
             form.push(("StatusCallback", callback));
         }
-        send_with_retry(Channel::Sms, || {
+        send_with_retry(Channel::Sms, true, || {
             self.client
                 .post(&self.url)
                 .basic_auth(
@@ -153,7 +160,7 @@ impl Sender for HttpSmsSender {
             body["code"] = json!(message.code);
         }
         let body = body.to_string();
-        send_with_retry(Channel::Sms, || {
+        send_with_retry(Channel::Sms, false, || {
             let timestamp = chrono::Utc::now().timestamp();
             let signature = crate::domain::webhook::signature(
                 &self.settings.key,
@@ -251,7 +258,7 @@ impl Sender for WhatsappSender {
 
 impl WhatsappSender {
     async fn post(&self, body: &serde_json::Value) -> Result<(), DeliveryError> {
-        send_with_retry(Channel::Whatsapp, || {
+        send_with_retry(Channel::Whatsapp, true, || {
             self.client
                 .post(&self.url)
                 .bearer_auth(self.settings.access_token.expose())
@@ -319,9 +326,11 @@ impl Sender for TelegramSender {
 
 impl TelegramSender {
     async fn post(&self, body: &serde_json::Value) -> Result<(), DeliveryError> {
-        send_with_retry(Channel::Telegram, || self.client.post(&self.url).json(body))
-            .await
-            .map(drop)
+        send_with_retry(Channel::Telegram, true, || {
+            self.client.post(&self.url).json(body)
+        })
+        .await
+        .map(drop)
     }
 
     /// Sends `text` to chat `chat_id`, with an optional `reply_markup` (a keyboard).

@@ -10,6 +10,7 @@
 //! - [`ids`]: random and time-ordered UUIDs from the thread-local CSPRNG.
 //! - [`webhook`]: Standard Webhooks secrets and signatures for outbound events.
 
+pub mod admission;
 pub mod channel;
 pub mod country;
 pub mod ids;

@@ -27,6 +27,7 @@ crate::on_both_backends!(
     messages_are_written_in_the_users_language,
     sms_goes_to_the_teams_own_gateway_signed,
     twilio_status_callbacks_are_signed_and_counted,
+    conversion_is_counted_per_country,
 );
 
 /// An app wired to the stand-in with `extra` settings on top.
@@ -355,9 +356,11 @@ async fn a_blocked_number_is_answered_about_as_slowly_as_a_send(backend: Backend
     );
 }
 
-/// `HTTP_MAX_IN_FLIGHT=1`: while one login waits on Twilio, the next request to that replica
-/// is answered 503 `overloaded` at once (not queued behind it), costs nothing (no send), and
-/// the probes still answer; the other replica serves; the place comes back when the login ends.
+/// `HTTP_MAX_IN_FLIGHT=1`. A login waiting on Twilio holds no place (a slow provider must not
+/// fill the bound): other requests are served meanwhile. A request held up by the database does
+/// hold its place (PostgreSQL backends, with the users table locked): the next request to that
+/// replica is answered 503 `overloaded` at once, costs nothing, the probes still answer, the
+/// other replica serves, and the place comes back when the held request ends.
 async fn a_replica_past_its_in_flight_bound_sheds_at_once(backend: Backend) {
     let standin = StandIn::start().await;
     let mut settings = SMS.to_vec();
@@ -365,60 +368,113 @@ async fn a_replica_past_its_in_flight_bound_sheds_at_once(backend: Backend) {
     let app = app_with(backend, &standin, &settings).await;
     let hold = Duration::from_millis(1500);
     standin.set_mode("twilio", Mode::Hang(hold));
-    let held = tokio::spawn({
+    let login_in = |phone: String| {
         let (client, url) = (app.client.clone(), format!("{}/api/auth/login", app.a));
+        tokio::spawn(async move {
+            let resp = client
+                .post(url)
+                .json(&json!({ "phone": phone }))
+                .send()
+                .await
+                .expect("answered");
+            let status = resp.status().as_u16();
+            let body: serde_json::Value = resp.json().await.expect("json");
+            (status, body)
+        })
+    };
+    let waiting = login_in(unique_phone());
+    standin.wait_for("twilio", 1).await;
+    standin.set_mode("twilio", Mode::Ok);
+    // The login waits on Twilio: it stepped out of its place, so this one is served.
+    let started = std::time::Instant::now();
+    let phone = unique_phone();
+    let served = login_via(&app, &phone, None).await;
+    assert_eq!(served.status, 200, "{}", served.body);
+    assert!(
+        started.elapsed() < hold / 2,
+        "not queued behind the waiting login"
+    );
+    assert!(
+        !waiting.is_finished(),
+        "the first login was still at Twilio"
+    );
+    let code = served.body["otp_code"].as_str().expect("code").to_string();
+    let (status, body) = waiting.await.expect("waiting login");
+    assert_eq!(status, 200, "{body}");
+
+    let Some((admin_url, name)) = app.postgres.clone() else {
+        return; // The shedding itself: the unit test `requests_past_the_in_flight_bound_are_shed`.
+    };
+    let url = format!("{}/{name}", admin_url.rsplit_once('/').expect("url").0);
+    let blocker = sea_orm::Database::connect(url.as_str())
+        .await
+        .expect("connect");
+    let lock = sea_orm::TransactionTrait::begin(&blocker)
+        .await
+        .expect("begin");
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &lock,
+        "LOCK TABLE users IN ACCESS EXCLUSIVE MODE",
+    )
+    .await
+    .expect("lock");
+    // The verify waits for the database, in its place.
+    let held = tokio::spawn({
+        let (client, url) = (app.client.clone(), format!("{}/api/auth/verify-otp", app.a));
         async move {
             let resp = client
                 .post(url)
-                .json(&json!({ "phone": unique_phone() }))
+                .json(&json!({ "phone": phone, "otp_code": code }))
                 .send()
                 .await
-                .expect("the held login is answered");
+                .expect("the held verify is answered");
             resp.status().as_u16()
         }
     });
-    // The first login is at Twilio now: the replica's one place is taken.
-    standin.wait_for("twilio", 1).await;
-    standin.set_mode("twilio", Mode::Ok);
-    let started = std::time::Instant::now();
-    let shed = login_via(&app, &unique_phone(), None).await;
-    assert_eq!(shed.status, 503, "{}", shed.body);
+    let mut shed = None;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let reply = login_via(&app, &unique_phone(), None).await;
+        if reply.status == 503 {
+            shed = Some(reply);
+            break;
+        }
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let shed = shed.expect("a request shed while the verify holds the only place");
     assert_eq!(shed.code(), "overloaded", "{}", shed.body);
     assert_eq!(shed.header("retry-after"), Some("1"));
     assert!(
         shed.header("content-type")
             .is_some_and(|t| t.starts_with("application/problem+json"))
     );
-    assert!(
-        started.elapsed() < hold / 2,
-        "refused at once, not queued behind the held login ({:?})",
-        started.elapsed()
-    );
-    assert!(!held.is_finished(), "the held login was still in flight");
+    let sends = standin.requests("twilio").len();
+    let again = login_via(&app, &unique_phone(), None).await;
+    assert_eq!(again.status, 503, "{}", again.body);
     assert_eq!(
         standin.requests("twilio").len(),
-        1,
-        "the shed login sent nothing"
+        sends,
+        "a shed login sends nothing"
     );
     let health = app
         .call(&app.a, reqwest::Method::GET, "/health", None, None)
         .await;
     assert_eq!(health.status, 200, "the probes are never shed");
-    // The other replica (on the cluster backend; embedded runs one) has its own places.
-    if app.b != app.a {
-        let elsewhere = app
-            .post(
-                &app.b,
-                "/api/auth/login",
-                json!({ "phone": unique_phone() }),
-            )
-            .await;
-        assert_eq!(elsewhere.status, 200, "{}", elsewhere.body);
-    }
-    assert_eq!(held.await.expect("held login"), 200);
+    // The other replica has its own places.
+    let elsewhere = app
+        .post(
+            &app.b,
+            "/api/auth/login",
+            json!({ "phone": unique_phone() }),
+        )
+        .await;
+    assert_eq!(elsewhere.status, 200, "{}", elsewhere.body);
+    assert!(!held.is_finished(), "the verify was still held");
+    lock.commit().await.expect("unlock");
+    assert_eq!(held.await.expect("held verify"), 200);
     // The place is back: the replica serves again.
-    let again = login_via(&app, &unique_phone(), None).await;
-    assert_eq!(again.status, 200, "{}", again.body);
+    let after = login_via(&app, &unique_phone(), None).await;
+    assert_eq!(after.status, 200, "{}", after.body);
     let metrics = app
         .client
         .get(format!("{}/metrics", app.a))
@@ -431,7 +487,7 @@ async fn a_replica_past_its_in_flight_bound_sheds_at_once(backend: Backend) {
     assert!(
         metrics
             .lines()
-            .any(|l| l == "otpgate_requests_shed_total 1"),
+            .any(|l| l == "otpgate_requests_shed_total 2"),
         "{metrics}"
     );
 }
@@ -789,4 +845,36 @@ async fn twilio_status_callbacks_are_signed_and_counted(backend: Backend) {
     )
     .await;
     assert_eq!(reply.status, 404, "{}", reply.body);
+}
+
+/// Codes sent (by channel and country) and codes verified (by country): the conversion ratio.
+async fn conversion_is_counted_per_country(backend: Backend) {
+    let standin = StandIn::start().await;
+    let app = app_with(backend, &standin, &SMS).await;
+    let brazil = unique_number("+551198", 7);
+    let reply = login_via(&app, &brazil, None).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let code = reply.body["otp_code"].as_str().expect("code").to_string();
+    // On this replica: the counters are per replica.
+    assert_eq!(app.verify(&app.a, &brazil, &code).await.status, 200);
+    for _ in 0..2 {
+        assert_eq!(login_via(&app, &unique_phone(), None).await.status, 200);
+    }
+    // A wrong code counts nothing.
+    let india = unique_phone();
+    assert_eq!(login_via(&app, &india, None).await.status, 200);
+    assert_eq!(app.verify(&app.a, &india, "000000").await.status, 400);
+    let sent = |country: &str| {
+        format!("otpgate_codes_sent_total{{channel=\"sms\",country=\"{country}\"}}")
+    };
+    assert_eq!(metric(&app, &sent("BR")).await, 1.0);
+    assert_eq!(metric(&app, &sent("IN")).await, 3.0);
+    assert_eq!(
+        metric(&app, "otpgate_codes_verified_total{country=\"BR\"}").await,
+        1.0
+    );
+    assert_eq!(
+        metric(&app, "otpgate_codes_verified_total{country=\"IN\"}").await,
+        0.0
+    );
 }
