@@ -1,7 +1,7 @@
 //! The human gate before a code is sent: what a captcha verdict means for a login.
 //!
 //! The provider call is [`crate::delivery::CaptchaVerifier`]; here, the verdict (pass, fail,
-//! missing, low score, unavailable), the mode (`shadow` records, `enforce` refuses) and the
+//! missing, low score, wrong hostname or action, unavailable), the mode (`shadow` records, `enforce` refuses) and the
 //! fail-open choice for an outage. Every verdict is counted
 //! (`otpgate_captcha_verdicts_total{provider,verdict,mode}`); every verdict but a pass is an
 //! audit event `captcha.failed`.
@@ -31,6 +31,8 @@ pub(super) struct CaptchaGate {
     mode: CaptchaMode,
     min_score: f64,
     fail_open: bool,
+    hostnames: Vec<String>,
+    action: Option<String>,
     verifier: CaptchaVerifier,
 }
 
@@ -41,8 +43,25 @@ impl CaptchaGate {
             mode: settings.mode,
             min_score: settings.min_score,
             fail_open: settings.fail_open,
+            hostnames: settings.hostnames.clone(),
+            action: settings.action.clone(),
             verifier: CaptchaVerifier::from_settings(settings).map_err(Error::Internal)?,
         })
+    }
+}
+
+impl CaptchaGate {
+    /// Whether a valid token was solved on one of `CAPTCHA_HOSTNAMES` (its `hostname`, or the
+    /// Android app's `apk_package_name`); any site when the list is empty. A token without
+    /// either does not match a list.
+    fn solved_here(&self, answer: &crate::delivery::Siteverify) -> bool {
+        if self.hostnames.is_empty() {
+            return true;
+        }
+        [&answer.hostname, &answer.apk_package_name]
+            .into_iter()
+            .flatten()
+            .any(|site| self.hostnames.contains(&site.to_ascii_lowercase()))
     }
 }
 
@@ -56,6 +75,10 @@ enum Verdict {
     Missing,
     /// A reCAPTCHA score below `CAPTCHA_MIN_SCORE`.
     LowScore,
+    /// A valid token solved on another site or app than `CAPTCHA_HOSTNAMES` names.
+    WrongHostname,
+    /// A valid token for another action than `CAPTCHA_ACTION`.
+    WrongAction,
     /// The provider gave no verdict (timeout, connection error, 5xx, unreadable answer).
     Unavailable,
     /// The provider refused to answer us (4xx, 429): counted as unavailable, but never lets a
@@ -70,6 +93,8 @@ impl Verdict {
             Verdict::Fail => "fail",
             Verdict::Missing => "missing",
             Verdict::LowScore => "low_score",
+            Verdict::WrongHostname => "wrong_hostname",
+            Verdict::WrongAction => "wrong_action",
             Verdict::Unavailable | Verdict::Refused => "unavailable",
         }
     }
@@ -106,6 +131,18 @@ impl AuthService {
                             "captcha refused by the provider"
                         );
                         Verdict::Fail
+                    } else if !gate.solved_here(&answer) {
+                        tracing::info!(
+                            phone = %phone.masked(),
+                            "captcha solved on another site or app than CAPTCHA_HOSTNAMES"
+                        );
+                        Verdict::WrongHostname
+                    } else if gate
+                        .action
+                        .as_ref()
+                        .is_some_and(|want| answer.action.as_deref() != Some(want.as_str()))
+                    {
+                        Verdict::WrongAction
                     } else if gate.provider == CaptchaProvider::Recaptcha
                         && answer.score.is_some_and(|s| s < gate.min_score)
                     {

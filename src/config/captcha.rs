@@ -79,6 +79,12 @@ pub struct CaptchaSettings {
     pub timeout: Duration,
     /// `CAPTCHA_FAIL_OPEN` (default false): whether a verifier outage lets logins through.
     pub fail_open: bool,
+    /// `CAPTCHA_HOSTNAMES`: the sites (or Android packages) a token must have been solved on,
+    /// lower-cased; empty = any.
+    pub hostnames: Vec<String>,
+    /// `CAPTCHA_ACTION`: the action a token must carry (reCAPTCHA v3, Turnstile); `None` =
+    /// any.
+    pub action: Option<String>,
 }
 
 impl CaptchaSettings {
@@ -129,6 +135,21 @@ impl CaptchaSettings {
         };
         let timeout = env.ranged("CAPTCHA_TIMEOUT_MS", 3_000u64, 50..=60_000)?;
         let fail_open = env.bool("CAPTCHA_FAIL_OPEN", false)?;
+        let hostnames: Vec<String> = env
+            .list("CAPTCHA_HOSTNAMES")
+            .iter()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .collect();
+        if let Some(bad) = hostnames
+            .iter()
+            .find(|h| h.contains("://") || h.contains('/') || h.contains(char::is_whitespace))
+        {
+            env.report(invalid(
+                "CAPTCHA_HOSTNAMES",
+                format!("{bad:?} is not a host name (app.example.com) or an Android package"),
+            ));
+        }
+        let action = env.get("CAPTCHA_ACTION").map(|a| a.trim().to_string());
         Ok(Some(Self {
             provider,
             secret,
@@ -137,6 +158,8 @@ impl CaptchaSettings {
             min_score,
             timeout: Duration::from_millis(timeout),
             fail_open,
+            hostnames,
+            action,
         }))
     }
 }
@@ -219,6 +242,13 @@ mod tests {
         assert_eq!(
             var(&with(("CAPTCHA_TIMEOUT_MS", "0"))),
             "CAPTCHA_TIMEOUT_MS"
+        );
+        assert_eq!(
+            var(&with((
+                "CAPTCHA_HOSTNAMES",
+                "app.example, https://app.example/"
+            ))),
+            "CAPTCHA_HOSTNAMES"
         );
         assert_eq!(
             var(&with(("CAPTCHA_FAIL_OPEN", "maybe"))),

@@ -27,6 +27,9 @@ pub struct Siteverify {
     /// The action the widget named.
     #[serde(default)]
     pub action: Option<String>,
+    /// reCAPTCHA on Android: the app the token was solved in (instead of `hostname`).
+    #[serde(default)]
+    pub apk_package_name: Option<String>,
 }
 
 /// The verifier did not give a verdict: a timeout, a connection failure, a non-2xx answer or a

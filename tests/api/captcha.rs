@@ -19,6 +19,7 @@ crate::on_both_backends!(
     shadow_records_failures_without_refusing,
     verifier_outages_fail_closed_or_open,
     test_numbers_skip_the_gate_and_number_changes_pass_it,
+    tokens_must_come_from_our_sites_and_action,
 );
 
 const KEY: &str = "admin-key-0123456789abcdef0123456789";
@@ -456,5 +457,53 @@ fn bad_captcha_settings_stop_start_up() {
         assert!(stderr.contains(var), "{env:?}: {stderr}");
         assert!(!stderr.contains("s3cr3t-value"), "{stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+/// `CAPTCHA_HOSTNAMES` and `CAPTCHA_ACTION`: a valid token solved on another site (a phishing
+/// page farming tokens with our site key) or for another action is refused like a failed one;
+/// an Android app's package counts as a site.
+async fn tokens_must_come_from_our_sites_and_action(backend: Backend) {
+    let standin = StandIn::start().await;
+    let app = app_with(
+        backend,
+        &standin,
+        "recaptcha",
+        "enforce",
+        &[
+            ("CAPTCHA_HOSTNAMES", "App.Example, com.acme.app"),
+            ("CAPTCHA_ACTION", "login"),
+        ],
+    )
+    .await;
+    for token in ["login-1", "android-1", "high-1"] {
+        let reply = login(&app, &unique_phone(), Some(token)).await;
+        assert_eq!(reply.status, 200, "{token}: {}", reply.body);
+    }
+    let phone = unique_phone();
+    let reply = login(&app, &phone, Some("abroad-1")).await;
+    assert_refused(&app, &standin, &phone, &reply, (403, "captcha_failed")).await;
+    let phone = unique_phone();
+    let reply = login(&app, &phone, Some("signup-1")).await;
+    assert_refused(&app, &standin, &phone, &reply, (403, "captcha_failed")).await;
+    // No action at all, where one is required.
+    let phone = unique_phone();
+    let reply = login(&app, &phone, Some("pass-1")).await;
+    assert_refused(&app, &standin, &phone, &reply, (403, "captcha_failed")).await;
+    assert_eq!(
+        verdicts(&app, "recaptcha", "wrong_hostname", "enforce").await,
+        1.0
+    );
+    assert_eq!(
+        verdicts(&app, "recaptcha", "wrong_action", "enforce").await,
+        2.0
+    );
+    assert_eq!(verdicts(&app, "recaptcha", "pass", "enforce").await, 3.0);
+    // Without the lists, the same tokens pass.
+    let standin = StandIn::start().await;
+    let app = app_with(backend, &standin, "turnstile", "enforce", &[]).await;
+    for token in ["abroad-2", "signup-2", "android-2"] {
+        let reply = login(&app, &unique_phone(), Some(token)).await;
+        assert_eq!(reply.status, 200, "{token}: {}", reply.body);
     }
 }

@@ -477,7 +477,8 @@ fn check_telegram(path: &str, content_type: &str, body: &Value) -> Option<String
 /// request): POST, form-encoded `secret`, `response`, `remoteip`. A request that breaks this
 /// gets `success: false` with the provider's error code. The token chooses the answer:
 /// `pass…` passes, `fail…` is refused (`invalid-input-response`), `low…` passes with score 0.1,
-/// `high…` with score 0.9, `once-…` passes the first time and is then `timeout-or-duplicate`,
+/// `high…` with score 0.9, `abroad…` valid but solved on `phish.example`, `android…` valid from
+/// the Android app `com.acme.app`, `signup…` / `login…` valid for that action, `once-…` passes the first time and is then `timeout-or-duplicate`,
 /// `slow…` answers after 2 s, `boom…` is an HTTP 500, `throttled…` an HTTP 429, `junk…` a 200
 /// that is not JSON.
 async fn siteverify(state: Arc<Mutex<State>>, mut req: Request) -> Response {
@@ -541,6 +542,16 @@ async fn siteverify(state: Arc<Mutex<State>>, mut req: Request) -> Response {
         ok(json!({ "score": 0.1, "action": "login" }))
     } else if token.starts_with("high") {
         ok(json!({ "score": 0.9, "action": "login" }))
+    } else if token.starts_with("abroad") {
+        // Valid, but solved on another site.
+        ok(json!({ "hostname": "phish.example", "action": "login" }))
+    } else if token.starts_with("android") {
+        // reCAPTCHA on Android: the app's package instead of a hostname.
+        ok(json!({ "hostname": null, "apk_package_name": "com.acme.app", "action": "login" }))
+    } else if token.starts_with("signup") {
+        ok(json!({ "action": "signup" }))
+    } else if token.starts_with("login") {
+        ok(json!({ "action": "login" }))
     } else if token.starts_with("once-") {
         if replayed {
             refuse("timeout-or-duplicate")
