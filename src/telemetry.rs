@@ -224,7 +224,7 @@ impl Metrics {
             )?,
             webhook_events: counter(
                 "otpgate_webhook_events_total",
-                "Inbound webhook events by source (whatsapp, telegram) and outcome.",
+                "Inbound webhook events by source (whatsapp, telegram, twilio) and outcome.",
                 &["source", "outcome"],
             )?,
             connection_events: counter(

@@ -15,7 +15,9 @@ use super::ApiTags;
 use super::body::Body;
 use super::oauth::OAuthFails;
 use super::problem::{Fails, failures, headers};
-use super::text::{CaptchaTokenText, DeviceNameText, OtpText, PhoneText, Text, TokenText};
+use super::text::{
+    CaptchaTokenText, DeviceNameText, LocaleText, OtpText, PhoneText, Text, TokenText,
+};
 use crate::auth::captcha::CaptchaInput;
 use crate::auth::sessions::{ClientInfo, LogoutScope, SessionView};
 use crate::auth::{AuthService, LoggedIn};
@@ -100,7 +102,7 @@ pub struct LoginRequest {
     /// (or when the server has no template for it) the request's `Accept-Language`, then the
     /// number's country, then the server's default decide. Never an error.
     #[oai(nullable, skip_serializing_if_is_none)]
-    pub locale: Option<String>,
+    pub locale: Option<LocaleText>,
 }
 
 /// A code is on its way.
@@ -163,7 +165,7 @@ impl Example for LoginRequest {
             phone: PhoneText("+919876543210".into()),
             channel: Some(RequestedChannel::Sms),
             captcha_token: None,
-            locale: Some("en".into()),
+            locale: Some(LocaleText("en".into())),
         }
     }
 }
@@ -231,9 +233,9 @@ pub(crate) fn client_info(req: &Request, device_name: Option<String>) -> ClientI
 
 /// [`client_info`] of a request that sends a code: with the language it asks the message in
 /// (its `locale` field, its `Accept-Language`).
-fn sender_info(req: &Request, locale: Option<&String>) -> ClientInfo {
+fn sender_info(req: &Request, locale: Option<&LocaleText>) -> ClientInfo {
     ClientInfo {
-        locale: locale.cloned(),
+        locale: locale.map(|l| l.0.clone()),
         accept_language: req
             .headers()
             .get(poem::http::header::ACCEPT_LANGUAGE)
@@ -802,7 +804,7 @@ pub struct PhoneChangeRequest {
     pub captcha_token: Option<CaptchaTokenText>,
     /// The language of the code message, as for `/login`.
     #[oai(nullable, skip_serializing_if_is_none)]
-    pub locale: Option<String>,
+    pub locale: Option<LocaleText>,
 }
 
 impl Example for PhoneChangeRequest {

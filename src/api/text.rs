@@ -173,6 +173,18 @@ checked_text! {
 }
 
 checked_text! {
+    /// The language a client asks the code message in: a BCP 47 tag such as `es` or `pt-BR`.
+    /// One the server has no template for (or that is not a tag at all) is not an error: the
+    /// next source decides.
+    LocaleText {
+        pattern: r"^[^\x00-\x1f\x7f]{0,64}$",
+        max_length: 256,
+        rule: "a language tag such as \"es\" or \"pt-BR\" (a string of at most 64 characters)",
+        check: |t| t.chars().count() <= 64 && !t.chars().any(char::is_control),
+    }
+}
+
+checked_text! {
     /// A device name an app gives a session: at most 64 characters, no control characters.
     DeviceNameText {
         pattern: r"^[^\x00-\x1f\x7f]{1,64}$",
@@ -234,6 +246,7 @@ pub(crate) const RULES: &[Rule] = &[
         DeviceNameText::check,
         DeviceNameText::RULE,
     ),
+    (LocaleText::PATTERN, LocaleText::check, LocaleText::RULE),
 ];
 
 #[cfg(test)]

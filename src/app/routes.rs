@@ -441,9 +441,11 @@ mod tests {
     use crate::app::state::AppState;
     use crate::config::Settings;
 
-    /// The router below [`HotPaths`] answers 418 here: a 418 means the request went to it.
-    #[tokio::test]
-    async fn login_and_verify_are_answered_before_the_router() {
+    /// An embedded app (SQLite in memory, codes exposed, no limits) and [`HotPaths`] over a
+    /// router that answers 418 (a 418 means the request went to it).
+    async fn hot_paths(
+        in_flight: Option<std::sync::Arc<InFlight>>,
+    ) -> (std::sync::Arc<AppState>, HotPaths<impl poem::Endpoint>) {
         let env = [
             ("DATABASE_URL", "sqlite::memory:"),
             ("JWT_SECRET_KEY", "0123456789abcdef0123456789abcdef"),
@@ -462,9 +464,15 @@ mod tests {
                 auth: state.auth.clone(),
             },
             router: poem::endpoint::make_sync(|_| StatusCode::IM_A_TEAPOT),
-            in_flight: None,
+            in_flight,
             metrics: state.metrics.clone(),
         };
+        (state, hot)
+    }
+
+    #[tokio::test]
+    async fn login_and_verify_are_answered_before_the_router() {
+        let (_state, hot) = hot_paths(None).await;
         let call = |uri: &str, content_type: Option<&str>, body: &str| {
             let mut req = Request::builder().method(Method::POST).uri_str(uri);
             if let Some(value) = content_type {
@@ -523,29 +531,8 @@ mod tests {
     /// do not count and are never refused; a place given back is taken again.
     #[tokio::test]
     async fn requests_past_the_in_flight_bound_are_shed() {
-        let env = [
-            ("DATABASE_URL", "sqlite::memory:"),
-            ("JWT_SECRET_KEY", "0123456789abcdef0123456789abcdef"),
-            ("EXPOSE_OTP", "true"),
-            ("RATE_LIMIT_ENABLED", "false"),
-            ("HTTP_MAX_IN_FLIGHT", "2"),
-        ];
-        let settings = Settings::from_lookup(|k| {
-            env.iter()
-                .find(|(name, _)| *name == k)
-                .map(|(_, v)| v.to_string())
-        })
-        .expect("settings");
-        let state = AppState::build(settings).await.expect("state");
-        let bound = InFlight::new(state.settings.server.http_max_in_flight).expect("a bound");
-        let hot = HotPaths {
-            api: AuthApi {
-                auth: state.auth.clone(),
-            },
-            router: poem::endpoint::make_sync(|_| StatusCode::IM_A_TEAPOT),
-            in_flight: Some(bound.clone()),
-            metrics: state.metrics.clone(),
-        };
+        let bound = InFlight::new(2).expect("a bound");
+        let (state, hot) = hot_paths(Some(bound.clone())).await;
         let call = |method: Method, uri: &str| {
             hot.call(
                 Request::builder()
@@ -571,7 +558,14 @@ mod tests {
         assert_eq!(state.metrics.requests_shed.get(), 3);
         assert_eq!(bound.current(), 2, "a refused request holds no place");
         // The probes and the webhooks are not bounded.
-        for uri in ["/health", "/ready", "/metrics", "/api/telegram/webhook"] {
+        for uri in [
+            "/health",
+            "/ready",
+            "/metrics",
+            "/api/whatsapp/webhook",
+            "/api/telegram/webhook",
+            "/api/twilio/status",
+        ] {
             let resp = call(Method::GET, uri).await.expect(uri);
             assert_eq!(resp.status(), StatusCode::IM_A_TEAPOT, "{uri}");
         }

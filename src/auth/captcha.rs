@@ -142,6 +142,10 @@ impl AuthService {
                         .as_ref()
                         .is_some_and(|want| answer.action.as_deref() != Some(want.as_str()))
                     {
+                        tracing::info!(
+                            phone = %phone.masked(),
+                            "captcha solved for another action than CAPTCHA_ACTION"
+                        );
                         Verdict::WrongAction
                     } else if gate.provider == CaptchaProvider::Recaptcha
                         && answer.score.is_some_and(|s| s < gate.min_score)

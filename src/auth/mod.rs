@@ -628,12 +628,6 @@ impl AuthService {
             .otp_verifications
             .with_label_values(&[outcome])
             .inc();
-        if outcome == "success" {
-            self.metrics
-                .codes_verified
-                .with_label_values(&[phone.region().unwrap_or("unknown")])
-                .inc();
-        }
         let finished = self
             .db_query(
                 "complete_login",
@@ -654,6 +648,13 @@ impl AuthService {
         let session = match opened {
             Ok(opened) => {
                 spent.keep();
+                // Counted once the login stands (a 503 puts the code back for a retry).
+                if outcome == "success" {
+                    self.metrics
+                        .codes_verified
+                        .with_label_values(&[phone.region().unwrap_or("unknown")])
+                        .inc();
+                }
                 opened
             }
             // Blocked: the code was right; it stays used.

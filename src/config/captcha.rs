@@ -140,16 +140,22 @@ impl CaptchaSettings {
             .iter()
             .map(|h| h.trim().to_ascii_lowercase())
             .collect();
-        if let Some(bad) = hostnames
-            .iter()
-            .find(|h| h.contains("://") || h.contains('/') || h.contains(char::is_whitespace))
-        {
+        if let Some(bad) = hostnames.iter().find(|h| {
+            h.is_empty() || h.contains([':', '/', '?', '#']) || h.contains(char::is_whitespace)
+        }) {
             env.report(invalid(
                 "CAPTCHA_HOSTNAMES",
                 format!("{bad:?} is not a host name (app.example.com) or an Android package"),
             ));
         }
         let action = env.get("CAPTCHA_ACTION").map(|a| a.trim().to_string());
+        if action.is_some() && provider == CaptchaProvider::Hcaptcha {
+            // hCaptcha's answers carry no action: every token would be refused.
+            env.report(invalid(
+                "CAPTCHA_ACTION",
+                "hCaptcha answers carry no action; unset it (it is for reCAPTCHA v3 and Turnstile)",
+            ));
+        }
         Ok(Some(Self {
             provider,
             secret,
@@ -249,6 +255,15 @@ mod tests {
                 "app.example, https://app.example/"
             ))),
             "CAPTCHA_HOSTNAMES"
+        );
+        assert_eq!(
+            var(&with(("CAPTCHA_HOSTNAMES", "app.example:443"))),
+            "CAPTCHA_HOSTNAMES"
+        );
+        assert_eq!(
+            var(&with(("CAPTCHA_ACTION", "login"))),
+            "CAPTCHA_ACTION",
+            "hCaptcha has no action"
         );
         assert_eq!(
             var(&with(("CAPTCHA_FAIL_OPEN", "maybe"))),

@@ -166,9 +166,19 @@ fn delivery_settings(
     let public_base_url = match env.get("PUBLIC_BASE_URL") {
         None => None,
         Some(url) => {
-            let url = url.trim().trim_end_matches('/').to_string();
+            let mut url = url.trim().trim_end_matches('/').to_string();
+            // Twilio signs the URL as it calls it: without the scheme's default port.
+            for (scheme, port) in [("https://", ":443"), ("http://", ":80")] {
+                if let Some(rest) = url.strip_prefix(scheme) {
+                    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+                    if let Some(bare) = host.strip_suffix(port) {
+                        url = format!("{scheme}{bare}{path}");
+                    }
+                }
+            }
             let valid = (url.starts_with("https://") || url.starts_with("http://"))
                 && !url.contains(['?', '#'])
+                && !url.contains(char::is_whitespace)
                 && url.split("://").nth(1).is_some_and(|rest| !rest.is_empty());
             if !valid {
                 env.report(invalid(

@@ -186,7 +186,12 @@ impl LocaleSettings {
                 )
             })?,
         };
-        if let Some(template) = env.get("OTP_MESSAGE_TEMPLATE") {
+        // The built-in English text, which every .env.example carried before messages had
+        // languages, is no custom message: it does not switch the translations off.
+        let custom = env
+            .get("OTP_MESSAGE_TEMPLATE")
+            .filter(|t| t.trim() != BUILT_IN_TEMPLATES[0].1);
+        if let Some(template) = custom {
             templates.insert(default_locale.clone(), template);
             if env.get("OTP_LOCALES").is_none() && env.get("OTP_TEMPLATES_DIR").is_none() {
                 // A team's own message, set before messages had languages (perhaps the text
@@ -327,6 +332,10 @@ mod tests {
             settings_from(&[]).unwrap().delivery.locales.templates.len(),
             6
         );
+        // The built-in English text (the old .env.example's value) is not a custom message.
+        let old_example = ("OTP_MESSAGE_TEMPLATE", super::BUILT_IN_TEMPLATES[0].1);
+        let s = settings_from(&[old_example]).unwrap();
+        assert_eq!(s.delivery.locales.templates.len(), 6);
     }
 
     #[test]

@@ -306,6 +306,16 @@ impl Settings {
                  refused",
             );
         }
+        if d.twilio
+            .as_ref()
+            .and_then(|t| t.status_callback.as_ref())
+            .is_some_and(|url| !url.starts_with("https://"))
+        {
+            refuse(
+                "PUBLIC_BASE_URL",
+                "production takes delivery receipts (with the users' numbers) over https:// only",
+            );
+        }
         if d.http_sms
             .as_ref()
             .is_some_and(|h| !h.url.starts_with("https://"))
@@ -921,6 +931,43 @@ mod tests {
         plain[2] = ("SMS_HTTP_URL", "http://sms.acme.example/otp");
         let err = production_with(&plain).unwrap_err();
         assert!(err.names("SMS_HTTP_URL"), "{err}");
+    }
+
+    #[test]
+    fn public_base_url_is_the_url_twilio_signs() {
+        let callback = |pairs: &[(&'static str, &'static str)]| {
+            production_with(pairs).map(|s| s.delivery.twilio.and_then(|t| t.status_callback))
+        };
+        assert_eq!(callback(&[]).unwrap(), None);
+        for (given, expected) in [
+            (
+                "https://auth.acme.example/",
+                "https://auth.acme.example/api/twilio/status",
+            ),
+            (
+                "https://auth.acme.example:443",
+                "https://auth.acme.example/api/twilio/status",
+            ),
+            (
+                "https://acme.example:8443/auth",
+                "https://acme.example:8443/auth/api/twilio/status",
+            ),
+        ] {
+            assert_eq!(
+                callback(&[("PUBLIC_BASE_URL", given)]).unwrap().as_deref(),
+                Some(expected),
+                "{given}"
+            );
+        }
+        for bad in [
+            "auth.acme.example",
+            "https://a b.example",
+            "https://x.example/?q=1",
+            "http://auth.acme.example",
+        ] {
+            let err = callback(&[("PUBLIC_BASE_URL", bad)]).unwrap_err();
+            assert!(err.names("PUBLIC_BASE_URL"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -7,17 +7,19 @@
 //!
 //! The bound counts work, not waiting: a request steps out of it ([`Admission::away`]) while it
 //! waits on an outside provider (an SMS or captcha API), so a slow provider cannot fill the
-//! places and starve requests that need only this replica, Redis and the database.
+//! places and starve requests that need only this replica, Redis and the database. Coming
+//! back, it waits for a place before it touches the store again, ahead of new requests.
 
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The places of one replica.
 #[derive(Debug)]
 pub struct InFlight {
     max: usize,
-    now: AtomicUsize,
+    places: Arc<Semaphore>,
 }
 
 impl InFlight {
@@ -26,28 +28,24 @@ impl InFlight {
         (max > 0).then(|| {
             Arc::new(Self {
                 max,
-                now: AtomicUsize::new(0),
+                places: Arc::new(Semaphore::new(max)),
             })
         })
     }
 
     /// A place for one more request, held until the last clone of the [`Admission`] drops;
-    /// `None` when all are taken.
+    /// `None` when all are taken (or promised to requests coming back from a provider).
     pub fn enter(self: &Arc<Self>) -> Option<Admission> {
-        self.now
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max).then_some(n + 1)
-            })
-            .ok()?;
+        let permit = self.places.clone().try_acquire_owned().ok()?;
         Some(Admission(Arc::new(Place {
             bound: self.clone(),
-            held: AtomicBool::new(true),
+            permit: Mutex::new(Some(permit)),
         })))
     }
 
     /// Requests holding a place now.
     pub fn current(&self) -> usize {
-        self.now.load(Ordering::Acquire)
+        self.max - self.places.available_permits()
     }
 }
 
@@ -59,41 +57,39 @@ pub struct Admission(Arc<Place>);
 
 struct Place {
     bound: Arc<InFlight>,
-    held: AtomicBool,
+    permit: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 impl std::fmt::Debug for Admission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Admission")
-            .field(&self.0.held.load(Ordering::Relaxed))
-            .finish()
+        let held = self.0.permit.lock().map(|p| p.is_some()).unwrap_or(false);
+        f.debug_tuple("Admission").field(&held).finish()
     }
 }
 
 impl Admission {
-    /// Runs `work` (a call to an outside provider) without holding the place, and takes it
-    /// back after, even past the bound: the request was admitted, and its answer is nearly
-    /// ready. Dropped while away (the client left), nothing is owed.
+    /// Runs `work` (a call to an outside provider) without holding the place, then waits for a
+    /// place again before going on to the store and the database: the requests coming back
+    /// from a provider are served before new ones are admitted (the semaphore is first come,
+    /// first served), so a burst of answers cannot flood the store. Dropped while away or
+    /// while waiting (the client left), nothing is owed.
     pub async fn away<F: Future>(&self, work: F) -> F::Output {
         let place = &self.0;
-        let stepped_out = place.held.swap(false, Ordering::AcqRel);
-        if stepped_out {
-            place.bound.now.fetch_sub(1, Ordering::AcqRel);
-        }
+        let stepped_out = place
+            .permit
+            .lock()
+            .map(|mut p| p.take().is_some())
+            .unwrap_or(false);
         let out = work.await;
         if stepped_out {
-            place.bound.now.fetch_add(1, Ordering::AcqRel);
-            place.held.store(true, Ordering::Release);
+            // Never fails: the semaphore is never closed.
+            if let Ok(permit) = place.bound.places.clone().acquire_owned().await
+                && let Ok(mut slot) = place.permit.lock()
+            {
+                *slot = Some(permit);
+            }
         }
         out
-    }
-}
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        if self.held.load(Ordering::Acquire) {
-            self.bound.now.fetch_sub(1, Ordering::AcqRel);
-        }
     }
 }
 
@@ -131,7 +127,6 @@ mod tests {
             async move { sending.away(async { wait.await.ok() }).await }
         });
         drop(sending);
-        tokio::task::yield_now().await;
         while bound.current() != 0 {
             tokio::task::yield_now().await;
         }
@@ -139,11 +134,27 @@ mod tests {
             .enter()
             .expect("a place while the login waits on its provider");
         release.send(()).expect("release");
-        away.await.expect("away");
-        // The login is back (past the bound: it was admitted) and gone again with its task.
-        assert_eq!(bound.current(), 1, "only the other request holds a place");
+        // Back from the provider, the login waits for a place, and is served before any new
+        // request is admitted.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !away.is_finished(),
+            "the login waits for the place the other holds"
+        );
         drop(other);
-        assert_eq!(bound.current(), 0);
+        assert!(
+            bound.enter().is_none(),
+            "the freed place went to the returning login"
+        );
+        away.await.expect("away");
+        assert_eq!(
+            bound.current(),
+            0,
+            "the login ended and gave its place back"
+        );
+        assert!(bound.enter().is_some());
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::{Backend, Reply, TestApp, spawn_app_with, unique_phone};
+use crate::observability::{metrics_text, sample};
 use crate::standin::{
     Mode, StandIn, TELEGRAM_TOKEN, TWILIO_FROM, TWILIO_SID, WHATSAPP_PHONE_ID, WHATSAPP_TOKEN,
 };
@@ -475,21 +476,7 @@ async fn a_replica_past_its_in_flight_bound_sheds_at_once(backend: Backend) {
     // The place is back: the replica serves again.
     let after = login_via(&app, &unique_phone(), None).await;
     assert_eq!(after.status, 200, "{}", after.body);
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.a))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == "otpgate_requests_shed_total 2"),
-        "{metrics}"
-    );
+    assert_eq!(metric(&app, "otpgate_requests_shed_total").await, 2.0);
 }
 
 /// A number of `country_prefix` no other test uses (the rest of the digits random).
@@ -582,21 +569,8 @@ async fn messages_are_written_in_the_users_language(backend: Backend) {
         send(json!({ "phone": unique_phone(), "locale": "ar-EG" }), None).await,
         " هو رمز التحقق من Acme. صالح لمدة 5 دقائق. لا تشاركه."
     );
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.a))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    let value = |series: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{series} missing:\n{metrics}"))
-    };
+    let metrics = metrics_text(&app, &app.a).await;
+    let value = |series: &str| sample(&metrics, series);
     // English and Indonesian are GSM-7; Spanish (ó), Hindi, Portuguese and Arabic are UCS-2.
     assert_eq!(value("otpgate_sms_segments_total{encoding=\"gsm7\"}"), 5.0);
     assert_eq!(value("otpgate_sms_segments_total{encoding=\"ucs2\"}"), 4.0);
@@ -730,18 +704,7 @@ async fn status_callback(
 }
 
 async fn metric(app: &TestApp, series: &str) -> f64 {
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.a))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
+    sample(&metrics_text(app, &app.a).await, series)
 }
 
 /// With `PUBLIC_BASE_URL`, each SMS asks Twilio for status callbacks; a callback signed by our
@@ -798,6 +761,11 @@ async fn twilio_status_callbacks_are_signed_and_counted(backend: Backend) {
         1.0,
         "refused callbacks count nothing"
     );
+    // A form far larger than any callback is not parsed, signed or not.
+    let names: Vec<String> = (0..100).map(|i| format!("F{i}")).collect();
+    let huge: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "x")).collect();
+    let reply = status_callback(&app, &huge, Some(twilio_signature(&callback, &huge))).await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
 
     // A failure is counted under its own status; an unknown status is "other".
     let failed = [
