@@ -48,6 +48,15 @@ pub enum Error {
         /// Its window in seconds.
         window: u64,
     },
+    /// 429 `sends_paused`: the pumping defence paused codes to this number's country or
+    /// prefix, or from this client's network; retry after `retry_after` seconds.
+    #[error(
+        "Codes to this number cannot be sent right now after unusual traffic; retry in {retry_after} s."
+    )]
+    SendsPaused {
+        /// Whole seconds until a retry can succeed.
+        retry_after: u64,
+    },
     /// 422 `country_not_allowed`: codes are not sent to this country.
     #[error("Codes are not sent to numbers of this country.")]
     CountryNotAllowed,
@@ -138,7 +147,7 @@ impl Error {
             | Error::ChannelUnavailable(_)
             | Error::CountryNotAllowed
             | Error::UnsupportedNumber => 422,
-            Error::TooManyAttempts | Error::RateLimited { .. } => 429,
+            Error::TooManyAttempts | Error::RateLimited { .. } | Error::SendsPaused { .. } => 429,
             Error::InvalidToken
             | Error::TokenReused
             | Error::InvalidTelegramAuth
@@ -171,6 +180,7 @@ impl Error {
             Error::OtpExpired => "otp_expired",
             Error::TooManyAttempts => "too_many_attempts",
             Error::RateLimited { .. } => "rate_limited",
+            Error::SendsPaused { .. } => "sends_paused",
             Error::CountryNotAllowed => "country_not_allowed",
             Error::UnsupportedNumber => "unsupported_number",
             Error::InvalidToken => "invalid_token",

@@ -131,6 +131,10 @@ pub struct Metrics {
     pub webhook_lag: prometheus::Gauge,
     /// `otpgate_captcha_verdicts_total{provider,verdict,mode}`.
     pub captcha_verdicts: IntCounterVec,
+    /// `otpgate_pumping_refusals_total{scope,reason,mode}`.
+    pub pumping_refusals: IntCounterVec,
+    /// `otpgate_pumping_blocks_total{scope,mode}`.
+    pub pumping_blocks: IntCounterVec,
 }
 
 impl Metrics {
@@ -323,6 +327,21 @@ impl Metrics {
                 "Captcha checks before a code is sent, by provider, verdict (pass, fail, missing, \
                  low_score, unavailable) and mode (shadow, enforce).",
                 &["provider", "verdict", "mode"],
+            )?,
+            pumping_refusals: counter(
+                "otpgate_pumping_refusals_total",
+                "Code sends the pumping defence refused (mode enforce) or would have refused \
+                 (record_only), by scope (country, prefix, network), reason (over_budget: the \
+                 scope's unverified codes reached its budget; blocked: the scope is blocked) and \
+                 mode.",
+                &["scope", "reason", "mode"],
+            )?,
+            pumping_blocks: counter(
+                "otpgate_pumping_blocks_total",
+                "Prefixes and countries blocked because their conversion (verified / sent) fell \
+                 below PUMPING_MIN_CONVERSION with enough volume, and blocks set by an operator, \
+                 by scope and mode (record_only blocks are recorded, not enforced).",
+                &["scope", "mode"],
             )?,
             registry,
         };

@@ -13,17 +13,19 @@ use poem_openapi::auth::Bearer;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::types::Example;
-use poem_openapi::{ApiResponse, Object, OpenApi, SecurityScheme};
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi, SecurityScheme};
 use uuid::Uuid;
 
 use super::ApiTags;
 use super::auth::{Identity, Session, client_info};
+use super::body::Body;
 use super::problem::{Fails, failures};
 use crate::auth::AuthService;
 use crate::auth::admin::AdminActor;
 use crate::db::events::AuditFilter;
 use crate::db::users::UserFilter;
 use crate::db::{audit_event, user};
+use crate::domain::pumping::{PumpBlock, Scope};
 use crate::error::Error;
 
 /// The admin API.
@@ -257,7 +259,164 @@ pub enum DoneReply {
     Done,
 }
 
+/// What a pumping block covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum PumpingScope {
+    /// A country (`key`: ISO 3166 alpha-2, `IN`).
+    Country,
+    /// A number prefix (`key`: `+` and digits, `+91987`).
+    Prefix,
+    /// A client network (`key`: an IPv4 /24 or IPv6 /48, `203.0.113.0/24`; any address in it
+    /// is accepted).
+    Network,
+}
+
+impl From<PumpingScope> for Scope {
+    fn from(s: PumpingScope) -> Self {
+        match s {
+            PumpingScope::Country => Scope::Country,
+            PumpingScope::Prefix => Scope::Prefix,
+            PumpingScope::Network => Scope::Network,
+        }
+    }
+}
+
+impl From<Scope> for PumpingScope {
+    fn from(s: Scope) -> Self {
+        match s {
+            Scope::Country => PumpingScope::Country,
+            Scope::Prefix => PumpingScope::Prefix,
+            Scope::Network => PumpingScope::Network,
+        }
+    }
+}
+
+/// A block of the pumping defence.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct PumpingBlock {
+    /// What it covers.
+    pub scope: PumpingScope,
+    /// The country, prefix or network.
+    pub key: String,
+    /// When it ends.
+    pub blocked_until: DateTime<Utc>,
+    /// Codes sent in the window when it was set.
+    pub sent: u64,
+    /// Codes verified in the window when it was set.
+    pub verified: u64,
+}
+
+impl From<PumpBlock> for PumpingBlock {
+    fn from(b: PumpBlock) -> Self {
+        PumpingBlock {
+            scope: b.scope.into(),
+            key: b.key,
+            blocked_until: DateTime::from_timestamp_millis(i64::try_from(b.until_ms).unwrap_or(0))
+                .unwrap_or_default(),
+            sent: b.sent,
+            verified: b.verified,
+        }
+    }
+}
+
+impl Example for PumpingBlock {
+    fn example() -> Self {
+        PumpingBlock {
+            scope: PumpingScope::Prefix,
+            key: "+2637712".into(),
+            blocked_until: DateTime::from_timestamp(1_767_229_200, 0).unwrap_or_default(),
+            sent: 412,
+            verified: 3,
+        }
+    }
+}
+
+/// The blocks standing now.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct PumpingBlocks {
+    /// `PUMPING_MODE`: `off`, `record_only` (blocks are recorded, not enforced) or `enforce`.
+    pub mode: String,
+    /// The blocks, soonest to end first.
+    pub blocks: Vec<PumpingBlock>,
+}
+
+impl Example for PumpingBlocks {
+    fn example() -> Self {
+        PumpingBlocks {
+            mode: "enforce".into(),
+            blocks: vec![PumpingBlock::example()],
+        }
+    }
+}
+
+/// A block to set.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct PumpingBlockRequest {
+    /// What it covers.
+    pub scope: PumpingScope,
+    /// The country, prefix or network.
+    #[oai(validator(min_length = 1, max_length = 64))]
+    pub key: String,
+    /// How long, in minutes (1 to 43,200, thirty days).
+    #[oai(validator(minimum(value = "1"), maximum(value = "43200")))]
+    pub minutes: u32,
+}
+
+impl Example for PumpingBlockRequest {
+    fn example() -> Self {
+        PumpingBlockRequest {
+            scope: PumpingScope::Prefix,
+            key: "+2637712".into(),
+            minutes: 240,
+        }
+    }
+}
+
+/// A block to lift.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct PumpingLiftRequest {
+    /// What it covers.
+    pub scope: PumpingScope,
+    /// The country, prefix or network.
+    #[oai(validator(min_length = 1, max_length = 64))]
+    pub key: String,
+}
+
+impl Example for PumpingLiftRequest {
+    fn example() -> Self {
+        PumpingLiftRequest {
+            scope: PumpingScope::Prefix,
+            key: "+2637712".into(),
+        }
+    }
+}
+
+/// The pumping blocks.
+#[derive(ApiResponse)]
+pub enum PumpingBlocksReply {
+    /// The blocks standing now.
+    #[oai(status = 200)]
+    Found(Json<PumpingBlocks>),
+}
+
 failures! {
+    /// `GET /admin/v1/pumping/blocks`.
+    PumpingListFailures { BODY = false }: [
+        "unauthorized",
+        "not_found",
+        "store_unavailable",
+    ];
+    /// Setting and lifting pumping blocks.
+    PumpingChangeFailures: [
+        "unauthorized",
+        "not_found",
+        "store_unavailable",
+    ];
     /// `GET /admin/v1/users` and `GET /admin/v1/audit`.
     ListFailures { BODY = false }: [
         "unauthorized",
@@ -530,6 +689,85 @@ impl AdminApi {
         let actor = self.check(&key)?;
         self.auth
             .admin_revoke_sessions(user_id(&id.0)?, &actor, &client_info(req, None))
+            .await?;
+        Ok(DoneReply::Done)
+    }
+
+    /// Pumping blocks
+    ///
+    /// The number prefixes, countries and networks the SMS-pumping defence blocks now: set
+    /// when their conversion (codes verified / codes sent) fell below `PUMPING_MIN_CONVERSION`
+    /// with enough volume, or by an operator. With `PUMPING_MODE=record_only` they are listed
+    /// but not enforced.
+    #[oai(
+        path = "/pumping/blocks",
+        method = "get",
+        operation_id = "adminListPumpingBlocks"
+    )]
+    async fn pumping_blocks(
+        &self,
+        key: AdminKey,
+    ) -> Result<PumpingBlocksReply, Fails<PumpingListFailures>> {
+        self.check(&key)?;
+        let blocks = self.auth.pumping_blocks().await?;
+        Ok(PumpingBlocksReply::Found(Json(PumpingBlocks {
+            mode: self.auth.pumping().mode.as_str().to_string(),
+            blocks: blocks.into_iter().map(PumpingBlock::from).collect(),
+        })))
+    }
+
+    /// Block a prefix, country or network
+    ///
+    /// No code goes to that prefix or country, or to requests from that network, for
+    /// `minutes`, on every replica (with `PUMPING_MODE=enforce`; `record_only` lists it only).
+    /// Its counts are kept; a block already standing is replaced.
+    #[oai(
+        path = "/pumping/blocks",
+        method = "post",
+        operation_id = "adminBlockPumping"
+    )]
+    async fn pumping_block(
+        &self,
+        req: &Request,
+        key: AdminKey,
+        body: Body<PumpingBlockRequest>,
+    ) -> Result<DoneReply, Fails<PumpingChangeFailures>> {
+        let actor = self.check(&key)?;
+        self.auth
+            .pumping_block(
+                &actor,
+                &client_info(req, None),
+                body.scope.into(),
+                &body.key,
+                std::time::Duration::from_secs(60 * u64::from(body.minutes)),
+            )
+            .await?;
+        Ok(DoneReply::Done)
+    }
+
+    /// Lift a pumping block
+    ///
+    /// Codes flow again at once on every replica, and the scope's counts start afresh (so a
+    /// low conversion does not block it again at the next send). 404 when no block stands.
+    #[oai(
+        path = "/pumping/blocks/lift",
+        method = "post",
+        operation_id = "adminLiftPumping"
+    )]
+    async fn pumping_lift(
+        &self,
+        req: &Request,
+        key: AdminKey,
+        body: Body<PumpingLiftRequest>,
+    ) -> Result<DoneReply, Fails<PumpingChangeFailures>> {
+        let actor = self.check(&key)?;
+        self.auth
+            .pumping_lift(
+                &actor,
+                &client_info(req, None),
+                body.scope.into(),
+                &body.key,
+            )
             .await?;
         Ok(DoneReply::Done)
     }

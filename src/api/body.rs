@@ -158,6 +158,14 @@ fn check(registry: &Registry, schema: &MetaSchemaRef, value: &Value) -> Option<S
             .collect();
         return Some(format!("must be one of: {}", allowed.join(", ")));
     }
+    if let Some(number) = value.as_f64() {
+        if let Some(min) = schema.minimum.filter(|min| number < *min) {
+            return Some(format!("must be at least {min}"));
+        }
+        if let Some(max) = schema.maximum.filter(|max| number > *max) {
+            return Some(format!("must be at most {max}"));
+        }
+    }
     let text = value.as_str()?;
     if let Some(pattern) = &schema.pattern
         && let Some((_, ok, rule)) = RULES.iter().find(|(p, _, _)| p == pattern)

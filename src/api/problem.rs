@@ -218,6 +218,12 @@ pub const PROBLEM_TYPES: &[(&str, u16, &str, &str)] = &[
         "Too many requests (otp-resend); retry in 42 s.",
     ),
     (
+        "sends_paused",
+        429,
+        "Sends paused",
+        "Codes to this number cannot be sent right now after unusual traffic; retry in 1800 s.",
+    ),
+    (
         "too_many_attempts",
         429,
         "Too many wrong codes",
@@ -425,6 +431,10 @@ impl poem::error::ResponseError for Error {
                     headers.insert("ratelimit-policy", p);
                     headers.insert("ratelimit", r);
                 }
+            }
+            Error::SendsPaused { retry_after } => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
             Error::Store(_) | Error::DeliveryFailed | Error::Overloaded => {
                 resp.headers_mut()

@@ -96,6 +96,8 @@ impl AuthService {
             .otp
             .verify(&phone, &subjects, code, &attempts, &failures)
             .await?;
+        // The code reached its owner, whatever the change does next.
+        self.pump_credit(&phone, spent.mark());
         let old = self
             .db_query(
                 "find_user_by_id",

@@ -70,6 +70,9 @@ pub enum EventKind {
     UserDeleted,
     /// A user's phone number changed (reserved).
     PhoneChanged,
+    /// The pumping defence blocked a number prefix, a country or a network (`details.scope`,
+    /// `key`, `mode`, `by`: conversion or admin, `minutes`).
+    PumpingBlocked,
     /// Another operator action.
     AdminAction,
 }
@@ -91,6 +94,7 @@ impl EventKind {
             EventKind::UserUnblocked => "user.unblocked",
             EventKind::UserDeleted => "user.deleted",
             EventKind::PhoneChanged => "phone.changed",
+            EventKind::PumpingBlocked => "pumping.blocked",
             EventKind::AdminAction => "admin.action",
         }
     }
@@ -105,6 +109,7 @@ impl EventKind {
             EventKind::UserBlocked => Some("user.blocked"),
             EventKind::UserDeleted => Some("user.deleted"),
             EventKind::PhoneChanged => Some("phone.changed"),
+            EventKind::PumpingBlocked => Some("pumping.blocked"),
             EventKind::OtpSent
             | EventKind::CaptchaFailed
             | EventKind::TokenRefreshed

@@ -18,6 +18,7 @@ use crate::config::{
 use crate::db::{self, identity, user};
 use crate::delivery::{Delivery, Destination, OtpMessage, sms_segments};
 use crate::domain::channel::Channel;
+use crate::domain::pumping::PumpingPolicy;
 use crate::domain::quota::{Quota, QuotaPolicy, QuotaState};
 use crate::error::Error;
 use crate::store::{RefreshOutcome, SessionPut, Store};
@@ -29,6 +30,7 @@ pub mod captcha;
 pub mod events;
 pub mod intents;
 pub mod otp;
+pub mod pumping;
 pub mod sessions;
 pub mod tokens;
 
@@ -129,6 +131,8 @@ pub struct AuthService {
     send_latency_us: [std::sync::atomic::AtomicU64; 4],
     /// The captcha gate before a code is sent, when `CAPTCHA_PROVIDER` is set.
     captcha: Option<CaptchaGate>,
+    /// The SMS-pumping defence (`PUMPING_*`).
+    pumping: crate::domain::pumping::PumpingPolicy,
 }
 
 /// How many parsed numbers [`AuthService::parse_phone`] keeps (then it starts afresh).
@@ -221,6 +225,7 @@ impl AuthService {
             ),
             send_latency_us: Default::default(),
             captcha: config.captcha.map(CaptchaGate::new).transpose()?,
+            pumping: config.limits.pumping.clone(),
         })
     }
 
@@ -400,7 +405,14 @@ impl AuthService {
             .away(self.check_captcha(captcha, &phone, client))
             .await?;
         let quotas = self.quotas.for_send(&phone, &subjects, client_ip);
-        let issued = match self.otp.issue(&phone, &subjects, &quotas).await {
+        // A send to nobody (`channel: telegram` without a linked chat) costs nothing: uncounted.
+        let pump_checks = if plan.is_empty() {
+            Vec::new()
+        } else {
+            self.pump_checks(&phone, client_ip)
+        };
+        let mark = PumpingPolicy::mark(&pump_checks, client_ip);
+        let issued = match self.otp.issue(&phone, &subjects, &quotas, mark).await {
             Ok(issued) => issued,
             Err(err) => {
                 if let Error::RateLimited { policy, .. } = &err {
@@ -427,6 +439,13 @@ impl AuthService {
             phone: &phone,
             telegram_chat: telegram_chat.as_deref(),
         };
+        if !issued.blocked
+            && let Err(err) = self.pump_send(&phone, &pump_checks, client).await
+        {
+            // Refused, or the store failed: the code, its cooldown and quota charges go back.
+            self.otp.release(&subjects, &issued, &quotas).await?;
+            return Err(err);
+        }
         let mut delivered = None;
         if issued.blocked {
             // Blocked by an operator: answered as if sent, so the answer tells nothing.
@@ -508,6 +527,7 @@ impl AuthService {
             }
         }
         let Some(channel) = delivered else {
+            self.pump_unsend(&pump_checks).await;
             self.otp.release(&subjects, &issued, &quotas).await?;
             return Err(Error::DeliveryFailed);
         };
@@ -647,6 +667,7 @@ impl AuthService {
         };
         let session = match opened {
             Ok(opened) => {
+                let mark = spent.mark();
                 spent.keep();
                 // Counted once the login stands (a 503 puts the code back for a retry).
                 if outcome == "success" {
@@ -654,6 +675,7 @@ impl AuthService {
                         .codes_verified
                         .with_label_values(&[phone.region().unwrap_or("unknown")])
                         .inc();
+                    self.pump_credit(&phone, mark);
                 }
                 opened
             }

@@ -25,10 +25,17 @@ pub struct SpentOtp {
     store: Arc<dyn Store>,
     phone: String,
     hash: String,
+    /// What the send kept beside the code (the pumping defence's mark).
+    mark: u64,
     armed: bool,
 }
 
 impl SpentOtp {
+    /// The mark its send kept beside the code.
+    pub fn mark(&self) -> u64 {
+        self.mark
+    }
+
     /// The login succeeded: the code stays spent.
     pub fn keep(mut self) {
         self.armed = false;
@@ -157,12 +164,13 @@ impl OtpService {
         phone: &Phone,
         subjects: &Subjects,
         quotas: &[Quota],
+        mark: u64,
     ) -> Result<IssuedCode, Error> {
         let code = self.generate();
         let hash = self.hash(phone, &code);
         match self
             .store
-            .issue_code(&subjects.phone, &hash, self.ttl, self.resend, quotas)
+            .issue_code_marked(&subjects.phone, &hash, self.ttl, self.resend, quotas, mark)
             .await?
         {
             IssueOutcome::Issued(states) => Ok(IssuedCode {
@@ -278,10 +286,11 @@ impl OtpService {
             )
             .await?
         {
-            VerifyOutcome::Verified => Ok(SpentOtp {
+            VerifyOutcome::Verified { mark } => Ok(SpentOtp {
                 store: self.store.clone(),
                 phone: subjects.phone.clone(),
                 hash,
+                mark,
                 armed: true,
             }),
             VerifyOutcome::Invalid { remaining } => Err(Error::InvalidOtp { remaining }),

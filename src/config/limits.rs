@@ -1,9 +1,10 @@
 //! Limits: the cluster-wide quotas, the per-replica front door, client addresses behind
-//! proxies, and the countries codes may go to.
+//! proxies, the countries codes may go to, and the SMS-pumping budgets.
 
 use super::env::{ConfigError, Vars, invalid};
 use crate::domain::country::{parse_country, parse_country_caps};
 use crate::domain::net::Cidr;
+use crate::domain::pumping::{PumpingMode, PumpingPolicy};
 use crate::domain::quota::QuotaPolicy;
 
 /// Quotas, the front door, client IPs and country lists.
@@ -24,6 +25,8 @@ pub struct LimitSettings {
     pub allowed_countries: Vec<String>,
     /// `OTP_BLOCKED_COUNTRIES`: codes never go to these countries.
     pub blocked_countries: Vec<String>,
+    /// `PUMPING_*`: budgets of unverified codes and blocks on low conversion.
+    pub pumping: PumpingPolicy,
 }
 
 impl LimitSettings {
@@ -77,6 +80,82 @@ impl LimitSettings {
             ipv6_prefix: env.ranged("RATE_LIMIT_IPV6_PREFIX", 64, 32..=128)?,
             allowed_countries: countries("OTP_ALLOWED_COUNTRIES")?,
             blocked_countries: countries("OTP_BLOCKED_COUNTRIES")?,
+            pumping: pumping_from_env(env)?,
         })
     }
+}
+
+/// `PUMPING_*`.
+fn pumping_from_env(env: &Vars<'_>) -> Result<PumpingPolicy, ConfigError> {
+    let mode = match env
+        .get("PUMPING_MODE")
+        .map(|m| m.trim().to_ascii_lowercase())
+    {
+        None => PumpingMode::Off,
+        Some(m) => match m.as_str() {
+            "off" => PumpingMode::Off,
+            "record_only" => PumpingMode::RecordOnly,
+            "enforce" => PumpingMode::Enforce,
+            _ => {
+                return Err(invalid(
+                    "PUMPING_MODE",
+                    format!("{m:?} is not off, record_only or enforce"),
+                ));
+            }
+        },
+    };
+    let minutes = |var: &'static str, default: u64| -> Result<std::time::Duration, ConfigError> {
+        Ok(std::time::Duration::from_secs(
+            60 * env.ranged(var, default, 1..=7 * 24 * 60)?,
+        ))
+    };
+    let min_conversion: f64 = env.parse("PUMPING_MIN_CONVERSION", 0.2)?;
+    if !(0.0..=1.0).contains(&min_conversion) {
+        env.report(invalid(
+            "PUMPING_MIN_CONVERSION",
+            "must be a ratio between 0 and 1 (0.2 = one code in five verified)",
+        ));
+    }
+    let allow_prefixes = env
+        .list("PUMPING_ALLOW_PREFIXES")
+        .into_iter()
+        .map(|p| {
+            let digits = p.strip_prefix('+').unwrap_or(&p);
+            if digits.is_empty() || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_digit())
+            {
+                Err(invalid(
+                    "PUMPING_ALLOW_PREFIXES",
+                    format!("{p:?} is not the start of an E.164 number (+ and 1 to 15 digits)"),
+                ))
+            } else {
+                Ok(format!("+{digits}"))
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(PumpingPolicy {
+        mode,
+        window: minutes("PUMPING_WINDOW_MINUTES", 60)?,
+        country_budget: env.parse("PUMPING_COUNTRY_BUDGET", 1000)?,
+        prefix_budget: env.parse("PUMPING_PREFIX_BUDGET", 30)?,
+        network_budget: env.parse("PUMPING_NETWORK_BUDGET", 20)?,
+        prefix_digits: env.ranged("PUMPING_PREFIX_DIGITS", 4, 1..=12)?,
+        min_conversion: min_conversion.clamp(0.0, 1.0),
+        country_min_volume: env.parse("PUMPING_COUNTRY_MIN_VOLUME", 500)?,
+        prefix_min_volume: env.parse("PUMPING_PREFIX_MIN_VOLUME", 40)?,
+        cooldown: minutes("PUMPING_BLOCK_MINUTES", 60)?,
+        allow_cidrs: env
+            .list("PUMPING_ALLOW_CIDRS")
+            .iter()
+            .map(|c| {
+                c.parse::<Cidr>()
+                    .map_err(|e| invalid("PUMPING_ALLOW_CIDRS", e))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        allow_countries: env
+            .list("PUMPING_ALLOW_COUNTRIES")
+            .iter()
+            .map(|c| parse_country(c).map_err(|e| invalid("PUMPING_ALLOW_COUNTRIES", e)))
+            .collect::<Result<Vec<_>, _>>()?,
+        allow_prefixes,
+    })
 }

@@ -45,6 +45,7 @@ const PREFIXES: &[&str] = &[
     "CAPTCHA_",
     "SMS_",
     "PUBLIC_",
+    "PUMPING_",
 ];
 
 /// Every variable name otpgate reads.

@@ -8,6 +8,7 @@
 //! - [`country`]: ISO 3166 country codes and per-country caps.
 //! - [`secret`]: values that never print, redacted connection strings.
 //! - [`ids`]: random and time-ordered UUIDs from the thread-local CSPRNG.
+//! - [`pumping`]: budgets of unverified codes and conversion blocks against SMS pumping.
 //! - [`webhook`]: Standard Webhooks secrets and signatures for outbound events.
 
 pub mod admission;
@@ -17,6 +18,7 @@ pub mod ids;
 pub mod net;
 pub mod phone;
 pub mod phone_type;
+pub mod pumping;
 pub mod quota;
 pub mod secret;
 pub mod webhook;

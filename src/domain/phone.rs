@@ -140,6 +140,14 @@ impl Phone {
         &self.e164[..self.e164.len().saturating_sub(4).max(1)]
     }
 
+    /// The country code and the first `digits` digits of the national number (`+91987` for
+    /// 3), never the whole number: at least one national digit is left out.
+    pub fn national_prefix(&self, digits: usize) -> &str {
+        let national = self.e164.len() - 1 - self.country_code_len.min(self.e164.len() - 1);
+        let keep = digits.min(national.saturating_sub(1));
+        &self.e164[..1 + self.country_code_len + keep]
+    }
+
     /// The form safe for logs: country code and last four digits, `+91******3210`.
     pub fn masked(&self) -> String {
         let digits = &self.e164[1..];

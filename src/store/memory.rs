@@ -16,6 +16,7 @@ use super::{
     BindOutcome, ClaimOutcome, IssueOutcome, RefreshOutcome, SessionPut, SessionRecord, Store,
     StoreError, VerifyOutcome,
 };
+use crate::domain::pumping::{PumpBlock, PumpCheck, PumpCounter, PumpOutcome, PumpRefusal, Scope};
 use crate::domain::quota::{Quota, QuotaState, Refusal, gcra};
 
 /// How often writes sweep expired entries.
@@ -28,6 +29,8 @@ struct Code {
     /// Accepted by a verify; kept (until it expires or a new code replaces it) so that
     /// `restore_code` can undo the spend.
     spent: bool,
+    /// What `issue_code_marked` kept with it.
+    mark: u64,
 }
 
 /// Where a login intent stands.
@@ -66,6 +69,8 @@ struct Inner {
     blocked: std::collections::HashSet<String>,
     /// Users whose sessions neither stand nor are recorded.
     blocked_users: std::collections::HashSet<String>,
+    /// `scope:key` → the pumping counters of that scope and when they expire (Unix ms).
+    pumps: HashMap<String, (PumpCounter, u64)>,
     last_sweep: Instant,
 }
 
@@ -83,6 +88,8 @@ impl Inner {
         self.intents.retain(|_, i| i.expires > now);
         self.seen.retain(|_, until| *until > now);
         self.cutoffs.retain(|_, (_, until)| *until > now);
+        let unix = super::unix_ms();
+        self.pumps.retain(|_, (_, until)| *until > unix);
         self.sessions.retain(|_, index| {
             index.retain(|_, (_, until)| *until > now);
             !index.is_empty()
@@ -167,6 +174,7 @@ impl MemoryStore {
                 cutoffs: HashMap::new(),
                 blocked: Default::default(),
                 blocked_users: Default::default(),
+                pumps: HashMap::new(),
                 last_sweep: now,
             }),
             epoch: now,
@@ -191,13 +199,14 @@ impl MemoryStore {
 
 #[async_trait::async_trait]
 impl Store for MemoryStore {
-    async fn issue_code(
+    async fn issue_code_marked(
         &self,
         phone: &str,
         code_hash: &str,
         ttl: Duration,
         cooldown: Duration,
         quotas: &[Quota],
+        mark: u64,
     ) -> Result<IssueOutcome, StoreError> {
         let (now, now_ms) = self.now();
         let mut inner = self.lock();
@@ -227,6 +236,7 @@ impl Store for MemoryStore {
                 attempts: 0,
                 expires: now + ttl,
                 spent: false,
+                mark,
             },
         );
         if cooldown.is_zero() {
@@ -267,8 +277,9 @@ impl Store for MemoryStore {
         }
         if bool::from(code.hash.as_bytes().ct_eq(code_hash.as_bytes())) {
             code.spent = true;
+            let mark = code.mark;
             inner.cooldowns.remove(phone);
-            return Ok(VerifyOutcome::Verified);
+            return Ok(VerifyOutcome::Verified { mark });
         }
         code.attempts += 1;
         let outcome = if code.attempts >= max_attempts {
@@ -624,5 +635,164 @@ impl Store for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    async fn pump_send(
+        &self,
+        checks: &[PumpCheck],
+        enforce: bool,
+        window: Duration,
+        min_permille: u32,
+        cooldown: Duration,
+    ) -> Result<PumpOutcome, StoreError> {
+        let now = super::unix_ms();
+        let window = super::ttl_ms(window);
+        let mut inner = self.lock();
+        let mut counters: Vec<PumpCounter> = checks
+            .iter()
+            .map(|c| {
+                let mut counter = inner.pump(c.scope, &c.key, now);
+                counter.roll(now, window);
+                counter
+            })
+            .collect();
+        let refused =
+            checks
+                .iter()
+                .zip(&counters)
+                .enumerate()
+                .find_map(|(index, (check, counter))| {
+                    counter
+                        .admits(check, now, window)
+                        .err()
+                        .map(|(reason, wait)| PumpRefusal {
+                            index,
+                            reason,
+                            retry_after: Duration::from_millis(wait),
+                        })
+                });
+        if enforce && refused.is_some() {
+            return Ok(PumpOutcome {
+                refused,
+                blocked: Vec::new(),
+            });
+        }
+        let mut blocked = Vec::new();
+        for (index, (check, counter)) in checks.iter().zip(&mut counters).enumerate() {
+            if counter.record_send(check, now, window, min_permille, super::ttl_ms(cooldown)) {
+                blocked.push(index);
+            }
+            inner.put_pump(check.scope, &check.key, *counter, now, window);
+        }
+        Ok(PumpOutcome { refused, blocked })
+    }
+
+    async fn pump_unsend(&self, checks: &[PumpCheck], window: Duration) -> Result<(), StoreError> {
+        self.pump_adjust(checks, window, |c| c.sent = c.sent.saturating_sub(1));
+        Ok(())
+    }
+
+    async fn pump_verified(
+        &self,
+        checks: &[PumpCheck],
+        window: Duration,
+    ) -> Result<(), StoreError> {
+        self.pump_adjust(checks, window, |c| c.verified += 1);
+        Ok(())
+    }
+
+    async fn pump_block(
+        &self,
+        scope: Scope,
+        key: &str,
+        duration: Duration,
+        window: Duration,
+    ) -> Result<(), StoreError> {
+        let now = super::unix_ms();
+        let window = super::ttl_ms(window);
+        let mut inner = self.lock();
+        let mut counter = inner.pump(scope, key, now);
+        counter.roll(now, window);
+        (counter.blocked_sent, counter.blocked_verified) = counter.estimate(now, window);
+        counter.blocked_until = now + super::ttl_ms(duration);
+        inner.put_pump(scope, key, counter, now, window);
+        Ok(())
+    }
+
+    async fn pump_blocks(&self) -> Result<Vec<PumpBlock>, StoreError> {
+        let now = super::unix_ms();
+        let inner = self.lock();
+        let mut blocks: Vec<PumpBlock> = inner
+            .pumps
+            .iter()
+            .filter(|(_, (c, _))| c.blocked_until > now)
+            .filter_map(|(id, (c, _))| {
+                let (scope, key) = id.split_once(':')?;
+                Some(PumpBlock {
+                    scope: Scope::parse(scope)?,
+                    key: key.to_string(),
+                    until_ms: c.blocked_until,
+                    sent: c.blocked_sent,
+                    verified: c.blocked_verified,
+                })
+            })
+            .collect();
+        blocks.sort_by_key(|b| b.until_ms);
+        Ok(blocks)
+    }
+
+    async fn pump_lift(&self, scope: Scope, key: &str) -> Result<bool, StoreError> {
+        let now = super::unix_ms();
+        let removed = self
+            .lock()
+            .pumps
+            .remove(&pump_id(scope, key))
+            .filter(|(_, until)| *until > now);
+        Ok(removed.is_some_and(|(c, _)| c.blocked_until > now))
+    }
+}
+
+fn pump_id(scope: Scope, key: &str) -> String {
+    format!("{}:{key}", scope.as_str())
+}
+
+impl Inner {
+    /// The live counters of `scope`/`key` (fresh ones when none).
+    fn pump(&self, scope: Scope, key: &str, now: u64) -> PumpCounter {
+        self.pumps
+            .get(&pump_id(scope, key))
+            .filter(|(_, until)| *until > now)
+            .map(|(c, _)| *c)
+            .unwrap_or_default()
+    }
+
+    /// Stores `counter`, kept two windows (or to its block's end, if later).
+    fn put_pump(&mut self, scope: Scope, key: &str, counter: PumpCounter, now: u64, window: u64) {
+        let until = (now + 2 * window).max(counter.blocked_until);
+        self.pumps.insert(pump_id(scope, key), (counter, until));
+    }
+}
+
+impl MemoryStore {
+    /// Applies `change` to the live counters of each of `checks` (none are created).
+    fn pump_adjust(
+        &self,
+        checks: &[PumpCheck],
+        window: Duration,
+        change: impl Fn(&mut PumpCounter),
+    ) {
+        let now = super::unix_ms();
+        let window = super::ttl_ms(window);
+        let mut inner = self.lock();
+        for check in checks {
+            let id = pump_id(check.scope, &check.key);
+            if inner.pumps.get(&id).is_none_or(|(_, until)| *until <= now) {
+                continue;
+            }
+            let mut counter = inner.pump(check.scope, &check.key, now);
+            counter.roll(now, window);
+            change(&mut counter);
+            inner.put_pump(check.scope, &check.key, counter, now, window);
+        }
     }
 }

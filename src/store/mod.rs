@@ -11,6 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::domain::pumping::{PumpBlock, PumpCheck, PumpOutcome, Scope};
 use crate::domain::quota::{Quota, QuotaState, Refusal};
 use crate::domain::secret::redact_credentials;
 use crate::telemetry::Metrics;
@@ -81,8 +82,12 @@ pub enum SessionPut {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VerifyOutcome {
     /// Right code: it is marked spent (usable once; [`Store::restore_code`] can undo that while
-    /// no newer code replaced it) and the resend cooldown is cleared.
-    Verified,
+    /// no newer code replaced it) and the resend cooldown is cleared. `mark`: what
+    /// [`Store::issue_code_marked`] kept with it.
+    Verified {
+        /// The code's mark (0 = none).
+        mark: u64,
+    },
     /// Wrong code: `remaining` wrong tries are left.
     Invalid {
         /// Wrong tries left.
@@ -154,7 +159,20 @@ pub enum BindOutcome {
 pub trait Store: Send + Sync + 'static {
     /// Stores `code_hash` for `phone` for `ttl`, replacing any earlier code and starting a
     /// `cooldown` (zero = none), unless a cooldown is already running or one of `quotas`
-    /// refuses; all in one atomic step.
+    /// refuses; all in one atomic step. `mark` is kept with the code and handed back by
+    /// [`Store::verify_code`] when the code is verified (the pumping defence's
+    /// [`crate::domain::pumping::PumpingPolicy::mark`]; 0 = nothing).
+    async fn issue_code_marked(
+        &self,
+        phone: &str,
+        code_hash: &str,
+        ttl: Duration,
+        cooldown: Duration,
+        quotas: &[Quota],
+        mark: u64,
+    ) -> Result<IssueOutcome, StoreError>;
+
+    /// [`Store::issue_code_marked`] without a mark.
     async fn issue_code(
         &self,
         phone: &str,
@@ -162,7 +180,10 @@ pub trait Store: Send + Sync + 'static {
         ttl: Duration,
         cooldown: Duration,
         quotas: &[Quota],
-    ) -> Result<IssueOutcome, StoreError>;
+    ) -> Result<IssueOutcome, StoreError> {
+        self.issue_code_marked(phone, code_hash, ttl, cooldown, quotas, 0)
+            .await
+    }
 
     /// Checks `code_hash` against the live code of `phone`, atomically: a right code works
     /// once, however many replicas receive it at the same moment. First every quota of
@@ -298,6 +319,42 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks that the store answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Counts one code sent in each scope of `checks`, in a sliding `window`, unless, with
+    /// `enforce`, one of them is blocked or has its budget of unverified codes spent (then
+    /// nothing is counted). A scope whose conversion (verified / sent) falls below
+    /// `min_permille` per mille with its volume reached is blocked for `cooldown`, and listed
+    /// for [`Store::pump_blocks`].
+    async fn pump_send(
+        &self,
+        checks: &[PumpCheck],
+        enforce: bool,
+        window: Duration,
+        min_permille: u32,
+        cooldown: Duration,
+    ) -> Result<PumpOutcome, StoreError>;
+
+    /// Takes back one send counted by [`Store::pump_send`] (the code was not delivered).
+    async fn pump_unsend(&self, checks: &[PumpCheck], window: Duration) -> Result<(), StoreError>;
+
+    /// Counts one verified code in each scope of `checks`.
+    async fn pump_verified(&self, checks: &[PumpCheck], window: Duration)
+    -> Result<(), StoreError>;
+
+    /// Blocks `scope`/`key` for `duration` (an operator's block), keeping its counts.
+    async fn pump_block(
+        &self,
+        scope: Scope,
+        key: &str,
+        duration: Duration,
+        window: Duration,
+    ) -> Result<(), StoreError>;
+
+    /// The blocks standing now.
+    async fn pump_blocks(&self) -> Result<Vec<PumpBlock>, StoreError>;
+
+    /// Lifts the block on `scope`/`key` and forgets its counts; whether one stood.
+    async fn pump_lift(&self, scope: Scope, key: &str) -> Result<bool, StoreError>;
 }
 
 /// The wall clock in Unix milliseconds.
@@ -341,18 +398,19 @@ impl Metered {
 
 #[async_trait::async_trait]
 impl Store for Metered {
-    async fn issue_code(
+    async fn issue_code_marked(
         &self,
         phone: &str,
         code_hash: &str,
         ttl: Duration,
         cooldown: Duration,
         quotas: &[Quota],
+        mark: u64,
     ) -> Result<IssueOutcome, StoreError> {
         self.timed(
             "issue_code",
             self.inner
-                .issue_code(phone, code_hash, ttl, cooldown, quotas),
+                .issue_code_marked(phone, code_hash, ttl, cooldown, quotas, mark),
         )
         .await
     }
@@ -522,5 +580,58 @@ impl Store for Metered {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.timed("ping", self.inner.ping()).await
+    }
+
+    async fn pump_send(
+        &self,
+        checks: &[PumpCheck],
+        enforce: bool,
+        window: Duration,
+        min_permille: u32,
+        cooldown: Duration,
+    ) -> Result<PumpOutcome, StoreError> {
+        self.timed(
+            "pump_send",
+            self.inner
+                .pump_send(checks, enforce, window, min_permille, cooldown),
+        )
+        .await
+    }
+
+    async fn pump_unsend(&self, checks: &[PumpCheck], window: Duration) -> Result<(), StoreError> {
+        self.timed("pump_unsend", self.inner.pump_unsend(checks, window))
+            .await
+    }
+
+    async fn pump_verified(
+        &self,
+        checks: &[PumpCheck],
+        window: Duration,
+    ) -> Result<(), StoreError> {
+        self.timed("pump_verified", self.inner.pump_verified(checks, window))
+            .await
+    }
+
+    async fn pump_block(
+        &self,
+        scope: Scope,
+        key: &str,
+        duration: Duration,
+        window: Duration,
+    ) -> Result<(), StoreError> {
+        self.timed(
+            "pump_block",
+            self.inner.pump_block(scope, key, duration, window),
+        )
+        .await
+    }
+
+    async fn pump_blocks(&self) -> Result<Vec<PumpBlock>, StoreError> {
+        self.timed("pump_blocks", self.inner.pump_blocks()).await
+    }
+
+    async fn pump_lift(&self, scope: Scope, key: &str) -> Result<bool, StoreError> {
+        self.timed("pump_lift", self.inner.pump_lift(scope, key))
+            .await
     }
 }

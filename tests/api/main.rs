@@ -26,6 +26,7 @@ mod observability;
 mod operators;
 mod outages;
 mod production;
+mod pumping;
 mod redis_keys;
 mod standin;
 mod store;

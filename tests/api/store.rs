@@ -173,7 +173,7 @@ async fn right_code_works_once_and_clears_the_cooldown(store: Arc<dyn Store>) {
 /// The outcome of a verify that accepted the code; panics on any other.
 #[track_caller]
 fn assert_verified(outcome: VerifyOutcome) {
-    assert_eq!(outcome, VerifyOutcome::Verified);
+    assert_eq!(outcome, VerifyOutcome::Verified { mark: 0 });
 }
 
 /// A login that fails after its code check puts the code back: it works again with its wrong
@@ -326,7 +326,7 @@ async fn concurrent_verifies_succeed_once(store: Arc<dyn Store>) {
     let mut verified = 0;
     for task in tasks {
         match task.await.unwrap() {
-            VerifyOutcome::Verified => verified += 1,
+            VerifyOutcome::Verified { .. } => verified += 1,
             VerifyOutcome::Missing => {}
             other => panic!("unexpected {other:?}"),
         }
@@ -836,7 +836,7 @@ async fn blocked_phones_get_no_code_but_pay_cooldown_and_quotas(store: Arc<dyn S
     ));
     assert_eq!(
         store.verify_code(&phone, "h4", 5, &[], &[]).await.unwrap(),
-        VerifyOutcome::Verified
+        VerifyOutcome::Verified { mark: 0 }
     );
 }
 

@@ -1,8 +1,8 @@
 -- Store a new code for one phone unless its resend cooldown is running or a quota refuses.
--- KEYS[1] the code hash (a hash: h = HMAC of the code, a = wrong attempts)
+-- KEYS[1] the code hash (a hash: h = HMAC of the code, a = wrong attempts, m = the mark)
 -- KEYS[2] the resend cooldown marker, KEYS[3] the phone's block mark, KEYS[4..] quota buckets
 -- ARGV[1] code HMAC (hex), ARGV[2] code lifetime (ms), ARGV[3] cooldown (ms, 0 = none),
--- ARGV[4..] limit, window (ms) of each quota
+-- ARGV[4] the mark kept with the code (0 = none), ARGV[5..] limit, window (ms) of each quota
 -- Returns {0, remaining, reset_ms, …per quota} when stored, {1, wait_ms} during the cooldown,
 -- {2, quota index, wait_ms} when a quota refuses, {3, remaining, reset_ms, …} when the phone is
 -- blocked (cooldown and quotas charged as for a stored code, no code stored). Nothing changes
@@ -11,7 +11,7 @@ local wait = redis.call('PTTL', KEYS[2])
 if wait > 0 then
   return {1, wait}
 end
-local out = gcra_take(4, 4, #KEYS - 3, now_ms())
+local out = gcra_take(4, 5, #KEYS - 3, now_ms())
 if out[1] ~= 0 then
   return out
 end
@@ -23,6 +23,10 @@ if redis.call('EXISTS', KEYS[3]) == 1 then
   return out
 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'h', ARGV[1], 'a', 0)
+if ARGV[4] ~= '0' then
+  redis.call('HSET', KEYS[1], 'h', ARGV[1], 'a', 0, 'm', ARGV[4])
+else
+  redis.call('HSET', KEYS[1], 'h', ARGV[1], 'a', 0)
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return out

@@ -4,7 +4,7 @@
 -- quotas (charged on a wrong code). Every quota must admit the attempt first.
 -- ARGV[1] HMAC of the presented code (hex), ARGV[2] wrong attempts allowed,
 -- ARGV[3] number of attempt quotas, ARGV[4..] limit, window (ms) of each quota
--- Returns {status, x}: {0, 0} verified (the code is marked spent, s = 1, not deleted: until it
+-- Returns {status, x}: {0, mark} verified (the code is marked spent, s = 1, not deleted: until it
 -- expires or a new code replaces it, restore_code can undo the spend), {1, remaining} wrong,
 -- {2, 0} no live code (or a spent one),
 -- {3, 0} burned, {4, quota index, wait_ms} refused by a quota (nothing changed).
@@ -17,7 +17,7 @@ if refused then
 end
 gcra_charge(3, 4, 1, n_attempts, now, tats, nil)
 
-local stored = redis.call('HMGET', KEYS[1], 'h', 'a', 's')
+local stored = redis.call('HMGET', KEYS[1], 'h', 'a', 's', 'm')
 local hash = stored[1]
 if not hash or stored[3] then
   return {2, 0}
@@ -30,7 +30,7 @@ end
 if ct_equal(hash, ARGV[1]) then
   redis.call('HSET', KEYS[1], 's', 1)
   redis.call('DEL', KEYS[2])
-  return {0, 0}
+  return {0, tonumber(stored[4]) or 0}
 end
 gcra_charge(3, 4, n_attempts + 1, n_all, now, tats, nil)
 attempts = redis.call('HINCRBY', KEYS[1], 'a', 1)

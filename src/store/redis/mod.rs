@@ -17,6 +17,7 @@
 //! | `rl:<quota key>` | every other quota bucket (IP, number block, country, global, intents): one slot each |
 //! | `{s:<session id>}:revoked`, `{s:…}:spent:<token id>` | a session's revocation and its spent refresh tokens |
 //! | `intent:<id>`, `seen:<event id>` | login intents, inbound webhook events already handled |
+//! | `{pump:<scope>:<key>}`, `pump:blocks` | the SMS-pumping counters of one country, number prefix or client network (one slot each), and the index of their blocks |
 //!
 //! # Atomicity per operation
 //!
@@ -44,6 +45,9 @@
 //!   detection and revocation keep their atomicity in every mode: a spent refresh token still
 //!   revokes its family, and a logout holds on every replica.
 //! - Intents and seen marks have one key each: unchanged.
+//! - **pump_send**: one script per scope on a Cluster (one slot each), concurrently; with
+//!   `enforce`, a refusal by one takes back what the others counted. Blocks are indexed in
+//!   `pump:blocks` by a second call, only when one is set.
 //!
 //! # Upgrading from the earlier key names
 //!
@@ -71,9 +75,10 @@ use redis::Script;
 use self::link::{Conn, RedisLink};
 use super::{
     BindOutcome, ClaimOutcome, IssueOutcome, RefreshOutcome, SessionPut, SessionRecord, Store,
-    StoreError, VerifyOutcome, ttl_ms,
+    StoreError, VerifyOutcome, ttl_ms, unix_ms,
 };
 use crate::config::RedisMode;
+use crate::domain::pumping::{PumpBlock, PumpCheck, PumpOutcome, PumpReason, PumpRefusal, Scope};
 use crate::domain::quota::{Quota, QuotaState, Refusal};
 
 /// How to reach Redis.
@@ -112,6 +117,7 @@ pub struct RedisStore {
     put_session: Script,
     session_stands: Script,
     revoke_user: Script,
+    pump: Script,
 }
 
 impl RedisStore {
@@ -176,6 +182,10 @@ impl RedisStore {
             put_session: Script::new(include_str!("../lua/put_session.lua")),
             session_stands: Script::new(include_str!("../lua/session_stands.lua")),
             revoke_user: Script::new(include_str!("../lua/revoke_user.lua")),
+            pump: Script::new(concat!(
+                include_str!("../lua/gcra.lua"),
+                include_str!("../lua/pump.lua")
+            )),
         });
         Ok(store)
     }
@@ -329,13 +339,14 @@ impl RedisStore {
 
 #[async_trait::async_trait]
 impl Store for RedisStore {
-    async fn issue_code(
+    async fn issue_code_marked(
         &self,
         phone: &str,
         code_hash: &str,
         ttl: Duration,
         cooldown: Duration,
         quotas: &[Quota],
+        mark: u64,
     ) -> Result<IssueOutcome, StoreError> {
         let cooldown_ms = if cooldown.is_zero() {
             0
@@ -363,7 +374,8 @@ impl Store for RedisStore {
             .key(self.phone_key(phone, "blocked"))
             .arg(code_hash)
             .arg(ttl_ms(ttl))
-            .arg(cooldown_ms);
+            .arg(cooldown_ms)
+            .arg(mark);
         self.add_quotas(&mut invocation, phone, &together);
         let reply = match self.invoke(&invocation).await {
             Ok(reply) => reply,
@@ -452,7 +464,9 @@ impl Store for RedisStore {
             self.refund_apart(phone, &apart).await;
         }
         match reply.as_slice() {
-            [0, _] => Ok(VerifyOutcome::Verified),
+            [0, mark] => Ok(VerifyOutcome::Verified {
+                mark: u64::try_from(*mark).unwrap_or(0),
+            }),
             [1, remaining] => Ok(VerifyOutcome::Invalid {
                 remaining: u32::try_from(*remaining).unwrap_or(0),
             }),
@@ -843,6 +857,297 @@ impl Store for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.link.ping_all().await
+    }
+
+    async fn pump_send(
+        &self,
+        checks: &[PumpCheck],
+        enforce: bool,
+        window: Duration,
+        min_permille: u32,
+        cooldown: Duration,
+    ) -> Result<PumpOutcome, StoreError> {
+        let outcome = if self.single_node() || checks.len() <= 1 {
+            self.pump_send_together(checks, enforce, window, min_permille, cooldown)
+                .await?
+        } else {
+            // One slot per scope: one script each, concurrently; with enforce, a refusal by one
+            // takes back what the others counted (a refusal too many under a race, never a
+            // send too many).
+            let calls = checks.iter().map(|check| {
+                self.pump_send_together(
+                    std::slice::from_ref(check),
+                    enforce,
+                    window,
+                    min_permille,
+                    cooldown,
+                )
+            });
+            let replies = futures_util::future::join_all(calls).await;
+            let mut outcome = PumpOutcome::default();
+            let mut counted = Vec::new();
+            let mut failure = None;
+            for (index, (check, reply)) in checks.iter().zip(replies).enumerate() {
+                match reply {
+                    Ok(one) => {
+                        if let Some(refusal) = one.refused {
+                            outcome
+                                .refused
+                                .get_or_insert(PumpRefusal { index, ..refusal });
+                            if enforce {
+                                continue;
+                            }
+                        }
+                        counted.push(check.clone());
+                        if !one.blocked.is_empty() {
+                            outcome.blocked.push(index);
+                        }
+                    }
+                    Err(err) => failure = Some(err),
+                }
+            }
+            if let Some(err) = failure {
+                let _ = self.pump_op("unsend", &counted, window).await;
+                return Err(err);
+            }
+            if enforce && outcome.refused.is_some() {
+                if let Err(err) = self.pump_op("unsend", &counted, window).await {
+                    tracing::warn!(error = %err, "pumping counts could not be taken back");
+                }
+                outcome.blocked.clear();
+            }
+            outcome
+        };
+        for &index in &outcome.blocked {
+            let check = &checks[index];
+            self.index_block(check.scope, &check.key, unix_ms() + ttl_ms(cooldown))
+                .await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn pump_unsend(&self, checks: &[PumpCheck], window: Duration) -> Result<(), StoreError> {
+        self.pump_op("unsend", checks, window).await
+    }
+
+    async fn pump_verified(
+        &self,
+        checks: &[PumpCheck],
+        window: Duration,
+    ) -> Result<(), StoreError> {
+        self.pump_op("verified", checks, window).await
+    }
+
+    async fn pump_block(
+        &self,
+        scope: Scope,
+        key: &str,
+        duration: Duration,
+        window: Duration,
+    ) -> Result<(), StoreError> {
+        let mut invocation = self.pump.prepare_invoke();
+        invocation
+            .key(self.pump_key(scope, key))
+            .arg("block")
+            .arg(ttl_ms(window))
+            .arg(ttl_ms(duration));
+        let until: i64 = self.invoke_as(&invocation).await?;
+        self.index_block(scope, key, u64::try_from(until).unwrap_or(0))
+            .await
+    }
+
+    async fn pump_blocks(&self) -> Result<Vec<PumpBlock>, StoreError> {
+        let index = self.key("pump", "blocks");
+        let now = unix_ms();
+        let ids: Vec<String> = self
+            .run(|mut conn| {
+                let index = index.clone();
+                async move {
+                    let _: () = redis::cmd("ZREMRANGEBYSCORE")
+                        .arg(&index)
+                        .arg("-inf")
+                        .arg(now)
+                        .query_async(&mut conn)
+                        .await?;
+                    Ok(redis::cmd("ZRANGE")
+                        .arg(&index)
+                        .arg(0)
+                        .arg(-1)
+                        .query_async(&mut conn)
+                        .await?)
+                }
+            })
+            .await?;
+        let reads = ids.iter().filter_map(|id| {
+            let (scope, key) = id.split_once(':')?;
+            let scope = Scope::parse(scope)?;
+            let hash = self.pump_key(scope, key);
+            Some(async move {
+                let fields: Vec<Option<u64>> = self
+                    .run(|mut conn| {
+                        let hash = hash.clone();
+                        async move {
+                            Ok(redis::cmd("HMGET")
+                                .arg(hash)
+                                .arg("b")
+                                .arg("bs")
+                                .arg("bv")
+                                .query_async(&mut conn)
+                                .await?)
+                        }
+                    })
+                    .await?;
+                Ok::<_, StoreError>(match fields.as_slice() {
+                    [Some(until), sent, verified] if *until > now => Some(PumpBlock {
+                        scope,
+                        key: key.to_string(),
+                        until_ms: *until,
+                        sent: sent.unwrap_or(0),
+                        verified: verified.unwrap_or(0),
+                    }),
+                    _ => None,
+                })
+            })
+        });
+        let mut blocks = Vec::new();
+        for read in futures_util::future::join_all(reads).await {
+            blocks.extend(read?);
+        }
+        blocks.sort_by_key(|b| b.until_ms);
+        Ok(blocks)
+    }
+
+    async fn pump_lift(&self, scope: Scope, key: &str) -> Result<bool, StoreError> {
+        let mut invocation = self.pump.prepare_invoke();
+        invocation.key(self.pump_key(scope, key)).arg("lift").arg(1);
+        let stood: i64 = self.invoke_as(&invocation).await?;
+        let index = self.key("pump", "blocks");
+        let member = format!("{}:{key}", scope.as_str());
+        self.run(|mut conn| {
+            let (index, member) = (index.clone(), member.clone());
+            async move {
+                let _: () = redis::cmd("ZREM")
+                    .arg(index)
+                    .arg(member)
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(())
+            }
+        })
+        .await?;
+        Ok(stood == 1)
+    }
+}
+
+impl RedisStore {
+    /// The hash of one pumping scope: its own slot.
+    fn pump_key(&self, scope: Scope, key: &str) -> String {
+        format!("{}{{pump:{}:{key}}}", self.prefix, scope.as_str())
+    }
+
+    /// One `send` script over all of `checks` (they share a node).
+    async fn pump_send_together(
+        &self,
+        checks: &[PumpCheck],
+        enforce: bool,
+        window: Duration,
+        min_permille: u32,
+        cooldown: Duration,
+    ) -> Result<PumpOutcome, StoreError> {
+        if checks.is_empty() {
+            return Ok(PumpOutcome::default());
+        }
+        let mut invocation = self.pump.prepare_invoke();
+        for check in checks {
+            invocation.key(self.pump_key(check.scope, &check.key));
+        }
+        invocation
+            .arg("send")
+            .arg(ttl_ms(window))
+            .arg(if enforce { 1 } else { 0 })
+            .arg(min_permille)
+            .arg(ttl_ms(cooldown));
+        for check in checks {
+            invocation.arg(check.budget).arg(check.min_volume);
+        }
+        let reply = self.invoke(&invocation).await?;
+        let [refused, reason, wait, blocked @ ..] = reply.as_slice() else {
+            return Err(StoreError::Protocol(format!(
+                "pump send returned {reply:?}"
+            )));
+        };
+        let refused = match (*refused, *reason) {
+            (0, _) => None,
+            (i, reason @ (1 | 2)) if i >= 1 && (i as usize) <= checks.len() => Some(PumpRefusal {
+                index: i as usize - 1,
+                reason: if reason == 1 {
+                    PumpReason::OverBudget
+                } else {
+                    PumpReason::Blocked
+                },
+                retry_after: millis(*wait),
+            }),
+            _ => {
+                return Err(StoreError::Protocol(format!(
+                    "pump send returned {reply:?}"
+                )));
+            }
+        };
+        Ok(PumpOutcome {
+            refused,
+            blocked: blocked
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| **b == 1)
+                .map(|(i, _)| i)
+                .collect(),
+        })
+    }
+
+    /// `unsend` or `verified` on each of `checks`: one script when they share a node, else one
+    /// each, concurrently.
+    async fn pump_op(
+        &self,
+        op: &'static str,
+        checks: &[PumpCheck],
+        window: Duration,
+    ) -> Result<(), StoreError> {
+        let groups: Vec<&[PumpCheck]> = if self.single_node() {
+            vec![checks]
+        } else {
+            checks.chunks(1).collect()
+        };
+        let calls = groups.into_iter().filter(|g| !g.is_empty()).map(|group| {
+            let mut invocation = self.pump.prepare_invoke();
+            for check in group {
+                invocation.key(self.pump_key(check.scope, &check.key));
+            }
+            invocation.arg(op).arg(ttl_ms(window));
+            async move { self.invoke_as::<i64>(&invocation).await.map(drop) }
+        });
+        for result in futures_util::future::join_all(calls).await {
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Lists a block for [`Store::pump_blocks`] until `until_ms`.
+    async fn index_block(&self, scope: Scope, key: &str, until_ms: u64) -> Result<(), StoreError> {
+        let index = self.key("pump", "blocks");
+        let member = format!("{}:{key}", scope.as_str());
+        self.run(|mut conn| {
+            let (index, member) = (index.clone(), member.clone());
+            async move {
+                let _: () = redis::cmd("ZADD")
+                    .arg(index)
+                    .arg(until_ms)
+                    .arg(member)
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(())
+            }
+        })
+        .await
     }
 }
 

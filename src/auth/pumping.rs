@@ -1,0 +1,217 @@
+//! The SMS-pumping defence on a login: budgets of unverified codes per country, number prefix
+//! and client network, and blocks of prefixes and countries whose conversion falls too low
+//! ([`crate::domain::pumping`] has the rules, the store the shared counters).
+//!
+//! A send is counted once its code is stored and before any provider is called; taken back
+//! when no channel delivers it; a verified code is credited to the scopes its send was counted
+//! in (the client network is kept beside the code). `record_only` counts and blocks without
+//! refusing; `enforce` refuses with 429 `sends_paused`. Every refusal is counted
+//! (`otpgate_pumping_refusals_total`), every new block too (`otpgate_pumping_blocks_total`)
+//! and recorded as a `pumping.blocked` event.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::domain::phone::Phone;
+use crate::domain::pumping::{PumpBlock, PumpCheck, PumpingMode, PumpingPolicy, Scope};
+use crate::domain::quota::whole_seconds;
+use crate::error::Error;
+
+use super::AuthService;
+use super::admin::AdminActor;
+use super::events::EventKind;
+use super::sessions::ClientInfo;
+
+impl AuthService {
+    /// The pumping policy (`PUMPING_*`).
+    pub fn pumping(&self) -> &PumpingPolicy {
+        &self.pumping
+    }
+
+    /// The scopes a send to `phone` from `ip` counts in (none when off or allow-listed).
+    pub(super) fn pump_checks(&self, phone: &Phone, ip: Option<IpAddr>) -> Vec<PumpCheck> {
+        self.pumping.checks(phone, ip)
+    }
+
+    /// Counts a send in `checks`. In `enforce` mode a blocked scope or a spent budget refuses
+    /// it (429 `sends_paused`, nothing counted); in `record_only` it is counted and let through.
+    pub(super) async fn pump_send(
+        &self,
+        phone: &Phone,
+        checks: &[PumpCheck],
+        client: &ClientInfo,
+    ) -> Result<(), Error> {
+        if checks.is_empty() {
+            return Ok(());
+        }
+        let policy = &self.pumping;
+        let enforce = policy.mode == PumpingMode::Enforce;
+        let mode = policy.mode.as_str();
+        let outcome = self
+            .store
+            .pump_send(
+                checks,
+                enforce,
+                policy.window,
+                policy.min_conversion_permille(),
+                policy.cooldown,
+            )
+            .await?;
+        for &index in &outcome.blocked {
+            let check = &checks[index];
+            self.metrics
+                .pumping_blocks
+                .with_label_values(&[check.scope.as_str(), mode])
+                .inc();
+            tracing::warn!(
+                scope = check.scope.as_str(),
+                key = %check.key,
+                mode,
+                "codes blocked: conversion fell below PUMPING_MIN_CONVERSION"
+            );
+            self.event(EventKind::PumpingBlocked)
+                .client(client)
+                .detail("scope", check.scope.as_str())
+                .detail("key", check.key.as_str())
+                .detail("mode", mode)
+                .detail("by", "conversion")
+                .detail("minutes", policy.cooldown.as_secs() / 60)
+                .emit();
+        }
+        let Some(refusal) = outcome.refused else {
+            return Ok(());
+        };
+        let scope = checks[refusal.index].scope;
+        self.metrics
+            .pumping_refusals
+            .with_label_values(&[scope.as_str(), refusal.reason.as_str(), mode])
+            .inc();
+        tracing::info!(
+            phone = %phone.masked(),
+            scope = scope.as_str(),
+            reason = refusal.reason.as_str(),
+            mode,
+            "send refused by the pumping defence"
+        );
+        if !enforce {
+            return Ok(());
+        }
+        Err(Error::SendsPaused {
+            retry_after: whole_seconds(refusal.retry_after),
+        })
+    }
+
+    /// Takes back a send counted by [`AuthService::pump_send`] whose code was not delivered.
+    pub(super) async fn pump_unsend(&self, checks: &[PumpCheck]) {
+        if checks.is_empty() {
+            return;
+        }
+        if let Err(err) = self.store.pump_unsend(checks, self.pumping.window).await {
+            tracing::warn!(error = %err, "an undelivered code stays counted by the pumping defence");
+        }
+    }
+
+    /// Credits a verified code of `phone`, whose send left `mark`, to the scopes it was
+    /// counted in; in the background (the login does not wait for it).
+    pub(super) fn pump_credit(&self, phone: &Phone, mark: u64) {
+        let checks = self.pumping.credits(phone, mark);
+        if checks.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let window = self.pumping.window;
+        tokio::spawn(async move {
+            if let Err(err) = store.pump_verified(&checks, window).await {
+                tracing::warn!(error = %err, "a verified code was not credited to the pumping defence");
+            }
+        });
+    }
+
+    /// The blocks standing now.
+    pub async fn pumping_blocks(&self) -> Result<Vec<PumpBlock>, Error> {
+        Ok(self.store.pump_blocks().await?)
+    }
+
+    /// Blocks `scope`/`key` for `duration` on every replica (an operator's block).
+    pub async fn pumping_block(
+        &self,
+        actor: &AdminActor,
+        client: &ClientInfo,
+        scope: Scope,
+        key: &str,
+        duration: Duration,
+    ) -> Result<(), Error> {
+        let key = canonical_key(scope, key)?;
+        self.store
+            .pump_block(scope, &key, duration, self.pumping.window)
+            .await?;
+        let mode = self.pumping.mode.as_str();
+        self.metrics
+            .pumping_blocks
+            .with_label_values(&[scope.as_str(), mode])
+            .inc();
+        self.event(EventKind::PumpingBlocked)
+            .client(client)
+            .detail("scope", scope.as_str())
+            .detail("key", key.as_str())
+            .detail("mode", mode)
+            .detail("by", "admin")
+            .detail("actor", actor.key_id.as_str())
+            .detail("minutes", duration.as_secs() / 60)
+            .emit();
+        Ok(())
+    }
+
+    /// Lifts the block on `scope`/`key` and forgets its counts (404 when none stood).
+    pub async fn pumping_lift(
+        &self,
+        actor: &AdminActor,
+        client: &ClientInfo,
+        scope: Scope,
+        key: &str,
+    ) -> Result<(), Error> {
+        let key = canonical_key(scope, key)?;
+        if !self.store.pump_lift(scope, &key).await? {
+            return Err(Error::NotFound);
+        }
+        self.event(EventKind::AdminAction)
+            .client(client)
+            .detail("action", "pumping.lift")
+            .detail("scope", scope.as_str())
+            .detail("key", key.as_str())
+            .detail("actor", actor.key_id.as_str())
+            .emit();
+        Ok(())
+    }
+}
+
+/// The key of `scope` as the defence writes it: an ISO country code in capitals, `+` and
+/// digits of a prefix, a network's /24 or /48 (any address in it is accepted).
+pub fn canonical_key(scope: Scope, key: &str) -> Result<String, Error> {
+    let key = key.trim();
+    let invalid = |problem: &str| Error::InvalidField {
+        field: "key".into(),
+        problem: problem.into(),
+    };
+    match scope {
+        Scope::Country => crate::domain::country::parse_country(key)
+            .map_err(|_| invalid("must be an ISO 3166 alpha-2 country code (IN, BR)")),
+        Scope::Prefix => {
+            let digits = key.strip_prefix('+').unwrap_or(key);
+            if digits.is_empty() || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_digit())
+            {
+                return Err(invalid(
+                    "must be the start of an E.164 number: + and 1 to 15 digits",
+                ));
+            }
+            Ok(format!("+{digits}"))
+        }
+        Scope::Network => {
+            let address = key.split_once('/').map_or(key, |(address, _)| address);
+            address
+                .parse::<IpAddr>()
+                .map(|ip| crate::domain::pumping::Network::of(ip).to_string())
+                .map_err(|_| invalid("must be an IP address or its /24 (IPv4) or /48 (IPv6)"))
+        }
+    }
+}

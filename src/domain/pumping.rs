@@ -1,0 +1,529 @@
+//! SMS-pumping defence: budgets of *unverified* codes (sent, never verified) per country, per
+//! number prefix and per client network, over a sliding window every replica shares, and the
+//! automatic block of a prefix or country whose conversion (verified / sent) falls too low.
+//!
+//! Here the rules and the arithmetic; the store keeps the counters ([`PumpCounter`] is what one
+//! scope holds) and runs the same arithmetic in Lua.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::net::Cidr;
+use super::phone::Phone;
+
+/// `PUMPING_MODE`: what the budgets do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PumpingMode {
+    /// Nothing counted.
+    Off,
+    /// Counted, blocks recorded (metrics, events, the admin list), nothing refused.
+    RecordOnly,
+    /// A send over a budget, or to a blocked prefix or country, is refused.
+    Enforce,
+}
+
+impl PumpingMode {
+    /// The `mode` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PumpingMode::Off => "off",
+            PumpingMode::RecordOnly => "record_only",
+            PumpingMode::Enforce => "enforce",
+        }
+    }
+}
+
+/// What a budget counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// The number's country (ISO code).
+    Country,
+    /// The number's first digits (`+91987`).
+    Prefix,
+    /// The client's network (/24 or /48).
+    Network,
+}
+
+impl Scope {
+    /// Every scope, in the order a send checks them.
+    pub const ALL: [Scope; 3] = [Scope::Country, Scope::Prefix, Scope::Network];
+
+    /// The `scope` label and the admin API's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Country => "country",
+            Scope::Prefix => "prefix",
+            Scope::Network => "network",
+        }
+    }
+
+    /// The scope named `text`.
+    pub fn parse(text: &str) -> Option<Scope> {
+        Scope::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+/// A client network as one number, so it fits beside a code in the store: IPv4 /24 and IPv6
+/// /48, tagged by family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Network(pub u64);
+
+const V4_TAG: u64 = 4 << 56;
+const V6_TAG: u64 = 6 << 56;
+
+impl Network {
+    /// A client whose address is unknown.
+    pub const UNKNOWN: Network = Network(1);
+
+    /// The network of `ip`: its /24 (IPv4, IPv4-mapped IPv6 included) or /48 (IPv6).
+    pub fn of(ip: IpAddr) -> Network {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => Network(V4_TAG | u64::from(u32::from(v4) >> 8)),
+            IpAddr::V6(v6) => Network(V6_TAG | (u128::from(v6) >> 80) as u64),
+        }
+    }
+
+    /// Whether this is a network at all (not [`Network::UNKNOWN`]).
+    pub fn is_known(self) -> bool {
+        matches!(self.0 >> 56, 4 | 6)
+    }
+}
+
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bits = self.0 & ((1 << 56) - 1);
+        match self.0 & !((1 << 56) - 1) {
+            V4_TAG => write!(
+                f,
+                "{}/24",
+                std::net::Ipv4Addr::from(((bits as u32) & 0x00ff_ffff) << 8)
+            ),
+            V6_TAG => write!(
+                f,
+                "{}/48",
+                std::net::Ipv6Addr::from(u128::from(bits & 0xffff_ffff_ffff) << 80)
+            ),
+            _ => f.write_str("unknown"),
+        }
+    }
+}
+
+/// One scope a send is counted in: its key (`IN`, `+91987`, `203.0.113.0/24`), its budget of
+/// unverified codes (0 = none) and the volume from which its conversion is judged (0 = never).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PumpCheck {
+    /// What is counted.
+    pub scope: Scope,
+    /// The counted value.
+    pub key: String,
+    /// Unverified codes allowed in the window (0 = no budget).
+    pub budget: u32,
+    /// Sends in the window from which a low conversion blocks the key (0 = never blocked).
+    pub min_volume: u32,
+}
+
+/// The pumping defence's settings.
+#[derive(Debug, Clone)]
+pub struct PumpingPolicy {
+    /// `PUMPING_MODE`.
+    pub mode: PumpingMode,
+    /// `PUMPING_WINDOW_MINUTES`: the sliding window the counts cover.
+    pub window: Duration,
+    /// `PUMPING_COUNTRY_BUDGET`: unverified codes per country per window (0 = none).
+    pub country_budget: u32,
+    /// `PUMPING_PREFIX_BUDGET`: unverified codes per number prefix per window (0 = none).
+    pub prefix_budget: u32,
+    /// `PUMPING_NETWORK_BUDGET`: unverified codes per client /24 or /48 per window (0 = none).
+    pub network_budget: u32,
+    /// `PUMPING_PREFIX_DIGITS`: digits of the national number that make a prefix.
+    pub prefix_digits: u8,
+    /// `PUMPING_MIN_CONVERSION`: the verified / sent ratio below which a prefix or country
+    /// with enough volume is blocked.
+    pub min_conversion: f64,
+    /// `PUMPING_COUNTRY_MIN_VOLUME`: sends per window before a country's conversion counts.
+    pub country_min_volume: u32,
+    /// `PUMPING_PREFIX_MIN_VOLUME`: sends per window before a prefix's conversion counts.
+    pub prefix_min_volume: u32,
+    /// `PUMPING_BLOCK_MINUTES`: how long an automatic block lasts.
+    pub cooldown: Duration,
+    /// `PUMPING_ALLOW_CIDRS`: clients that always pass, uncounted.
+    pub allow_cidrs: Vec<Cidr>,
+    /// `PUMPING_ALLOW_COUNTRIES`: countries that always pass, uncounted.
+    pub allow_countries: Vec<String>,
+    /// `PUMPING_ALLOW_PREFIXES`: E.164 prefixes (`+1555`) that always pass, uncounted.
+    pub allow_prefixes: Vec<String>,
+}
+
+impl PumpingPolicy {
+    /// The policy of `PUMPING_MODE=off`.
+    pub fn off() -> Self {
+        Self {
+            mode: PumpingMode::Off,
+            window: Duration::from_secs(3600),
+            country_budget: 0,
+            prefix_budget: 0,
+            network_budget: 0,
+            prefix_digits: 4,
+            min_conversion: 0.0,
+            country_min_volume: 0,
+            prefix_min_volume: 0,
+            cooldown: Duration::from_secs(3600),
+            allow_cidrs: Vec::new(),
+            allow_countries: Vec::new(),
+            allow_prefixes: Vec::new(),
+        }
+    }
+
+    /// Whether a send to `phone` from `ip` is on an allow-list (then it is neither counted nor
+    /// refused).
+    pub fn allowed(&self, phone: &Phone, ip: Option<IpAddr>) -> bool {
+        ip.is_some_and(|ip| self.allow_cidrs.iter().any(|c| c.contains(ip)))
+            || phone
+                .region()
+                .is_some_and(|r| self.allow_countries.iter().any(|c| c == r))
+            || self
+                .allow_prefixes
+                .iter()
+                .any(|p| phone.as_str().starts_with(p.as_str()))
+    }
+
+    /// The scopes a send to `phone` from `network` counts in; none when the defence is off or
+    /// the send is allow-listed. A number without a known country has no country scope; an
+    /// unknown client no network scope.
+    pub fn checks(&self, phone: &Phone, ip: Option<IpAddr>) -> Vec<PumpCheck> {
+        if self.mode == PumpingMode::Off || self.allowed(phone, ip) {
+            return Vec::new();
+        }
+        let mut checks = Vec::with_capacity(3);
+        if let Some(region) = phone.region() {
+            checks.push(PumpCheck {
+                scope: Scope::Country,
+                key: region.to_string(),
+                budget: self.country_budget,
+                min_volume: self.country_min_volume,
+            });
+        }
+        checks.push(PumpCheck {
+            scope: Scope::Prefix,
+            key: phone
+                .national_prefix(usize::from(self.prefix_digits))
+                .to_string(),
+            budget: self.prefix_budget,
+            min_volume: self.prefix_min_volume,
+        });
+        if let Some(ip) = ip {
+            checks.push(PumpCheck {
+                scope: Scope::Network,
+                key: Network::of(ip).to_string(),
+                budget: self.network_budget,
+                min_volume: 0,
+            });
+        }
+        checks
+    }
+
+    /// What a code sent with `checks` keeps beside it, for [`PumpingPolicy::credits`]: 0 when
+    /// the send was not counted, else the client's network ([`Network::UNKNOWN`] without one).
+    pub fn mark(checks: &[PumpCheck], ip: Option<IpAddr>) -> u64 {
+        if checks.is_empty() {
+            0
+        } else {
+            ip.map_or(Network::UNKNOWN, Network::of).0
+        }
+    }
+
+    /// The scopes a verified code is credited to: the keys its send was counted in, from the
+    /// `mark` kept beside the code (nothing when the send was not counted).
+    pub fn credits(&self, phone: &Phone, mark: u64) -> Vec<PumpCheck> {
+        if self.mode == PumpingMode::Off || mark == 0 {
+            return Vec::new();
+        }
+        let mut checks = self.checks(phone, None);
+        let network = Network(mark);
+        if network.is_known() {
+            checks.push(PumpCheck {
+                scope: Scope::Network,
+                key: network.to_string(),
+                budget: self.network_budget,
+                min_volume: 0,
+            });
+        }
+        checks
+    }
+
+    /// The minimum conversion in per mille, as the store compares it.
+    pub fn min_conversion_permille(&self) -> u32 {
+        (self.min_conversion * 1000.0).round().clamp(0.0, 1000.0) as u32
+    }
+}
+
+/// Why a send was (or, in `record_only`, would have been) refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PumpReason {
+    /// The scope's unverified codes reached its budget.
+    OverBudget,
+    /// The scope is blocked (its conversion fell too low, or an operator blocked it).
+    Blocked,
+}
+
+impl PumpReason {
+    /// The `verdict` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PumpReason::OverBudget => "over_budget",
+            PumpReason::Blocked => "blocked",
+        }
+    }
+}
+
+/// A scope that refused a send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PumpRefusal {
+    /// Which of the checks refused (its index).
+    pub index: usize,
+    /// Why.
+    pub reason: PumpReason,
+    /// When a send would pass again (the block's end; for a budget, the end of the current
+    /// window, by which older unverified codes weigh less).
+    pub retry_after: Duration,
+}
+
+/// What recording a send found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PumpOutcome {
+    /// The scope that refused (in `enforce` nothing was recorded then; otherwise the send was
+    /// recorded anyway).
+    pub refused: Option<PumpRefusal>,
+    /// The checks (indexes) this send blocked: their conversion fell below the minimum.
+    pub blocked: Vec<usize>,
+}
+
+/// A scope blocked now, as the admin API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PumpBlock {
+    /// Its scope.
+    pub scope: Scope,
+    /// Its key.
+    pub key: String,
+    /// When the block ends (Unix ms).
+    pub until_ms: u64,
+    /// Codes sent in the window when it was blocked.
+    pub sent: u64,
+    /// Codes verified in the window when it was blocked.
+    pub verified: u64,
+}
+
+/// The counters of one scope: sends and verifications of the current window and the one
+/// before, weighted by how much of the previous window the sliding window still covers. The
+/// Redis script does the same arithmetic (`lua/pump.lua`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PumpCounter {
+    /// The current window's index (`now / window`).
+    pub index: u64,
+    /// Sends in the current window.
+    pub sent: u64,
+    /// Verifications in the current window.
+    pub verified: u64,
+    /// Sends in the previous window.
+    pub prev_sent: u64,
+    /// Verifications in the previous window.
+    pub prev_verified: u64,
+    /// When a block ends (Unix ms; 0 = not blocked).
+    pub blocked_until: u64,
+    /// Sends in the window when it was blocked.
+    pub blocked_sent: u64,
+    /// Verifications in the window when it was blocked.
+    pub blocked_verified: u64,
+}
+
+impl PumpCounter {
+    /// Moves the counters to the window of `now_ms`.
+    pub fn roll(&mut self, now_ms: u64, window_ms: u64) {
+        let index = now_ms / window_ms.max(1);
+        if index == self.index {
+            return;
+        }
+        if index == self.index + 1 {
+            self.prev_sent = self.sent;
+            self.prev_verified = self.verified;
+        } else {
+            self.prev_sent = 0;
+            self.prev_verified = 0;
+        }
+        self.sent = 0;
+        self.verified = 0;
+        self.index = index;
+    }
+
+    /// Sends and verifications in the sliding window ending at `now_ms` (after
+    /// [`PumpCounter::roll`]), whole numbers rounded down.
+    pub fn estimate(&self, now_ms: u64, window_ms: u64) -> (u64, u64) {
+        let window_ms = window_ms.max(1);
+        let elapsed = now_ms.saturating_sub(self.index * window_ms);
+        let weigh = |prev: u64| prev * window_ms.saturating_sub(elapsed) / window_ms;
+        (
+            self.sent + weigh(self.prev_sent),
+            self.verified + weigh(self.prev_verified),
+        )
+    }
+
+    /// Checks one more send against `check`: `Err` with the reason and wait when it must be
+    /// refused (with `now_ms` and `window_ms`, after [`PumpCounter::roll`]).
+    pub fn admits(
+        &self,
+        check: &PumpCheck,
+        now_ms: u64,
+        window_ms: u64,
+    ) -> Result<(), (PumpReason, u64)> {
+        if self.blocked_until > now_ms {
+            return Err((PumpReason::Blocked, self.blocked_until - now_ms));
+        }
+        let (sent, verified) = self.estimate(now_ms, window_ms);
+        if check.budget > 0 && sent.saturating_sub(verified) >= u64::from(check.budget) {
+            let window_end = (self.index + 1) * window_ms;
+            return Err((PumpReason::OverBudget, window_end.saturating_sub(now_ms)));
+        }
+        Ok(())
+    }
+
+    /// Records one send; when `check`'s conversion (verified / sent, per mille) falls below
+    /// `min_permille` with at least its volume, and no block runs, blocks it until
+    /// `now_ms + cooldown_ms`. Whether it did.
+    pub fn record_send(
+        &mut self,
+        check: &PumpCheck,
+        now_ms: u64,
+        window_ms: u64,
+        min_permille: u32,
+        cooldown_ms: u64,
+    ) -> bool {
+        self.sent += 1;
+        let (sent, verified) = self.estimate(now_ms, window_ms);
+        if check.min_volume == 0
+            || sent < u64::from(check.min_volume)
+            || self.blocked_until > now_ms
+            || verified * 1000 >= sent * u64::from(min_permille)
+        {
+            return false;
+        }
+        self.blocked_until = now_ms + cooldown_ms;
+        self.blocked_sent = sent;
+        self.blocked_verified = verified;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_print_and_round_trip_their_block() {
+        let v4 = Network::of("203.0.113.77".parse().unwrap());
+        assert_eq!(v4.to_string(), "203.0.113.0/24");
+        assert_eq!(v4, Network::of("203.0.113.1".parse().unwrap()));
+        assert_ne!(v4, Network::of("203.0.114.1".parse().unwrap()));
+        assert_eq!(v4, Network::of("::ffff:203.0.113.9".parse().unwrap()));
+        let v6 = Network::of("2001:db8:abcd:12::1".parse().unwrap());
+        assert_eq!(v6.to_string(), "2001:db8:abcd::/48");
+        assert_eq!(v6, Network::of("2001:db8:abcd:ffff::2".parse().unwrap()));
+        assert!(v6.is_known() && !Network::UNKNOWN.is_known() && !Network(0).is_known());
+        assert!(i64::try_from(v6.0).is_ok() && i64::try_from(v4.0).is_ok());
+    }
+
+    #[test]
+    fn the_window_slides() {
+        let w = 1000;
+        let mut c = PumpCounter::default();
+        c.roll(10_500, w);
+        c.sent = 10;
+        c.verified = 4;
+        // Half-way into the next window, half of the previous one still counts.
+        c.roll(11_500, w);
+        assert_eq!(c.estimate(11_500, w), (5, 2));
+        // Two windows on, nothing.
+        c.roll(13_000, w);
+        assert_eq!(c.estimate(13_000, w), (0, 0));
+    }
+
+    fn check(budget: u32, min_volume: u32) -> PumpCheck {
+        PumpCheck {
+            scope: Scope::Prefix,
+            key: "+91987".into(),
+            budget,
+            min_volume,
+        }
+    }
+
+    #[test]
+    fn a_budget_counts_unverified_codes() {
+        let w = 60_000;
+        let mut c = PumpCounter::default();
+        c.roll(0, w);
+        for _ in 0..3 {
+            assert!(c.admits(&check(3, 0), 10, w).is_ok());
+            c.record_send(&check(3, 0), 10, w, 0, 0);
+        }
+        assert_eq!(
+            c.admits(&check(3, 0), 10, w),
+            Err((PumpReason::OverBudget, 59_990))
+        );
+        c.verified += 1;
+        assert!(c.admits(&check(3, 0), 10, w).is_ok());
+    }
+
+    #[test]
+    fn low_conversion_with_volume_blocks() {
+        let w = 60_000;
+        let mut c = PumpCounter::default();
+        let ch = check(0, 10);
+        c.roll(0, w);
+        for i in 0..9 {
+            assert!(!c.record_send(&ch, i, w, 200, 5_000), "below the volume");
+        }
+        c.verified = 1;
+        // 10 sent, 1 verified: 10 % < 20 %.
+        assert!(c.record_send(&ch, 9, w, 200, 5_000));
+        assert_eq!(c.admits(&ch, 10, w), Err((PumpReason::Blocked, 4_999)));
+        assert_eq!((c.blocked_sent, c.blocked_verified), (10, 1));
+        // A good conversion never blocks.
+        let mut good = PumpCounter::default();
+        good.roll(0, w);
+        good.verified = 5;
+        for i in 0..20 {
+            assert!(!good.record_send(&ch, i, w, 200, 5_000));
+        }
+    }
+
+    #[test]
+    fn allow_lists_and_scopes() {
+        let mut policy = PumpingPolicy::off();
+        let phone = Phone::parse("+919876543210", None).unwrap();
+        let ip = Some("203.0.113.7".parse().unwrap());
+        assert!(policy.checks(&phone, ip).is_empty(), "off counts nothing");
+        policy.mode = PumpingMode::Enforce;
+        policy.prefix_digits = 3;
+        let keys: Vec<_> = policy
+            .checks(&phone, ip)
+            .into_iter()
+            .map(|c| (c.scope, c.key))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                (Scope::Country, "IN".to_string()),
+                (Scope::Prefix, "+91987".to_string()),
+                (Scope::Network, "203.0.113.0/24".to_string()),
+            ]
+        );
+        policy.allow_prefixes = vec!["+9198".into()];
+        assert!(policy.checks(&phone, ip).is_empty());
+        policy.allow_prefixes.clear();
+        policy.allow_cidrs = vec!["203.0.113.0/24".parse().unwrap()];
+        assert!(policy.checks(&phone, ip).is_empty());
+        assert_eq!(policy.checks(&phone, None).len(), 2);
+        policy.allow_countries = vec!["IN".into()];
+        assert!(policy.checks(&phone, None).is_empty());
+    }
+}
