@@ -96,8 +96,7 @@ impl AuthService {
             .otp
             .verify(&phone, &subjects, code, &attempts, &failures)
             .await?;
-        // The code reached its owner, whatever the change does next.
-        self.pump_credit(&phone, spent.mark());
+        let mark = spent.mark();
         let old = self
             .db_query(
                 "find_user_by_id",
@@ -125,6 +124,8 @@ impl AuthService {
         let (old, updated) = match changed {
             Ok((old, (PhoneChange::Done, Some(updated)))) => {
                 spent.keep();
+                // The code reached its owner.
+                self.pump_credit(&phone, mark).await;
                 (old, updated)
             }
             Ok((_, (PhoneChange::Taken, _))) => {

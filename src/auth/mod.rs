@@ -405,16 +405,21 @@ impl AuthService {
             .away(self.check_captcha(captcha, &phone, client))
             .await?;
         let quotas = self.quotas.for_send(&phone, &subjects, client_ip);
-        // A send to nobody (`channel: telegram` without a linked chat) costs nothing: uncounted.
-        let pump_checks = if plan.is_empty() {
+        // Counted before the code is stored, so a refusal leaves an earlier code alone, and the
+        // same for every number (a blocked user's too: the answer must not tell them apart). A
+        // send to nobody (`channel: telegram` without a linked chat) costs nothing, and a code a
+        // user asked for by messaging us from their own account cannot be pumped: uncounted.
+        let pump_checks = if plan.is_empty() || matches!(captcha, CaptchaInput::Exempt) {
             Vec::new()
         } else {
             self.pump_checks(&phone, client_ip)
         };
+        self.pump_send(&phone, &pump_checks, client).await?;
         let mark = PumpingPolicy::mark(&pump_checks, client_ip);
         let issued = match self.otp.issue(&phone, &subjects, &quotas, mark).await {
             Ok(issued) => issued,
             Err(err) => {
+                self.pump_unsend(&pump_checks).await;
                 if let Error::RateLimited { policy, .. } = &err {
                     self.metrics.refused(policy);
                     tracing::info!(phone = %phone.masked(), policy, "send refused by a limit");
@@ -439,13 +444,6 @@ impl AuthService {
             phone: &phone,
             telegram_chat: telegram_chat.as_deref(),
         };
-        if !issued.blocked
-            && let Err(err) = self.pump_send(&phone, &pump_checks, client).await
-        {
-            // Refused, or the store failed: the code, its cooldown and quota charges go back.
-            self.otp.release(&subjects, &issued, &quotas).await?;
-            return Err(err);
-        }
         let mut delivered = None;
         if issued.blocked {
             // Blocked by an operator: answered as if sent, so the answer tells nothing.
@@ -675,7 +673,7 @@ impl AuthService {
                         .codes_verified
                         .with_label_values(&[phone.region().unwrap_or("unknown")])
                         .inc();
-                    self.pump_credit(&phone, mark);
+                    self.pump_credit(&phone, mark).await;
                 }
                 opened
             }

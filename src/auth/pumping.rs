@@ -34,7 +34,8 @@ impl AuthService {
     }
 
     /// Counts a send in `checks`. In `enforce` mode a blocked scope or a spent budget refuses
-    /// it (429 `sends_paused`, nothing counted); in `record_only` it is counted and let through.
+    /// it (429 `sends_paused`, nothing counted) and a store failure is a 503; in `record_only`
+    /// it is counted and let through, a store failure too.
     pub(super) async fn pump_send(
         &self,
         phone: &Phone,
@@ -47,7 +48,7 @@ impl AuthService {
         let policy = &self.pumping;
         let enforce = policy.mode == PumpingMode::Enforce;
         let mode = policy.mode.as_str();
-        let outcome = self
+        let outcome = match self
             .store
             .pump_send(
                 checks,
@@ -56,9 +57,19 @@ impl AuthService {
                 policy.min_conversion_permille(),
                 policy.cooldown,
             )
-            .await?;
-        for &index in &outcome.blocked {
-            let check = &checks[index];
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(err) if !enforce => {
+                tracing::warn!(error = %err, "a send was not counted by the pumping defence");
+                return Ok(());
+            }
+            Err(err) => return Err(err.into()),
+        };
+        for &(index, _) in &outcome.blocked {
+            let Some(check) = checks.get(index) else {
+                continue;
+            };
             self.metrics
                 .pumping_blocks
                 .with_label_values(&[check.scope.as_str(), mode])
@@ -81,14 +92,16 @@ impl AuthService {
         let Some(refusal) = outcome.refused else {
             return Ok(());
         };
-        let scope = checks[refusal.index].scope;
+        let scope = checks
+            .get(refusal.index)
+            .map_or("unknown", |c| c.scope.as_str());
         self.metrics
             .pumping_refusals
-            .with_label_values(&[scope.as_str(), refusal.reason.as_str(), mode])
+            .with_label_values(&[scope, refusal.reason.as_str(), mode])
             .inc();
         tracing::info!(
             phone = %phone.masked(),
-            scope = scope.as_str(),
+            scope,
             reason = refusal.reason.as_str(),
             mode,
             "send refused by the pumping defence"
@@ -101,30 +114,27 @@ impl AuthService {
         })
     }
 
-    /// Takes back a send counted by [`AuthService::pump_send`] whose code was not delivered.
+    /// Takes back a send counted by [`AuthService::pump_send`] that sent nothing (refused by a
+    /// limit, or no channel delivered it).
     pub(super) async fn pump_unsend(&self, checks: &[PumpCheck]) {
         if checks.is_empty() {
             return;
         }
         if let Err(err) = self.store.pump_unsend(checks, self.pumping.window).await {
-            tracing::warn!(error = %err, "an undelivered code stays counted by the pumping defence");
+            tracing::warn!(error = %err, "a code not sent stays counted by the pumping defence");
         }
     }
 
     /// Credits a verified code of `phone`, whose send left `mark`, to the scopes it was
-    /// counted in; in the background (the login does not wait for it).
-    pub(super) fn pump_credit(&self, phone: &Phone, mark: u64) {
+    /// counted in. A store failure is logged: the login stands.
+    pub(super) async fn pump_credit(&self, phone: &Phone, mark: u64) {
         let checks = self.pumping.credits(phone, mark);
         if checks.is_empty() {
             return;
         }
-        let store = self.store.clone();
-        let window = self.pumping.window;
-        tokio::spawn(async move {
-            if let Err(err) = store.pump_verified(&checks, window).await {
-                tracing::warn!(error = %err, "a verified code was not credited to the pumping defence");
-            }
-        });
+        if let Err(err) = self.store.pump_verified(&checks, self.pumping.window).await {
+            tracing::warn!(error = %err, "a verified code was not credited to the pumping defence");
+        }
     }
 
     /// The blocks standing now.
@@ -141,7 +151,7 @@ impl AuthService {
         key: &str,
         duration: Duration,
     ) -> Result<(), Error> {
-        let key = canonical_key(scope, key)?;
+        let key = canonical_key(scope, key, self.pumping.prefix_digits)?;
         self.store
             .pump_block(scope, &key, duration, self.pumping.window)
             .await?;
@@ -170,7 +180,7 @@ impl AuthService {
         scope: Scope,
         key: &str,
     ) -> Result<(), Error> {
-        let key = canonical_key(scope, key)?;
+        let key = canonical_key(scope, key, self.pumping.prefix_digits)?;
         if !self.store.pump_lift(scope, &key).await? {
             return Err(Error::NotFound);
         }
@@ -187,7 +197,7 @@ impl AuthService {
 
 /// The key of `scope` as the defence writes it: an ISO country code in capitals, `+` and
 /// digits of a prefix, a network's /24 or /48 (any address in it is accepted).
-pub fn canonical_key(scope: Scope, key: &str) -> Result<String, Error> {
+pub fn canonical_key(scope: Scope, key: &str, prefix_digits: u8) -> Result<String, Error> {
     let key = key.trim();
     let invalid = |problem: &str| Error::InvalidField {
         field: "key".into(),
@@ -198,13 +208,24 @@ pub fn canonical_key(scope: Scope, key: &str) -> Result<String, Error> {
             .map_err(|_| invalid("must be an ISO 3166 alpha-2 country code (IN, BR)")),
         Scope::Prefix => {
             let digits = key.strip_prefix('+').unwrap_or(key);
-            if digits.is_empty() || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_digit())
-            {
-                return Err(invalid(
-                    "must be the start of an E.164 number: + and 1 to 15 digits",
-                ));
+            let valid = digits.bytes().all(|b| b.is_ascii_digit()) && digits.len() <= 15;
+            // Country calling codes are prefix-free: the first 1 to 3 digits naming one.
+            let code_len = (1..=3.min(digits.len())).find(|n| {
+                digits[..*n]
+                    .parse::<u16>()
+                    .is_ok_and(|code| phonenumber::metadata::DATABASE.by_code(&code).is_some())
+            });
+            match code_len {
+                Some(n)
+                    if valid && (1..=usize::from(prefix_digits)).contains(&(digits.len() - n)) =>
+                {
+                    Ok(format!("+{digits}"))
+                }
+                _ => Err(invalid(&format!(
+                    "must be a country calling code and 1 to {prefix_digits} digits of the national \
+                     number (PUMPING_PREFIX_DIGITS), as the blocks list and events show them: +91987"
+                ))),
             }
-            Ok(format!("+{digits}"))
         }
         Scope::Network => {
             let address = key.split_once('/').map_or(key, |(address, _)| address);

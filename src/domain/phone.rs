@@ -141,10 +141,11 @@ impl Phone {
     }
 
     /// The country code and the first `digits` digits of the national number (`+91987` for
-    /// 3), never the whole number: at least one national digit is left out.
+    /// 3), never more than the national number without its last five digits (a block of at
+    /// least 100,000 numbers), so no prefix narrows a number down more than that.
     pub fn national_prefix(&self, digits: usize) -> &str {
         let national = self.e164.len() - 1 - self.country_code_len.min(self.e164.len() - 1);
-        let keep = digits.min(national.saturating_sub(1));
+        let keep = digits.min(national.saturating_sub(5));
         &self.e164[..1 + self.country_code_len + keep]
     }
 

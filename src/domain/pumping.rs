@@ -65,12 +65,13 @@ impl Scope {
 }
 
 /// A client network as one number, so it fits beside a code in the store: IPv4 /24 and IPv6
-/// /48, tagged by family.
+/// /48, tagged by family, below 2^53 so a Lua script (whose numbers are doubles) keeps it exact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Network(pub u64);
 
-const V4_TAG: u64 = 4 << 56;
-const V6_TAG: u64 = 6 << 56;
+const V4_TAG: u64 = 1 << 48;
+const V6_TAG: u64 = 2 << 48;
+const TAG_MASK: u64 = !((1 << 48) - 1);
 
 impl Network {
     /// A client whose address is unknown.
@@ -80,20 +81,20 @@ impl Network {
     pub fn of(ip: IpAddr) -> Network {
         match ip.to_canonical() {
             IpAddr::V4(v4) => Network(V4_TAG | u64::from(u32::from(v4) >> 8)),
-            IpAddr::V6(v6) => Network(V6_TAG | (u128::from(v6) >> 80) as u64),
+            IpAddr::V6(v6) => Network(V6_TAG | ((u128::from(v6) >> 80) as u64 & !TAG_MASK)),
         }
     }
 
     /// Whether this is a network at all (not [`Network::UNKNOWN`]).
     pub fn is_known(self) -> bool {
-        matches!(self.0 >> 56, 4 | 6)
+        matches!(self.0 & TAG_MASK, V4_TAG | V6_TAG)
     }
 }
 
 impl fmt::Display for Network {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let bits = self.0 & ((1 << 56) - 1);
-        match self.0 & !((1 << 56) - 1) {
+        let bits = self.0 & !TAG_MASK;
+        match self.0 & TAG_MASK {
             V4_TAG => write!(
                 f,
                 "{}/24",
@@ -292,11 +293,12 @@ pub struct PumpRefusal {
 /// What recording a send found.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PumpOutcome {
-    /// The scope that refused (in `enforce` nothing was recorded then; otherwise the send was
-    /// recorded anyway).
+    /// The scope that refused, the one that waits longest when several do (in `enforce`
+    /// nothing was recorded then; otherwise the send was recorded anyway).
     pub refused: Option<PumpRefusal>,
-    /// The checks (indexes) this send blocked: their conversion fell below the minimum.
-    pub blocked: Vec<usize>,
+    /// The checks (indexes) this send blocked, with the block's end (Unix ms): their
+    /// conversion fell below the minimum.
+    pub blocked: Vec<(usize, u64)>,
 }
 
 /// A scope blocked now, as the admin API lists it.
@@ -360,16 +362,16 @@ impl PumpCounter {
     /// [`PumpCounter::roll`]), whole numbers rounded down.
     pub fn estimate(&self, now_ms: u64, window_ms: u64) -> (u64, u64) {
         let window_ms = window_ms.max(1);
-        let elapsed = now_ms.saturating_sub(self.index * window_ms);
-        let weigh = |prev: u64| prev * window_ms.saturating_sub(elapsed) / window_ms;
+        let left = window_ms.saturating_sub(now_ms.saturating_sub(self.index * window_ms));
+        let weigh = |prev: u64| prev * left / window_ms;
         (
             self.sent + weigh(self.prev_sent),
             self.verified + weigh(self.prev_verified),
         )
     }
 
-    /// Checks one more send against `check`: `Err` with the reason and wait when it must be
-    /// refused (with `now_ms` and `window_ms`, after [`PumpCounter::roll`]).
+    /// Checks one more send against `check` (after [`PumpCounter::roll`]): `Err` with the
+    /// reason and the wait (ms) until a send would pass, when it must be refused.
     pub fn admits(
         &self,
         check: &PumpCheck,
@@ -380,16 +382,41 @@ impl PumpCounter {
             return Err((PumpReason::Blocked, self.blocked_until - now_ms));
         }
         let (sent, verified) = self.estimate(now_ms, window_ms);
-        if check.budget > 0 && sent.saturating_sub(verified) >= u64::from(check.budget) {
-            let window_end = (self.index + 1) * window_ms;
-            return Err((PumpReason::OverBudget, window_end.saturating_sub(now_ms)));
+        let budget = u64::from(check.budget);
+        if budget == 0 || sent.saturating_sub(verified) < budget {
+            return Ok(());
         }
-        Ok(())
+        Err((
+            PumpReason::OverBudget,
+            self.wait_for_budget(budget, now_ms, window_ms),
+        ))
+    }
+
+    /// When the unverified count falls below `budget` if nothing else happens: the previous
+    /// window's part fades through this window, then the current one's through the next.
+    fn wait_for_budget(&self, budget: u64, now_ms: u64, window_ms: u64) -> u64 {
+        let window_ms = window_ms.max(1);
+        let elapsed = now_ms.saturating_sub(self.index * window_ms);
+        let current = self.sent.saturating_sub(self.verified);
+        let previous = self.prev_sent.saturating_sub(self.prev_verified);
+        // Within this window: current + previous × (window − t) / window < budget.
+        if current < budget && previous > 0 {
+            let room = budget - current;
+            // The first whole ms t with previous × (window − t) < room × window.
+            let t = window_ms * (previous - room.min(previous)) / previous + 1;
+            let t = t.min(window_ms);
+            if t < window_ms {
+                return t.saturating_sub(elapsed).max(1);
+            }
+        }
+        // In the next window, this one's count fades: current × (window − t) < budget × window.
+        let t = window_ms * (current - budget.min(current)) / current.max(1) + 1;
+        (window_ms - elapsed.min(window_ms) + t.min(window_ms)).max(1)
     }
 
     /// Records one send; when `check`'s conversion (verified / sent, per mille) falls below
     /// `min_permille` with at least its volume, and no block runs, blocks it until
-    /// `now_ms + cooldown_ms`. Whether it did.
+    /// `now_ms + cooldown_ms` (see [`PumpCounter::judge`]). Whether it did.
     pub fn record_send(
         &mut self,
         check: &PumpCheck,
@@ -399,6 +426,19 @@ impl PumpCounter {
         cooldown_ms: u64,
     ) -> bool {
         self.sent += 1;
+        self.judge(check, now_ms, window_ms, min_permille, cooldown_ms)
+    }
+
+    /// Blocks `check` until `now_ms + cooldown_ms` when its conversion is below
+    /// `min_permille` per mille with its volume reached and no block runs. Whether it did.
+    pub fn judge(
+        &mut self,
+        check: &PumpCheck,
+        now_ms: u64,
+        window_ms: u64,
+        min_permille: u32,
+        cooldown_ms: u64,
+    ) -> bool {
         let (sent, verified) = self.estimate(now_ms, window_ms);
         if check.min_volume == 0
             || sent < u64::from(check.min_volume)
@@ -411,6 +451,27 @@ impl PumpCounter {
         self.blocked_sent = sent;
         self.blocked_verified = verified;
         true
+    }
+
+    /// Counts a verified code: in this window while it has more sends than verifications, else
+    /// in the previous one (the send was there), else nowhere. So verifications never outnumber
+    /// sends, and a window boundary cannot turn credits into spare budget.
+    pub fn credit(&mut self) {
+        if self.verified < self.sent {
+            self.verified += 1;
+        } else if self.prev_verified < self.prev_sent {
+            self.prev_verified += 1;
+        }
+    }
+
+    /// Takes back a send: from this window while it has unverified sends, else from the
+    /// previous one.
+    pub fn uncount(&mut self) {
+        if self.sent > self.verified {
+            self.sent -= 1;
+        } else if self.prev_sent > self.prev_verified {
+            self.prev_sent -= 1;
+        }
     }
 }
 
@@ -429,7 +490,12 @@ mod tests {
         assert_eq!(v6.to_string(), "2001:db8:abcd::/48");
         assert_eq!(v6, Network::of("2001:db8:abcd:ffff::2".parse().unwrap()));
         assert!(v6.is_known() && !Network::UNKNOWN.is_known() && !Network(0).is_known());
-        assert!(i64::try_from(v6.0).is_ok() && i64::try_from(v4.0).is_ok());
+        // Exact as a double (Lua's numbers).
+        let top = Network::of("ffff:ffff:ffff::1".parse().unwrap());
+        assert_eq!(top.to_string(), "ffff:ffff:ffff::/48");
+        for n in [v4, v6, top, Network::of("255.255.255.255".parse().unwrap())] {
+            assert!(n.0 < 1 << 53 && (n.0 as f64) as u64 == n.0, "{n}");
+        }
     }
 
     #[test]
@@ -465,12 +531,55 @@ mod tests {
             assert!(c.admits(&check(3, 0), 10, w).is_ok());
             c.record_send(&check(3, 0), 10, w, 0, 0);
         }
+        // Three unverified now: the window must end (then one fades at once).
         assert_eq!(
             c.admits(&check(3, 0), 10, w),
-            Err((PumpReason::OverBudget, 59_990))
+            Err((PumpReason::OverBudget, 59_991))
         );
-        c.verified += 1;
+        c.credit();
         assert!(c.admits(&check(3, 0), 10, w).is_ok());
+        // Credits never outnumber sends; a take-back undoes a send.
+        for _ in 0..5 {
+            c.credit();
+        }
+        assert_eq!((c.sent, c.verified), (3, 3));
+        c.uncount();
+        assert_eq!(
+            (c.sent, c.verified),
+            (3, 3),
+            "no unverified send to take back"
+        );
+    }
+
+    #[test]
+    fn waits_end_when_the_count_has_faded() {
+        let w = 1000;
+        let check = check(10, 0);
+        let mut c = PumpCounter::default();
+        c.roll(5_000, w);
+        c.sent = 12;
+        // 12 unverified of budget 10 at the window's start: this window must pass, then
+        // 3/12 of the next (12 × (1000 − t) < 10 000 from t = 167).
+        let (_, wait) = c.admits(&check, 5_000, w).unwrap_err();
+        assert_eq!(wait, 1000 + 167);
+        c.roll(6_000, w);
+        assert!(c.admits(&check, 6_166, w).is_err());
+        assert!(c.admits(&check, 6_167, w).is_ok());
+        // Credits to the previous window once this one has none to match.
+        let mut d = PumpCounter::default();
+        d.roll(5_000, w);
+        d.sent = 2;
+        d.roll(6_000, w);
+        d.sent = 1;
+        d.credit();
+        d.credit();
+        d.credit();
+        assert_eq!(
+            (d.sent, d.verified, d.prev_sent, d.prev_verified),
+            (1, 1, 2, 2)
+        );
+        d.credit();
+        assert_eq!((d.verified, d.prev_verified), (1, 2));
     }
 
     #[test]
@@ -482,7 +591,7 @@ mod tests {
         for i in 0..9 {
             assert!(!c.record_send(&ch, i, w, 200, 5_000), "below the volume");
         }
-        c.verified = 1;
+        c.credit();
         // 10 sent, 1 verified: 10 % < 20 %.
         assert!(c.record_send(&ch, 9, w, 200, 5_000));
         assert_eq!(c.admits(&ch, 10, w), Err((PumpReason::Blocked, 4_999)));
@@ -517,6 +626,19 @@ mod tests {
                 (Scope::Network, "203.0.113.0/24".to_string()),
             ]
         );
+        // At most the national number without its last five digits.
+        policy.prefix_digits = 12;
+        let prefix = |p: &PumpingPolicy, number: &str| {
+            let phone = Phone::parse(number, None).unwrap();
+            p.checks(&phone, None)
+                .into_iter()
+                .find(|c| c.scope == Scope::Prefix)
+                .unwrap()
+                .key
+        };
+        assert_eq!(prefix(&policy, "+919876543210"), "+9198765");
+        assert_eq!(prefix(&policy, "+6591234567"), "+65912");
+        policy.prefix_digits = 3;
         policy.allow_prefixes = vec!["+9198".into()];
         assert!(policy.checks(&phone, ip).is_empty());
         policy.allow_prefixes.clear();

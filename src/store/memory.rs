@@ -656,21 +656,19 @@ impl Store for MemoryStore {
                 counter
             })
             .collect();
-        let refused =
-            checks
-                .iter()
-                .zip(&counters)
-                .enumerate()
-                .find_map(|(index, (check, counter))| {
-                    counter
-                        .admits(check, now, window)
-                        .err()
-                        .map(|(reason, wait)| PumpRefusal {
-                            index,
-                            reason,
-                            retry_after: Duration::from_millis(wait),
-                        })
-                });
+        let mut refused: Option<PumpRefusal> = None;
+        for (index, (check, counter)) in checks.iter().zip(&counters).enumerate() {
+            if let Err((reason, wait)) = counter.admits(check, now, window) {
+                let retry_after = Duration::from_millis(wait);
+                if refused.as_ref().is_none_or(|r| r.retry_after < retry_after) {
+                    refused = Some(PumpRefusal {
+                        index,
+                        reason,
+                        retry_after,
+                    });
+                }
+            }
+        }
         if enforce && refused.is_some() {
             return Ok(PumpOutcome {
                 refused,
@@ -680,7 +678,7 @@ impl Store for MemoryStore {
         let mut blocked = Vec::new();
         for (index, (check, counter)) in checks.iter().zip(&mut counters).enumerate() {
             if counter.record_send(check, now, window, min_permille, super::ttl_ms(cooldown)) {
-                blocked.push(index);
+                blocked.push((index, counter.blocked_until));
             }
             inner.put_pump(check.scope, &check.key, *counter, now, window);
         }
@@ -688,7 +686,7 @@ impl Store for MemoryStore {
     }
 
     async fn pump_unsend(&self, checks: &[PumpCheck], window: Duration) -> Result<(), StoreError> {
-        self.pump_adjust(checks, window, |c| c.sent = c.sent.saturating_sub(1));
+        self.pump_adjust(checks, window, PumpCounter::uncount);
         Ok(())
     }
 
@@ -697,7 +695,7 @@ impl Store for MemoryStore {
         checks: &[PumpCheck],
         window: Duration,
     ) -> Result<(), StoreError> {
-        self.pump_adjust(checks, window, |c| c.verified += 1);
+        self.pump_adjust(checks, window, PumpCounter::credit);
         Ok(())
     }
 
@@ -743,12 +741,16 @@ impl Store for MemoryStore {
 
     async fn pump_lift(&self, scope: Scope, key: &str) -> Result<bool, StoreError> {
         let now = super::unix_ms();
-        let removed = self
-            .lock()
+        let mut inner = self.lock();
+        let id = pump_id(scope, key);
+        let stood = inner
             .pumps
-            .remove(&pump_id(scope, key))
-            .filter(|(_, until)| *until > now);
-        Ok(removed.is_some_and(|(c, _)| c.blocked_until > now))
+            .get(&id)
+            .is_some_and(|(c, until)| *until > now && c.blocked_until > now);
+        if stood {
+            inner.pumps.remove(&id);
+        }
+        Ok(stood)
     }
 }
 

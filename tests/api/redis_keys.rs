@@ -32,7 +32,17 @@ async fn no_key_names_a_phone_number() {
         return;
     }
     let prefix = format!("keys:{}:", Uuid::new_v4().simple());
-    let app = spawn_app_with(Backend::Cluster, &[("REDIS_KEY_PREFIX", &prefix)]).await;
+    // With the pumping defence counting too (its keys name number prefixes), at the longest
+    // prefix it allows.
+    let app = spawn_app_with(
+        Backend::Cluster,
+        &[
+            ("REDIS_KEY_PREFIX", &prefix),
+            ("PUMPING_MODE", "record_only"),
+            ("PUMPING_PREFIX_DIGITS", "12"),
+        ],
+    )
+    .await;
     let phone = unique_phone();
     let code = app.login_code(&app.a, &phone).await;
     // A wrong code first, so the failure bucket exists too.
@@ -55,6 +65,10 @@ async fn no_key_names_a_phone_number() {
             );
         }
     }
+    assert!(
+        found.iter().any(|k| k.contains("{pump:prefix:+91")),
+        "{found:?}"
+    );
     // A phone's code and cooldown share one hash tag (one Cluster slot).
     assert!(
         found

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use otpgate::config::RedisMode;
+use otpgate::domain::pumping::{Network, PumpCheck, PumpReason, Scope};
 use otpgate::domain::quota::Quota;
 use otpgate::store::redis::RedisOptions;
 use otpgate::store::{
@@ -68,6 +69,9 @@ conformance!(
     revoking_a_user_cuts_off_older_sessions_only,
     sessions_are_capped_and_blocked_users_get_none,
     blocked_phones_get_no_code_but_pay_cooldown_and_quotas,
+    marks_come_back_exactly,
+    pumping_refuses_without_counting_and_takes_back,
+    pumping_blocks_on_low_conversion_and_lifts,
 );
 
 fn redis_store() -> Option<Arc<dyn Store>> {
@@ -932,4 +936,201 @@ async fn sessions_are_capped_and_blocked_users_get_none(store: Arc<dyn Store>) {
             .await
             .unwrap()
     );
+}
+
+/// The mark kept with a code (a client network, as the pumping defence writes it) comes back
+/// unchanged when the code is verified: every bit of an IPv4 /24 and an IPv6 /48.
+async fn marks_come_back_exactly(store: Arc<dyn Store>) {
+    for ip in [
+        "203.0.113.7",
+        "10.1.2.3",
+        "2001:db8:abcd:12::1",
+        "ffff:ffff:ffff::1",
+    ] {
+        let phone = key();
+        let mark = Network::of(ip.parse().unwrap()).0;
+        assert!(matches!(
+            store
+                .issue_code_marked(&phone, "h", MINUTE, MINUTE, &[], mark)
+                .await
+                .unwrap(),
+            IssueOutcome::Issued(_)
+        ));
+        assert_eq!(
+            store.verify_code(&phone, "h", 5, &[], &[]).await.unwrap(),
+            VerifyOutcome::Verified { mark },
+            "{ip}"
+        );
+    }
+}
+
+fn pump(scope: Scope, budget: u32, min_volume: u32) -> PumpCheck {
+    PumpCheck {
+        scope,
+        key: format!("t{}", Uuid::new_v4().simple()),
+        budget,
+        min_volume,
+    }
+}
+
+/// A refusal in enforce counts nothing anywhere (on a Cluster, the scopes that admitted give
+/// their count back); a take-back and a credit each free one place.
+async fn pumping_refuses_without_counting_and_takes_back(store: Arc<dyn Store>) {
+    let prefix = pump(Scope::Prefix, 2, 0);
+    let net_a = pump(Scope::Network, 1, 0);
+    let net_b = pump(Scope::Network, 1, 0);
+    let send = |checks: Vec<PumpCheck>| {
+        let store = store.clone();
+        async move { store.pump_send(&checks, true, HOUR, 0, HOUR).await.unwrap() }
+    };
+    assert_eq!(
+        send(vec![prefix.clone(), net_a.clone()]).await.refused,
+        None
+    );
+    let refused = send(vec![prefix.clone(), net_a.clone()])
+        .await
+        .refused
+        .unwrap();
+    assert_eq!((refused.index, refused.reason), (1, PumpReason::OverBudget));
+    assert!(refused.retry_after > Duration::ZERO && refused.retry_after <= 2 * HOUR);
+    // The prefix did not count the refused send: one place is left for network B.
+    assert_eq!(
+        send(vec![prefix.clone(), net_b.clone()]).await.refused,
+        None
+    );
+    let refused = send(vec![prefix.clone(), pump(Scope::Network, 1, 0)]).await;
+    assert_eq!(refused.refused.unwrap().index, 0, "the prefix is full now");
+    // Taking back B's send, or crediting A's, frees a place each.
+    store
+        .pump_unsend(&[prefix.clone(), net_b.clone()], HOUR)
+        .await
+        .unwrap();
+    assert_eq!(
+        send(vec![prefix.clone(), net_b.clone()]).await.refused,
+        None
+    );
+    store
+        .pump_verified(&[prefix.clone(), net_a.clone()], HOUR)
+        .await
+        .unwrap();
+    assert_eq!(
+        send(vec![prefix.clone(), net_a.clone()]).await.refused,
+        None
+    );
+    // Record only: counted and reported, not refused.
+    let outcome = store
+        .pump_send(&[prefix.clone(), net_a.clone()], false, HOUR, 0, HOUR)
+        .await
+        .unwrap();
+    assert_eq!(outcome.refused.unwrap().reason, PumpReason::OverBudget);
+    // Nothing to lift: no block stood, and the counts stay.
+    assert!(!store.pump_lift(Scope::Prefix, &prefix.key).await.unwrap());
+    assert!(send(vec![prefix.clone()]).await.refused.is_some());
+}
+
+/// Low conversion with volume blocks (listed, with its counts, until lifted); an operator's
+/// block too; a refused send leaves no block behind.
+async fn pumping_blocks_on_low_conversion_and_lifts(store: Arc<dyn Store>) {
+    let prefix = pump(Scope::Prefix, 0, 3);
+    let country = pump(Scope::Country, 0, 0);
+    let full = pump(Scope::Network, 1, 0);
+    // The network refuses (its budget is spent first): the prefix is neither counted nor judged.
+    store
+        .pump_send(std::slice::from_ref(&full), true, HOUR, 500, HOUR)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let outcome = store
+            .pump_send(&[prefix.clone(), full.clone()], true, HOUR, 500, HOUR)
+            .await
+            .unwrap();
+        assert_eq!(outcome.refused.unwrap().index, 1);
+        assert!(outcome.blocked.is_empty());
+    }
+    assert!(
+        store
+            .pump_blocks()
+            .await
+            .unwrap()
+            .iter()
+            .all(|b| b.key != prefix.key)
+    );
+    // Three sends, one verified: 33 % < 50 % at the third.
+    let checks = [prefix.clone(), country.clone()];
+    assert!(
+        store
+            .pump_send(&checks, true, HOUR, 500, HOUR)
+            .await
+            .unwrap()
+            .blocked
+            .is_empty()
+    );
+    store.pump_verified(&checks, HOUR).await.unwrap();
+    assert!(
+        store
+            .pump_send(&checks, true, HOUR, 500, HOUR)
+            .await
+            .unwrap()
+            .blocked
+            .is_empty()
+    );
+    let third = store
+        .pump_send(&checks, true, HOUR, 500, HOUR)
+        .await
+        .unwrap();
+    assert_eq!(third.refused, None);
+    assert_eq!(third.blocked.len(), 1);
+    assert_eq!(third.blocked[0].0, 0);
+    let refused = store
+        .pump_send(&checks, true, HOUR, 500, HOUR)
+        .await
+        .unwrap();
+    let refusal = refused.refused.unwrap();
+    assert_eq!((refusal.index, refusal.reason), (0, PumpReason::Blocked));
+    assert!(refusal.retry_after > HOUR - MINUTE && refusal.retry_after <= HOUR);
+    let listed = store.pump_blocks().await.unwrap();
+    let block = listed.iter().find(|b| b.key == prefix.key).expect("listed");
+    assert_eq!(
+        (block.scope, block.sent, block.verified),
+        (Scope::Prefix, 3, 1)
+    );
+    assert_eq!(block.until_ms, third.blocked[0].1);
+    assert!(store.pump_lift(Scope::Prefix, &prefix.key).await.unwrap());
+    assert!(
+        store
+            .pump_blocks()
+            .await
+            .unwrap()
+            .iter()
+            .all(|b| b.key != prefix.key)
+    );
+    // Lifted: the counts start afresh, so the next send neither waits nor blocks again.
+    let after = store
+        .pump_send(&checks, true, HOUR, 500, HOUR)
+        .await
+        .unwrap();
+    assert_eq!((after.refused, after.blocked.len()), (None, 0));
+    // An operator's block of a scope never counted.
+    let network = pump(Scope::Network, 0, 0);
+    store
+        .pump_block(Scope::Network, &network.key, MINUTE, HOUR)
+        .await
+        .unwrap();
+    let refusal = store
+        .pump_send(std::slice::from_ref(&network), true, HOUR, 500, HOUR)
+        .await
+        .unwrap()
+        .refused
+        .unwrap();
+    assert_eq!(refusal.reason, PumpReason::Blocked);
+    assert!(refusal.retry_after <= MINUTE);
+    assert!(
+        store
+            .pump_blocks()
+            .await
+            .unwrap()
+            .iter()
+            .any(|b| b.key == network.key)
+    );
+    assert!(store.pump_lift(Scope::Network, &network.key).await.unwrap());
 }

@@ -2,17 +2,34 @@
 -- key: the current window's index w, its sends s and verifications v, the previous window's ps
 -- and pv, and a block: its end b (Unix ms) and the counts when it was set, bs and bv.
 -- KEYS[1..n] the scopes' hashes
--- ARGV[1] operation: send, unsend, verified, block or lift; ARGV[2] window (ms)
+-- ARGV[1] operation: send, judge, unsend, verified, block, lift or index; ARGV[2] window (ms)
 -- send: ARGV[3] enforce (1 or 0), ARGV[4] minimum conversion (per mille), ARGV[5] block length
 --   (ms), ARGV[6..] budget, min volume of each key. Returns {refused key index or 0, reason
---   (1 over budget, 2 blocked), wait_ms, then per key 1 when this send blocked it}; with enforce
---   and a refusal nothing is counted and the per-key part is absent.
--- unsend / verified: one send taken back / one verification counted, in each key that exists.
--- block: ARGV[3] block length (ms), KEYS[1] only. lift: deletes KEYS[1]; 1 when a block stood.
+--   (1 over budget, 2 blocked), wait_ms, then per key the end of the block this send set, or
+--   0}; the key refusing with the longest wait is reported. With enforce and a refusal nothing
+--   is counted and the per-key part is absent.
+-- judge: ARGV[3..5] as for send, ARGV[6..] budget, min volume of each key: blocks the keys whose
+--   conversion is too low, without counting a send. Returns the block ends per key (or 0).
+-- unsend / verified: one send taken back / one verification counted, in each key that exists
+--   (see PumpCounter::uncount and ::credit).
+-- block: ARGV[3] block length (ms), KEYS[1] only; returns the block's end.
+-- lift: KEYS[1] only; deletes it and returns 1 when a block stood, else changes nothing.
+-- index: KEYS[1] the index of blocks (a sorted set), ARGV[3] member, ARGV[4] block end (Unix
+--   ms): listed, ended blocks dropped, the set kept as long as its latest block.
 local op = ARGV[1]
 local window = tonumber(ARGV[2])
 local now = now_ms()
 local idx = math.floor(now / window)
+
+if op == 'index' then
+  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  if last[2] then
+    redis.call('PEXPIREAT', KEYS[1], last[2])
+  end
+  return 0
+end
 
 local function load(key)
   local h = redis.call('HMGET', key, 'w', 's', 'v', 'ps', 'pv', 'b')
@@ -31,9 +48,37 @@ local function load(key)
   return c
 end
 
+local elapsed = now - idx * window
 local function estimate(c)
-  local left = window - (now - idx * window)
+  local left = window - elapsed
   return c.s + math.floor(c.ps * left / window), c.v + math.floor(c.pv * left / window)
+end
+
+-- PumpCounter::wait_for_budget.
+local function wait_for_budget(c, budget)
+  local current = math.max(0, c.s - c.v)
+  local previous = math.max(0, c.ps - c.pv)
+  if current < budget and previous > 0 then
+    local room = budget - current
+    local t = math.floor(window * (previous - math.min(room, previous)) / previous) + 1
+    t = math.min(t, window)
+    if t < window then
+      return math.max(1, t - elapsed)
+    end
+  end
+  local t = math.floor(window * (current - math.min(budget, current)) / math.max(current, 1)) + 1
+  return math.max(1, window - math.min(elapsed, window) + math.min(t, window))
+end
+
+-- PumpCounter::judge: sets the block (and returns its end) or returns 0.
+local function judge(key, c, volume)
+  local s, v = estimate(c)
+  if volume > 0 and s >= volume and c.b <= now and v * 1000 < s * tonumber(ARGV[4]) then
+    c.b = now + tonumber(ARGV[5])
+    redis.call('HSET', key, 'b', c.b, 'bs', s, 'bv', v)
+    return c.b
+  end
+  return 0
 end
 
 local function save(key, c)
@@ -47,34 +92,42 @@ if op == 'send' then
   for i = 1, #KEYS do
     local c = load(KEYS[i])
     counters[i] = c
-    if refused == 0 then
-      local budget = tonumber(ARGV[4 + 2 * i])
-      local s, v = estimate(c)
-      if c.b > now then
-        refused, reason, wait = i, 2, c.b - now
-      elseif budget > 0 and s - v >= budget then
-        refused, reason, wait = i, 1, (idx + 1) * window - now
-      end
+    local budget = tonumber(ARGV[4 + 2 * i])
+    local s, v = estimate(c)
+    local r, w = 0, 0
+    if c.b > now then
+      r, w = 2, c.b - now
+    elseif budget > 0 and s - v >= budget then
+      r, w = 1, wait_for_budget(c, budget)
+    end
+    if r > 0 and (refused == 0 or w > wait) then
+      refused, reason, wait = i, r, w
     end
   end
   local out = {refused, reason, wait}
   if refused > 0 and ARGV[3] == '1' then
     return out
   end
-  local min_permille = tonumber(ARGV[4])
   for i = 1, #KEYS do
     local c = counters[i]
     c.s = c.s + 1
-    local volume = tonumber(ARGV[5 + 2 * i])
-    local s, v = estimate(c)
-    local blocked = 0
-    if volume > 0 and s >= volume and c.b <= now and v * 1000 < s * min_permille then
-      c.b = now + tonumber(ARGV[5])
-      redis.call('HSET', KEYS[i], 'b', c.b, 'bs', s, 'bv', v)
-      blocked = 1
-    end
+    out[#out + 1] = judge(KEYS[i], c, tonumber(ARGV[5 + 2 * i]))
     save(KEYS[i], c)
-    out[#out + 1] = blocked
+  end
+  return out
+elseif op == 'judge' then
+  local out = {}
+  for i = 1, #KEYS do
+    if redis.call('EXISTS', KEYS[i]) == 1 then
+      local c = load(KEYS[i])
+      local until_ms = judge(KEYS[i], c, tonumber(ARGV[5 + 2 * i]))
+      if until_ms > 0 then
+        save(KEYS[i], c)
+      end
+      out[i] = until_ms
+    else
+      out[i] = 0
+    end
   end
   return out
 elseif op == 'unsend' or op == 'verified' then
@@ -82,9 +135,17 @@ elseif op == 'unsend' or op == 'verified' then
     if redis.call('EXISTS', KEYS[i]) == 1 then
       local c = load(KEYS[i])
       if op == 'unsend' then
-        c.s = math.max(0, c.s - 1)
+        if c.s > c.v then
+          c.s = c.s - 1
+        elseif c.ps > c.pv then
+          c.ps = c.ps - 1
+        end
       else
-        c.v = c.v + 1
+        if c.v < c.s then
+          c.v = c.v + 1
+        elseif c.pv < c.ps then
+          c.pv = c.pv + 1
+        end
       end
       save(KEYS[i], c)
     end
@@ -99,8 +160,8 @@ elseif op == 'block' then
   return c.b
 elseif op == 'lift' then
   local b = tonumber(redis.call('HGET', KEYS[1], 'b')) or 0
-  redis.call('DEL', KEYS[1])
   if b > now then
+    redis.call('DEL', KEYS[1])
     return 1
   end
   return 0

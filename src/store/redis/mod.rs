@@ -867,61 +867,22 @@ impl Store for RedisStore {
         min_permille: u32,
         cooldown: Duration,
     ) -> Result<PumpOutcome, StoreError> {
-        let outcome = if self.single_node() || checks.len() <= 1 {
-            self.pump_send_together(checks, enforce, window, min_permille, cooldown)
-                .await?
-        } else {
-            // One slot per scope: one script each, concurrently; with enforce, a refusal by one
-            // takes back what the others counted (a refusal too many under a race, never a
-            // send too many).
-            let calls = checks.iter().map(|check| {
-                self.pump_send_together(
-                    std::slice::from_ref(check),
-                    enforce,
-                    window,
-                    min_permille,
-                    cooldown,
-                )
-            });
-            let replies = futures_util::future::join_all(calls).await;
-            let mut outcome = PumpOutcome::default();
-            let mut counted = Vec::new();
-            let mut failure = None;
-            for (index, (check, reply)) in checks.iter().zip(replies).enumerate() {
-                match reply {
-                    Ok(one) => {
-                        if let Some(refusal) = one.refused {
-                            outcome
-                                .refused
-                                .get_or_insert(PumpRefusal { index, ..refusal });
-                            if enforce {
-                                continue;
-                            }
-                        }
-                        counted.push(check.clone());
-                        if !one.blocked.is_empty() {
-                            outcome.blocked.push(index);
-                        }
-                    }
-                    Err(err) => failure = Some(err),
-                }
-            }
-            if let Some(err) = failure {
-                let _ = self.pump_op("unsend", &counted, window).await;
-                return Err(err);
-            }
-            if enforce && outcome.refused.is_some() {
-                if let Err(err) = self.pump_op("unsend", &counted, window).await {
-                    tracing::warn!(error = %err, "pumping counts could not be taken back");
-                }
-                outcome.blocked.clear();
-            }
-            outcome
+        let args = PumpArgs {
+            window,
+            min_permille,
+            cooldown,
         };
-        for &index in &outcome.blocked {
+        let outcome = if self.single_node() || checks.len() <= 1 {
+            self.pump_send_together(checks, enforce, &args).await?
+        } else {
+            self.pump_send_apart(checks, enforce, &args).await?
+        };
+        for &(index, until) in &outcome.blocked {
             let check = &checks[index];
-            self.index_block(check.scope, &check.key, unix_ms() + ttl_ms(cooldown))
-                .await?;
+            // The block stands in its hash already; only the list misses it.
+            if let Err(err) = self.index_block(check.scope, &check.key, until).await {
+                tracing::warn!(scope = check.scope.as_str(), error = %err, "a pumping block is not listed");
+            }
         }
         Ok(outcome)
     }
@@ -1045,36 +1006,20 @@ impl RedisStore {
         format!("{}{{pump:{}:{key}}}", self.prefix, scope.as_str())
     }
 
-    /// One `send` script over all of `checks` (they share a node).
+    /// One `send` script over all of `checks` (they share a node), judging conversion too.
     async fn pump_send_together(
         &self,
         checks: &[PumpCheck],
         enforce: bool,
-        window: Duration,
-        min_permille: u32,
-        cooldown: Duration,
+        args: &PumpArgs,
     ) -> Result<PumpOutcome, StoreError> {
         if checks.is_empty() {
             return Ok(PumpOutcome::default());
         }
-        let mut invocation = self.pump.prepare_invoke();
-        for check in checks {
-            invocation.key(self.pump_key(check.scope, &check.key));
-        }
-        invocation
-            .arg("send")
-            .arg(ttl_ms(window))
-            .arg(if enforce { 1 } else { 0 })
-            .arg(min_permille)
-            .arg(ttl_ms(cooldown));
-        for check in checks {
-            invocation.arg(check.budget).arg(check.min_volume);
-        }
-        let reply = self.invoke(&invocation).await?;
+        let reply = self.pump_script("send", checks, enforce, args).await?;
+        let bad = || StoreError::Protocol(format!("pump send returned {reply:?}"));
         let [refused, reason, wait, blocked @ ..] = reply.as_slice() else {
-            return Err(StoreError::Protocol(format!(
-                "pump send returned {reply:?}"
-            )));
+            return Err(bad());
         };
         let refused = match (*refused, *reason) {
             (0, _) => None,
@@ -1087,21 +1032,125 @@ impl RedisStore {
                 },
                 retry_after: millis(*wait),
             }),
-            _ => {
-                return Err(StoreError::Protocol(format!(
-                    "pump send returned {reply:?}"
-                )));
-            }
+            _ => return Err(bad()),
         };
+        let counted = !(enforce && refused.is_some());
+        if counted && blocked.len() != checks.len() || !counted && !blocked.is_empty() {
+            return Err(bad());
+        }
         Ok(PumpOutcome {
             refused,
-            blocked: blocked
+            blocked: block_ends(blocked),
+        })
+    }
+
+    /// On a Cluster (one slot per scope): one script per scope, concurrently. With `enforce`,
+    /// sends are counted without judging conversion; when a scope refuses, the others' counts
+    /// are taken back (a refusal too many under a race, never a send too many), else the
+    /// scopes are judged in a second step, so a refused send never leaves a block.
+    async fn pump_send_apart(
+        &self,
+        checks: &[PumpCheck],
+        enforce: bool,
+        args: &PumpArgs,
+    ) -> Result<PumpOutcome, StoreError> {
+        let calls = checks.iter().map(|check| {
+            let mut one = check.clone();
+            if enforce {
+                one.min_volume = 0;
+            }
+            async move {
+                self.pump_send_together(std::slice::from_ref(&one), enforce, args)
+                    .await
+            }
+        });
+        let replies = futures_util::future::join_all(calls).await;
+        let mut outcome = PumpOutcome::default();
+        let mut counted = Vec::new();
+        let mut failure = None;
+        for (index, (check, reply)) in checks.iter().zip(replies).enumerate() {
+            match reply {
+                Ok(one) => {
+                    if let Some(refusal) = one.refused {
+                        if outcome
+                            .refused
+                            .as_ref()
+                            .is_none_or(|r| r.retry_after < refusal.retry_after)
+                        {
+                            outcome.refused = Some(PumpRefusal { index, ..refusal });
+                        }
+                        if enforce {
+                            continue;
+                        }
+                    }
+                    counted.push(check.clone());
+                    outcome
+                        .blocked
+                        .extend(one.blocked.into_iter().map(|(_, until)| (index, until)));
+                }
+                Err(err) => failure = Some(err),
+            }
+        }
+        if failure.is_some() || enforce && outcome.refused.is_some() {
+            if let Err(err) = self.pump_op("unsend", &counted, args.window).await {
+                tracing::warn!(error = %err, "pumping counts could not be taken back");
+            }
+            return match failure {
+                Some(err) => Err(err),
+                None => Ok(PumpOutcome {
+                    refused: outcome.refused,
+                    blocked: Vec::new(),
+                }),
+            };
+        }
+        if enforce {
+            let judged = checks
                 .iter()
                 .enumerate()
-                .filter(|(_, b)| **b == 1)
-                .map(|(i, _)| i)
-                .collect(),
-        })
+                .filter(|(_, c)| c.min_volume > 0)
+                .map(|(index, check)| async move {
+                    let reply = self
+                        .pump_script("judge", std::slice::from_ref(check), false, args)
+                        .await;
+                    (index, reply)
+                });
+            for (index, reply) in futures_util::future::join_all(judged).await {
+                match reply {
+                    Ok(ends) => outcome.blocked.extend(
+                        block_ends(&ends)
+                            .into_iter()
+                            .map(|(_, until)| (index, until)),
+                    ),
+                    // The send stands; the next one judges again.
+                    Err(err) => tracing::warn!(error = %err, "pumping conversion not judged"),
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Runs pump.lua's `op` (`send` or `judge`) over `checks`.
+    async fn pump_script(
+        &self,
+        op: &'static str,
+        checks: &[PumpCheck],
+        enforce: bool,
+        args: &PumpArgs,
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut invocation = self.pump.prepare_invoke();
+        for check in checks {
+            invocation.key(self.pump_key(check.scope, &check.key));
+        }
+        invocation
+            .arg(op)
+            .arg(ttl_ms(args.window))
+            .arg(if enforce { 1 } else { 0 })
+            .arg(args.min_permille)
+            .arg(ttl_ms(args.cooldown));
+        for check in checks {
+            invocation.arg(check.budget).arg(check.min_volume);
+        }
+        self.invoke(&invocation).await
     }
 
     /// `unsend` or `verified` on each of `checks`: one script when they share a node, else one
@@ -1131,24 +1180,33 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Lists a block for [`Store::pump_blocks`] until `until_ms`.
+    /// Lists a block for [`Store::pump_blocks`] until `until_ms` (the list drops ended blocks
+    /// and lives as long as its latest).
     async fn index_block(&self, scope: Scope, key: &str, until_ms: u64) -> Result<(), StoreError> {
-        let index = self.key("pump", "blocks");
-        let member = format!("{}:{key}", scope.as_str());
-        self.run(|mut conn| {
-            let (index, member) = (index.clone(), member.clone());
-            async move {
-                let _: () = redis::cmd("ZADD")
-                    .arg(index)
-                    .arg(until_ms)
-                    .arg(member)
-                    .query_async(&mut conn)
-                    .await?;
-                Ok(())
-            }
-        })
-        .await
+        let mut invocation = self.pump.prepare_invoke();
+        invocation
+            .key(self.key("pump", "blocks"))
+            .arg("index")
+            .arg(1)
+            .arg(format!("{}:{key}", scope.as_str()))
+            .arg(until_ms);
+        self.invoke_as::<i64>(&invocation).await.map(drop)
     }
+}
+
+/// The window, conversion and block length of a pumping call.
+struct PumpArgs {
+    window: Duration,
+    min_permille: u32,
+    cooldown: Duration,
+}
+
+/// The `(index, block end)` of the keys a pump script blocked (a nonzero end).
+fn block_ends(ends: &[i64]) -> Vec<(usize, u64)> {
+    ends.iter()
+        .enumerate()
+        .filter_map(|(i, end)| u64::try_from(*end).ok().filter(|e| *e > 0).map(|e| (i, e)))
+        .collect()
 }
 
 /// The states a script returns as `remaining, reset_ms` pairs, one per quota, in order.
