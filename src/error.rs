@@ -115,6 +115,15 @@ pub enum Error {
     /// scored too low; no code was sent.
     #[error("The captcha check failed; solve the captcha again and retry with its new token.")]
     CaptchaFailed,
+    /// 403 `integrity_failed`: the Play Integrity token is missing, forged, replayed, stale,
+    /// for another request, or from an unrecognized app or a device below the required level;
+    /// no code was sent.
+    #[error("The app's integrity check failed; request a new integrity token and retry.")]
+    IntegrityFailed,
+    /// 503 `integrity_unavailable`: Google's Play Integrity API did not answer (and the gate
+    /// fails closed); no code was sent.
+    #[error("The app's integrity could not be checked; retry shortly.")]
+    IntegrityUnavailable,
     /// 503 `captcha_unavailable`: the captcha provider did not answer (and the gate fails
     /// closed); no code was sent.
     #[error("The captcha could not be checked; retry shortly.")]
@@ -157,6 +166,7 @@ impl Error {
             | Error::InvalidPollToken
             | Error::UserBlocked
             | Error::CaptchaFailed
+            | Error::IntegrityFailed
             | Error::ReauthenticationRequired => 403,
             Error::PhoneTaken => 409,
             Error::NotFound => 404,
@@ -164,6 +174,7 @@ impl Error {
             Error::Store(_)
             | Error::DeliveryFailed
             | Error::CaptchaUnavailable
+            | Error::IntegrityUnavailable
             | Error::Overloaded => 503,
             Error::Database(e) if db_unavailable(e) => 503,
             Error::Database(_) | Error::Internal(_) => 500,
@@ -199,6 +210,8 @@ impl Error {
             Error::TelegramAuthExpired => "telegram_auth_expired",
             Error::CaptchaFailed => "captcha_failed",
             Error::CaptchaUnavailable => "captcha_unavailable",
+            Error::IntegrityFailed => "integrity_failed",
+            Error::IntegrityUnavailable => "integrity_unavailable",
             Error::DeliveryFailed => "delivery_failed",
             Error::Overloaded => "overloaded",
             Error::Store(_) => "store_unavailable",

@@ -131,6 +131,8 @@ pub struct Metrics {
     pub webhook_lag: prometheus::Gauge,
     /// `otpgate_captcha_verdicts_total{provider,verdict,mode}`.
     pub captcha_verdicts: IntCounterVec,
+    /// `otpgate_integrity_verdicts_total{provider,verdict,mode}`.
+    pub integrity_verdicts: IntCounterVec,
     /// `otpgate_pumping_refusals_total{scope,reason,mode}`.
     pub pumping_refusals: IntCounterVec,
     /// `otpgate_pumping_blocks_total{scope,mode}`.
@@ -326,6 +328,13 @@ impl Metrics {
                 "otpgate_captcha_verdicts_total",
                 "Captcha checks before a code is sent, by provider, verdict (pass, fail, missing, \
                  low_score, unavailable) and mode (shadow, enforce).",
+                &["provider", "verdict", "mode"],
+            )?,
+            integrity_verdicts: counter(
+                "otpgate_integrity_verdicts_total",
+                "Device integrity checks before a code is sent, by provider (play_integrity), \
+                 verdict (pass, fail, missing, wrong_request, stale, replayed, app_unrecognized, \
+                 device_integrity, unavailable) and mode (shadow, enforce).",
                 &["provider", "verdict", "mode"],
             )?,
             pumping_refusals: counter(

@@ -16,7 +16,8 @@ use super::body::Body;
 use super::oauth::OAuthFails;
 use super::problem::{Fails, failures, headers};
 use super::text::{
-    CaptchaTokenText, DeviceNameText, LocaleText, OtpText, PhoneText, Text, TokenText,
+    CaptchaTokenText, DeviceNameText, IntegrityTokenText, LocaleText, OtpText, PhoneText, Text,
+    TokenText,
 };
 use crate::auth::captcha::CaptchaInput;
 use crate::auth::sessions::{ClientInfo, LogoutScope, SessionView};
@@ -98,6 +99,13 @@ pub struct LoginRequest {
     /// captcha again for each request. Absent or null: no token.
     #[oai(nullable, skip_serializing_if_is_none)]
     pub captcha_token: Option<CaptchaTokenText>,
+    /// Android apps: a Google Play Integrity token requested with `requestHash` (or `nonce`)
+    /// set to base64url, without padding, of SHA-256 of `otpgate-login:` followed by the number
+    /// in E.164 (`otpgate-login:+919876543210`). With the server's `PLAY_INTEGRITY_MODE=enforce`,
+    /// a passing token needs no captcha and a failing one is 403 `integrity_failed`.
+    /// Single-use. Absent or null: no token (the captcha gate decides, if the server has one).
+    #[oai(nullable, skip_serializing_if_is_none)]
+    pub integrity_token: Option<IntegrityTokenText>,
     /// The language of the code message, a BCP 47 tag such as `es`, `pt-BR` or `hi`. Without it
     /// (or when the server has no template for it) the request's `Accept-Language`, then the
     /// number's country, then the server's default decide. Never an error.
@@ -165,6 +173,7 @@ impl Example for LoginRequest {
             phone: PhoneText("+919876543210".into()),
             channel: Some(RequestedChannel::Sms),
             captcha_token: None,
+            integrity_token: None,
             locale: Some(LocaleText("en".into())),
         }
     }
@@ -459,10 +468,12 @@ failures! {
         "unsupported_number",
         "channel_unavailable",
         "captcha_failed",
+        "integrity_failed",
         "sends_paused",
         "store_unavailable",
         "database_unavailable",
         "captcha_unavailable",
+        "integrity_unavailable",
         "delivery_failed",
     ];
     /// `POST /api/auth/verify-otp`.
@@ -517,10 +528,12 @@ failures! {
         "unsupported_number",
         "channel_unavailable",
         "captcha_failed",
+        "integrity_failed",
         "sends_paused",
         "store_unavailable",
         "database_unavailable",
         "captcha_unavailable",
+        "integrity_unavailable",
         "delivery_failed",
     ];
     /// `POST /api/auth/phone/verify`.
@@ -574,7 +587,10 @@ impl AuthApi {
             &body.phone,
             body.channel.map(Channel::from),
             &client,
-            CaptchaInput::Token(body.captcha_token.as_deref()),
+            CaptchaInput::Token {
+                captcha: body.captcha_token.as_deref(),
+                integrity: body.integrity_token.as_deref(),
+            },
         ))
         .await?;
         Ok(LoginReply::sent(started))
@@ -713,7 +729,10 @@ impl AuthApi {
             &body.phone,
             body.channel.map(Channel::from),
             &client,
-            CaptchaInput::Token(body.captcha_token.as_deref()),
+            CaptchaInput::Token {
+                captcha: body.captcha_token.as_deref(),
+                integrity: body.integrity_token.as_deref(),
+            },
         ))
         .await?;
         Ok(LoginReply::sent(started))
@@ -804,6 +823,9 @@ pub struct PhoneChangeRequest {
     /// absent or null: no token.
     #[oai(nullable, skip_serializing_if_is_none)]
     pub captcha_token: Option<CaptchaTokenText>,
+    /// An Android app's Play Integrity token, as for `/login` (bound to the new number).
+    #[oai(nullable, skip_serializing_if_is_none)]
+    pub integrity_token: Option<IntegrityTokenText>,
     /// The language of the code message, as for `/login`.
     #[oai(nullable, skip_serializing_if_is_none)]
     pub locale: Option<LocaleText>,
@@ -815,6 +837,7 @@ impl Example for PhoneChangeRequest {
             phone: PhoneText("+919812345678".into()),
             channel: None,
             captcha_token: None,
+            integrity_token: None,
             locale: None,
         }
     }

@@ -127,6 +127,12 @@ pub const PROBLEM_TYPES: &[(&str, u16, &str, &str)] = &[
         "The captcha check failed; solve the captcha again and retry with its new token.",
     ),
     (
+        "integrity_failed",
+        403,
+        "Integrity check failed",
+        "The app's integrity check failed; request a new integrity token and retry.",
+    ),
+    (
         "invalid_poll_token",
         403,
         "Wrong poll token",
@@ -264,6 +270,12 @@ pub const PROBLEM_TYPES: &[(&str, u16, &str, &str)] = &[
         503,
         "Captcha unavailable",
         "The captcha could not be checked; retry shortly.",
+    ),
+    (
+        "integrity_unavailable",
+        503,
+        "Integrity check unavailable",
+        "The app's integrity could not be checked; retry shortly.",
     ),
     (
         "overloaded",
@@ -436,7 +448,11 @@ impl poem::error::ResponseError for Error {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
-            Error::Store(_) | Error::DeliveryFailed | Error::Overloaded => {
+            Error::Store(_)
+            | Error::DeliveryFailed
+            | Error::Overloaded
+            | Error::CaptchaUnavailable
+            | Error::IntegrityUnavailable => {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
             }

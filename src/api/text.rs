@@ -206,6 +206,17 @@ checked_text! {
 }
 
 checked_text! {
+    /// A Play Integrity token as the Android SDK gives it: at most 16384 printable ASCII
+    /// characters (an empty one counts as missing).
+    IntegrityTokenText {
+        pattern: r"^[\x21-\x7e]{0,16384}$",
+        max_length: 16384,
+        rule: "a Play Integrity token of at most 16384 printable ASCII characters, as the SDK gave it",
+        check: |t| t.len() <= 16384 && t.bytes().all(|b| (0x21..=0x7e).contains(&b)),
+    }
+}
+
+checked_text! {
     /// A hex SHA-256 HMAC: 64 hex digits.
     HexHashText {
         pattern: r"^[0-9a-fA-F]{64}$",
@@ -238,6 +249,11 @@ pub(crate) const RULES: &[Rule] = &[
         CaptchaTokenText::PATTERN,
         CaptchaTokenText::check,
         CaptchaTokenText::RULE,
+    ),
+    (
+        IntegrityTokenText::PATTERN,
+        IntegrityTokenText::check,
+        IntegrityTokenText::RULE,
     ),
     (TokenText::PATTERN, TokenText::check, TokenText::RULE),
     (Text::PATTERN, Text::check, Text::RULE),

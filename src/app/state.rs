@@ -207,6 +207,7 @@ impl AppState {
                 admin: &settings.admin,
                 events: &settings.events,
                 captcha: settings.captcha.as_ref(),
+                integrity: settings.integrity.as_ref(),
             },
             store.clone(),
             db.clone(),

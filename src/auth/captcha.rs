@@ -18,8 +18,14 @@ use super::sessions::ClientInfo;
 /// What a code request brings for the captcha gate.
 #[derive(Debug, Clone, Copy)]
 pub enum CaptchaInput<'a> {
-    /// A request from a client app: its `captcha_token`, if any.
-    Token(Option<&'a str>),
+    /// A request from a client app: its `captcha_token` and Play Integrity
+    /// `integrity_token`, if any.
+    Token {
+        /// The captcha widget's token.
+        captcha: Option<&'a str>,
+        /// An Android app's integrity token.
+        integrity: Option<&'a str>,
+    },
     /// Not gated: the user messaged us from their own WhatsApp or Telegram account (a message
     /// command asking for a code), which is itself the human step.
     Exempt,
@@ -116,7 +122,7 @@ impl AuthService {
         let token = match input {
             CaptchaInput::Exempt => return Ok(()),
             _ if gate.mode == CaptchaMode::Off => return Ok(()),
-            CaptchaInput::Token(token) => token.filter(|t| !t.trim().is_empty()),
+            CaptchaInput::Token { captcha, .. } => captcha.filter(|t| !t.trim().is_empty()),
         };
         let mut score = None;
         let verdict = match token {
@@ -205,5 +211,25 @@ impl AuthService {
                 Err(Error::CaptchaFailed)
             }
         }
+    }
+}
+
+impl AuthService {
+    /// The human or device gate before a code is sent: a passing Play Integrity verdict in
+    /// `enforce` mode stands on its own; otherwise the captcha gate decides (see
+    /// [`AuthService::check_integrity`] and [`AuthService::check_captcha`]).
+    pub(super) async fn check_human(
+        &self,
+        input: CaptchaInput<'_>,
+        phone: &Phone,
+        client: &ClientInfo,
+    ) -> Result<(), Error> {
+        if let CaptchaInput::Token { integrity, .. } = input
+            && let super::integrity::Gate::Proven =
+                self.check_integrity(integrity, phone, client).await?
+        {
+            return Ok(());
+        }
+        self.check_captcha(input, phone, client).await
     }
 }

@@ -49,6 +49,9 @@ pub enum EventKind {
     /// A captcha check before a code did not pass (`details.verdict`: fail, missing, low_score,
     /// unavailable; `details.mode`: shadow or enforce). Audit only; passes are not recorded.
     CaptchaFailed,
+    /// A Play Integrity check before a code did not pass (`details.verdict`, `details.mode`).
+    /// Audit only.
+    IntegrityFailed,
     /// A session was opened (`details.method`: a verified code, a login intent, the Telegram
     /// widget).
     LoginSucceeded,
@@ -84,6 +87,7 @@ impl EventKind {
             EventKind::OtpSent => "otp.sent",
             EventKind::OtpFailed => "otp.failed",
             EventKind::CaptchaFailed => "captcha.failed",
+            EventKind::IntegrityFailed => "integrity.failed",
             EventKind::LoginSucceeded => "login.succeeded",
             EventKind::TokenRefreshed => "token.refreshed",
             EventKind::TokenReused => "token.reused",
@@ -112,6 +116,7 @@ impl EventKind {
             EventKind::PumpingBlocked => Some("pumping.blocked"),
             EventKind::OtpSent
             | EventKind::CaptchaFailed
+            | EventKind::IntegrityFailed
             | EventKind::TokenRefreshed
             | EventKind::TokenReused
             | EventKind::UserUnblocked

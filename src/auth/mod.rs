@@ -28,6 +28,7 @@ pub mod account;
 pub mod admin;
 pub mod captcha;
 pub mod events;
+pub mod integrity;
 pub mod intents;
 pub mod otp;
 pub mod pumping;
@@ -131,6 +132,8 @@ pub struct AuthService {
     send_latency_us: [std::sync::atomic::AtomicU64; 4],
     /// The captcha gate before a code is sent, when `CAPTCHA_PROVIDER` is set.
     captcha: Option<CaptchaGate>,
+    /// The Play Integrity gate, when `PLAY_INTEGRITY_PACKAGE` is set.
+    integrity: Option<integrity::IntegrityGate>,
     /// The SMS-pumping defence (`PUMPING_*`).
     pumping: crate::domain::pumping::PumpingPolicy,
 }
@@ -157,6 +160,8 @@ pub struct AuthConfig<'a> {
     pub events: &'a EventSettings,
     /// The captcha gate, when configured.
     pub captcha: Option<&'a CaptchaSettings>,
+    /// The Play Integrity gate, when configured.
+    pub integrity: Option<&'a crate::config::IntegritySettings>,
 }
 
 impl AuthService {
@@ -226,6 +231,10 @@ impl AuthService {
             send_latency_us: Default::default(),
             captcha: config.captcha.map(CaptchaGate::new).transpose()?,
             pumping: config.limits.pumping.clone(),
+            integrity: config
+                .integrity
+                .map(integrity::IntegrityGate::new)
+                .transpose()?,
         })
     }
 
@@ -402,7 +411,7 @@ impl AuthService {
             return Ok(started);
         }
         client
-            .away(self.check_captcha(captcha, &phone, client))
+            .away(self.check_human(captcha, &phone, client))
             .await?;
         let quotas = self.quotas.for_send(&phone, &subjects, client_ip);
         // Counted before the code is stored, so a refusal leaves an earlier code alone, and the

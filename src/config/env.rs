@@ -237,6 +237,7 @@ pub const SECRET_VARIABLES: &[&str] = &[
     "TEST_PHONE_NUMBERS",
     "EVENT_WEBHOOK_SECRET",
     "CAPTCHA_SECRET",
+    "PLAY_INTEGRITY_CREDENTIALS",
 ];
 
 /// The secrets of `NAME_FILE` variables; a file that cannot be read is a problem in `errors`.

@@ -46,6 +46,7 @@ const PREFIXES: &[&str] = &[
     "SMS_",
     "PUBLIC_",
     "PUMPING_",
+    "PLAY_INTEGRITY_",
 ];
 
 /// Every variable name otpgate reads.
@@ -220,6 +221,8 @@ mod tests {
             ("TELEGRAM_BOT_TOKEN", "1:x"),
             ("CAPTCHA_PROVIDER", "turnstile"),
             ("CAPTCHA_SECRET", "x"),
+            ("PLAY_INTEGRITY_PACKAGE", "com.acme.app"),
+            ("PLAY_INTEGRITY_CREDENTIALS", "{}"),
             ("REDIS_URL", "redis://127.0.0.1"),
             ("JWT_ALGORITHM", "ES256"),
             ("JWT_PRIVATE_KEY_FILE", key.as_str()),

@@ -18,6 +18,7 @@ pub mod captcha;
 pub mod delivery;
 pub mod env;
 pub mod events;
+pub mod integrity;
 pub mod limits;
 pub mod lint;
 pub mod locales;
@@ -34,6 +35,7 @@ pub use delivery::{
 };
 pub use env::{ConfigError, ConfigErrors, SECRET_VARIABLES, env_lookup, parse_dotenv};
 pub use events::{EventSettings, WebhookSettings};
+pub use integrity::{DeviceLevel, IntegritySettings};
 pub use limits::LimitSettings;
 pub use locales::{LocaleSettings, canonical_tag};
 pub use messaging::MessagingSettings;
@@ -83,6 +85,8 @@ pub struct Settings {
     pub events: EventSettings,
     /// The captcha gate before a code is sent; `None` when `CAPTCHA_PROVIDER` is unset.
     pub captcha: Option<CaptchaSettings>,
+    /// The Play Integrity gate for Android apps; `None` when `PLAY_INTEGRITY_PACKAGE` is unset.
+    pub integrity: Option<IntegritySettings>,
 }
 
 impl Settings {
@@ -131,6 +135,7 @@ impl Settings {
         let admin = env.section(AdminSettings::from_env(&env));
         let events = env.section(EventSettings::from_env(&env));
         let captcha = env.section(CaptchaSettings::from_env(&env));
+        let integrity = env.section(IntegritySettings::from_env(&env));
         let (
             Some(tokens),
             Some(otp),
@@ -142,8 +147,10 @@ impl Settings {
             Some(admin),
             Some(events),
             Some(captcha),
+            Some(integrity),
         ) = (
             tokens, otp, limits, server, store, delivery, messaging, admin, events, captcha,
+            integrity,
         )
         else {
             env.finish()?;
@@ -161,6 +168,7 @@ impl Settings {
             admin,
             events,
             captcha,
+            integrity,
         };
         for err in settings.production_problems() {
             env.report(err);
@@ -223,6 +231,20 @@ impl Settings {
                 "CAPTCHA_VERIFY_URL",
                 "production sends the captcha secret only over https://",
             );
+        }
+        if let Some(i) = &self.integrity {
+            if !i.api_url.starts_with("https://") {
+                refuse(
+                    "PLAY_INTEGRITY_API_URL",
+                    "production sends access tokens only over https://",
+                );
+            }
+            if !i.account.token_uri.starts_with("https://") {
+                refuse(
+                    "PLAY_INTEGRITY_CREDENTIALS",
+                    "production signs in to Google only over https:// (token_uri)",
+                );
+            }
         }
         let server = &self.server;
         if server.cors_origins.iter().any(|o| o == "*") {

@@ -22,6 +22,7 @@ pub use crate::domain::channel::Channel;
 use crate::domain::phone::Phone;
 
 pub mod captcha;
+pub mod integrity;
 pub mod locale;
 mod providers;
 

@@ -18,6 +18,7 @@ mod first_hour;
 mod flows;
 mod hardening;
 mod http_errors;
+mod integrity;
 mod layers;
 mod limits;
 mod mariadb;

@@ -24,6 +24,15 @@ pub const WHATSAPP_TOKEN: &str = "whatsapp-access-token";
 pub const WHATSAPP_PHONE_ID: &str = "106540352242922";
 pub const TELEGRAM_TOKEN: &str = "123456:ABC-telegram-bot-token";
 pub const CAPTCHA_SECRET: &str = "0x4AAAAAAAcaptcha-secret-key";
+/// The Android app the Play Integrity stand-in knows, and its service account (whose RSA key,
+/// made for these tests only, is in `fixtures/`).
+pub const PLAY_PACKAGE: &str = "com.acme.app";
+pub const PLAY_INTEGRITY_ACCOUNT: &str = "otpgate@acme-app.iam.gserviceaccount.com";
+const PLAY_INTEGRITY_KEY: &str = include_str!("fixtures/play-integrity-test-key.pem");
+const PLAY_INTEGRITY_PUBLIC_KEY: &str = include_str!("fixtures/play-integrity-test-key.pub.pem");
+/// The access token the stand-in's token endpoint hands out.
+const GOOGLE_ACCESS_TOKEN: &str = "ya29.standin-access-token";
+
 /// The signing secret of the team's own SMS gateway (`SMS_PROVIDER=http`), Standard Webhooks
 /// form; its key is the 32 bytes `otpgate-test-sms-gateway-key-32b`.
 pub const SMS_GATEWAY_SECRET: &str = "whsec_b3RwZ2F0ZS10ZXN0LXNtcy1nYXRld2F5LWtleS0zMmI=";
@@ -149,6 +158,26 @@ impl StandIn {
         ]
     }
 
+    /// otpgate settings for a Play Integrity gate of `com.acme.app` in `mode`, its service account
+    /// signing in and tokens decoded here.
+    pub fn integrity_settings(&self, mode: &'static str) -> Vec<(&'static str, String)> {
+        let account = json!({
+            "type": "service_account",
+            "project_id": "acme-app",
+            "private_key_id": "0123456789abcdef",
+            "private_key": PLAY_INTEGRITY_KEY,
+            "client_email": PLAY_INTEGRITY_ACCOUNT,
+            "token_uri": format!("{}/google/token", self.base),
+        });
+        vec![
+            ("PLAY_INTEGRITY_PACKAGE", PLAY_PACKAGE.into()),
+            ("PLAY_INTEGRITY_MODE", mode.into()),
+            ("PLAY_INTEGRITY_CREDENTIALS", account.to_string()),
+            ("PLAY_INTEGRITY_API_URL", format!("{}/google", self.base)),
+            ("PLAY_INTEGRITY_TIMEOUT_MS", "500".into()),
+        ]
+    }
+
     /// otpgate settings for a captcha gate of `provider` checked here, in `mode`.
     pub fn captcha_settings(
         &self,
@@ -204,6 +233,9 @@ async fn handle(state: Arc<Mutex<State>>, mut req: Request) -> Response {
     let path = req.uri().path().to_string();
     if path == "/siteverify" {
         return siteverify(state, req).await;
+    }
+    if path == "/google/token" || path.starts_with("/google/v1/") {
+        return google(state, req).await;
     }
     let provider: &'static str = if path.starts_with("/2010-04-01/Accounts/") {
         "twilio"
@@ -573,4 +605,178 @@ async fn siteverify(state: Arc<Mutex<State>>, mut req: Request) -> Response {
     } else {
         refuse("invalid-input-response")
     }
+}
+
+/// Google's OAuth token endpoint and the Play Integrity API, as documented:
+///
+/// - `POST /google/token`, form `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer` and
+///   `assertion`: a JWT signed RS256 with the service account's key (`kid` its key id), `iss`
+///   the account, `aud` this endpoint, `scope` Play Integrity's, at most an hour long. Answers
+///   an access token; anything else is 400 `invalid_grant`.
+/// - `POST /google/v1/{packageName}:decodeIntegrityToken` with `Authorization: Bearer` that
+///   token and JSON `{"integrity_token": …}`: 401 without the token, 400 `INVALID_ARGUMENT` for
+///   a token it cannot decode. The token `<kind>.<request hash>` chooses the verdict: `pass`
+///   (Play-recognized app, `MEETS_DEVICE_INTEGRITY`), `basic` (only `MEETS_BASIC_INTEGRITY`),
+///   `strong`, `sideload` (`UNRECOGNIZED_VERSION`), `stale` (ten minutes old), `other` (another
+///   package asked for it), `nonce` (a classic request: the hash in `nonce`); anything else
+///   cannot be decoded.
+async fn google(state: Arc<Mutex<State>>, mut req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    let content_type = req.content_type().unwrap_or("").to_string();
+    let authorization = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let raw = req.take_body().into_string().await.unwrap_or_default();
+    let body = if path == "/google/token" {
+        parse_form(&raw)
+    } else {
+        serde_json::from_str(&raw).unwrap_or(Value::Null)
+    };
+    let mode = {
+        let mut state = state.lock().expect("lock");
+        state.requests.push(Recorded {
+            provider: "google",
+            path: path.clone(),
+            body: body.clone(),
+            webhook_id: None,
+        });
+        state.modes.get("google").copied().unwrap_or(Mode::Ok)
+    };
+    match mode {
+        Mode::Status(status) | Mode::FailTimes(status, _) => {
+            return json_response(
+                status,
+                json!({ "error": { "code": status, "status": "UNAVAILABLE" } }),
+            );
+        }
+        Mode::Hang(pause) => tokio::time::sleep(pause).await,
+        Mode::Ok => {}
+    }
+    if req.method() != poem::http::Method::POST {
+        return json_response(405, json!({ "error": "POST only" }));
+    }
+    if path == "/google/token" {
+        let grant = |why: &str| {
+            json_response(
+                400,
+                json!({ "error": "invalid_grant", "error_description": why }),
+            )
+        };
+        if !content_type.starts_with("application/x-www-form-urlencoded") {
+            return grant("form expected");
+        }
+        if body["grant_type"] != "urn:ietf:params:oauth:grant-type:jwt-bearer" {
+            return grant("unsupported grant_type");
+        }
+        let assertion = body["assertion"].as_str().unwrap_or("");
+        let header = jsonwebtoken::decode_header(assertion);
+        if header.as_ref().map_or(true, |h| {
+            h.alg != jsonwebtoken::Algorithm::RS256 || h.kid.as_deref() != Some("0123456789abcdef")
+        }) {
+            return grant("RS256 with the key's id expected");
+        }
+        let key = jsonwebtoken::DecodingKey::from_rsa_pem(PLAY_INTEGRITY_PUBLIC_KEY.as_bytes())
+            .expect("test public key");
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        validation.set_issuer(&[PLAY_INTEGRITY_ACCOUNT]);
+        validation.set_audience(&[format!(
+            "http://{}/google/token",
+            req.headers()
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("")
+        )]);
+        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud"]);
+        let Ok(claims) = jsonwebtoken::decode::<Value>(assertion, &key, &validation) else {
+            return grant("Invalid JWT Signature.");
+        };
+        let claims = claims.claims;
+        if claims["scope"] != "https://www.googleapis.com/auth/playintegrity" {
+            return grant("wrong scope");
+        }
+        let life = claims["exp"].as_i64().unwrap_or(0) - claims["iat"].as_i64().unwrap_or(0);
+        if !(1..=3600).contains(&life) {
+            return grant("Invalid JWT: exp too far from iat");
+        }
+        return json_response(
+            200,
+            json!({ "access_token": GOOGLE_ACCESS_TOKEN, "expires_in": 3599, "token_type": "Bearer" }),
+        );
+    }
+    if authorization.as_deref() != Some(&format!("Bearer {GOOGLE_ACCESS_TOKEN}")) {
+        return json_response(
+            401,
+            json!({ "error": { "code": 401, "status": "UNAUTHENTICATED" } }),
+        );
+    }
+    let Some(package) = path
+        .strip_prefix("/google/v1/")
+        .and_then(|p| p.strip_suffix(":decodeIntegrityToken"))
+    else {
+        return json_response(
+            404,
+            json!({ "error": { "code": 404, "status": "NOT_FOUND" } }),
+        );
+    };
+    let invalid = || {
+        json_response(
+            400,
+            json!({ "error": { "code": 400, "message": "Integrity token cannot be decoded due to invalid arguments.", "status": "INVALID_ARGUMENT" } }),
+        )
+    };
+    if !content_type.starts_with("application/json") || package != PLAY_PACKAGE {
+        return invalid();
+    }
+    let token = body["integrity_token"].as_str().unwrap_or("");
+    let Some((kind, hash)) = token.split_once('.') else {
+        return invalid();
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut request = json!({
+        "requestPackageName": PLAY_PACKAGE,
+        "requestHash": hash,
+        "timestampMillis": now.to_string(),
+    });
+    let mut app = "PLAY_RECOGNIZED";
+    let mut device = vec!["MEETS_DEVICE_INTEGRITY"];
+    match kind {
+        "pass" => {}
+        "basic" => device = vec!["MEETS_BASIC_INTEGRITY"],
+        "strong" => {
+            device = vec![
+                "MEETS_BASIC_INTEGRITY",
+                "MEETS_DEVICE_INTEGRITY",
+                "MEETS_STRONG_INTEGRITY",
+            ]
+        }
+        "sideload" => app = "UNRECOGNIZED_VERSION",
+        "stale" => request["timestampMillis"] = json!((now - 600_000).to_string()),
+        "other" => request["requestPackageName"] = json!("com.evil.app"),
+        "nonce" => {
+            request = json!({
+                "requestPackageName": PLAY_PACKAGE,
+                "nonce": hash,
+                "timestampMillis": now.to_string(),
+            });
+        }
+        _ => return invalid(),
+    }
+    json_response(
+        200,
+        json!({
+            "tokenPayloadExternal": {
+                "requestDetails": request,
+                "appIntegrity": {
+                    "appRecognitionVerdict": app,
+                    "packageName": PLAY_PACKAGE,
+                    "certificateSha256Digest": ["6a6a1474b5cbbb2b1aa57e0bc3"],
+                    "versionCode": "42",
+                },
+                "deviceIntegrity": { "deviceRecognitionVerdict": device },
+                "accountDetails": { "appLicensingVerdict": "LICENSED" },
+            }
+        }),
+    )
 }

@@ -1,0 +1,254 @@
+//! The device gate for Android apps: a Google Play Integrity verdict before a code is sent.
+//!
+//! The app requests an integrity token with the login's request hash,
+//! [`login_request_hash`] (`requestHash` of a standard request, or `nonce` of a classic one),
+//! and sends it as `integrity_token`. The verdict must name this app, this request, be fresh
+//! (`PLAY_INTEGRITY_MAX_AGE_SECONDS`), come from the app Play distributes and a device meeting
+//! `PLAY_INTEGRITY_DEVICE`; a token works once. In `enforce` mode a passing verdict stands in
+//! for the captcha (an app proved it runs on a genuine device), a failing one is 403
+//! `integrity_failed`; a request without a token goes to the captcha gate when there is one,
+//! else it is refused too. `shadow` records verdicts and refuses nothing. Every verdict is
+//! counted (`otpgate_integrity_verdicts_total{verdict,mode}`); every one but a pass is an audit
+//! event `integrity.failed`.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::config::{CaptchaMode, DeviceLevel, IntegritySettings};
+use crate::delivery::integrity::{IntegrityError, PlayIntegrity};
+use crate::domain::phone::Phone;
+use crate::error::Error;
+
+use super::AuthService;
+use super::events::EventKind;
+use super::sessions::ClientInfo;
+
+/// The request hash (or nonce) an app binds its integrity token to for a login of `phone`:
+/// base64url without padding of SHA-256(`otpgate-login:` ‖ the number in E.164).
+pub fn login_request_hash(phone: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(format!("otpgate-login:{phone}")))
+}
+
+/// The gate, when `PLAY_INTEGRITY_PACKAGE` is set.
+pub(super) struct IntegrityGate {
+    package: String,
+    pub(super) mode: CaptchaMode,
+    device: DeviceLevel,
+    require_play_recognized: bool,
+    max_age_ms: i64,
+    fail_open: bool,
+    client: PlayIntegrity,
+}
+
+impl IntegrityGate {
+    pub(super) fn new(settings: &IntegritySettings) -> Result<Self, Error> {
+        Ok(Self {
+            package: settings.package.clone(),
+            mode: settings.mode,
+            device: settings.device,
+            require_play_recognized: settings.require_play_recognized,
+            max_age_ms: i64::try_from(settings.max_age.as_millis()).unwrap_or(i64::MAX),
+            fail_open: settings.fail_open,
+            client: PlayIntegrity::from_settings(settings).map_err(Error::Internal)?,
+        })
+    }
+
+    /// What the decoded verdict `payload` says about a login of `phone` at `now_ms`.
+    fn judge(&self, payload: &Value, phone: &Phone, now_ms: i64) -> Verdict {
+        let request = &payload["requestDetails"];
+        if request["requestPackageName"].as_str() != Some(self.package.as_str()) {
+            return Verdict::WrongRequest;
+        }
+        let expected = login_request_hash(phone.as_str());
+        let bound = [&request["requestHash"], &request["nonce"]]
+            .into_iter()
+            .any(|v| v.as_str() == Some(expected.as_str()));
+        if !bound {
+            return Verdict::WrongRequest;
+        }
+        // int64 fields are strings in Google's JSON; a number is read too.
+        let at = match &request["timestampMillis"] {
+            Value::String(s) => s.parse::<i64>().ok(),
+            v => v.as_i64(),
+        };
+        match at {
+            Some(at) if at <= now_ms + 60_000 && now_ms - at <= self.max_age_ms => {}
+            _ => return Verdict::Stale,
+        }
+        if self.require_play_recognized
+            && payload["appIntegrity"]["appRecognitionVerdict"].as_str() != Some("PLAY_RECOGNIZED")
+        {
+            return Verdict::AppUnrecognized;
+        }
+        let labels = payload["deviceIntegrity"]["deviceRecognitionVerdict"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if !labels
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|l| self.device.labels().contains(&l))
+        {
+            return Verdict::Device;
+        }
+        Verdict::Pass
+    }
+}
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Verdict {
+    Pass,
+    /// Google could not decode the token.
+    Fail,
+    /// No token.
+    Missing,
+    /// A token of another app, or for another request (another number).
+    WrongRequest,
+    /// Older than `PLAY_INTEGRITY_MAX_AGE_SECONDS` (or dated in the future).
+    Stale,
+    /// A token presented before.
+    Replayed,
+    /// Not the app Play distributes (re-signed, side-loaded).
+    AppUnrecognized,
+    /// The device does not meet `PLAY_INTEGRITY_DEVICE`.
+    Device,
+    /// Google gave no verdict.
+    Unavailable,
+    /// Google refused us (our credentials or quota): never lets a login through.
+    Refused,
+}
+
+impl Verdict {
+    fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+            Verdict::Missing => "missing",
+            Verdict::WrongRequest => "wrong_request",
+            Verdict::Stale => "stale",
+            Verdict::Replayed => "replayed",
+            Verdict::AppUnrecognized => "app_unrecognized",
+            Verdict::Device => "device_integrity",
+            Verdict::Unavailable | Verdict::Refused => "unavailable",
+        }
+    }
+}
+
+/// What the Play Integrity gate decided.
+pub(super) enum Gate {
+    /// A pass in `enforce` mode: the device is proven, no captcha needed.
+    Proven,
+    /// Nothing proven (no gate, shadow, no token): the captcha gate decides.
+    Undecided,
+}
+
+impl AuthService {
+    /// Checks the integrity `token` of a code request for `phone` (see the module).
+    pub(super) async fn check_integrity(
+        &self,
+        token: Option<&str>,
+        phone: &Phone,
+        client: &ClientInfo,
+    ) -> Result<Gate, Error> {
+        let Some(gate) = &self.integrity else {
+            return Ok(Gate::Undecided);
+        };
+        if gate.mode == CaptchaMode::Off {
+            return Ok(Gate::Undecided);
+        }
+        let enforce = gate.mode == CaptchaMode::Enforce;
+        let token = token.filter(|t| !t.trim().is_empty());
+        let Some(token) = token else {
+            // Another platform, or an app without the SDK: the captcha gate decides, when
+            // there is one.
+            if enforce && self.captcha.is_none() {
+                self.count_integrity(Verdict::Missing, gate);
+                return Err(Error::IntegrityFailed);
+            }
+            return Ok(Gate::Undecided);
+        };
+        let verdict = match gate.client.decode(token).await {
+            Ok(payload) => match gate.judge(&payload, phone, chrono::Utc::now().timestamp_millis())
+            {
+                Verdict::Pass => {
+                    // A token works once (on every replica).
+                    let seen = format!("pi:{}", hex::encode(&Sha256::digest(token)[..16]));
+                    let ttl = std::time::Duration::from_millis(
+                        u64::try_from(gate.max_age_ms).unwrap_or(0) + 60_000,
+                    );
+                    if self.store.first_delivery(&seen, ttl).await? {
+                        Verdict::Pass
+                    } else {
+                        Verdict::Replayed
+                    }
+                }
+                other => other,
+            },
+            Err(IntegrityError::Invalid) => Verdict::Fail,
+            Err(err @ IntegrityError::Outage { refused, .. }) => {
+                tracing::warn!(
+                    fail_open = gate.fail_open && !refused,
+                    error = %err,
+                    "Play Integrity unavailable"
+                );
+                if refused {
+                    Verdict::Refused
+                } else {
+                    Verdict::Unavailable
+                }
+            }
+        };
+        self.count_integrity(verdict, gate);
+        if verdict == Verdict::Pass {
+            return Ok(if enforce {
+                Gate::Proven
+            } else {
+                Gate::Undecided
+            });
+        }
+        tracing::info!(phone = %phone.masked(), verdict = verdict.as_str(), mode = gate.mode.as_str(), "integrity check did not pass");
+        self.event(EventKind::IntegrityFailed)
+            .phone(phone)
+            .client(client)
+            .detail("provider", "play_integrity")
+            .detail("verdict", verdict.as_str())
+            .detail("mode", gate.mode.as_str())
+            .emit();
+        if !enforce {
+            return Ok(Gate::Undecided);
+        }
+        match verdict {
+            Verdict::Unavailable if gate.fail_open => Ok(Gate::Undecided),
+            Verdict::Unavailable | Verdict::Refused => Err(Error::IntegrityUnavailable),
+            _ => Err(Error::IntegrityFailed),
+        }
+    }
+
+    fn count_integrity(&self, verdict: Verdict, gate: &IntegrityGate) {
+        self.metrics
+            .integrity_verdicts
+            .with_label_values(&["play_integrity", verdict.as_str(), gate.mode.as_str()])
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_hash_is_documented_and_binds_the_number() {
+        let a = login_request_hash("+919876543210");
+        assert_eq!(a.len(), 43);
+        assert!(
+            a.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+        assert_ne!(a, login_request_hash("+919876543211"));
+        // printf 'otpgate-login:+919876543210' | openssl dgst -sha256 -binary | basenc --base64url
+        assert_eq!(a, "hagB_fe471Si2GK3lOUVgkjEqsG1Vjxe1bJ7lyJiiWo");
+    }
+}
