@@ -34,7 +34,7 @@ pub enum CaptchaInput<'a> {
 /// The gate, when `CAPTCHA_PROVIDER` is set.
 pub(super) struct CaptchaGate {
     provider: CaptchaProvider,
-    mode: CaptchaMode,
+    pub(super) mode: CaptchaMode,
     min_score: f64,
     fail_open: bool,
     hostnames: Vec<String>,

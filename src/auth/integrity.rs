@@ -6,10 +6,12 @@
 //! (`PLAY_INTEGRITY_MAX_AGE_SECONDS`), come from the app Play distributes and a device meeting
 //! `PLAY_INTEGRITY_DEVICE`; a token works once. In `enforce` mode a passing verdict stands in
 //! for the captcha (an app proved it runs on a genuine device), a failing one is 403
-//! `integrity_failed`; a request without a token goes to the captcha gate when there is one,
-//! else it is refused too. `shadow` records verdicts and refuses nothing. Every verdict is
-//! counted (`otpgate_integrity_verdicts_total{verdict,mode}`); every one but a pass is an audit
-//! event `integrity.failed`.
+//! `integrity_failed`; a request without a token goes to the captcha gate when that is
+//! enforced, else it is refused too; when Google cannot or will not answer, an enforced captcha
+//! decides. `shadow` records verdicts and refuses nothing. Each check is charged to the
+//! `integrity-ip` quota first (Google's quota is the app's). Verdicts are counted
+//! (`otpgate_integrity_verdicts_total{verdict,mode}`; a missing token only when refused for
+//! it); every failed check is an audit event `integrity.failed`.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -74,7 +76,9 @@ impl IntegrityGate {
             v => v.as_i64(),
         };
         match at {
-            Some(at) if at <= now_ms + 60_000 && now_ms - at <= self.max_age_ms => {}
+            Some(at)
+                if at <= now_ms.saturating_add(60_000)
+                    && now_ms.saturating_sub(at) <= self.max_age_ms => {}
             _ => return Verdict::Stale,
         }
         if self.require_play_recognized
@@ -161,15 +165,28 @@ impl AuthService {
         }
         let enforce = gate.mode == CaptchaMode::Enforce;
         let token = token.filter(|t| !t.trim().is_empty());
+        // Whether an enforced captcha stands behind this gate.
+        let captcha_enforced = self
+            .captcha
+            .as_ref()
+            .is_some_and(|c| c.mode == CaptchaMode::Enforce);
         let Some(token) = token else {
-            // Another platform, or an app without the SDK: the captcha gate decides, when
-            // there is one.
-            if enforce && self.captcha.is_none() {
+            // Another platform, or an app without the SDK: an enforced captcha gate decides;
+            // without one, nothing would check the request.
+            if enforce && !captcha_enforced {
                 self.count_integrity(Verdict::Missing, gate);
                 return Err(Error::IntegrityFailed);
             }
             return Ok(Gate::Undecided);
         };
+        // Each check is a call against the app's daily Google quota: limited per client.
+        let quotas = self.quotas.for_integrity(client.ip);
+        if !quotas.is_empty()
+            && let Err(refusal) = self.store.charge_quotas(&quotas).await?
+        {
+            self.metrics.refused(refusal.policy);
+            return Err(Error::from(refusal));
+        }
         let verdict = match gate.client.decode(token).await {
             Ok(payload) => match gate.judge(&payload, phone, chrono::Utc::now().timestamp_millis())
             {
@@ -179,10 +196,14 @@ impl AuthService {
                     let ttl = std::time::Duration::from_millis(
                         u64::try_from(gate.max_age_ms).unwrap_or(0) + 60_000,
                     );
-                    if self.store.first_delivery(&seen, ttl).await? {
-                        Verdict::Pass
-                    } else {
-                        Verdict::Replayed
+                    match self.store.first_delivery(&seen, ttl).await {
+                        Ok(true) => Verdict::Pass,
+                        Ok(false) => Verdict::Replayed,
+                        Err(err) if !enforce => {
+                            tracing::warn!(error = %err, "integrity token not checked for reuse");
+                            Verdict::Pass
+                        }
+                        Err(err) => return Err(err.into()),
                     }
                 }
                 other => other,
@@ -221,7 +242,11 @@ impl AuthService {
             return Ok(Gate::Undecided);
         }
         match verdict {
-            Verdict::Unavailable if gate.fail_open => Ok(Gate::Undecided),
+            // Google unreachable and fail-open, or Google refusing us (quota, credentials)
+            // with an enforced captcha behind: the captcha decides (a failed fetch never passes
+            // anyone on its own).
+            Verdict::Unavailable if gate.fail_open || captcha_enforced => Ok(Gate::Undecided),
+            Verdict::Refused if captcha_enforced => Ok(Gate::Undecided),
             Verdict::Unavailable | Verdict::Refused => Err(Error::IntegrityUnavailable),
             _ => Err(Error::IntegrityFailed),
         }

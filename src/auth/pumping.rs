@@ -48,17 +48,7 @@ impl AuthService {
         let policy = &self.pumping;
         let enforce = policy.mode == PumpingMode::Enforce;
         let mode = policy.mode.as_str();
-        let outcome = match self
-            .store
-            .pump_send(
-                checks,
-                enforce,
-                policy.window,
-                policy.min_conversion_permille(),
-                policy.cooldown,
-            )
-            .await
-        {
+        let outcome = match self.store.pump_send(checks, enforce, &policy.rules()).await {
             Ok(outcome) => outcome,
             Err(err) if !enforce => {
                 tracing::warn!(error = %err, "a send was not counted by the pumping defence");

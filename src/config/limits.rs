@@ -143,6 +143,7 @@ fn pumping_from_env(env: &Vars<'_>) -> Result<PumpingPolicy, ConfigError> {
         country_min_volume: env.parse("PUMPING_COUNTRY_MIN_VOLUME", 500)?,
         prefix_min_volume: env.parse("PUMPING_PREFIX_MIN_VOLUME", 40)?,
         cooldown: minutes("PUMPING_BLOCK_MINUTES", 60)?,
+        grace: std::time::Duration::from_secs(env.ranged("PUMPING_GRACE_SECONDS", 60, 0..=3600)?),
         allow_cidrs: env
             .list("PUMPING_ALLOW_CIDRS")
             .iter()

@@ -62,9 +62,21 @@ pub struct PlayIntegrity {
     key_id: Option<String>,
     token_uri: String,
     key: EncodingKey,
-    /// The access token and when to fetch a new one.
-    access: tokio::sync::Mutex<Option<(String, Instant)>>,
+    /// The access token and when to fetch a new one; or when the last fetch failed.
+    access: tokio::sync::Mutex<Access>,
 }
+
+/// The service account's access token, as kept.
+#[derive(Default)]
+struct Access {
+    token: Option<(String, Instant)>,
+    /// A failed fetch (and whether Google refused us): calls within [`RETRY_FETCH_AFTER`] of
+    /// it fail the same way at once instead of each waiting for the token endpoint in turn.
+    failed: Option<(Instant, bool)>,
+}
+
+/// How long a failed access-token fetch is remembered.
+const RETRY_FETCH_AFTER: Duration = Duration::from_secs(2);
 
 impl PlayIntegrity {
     /// A client bounded by `PLAY_INTEGRITY_TIMEOUT_MS`, without redirects.
@@ -90,7 +102,7 @@ impl PlayIntegrity {
             key_id: settings.account.private_key_id.clone(),
             token_uri: settings.account.token_uri.clone(),
             key,
-            access: tokio::sync::Mutex::new(None),
+            access: tokio::sync::Mutex::new(Access::default()),
         })
     }
 
@@ -107,11 +119,21 @@ impl PlayIntegrity {
             .map_err(transport)?;
         let status = resp.status();
         if status.as_u16() == 401 {
-            // The access token was revoked or expired early: the next call fetches another.
-            *self.access.lock().await = None;
+            // The access token was revoked or expired early: the next call fetches another
+            // (unless one was fetched meanwhile).
+            let mut kept = self.access.lock().await;
+            if kept.token.as_ref().is_some_and(|(t, _)| *t == access) {
+                kept.token = None;
+            }
         }
         if status.as_u16() == 400 {
             return Err(IntegrityError::Invalid);
+        }
+        if status.as_u16() == 429 {
+            return Err(IntegrityError::Outage {
+                reason: "decodeIntegrityToken: HTTP 429 (the app's daily quota?)".into(),
+                refused: true,
+            });
         }
         if !status.is_success() {
             return Err(IntegrityError::Outage {
@@ -132,11 +154,35 @@ impl PlayIntegrity {
     /// The service account's access token: the one kept, or a new one.
     async fn access_token(&self) -> Result<String, IntegrityError> {
         let mut kept = self.access.lock().await;
-        if let Some((token, renew_at)) = kept.as_ref()
+        if let Some((token, renew_at)) = kept.token.as_ref()
             && Instant::now() < *renew_at
         {
             return Ok(token.clone());
         }
+        if let Some((at, refused)) = kept.failed
+            && at.elapsed() < RETRY_FETCH_AFTER
+        {
+            return Err(IntegrityError::Outage {
+                reason: "the token endpoint failed moments ago".into(),
+                refused,
+            });
+        }
+        let fetched = self.fetch_access_token().await;
+        match &fetched {
+            Ok((token, renew_at)) => {
+                kept.token = Some((token.clone(), *renew_at));
+                kept.failed = None;
+            }
+            Err(IntegrityError::Outage { refused, .. }) => {
+                kept.failed = Some((Instant::now(), *refused));
+            }
+            Err(IntegrityError::Invalid) => kept.failed = Some((Instant::now(), false)),
+        }
+        fetched.map(|(token, _)| token)
+    }
+
+    /// Signs in as the service account: a new access token and when to renew it.
+    async fn fetch_access_token(&self) -> Result<(String, Instant), IntegrityError> {
         let now = chrono::Utc::now().timestamp();
         let mut header = Header::new(Algorithm::RS256);
         header.kid = self.key_id.clone();
@@ -169,11 +215,11 @@ impl PlayIntegrity {
         let token: AccessToken = resp.json().await.map_err(|e| {
             IntegrityError::down(format!("unreadable token answer: {}", e.without_url()))
         })?;
-        // Renewed a minute early (at most halfway through a short lifetime).
-        let life = Duration::from_secs(token.expires_in);
+        // Renewed a minute early (at most halfway through a short lifetime), and at least
+        // hourly whatever the answer said.
+        let life = Duration::from_secs(token.expires_in.min(3600));
         let renew_at = Instant::now() + life.saturating_sub(Duration::from_secs(60)).max(life / 2);
-        *kept = Some((token.access_token.clone(), renew_at));
-        Ok(token.access_token)
+        Ok((token.access_token, renew_at))
     }
 }
 

@@ -148,6 +148,9 @@ pub struct PumpingPolicy {
     pub prefix_min_volume: u32,
     /// `PUMPING_BLOCK_MINUTES`: how long an automatic block lasts.
     pub cooldown: Duration,
+    /// `PUMPING_GRACE_SECONDS`: sends this recent (one to two of these) are left out of
+    /// conversion, their codes may still be verified.
+    pub grace: Duration,
     /// `PUMPING_ALLOW_CIDRS`: clients that always pass, uncounted.
     pub allow_cidrs: Vec<Cidr>,
     /// `PUMPING_ALLOW_COUNTRIES`: countries that always pass, uncounted.
@@ -170,6 +173,7 @@ impl PumpingPolicy {
             country_min_volume: 0,
             prefix_min_volume: 0,
             cooldown: Duration::from_secs(3600),
+            grace: Duration::from_secs(60),
             allow_cidrs: Vec::new(),
             allow_countries: Vec::new(),
             allow_prefixes: Vec::new(),
@@ -257,6 +261,17 @@ impl PumpingPolicy {
     pub fn min_conversion_permille(&self) -> u32 {
         (self.min_conversion * 1000.0).round().clamp(0.0, 1000.0) as u32
     }
+
+    /// The rules a send is counted and judged by.
+    pub fn rules(&self) -> PumpRules {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        PumpRules {
+            window_ms: ms(self.window).max(1),
+            min_permille: self.min_conversion_permille(),
+            cooldown_ms: ms(self.cooldown).max(1),
+            grace_ms: ms(self.grace),
+        }
+    }
 }
 
 /// Why a send was (or, in `record_only`, would have been) refused.
@@ -337,6 +352,27 @@ pub struct PumpCounter {
     pub blocked_sent: u64,
     /// Verifications in the window when it was blocked.
     pub blocked_verified: u64,
+    /// The current grace slot's index (`now / grace`): sends this recent may still be verified,
+    /// so conversion leaves them out.
+    pub slot: u64,
+    /// Sends in the current grace slot.
+    pub slot_sent: u64,
+    /// Sends in the previous grace slot.
+    pub prev_slot_sent: u64,
+}
+
+/// How the counters of a send are kept and judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PumpRules {
+    /// The sliding window (ms).
+    pub window_ms: u64,
+    /// The conversion below which a scope with its volume is blocked (per mille).
+    pub min_permille: u32,
+    /// How long an automatic block lasts (ms).
+    pub cooldown_ms: u64,
+    /// Sends younger than one to two of these (ms) are left out of conversion: their codes
+    /// may still be verified (0 = all count).
+    pub grace_ms: u64,
 }
 
 impl PumpCounter {
@@ -414,40 +450,50 @@ impl PumpCounter {
         (window_ms - elapsed.min(window_ms) + t.min(window_ms)).max(1)
     }
 
-    /// Records one send; when `check`'s conversion (verified / sent, per mille) falls below
-    /// `min_permille` with at least its volume, and no block runs, blocks it until
-    /// `now_ms + cooldown_ms` (see [`PumpCounter::judge`]). Whether it did.
-    pub fn record_send(
-        &mut self,
-        check: &PumpCheck,
-        now_ms: u64,
-        window_ms: u64,
-        min_permille: u32,
-        cooldown_ms: u64,
-    ) -> bool {
-        self.sent += 1;
-        self.judge(check, now_ms, window_ms, min_permille, cooldown_ms)
+    /// Moves the grace slots to `now_ms`.
+    fn roll_slots(&mut self, now_ms: u64, grace_ms: u64) {
+        if grace_ms == 0 {
+            return;
+        }
+        let slot = now_ms / grace_ms;
+        if slot == self.slot {
+            return;
+        }
+        self.prev_slot_sent = if slot == self.slot + 1 {
+            self.slot_sent
+        } else {
+            0
+        };
+        self.slot_sent = 0;
+        self.slot = slot;
     }
 
-    /// Blocks `check` until `now_ms + cooldown_ms` when its conversion is below
-    /// `min_permille` per mille with its volume reached and no block runs. Whether it did.
-    pub fn judge(
-        &mut self,
-        check: &PumpCheck,
-        now_ms: u64,
-        window_ms: u64,
-        min_permille: u32,
-        cooldown_ms: u64,
-    ) -> bool {
-        let (sent, verified) = self.estimate(now_ms, window_ms);
+    /// Records one send (after [`PumpCounter::roll`]), then judges `check`'s conversion
+    /// ([`PumpCounter::judge`]). Whether it blocked it.
+    pub fn record_send(&mut self, check: &PumpCheck, now_ms: u64, rules: &PumpRules) -> bool {
+        self.sent += 1;
+        self.roll_slots(now_ms, rules.grace_ms);
+        if rules.grace_ms > 0 {
+            self.slot_sent += 1;
+        }
+        self.judge(check, now_ms, rules)
+    }
+
+    /// Blocks `check` until `now_ms + cooldown` when its conversion (verified / sent, sends
+    /// of the grace slots left out) is below the minimum with its volume reached, and no block
+    /// runs. Whether it did.
+    pub fn judge(&mut self, check: &PumpCheck, now_ms: u64, rules: &PumpRules) -> bool {
+        self.roll_slots(now_ms, rules.grace_ms);
+        let (sent, verified) = self.estimate(now_ms, rules.window_ms);
+        let matured = sent.saturating_sub(self.slot_sent + self.prev_slot_sent);
         if check.min_volume == 0
-            || sent < u64::from(check.min_volume)
+            || matured < u64::from(check.min_volume)
             || self.blocked_until > now_ms
-            || verified * 1000 >= sent * u64::from(min_permille)
+            || verified * 1000 >= matured * u64::from(rules.min_permille)
         {
             return false;
         }
-        self.blocked_until = now_ms + cooldown_ms;
+        self.blocked_until = now_ms + rules.cooldown_ms;
         self.blocked_sent = sent;
         self.blocked_verified = verified;
         true
@@ -513,6 +559,15 @@ mod tests {
         assert_eq!(c.estimate(13_000, w), (0, 0));
     }
 
+    fn rules(window_ms: u64, grace_ms: u64) -> PumpRules {
+        PumpRules {
+            window_ms,
+            min_permille: 200,
+            cooldown_ms: 5_000,
+            grace_ms,
+        }
+    }
+
     fn check(budget: u32, min_volume: u32) -> PumpCheck {
         PumpCheck {
             scope: Scope::Prefix,
@@ -529,7 +584,7 @@ mod tests {
         c.roll(0, w);
         for _ in 0..3 {
             assert!(c.admits(&check(3, 0), 10, w).is_ok());
-            c.record_send(&check(3, 0), 10, w, 0, 0);
+            c.record_send(&check(3, 0), 10, &rules(w, 0));
         }
         // Three unverified now: the window must end (then one fades at once).
         assert_eq!(
@@ -589,11 +644,11 @@ mod tests {
         let ch = check(0, 10);
         c.roll(0, w);
         for i in 0..9 {
-            assert!(!c.record_send(&ch, i, w, 200, 5_000), "below the volume");
+            assert!(!c.record_send(&ch, i, &rules(w, 0)), "below the volume");
         }
         c.credit();
         // 10 sent, 1 verified: 10 % < 20 %.
-        assert!(c.record_send(&ch, 9, w, 200, 5_000));
+        assert!(c.record_send(&ch, 9, &rules(w, 0)));
         assert_eq!(c.admits(&ch, 10, w), Err((PumpReason::Blocked, 4_999)));
         assert_eq!((c.blocked_sent, c.blocked_verified), (10, 1));
         // A good conversion never blocks.
@@ -601,8 +656,17 @@ mod tests {
         good.roll(0, w);
         good.verified = 5;
         for i in 0..20 {
-            assert!(!good.record_send(&ch, i, w, 200, 5_000));
+            assert!(!good.record_send(&ch, i, &rules(w, 0)));
         }
+        // A burst of sends not verified yet is no low conversion: with a grace of 1 s, only
+        // sends older than that count.
+        let mut burst = PumpCounter::default();
+        burst.roll(0, w);
+        for i in 0..30 {
+            assert!(!burst.record_send(&ch, i, &rules(w, 1_000)));
+        }
+        // Two seconds later nothing was verified: now it blocks.
+        assert!(burst.judge(&ch, 2_500, &rules(w, 1_000)));
     }
 
     #[test]

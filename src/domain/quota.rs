@@ -171,6 +171,24 @@ impl QuotaPolicy {
         .collect()
     }
 
+    /// The quota of one Play Integrity check (a call to Google, whose daily quota is the app's):
+    /// per client IP, as many per hour as codes (`integrity-ip`).
+    pub fn for_integrity(&self, ip: Option<IpAddr>) -> Vec<Quota> {
+        if !self.enabled {
+            return Vec::new();
+        }
+        ip.and_then(|ip| {
+            Self::quota(
+                "integrity-ip",
+                format!("integrity-ip:{ip}"),
+                self.ip_per_hour,
+                HOUR,
+            )
+        })
+        .into_iter()
+        .collect()
+    }
+
     /// The quotas one login intent is charged against: per client IP and over all clients.
     pub fn for_intent(&self, ip: Option<IpAddr>) -> Vec<Quota> {
         if !self.enabled {

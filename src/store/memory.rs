@@ -16,7 +16,9 @@ use super::{
     BindOutcome, ClaimOutcome, IssueOutcome, RefreshOutcome, SessionPut, SessionRecord, Store,
     StoreError, VerifyOutcome,
 };
-use crate::domain::pumping::{PumpBlock, PumpCheck, PumpCounter, PumpOutcome, PumpRefusal, Scope};
+use crate::domain::pumping::{
+    PumpBlock, PumpCheck, PumpCounter, PumpOutcome, PumpRefusal, PumpRules, Scope,
+};
 use crate::domain::quota::{Quota, QuotaState, Refusal, gcra};
 
 /// How often writes sweep expired entries.
@@ -641,12 +643,10 @@ impl Store for MemoryStore {
         &self,
         checks: &[PumpCheck],
         enforce: bool,
-        window: Duration,
-        min_permille: u32,
-        cooldown: Duration,
+        rules: &PumpRules,
     ) -> Result<PumpOutcome, StoreError> {
         let now = super::unix_ms();
-        let window = super::ttl_ms(window);
+        let window = rules.window_ms.max(1);
         let mut inner = self.lock();
         let mut counters: Vec<PumpCounter> = checks
             .iter()
@@ -677,7 +677,7 @@ impl Store for MemoryStore {
         }
         let mut blocked = Vec::new();
         for (index, (check, counter)) in checks.iter().zip(&mut counters).enumerate() {
-            if counter.record_send(check, now, window, min_permille, super::ttl_ms(cooldown)) {
+            if counter.record_send(check, now, rules) {
                 blocked.push((index, counter.blocked_until));
             }
             inner.put_pump(check.scope, &check.key, *counter, now, window);

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::domain::pumping::{PumpBlock, PumpCheck, PumpOutcome, Scope};
+use crate::domain::pumping::{PumpBlock, PumpCheck, PumpOutcome, PumpRules, Scope};
 use crate::domain::quota::{Quota, QuotaState, Refusal};
 use crate::domain::secret::redact_credentials;
 use crate::telemetry::Metrics;
@@ -320,18 +320,16 @@ pub trait Store: Send + Sync + 'static {
     /// Checks that the store answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// Counts one code sent in each scope of `checks`, in a sliding `window`, unless, with
-    /// `enforce`, one of them is blocked or has its budget of unverified codes spent (then
-    /// nothing is counted). A scope whose conversion (verified / sent) falls below
-    /// `min_permille` per mille with its volume reached is blocked for `cooldown`, and listed
-    /// for [`Store::pump_blocks`].
+    /// Counts one code sent in each scope of `checks`, in the sliding window of `rules`,
+    /// unless, with `enforce`, one of them is blocked or has its budget of unverified codes
+    /// spent (then nothing is counted). A scope whose conversion (verified / sent) falls below
+    /// the rules' minimum with its volume reached is blocked for their cooldown, and listed for
+    /// [`Store::pump_blocks`].
     async fn pump_send(
         &self,
         checks: &[PumpCheck],
         enforce: bool,
-        window: Duration,
-        min_permille: u32,
-        cooldown: Duration,
+        rules: &PumpRules,
     ) -> Result<PumpOutcome, StoreError>;
 
     /// Takes back one send counted by [`Store::pump_send`] (the code was not delivered).
@@ -586,16 +584,10 @@ impl Store for Metered {
         &self,
         checks: &[PumpCheck],
         enforce: bool,
-        window: Duration,
-        min_permille: u32,
-        cooldown: Duration,
+        rules: &PumpRules,
     ) -> Result<PumpOutcome, StoreError> {
-        self.timed(
-            "pump_send",
-            self.inner
-                .pump_send(checks, enforce, window, min_permille, cooldown),
-        )
-        .await
+        self.timed("pump_send", self.inner.pump_send(checks, enforce, rules))
+            .await
     }
 
     async fn pump_unsend(&self, checks: &[PumpCheck], window: Duration) -> Result<(), StoreError> {

@@ -70,7 +70,11 @@ fn sms_to(standin: &StandIn, phone: &str) -> usize {
 }
 
 async fn verdicts(app: &TestApp, verdict: &str, mode: &str) -> f64 {
-    let text = metrics_text(app, &app.a).await;
+    verdicts_on(app, &app.a, verdict, mode).await
+}
+
+async fn verdicts_on(app: &TestApp, base: &str, verdict: &str, mode: &str) -> f64 {
+    let text = metrics_text(app, base).await;
     sample(
         &text,
         &format!(
@@ -112,31 +116,60 @@ async fn enforce_sends_only_for_a_genuine_app_on_a_genuine_device(backend: Backe
     let reply = login(&app, &classic, Some(&token("nonce", &classic)), None).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
 
-    // Refused, nothing sent: replayed, another number's, stale, side-loaded, a weak device,
-    // another app's, undecodable, and none at all (no captcha gate to fall back to).
-    let other = unique_phone();
-    for (token, verdict) in [
-        (Some(pass.clone()), "replayed"),
-        (Some(token("pass", &other)), "wrong_request"),
-        (Some(token("stale", &phone)), "stale"),
-        (Some(token("sideload", &phone)), "app_unrecognized"),
-        (Some(token("basic", &phone)), "device_integrity"),
-        (Some(token("other", &phone)), "wrong_request"),
-        (Some("forged-token".to_string()), "fail"),
-        (None, "missing"),
+    // The same token again, on the other replica: refused.
+    let replay = app
+        .post(
+            &app.b,
+            "/api/auth/login",
+            json!({ "phone": phone, "integrity_token": pass }),
+        )
+        .await;
+    replay.assert_problem(403, "integrity_failed");
+    // Each replica signed in once; from now on its access token is kept.
+    let sign_ins = || {
+        standin
+            .requests("google")
+            .iter()
+            .filter(|r| r.path == "/google/token")
+            .count()
+    };
+    let signed_in = sign_ins();
+    assert!((1..=2).contains(&signed_in), "{signed_in}");
+
+    // Refused, nothing sent: another number's, stale, side-loaded, a weak device, another
+    // app's, undecodable, and none at all (no captcha gate to fall back to).
+    for (kind, verdict) in [
+        ("other-number", "wrong_request"),
+        ("stale", "stale"),
+        ("sideload", "app_unrecognized"),
+        ("basic", "device_integrity"),
+        ("other", "wrong_request"),
+        ("forged", "fail"),
+        ("none", "missing"),
     ] {
-        let reply = login(&app, &phone, token.as_deref(), None).await;
+        let fresh = unique_phone();
+        let sent = match kind {
+            "other-number" => Some(token("pass", &unique_phone())),
+            "forged" => Some("forged-token".to_string()),
+            "none" => None,
+            kind => Some(token(kind, &fresh)),
+        };
+        let before = verdicts(&app, verdict, "enforce").await;
+        let reply = login(&app, &fresh, sent.as_deref(), None).await;
         reply.assert_problem(403, "integrity_failed");
-        assert!(verdicts(&app, verdict, "enforce").await >= 1.0, "{verdict}");
+        assert_eq!(
+            verdicts(&app, verdict, "enforce").await,
+            before + 1.0,
+            "{kind}"
+        );
+        assert_eq!(
+            sms_to(&standin, &fresh),
+            0,
+            "{kind}: a refused login sent a code"
+        );
     }
-    assert_eq!(sms_to(&standin, &phone), 1, "a refused login sent a code");
-    // The service account signed in once: its access token is kept.
-    let sign_ins = standin
-        .requests("google")
-        .iter()
-        .filter(|r| r.path == "/google/token")
-        .count();
-    assert_eq!(sign_ins, 1);
+    assert_eq!(verdicts_on(&app, &app.b, "replayed", "enforce").await, 1.0);
+    assert_eq!(sign_ins(), signed_in, "the access token was not kept");
     // A stronger level refuses what `device` let through.
     let strict = app_with(
         backend,
@@ -219,13 +252,54 @@ async fn shadow_records_and_outages_fail_closed_or_open(backend: Backend) {
     .await;
     let reply = login(&open, &phone, Some(&token("pass", &phone)), None).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    // Google refusing us (our credentials, our quota) never lets a login through.
+    // Google refusing us (our credentials, our quota) never lets a login through: at sign-in,
+    // or at the decode itself (a fresh app signs in first).
+    // (A replica that failed to sign in moments ago answers from that failure for 2 s: a
+    // replica that has not tried yet meets the 403.)
     standin.set_mode("google", Mode::Status(403));
     let phone = unique_phone();
+    let open = app_with(
+        backend,
+        &standin,
+        &[
+            standin.integrity_settings("enforce"),
+            vec![("PLAY_INTEGRITY_FAIL_OPEN", "true".to_string())],
+        ]
+        .concat(),
+    )
+    .await;
     login(&open, &phone, Some(&token("pass", &phone)), None)
         .await
         .assert_problem(503, "integrity_unavailable");
     assert_eq!(sms_to(&standin, &phone), 0);
+    standin.set_mode("google", Mode::Ok);
+    let fresh = app_with(
+        backend,
+        &standin,
+        &[
+            standin.integrity_settings("enforce"),
+            vec![("PLAY_INTEGRITY_FAIL_OPEN", "true".to_string())],
+        ]
+        .concat(),
+    )
+    .await;
+    for status in [429, 403] {
+        standin.set_mode("google-decode", Mode::Status(status));
+        let phone = unique_phone();
+        login(&fresh, &phone, Some(&token("pass", &phone)), None)
+            .await
+            .assert_problem(503, "integrity_unavailable");
+        assert_eq!(sms_to(&standin, &phone), 0);
+    }
+    // A decode that fails for a moment: closed without fail-open, open with it.
+    standin.set_mode("google-decode", Mode::Status(502));
+    let phone = unique_phone();
+    login(&app, &phone, Some(&token("pass", &phone)), None)
+        .await
+        .assert_problem(503, "integrity_unavailable");
+    let reply = login(&fresh, &phone, Some(&token("pass", &phone)), None).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    standin.set_mode("google-decode", Mode::Ok);
 }
 
 async fn a_pass_stands_in_for_the_captcha_and_other_clients_solve_it(backend: Backend) {
@@ -253,4 +327,26 @@ async fn a_pass_stands_in_for_the_captcha_and_other_clients_solve_it(backend: Ba
         .assert_problem(403, "captcha_failed");
     let reply = login(&app, &phone, None, Some("pass-2")).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
+    // Google refusing us (its quota spent) sends Android users to the captcha, not to a 503.
+    standin.set_mode("google-decode", Mode::Status(429));
+    let phone = unique_phone();
+    login(&app, &phone, Some(&token("pass", &phone)), None)
+        .await
+        .assert_problem(403, "captcha_failed");
+    let reply = login(&app, &phone, Some(&token("pass", &phone)), Some("pass-3")).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    standin.set_mode("google-decode", Mode::Ok);
+
+    // A captcha gate that only records does not stand in for a missing integrity token.
+    let settings = [
+        standin.integrity_settings("enforce"),
+        standin.captcha_settings("turnstile", "shadow"),
+    ]
+    .concat();
+    let app = app_with(backend, &standin, &settings).await;
+    let phone = unique_phone();
+    login(&app, &phone, None, Some("pass-4"))
+        .await
+        .assert_problem(403, "integrity_failed");
+    assert_eq!(sms_to(&standin, &phone), 0);
 }

@@ -143,6 +143,8 @@ async fn low_conversion_blocks_a_prefix_until_lifted(backend: Backend) {
         "enforce",
         &[
             ("PUMPING_PREFIX_MIN_VOLUME", "4"),
+            // Every send counts at once (no grace for codes on their way).
+            ("PUMPING_GRACE_SECONDS", "0"),
             ("PUMPING_MIN_CONVERSION", "0.5"),
             ("PUMPING_BLOCK_MINUTES", "30"),
         ],

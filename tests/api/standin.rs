@@ -642,7 +642,18 @@ async fn google(state: Arc<Mutex<State>>, mut req: Request) -> Response {
             body: body.clone(),
             webhook_id: None,
         });
-        state.modes.get("google").copied().unwrap_or(Mode::Ok)
+        // `google-token` / `google-decode` script one endpoint, `google` both.
+        let endpoint = if path == "/google/token" {
+            "google-token"
+        } else {
+            "google-decode"
+        };
+        state
+            .modes
+            .get(endpoint)
+            .or_else(|| state.modes.get("google"))
+            .copied()
+            .unwrap_or(Mode::Ok)
     };
     match mode {
         Mode::Status(status) | Mode::FailTimes(status, _) => {

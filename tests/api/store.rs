@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use otpgate::config::RedisMode;
-use otpgate::domain::pumping::{Network, PumpCheck, PumpReason, Scope};
+use otpgate::domain::pumping::{Network, PumpCheck, PumpReason, PumpRules, Scope};
 use otpgate::domain::quota::Quota;
 use otpgate::store::redis::RedisOptions;
 use otpgate::store::{
@@ -416,6 +416,16 @@ fn quota(policy: &'static str, limit: u32, window: Duration) -> Quota {
 }
 
 const HOUR: Duration = Duration::from_secs(3600);
+
+/// Pumping rules of an hour's window and block, no grace, blocking below `permille`.
+fn rules(permille: u32) -> PumpRules {
+    PumpRules {
+        window_ms: 3_600_000,
+        min_permille: permille,
+        cooldown_ms: 3_600_000,
+        grace_ms: 0,
+    }
+}
 
 async fn quotas_admit_the_limit_then_refuse_without_side_effects(store: Arc<dyn Store>) {
     let per_phone = quota("otp-phone", 2, HOUR);
@@ -981,7 +991,7 @@ async fn pumping_refuses_without_counting_and_takes_back(store: Arc<dyn Store>) 
     let net_b = pump(Scope::Network, 1, 0);
     let send = |checks: Vec<PumpCheck>| {
         let store = store.clone();
-        async move { store.pump_send(&checks, true, HOUR, 0, HOUR).await.unwrap() }
+        async move { store.pump_send(&checks, true, &rules(0)).await.unwrap() }
     };
     assert_eq!(
         send(vec![prefix.clone(), net_a.clone()]).await.refused,
@@ -1019,7 +1029,7 @@ async fn pumping_refuses_without_counting_and_takes_back(store: Arc<dyn Store>) 
     );
     // Record only: counted and reported, not refused.
     let outcome = store
-        .pump_send(&[prefix.clone(), net_a.clone()], false, HOUR, 0, HOUR)
+        .pump_send(&[prefix.clone(), net_a.clone()], false, &rules(0))
         .await
         .unwrap();
     assert_eq!(outcome.refused.unwrap().reason, PumpReason::OverBudget);
@@ -1036,12 +1046,12 @@ async fn pumping_blocks_on_low_conversion_and_lifts(store: Arc<dyn Store>) {
     let full = pump(Scope::Network, 1, 0);
     // The network refuses (its budget is spent first): the prefix is neither counted nor judged.
     store
-        .pump_send(std::slice::from_ref(&full), true, HOUR, 500, HOUR)
+        .pump_send(std::slice::from_ref(&full), true, &rules(500))
         .await
         .unwrap();
     for _ in 0..3 {
         let outcome = store
-            .pump_send(&[prefix.clone(), full.clone()], true, HOUR, 500, HOUR)
+            .pump_send(&[prefix.clone(), full.clone()], true, &rules(500))
             .await
             .unwrap();
         assert_eq!(outcome.refused.unwrap().index, 1);
@@ -1059,7 +1069,7 @@ async fn pumping_blocks_on_low_conversion_and_lifts(store: Arc<dyn Store>) {
     let checks = [prefix.clone(), country.clone()];
     assert!(
         store
-            .pump_send(&checks, true, HOUR, 500, HOUR)
+            .pump_send(&checks, true, &rules(500))
             .await
             .unwrap()
             .blocked
@@ -1068,23 +1078,17 @@ async fn pumping_blocks_on_low_conversion_and_lifts(store: Arc<dyn Store>) {
     store.pump_verified(&checks, HOUR).await.unwrap();
     assert!(
         store
-            .pump_send(&checks, true, HOUR, 500, HOUR)
+            .pump_send(&checks, true, &rules(500))
             .await
             .unwrap()
             .blocked
             .is_empty()
     );
-    let third = store
-        .pump_send(&checks, true, HOUR, 500, HOUR)
-        .await
-        .unwrap();
+    let third = store.pump_send(&checks, true, &rules(500)).await.unwrap();
     assert_eq!(third.refused, None);
     assert_eq!(third.blocked.len(), 1);
     assert_eq!(third.blocked[0].0, 0);
-    let refused = store
-        .pump_send(&checks, true, HOUR, 500, HOUR)
-        .await
-        .unwrap();
+    let refused = store.pump_send(&checks, true, &rules(500)).await.unwrap();
     let refusal = refused.refused.unwrap();
     assert_eq!((refusal.index, refusal.reason), (0, PumpReason::Blocked));
     assert!(refusal.retry_after > HOUR - MINUTE && refusal.retry_after <= HOUR);
@@ -1105,10 +1109,7 @@ async fn pumping_blocks_on_low_conversion_and_lifts(store: Arc<dyn Store>) {
             .all(|b| b.key != prefix.key)
     );
     // Lifted: the counts start afresh, so the next send neither waits nor blocks again.
-    let after = store
-        .pump_send(&checks, true, HOUR, 500, HOUR)
-        .await
-        .unwrap();
+    let after = store.pump_send(&checks, true, &rules(500)).await.unwrap();
     assert_eq!((after.refused, after.blocked.len()), (None, 0));
     // An operator's block of a scope never counted.
     let network = pump(Scope::Network, 0, 0);
@@ -1117,7 +1118,7 @@ async fn pumping_blocks_on_low_conversion_and_lifts(store: Arc<dyn Store>) {
         .await
         .unwrap();
     let refusal = store
-        .pump_send(std::slice::from_ref(&network), true, HOUR, 500, HOUR)
+        .pump_send(std::slice::from_ref(&network), true, &rules(500))
         .await
         .unwrap()
         .refused

@@ -1,14 +1,15 @@
 -- SMS-pumping counters (domain::pumping::PumpCounter, the same arithmetic): one hash per scope
 -- key: the current window's index w, its sends s and verifications v, the previous window's ps
--- and pv, and a block: its end b (Unix ms) and the counts when it was set, bs and bv.
+-- and pv, a block: its end b (Unix ms) and the counts when it was set, bs and bv, and the grace
+-- slots: the current one's index g, its sends gs and the previous one's gp.
 -- KEYS[1..n] the scopes' hashes
 -- ARGV[1] operation: send, judge, unsend, verified, block, lift or index; ARGV[2] window (ms)
 -- send: ARGV[3] enforce (1 or 0), ARGV[4] minimum conversion (per mille), ARGV[5] block length
---   (ms), ARGV[6..] budget, min volume of each key. Returns {refused key index or 0, reason
+--   (ms), ARGV[6] grace (ms, 0 = none), ARGV[7..] budget, min volume of each key. Returns {refused key index or 0, reason
 --   (1 over budget, 2 blocked), wait_ms, then per key the end of the block this send set, or
 --   0}; the key refusing with the longest wait is reported. With enforce and a refusal nothing
 --   is counted and the per-key part is absent.
--- judge: ARGV[3..5] as for send, ARGV[6..] budget, min volume of each key: blocks the keys whose
+-- judge: ARGV[3..7..] as for send: blocks the keys whose
 --   conversion is too low, without counting a send. Returns the block ends per key (or 0).
 -- unsend / verified: one send taken back / one verification counted, in each key that exists
 --   (see PumpCounter::uncount and ::credit).
@@ -32,10 +33,11 @@ if op == 'index' then
 end
 
 local function load(key)
-  local h = redis.call('HMGET', key, 'w', 's', 'v', 'ps', 'pv', 'b')
+  local h = redis.call('HMGET', key, 'w', 's', 'v', 'ps', 'pv', 'b', 'g', 'gs', 'gp')
   local c = {
     w = tonumber(h[1]) or idx, s = tonumber(h[2]) or 0, v = tonumber(h[3]) or 0,
     ps = tonumber(h[4]) or 0, pv = tonumber(h[5]) or 0, b = tonumber(h[6]) or 0,
+    g = tonumber(h[7]) or 0, gs = tonumber(h[8]) or 0, gp = tonumber(h[9]) or 0,
   }
   if c.w ~= idx then
     if c.w == idx - 1 then
@@ -70,10 +72,29 @@ local function wait_for_budget(c, budget)
   return math.max(1, window - math.min(elapsed, window) + math.min(t, window))
 end
 
+-- PumpCounter::roll_slots.
+local grace = tonumber(ARGV[6]) or 0
+local function roll_slots(c)
+  if grace == 0 then
+    return
+  end
+  local slot = math.floor(now / grace)
+  if slot ~= c.g then
+    if slot == c.g + 1 then
+      c.gp = c.gs
+    else
+      c.gp = 0
+    end
+    c.gs, c.g = 0, slot
+  end
+end
+
 -- PumpCounter::judge: sets the block (and returns its end) or returns 0.
 local function judge(key, c, volume)
+  roll_slots(c)
   local s, v = estimate(c)
-  if volume > 0 and s >= volume and c.b <= now and v * 1000 < s * tonumber(ARGV[4]) then
+  local matured = math.max(0, s - c.gs - c.gp)
+  if volume > 0 and matured >= volume and c.b <= now and v * 1000 < matured * tonumber(ARGV[4]) then
     c.b = now + tonumber(ARGV[5])
     redis.call('HSET', key, 'b', c.b, 'bs', s, 'bv', v)
     return c.b
@@ -82,7 +103,8 @@ local function judge(key, c, volume)
 end
 
 local function save(key, c)
-  redis.call('HSET', key, 'w', c.w, 's', c.s, 'v', c.v, 'ps', c.ps, 'pv', c.pv)
+  redis.call('HSET', key, 'w', c.w, 's', c.s, 'v', c.v, 'ps', c.ps, 'pv', c.pv,
+    'g', c.g, 'gs', c.gs, 'gp', c.gp)
   redis.call('PEXPIRE', key, math.max(2 * window, c.b - now))
 end
 
@@ -92,7 +114,7 @@ if op == 'send' then
   for i = 1, #KEYS do
     local c = load(KEYS[i])
     counters[i] = c
-    local budget = tonumber(ARGV[4 + 2 * i])
+    local budget = tonumber(ARGV[5 + 2 * i])
     local s, v = estimate(c)
     local r, w = 0, 0
     if c.b > now then
@@ -111,7 +133,11 @@ if op == 'send' then
   for i = 1, #KEYS do
     local c = counters[i]
     c.s = c.s + 1
-    out[#out + 1] = judge(KEYS[i], c, tonumber(ARGV[5 + 2 * i]))
+    roll_slots(c)
+    if grace > 0 then
+      c.gs = c.gs + 1
+    end
+    out[#out + 1] = judge(KEYS[i], c, tonumber(ARGV[6 + 2 * i]))
     save(KEYS[i], c)
   end
   return out
@@ -120,7 +146,7 @@ elseif op == 'judge' then
   for i = 1, #KEYS do
     if redis.call('EXISTS', KEYS[i]) == 1 then
       local c = load(KEYS[i])
-      local until_ms = judge(KEYS[i], c, tonumber(ARGV[5 + 2 * i]))
+      local until_ms = judge(KEYS[i], c, tonumber(ARGV[6 + 2 * i]))
       if until_ms > 0 then
         save(KEYS[i], c)
       end

@@ -78,7 +78,9 @@ use super::{
     StoreError, VerifyOutcome, ttl_ms, unix_ms,
 };
 use crate::config::RedisMode;
-use crate::domain::pumping::{PumpBlock, PumpCheck, PumpOutcome, PumpReason, PumpRefusal, Scope};
+use crate::domain::pumping::{
+    PumpBlock, PumpCheck, PumpOutcome, PumpReason, PumpRefusal, PumpRules, Scope,
+};
 use crate::domain::quota::{Quota, QuotaState, Refusal};
 
 /// How to reach Redis.
@@ -863,19 +865,13 @@ impl Store for RedisStore {
         &self,
         checks: &[PumpCheck],
         enforce: bool,
-        window: Duration,
-        min_permille: u32,
-        cooldown: Duration,
+        rules: &PumpRules,
     ) -> Result<PumpOutcome, StoreError> {
-        let args = PumpArgs {
-            window,
-            min_permille,
-            cooldown,
-        };
+        let args = rules;
         let outcome = if self.single_node() || checks.len() <= 1 {
-            self.pump_send_together(checks, enforce, &args).await?
+            self.pump_send_together(checks, enforce, args).await?
         } else {
-            self.pump_send_apart(checks, enforce, &args).await?
+            self.pump_send_apart(checks, enforce, args).await?
         };
         for &(index, until) in &outcome.blocked {
             let check = &checks[index];
@@ -1011,7 +1007,7 @@ impl RedisStore {
         &self,
         checks: &[PumpCheck],
         enforce: bool,
-        args: &PumpArgs,
+        args: &PumpRules,
     ) -> Result<PumpOutcome, StoreError> {
         if checks.is_empty() {
             return Ok(PumpOutcome::default());
@@ -1052,7 +1048,7 @@ impl RedisStore {
         &self,
         checks: &[PumpCheck],
         enforce: bool,
-        args: &PumpArgs,
+        args: &PumpRules,
     ) -> Result<PumpOutcome, StoreError> {
         let calls = checks.iter().map(|check| {
             let mut one = check.clone();
@@ -1092,7 +1088,10 @@ impl RedisStore {
             }
         }
         if failure.is_some() || enforce && outcome.refused.is_some() {
-            if let Err(err) = self.pump_op("unsend", &counted, args.window).await {
+            if let Err(err) = self
+                .pump_op("unsend", &counted, Duration::from_millis(args.window_ms))
+                .await
+            {
                 tracing::warn!(error = %err, "pumping counts could not be taken back");
             }
             return match failure {
@@ -1135,7 +1134,7 @@ impl RedisStore {
         op: &'static str,
         checks: &[PumpCheck],
         enforce: bool,
-        args: &PumpArgs,
+        args: &PumpRules,
     ) -> Result<Vec<i64>, StoreError> {
         let mut invocation = self.pump.prepare_invoke();
         for check in checks {
@@ -1143,10 +1142,11 @@ impl RedisStore {
         }
         invocation
             .arg(op)
-            .arg(ttl_ms(args.window))
+            .arg(args.window_ms.max(1))
             .arg(if enforce { 1 } else { 0 })
             .arg(args.min_permille)
-            .arg(ttl_ms(args.cooldown));
+            .arg(args.cooldown_ms.max(1))
+            .arg(args.grace_ms);
         for check in checks {
             invocation.arg(check.budget).arg(check.min_volume);
         }
@@ -1192,13 +1192,6 @@ impl RedisStore {
             .arg(until_ms);
         self.invoke_as::<i64>(&invocation).await.map(drop)
     }
-}
-
-/// The window, conversion and block length of a pumping call.
-struct PumpArgs {
-    window: Duration,
-    min_permille: u32,
-    cooldown: Duration,
 }
 
 /// The `(index, block end)` of the keys a pump script blocked (a nonzero end).
