@@ -87,6 +87,27 @@ pub struct CaptchaSettings {
     pub action: Option<String>,
 }
 
+/// A gate's mode from `var` (`off`, `shadow` or `enforce`, the default); anything else is
+/// reported and read as `enforce`.
+pub(crate) fn gate_mode(env: &Vars<'_>, var: &'static str) -> CaptchaMode {
+    match env
+        .get(var)
+        .map(|m| m.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("enforce") => CaptchaMode::Enforce,
+        Some("shadow") => CaptchaMode::Shadow,
+        Some("off") => CaptchaMode::Off,
+        Some(other) => {
+            env.report(invalid(
+                var,
+                format!("expected off, shadow or enforce, got {other:?}"),
+            ));
+            CaptchaMode::Enforce
+        }
+    }
+}
+
 impl CaptchaSettings {
     /// `None` when `CAPTCHA_PROVIDER` is unset (the gate is off).
     pub(crate) fn from_env(env: &Vars<'_>) -> Result<Option<Self>, ConfigError> {
@@ -109,22 +130,7 @@ impl CaptchaSettings {
             "CAPTCHA_SECRET",
             "with CAPTCHA_PROVIDER (the provider's secret key)",
         )?);
-        let mode = match env
-            .get("CAPTCHA_MODE")
-            .map(|m| m.trim().to_ascii_lowercase())
-            .as_deref()
-        {
-            None | Some("enforce") => CaptchaMode::Enforce,
-            Some("shadow") => CaptchaMode::Shadow,
-            Some("off") => CaptchaMode::Off,
-            Some(other) => {
-                env.report(invalid(
-                    "CAPTCHA_MODE",
-                    format!("expected off, shadow or enforce, got {other:?}"),
-                ));
-                CaptchaMode::Enforce
-            }
-        };
+        let mode = gate_mode(env, "CAPTCHA_MODE");
         let verify_url = base_url(env, "CAPTCHA_VERIFY_URL", provider.default_verify_url())?;
         let min_score: f64 = env.parse("CAPTCHA_MIN_SCORE", 0.5)?;
         let min_score = if (0.0..=1.0).contains(&min_score) {

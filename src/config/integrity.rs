@@ -113,21 +113,7 @@ impl IntegritySettings {
                 format!("{package:?} is not an Android package name (com.acme.app)"),
             ));
         }
-        let mode = match env
-            .get("PLAY_INTEGRITY_MODE")
-            .map(|m| m.trim().to_ascii_lowercase())
-            .as_deref()
-        {
-            None | Some("enforce") => CaptchaMode::Enforce,
-            Some("shadow") => CaptchaMode::Shadow,
-            Some("off") => CaptchaMode::Off,
-            Some(other) => {
-                return Err(invalid(
-                    "PLAY_INTEGRITY_MODE",
-                    format!("expected off, shadow or enforce, got {other:?}"),
-                ));
-            }
-        };
+        let mode = super::captcha::gate_mode(env, "PLAY_INTEGRITY_MODE");
         let device = match env
             .get("PLAY_INTEGRITY_DEVICE")
             .map(|m| m.trim().to_ascii_lowercase())

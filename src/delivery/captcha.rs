@@ -63,13 +63,7 @@ pub struct CaptchaVerifier {
 impl CaptchaVerifier {
     /// A client bounded by `CAPTCHA_TIMEOUT_MS`, without redirects.
     pub fn from_settings(settings: &CaptchaSettings) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("otpgate/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("captcha HTTP client: {e}"))?;
+        let client = super::outbound_client(settings.timeout, "captcha")?;
         Ok(Self {
             client,
             url: settings.verify_url.clone(),

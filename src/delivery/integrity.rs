@@ -81,13 +81,7 @@ const RETRY_FETCH_AFTER: Duration = Duration::from_secs(2);
 impl PlayIntegrity {
     /// A client bounded by `PLAY_INTEGRITY_TIMEOUT_MS`, without redirects.
     pub fn from_settings(settings: &IntegritySettings) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("otpgate/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("Play Integrity HTTP client: {e}"))?;
+        let client = super::outbound_client(settings.timeout, "Play Integrity")?;
         let key = EncodingKey::from_rsa_pem(settings.account.private_key.expose().as_bytes())
             .map_err(|_| {
                 "PLAY_INTEGRITY_CREDENTIALS: the private key is not RSA PEM".to_string()

@@ -88,18 +88,24 @@ pub struct Delivery {
     webotp_domain: Option<String>,
 }
 
+/// The HTTP client of an outside API (`what` names it in an error): every request bounded by
+/// `timeout`, connections kept 90 s, and no redirects (no provider API redirects; following
+/// one would re-send a code or a secret elsewhere).
+pub(crate) fn outbound_client(timeout: Duration, what: &str) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("otpgate/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("{what} HTTP client: {e}"))
+}
+
 impl Delivery {
     /// Builds the senders the settings configure, sharing one pooled HTTP client.
     pub fn from_settings(settings: &DeliverySettings) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            // No provider API redirects; following one would re-send a signed code elsewhere.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("otpgate/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+        let client = outbound_client(settings.timeout, "provider")?;
         let sms: Option<Arc<dyn Sender>> =
             match (&settings.twilio, &settings.http_sms, settings.log_channel) {
                 (Some(twilio), _, _) => {

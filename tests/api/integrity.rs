@@ -45,6 +45,16 @@ async fn app_with(backend: Backend, standin: &StandIn, extra: &[(&str, String)])
     spawn_app_with(backend, &settings).await
 }
 
+/// An app enforcing Play Integrity that lets logins through while Google is down.
+async fn fail_open_app(backend: Backend, standin: &StandIn) -> TestApp {
+    let settings = [
+        standin.integrity_settings("enforce"),
+        vec![("PLAY_INTEGRITY_FAIL_OPEN", "true".to_string())],
+    ]
+    .concat();
+    app_with(backend, standin, &settings).await
+}
+
 async fn login(
     app: &TestApp,
     phone: &str,
@@ -240,16 +250,7 @@ async fn shadow_records_and_outages_fail_closed_or_open(backend: Backend) {
         .await
         .assert_problem(503, "integrity_unavailable");
     assert_eq!(sms_to(&standin, &phone), 0);
-    let open = app_with(
-        backend,
-        &standin,
-        &[
-            standin.integrity_settings("enforce"),
-            vec![("PLAY_INTEGRITY_FAIL_OPEN", "true".to_string())],
-        ]
-        .concat(),
-    )
-    .await;
+    let open = fail_open_app(backend, &standin).await;
     let reply = login(&open, &phone, Some(&token("pass", &phone)), None).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     // Google refusing us (our credentials, our quota) never lets a login through: at sign-in,
@@ -258,31 +259,13 @@ async fn shadow_records_and_outages_fail_closed_or_open(backend: Backend) {
     // replica that has not tried yet meets the 403.)
     standin.set_mode("google", Mode::Status(403));
     let phone = unique_phone();
-    let open = app_with(
-        backend,
-        &standin,
-        &[
-            standin.integrity_settings("enforce"),
-            vec![("PLAY_INTEGRITY_FAIL_OPEN", "true".to_string())],
-        ]
-        .concat(),
-    )
-    .await;
+    let open = fail_open_app(backend, &standin).await;
     login(&open, &phone, Some(&token("pass", &phone)), None)
         .await
         .assert_problem(503, "integrity_unavailable");
     assert_eq!(sms_to(&standin, &phone), 0);
     standin.set_mode("google", Mode::Ok);
-    let fresh = app_with(
-        backend,
-        &standin,
-        &[
-            standin.integrity_settings("enforce"),
-            vec![("PLAY_INTEGRITY_FAIL_OPEN", "true".to_string())],
-        ]
-        .concat(),
-    )
-    .await;
+    let fresh = fail_open_app(backend, &standin).await;
     for status in [429, 403] {
         standin.set_mode("google-decode", Mode::Status(status));
         let phone = unique_phone();
