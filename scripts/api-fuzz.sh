@@ -104,10 +104,11 @@ PY
 log "schemathesis: $EXAMPLES examples per operation and phase"
 set +e
 # With the limits on, the front door answers 429 before authentication (on purpose: floods of
-# unauthenticated requests are what it is for), which missing_required_header would take for a
-# missing 401; the limits-off run keeps that check.
+# unauthenticated requests are what it is for), which missing_required_header and ignored_auth
+# (ST401) would take for a missing 401 (it did, on DELETE /api/auth/me, once the API grew); the
+# limits-off run keeps both checks.
 excluded=positive_data_acceptance
-[ "$BACKEND" = redis ] && excluded=positive_data_acceptance,missing_required_header
+[ "$BACKEND" = redis ] && excluded=positive_data_acceptance,missing_required_header,ignored_auth
 "$work/venv/bin/schemathesis" run "$base/openapi.json" \
   --checks all --exclude-checks "$excluded" \
   --max-examples "$EXAMPLES" --seed "${SEED:-20261123}" \
