@@ -71,6 +71,28 @@ struct State {
     spent_tokens: std::collections::HashSet<String>,
 }
 
+impl State {
+    /// How the next request answers: the mode of the first of `keys` that has one (`Ok` when
+    /// none); a `FailTimes` counts down.
+    fn next_mode(&mut self, keys: &[&'static str]) -> Mode {
+        let Some((key, mode)) = keys
+            .iter()
+            .find_map(|k| self.modes.get(k).map(|m| (*k, *m)))
+        else {
+            return Mode::Ok;
+        };
+        if let Mode::FailTimes(status, n) = mode {
+            let next = if n <= 1 {
+                Mode::Ok
+            } else {
+                Mode::FailTimes(status, n - 1)
+            };
+            self.modes.insert(key, next);
+        }
+        mode
+    }
+}
+
 /// A running stand-in on a loopback port.
 #[derive(Clone)]
 pub struct StandIn {
@@ -275,16 +297,7 @@ async fn handle(state: Arc<Mutex<State>>, mut req: Request) -> Response {
             body: body.clone(),
             webhook_id: signed.0.clone(),
         });
-        let mode = state.modes.get(provider).copied().unwrap_or(Mode::Ok);
-        if let Mode::FailTimes(status, n) = mode {
-            let next = if n <= 1 {
-                Mode::Ok
-            } else {
-                Mode::FailTimes(status, n - 1)
-            };
-            state.modes.insert(provider, next);
-        }
-        mode
+        state.next_mode(&[provider])
     };
     match mode {
         Mode::Status(status) | Mode::FailTimes(status, _) => {
@@ -648,12 +661,7 @@ async fn google(state: Arc<Mutex<State>>, mut req: Request) -> Response {
         } else {
             "google-decode"
         };
-        state
-            .modes
-            .get(endpoint)
-            .or_else(|| state.modes.get("google"))
-            .copied()
-            .unwrap_or(Mode::Ok)
+        state.next_mode(&[endpoint, "google"])
     };
     match mode {
         Mode::Status(status) | Mode::FailTimes(status, _) => {
