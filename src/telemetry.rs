@@ -111,8 +111,10 @@ pub struct Metrics {
     pub open_connections: prometheus::IntGauge,
     /// `otpgate_codes_sent_total{channel,country}`.
     pub codes_sent: IntCounterVec,
-    /// `otpgate_codes_verified_total{country}`.
+    /// `otpgate_codes_verified_total{channel,country}`.
     pub codes_verified: IntCounterVec,
+    /// `otpgate_delivery_fallbacks_total{from,to,outcome}`.
+    pub delivery_fallbacks: IntCounterVec,
     /// `otpgate_delivery_status_total{channel,status}`.
     pub delivery_status: IntCounterVec,
     /// `otpgate_sms_segments_total{encoding}`.
@@ -256,9 +258,18 @@ impl Metrics {
             )?,
             codes_verified: counter(
                 "otpgate_codes_verified_total",
-                "Codes verified, by the number's country (test numbers left out): the \
-                 numerator of the conversion ratio.",
-                &["country"],
+                "Codes verified, by the channel that delivered them (unknown for codes sent \
+                 before this was recorded) and the number's country (test numbers left out): \
+                 the numerator of the conversion ratio.",
+                &["channel", "country"],
+            )?,
+            delivery_fallbacks: counter(
+                "otpgate_delivery_fallbacks_total",
+                "Codes re-sent by the next channel because a delivery receipt reported a \
+                 failure, by the failed channel, the next one and the outcome (sent; failed: the \
+                 next provider refused too; stale: the code was verified, replaced or expired \
+                 first; no_route: the next channel cannot reach the number).",
+                &["from", "to", "outcome"],
             )?,
             delivery_status: counter(
                 "otpgate_delivery_status_total",

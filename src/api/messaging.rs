@@ -493,7 +493,8 @@ impl MessagingApi {
         body: RawForm,
     ) -> Result<WebhookHandled, Fails<StatusCallbackFailures>> {
         self.messaging
-            .twilio_status(&body.0, signature.0.as_deref())?;
+            .twilio_status(&body.0, signature.0.as_deref())
+            .await?;
         Ok(ack())
     }
 }

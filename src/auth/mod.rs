@@ -20,8 +20,9 @@ use crate::delivery::{Delivery, Destination, OtpMessage, sms_segments};
 use crate::domain::channel::Channel;
 use crate::domain::pumping::PumpingPolicy;
 use crate::domain::quota::{Quota, QuotaPolicy, QuotaState};
+use crate::domain::routing::{channel_of, with_channel};
 use crate::error::Error;
-use crate::store::{RefreshOutcome, SessionPut, Store};
+use crate::store::{RefreshOutcome, SessionPut, Store, unix_ms};
 use crate::telemetry::Metrics;
 
 pub mod account;
@@ -32,6 +33,7 @@ pub mod integrity;
 pub mod intents;
 pub mod otp;
 pub mod pumping;
+pub mod receipts;
 pub mod sessions;
 pub mod tokens;
 
@@ -136,6 +138,8 @@ pub struct AuthService {
     integrity: Option<integrity::IntegrityGate>,
     /// The SMS-pumping defence (`PUMPING_*`).
     pumping: crate::domain::pumping::PumpingPolicy,
+    /// Each channel's recent conversion per country, as this replica saw it (`OTP_ROUTING`).
+    conversions: crate::domain::routing::ConversionStats,
 }
 
 /// How many parsed numbers [`AuthService::parse_phone`] keeps (then it starts afresh).
@@ -195,6 +199,7 @@ impl AuthService {
                 );
             }
         }
+        let conversions = crate::domain::routing::ConversionStats::new(delivery.routing());
         Ok(Self {
             otp: OtpService::new(config.otp, store.clone())?,
             tokens: TokenService::new(config.tokens).map_err(Error::Internal)?,
@@ -231,6 +236,7 @@ impl AuthService {
             send_latency_us: Default::default(),
             captcha: config.captcha.map(CaptchaGate::new).transpose()?,
             pumping: config.limits.pumping.clone(),
+            conversions,
             integrity: config
                 .integrity
                 .map(integrity::IntegrityGate::new)
@@ -396,7 +402,13 @@ impl AuthService {
         let client_ip = client.ip;
         let phone = self.parse_phone(phone)?;
         self.check_number_policy(&phone)?;
-        let (plan, telegram_chat) = self.delivery_plan(&phone, channel).await?;
+        let (mut plan, telegram_chat) = self.delivery_plan(&phone, channel).await?;
+        let country = phone.region().unwrap_or("unknown");
+        if channel.is_none() {
+            let roll = rand::random_range(0..100u8);
+            self.conversions
+                .prefer(self.delivery.routing(), country, &mut plan, unix_ms(), roll);
+        }
         let subjects = self.otp.subjects(&phone);
         if let Some(code) = self.test_numbers.code_for(&phone, Utc::now()) {
             let started = self
@@ -424,7 +436,15 @@ impl AuthService {
             self.pump_checks(&phone, client_ip)
         };
         self.pump_send(&phone, &pump_checks, client).await?;
-        let mark = PumpingPolicy::mark(&pump_checks, client_ip);
+        // The mark names the channel tried first; a fallback within this login corrects it.
+        let first_channel = plan
+            .first()
+            .and_then(|c| self.delivery.sender(*c))
+            .map(|sender| sender.channel());
+        let mut mark = PumpingPolicy::mark(&pump_checks, client_ip);
+        if let Some(channel) = first_channel {
+            mark = with_channel(mark, channel);
+        }
         let issued = match self.otp.issue(&phone, &subjects, &quotas, mark).await {
             Ok(issued) => issued,
             Err(err) => {
@@ -490,8 +510,8 @@ impl AuthService {
             client.away(self.imitate_send(Channel::Telegram)).await;
             delivered = Some(Channel::Telegram);
         }
-        for channel in plan {
-            let Some(sender) = self.delivery.sender(channel) else {
+        for (index, channel) in plan.iter().enumerate() {
+            let Some(sender) = self.delivery.sender(*channel) else {
                 continue;
             };
             let label = sender.channel().as_str();
@@ -507,11 +527,40 @@ impl AuthService {
                 .with_label_values(&[label, outcome])
                 .inc();
             match sent {
-                Ok(()) => {
+                Ok(sent) => {
                     self.metrics
                         .codes_sent
-                        .with_label_values(&[label, phone.region().unwrap_or("unknown")])
+                        .with_label_values(&[label, country])
                         .inc();
+                    self.conversions.sent(country, sender.channel(), unix_ms());
+                    let delivered_mark = with_channel(mark, sender.channel());
+                    if delivered_mark != mark {
+                        // An earlier channel failed: the code names the one that took it.
+                        if let Err(err) = self
+                            .store
+                            .mark_code(&subjects.phone, &issued.hash, delivered_mark)
+                            .await
+                        {
+                            tracing::warn!(error = %err, "a code's channel could not be noted");
+                        }
+                    }
+                    let next = plan[index + 1..]
+                        .iter()
+                        .find_map(|c| self.delivery.sender(*c))
+                        .map(|s| s.channel());
+                    self.record_sent(
+                        &sent,
+                        receipts::SentCode {
+                            channel: sender.channel(),
+                            subject: &subjects.phone,
+                            hash: &issued.hash,
+                            next,
+                            locale: message.locale,
+                            mark: delivered_mark,
+                            ttl: issued.expires_in,
+                        },
+                    )
+                    .await;
                     if sender.channel() == Channel::Sms {
                         let (encoding, segments) = sms_segments(&text);
                         self.metrics
@@ -678,10 +727,15 @@ impl AuthService {
                 spent.keep();
                 // Counted once the login stands (a 503 puts the code back for a retry).
                 if outcome == "success" {
+                    let country = phone.region().unwrap_or("unknown");
+                    let channel = channel_of(mark);
                     self.metrics
                         .codes_verified
-                        .with_label_values(&[phone.region().unwrap_or("unknown")])
+                        .with_label_values(&[channel.map_or("unknown", Channel::as_str), country])
                         .inc();
+                    if let Some(channel) = channel {
+                        self.conversions.verified(country, channel, unix_ms());
+                    }
                     self.pump_credit(&phone, mark).await;
                 }
                 opened

@@ -118,6 +118,11 @@ impl OtpService {
         })
     }
 
+    /// The lifetime of a code (`OTP_EXPIRY_MINUTES`).
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// A fresh code of `OTP_LENGTH` digits from the thread-local CSPRNG.
     pub fn generate(&self) -> String {
         let mut rng = rand::rng();

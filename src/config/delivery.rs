@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::env::{ConfigError, Vars, base_url, invalid, required};
 use super::locales::LocaleSettings;
 use crate::domain::channel::Channel;
+use crate::domain::routing::{RoutingMode, RoutingPolicy};
 use crate::domain::secret::Secret;
 
 /// Twilio SMS (`SEND_OTP_VIA_SMS=true`).
@@ -102,6 +103,11 @@ pub struct DeliverySettings {
     pub log_channel: bool,
     /// `SEND_OTP_VIA_SMS`: the seed's switch; false keeps codes on the `log` channel.
     pub send_otp_via_sms: bool,
+    /// `OTP_ROUTING*`: how a login without a requested channel picks its first one.
+    pub routing: RoutingPolicy,
+    /// `OTP_RECEIPT_FALLBACK`: a delivery receipt reporting a failure, within the code's life,
+    /// sends a new code by the next channel (once).
+    pub receipt_fallback: bool,
 }
 
 impl DeliverySettings {
@@ -291,6 +297,28 @@ fn delivery_settings(
         ));
     }
     let timeout_ms: u64 = env.ranged("DELIVERY_TIMEOUT_MS", 5000, 1..=60_000)?;
+    let mode = match env
+        .get("OTP_ROUTING")
+        .map(|m| m.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("" | "order") => RoutingMode::Order,
+        Some("conversion") => RoutingMode::Conversion,
+        Some(other) => {
+            return Err(invalid(
+                "OTP_ROUTING",
+                format!("{other:?} is not one of order, conversion"),
+            ));
+        }
+    };
+    let routing = RoutingPolicy {
+        mode,
+        window: Duration::from_secs(
+            60 * env.ranged::<u64>("OTP_ROUTING_WINDOW_MINUTES", 60, 1..=10_080)?,
+        ),
+        min_sends: env.ranged("OTP_ROUTING_MIN_SENDS", 20, 1..=1_000_000)?,
+        explore_percent: env.ranged("OTP_ROUTING_EXPLORE_PERCENT", 5, 0..=50)?,
+    };
     Ok(DeliverySettings {
         twilio,
         http_sms,
@@ -304,5 +332,7 @@ fn delivery_settings(
         webotp_domain,
         log_channel: !production && provider.is_none(),
         send_otp_via_sms,
+        routing,
+        receipt_fallback: env.bool("OTP_RECEIPT_FALLBACK", true)?,
     })
 }

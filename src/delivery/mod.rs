@@ -60,6 +60,14 @@ pub struct OtpMessage<'a> {
     pub locale: &'a str,
 }
 
+/// What a provider said when it accepted a message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// Its id for delivery receipts (Twilio's message SID, WhatsApp's `wamid`), when the
+    /// provider reports statuses.
+    pub message_id: Option<String>,
+}
+
 /// Sends a code over one channel.
 #[async_trait::async_trait]
 pub trait Sender: Send + Sync {
@@ -71,7 +79,7 @@ pub trait Sender: Send + Sync {
         &self,
         to: &Destination<'_>,
         message: &OtpMessage<'_>,
-    ) -> Result<(), DeliveryError>;
+    ) -> Result<Sent, DeliveryError>;
 }
 
 /// The configured senders, the channel order and the message text.
@@ -86,6 +94,8 @@ pub struct Delivery {
     app_name: String,
     android_app_hash: Option<String>,
     webotp_domain: Option<String>,
+    routing: crate::domain::routing::RoutingPolicy,
+    receipt_fallback: bool,
 }
 
 /// The HTTP client of an outside API (`what` names it in an error): every request bounded by
@@ -136,6 +146,8 @@ impl Delivery {
             app_name: settings.app_name.clone(),
             android_app_hash: settings.android_app_hash.clone(),
             webotp_domain: settings.webotp_domain.clone(),
+            routing: settings.routing,
+            receipt_fallback: settings.receipt_fallback,
         })
     }
 
@@ -178,6 +190,17 @@ impl Delivery {
         let mut plan = vec![first];
         plan.extend(configured.into_iter().filter(|c| *c != first));
         Some(plan)
+    }
+
+    /// How a login without a requested channel picks its first one (`OTP_ROUTING*`).
+    pub fn routing(&self) -> &crate::domain::routing::RoutingPolicy {
+        &self.routing
+    }
+
+    /// Whether a failed delivery receipt sends a new code by the next channel
+    /// (`OTP_RECEIPT_FALLBACK`).
+    pub fn receipt_fallback(&self) -> bool {
+        self.receipt_fallback
     }
 
     /// The message languages ([`Locales`]).

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{Channel, DeliveryError, Destination, OtpMessage, Sender};
+use super::{Channel, DeliveryError, Destination, OtpMessage, Sender, Sent};
 use crate::config::{HttpSmsSettings, TelegramSettings, TwilioSettings, WhatsappSettings};
 
 /// Pause before the single retry.
@@ -60,6 +60,19 @@ async fn send_with_retry(
     Err(fail(last))
 }
 
+/// The provider's id of an accepted message, at `pointer` in its JSON answer (Twilio's `sid`,
+/// WhatsApp's `messages[0].id`), for matching delivery receipts. An id that is missing, longer
+/// than 128 bytes or not plain printable ASCII is ignored: the message still counts as sent.
+async fn message_id(resp: reqwest::Response, pointer: &str) -> Sent {
+    let id = resp
+        .json::<serde_json::Value>()
+        .await
+        .ok()
+        .and_then(|body| body.pointer(pointer)?.as_str().map(str::to_string))
+        .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()));
+    Sent { message_id: id }
+}
+
 fn truncate(text: &str, max: usize) -> &str {
     match text.char_indices().nth(max) {
         Some((i, _)) => &text[..i],
@@ -99,7 +112,7 @@ impl Sender for TwilioSender {
         &self,
         to: &Destination<'_>,
         message: &OtpMessage<'_>,
-    ) -> Result<(), DeliveryError> {
+    ) -> Result<Sent, DeliveryError> {
         let mut form: Vec<(&str, &str)> = vec![("To", to.phone.as_str()), ("Body", message.text)];
         match (&self.settings.messaging_service_sid, &self.settings.from) {
             (Some(service), _) => form.push(("MessagingServiceSid", service)),
@@ -109,7 +122,7 @@ impl Sender for TwilioSender {
         if let Some(callback) = &self.settings.status_callback {
             form.push(("StatusCallback", callback));
         }
-        send_with_retry(Channel::Sms, true, || {
+        let resp = send_with_retry(Channel::Sms, true, || {
             self.client
                 .post(&self.url)
                 .basic_auth(
@@ -118,8 +131,8 @@ impl Sender for TwilioSender {
                 )
                 .form(&form)
         })
-        .await
-        .map(drop)
+        .await?;
+        Ok(message_id(resp, "/sid").await)
     }
 }
 
@@ -147,7 +160,7 @@ impl Sender for HttpSmsSender {
         &self,
         to: &Destination<'_>,
         message: &OtpMessage<'_>,
-    ) -> Result<(), DeliveryError> {
+    ) -> Result<Sent, DeliveryError> {
         let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
         // A code, or (no code) the notice an old number gets when its account moves.
         let mut body = json!({
@@ -177,7 +190,7 @@ impl Sender for HttpSmsSender {
                 .body(body.clone())
         })
         .await
-        .map(drop)
+        .map(|_| Sent::default())
     }
 }
 
@@ -249,15 +262,16 @@ impl Sender for WhatsappSender {
         &self,
         to: &Destination<'_>,
         message: &OtpMessage<'_>,
-    ) -> Result<(), DeliveryError> {
+    ) -> Result<Sent, DeliveryError> {
         // The Cloud API takes the number as digits with country code, without `+`.
         let body = self.body(to.phone.as_str().trim_start_matches('+'), message);
-        self.post(&body).await
+        let resp = self.post(&body).await?;
+        Ok(message_id(resp, "/messages/0/id").await)
     }
 }
 
 impl WhatsappSender {
-    async fn post(&self, body: &serde_json::Value) -> Result<(), DeliveryError> {
+    async fn post(&self, body: &serde_json::Value) -> Result<reqwest::Response, DeliveryError> {
         send_with_retry(Channel::Whatsapp, true, || {
             self.client
                 .post(&self.url)
@@ -265,7 +279,6 @@ impl WhatsappSender {
                 .json(body)
         })
         .await
-        .map(drop)
     }
 
     /// Replies with a text message to `to` (digits with country code), who wrote to us within
@@ -279,6 +292,7 @@ impl WhatsappSender {
             "text": { "preview_url": false, "body": text }
         }))
         .await
+        .map(drop)
     }
 }
 
@@ -310,7 +324,7 @@ impl Sender for TelegramSender {
         &self,
         to: &Destination<'_>,
         message: &OtpMessage<'_>,
-    ) -> Result<(), DeliveryError> {
+    ) -> Result<Sent, DeliveryError> {
         let chat = to.telegram_chat.ok_or_else(|| DeliveryError {
             channel: Channel::Telegram,
             reason: "no Telegram chat is linked to this number".into(),
@@ -320,7 +334,8 @@ impl Sender for TelegramSender {
             Err(_) => chat.into(),
         };
         let body = json!({ "chat_id": chat_id, "text": message.text, "protect_content": true });
-        self.post(&body).await
+        // The Bot API reports no delivery statuses: no id is kept.
+        self.post(&body).await.map(|()| Sent::default())
     }
 }
 
@@ -361,12 +376,12 @@ impl Sender for LogSender {
         &self,
         to: &Destination<'_>,
         message: &OtpMessage<'_>,
-    ) -> Result<(), DeliveryError> {
+    ) -> Result<Sent, DeliveryError> {
         tracing::info!(
             phone = %to.phone.masked(),
             code = message.code,
             "development delivery (log channel): one-time code"
         );
-        Ok(())
+        Ok(Sent::default())
     }
 }

@@ -9,6 +9,7 @@
 //! - [`secret`]: values that never print, redacted connection strings.
 //! - [`ids`]: random and time-ordered UUIDs from the thread-local CSPRNG.
 //! - [`pumping`]: budgets of unverified codes and conversion blocks against SMS pumping.
+//! - [`routing`]: the channel a code travelled by, and each channel's recent conversion.
 //! - [`webhook`]: Standard Webhooks secrets and signatures for outbound events.
 
 pub mod admission;
@@ -20,5 +21,6 @@ pub mod phone;
 pub mod phone_type;
 pub mod pumping;
 pub mod quota;
+pub mod routing;
 pub mod secret;
 pub mod webhook;

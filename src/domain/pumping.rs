@@ -241,6 +241,7 @@ impl PumpingPolicy {
     /// The scopes a verified code is credited to: the keys its send was counted in, from the
     /// `mark` kept beside the code (nothing when the send was not counted).
     pub fn credits(&self, phone: &Phone, mark: u64) -> Vec<PumpCheck> {
+        let mark = mark & super::routing::NETWORK_MASK;
         if self.mode == PumpingMode::Off || mark == 0 {
             return Vec::new();
         }

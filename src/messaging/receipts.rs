@@ -1,6 +1,8 @@
 //! Delivery receipts: Twilio's status callbacks (`POST /api/twilio/status`, signed with
 //! `X-Twilio-Signature`) and the `statuses` of WhatsApp notifications, counted per channel and
-//! status. Failures are logged with the number masked and the provider's error code.
+//! status, and noted on the sent code's record, where a failure may claim a fallback by the next
+//! channel ([`crate::auth::receipts`]). Failures are logged with the number masked and the
+//! provider's error code.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -8,6 +10,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use subtle::ConstantTimeEq;
 
 use super::Messaging;
+use crate::domain::channel::Channel;
 use crate::domain::phone::Phone;
 use crate::domain::secret::Secret;
 use crate::error::Error;
@@ -74,7 +77,7 @@ fn masked(number: &str) -> String {
 impl Messaging {
     /// `POST /api/twilio/status`: 404 without `PUBLIC_BASE_URL` and Twilio; 403 unless signed
     /// by our Twilio account; then the status is counted (and a failure logged).
-    pub fn twilio_status(&self, body: &[u8], signature: Option<&str>) -> Result<(), Error> {
+    pub async fn twilio_status(&self, body: &[u8], signature: Option<&str>) -> Result<(), Error> {
         let Some(callbacks) = &self.twilio_callbacks else {
             return Err(Error::NotFound);
         };
@@ -122,7 +125,8 @@ impl Messaging {
             .delivery_status
             .with_label_values(&["sms", status])
             .inc();
-        if matches!(status, "failed" | "undelivered") {
+        let failed = matches!(status, "failed" | "undelivered");
+        if failed {
             tracing::info!(
                 phone = %masked(field("To").unwrap_or("")),
                 status,
@@ -130,23 +134,60 @@ impl Messaging {
                 "an SMS was not delivered"
             );
         }
+        self.receipt(
+            Channel::Sms,
+            field("MessageSid").unwrap_or(""),
+            status,
+            failed,
+            field("To").unwrap_or(""),
+        )
+        .await;
         Ok(())
     }
 
+    /// Notes a receipt on its sent code, and runs the fallback it claims in the background
+    /// (the provider is answered at once).
+    async fn receipt(
+        &self,
+        channel: Channel,
+        message_id: &str,
+        status: &str,
+        failed: bool,
+        number: &str,
+    ) {
+        if let Some(fallback) = self
+            .auth
+            .delivery_receipt(channel, message_id, status, failed, number)
+            .await
+        {
+            let auth = self.auth.clone();
+            tokio::spawn(async move { auth.fall_back(fallback).await });
+        }
+    }
+
     /// One `statuses[]` entry of a WhatsApp notification: counted, and a failure logged.
-    pub(super) fn whatsapp_status(&self, status: &serde_json::Value) {
+    pub(super) async fn whatsapp_status(&self, status: &serde_json::Value) {
         let label = status_label(status["status"].as_str().unwrap_or(""));
         self.metrics
             .delivery_status
             .with_label_values(&["whatsapp", label])
             .inc();
+        let number = status["recipient_id"].as_str().unwrap_or("");
         if label == "failed" {
             tracing::info!(
-                phone = %masked(status["recipient_id"].as_str().unwrap_or("")),
+                phone = %masked(number),
                 error_code = status["errors"][0]["code"].as_i64().unwrap_or(0),
                 "a WhatsApp message was not delivered"
             );
         }
+        self.receipt(
+            Channel::Whatsapp,
+            status["id"].as_str().unwrap_or(""),
+            label,
+            label == "failed",
+            number,
+        )
+        .await;
     }
 }
 

@@ -138,7 +138,7 @@ impl Messaging {
         {
             for status in &value.statuses {
                 self.metrics.webhook(SOURCE, "status");
-                self.whatsapp_status(status);
+                self.whatsapp_status(status).await;
             }
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

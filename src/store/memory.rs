@@ -35,6 +35,13 @@ struct Code {
     mark: u64,
 }
 
+struct Receipt {
+    record: String,
+    status: String,
+    claimed: bool,
+    expires: Instant,
+}
+
 /// Where a login intent stands.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum IntentState {
@@ -71,6 +78,9 @@ struct Inner {
     blocked: std::collections::HashSet<String>,
     /// Users whose sessions neither stand nor are recorded.
     blocked_users: std::collections::HashSet<String>,
+    /// Message key → its receipt record, last status, whether its fallback was claimed, and
+    /// when it expires.
+    receipts: HashMap<String, Receipt>,
     /// `scope:key` → the pumping counters of that scope and when they expire (Unix ms).
     pumps: HashMap<String, (PumpCounter, u64)>,
     last_sweep: Instant,
@@ -89,6 +99,7 @@ impl Inner {
         self.revoked.retain(|_, until| *until > now);
         self.intents.retain(|_, i| i.expires > now);
         self.seen.retain(|_, until| *until > now);
+        self.receipts.retain(|_, r| r.expires > now);
         self.cutoffs.retain(|_, (_, until)| *until > now);
         let unix = super::unix_ms();
         self.pumps.retain(|_, (_, until)| *until > unix);
@@ -177,6 +188,7 @@ impl MemoryStore {
                 blocked: Default::default(),
                 blocked_users: Default::default(),
                 pumps: HashMap::new(),
+                receipts: HashMap::new(),
                 last_sweep: now,
             }),
             epoch: now,
@@ -331,6 +343,75 @@ impl Store for MemoryStore {
             }
         }
         Ok(())
+    }
+
+    async fn replace_code(
+        &self,
+        phone: &str,
+        old_hash: &str,
+        new_hash: &str,
+        ttl: Duration,
+        mark: u64,
+    ) -> Result<bool, StoreError> {
+        let (now, _) = self.now();
+        let mut inner = self.lock();
+        let Some(code) = inner
+            .codes
+            .get_mut(phone)
+            .filter(|c| !c.spent && c.expires > now && c.hash == old_hash)
+        else {
+            return Ok(false);
+        };
+        code.hash = new_hash.to_string();
+        code.expires = now + ttl;
+        code.mark = mark;
+        Ok(true)
+    }
+
+    async fn mark_code(&self, phone: &str, code_hash: &str, mark: u64) -> Result<(), StoreError> {
+        let (now, _) = self.now();
+        if let Some(code) = self
+            .lock()
+            .codes
+            .get_mut(phone)
+            .filter(|c| c.expires > now && c.hash == code_hash)
+        {
+            code.mark = mark;
+        }
+        Ok(())
+    }
+
+    async fn put_receipt(&self, key: &str, record: &str, ttl: Duration) -> Result<(), StoreError> {
+        let (now, now_ms) = self.now();
+        let mut inner = self.lock();
+        inner.sweep(now, now_ms);
+        inner.receipts.insert(
+            key.to_string(),
+            Receipt {
+                record: record.to_string(),
+                status: String::new(),
+                claimed: false,
+                expires: now + ttl,
+            },
+        );
+        Ok(())
+    }
+
+    async fn note_receipt(
+        &self,
+        key: &str,
+        status: &str,
+        claim: bool,
+    ) -> Result<Option<(String, bool)>, StoreError> {
+        let (now, _) = self.now();
+        let mut inner = self.lock();
+        let Some(receipt) = inner.receipts.get_mut(key).filter(|r| r.expires > now) else {
+            return Ok(None);
+        };
+        receipt.status = status.to_string();
+        let claimed = claim && !receipt.claimed;
+        receipt.claimed |= claimed;
+        Ok(Some((receipt.record.clone(), claimed)))
     }
 
     async fn charge_quotas(

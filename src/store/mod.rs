@@ -214,6 +214,35 @@ pub trait Store: Send + Sync + 'static {
     /// the code was put back.
     async fn restore_code(&self, phone: &str, code_hash: &str) -> Result<bool, StoreError>;
 
+    /// Replaces the live, unspent code `old_hash` of `phone` by `new_hash` for `ttl`, with
+    /// `mark`, keeping its wrong attempts (a failed delivery's fallback). Whether it did: not
+    /// when the code was verified, replaced by a newer one, or expired.
+    async fn replace_code(
+        &self,
+        phone: &str,
+        old_hash: &str,
+        new_hash: &str,
+        ttl: Duration,
+        mark: u64,
+    ) -> Result<bool, StoreError>;
+
+    /// Sets the mark of `phone`'s code while it is still `code_hash` (its expiry unchanged).
+    async fn mark_code(&self, phone: &str, code_hash: &str, mark: u64) -> Result<(), StoreError>;
+
+    /// Keeps `record` (the domain's text) for message `key` that a provider accepted, for
+    /// `ttl`: its delivery receipts find it there.
+    async fn put_receipt(&self, key: &str, record: &str, ttl: Duration) -> Result<(), StoreError>;
+
+    /// Notes `status` on message `key` (its expiry unchanged): its record and whether this call
+    /// claimed its fallback (asked with `claim`; once per message, however many replicas and
+    /// repeated receipts ask). `None` for an unknown or expired message.
+    async fn note_receipt(
+        &self,
+        key: &str,
+        status: &str,
+        claim: bool,
+    ) -> Result<Option<(String, bool)>, StoreError>;
+
     /// Charges one event to every quota of `quotas`, atomically: all are charged (their states,
     /// in order) or, when one refuses, none.
     async fn charge_quotas(
@@ -444,6 +473,42 @@ impl Store for Metered {
 
     async fn restore_code(&self, phone: &str, code_hash: &str) -> Result<bool, StoreError> {
         self.timed("restore_code", self.inner.restore_code(phone, code_hash))
+            .await
+    }
+
+    async fn replace_code(
+        &self,
+        phone: &str,
+        old_hash: &str,
+        new_hash: &str,
+        ttl: Duration,
+        mark: u64,
+    ) -> Result<bool, StoreError> {
+        self.timed(
+            "replace_code",
+            self.inner
+                .replace_code(phone, old_hash, new_hash, ttl, mark),
+        )
+        .await
+    }
+
+    async fn mark_code(&self, phone: &str, code_hash: &str, mark: u64) -> Result<(), StoreError> {
+        self.timed("mark_code", self.inner.mark_code(phone, code_hash, mark))
+            .await
+    }
+
+    async fn put_receipt(&self, key: &str, record: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.timed("put_receipt", self.inner.put_receipt(key, record, ttl))
+            .await
+    }
+
+    async fn note_receipt(
+        &self,
+        key: &str,
+        status: &str,
+        claim: bool,
+    ) -> Result<Option<(String, bool)>, StoreError> {
+        self.timed("note_receipt", self.inner.note_receipt(key, status, claim))
             .await
     }
 

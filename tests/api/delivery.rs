@@ -29,6 +29,9 @@ crate::on_both_backends!(
     sms_goes_to_the_teams_own_gateway_signed,
     twilio_status_callbacks_are_signed_and_counted,
     conversion_is_counted_per_country,
+    a_failed_receipt_sends_a_new_code_by_the_next_channel_once,
+    a_failed_whatsapp_status_falls_back_to_sms,
+    routing_by_conversion_prefers_the_channel_that_converts,
 );
 
 /// An app wired to the stand-in with `extra` settings on top.
@@ -838,11 +841,328 @@ async fn conversion_is_counted_per_country(backend: Backend) {
     assert_eq!(metric(&app, &sent("BR")).await, 1.0);
     assert_eq!(metric(&app, &sent("IN")).await, 3.0);
     assert_eq!(
-        metric(&app, "otpgate_codes_verified_total{country=\"BR\"}").await,
+        metric(
+            &app,
+            "otpgate_codes_verified_total{channel=\"sms\",country=\"BR\"}"
+        )
+        .await,
         1.0
     );
     assert_eq!(
-        metric(&app, "otpgate_codes_verified_total{country=\"IN\"}").await,
+        metric(
+            &app,
+            "otpgate_codes_verified_total{channel=\"sms\",country=\"IN\"}"
+        )
+        .await,
         0.0
     );
+}
+
+/// The code in a message text: its first run of six digits.
+fn code_in(text: &str) -> String {
+    let digits: Vec<char> = text.chars().collect();
+    digits
+        .windows(6)
+        .find(|w| w.iter().all(char::is_ascii_digit))
+        .map(|w| w.iter().collect())
+        .expect("a six-digit code in the message")
+}
+
+/// Waits (up to 5 s) until `series` reads `value` on replica A.
+async fn wait_for_metric(app: &TestApp, series: &str, value: f64) {
+    for _ in 0..100 {
+        if metric(app, series).await == value {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(app, series).await, value, "{series}");
+}
+
+const FALLBACK_SENT: &str =
+    "otpgate_delivery_fallbacks_total{from=\"sms\",outcome=\"sent\",to=\"whatsapp\"}";
+
+/// An SMS that Twilio reports `undelivered` within the code's life: a new code goes out by
+/// WhatsApp (once, however often and wherever the receipt arrives), the SMS's code stops
+/// working and the new one verifies, counted for WhatsApp. A receipt after the code was used,
+/// for an unknown message, or naming another number sends nothing.
+async fn a_failed_receipt_sends_a_new_code_by_the_next_channel_once(backend: Backend) {
+    let standin = StandIn::start().await;
+    let public = "https://auth.acme.example";
+    let callback = format!("{public}/api/twilio/status");
+    let mut settings = SMS.to_vec();
+    settings.extend(WHATSAPP);
+    settings.extend([
+        ("PUBLIC_BASE_URL", public),
+        ("OTP_CHANNEL_ORDER", "sms,whatsapp"),
+    ]);
+    let app = app_with(backend, &standin, &settings).await;
+    let phone = unique_phone();
+    let reply = login_via(&app, &phone, None).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["channel"], json!("sms"));
+    let first_code = reply.body["otp_code"].as_str().expect("code").to_string();
+    let sid = standin.requests("twilio")[0]
+        .message_id
+        .clone()
+        .expect("a SID");
+
+    // `sent` first: noted, nothing re-sent.
+    let sent = [
+        ("MessageSid", sid.as_str()),
+        ("MessageStatus", "sent"),
+        ("To", phone.as_str()),
+    ];
+    let reply = status_callback(&app, &sent, Some(twilio_signature(&callback, &sent))).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    // Then `undelivered`, delivered twice by Twilio, to both replicas.
+    let failed = [
+        ("MessageSid", sid.as_str()),
+        ("MessageStatus", "undelivered"),
+        ("ErrorCode", "30003"),
+        ("To", phone.as_str()),
+    ];
+    let signature = twilio_signature(&callback, &failed);
+    for base in [&app.a, &app.b] {
+        let resp = app
+            .client
+            .post(format!("{base}/api/twilio/status"))
+            .header("x-twilio-signature", &signature)
+            .form(&failed)
+            .send()
+            .await
+            .expect("callback");
+        assert_eq!(resp.status().as_u16(), 200);
+    }
+    let whatsapp = standin.wait_for("whatsapp", 1).await;
+    assert_eq!(whatsapp[0].body["to"], json!(phone.trim_start_matches('+')));
+    let new_code = code_in(whatsapp[0].body["text"]["body"].as_str().expect("text"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(standin.requests("whatsapp").len(), 1, "one fallback");
+    assert_eq!(standin.requests("twilio").len(), 1, "no SMS again");
+    wait_for_metric(&app, FALLBACK_SENT, 1.0).await;
+
+    // The SMS's code no longer works (one wrong try); the WhatsApp one does, on the other
+    // replica, and counts as a WhatsApp conversion there.
+    if first_code != new_code {
+        app.verify(&app.a, &phone, &first_code)
+            .await
+            .assert_problem(400, "invalid_otp");
+    }
+    assert_eq!(app.verify(&app.b, &phone, &new_code).await.status, 200);
+    let verified_whatsapp = sample(
+        &metrics_text(&app, &app.b).await,
+        &format!(
+            "otpgate_codes_verified_total{{channel=\"whatsapp\",country=\"{}\"}}",
+            "IN"
+        ),
+    );
+    assert_eq!(verified_whatsapp, 1.0);
+
+    // A late failure of a used code, or of an unknown message, sends nothing; a receipt
+    // naming another number than its message's is ignored, and does not use up the fallback.
+    let phone2 = unique_phone();
+    assert_eq!(login_via(&app, &phone2, None).await.status, 200);
+    let sid2 = standin.requests("twilio")[1]
+        .message_id
+        .clone()
+        .expect("a SID");
+    for fields in [
+        vec![
+            ("MessageSid", sid.as_str()),
+            ("MessageStatus", "failed"),
+            ("To", phone.as_str()),
+        ],
+        vec![
+            ("MessageSid", "SM00000000000000000000000000000000"),
+            ("MessageStatus", "failed"),
+            ("To", phone2.as_str()),
+        ],
+        vec![
+            ("MessageSid", sid2.as_str()),
+            ("MessageStatus", "failed"),
+            ("To", phone.as_str()),
+        ],
+    ] {
+        let reply =
+            status_callback(&app, &fields, Some(twilio_signature(&callback, &fields))).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(standin.requests("whatsapp").len(), 1, "nothing re-sent");
+    let failed2 = [
+        ("MessageSid", sid2.as_str()),
+        ("MessageStatus", "failed"),
+        ("To", phone2.as_str()),
+    ];
+    let reply = status_callback(&app, &failed2, Some(twilio_signature(&callback, &failed2))).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let whatsapp = standin.wait_for("whatsapp", 2).await;
+    assert_eq!(
+        whatsapp[1].body["to"],
+        json!(phone2.trim_start_matches('+'))
+    );
+
+    // A code verified before its failure receipt arrives: the fallback finds it used (stale).
+    let phone3 = unique_phone();
+    let reply = login_via(&app, &phone3, None).await;
+    let code3 = reply.body["otp_code"].as_str().expect("code").to_string();
+    let sid3 = standin.requests("twilio")[2]
+        .message_id
+        .clone()
+        .expect("a SID");
+    assert_eq!(app.verify(&app.a, &phone3, &code3).await.status, 200);
+    let failed3 = [
+        ("MessageSid", sid3.as_str()),
+        ("MessageStatus", "failed"),
+        ("To", phone3.as_str()),
+    ];
+    let reply = status_callback(&app, &failed3, Some(twilio_signature(&callback, &failed3))).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    wait_for_metric(
+        &app,
+        "otpgate_delivery_fallbacks_total{from=\"sms\",outcome=\"stale\",to=\"whatsapp\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        standin.requests("whatsapp").len(),
+        2,
+        "a used code is not re-sent"
+    );
+
+    // With OTP_RECEIPT_FALLBACK=false a failure is only counted.
+    let standin = StandIn::start().await;
+    settings.push(("OTP_RECEIPT_FALLBACK", "false"));
+    let app = app_with(backend, &standin, &settings).await;
+    let phone = unique_phone();
+    assert_eq!(login_via(&app, &phone, None).await.status, 200);
+    let sid = standin.requests("twilio")[0]
+        .message_id
+        .clone()
+        .expect("a SID");
+    let failed = [
+        ("MessageSid", sid.as_str()),
+        ("MessageStatus", "failed"),
+        ("To", phone.as_str()),
+    ];
+    let reply = status_callback(&app, &failed, Some(twilio_signature(&callback, &failed))).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(standin.requests("whatsapp").is_empty());
+}
+
+const META_APP_SECRET: &str = "meta-app-secret-for-receipts";
+
+/// A WhatsApp message whose status comes back `failed`: the code goes again by SMS, once.
+async fn a_failed_whatsapp_status_falls_back_to_sms(backend: Backend) {
+    use hmac::{Hmac, KeyInit, Mac};
+    let standin = StandIn::start().await;
+    let mut settings = SMS.to_vec();
+    settings.extend(WHATSAPP);
+    settings.extend([
+        ("OTP_CHANNEL_ORDER", "whatsapp,sms"),
+        ("WHATSAPP_WEBHOOK_SECRET", META_APP_SECRET),
+        ("PUBLIC_BASE_URL", "https://auth.acme.example"),
+    ]);
+    let app = app_with(backend, &standin, &settings).await;
+    let phone = unique_phone();
+    let reply = login_via(&app, &phone, None).await;
+    assert_eq!(reply.body["channel"], json!("whatsapp"), "{}", reply.body);
+    let wamid = standin.requests("whatsapp")[0]
+        .message_id
+        .clone()
+        .expect("a wamid");
+    let digits = phone.trim_start_matches('+');
+    let notification = json!({ "object": "whatsapp_business_account", "entry": [{ "id": "1", "changes": [{ "field": "messages", "value": {
+        "messaging_product": "whatsapp",
+        "metadata": { "display_phone_number": "15550001111", "phone_number_id": WHATSAPP_PHONE_ID },
+        "statuses": [{ "id": wamid, "status": "failed", "timestamp": "1760000000", "recipient_id": digits,
+            "errors": [{ "code": 131026, "title": "Message undeliverable" }] }]
+    }}]}]});
+    let body = notification.to_string();
+    let mut mac =
+        <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(META_APP_SECRET.as_bytes()).expect("key");
+    mac.update(body.as_bytes());
+    let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    for base in [&app.a, &app.b, &app.a] {
+        let resp = app
+            .client
+            .post(format!("{base}/api/whatsapp/webhook"))
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", &signature)
+            .body(body.clone())
+            .send()
+            .await
+            .expect("notification");
+        assert_eq!(resp.status().as_u16(), 200);
+    }
+    let sms = standin.wait_for("twilio", 1).await;
+    assert_eq!(sms[0].body["To"], json!(phone));
+    let code = code_in(sms[0].body["Body"].as_str().expect("text"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(standin.requests("twilio").len(), 1, "one fallback");
+    // The fallback failing too: no third try.
+    let sid = sms[0].message_id.clone().expect("a SID");
+    let failed = [
+        ("MessageSid", sid.as_str()),
+        ("MessageStatus", "undelivered"),
+        ("To", phone.as_str()),
+    ];
+    let callback = "https://auth.acme.example/api/twilio/status";
+    let reply = status_callback(&app, &failed, Some(twilio_signature(callback, &failed))).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(standin.requests("whatsapp").len(), 1);
+    assert_eq!(standin.requests("twilio").len(), 1);
+    assert_eq!(app.verify(&app.b, &phone, &code).await.status, 200);
+}
+
+/// `OTP_ROUTING=conversion`: once each channel has enough sends to a country, a login without
+/// a requested channel goes first by the one whose codes are verified more; a requested
+/// channel is never overridden, and other countries keep the configured order.
+async fn routing_by_conversion_prefers_the_channel_that_converts(backend: Backend) {
+    let standin = StandIn::start().await;
+    let mut settings = SMS.to_vec();
+    settings.extend(WHATSAPP);
+    settings.extend([
+        ("OTP_CHANNEL_ORDER", "sms,whatsapp"),
+        ("OTP_ROUTING", "conversion"),
+        ("OTP_ROUTING_MIN_SENDS", "3"),
+        ("OTP_ROUTING_EXPLORE_PERCENT", "0"),
+    ]);
+    let app = app_with(backend, &standin, &settings).await;
+    // On one replica (the evidence is per replica): three SMS never verified, three WhatsApp
+    // codes verified.
+    for _ in 0..3 {
+        let reply = login_via(&app, &unique_phone(), Some("sms")).await;
+        assert_eq!(reply.body["channel"], json!("sms"), "{}", reply.body);
+        let phone = unique_phone();
+        let reply = login_via(&app, &phone, Some("whatsapp")).await;
+        assert_eq!(reply.body["channel"], json!("whatsapp"), "{}", reply.body);
+        let code = reply.body["otp_code"].as_str().expect("code").to_string();
+        assert_eq!(app.verify(&app.a, &phone, &code).await.status, 200);
+    }
+    let reply = login_via(&app, &unique_phone(), None).await;
+    assert_eq!(reply.body["channel"], json!("whatsapp"), "{}", reply.body);
+    let reply = login_via(&app, &unique_phone(), Some("sms")).await;
+    assert_eq!(
+        reply.body["channel"],
+        json!("sms"),
+        "a requested channel stands"
+    );
+    let brazil = unique_number("+551198", 7);
+    let reply = login_via(&app, &brazil, None).await;
+    assert_eq!(reply.body["channel"], json!("sms"), "no evidence for BR");
+    // Replica B (another process, with the shared store) has seen none of it: the order.
+    if backend.shared() {
+        let reply = app
+            .post(
+                &app.b,
+                "/api/auth/login",
+                json!({ "phone": unique_phone() }),
+            )
+            .await;
+        assert_eq!(reply.body["channel"], json!("sms"), "{}", reply.body);
+    }
 }

@@ -61,6 +61,8 @@ pub struct Recorded {
     pub body: Value,
     /// The `webhook-id` header (the SMS gateway's deduplication key).
     pub webhook_id: Option<String>,
+    /// The message id the answer gave (Twilio's SID, WhatsApp's `wamid`), unique per message.
+    pub message_id: Option<String>,
 }
 
 #[derive(Default)]
@@ -289,15 +291,21 @@ async fn handle(state: Arc<Mutex<State>>, mut req: Request) -> Response {
     } else {
         serde_json::from_str(&raw).unwrap_or(Value::Null)
     };
-    let mode = {
+    let (mode, message_id) = {
         let mut state = state.lock().expect("lock");
+        let index = state.requests.len();
+        let message_id = match provider {
+            "twilio" => format!("SM{index:032x}"),
+            _ => format!("wamid.HBgL{index:030}"),
+        };
         state.requests.push(Recorded {
             provider,
             path: path.clone(),
             body: body.clone(),
             webhook_id: signed.0.clone(),
+            message_id: matches!(provider, "twilio" | "whatsapp").then(|| message_id.clone()),
         });
-        state.next_mode(&[provider])
+        (state.next_mode(&[provider]), message_id)
     };
     match mode {
         Mode::Status(status) | Mode::FailTimes(status, _) => {
@@ -336,14 +344,14 @@ async fn handle(state: Arc<Mutex<State>>, mut req: Request) -> Response {
         "gateway" => json_response(202, json!({ "accepted": true })),
         "twilio" => json_response(
             201,
-            json!({ "sid": "SM0123", "status": "queued", "to": body["To"] }),
+            json!({ "sid": message_id, "status": "queued", "to": body["To"] }),
         ),
         "whatsapp" => json_response(
             200,
             json!({
                 "messaging_product": "whatsapp",
                 "contacts": [{ "input": body["to"], "wa_id": body["to"] }],
-                "messages": [{ "id": "wamid.HBgLMTY0NjcwNDM1OTUVAgARGBI1RjQyNUE3NEYxMzAzMzQ5MkEA" }]
+                "messages": [{ "id": message_id }]
             }),
         ),
         _ => json_response(
@@ -539,6 +547,7 @@ async fn siteverify(state: Arc<Mutex<State>>, mut req: Request) -> Response {
             path: "/siteverify".into(),
             body: form.clone(),
             webhook_id: None,
+            message_id: None,
         });
         !state.spent_tokens.insert(token.clone())
     };
@@ -654,6 +663,7 @@ async fn google(state: Arc<Mutex<State>>, mut req: Request) -> Response {
             path: path.clone(),
             body: body.clone(),
             webhook_id: None,
+            message_id: None,
         });
         // `google-token` / `google-decode` script one endpoint, `google` both.
         let endpoint = if path == "/google/token" {

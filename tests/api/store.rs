@@ -70,6 +70,8 @@ conformance!(
     sessions_are_capped_and_blocked_users_get_none,
     blocked_phones_get_no_code_but_pay_cooldown_and_quotas,
     marks_come_back_exactly,
+    a_failed_code_is_replaced_only_while_live_and_unused,
+    receipts_note_statuses_and_claim_one_fallback,
     pumping_refuses_without_counting_and_takes_back,
     pumping_blocks_on_low_conversion_and_lifts,
 );
@@ -972,6 +974,89 @@ async fn marks_come_back_exactly(store: Arc<dyn Store>) {
             "{ip}"
         );
     }
+}
+
+/// A delivery fallback's replacement: only of the live, unspent code it names; the wrong
+/// attempts carry over; the new mark comes back on verify. A mark set later (the channel that
+/// took the code) likewise, and never on another code.
+async fn a_failed_code_is_replaced_only_while_live_and_unused(store: Arc<dyn Store>) {
+    let phone = key();
+    let issued = store
+        .issue_code_marked(&phone, "old", MINUTE, MINUTE, &[], 7)
+        .await
+        .unwrap();
+    assert!(matches!(issued, IssueOutcome::Issued(_)));
+    assert_eq!(
+        store
+            .verify_code(&phone, "wrong", 3, &[], &[])
+            .await
+            .unwrap(),
+        VerifyOutcome::Invalid { remaining: 2 }
+    );
+    assert!(
+        !store
+            .replace_code(&phone, "other", "new", MINUTE, 9)
+            .await
+            .unwrap(),
+        "only the code it names"
+    );
+    assert!(
+        store
+            .replace_code(&phone, "old", "new", MINUTE, 9)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.verify_code(&phone, "old", 3, &[], &[]).await.unwrap(),
+        VerifyOutcome::Invalid { remaining: 1 },
+        "the old code is gone, and the earlier wrong try still counts"
+    );
+    // A mark for another code changes nothing; for this one, it comes back.
+    store.mark_code(&phone, "old", 11).await.unwrap();
+    store.mark_code(&phone, "new", 13).await.unwrap();
+    assert_eq!(
+        store.verify_code(&phone, "new", 3, &[], &[]).await.unwrap(),
+        VerifyOutcome::Verified { mark: 13 }
+    );
+    assert!(
+        !store
+            .replace_code(&phone, "new", "newer", MINUTE, 9)
+            .await
+            .unwrap(),
+        "a used code is not replaced"
+    );
+    assert!(
+        !store
+            .replace_code(&key(), "old", "new", MINUTE, 9)
+            .await
+            .unwrap(),
+        "nor a code that does not exist"
+    );
+}
+
+/// A receipt record: unknown ids are `None`; statuses are noted; however many concurrent
+/// receipts ask, one claims the fallback; it expires.
+async fn receipts_note_statuses_and_claim_one_fallback(store: Arc<dyn Store>) {
+    let id = format!("sms:SM{}", Uuid::new_v4().simple());
+    assert_eq!(store.note_receipt(&id, "sent", true).await.unwrap(), None);
+    store
+        .put_receipt(&id, "{\"p\":\"x\"}", Duration::from_millis(700))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.note_receipt(&id, "sent", false).await.unwrap(),
+        Some(("{\"p\":\"x\"}".to_string(), false))
+    );
+    let claims =
+        futures_util::future::join_all((0..8).map(|_| store.note_receipt(&id, "failed", true)))
+            .await;
+    let won = claims
+        .into_iter()
+        .filter(|c| matches!(c, Ok(Some((_, true)))))
+        .count();
+    assert_eq!(won, 1, "one claim");
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(store.note_receipt(&id, "failed", true).await.unwrap(), None);
 }
 
 fn pump(scope: Scope, budget: u32, min_volume: u32) -> PumpCheck {

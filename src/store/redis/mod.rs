@@ -17,6 +17,7 @@
 //! | `rl:<quota key>` | every other quota bucket (IP, number block, country, global, intents): one slot each |
 //! | `{s:<session id>}:revoked`, `{s:…}:spent:<token id>` | a session's revocation and its spent refresh tokens |
 //! | `intent:<id>`, `seen:<event id>` | login intents, inbound webhook events already handled |
+//! | `rcpt:<channel>:<message id>` | a sent code's delivery record (its phone as the keyed hash, the code's HMAC, the next channel), until the code expires |
 //! | `{pump:<scope>:<key>}`, `pump:blocks` | the SMS-pumping counters of one country, number prefix or client network (one slot each), and the index of their blocks |
 //!
 //! # Atomicity per operation
@@ -45,6 +46,8 @@
 //!   detection and revocation keep their atomicity in every mode: a spent refresh token still
 //!   revokes its family, and a logout holds on every replica.
 //! - Intents and seen marks have one key each: unchanged.
+//! - **replace_code**, **mark_code**: the code key alone. **put_receipt**, **note_receipt**:
+//!   the message's key alone, so a fallback is claimed once across replicas.
 //! - **pump_send**: one script per scope on a Cluster (one slot each), concurrently; with
 //!   `enforce`, a refusal by one takes back what the others counted. Blocks are indexed in
 //!   `pump:blocks` by a second call, only when one is set.
@@ -120,6 +123,9 @@ pub struct RedisStore {
     session_stands: Script,
     revoke_user: Script,
     pump: Script,
+    replace_code: Script,
+    mark_code: Script,
+    receipt: Script,
 }
 
 impl RedisStore {
@@ -188,6 +194,9 @@ impl RedisStore {
                 include_str!("../lua/gcra.lua"),
                 include_str!("../lua/pump.lua")
             )),
+            replace_code: Script::new(include_str!("../lua/replace_code.lua")),
+            mark_code: Script::new(include_str!("../lua/mark_code.lua")),
+            receipt: Script::new(include_str!("../lua/receipt.lua")),
         });
         Ok(store)
     }
@@ -508,6 +517,62 @@ impl Store for RedisStore {
         let _: i64 = self.invoke_as(&invocation).await?;
         self.refund_apart(phone, &apart).await;
         Ok(())
+    }
+
+    async fn replace_code(
+        &self,
+        phone: &str,
+        old_hash: &str,
+        new_hash: &str,
+        ttl: Duration,
+        mark: u64,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = self.replace_code.prepare_invoke();
+        invocation
+            .key(self.phone_key(phone, "otp"))
+            .arg(old_hash)
+            .arg(new_hash)
+            .arg(ttl_ms(ttl))
+            .arg(mark);
+        let replaced: i64 = self.invoke_as(&invocation).await?;
+        Ok(replaced == 1)
+    }
+
+    async fn mark_code(&self, phone: &str, code_hash: &str, mark: u64) -> Result<(), StoreError> {
+        let mut invocation = self.mark_code.prepare_invoke();
+        invocation
+            .key(self.phone_key(phone, "otp"))
+            .arg(code_hash)
+            .arg(mark);
+        let _: i64 = self.invoke_as(&invocation).await?;
+        Ok(())
+    }
+
+    async fn put_receipt(&self, key: &str, record: &str, ttl: Duration) -> Result<(), StoreError> {
+        let mut invocation = self.receipt.prepare_invoke();
+        invocation
+            .key(self.key("rcpt", key))
+            .arg("put")
+            .arg(record)
+            .arg(ttl_ms(ttl));
+        let _: i64 = self.invoke_as(&invocation).await?;
+        Ok(())
+    }
+
+    async fn note_receipt(
+        &self,
+        key: &str,
+        status: &str,
+        claim: bool,
+    ) -> Result<Option<(String, bool)>, StoreError> {
+        let mut invocation = self.receipt.prepare_invoke();
+        invocation
+            .key(self.key("rcpt", key))
+            .arg("note")
+            .arg(status)
+            .arg(if claim { "1" } else { "0" });
+        let noted: Option<(String, i64)> = self.invoke_as(&invocation).await?;
+        Ok(noted.map(|(record, claimed)| (record, claimed == 1)))
     }
 
     async fn charge_quotas(
