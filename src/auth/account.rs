@@ -125,6 +125,7 @@ impl AuthService {
             Ok((old, (PhoneChange::Done, Some(updated)))) => {
                 spent.keep();
                 // The code reached its owner.
+                self.count_verified(&phone, mark);
                 self.pump_credit(&phone, mark).await;
                 (old, updated)
             }

@@ -20,7 +20,7 @@ use crate::delivery::{Delivery, Destination, OtpMessage, sms_segments};
 use crate::domain::channel::Channel;
 use crate::domain::pumping::PumpingPolicy;
 use crate::domain::quota::{Quota, QuotaPolicy, QuotaState};
-use crate::domain::routing::{channel_of, with_channel};
+use crate::domain::routing::with_channel;
 use crate::error::Error;
 use crate::store::{RefreshOutcome, SessionPut, Store, unix_ms};
 use crate::telemetry::Metrics;
@@ -385,7 +385,9 @@ impl AuthService {
     /// Issues a code for `phone` and sends it over the requested channel, falling back to the
     /// next configured channels when a provider fails. One store round trip (cooldown, every
     /// quota and the code in one script); when no channel delivers, the code, its cooldown and
-    /// its quota charges are given back (a second round trip) and the answer is 503.
+    /// its quota charges are given back (a second round trip) and the answer is 503. A provider
+    /// that will report the message's delivery adds one write (its record,
+    /// [`receipts`]), as does a fallback within the login (the code's channel).
     ///
     /// The database is read only for Telegram (the linked chat), so for the other channels the
     /// answer is the same whether or not the number has an account.
@@ -552,6 +554,7 @@ impl AuthService {
                         &sent,
                         receipts::SentCode {
                             channel: sender.channel(),
+                            phone: &phone,
                             subject: &subjects.phone,
                             hash: &issued.hash,
                             next,
@@ -727,15 +730,7 @@ impl AuthService {
                 spent.keep();
                 // Counted once the login stands (a 503 puts the code back for a retry).
                 if outcome == "success" {
-                    let country = phone.region().unwrap_or("unknown");
-                    let channel = channel_of(mark);
-                    self.metrics
-                        .codes_verified
-                        .with_label_values(&[channel.map_or("unknown", Channel::as_str), country])
-                        .inc();
-                    if let Some(channel) = channel {
-                        self.conversions.verified(country, channel, unix_ms());
-                    }
+                    self.count_verified(&phone, mark);
                     self.pump_credit(&phone, mark).await;
                 }
                 opened

@@ -123,6 +123,11 @@ impl OtpService {
         self.ttl
     }
 
+    /// Wrong tries a code allows (`OTP_MAX_ATTEMPTS`).
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
     /// A fresh code of `OTP_LENGTH` digits from the thread-local CSPRNG.
     pub fn generate(&self) -> String {
         let mut rng = rand::rng();

@@ -1,17 +1,19 @@
 //! Delivery receipts and routing on evidence.
 //!
-//! - Every code a provider accepted with a message id (Twilio's SID, WhatsApp's `wamid`) is
-//!   recorded under that id for the code's life: the phone as its keyed hash, the code's HMAC,
-//!   the channel, the next channel of the login's plan, the text's locale and the code's mark.
-//!   Receipts update its last status.
-//! - A receipt reporting a failure (`failed`, `undelivered`), while the code is still live and
-//!   unused, sends a **new** code by the next channel, once per message (claimed atomically in
-//!   the store, so repeated receipts and other replicas do not send again), and the failed code
-//!   stops working. A new code rather than the same one: the same would have to be kept
-//!   readable for its whole life, and codes are kept only as HMACs; the failed one never
-//!   reached the user, so replacing it costs them nothing, and whatever copy the failed route
-//!   still holds becomes useless. The wrong attempts carry over; the fallback's own failure is
-//!   not followed by another.
+//! - Every code a provider accepted with a message id (Twilio's SID when a status callback is
+//!   configured, WhatsApp's `wamid` when its webhook is) is recorded under that id for the
+//!   code's life: the phone as its keyed hash, the number itself encrypted under a key derived
+//!   from the OTP pepper and the message id, the code's HMAC, the channel, the next channel of
+//!   the login's plan, the text's locale and the code's mark. Receipts update its last status.
+//! - A receipt reporting a failure (`failed`, `undelivered`), while the code is still live,
+//!   unused, not burned and the phone not blocked, sends a **new** code by the next channel,
+//!   once per message (claimed atomically in the store, so repeated receipts and other replicas
+//!   do not send again), and the failed code stops working. A new code rather than the same
+//!   one: the same would have to be kept readable for its whole life, and codes are kept only
+//!   as HMACs; whatever copy the failed route still holds becomes useless. The wrong attempts
+//!   carry over. The fallback is a send like any other: the send quotas (daily caps included)
+//!   and the pumping defence are charged first and may refuse it; when its own delivery fails,
+//!   the failed code is put back and the charges given back, and no further fallback follows.
 //! - The channel that delivered a code rides in its mark ([`crate::domain::routing`]), so a
 //!   verification counts for that channel: `otpgate_codes_verified_total{channel,country}` and
 //!   the conversion by which `OTP_ROUTING=conversion` picks a login's first channel.
@@ -22,10 +24,11 @@ use serde::{Deserialize, Serialize};
 
 use super::AuthService;
 use super::events::EventKind;
+use super::sessions::ClientInfo;
 use crate::db;
 use crate::delivery::{Channel, Destination, OtpMessage, Sent};
 use crate::domain::phone::Phone;
-use crate::domain::routing::with_channel;
+use crate::domain::routing::{channel_of, with_channel};
 use crate::store::unix_ms;
 
 /// What is kept for a sent code under its message id (short names: one per send).
@@ -33,6 +36,8 @@ use crate::store::unix_ms;
 pub(crate) struct SentRecord {
     /// The phone's keyed hash (`subjects.phone`), never the number.
     p: String,
+    /// The number, encrypted ([`AuthService::seal_number`]), hex.
+    t: String,
     /// The code's HMAC.
     h: String,
     /// The channel that sent it.
@@ -48,6 +53,7 @@ pub(crate) struct SentRecord {
 /// A code sent by `channel`, as the login knew it.
 pub(crate) struct SentCode<'a> {
     pub channel: Channel,
+    pub phone: &'a Phone,
     pub subject: &'a str,
     pub hash: &'a str,
     pub next: Option<Channel>,
@@ -62,6 +68,11 @@ pub struct Fallback {
     from: Channel,
     to: Channel,
     record: SentRecord,
+}
+
+/// XORs `bytes` with a key stream of 32 bytes (numbers are at most 16).
+fn xor(bytes: &[u8], stream: &[u8]) -> Option<Vec<u8>> {
+    (bytes.len() <= stream.len()).then(|| bytes.iter().zip(stream).map(|(b, k)| b ^ k).collect())
 }
 
 /// The store key of a message's record.
@@ -79,14 +90,36 @@ fn channel_named(name: &str) -> Option<Channel> {
 }
 
 impl AuthService {
-    /// Records a code a provider accepted, under its message id, for its receipts. Best
-    /// effort: the code was sent, so a store failure here only loses the fallback.
+    /// The key stream that hides a number in message `id`'s record: HMAC-SHA256 under the OTP
+    /// pepper of the message id, unique per message, so the record holds no readable number.
+    fn number_stream(&self, id: &str) -> Vec<u8> {
+        hex::decode(self.otp.keyed_hash("receipt-number", id)).unwrap_or_default()
+    }
+
+    fn seal_number(&self, id: &str, phone: &Phone) -> String {
+        xor(phone.as_str().as_bytes(), &self.number_stream(id)).map_or(String::new(), hex::encode)
+    }
+
+    fn open_number(&self, id: &str, sealed: &str) -> Option<String> {
+        let bytes = xor(&hex::decode(sealed).ok()?, &self.number_stream(id))?;
+        String::from_utf8(bytes).ok()
+    }
+
+    /// Records a code a provider accepted, under its message id, for its receipts: when the
+    /// provider gave an id and its receipts can arrive (Twilio with a status callback, which is
+    /// the only way its sender returns an id; WhatsApp with `WHATSAPP_WEBHOOK_SECRET`). One
+    /// store write, on a send that already waited for a provider. Best effort: the code was
+    /// sent, so a store failure here only loses the fallback.
     pub(super) async fn record_sent(&self, sent: &Sent, code: SentCode<'_>) {
         let Some(id) = &sent.message_id else {
             return;
         };
+        if code.channel == Channel::Whatsapp && self.messaging.whatsapp_webhook_secret.is_none() {
+            return;
+        }
         let record = SentRecord {
             p: code.subject.to_string(),
+            t: self.seal_number(id, code.phone),
             h: code.hash.to_string(),
             c: code.channel.as_str().to_string(),
             n: code
@@ -108,18 +141,33 @@ impl AuthService {
         }
     }
 
-    /// A provider's delivery receipt for `message_id` on `channel`, about `number` (as the
-    /// provider writes it, with or without `+`): its status is noted on the sent code's record,
-    /// and the first failure of a code that has a next channel claims a [`Fallback`] (run it
-    /// with [`AuthService::fall_back`]). Receipts of messages that are not codes (replies,
-    /// notices), expired or unknown, change nothing.
+    /// A code verified: counted for the channel that delivered it (from its `mark`) and the
+    /// number's country, in the metric and in the routing evidence.
+    pub(super) fn count_verified(&self, phone: &Phone, mark: u64) {
+        let country = phone.region().unwrap_or("unknown");
+        let channel = channel_of(mark);
+        self.metrics
+            .codes_verified
+            .with_label_values(&[channel.map_or("unknown", Channel::as_str), country])
+            .inc();
+        if let Some(channel) = channel {
+            self.conversions.verified(country, channel, unix_ms());
+        }
+    }
+
+    /// A provider's delivery receipt for `message_id` on `channel`: its status is noted on the
+    /// sent code's record, and the first failure of a code that has a next channel claims a
+    /// [`Fallback`] (run it with [`AuthService::fall_back`]). Receipts of messages that are not
+    /// recorded codes (replies, notices, expired), change nothing. The receipt itself is
+    /// authenticated by the caller (Twilio's or Meta's signature) and names an unguessable id;
+    /// the number the fallback goes to is the record's, not the receipt's (WhatsApp's
+    /// `recipient_id` is a WhatsApp id, which for some countries differs from the number).
     pub async fn delivery_receipt(
         &self,
         channel: Channel,
         message_id: &str,
         status: &str,
         failed: bool,
-        number: &str,
     ) -> Option<Fallback> {
         if message_id.is_empty() || message_id.len() > 128 {
             return None;
@@ -138,15 +186,10 @@ impl AuthService {
         }
         let record: SentRecord = serde_json::from_str(&text).ok()?;
         let to = channel_named(&record.n)?;
-        let e164 = if number.starts_with('+') {
-            number.to_string()
-        } else {
-            format!("+{number}")
-        };
-        // The receipt names the number; it must be the one the record was written for.
-        let phone = Phone::parse(&e164, None).ok()?;
+        let number = self.open_number(message_id, &record.t)?;
+        let phone = Phone::parse(&number, None).ok()?;
         if self.otp.subjects(&phone).phone != record.p {
-            tracing::warn!(channel = %channel, "a delivery receipt names another number than its message; ignored");
+            tracing::warn!(channel = %channel, "a delivery record does not match its number; ignored");
             return None;
         }
         // Claimed once per message, however many receipts and replicas ask.
@@ -202,22 +245,60 @@ impl AuthService {
         } else {
             None
         };
+        // A send like any other: the send quotas (daily caps included) and the pumping defence
+        // first. Neither names the client (there is none): the network quotas are not charged.
+        let subjects = self.otp.subjects(&phone);
+        let quotas = self.quotas.for_send(&phone, &subjects, None);
+        match self.store.charge_quotas(&quotas).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(refusal)) => {
+                self.metrics.refused(refusal.policy);
+                count("limited");
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(phone = %phone.masked(), error = %err, "a failed delivery could not fall back");
+                count("failed");
+                return;
+            }
+        }
+        let pump_checks = self.pump_checks(&phone, None);
         let code = self.otp.generate();
         let hash = self.otp.hash(&phone, &code);
+        // Gives back what this fallback was charged (`release_code` of a hash that is not
+        // stored only refunds).
+        let give_back = async |checks: &[crate::domain::pumping::PumpCheck]| {
+            if let Err(err) = self.store.release_code(&record.p, &hash, &quotas).await {
+                tracing::warn!(error = %err, "a fallback's quota charges could not be given back");
+            }
+            self.pump_unsend(checks).await;
+        };
+        if self
+            .pump_send(&phone, &pump_checks, &ClientInfo::default())
+            .await
+            .is_err()
+        {
+            give_back(&[]).await;
+            count("limited");
+            return;
+        }
         let mark = with_channel(record.m, to);
         let ttl = self.otp.ttl();
+        let max_attempts = self.otp.max_attempts();
         match self
             .store
-            .replace_code(&record.p, &record.h, &hash, ttl, mark)
+            .replace_code(&record.p, &record.h, &hash, ttl, mark, max_attempts)
             .await
         {
             Ok(true) => {}
             Ok(false) => {
+                give_back(&pump_checks).await;
                 count("stale");
                 return;
             }
             Err(err) => {
                 tracing::warn!(phone = %phone.masked(), error = %err, "a failed delivery could not fall back");
+                give_back(&pump_checks).await;
                 count("failed");
                 return;
             }
@@ -253,6 +334,7 @@ impl AuthService {
                     &sent,
                     SentCode {
                         channel: to,
+                        phone: &phone,
                         subject: &record.p,
                         hash: &hash,
                         next: None,
@@ -281,6 +363,19 @@ impl AuthService {
                     .replace(phone.as_str(), &phone.masked())
                     .replace(phone.as_str().trim_start_matches('+'), &phone.masked());
                 tracing::warn!(phone = %phone.masked(), channel = %to, reason, "the fallback delivery failed too");
+                // The failed code works again (the receipt may have been wrong, and the user
+                // must not be left without one), and the charges go back.
+                match self
+                    .store
+                    .replace_code(&record.p, &hash, &record.h, ttl, record.m, max_attempts)
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::warn!(phone = %phone.masked(), error = %err, "a failed code could not be put back");
+                    }
+                }
+                give_back(&pump_checks).await;
             }
         }
     }
@@ -294,6 +389,7 @@ mod tests {
     fn records_round_trip_and_name_no_number() {
         let record = SentRecord {
             p: "a".repeat(32),
+            t: "00ff".into(),
             h: "b".repeat(64),
             c: "sms".into(),
             n: "whatsapp".into(),
@@ -305,5 +401,7 @@ mod tests {
         assert_eq!(serde_json::from_str::<SentRecord>(&text).unwrap(), record);
         assert_eq!(receipt_key(Channel::Sms, "SM1"), "sms:SM1");
         assert_eq!(channel_named("log"), None);
+        assert_eq!(xor(b"+919876543210", &[0; 32]).unwrap(), b"+919876543210");
+        assert_eq!(xor(&[1; 33], &[0; 32]), None);
     }
 }

@@ -132,6 +132,10 @@ impl Sender for TwilioSender {
                 .form(&form)
         })
         .await?;
+        // Without a status callback no receipt will come: no id to keep.
+        if self.settings.status_callback.is_none() {
+            return Ok(Sent::default());
+        }
         Ok(message_id(resp, "/sid").await)
     }
 }

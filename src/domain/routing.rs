@@ -153,6 +153,7 @@ impl ConversionStats {
 
     /// Puts first in `plan` (the configured order) the channel with the best conversion for
     /// `country` among those with at least `min_sends`; on ties the earlier in the order wins.
+    /// Telegram is never moved.
     /// When `roll` (0–99, random) falls below the explore share, a channel without enough
     /// evidence goes first instead. Without evidence the order stands.
     pub fn prefer(
@@ -166,8 +167,11 @@ impl ConversionStats {
         if policy.mode != RoutingMode::Conversion || plan.len() < 2 {
             return;
         }
+        // Telegram is in a plan only for numbers with a linked chat (an account): putting it
+        // first would tell those numbers apart in the answer, so it is never a candidate.
         let evidence: Vec<Evidence> = plan
             .iter()
+            .filter(|c| **c != Channel::Telegram)
             .map(|c| self.evidence(country, *c, now_ms))
             .collect();
         let measured = |e: &&Evidence| e.sent >= policy.min_sends.max(1);
@@ -258,10 +262,29 @@ mod tests {
         let mut plan = order.to_vec();
         stats.prefer(&policy(0), "BR", &mut plan, now, 50);
         assert_eq!(plan, order);
-        // The explore share tries the unmeasured channel first.
+        // The explore share tries an unmeasured channel first, but never Telegram (only numbers
+        // with an account have it in their plan), however well it converts.
         let mut plan = order.to_vec();
         stats.prefer(&policy(5), "IN", &mut plan, now, 4);
-        assert_eq!(plan, [Channel::Telegram, Channel::Sms, Channel::Whatsapp]);
+        assert_eq!(
+            plan,
+            [Channel::Whatsapp, Channel::Sms, Channel::Telegram],
+            "only Telegram is unmeasured: the best measured goes first"
+        );
+        let mut plan = vec![Channel::Sms, Channel::Telegram, Channel::Whatsapp];
+        for _ in 0..20 {
+            stats.sent("IN", Channel::Telegram, now);
+            stats.verified("IN", Channel::Telegram, now);
+        }
+        stats.prefer(&policy(0), "IN", &mut plan, now, 50);
+        assert_eq!(plan, [Channel::Whatsapp, Channel::Sms, Channel::Telegram]);
+        let stats2 = ConversionStats::new(&policy(5));
+        let mut plan = vec![Channel::Sms, Channel::Telegram, Channel::Whatsapp];
+        for _ in 0..20 {
+            stats2.sent("IN", Channel::Sms, now);
+        }
+        stats2.prefer(&policy(5), "IN", &mut plan, now, 0);
+        assert_eq!(plan, [Channel::Whatsapp, Channel::Sms, Channel::Telegram]);
         let mut plan = order.to_vec();
         stats.prefer(&policy(5), "IN", &mut plan, now, 5);
         assert_eq!(plan[0], Channel::Whatsapp);

@@ -76,7 +76,8 @@ fn masked(number: &str) -> String {
 
 impl Messaging {
     /// `POST /api/twilio/status`: 404 without `PUBLIC_BASE_URL` and Twilio; 403 unless signed
-    /// by our Twilio account; then the status is counted (and a failure logged).
+    /// by our Twilio account; then the status is counted (a failure logged), noted on the sent
+    /// code's record, and a failure may start its fallback.
     pub async fn twilio_status(&self, body: &[u8], signature: Option<&str>) -> Result<(), Error> {
         let Some(callbacks) = &self.twilio_callbacks else {
             return Err(Error::NotFound);
@@ -139,7 +140,6 @@ impl Messaging {
             field("MessageSid").unwrap_or(""),
             status,
             failed,
-            field("To").unwrap_or(""),
         )
         .await;
         Ok(())
@@ -147,17 +147,10 @@ impl Messaging {
 
     /// Notes a receipt on its sent code, and runs the fallback it claims in the background
     /// (the provider is answered at once).
-    async fn receipt(
-        &self,
-        channel: Channel,
-        message_id: &str,
-        status: &str,
-        failed: bool,
-        number: &str,
-    ) {
+    async fn receipt(&self, channel: Channel, message_id: &str, status: &str, failed: bool) {
         if let Some(fallback) = self
             .auth
-            .delivery_receipt(channel, message_id, status, failed, number)
+            .delivery_receipt(channel, message_id, status, failed)
             .await
         {
             let auth = self.auth.clone();
@@ -165,7 +158,8 @@ impl Messaging {
         }
     }
 
-    /// One `statuses[]` entry of a WhatsApp notification: counted, and a failure logged.
+    /// One `statuses[]` entry of a WhatsApp notification: counted (a failure logged), noted on
+    /// the sent code's record, and a failure may start its fallback.
     pub(super) async fn whatsapp_status(&self, status: &serde_json::Value) {
         let label = status_label(status["status"].as_str().unwrap_or(""));
         self.metrics
@@ -185,7 +179,6 @@ impl Messaging {
             status["id"].as_str().unwrap_or(""),
             label,
             label == "failed",
-            number,
         )
         .await;
     }

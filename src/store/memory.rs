@@ -352,14 +352,16 @@ impl Store for MemoryStore {
         new_hash: &str,
         ttl: Duration,
         mark: u64,
+        max_attempts: u32,
     ) -> Result<bool, StoreError> {
         let (now, _) = self.now();
         let mut inner = self.lock();
-        let Some(code) = inner
-            .codes
-            .get_mut(phone)
-            .filter(|c| !c.spent && c.expires > now && c.hash == old_hash)
-        else {
+        if inner.blocked.contains(phone) {
+            return Ok(false);
+        }
+        let Some(code) = inner.codes.get_mut(phone).filter(|c| {
+            !c.spent && c.expires > now && c.hash == old_hash && c.attempts < max_attempts
+        }) else {
             return Ok(false);
         };
         code.hash = new_hash.to_string();

@@ -216,7 +216,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Replaces the live, unspent code `old_hash` of `phone` by `new_hash` for `ttl`, with
     /// `mark`, keeping its wrong attempts (a failed delivery's fallback). Whether it did: not
-    /// when the code was verified, replaced by a newer one, or expired.
+    /// when the code was verified, replaced by a newer one, expired, burned (`max_attempts`
+    /// wrong tries), or the phone is blocked ([`Store::set_blocked`]).
     async fn replace_code(
         &self,
         phone: &str,
@@ -224,6 +225,7 @@ pub trait Store: Send + Sync + 'static {
         new_hash: &str,
         ttl: Duration,
         mark: u64,
+        max_attempts: u32,
     ) -> Result<bool, StoreError>;
 
     /// Sets the mark of `phone`'s code while it is still `code_hash` (its expiry unchanged).
@@ -483,11 +485,12 @@ impl Store for Metered {
         new_hash: &str,
         ttl: Duration,
         mark: u64,
+        max_attempts: u32,
     ) -> Result<bool, StoreError> {
         self.timed(
             "replace_code",
             self.inner
-                .replace_code(phone, old_hash, new_hash, ttl, mark),
+                .replace_code(phone, old_hash, new_hash, ttl, mark, max_attempts),
         )
         .await
     }

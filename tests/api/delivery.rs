@@ -235,6 +235,27 @@ async fn provider_failure_falls_back_to_the_next_channel(backend: Backend) {
     let reply = login_via(&app, &unique_phone(), Some("sms")).await;
     assert_eq!(reply.body["channel"], json!("whatsapp"));
     assert_eq!(standin.requests("twilio").len(), 3);
+    // The code names the channel that took it: its verification counts for WhatsApp.
+    let phone = unique_phone();
+    let reply = login_via(&app, &phone, None).await;
+    assert_eq!(reply.body["channel"], json!("whatsapp"));
+    let code = reply.body["otp_code"].as_str().expect("code").to_string();
+    assert_eq!(app.verify(&app.a, &phone, &code).await.status, 200);
+    let text = metrics_text(&app, &app.a).await;
+    assert_eq!(
+        sample(
+            &text,
+            "otpgate_codes_verified_total{channel=\"whatsapp\",country=\"IN\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "otpgate_codes_verified_total{channel=\"sms\",country=\"IN\"}"
+        ),
+        0.0
+    );
 }
 
 async fn one_retry_rides_out_a_blip(backend: Backend) {
@@ -959,8 +980,8 @@ async fn a_failed_receipt_sends_a_new_code_by_the_next_channel_once(backend: Bac
     );
     assert_eq!(verified_whatsapp, 1.0);
 
-    // A late failure of a used code, or of an unknown message, sends nothing; a receipt
-    // naming another number than its message's is ignored, and does not use up the fallback.
+    // A failure of an unknown message sends nothing; the number a fallback goes to is the
+    // record's, whatever the receipt says (WhatsApp's recipient id may differ from it).
     let phone2 = unique_phone();
     assert_eq!(login_via(&app, &phone2, None).await.status, 200);
     let sid2 = standin.requests("twilio")[1]
@@ -968,11 +989,6 @@ async fn a_failed_receipt_sends_a_new_code_by_the_next_channel_once(backend: Bac
         .clone()
         .expect("a SID");
     for fields in [
-        vec![
-            ("MessageSid", sid.as_str()),
-            ("MessageStatus", "failed"),
-            ("To", phone.as_str()),
-        ],
         vec![
             ("MessageSid", "SM00000000000000000000000000000000"),
             ("MessageStatus", "failed"),
@@ -988,20 +1004,13 @@ async fn a_failed_receipt_sends_a_new_code_by_the_next_channel_once(backend: Bac
             status_callback(&app, &fields, Some(twilio_signature(&callback, &fields))).await;
         assert_eq!(reply.status, 200, "{}", reply.body);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(standin.requests("whatsapp").len(), 1, "nothing re-sent");
-    let failed2 = [
-        ("MessageSid", sid2.as_str()),
-        ("MessageStatus", "failed"),
-        ("To", phone2.as_str()),
-    ];
-    let reply = status_callback(&app, &failed2, Some(twilio_signature(&callback, &failed2))).await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
     let whatsapp = standin.wait_for("whatsapp", 2).await;
     assert_eq!(
         whatsapp[1].body["to"],
         json!(phone2.trim_start_matches('+'))
     );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(standin.requests("whatsapp").len(), 2, "nothing else sent");
 
     // A code verified before its failure receipt arrives: the fallback finds it used (stale).
     let phone3 = unique_phone();
@@ -1029,6 +1038,64 @@ async fn a_failed_receipt_sends_a_new_code_by_the_next_channel_once(backend: Bac
         standin.requests("whatsapp").len(),
         2,
         "a used code is not re-sent"
+    );
+
+    // The fallback's own send failing: the SMS's code works again, and nothing is charged.
+    let phone4 = unique_phone();
+    let reply = login_via(&app, &phone4, None).await;
+    let code4 = reply.body["otp_code"].as_str().expect("code").to_string();
+    let sid4 = standin.requests("twilio")[3]
+        .message_id
+        .clone()
+        .expect("a SID");
+    standin.set_mode("whatsapp", Mode::Status(400));
+    let failed4 = [
+        ("MessageSid", sid4.as_str()),
+        ("MessageStatus", "undelivered"),
+        ("To", phone4.as_str()),
+    ];
+    let reply = status_callback(&app, &failed4, Some(twilio_signature(&callback, &failed4))).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    wait_for_metric(
+        &app,
+        "otpgate_delivery_fallbacks_total{from=\"sms\",outcome=\"failed\",to=\"whatsapp\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(app.verify(&app.b, &phone4, &code4).await.status, 200);
+    standin.set_mode("whatsapp", Mode::Ok);
+
+    // A fallback is a send: the daily cap over all numbers refuses it like any other.
+    let standin = StandIn::start().await;
+    let mut capped = settings.clone();
+    capped.push(("DAILY_SEND_CAP", "1"));
+    let app = app_with(backend, &standin, &capped).await;
+    let phone = unique_phone();
+    let reply = login_via(&app, &phone, None).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let code = reply.body["otp_code"].as_str().expect("code").to_string();
+    let sid = standin.requests("twilio")[0]
+        .message_id
+        .clone()
+        .expect("a SID");
+    let failed = [
+        ("MessageSid", sid.as_str()),
+        ("MessageStatus", "failed"),
+        ("To", phone.as_str()),
+    ];
+    let reply = status_callback(&app, &failed, Some(twilio_signature(&callback, &failed))).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    wait_for_metric(
+        &app,
+        "otpgate_delivery_fallbacks_total{from=\"sms\",outcome=\"limited\",to=\"whatsapp\"}",
+        1.0,
+    )
+    .await;
+    assert!(standin.requests("whatsapp").is_empty());
+    assert_eq!(
+        app.verify(&app.a, &phone, &code).await.status,
+        200,
+        "a refused fallback leaves the code alone"
     );
 
     // With OTP_RECEIPT_FALLBACK=false a failure is only counted.
@@ -1073,7 +1140,9 @@ async fn a_failed_whatsapp_status_falls_back_to_sms(backend: Backend) {
         .message_id
         .clone()
         .expect("a wamid");
-    let digits = phone.trim_start_matches('+');
+    // Meta's recipient id is a WhatsApp id, not always the number (Brazil, Mexico): the
+    // fallback goes to the number the code was sent to.
+    let digits = "5511987654321";
     let notification = json!({ "object": "whatsapp_business_account", "entry": [{ "id": "1", "changes": [{ "field": "messages", "value": {
         "messaging_product": "whatsapp",
         "metadata": { "display_phone_number": "15550001111", "phone_number_id": WHATSAPP_PHONE_ID },

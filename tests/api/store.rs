@@ -995,14 +995,16 @@ async fn a_failed_code_is_replaced_only_while_live_and_unused(store: Arc<dyn Sto
     );
     assert!(
         !store
-            .replace_code(&phone, "other", "new", MINUTE, 9)
+            .replace_code(&phone, "other", "new", MINUTE, 9, 3)
             .await
             .unwrap(),
         "only the code it names"
     );
+    // A mark with channel bits, as the fallback writes it (below 2^53).
+    let mark = (4u64 << 50) | (2 << 48) | 0xffff_ffff_ffff;
     assert!(
         store
-            .replace_code(&phone, "old", "new", MINUTE, 9)
+            .replace_code(&phone, "old", "new", MINUTE, mark, 3)
             .await
             .unwrap()
     );
@@ -1011,26 +1013,88 @@ async fn a_failed_code_is_replaced_only_while_live_and_unused(store: Arc<dyn Sto
         VerifyOutcome::Invalid { remaining: 1 },
         "the old code is gone, and the earlier wrong try still counts"
     );
-    // A mark for another code changes nothing; for this one, it comes back.
-    store.mark_code(&phone, "old", 11).await.unwrap();
-    store.mark_code(&phone, "new", 13).await.unwrap();
     assert_eq!(
         store.verify_code(&phone, "new", 3, &[], &[]).await.unwrap(),
-        VerifyOutcome::Verified { mark: 13 }
+        VerifyOutcome::Verified { mark },
+        "the replacement's mark comes back exactly"
     );
     assert!(
         !store
-            .replace_code(&phone, "new", "newer", MINUTE, 9)
+            .replace_code(&phone, "new", "newer", MINUTE, 9, 3)
             .await
             .unwrap(),
         "a used code is not replaced"
     );
     assert!(
         !store
-            .replace_code(&key(), "old", "new", MINUTE, 9)
+            .replace_code(&key(), "old", "new", MINUTE, 9, 3)
             .await
             .unwrap(),
         "nor a code that does not exist"
+    );
+
+    // A burned code stays burned.
+    let phone = key();
+    store
+        .issue_code_marked(&phone, "old", MINUTE, MINUTE, &[], 7)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        store
+            .verify_code(&phone, "wrong", 2, &[], &[])
+            .await
+            .unwrap();
+    }
+    assert!(
+        !store
+            .replace_code(&phone, "old", "new", MINUTE, 9, 2)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.verify_code(&phone, "old", 2, &[], &[]).await.unwrap(),
+        VerifyOutcome::Burned
+    );
+
+    // A blocked phone's code is not replaced.
+    let phone = key();
+    store
+        .issue_code_marked(&phone, "old", MINUTE, MINUTE, &[], 7)
+        .await
+        .unwrap();
+    let user = Uuid::new_v4().to_string();
+    store.set_blocked(&user, Some(&phone), true).await.unwrap();
+    assert!(
+        !store
+            .replace_code(&phone, "old", "new", MINUTE, 9, 3)
+            .await
+            .unwrap()
+    );
+    store.set_blocked(&user, Some(&phone), false).await.unwrap();
+    assert!(
+        store
+            .replace_code(&phone, "old", "new", MINUTE, 9, 3)
+            .await
+            .unwrap(),
+        "unblocked, it is"
+    );
+
+    // The mark of another code changes nothing; of this one, it comes back.
+    let phone = key();
+    store
+        .issue_code_marked(&phone, "h", MINUTE, MINUTE, &[], 7)
+        .await
+        .unwrap();
+    store.mark_code(&phone, "other", 11).await.unwrap();
+    assert_eq!(
+        store.verify_code(&phone, "h", 3, &[], &[]).await.unwrap(),
+        VerifyOutcome::Verified { mark: 7 }
+    );
+    assert!(store.restore_code(&phone, "h").await.unwrap());
+    store.mark_code(&phone, "h", 13).await.unwrap();
+    assert_eq!(
+        store.verify_code(&phone, "h", 3, &[], &[]).await.unwrap(),
+        VerifyOutcome::Verified { mark: 13 }
     );
 }
 

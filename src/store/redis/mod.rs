@@ -526,14 +526,17 @@ impl Store for RedisStore {
         new_hash: &str,
         ttl: Duration,
         mark: u64,
+        max_attempts: u32,
     ) -> Result<bool, StoreError> {
         let mut invocation = self.replace_code.prepare_invoke();
         invocation
             .key(self.phone_key(phone, "otp"))
+            .key(self.phone_key(phone, "blocked"))
             .arg(old_hash)
             .arg(new_hash)
             .arg(ttl_ms(ttl))
-            .arg(mark);
+            .arg(mark)
+            .arg(max_attempts);
         let replaced: i64 = self.invoke_as(&invocation).await?;
         Ok(replaced == 1)
     }
