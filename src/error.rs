@@ -128,6 +128,10 @@ pub enum Error {
     /// closed); no code was sent.
     #[error("The captcha could not be checked; retry shortly.")]
     CaptchaUnavailable,
+    /// 503 `verifier_unavailable`: the outside service that checks this code (Twilio Verify)
+    /// did not answer; the code was not used and no attempt was counted.
+    #[error("The code could not be checked; retry shortly.")]
+    VerifierUnavailable,
     /// 503 `delivery_failed`: no channel could deliver the code; nothing was charged.
     #[error("The code could not be delivered; retry shortly.")]
     DeliveryFailed,
@@ -175,6 +179,7 @@ impl Error {
             | Error::DeliveryFailed
             | Error::CaptchaUnavailable
             | Error::IntegrityUnavailable
+            | Error::VerifierUnavailable
             | Error::Overloaded => 503,
             Error::Database(e) if db_unavailable(e) => 503,
             Error::Database(_) | Error::Internal(_) => 500,
@@ -213,6 +218,7 @@ impl Error {
             Error::IntegrityFailed => "integrity_failed",
             Error::IntegrityUnavailable => "integrity_unavailable",
             Error::DeliveryFailed => "delivery_failed",
+            Error::VerifierUnavailable => "verifier_unavailable",
             Error::Overloaded => "overloaded",
             Error::Store(_) => "store_unavailable",
             Error::Database(e) if db_unavailable(e) => "database_unavailable",

@@ -485,6 +485,7 @@ failures! {
         "user_blocked",
         "store_unavailable",
         "database_unavailable",
+        "verifier_unavailable",
     ];
     /// `POST /api/auth/refresh-token`.
     RefreshFailures: [
@@ -548,6 +549,7 @@ failures! {
         "phone_taken",
         "store_unavailable",
         "database_unavailable",
+        "verifier_unavailable",
     ];
     /// `GET /api/auth/sessions`.
     SessionsFailures { BODY = false }: [

@@ -266,6 +266,12 @@ pub const PROBLEM_TYPES: &[(&str, u16, &str, &str)] = &[
         "The code could not be delivered; retry shortly.",
     ),
     (
+        "verifier_unavailable",
+        503,
+        "Code check unavailable",
+        "The code could not be checked; retry shortly.",
+    ),
+    (
         "captcha_unavailable",
         503,
         "Captcha unavailable",
@@ -452,6 +458,7 @@ impl poem::error::ResponseError for Error {
             | Error::DeliveryFailed
             | Error::Overloaded
             | Error::CaptchaUnavailable
+            | Error::VerifierUnavailable
             | Error::IntegrityUnavailable => {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(1u32));

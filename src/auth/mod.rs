@@ -201,7 +201,8 @@ impl AuthService {
         }
         let conversions = crate::domain::routing::ConversionStats::new(delivery.routing());
         Ok(Self {
-            otp: OtpService::new(config.otp, store.clone())?,
+            otp: OtpService::new(config.otp, store.clone())?
+                .delegate_to(delivery.twilio_verify().cloned()),
             tokens: TokenService::new(config.tokens).map_err(Error::Internal)?,
             store,
             hot: db::hot::HotPool::for_database(&db),
@@ -447,7 +448,15 @@ impl AuthService {
         if let Some(channel) = first_channel {
             mark = with_channel(mark, channel);
         }
-        let issued = match self.otp.issue(&phone, &subjects, &quotas, mark).await {
+        // Twilio Verify makes and checks the SMS codes: when it sends first, the store keeps its
+        // marker (and our fresh code only serves a fallback channel).
+        let verify_sms = self.delivery.twilio_verify().is_some();
+        let delegated = verify_sms && plan.first() == Some(&Channel::Sms);
+        let mut issued = match self
+            .otp
+            .issue(&phone, &subjects, &quotas, mark, delegated)
+            .await
+        {
             Ok(issued) => issued,
             Err(err) => {
                 self.pump_unsend(&pump_checks).await;
@@ -512,10 +521,40 @@ impl AuthService {
             client.away(self.imitate_send(Channel::Telegram)).await;
             delivered = Some(Channel::Telegram);
         }
+        let mut via_verify = false;
         for (index, channel) in plan.iter().enumerate() {
             let Some(sender) = self.delivery.sender(*channel) else {
                 continue;
             };
+            via_verify = verify_sms && *channel == Channel::Sms;
+            let wanted = match (verify_sms, via_verify) {
+                (false, _) => None,
+                (true, true) => Some(self.otp.delegated_hash(&phone)),
+                (true, false) => Some(self.otp.hash(&phone, &issued.code)),
+            };
+            if let Some(wanted) = wanted.filter(|w| *w != issued.hash) {
+                // Between Twilio Verify and another channel: the store's form of the code
+                // follows the channel about to send it.
+                match self
+                    .store
+                    .replace_code(
+                        &subjects.phone,
+                        &issued.hash,
+                        &wanted,
+                        issued.expires_in,
+                        mark,
+                        self.otp.max_attempts(),
+                    )
+                    .await
+                {
+                    Ok(true) => issued.hash = wanted,
+                    Ok(false) => continue,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "a code could not follow its channel");
+                        continue;
+                    }
+                }
+            }
             let label = sender.channel().as_str();
             let started = Instant::now();
             let sent = client.away(sender.send(&destination, &message)).await;
@@ -601,7 +640,8 @@ impl AuthService {
             channel,
             expires_in: issued.expires_in.as_secs(),
             resend_after: issued.resend_after.as_secs(),
-            exposed_code: self.expose_otp.then_some(issued.code),
+            // Twilio Verify's code never reaches us.
+            exposed_code: (self.expose_otp && !via_verify).then_some(issued.code),
             quotas: (quotas, issued.quotas),
             phone,
         })

@@ -8,6 +8,7 @@ use rand::RngExt;
 use sha2::Sha256;
 
 use crate::config::{OtpSettings, Pepper};
+use crate::delivery::{TwilioVerifySender, VerifyCheck};
 use crate::domain::phone::Phone;
 use crate::domain::quota::{Quota, QuotaState, Subjects, whole_seconds};
 use crate::error::Error;
@@ -74,7 +75,8 @@ impl Drop for SpentOtp {
 pub struct IssuedCode {
     /// The digits; never logged outside the development `log` channel.
     pub code: String,
-    /// The stored HMAC of the code (to release it when delivery fails).
+    /// What the store holds for it: the code's HMAC, or Twilio Verify's marker (to release it
+    /// when delivery fails).
     pub hash: String,
     /// Lifetime of the code.
     pub expires_in: Duration,
@@ -94,7 +96,13 @@ pub struct OtpService {
     ttl: Duration,
     max_attempts: u32,
     resend: Duration,
+    /// Twilio Verify, when it makes and checks the SMS codes.
+    delegate: Option<Arc<TwilioVerifySender>>,
 }
+
+/// What stands in the store for a code Twilio Verify made (it never leaves Twilio): the HMAC of
+/// this text, which no code of digits can match.
+const DELEGATED: &str = "twilio-verify";
 
 impl OtpService {
     /// A service keyed by `OTP_PEPPER`, or by a key derived from the JWT secret.
@@ -115,7 +123,20 @@ impl OtpService {
             ttl: settings.ttl,
             max_attempts: settings.max_attempts,
             resend: settings.resend,
+            delegate: None,
         })
+    }
+
+    /// Codes whose stored form is [`OtpService::delegated_hash`] are checked by `verifier`.
+    pub fn delegate_to(mut self, verifier: Option<Arc<TwilioVerifySender>>) -> Self {
+        self.delegate = verifier;
+        self
+    }
+
+    /// What the store keeps for `phone`'s code once Twilio Verify sent it: a marker, not a
+    /// code's HMAC.
+    pub fn delegated_hash(&self, phone: &Phone) -> String {
+        self.hash(phone, DELEGATED)
     }
 
     /// The lifetime of a code (`OTP_EXPIRY_MINUTES`).
@@ -169,15 +190,24 @@ impl OtpService {
 
     /// Stores a new code for `phone`, replacing any earlier one, unless the resend cooldown
     /// is running or one of `quotas` refuses (then `rate_limited` with the seconds left).
+    ///
+    /// With `delegated` (Twilio Verify sends first), the store keeps the
+    /// [`OtpService::delegated_hash`] marker instead of the fresh code's HMAC; the fresh code
+    /// is still returned, for a fallback channel ([`IssuedCode::hash`] is what the store holds).
     pub async fn issue(
         &self,
         phone: &Phone,
         subjects: &Subjects,
         quotas: &[Quota],
         mark: u64,
+        delegated: bool,
     ) -> Result<IssuedCode, Error> {
         let code = self.generate();
-        let hash = self.hash(phone, &code);
+        let hash = if delegated {
+            self.delegated_hash(phone)
+        } else {
+            self.hash(phone, &code)
+        };
         match self
             .store
             .issue_code_marked(&subjects.phone, &hash, self.ttl, self.resend, quotas, mark)
@@ -285,11 +315,13 @@ impl OtpService {
             });
         }
         let hash = self.hash(phone, code);
+        let marker = self.delegate.as_ref().map(|_| self.delegated_hash(phone));
         match self
             .store
-            .verify_code(
+            .verify_code_or_delegated(
                 &subjects.phone,
                 &hash,
+                marker.as_deref(),
                 self.max_attempts,
                 attempts,
                 failures,
@@ -303,6 +335,51 @@ impl OtpService {
                 mark,
                 armed: true,
             }),
+            VerifyOutcome::Delegated { mark } => {
+                let (Some(verifier), Some(marker)) = (&self.delegate, marker) else {
+                    return Err(Error::Internal(
+                        "a delegated code without a verifier".into(),
+                    ));
+                };
+                // Spent here while Twilio looks; put back unless it approves.
+                let spent = SpentOtp {
+                    store: self.store.clone(),
+                    phone: subjects.phone.clone(),
+                    hash: marker,
+                    mark,
+                    armed: true,
+                };
+                match verifier.check(phone.as_str(), code).await {
+                    Ok(VerifyCheck::Approved) => Ok(spent),
+                    Ok(VerifyCheck::Refused) => {
+                        spent.restore().await?;
+                        // The wrong try, counted as any: a hash that matches nothing.
+                        match self
+                            .store
+                            .verify_code(&subjects.phone, "-", self.max_attempts, &[], failures)
+                            .await?
+                        {
+                            VerifyOutcome::Invalid { remaining } => {
+                                Err(Error::InvalidOtp { remaining })
+                            }
+                            VerifyOutcome::Burned => Err(Error::TooManyAttempts),
+                            VerifyOutcome::Limited(refusal) => Err(Error::from(refusal)),
+                            VerifyOutcome::Missing
+                            | VerifyOutcome::Verified { .. }
+                            | VerifyOutcome::Delegated { .. } => Err(Error::OtpExpired),
+                        }
+                    }
+                    Err(err) => {
+                        let reason = err
+                            .reason
+                            .replace(phone.as_str(), &phone.masked())
+                            .replace(phone.as_str().trim_start_matches('+'), &phone.masked());
+                        tracing::warn!(phone = %phone.masked(), reason, "Twilio Verify did not check a code");
+                        spent.restore().await?;
+                        Err(Error::VerifierUnavailable)
+                    }
+                }
+            }
             VerifyOutcome::Invalid { remaining } => Err(Error::InvalidOtp { remaining }),
             VerifyOutcome::Missing => Err(Error::OtpExpired),
             VerifyOutcome::Burned => Err(Error::TooManyAttempts),

@@ -28,6 +28,20 @@ pub struct TwilioSettings {
     pub status_callback: Option<String>,
 }
 
+/// Twilio Verify (`SMS_PROVIDER=twilio_verify`): Twilio generates, sends and checks the SMS
+/// codes (keeping its Fraud Guard and per-success pricing).
+#[derive(Debug, Clone)]
+pub struct TwilioVerifySettings {
+    /// `TWILIO_ACCOUNT_SID`.
+    pub account_sid: String,
+    /// `TWILIO_AUTH_TOKEN`.
+    pub auth_token: Secret,
+    /// `TWILIO_VERIFY_SERVICE_SID`: the Verify service (`VA…`).
+    pub service_sid: String,
+    /// `TWILIO_VERIFY_API_BASE`.
+    pub api_base: String,
+}
+
 /// A team's own SMS gateway (`SMS_PROVIDER=http`): each code is POSTed to it as JSON, signed
 /// the Standard Webhooks way.
 #[derive(Clone)]
@@ -82,6 +96,8 @@ pub struct DeliverySettings {
     pub twilio: Option<TwilioSettings>,
     /// SMS through the team's own gateway (`SMS_PROVIDER=http`).
     pub http_sms: Option<HttpSmsSettings>,
+    /// SMS codes generated and checked by Twilio Verify (`SMS_PROVIDER=twilio_verify`).
+    pub twilio_verify: Option<TwilioVerifySettings>,
     /// WhatsApp, when configured.
     pub whatsapp: Option<WhatsappSettings>,
     /// Telegram, when configured.
@@ -132,10 +148,11 @@ fn delivery_settings(
         None => None,
         Some(p) if p == "twilio" => Some("twilio"),
         Some(p) if p == "http" => Some("http"),
+        Some(p) if p == "twilio_verify" => Some("twilio_verify"),
         Some(p) => {
             env.report(invalid(
                 "SMS_PROVIDER",
-                format!("{p:?} is not one of twilio, http"),
+                format!("{p:?} is not one of twilio, twilio_verify, http"),
             ));
             None
         }
@@ -214,6 +231,28 @@ fn delivery_settings(
             status_callback: public_base_url
                 .as_ref()
                 .map(|base| format!("{base}/api/twilio/status")),
+        })
+    } else {
+        None
+    };
+    let twilio_verify = if provider == Some("twilio_verify") {
+        let because = "when SMS_PROVIDER=twilio_verify";
+        let service_sid = required(env, "TWILIO_VERIFY_SERVICE_SID", because)?;
+        let service_sid = service_sid.trim().to_string();
+        if !(service_sid.len() == 34
+            && service_sid.starts_with("VA")
+            && service_sid[2..].bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            env.report(invalid(
+                "TWILIO_VERIFY_SERVICE_SID",
+                "must be a Verify service SID: VA followed by 32 hex digits",
+            ));
+        }
+        Some(TwilioVerifySettings {
+            account_sid: required(env, "TWILIO_ACCOUNT_SID", because)?,
+            auth_token: Secret::new(required(env, "TWILIO_AUTH_TOKEN", because)?),
+            service_sid,
+            api_base: base_url(env, "TWILIO_VERIFY_API_BASE", "https://verify.twilio.com")?,
         })
     } else {
         None
@@ -322,6 +361,7 @@ fn delivery_settings(
     Ok(DeliverySettings {
         twilio,
         http_sms,
+        twilio_verify,
         whatsapp,
         telegram,
         timeout: Duration::from_millis(timeout_ms),

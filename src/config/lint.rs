@@ -228,7 +228,7 @@ mod tests {
             ("JWT_PRIVATE_KEY_FILE", key.as_str()),
             ("DEBUG", "true"),
         ];
-        // The other SMS provider.
+        // The other SMS providers.
         let gateway = [
             ("SMS_PROVIDER", "http"),
             ("SMS_HTTP_URL", "https://sms.example/otp"),
@@ -237,7 +237,13 @@ mod tests {
                 "whsec_b3RwZ2F0ZS10ZXN0LXNtcy1nYXRld2F5LWtleS0zMmI=",
             ),
         ];
-        for pairs in [&full[..], &gateway[..], &[]] {
+        let verify = [
+            ("SMS_PROVIDER", "twilio_verify"),
+            ("TWILIO_ACCOUNT_SID", "AC1"),
+            ("TWILIO_AUTH_TOKEN", "x"),
+            ("TWILIO_VERIFY_SERVICE_SID", "VA0123456789abcdef0123456789abcdef"),
+        ];
+        for pairs in [&full[..], &gateway[..], &verify[..], &[]] {
             let _ = crate::config::Settings::from_lookup(|k| {
                 asked.lock().unwrap().insert(k.to_string());
                 pairs

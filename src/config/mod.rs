@@ -31,7 +31,8 @@ pub mod tokens;
 pub use admin::{AdminSettings, SessionIp};
 pub use captcha::{CaptchaMode, CaptchaProvider, CaptchaSettings};
 pub use delivery::{
-    DeliverySettings, HttpSmsSettings, TelegramSettings, TwilioSettings, WhatsappSettings,
+    DeliverySettings, HttpSmsSettings, TelegramSettings, TwilioSettings, TwilioVerifySettings,
+    WhatsappSettings,
 };
 pub use env::{ConfigError, ConfigErrors, SECRET_VARIABLES, env_lookup, parse_dotenv};
 pub use events::{EventSettings, WebhookSettings};
@@ -557,6 +558,42 @@ mod tests {
         let mut bad_base = twilio.to_vec();
         bad_base.push(("TWILIO_API_BASE", "ftp://x"));
         assert_eq!(var(&bad_base), "TWILIO_API_BASE");
+        // Twilio Verify: a service SID of the documented shape, and the account's credentials.
+        let verify = [
+            ("SMS_PROVIDER", "twilio_verify"),
+            ("TWILIO_ACCOUNT_SID", "AC1"),
+            ("TWILIO_AUTH_TOKEN", "x"),
+        ];
+        assert_eq!(var(&verify), "TWILIO_VERIFY_SERVICE_SID");
+        let mut bad_sid = verify.to_vec();
+        bad_sid.push((
+            "TWILIO_VERIFY_SERVICE_SID",
+            "MG0123456789abcdef0123456789abcdef",
+        ));
+        assert_eq!(var(&bad_sid), "TWILIO_VERIFY_SERVICE_SID");
+        let mut ok = verify.to_vec();
+        ok.push((
+            "TWILIO_VERIFY_SERVICE_SID",
+            "VA0123456789abcdef0123456789abcdef",
+        ));
+        let s = settings(&ok).unwrap();
+        assert!(s.delivery.twilio_verify.is_some() && s.delivery.twilio.is_none());
+        assert!(!s.delivery.log_channel);
+        assert_eq!(
+            var(&[
+                ("SMS_PROVIDER", "twilio_verify"),
+                (
+                    "TWILIO_VERIFY_SERVICE_SID",
+                    "VA0123456789abcdef0123456789abcdef"
+                )
+            ]),
+            "TWILIO_ACCOUNT_SID"
+        );
+        assert_eq!(var(&[("OTP_ROUTING", "cheapest")]), "OTP_ROUTING");
+        assert_eq!(
+            var(&[("OTP_ROUTING_EXPLORE_PERCENT", "90")]),
+            "OTP_ROUTING_EXPLORE_PERCENT"
+        );
         let dev = settings(&[]).unwrap();
         assert!(dev.delivery.log_channel && dev.delivery.twilio.is_none());
         assert_eq!(dev.delivery.channel_order, vec![Channel::Sms]);

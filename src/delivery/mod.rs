@@ -28,7 +28,10 @@ mod providers;
 
 pub use captcha::{CaptchaOutage, CaptchaVerifier, Siteverify};
 pub use locale::{LocaleId, Locales, SmsEncoding, sms_segments};
-pub use providers::{HttpSmsSender, LogSender, TelegramSender, TwilioSender, WhatsappSender};
+pub use providers::{
+    HttpSmsSender, LogSender, TelegramSender, TwilioSender, TwilioVerifySender, VerifyCheck,
+    WhatsappSender,
+};
 
 /// A provider refused or did not answer.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +92,7 @@ pub struct Delivery {
     telegram: Option<Arc<dyn Sender>>,
     whatsapp_api: Option<Arc<WhatsappSender>>,
     telegram_api: Option<Arc<TelegramSender>>,
+    twilio_verify: Option<Arc<TwilioVerifySender>>,
     order: Vec<Channel>,
     locales: Locales,
     app_name: String,
@@ -116,8 +120,16 @@ impl Delivery {
     /// Builds the senders the settings configure, sharing one pooled HTTP client.
     pub fn from_settings(settings: &DeliverySettings) -> Result<Self, String> {
         let client = outbound_client(settings.timeout, "provider")?;
+        let twilio_verify = settings.twilio_verify.clone().map(|verify| {
+            Arc::new(TwilioVerifySender::new(
+                client.clone(),
+                verify,
+                settings.android_app_hash.clone(),
+            ))
+        });
         let sms: Option<Arc<dyn Sender>> =
             match (&settings.twilio, &settings.http_sms, settings.log_channel) {
+                _ if twilio_verify.is_some() => twilio_verify.clone().map(|v| v as Arc<dyn Sender>),
                 (Some(twilio), _, _) => {
                     Some(Arc::new(TwilioSender::new(client.clone(), twilio.clone())))
                 }
@@ -141,6 +153,7 @@ impl Delivery {
             telegram: telegram_api.clone().map(|t| t as Arc<dyn Sender>),
             whatsapp_api,
             telegram_api,
+            twilio_verify,
             order: settings.channel_order.clone(),
             locales: Locales::new(&settings.locales),
             app_name: settings.app_name.clone(),
@@ -163,6 +176,11 @@ impl Delivery {
     /// The WhatsApp Cloud API client, for replies to inbound messages.
     pub fn whatsapp_api(&self) -> Option<&Arc<WhatsappSender>> {
         self.whatsapp_api.as_ref()
+    }
+
+    /// Twilio Verify, when it sends (and checks) the SMS codes (`SMS_PROVIDER=twilio_verify`).
+    pub fn twilio_verify(&self) -> Option<&Arc<TwilioVerifySender>> {
+        self.twilio_verify.as_ref()
     }
 
     /// The Telegram Bot API client, for replies to bot messages.

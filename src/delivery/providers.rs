@@ -6,7 +6,9 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::{Channel, DeliveryError, Destination, OtpMessage, Sender, Sent};
-use crate::config::{HttpSmsSettings, TelegramSettings, TwilioSettings, WhatsappSettings};
+use crate::config::{
+    HttpSmsSettings, TelegramSettings, TwilioSettings, TwilioVerifySettings, WhatsappSettings,
+};
 
 /// Pause before the single retry.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
@@ -137,6 +139,139 @@ impl Sender for TwilioSender {
             return Ok(Sent::default());
         }
         Ok(message_id(resp, "/sid").await)
+    }
+}
+
+/// The languages Twilio Verify writes its SMS in (its documented `Locale` values); a user's
+/// locale outside them is left to the service's default.
+const VERIFY_LOCALES: &[&str] = &[
+    "af", "ar", "ca", "zh", "zh-CN", "zh-HK", "hr", "cs", "da", "nl", "en", "en-GB", "et", "fi",
+    "fr", "de", "el", "he", "hi", "hu", "id", "it", "ja", "kn", "ko", "lt", "ms", "mr", "nb", "pl",
+    "pt", "pt-BR", "ro", "ru", "sk", "es", "sv", "tl", "te", "th", "tr", "vi",
+];
+
+/// What Twilio Verify said about a code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyCheck {
+    /// `approved`: the code is right (and now used up at Twilio).
+    Approved,
+    /// Wrong, or no pending verification any more (expired, approved before, too many
+    /// checks: Twilio's 404 and 429).
+    Refused,
+}
+
+/// SMS codes generated, sent and checked by Twilio Verify (`SMS_PROVIDER=twilio_verify`).
+pub struct TwilioVerifySender {
+    client: reqwest::Client,
+    settings: TwilioVerifySettings,
+    start_url: String,
+    check_url: String,
+    app_hash: Option<String>,
+}
+
+impl TwilioVerifySender {
+    /// A sender for one Verify service; `app_hash` (the SMS Retriever hash) goes with each SMS.
+    pub fn new(
+        client: reqwest::Client,
+        settings: TwilioVerifySettings,
+        app_hash: Option<String>,
+    ) -> Self {
+        let service = format!("{}/v2/Services/{}", settings.api_base, settings.service_sid);
+        Self {
+            client,
+            start_url: format!("{service}/Verifications"),
+            check_url: format!("{service}/VerificationCheck"),
+            settings,
+            app_hash,
+        }
+    }
+
+    fn post(&self, url: &str, form: &[(&str, &str)]) -> reqwest::RequestBuilder {
+        self.client
+            .post(url)
+            .basic_auth(
+                &self.settings.account_sid,
+                Some(self.settings.auth_token.expose()),
+            )
+            .form(form)
+    }
+
+    /// Checks `code` for `to` (`POST …/VerificationCheck`, `To` and `Code`). A 404 (no pending
+    /// verification) and a 429 (too many checks) are refusals; a timeout, a connection failure
+    /// or a 5xx is an error (retried once), so the caller can answer 503 and keep the code.
+    pub async fn check(&self, to: &str, code: &str) -> Result<VerifyCheck, DeliveryError> {
+        let form = [("To", to), ("Code", code)];
+        let mut last = String::new();
+        for attempt in 0..2 {
+            if attempt > 0 {
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            match self.post(&self.check_url, &form).send().await {
+                Ok(resp) if resp.status().is_success() => {
+                    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+                    return Ok(if body["status"] == "approved" {
+                        VerifyCheck::Approved
+                    } else {
+                        VerifyCheck::Refused
+                    });
+                }
+                Ok(resp) if matches!(resp.status().as_u16(), 404 | 429) => {
+                    return Ok(VerifyCheck::Refused);
+                }
+                Ok(resp) if resp.status().is_server_error() => {
+                    last = format!("HTTP {}", resp.status().as_u16());
+                }
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let body = resp.text().await.unwrap_or_default();
+                    return Err(DeliveryError {
+                        channel: Channel::Sms,
+                        reason: format!("Verify check: HTTP {status}: {}", truncate(&body, 300)),
+                    });
+                }
+                Err(err) => {
+                    let err = err.without_url();
+                    last = if err.is_timeout() {
+                        "timed out".into()
+                    } else {
+                        err.to_string()
+                    };
+                }
+            }
+        }
+        Err(DeliveryError {
+            channel: Channel::Sms,
+            reason: format!("Verify check: {last}"),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Sender for TwilioVerifySender {
+    fn channel(&self) -> Channel {
+        Channel::Sms
+    }
+
+    /// Starts a verification (`POST …/Verifications`, `To`, `Channel=sms`, `Locale` when
+    /// Twilio writes that language, `AppHash`): Twilio makes the code and writes the message,
+    /// so `message` only lends its locale.
+    async fn send(
+        &self,
+        to: &Destination<'_>,
+        message: &OtpMessage<'_>,
+    ) -> Result<Sent, DeliveryError> {
+        let mut form: Vec<(&str, &str)> = vec![("To", to.phone.as_str()), ("Channel", "sms")];
+        if let Some(locale) = VERIFY_LOCALES
+            .iter()
+            .find(|l| l.eq_ignore_ascii_case(message.locale))
+        {
+            form.push(("Locale", locale));
+        }
+        if let Some(hash) = &self.app_hash {
+            form.push(("AppHash", hash));
+        }
+        send_with_retry(Channel::Sms, true, || self.post(&self.start_url, &form)).await?;
+        Ok(Sent::default())
     }
 }
 

@@ -261,10 +261,11 @@ impl Store for MemoryStore {
         Ok(IssueOutcome::Issued(states))
     }
 
-    async fn verify_code(
+    async fn verify_code_or_delegated(
         &self,
         phone: &str,
         code_hash: &str,
+        delegated: Option<&str>,
         max_attempts: u32,
         attempts: &[Quota],
         failures: &[Quota],
@@ -294,6 +295,12 @@ impl Store for MemoryStore {
             let mark = code.mark;
             inner.cooldowns.remove(phone);
             return Ok(VerifyOutcome::Verified { mark });
+        }
+        if delegated.is_some_and(|marker| marker == code.hash) {
+            code.spent = true;
+            let mark = code.mark;
+            inner.cooldowns.remove(phone);
+            return Ok(VerifyOutcome::Delegated { mark });
         }
         code.attempts += 1;
         let outcome = if code.attempts >= max_attempts {

@@ -88,6 +88,12 @@ pub enum VerifyOutcome {
         /// The code's mark (0 = none).
         mark: u64,
     },
+    /// The stored code is the `delegated` marker ([`Store::verify_code_or_delegated`]): spent
+    /// like a right code (cooldown cleared), until the caller's outside check says otherwise.
+    Delegated {
+        /// The code's mark.
+        mark: u64,
+    },
     /// Wrong code: `remaining` wrong tries are left.
     Invalid {
         /// Wrong tries left.
@@ -193,6 +199,24 @@ pub trait Store: Send + Sync + 'static {
         &self,
         phone: &str,
         code_hash: &str,
+        max_attempts: u32,
+        attempts: &[Quota],
+        failures: &[Quota],
+    ) -> Result<VerifyOutcome, StoreError> {
+        self.verify_code_or_delegated(phone, code_hash, None, max_attempts, attempts, failures)
+            .await
+    }
+
+    /// [`Store::verify_code`], where a stored code equal to `delegated` (the marker of a code
+    /// an outside service made and checks: Twilio Verify) is spent as a right one would be, but
+    /// answered [`VerifyOutcome::Delegated`]: the caller asks that service, and on a wrong code
+    /// puts it back ([`Store::restore_code`]) and counts the wrong try (a `verify_code` with a
+    /// hash that matches nothing).
+    async fn verify_code_or_delegated(
+        &self,
+        phone: &str,
+        code_hash: &str,
+        delegated: Option<&str>,
         max_attempts: u32,
         attempts: &[Quota],
         failures: &[Quota],
@@ -444,18 +468,25 @@ impl Store for Metered {
         .await
     }
 
-    async fn verify_code(
+    async fn verify_code_or_delegated(
         &self,
         phone: &str,
         code_hash: &str,
+        delegated: Option<&str>,
         max_attempts: u32,
         attempts: &[Quota],
         failures: &[Quota],
     ) -> Result<VerifyOutcome, StoreError> {
         self.timed(
             "verify_code",
-            self.inner
-                .verify_code(phone, code_hash, max_attempts, attempts, failures),
+            self.inner.verify_code_or_delegated(
+                phone,
+                code_hash,
+                delegated,
+                max_attempts,
+                attempts,
+                failures,
+            ),
         )
         .await
     }

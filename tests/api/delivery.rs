@@ -11,7 +11,8 @@ use uuid::Uuid;
 use crate::helpers::{Backend, Reply, TestApp, spawn_app_with, unique_phone};
 use crate::observability::{metrics_text, sample};
 use crate::standin::{
-    Mode, StandIn, TELEGRAM_TOKEN, TWILIO_FROM, TWILIO_SID, WHATSAPP_PHONE_ID, WHATSAPP_TOKEN,
+    Mode, StandIn, TELEGRAM_TOKEN, TWILIO_FROM, TWILIO_SID, TWILIO_VERIFY_SERVICE,
+    WHATSAPP_PHONE_ID, WHATSAPP_TOKEN,
 };
 
 crate::on_both_backends!(
@@ -32,6 +33,7 @@ crate::on_both_backends!(
     a_failed_receipt_sends_a_new_code_by_the_next_channel_once,
     a_failed_whatsapp_status_falls_back_to_sms,
     routing_by_conversion_prefers_the_channel_that_converts,
+    twilio_verify_makes_and_checks_the_sms_codes,
 );
 
 /// An app wired to the stand-in with `extra` settings on top.
@@ -1234,4 +1236,95 @@ async fn routing_by_conversion_prefers_the_channel_that_converts(backend: Backen
             .await;
         assert_eq!(reply.body["channel"], json!("sms"), "{}", reply.body);
     }
+}
+
+/// `SMS_PROVIDER=twilio_verify`: Twilio makes, sends and checks the SMS code; otpgate keeps its
+/// own limits around it. A wrong code is a counted wrong try, the right one works once (on any
+/// replica), a Verify outage is 503 `verifier_unavailable` that uses nothing up, and when Verify
+/// refuses to send, the next channel gets a code of otpgate's own, which verifies as usual.
+async fn twilio_verify_makes_and_checks_the_sms_codes(backend: Backend) {
+    let standin = StandIn::start().await;
+    let verify: Vec<(&str, String)> = standin.verify_settings();
+    let mut settings: Vec<(&str, &str)> = verify.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    settings.extend(WHATSAPP);
+    settings.push(("OTP_CHANNEL_ORDER", "sms,whatsapp"));
+    let app = app_with(backend, &standin, &settings).await;
+    let phone = unique_phone();
+    let reply = app
+        .post(
+            &app.a,
+            "/api/auth/login",
+            json!({ "phone": phone, "locale": "pt-BR" }),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["channel"], json!("sms"));
+    assert!(
+        reply.body.get("otp_code").is_none(),
+        "Twilio's code never reaches otpgate: {}",
+        reply.body
+    );
+    let started = standin.requests("verify");
+    assert_eq!(
+        started[0].path,
+        format!("/v2/Services/{TWILIO_VERIFY_SERVICE}/Verifications")
+    );
+    assert_eq!(started[0].body["To"], json!(phone));
+    assert_eq!(started[0].body["Channel"], json!("sms"));
+    assert_eq!(started[0].body["Locale"], json!("pt-BR"));
+    let code = standin.verify_code(&phone).expect("a pending verification");
+
+    // A wrong code: checked at Twilio, counted here.
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let reply = app.verify(&app.a, &phone, wrong).await;
+    reply.assert_problem(400, "invalid_otp");
+    assert!(
+        reply.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("4 attempt(s) left")),
+        "{}",
+        reply.body
+    );
+    let checks = standin.requests("verify");
+    assert_eq!(
+        checks[1].path,
+        format!("/v2/Services/{TWILIO_VERIFY_SERVICE}/VerificationCheck")
+    );
+    assert_eq!(checks[1].body["Code"], json!(wrong));
+    // The right one, on the other replica; then never again.
+    let reply = app.verify(&app.b, &phone, &code).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(reply.body["access_token"].is_string());
+    app.verify(&app.a, &phone, &code)
+        .await
+        .assert_problem(400, "otp_expired");
+
+    // Twilio Verify down at check time: 503, the code unused, no try counted.
+    let phone = unique_phone();
+    assert_eq!(login_via(&app, &phone, None).await.status, 200);
+    let code = standin.verify_code(&phone).expect("a pending verification");
+    standin.set_mode("verify", Mode::Status(503));
+    let reply = app.verify(&app.a, &phone, &code).await;
+    reply.assert_problem(503, "verifier_unavailable");
+    standin.set_mode("verify", Mode::Ok);
+    assert_eq!(app.verify(&app.a, &phone, &code).await.status, 200);
+
+    // Verify refusing to send: WhatsApp gets otpgate's own code, which verifies here.
+    let phone = unique_phone();
+    standin.set_mode("verify", Mode::Status(400));
+    let reply = login_via(&app, &phone, None).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["channel"], json!("whatsapp"));
+    let code = reply.body["otp_code"].as_str().expect("code").to_string();
+    standin.set_mode("verify", Mode::Ok);
+    assert_eq!(app.verify(&app.b, &phone, &code).await.status, 200);
+
+    // `channel: whatsapp` first, then (WhatsApp refusing) Verify: Twilio's code works.
+    let phone = unique_phone();
+    standin.set_mode("whatsapp", Mode::Status(400));
+    let reply = login_via(&app, &phone, Some("whatsapp")).await;
+    assert_eq!(reply.body["channel"], json!("sms"), "{}", reply.body);
+    standin.set_mode("whatsapp", Mode::Ok);
+    let code = standin.verify_code(&phone).expect("a pending verification");
+    assert_eq!(app.verify(&app.a, &phone, &code).await.status, 200);
 }

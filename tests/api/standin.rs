@@ -15,11 +15,13 @@ use poem::web::headers::authorization::{Basic, Bearer};
 use poem::web::headers::{Authorization, Header};
 use poem::{Request, Response, Server};
 use serde_json::{Value, json};
+use uuid::Uuid;
 
 /// Credentials the stand-in accepts (the tests configure otpgate with the same).
 pub const TWILIO_SID: &str = "AC0123456789abcdef0123456789abcdef";
 pub const TWILIO_TOKEN: &str = "twilio-auth-token";
 pub const TWILIO_FROM: &str = "+15005550006";
+pub const TWILIO_VERIFY_SERVICE: &str = "VA0123456789abcdef0123456789abcdef";
 pub const WHATSAPP_TOKEN: &str = "whatsapp-access-token";
 pub const WHATSAPP_PHONE_ID: &str = "106540352242922";
 pub const TELEGRAM_TOKEN: &str = "123456:ABC-telegram-bot-token";
@@ -71,6 +73,8 @@ struct State {
     modes: HashMap<&'static str, Mode>,
     /// Captcha tokens already checked (`once-…` tokens work once).
     spent_tokens: std::collections::HashSet<String>,
+    /// Twilio Verify: the pending code of each number and its wrong checks.
+    verifications: HashMap<String, (String, u32)>,
 }
 
 impl State {
@@ -125,6 +129,21 @@ impl StandIn {
             base: format!("http://127.0.0.1:{port}"),
             state,
         }
+    }
+
+    /// otpgate settings for SMS by Twilio Verify through this stand-in.
+    pub fn verify_settings(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("SMS_PROVIDER", "twilio_verify".into()),
+            ("TWILIO_VERIFY_SERVICE_SID", TWILIO_VERIFY_SERVICE.into()),
+            ("TWILIO_VERIFY_API_BASE", self.base.clone()),
+        ]
+    }
+
+    /// The code Twilio Verify sent to `to` and still waits for.
+    pub fn verify_code(&self, to: &str) -> Option<String> {
+        let state = self.state.lock().expect("lock");
+        state.verifications.get(to).map(|(code, _)| code.clone())
     }
 
     /// Sets how `provider` answers from now on.
@@ -261,6 +280,9 @@ async fn handle(state: Arc<Mutex<State>>, mut req: Request) -> Response {
     if path == "/google/token" || path.starts_with("/google/v1/") {
         return google(state, req).await;
     }
+    if path.starts_with("/v2/Services/") {
+        return twilio_verify(state, req).await;
+    }
     let provider: &'static str = if path.starts_with("/2010-04-01/Accounts/") {
         "twilio"
     } else if path.starts_with("/v21.0/") {
@@ -392,6 +414,135 @@ fn check_twilio(
         (Some(_), None) | (None, Some(_)) => None,
         _ => Some("exactly one of 'From' and 'MessagingServiceSid' is required".into()),
     }
+}
+
+/// Twilio Verify as its API reference documents it: `POST /v2/Services/{VA…}/Verifications`
+/// (form `To` in E.164, `Channel`, optional `Locale`, `AppHash`; Basic auth with the account
+/// SID and token) answers 201 with a `VE…` verification, `status: pending`, and keeps a
+/// six-digit code (the same one while it is pending, as Twilio does); `POST …/VerificationCheck`
+/// (form `To`, `Code`) answers 200 `approved` (and the verification is done), 200 `pending` for
+/// a wrong code, 404 (20404) when nothing is pending, and 429 (60202) after five wrong checks.
+/// Anything else in the request is a 400 naming it. Recorded as provider `verify`.
+async fn twilio_verify(state: Arc<Mutex<State>>, mut req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    let content_type = req.content_type().unwrap_or("").to_string();
+    let authorization = req.headers().get("authorization").cloned();
+    let raw = req.take_body().into_string().await.unwrap_or_default();
+    let form = parse_form(&raw);
+    let mode = {
+        let mut state = state.lock().expect("lock");
+        state.requests.push(Recorded {
+            provider: "verify",
+            path: path.clone(),
+            body: form.clone(),
+            webhook_id: None,
+            message_id: None,
+        });
+        state.next_mode(&["verify"])
+    };
+    match mode {
+        Mode::Status(status) | Mode::FailTimes(status, _) => {
+            return json_response(
+                status,
+                json!({ "code": 20500, "message": "scripted failure", "status": status }),
+            );
+        }
+        Mode::Hang(pause) => tokio::time::sleep(pause).await,
+        Mode::Ok => {}
+    }
+    let refuse = |message: String| {
+        json_response(
+            400,
+            json!({ "code": 60200, "message": message, "status": 400 }),
+        )
+    };
+    let service = format!("/v2/Services/{TWILIO_VERIFY_SERVICE}");
+    let basic = authorization
+        .as_ref()
+        .and_then(|v| Authorization::<Basic>::decode(&mut std::iter::once(v)).ok());
+    if !basic.is_some_and(|b| b.username() == TWILIO_SID && b.password() == TWILIO_TOKEN) {
+        return json_response(
+            401,
+            json!({ "code": 20003, "message": "Authenticate", "status": 401 }),
+        );
+    }
+    if !content_type.starts_with("application/x-www-form-urlencoded") {
+        return refuse(format!("content type {content_type}"));
+    }
+    let to = form["To"].as_str().unwrap_or("").to_string();
+    if !to.starts_with('+') || to.len() < 8 || !to[1..].bytes().all(|b| b.is_ascii_digit()) {
+        return refuse(format!("Invalid parameter `To`: {to}"));
+    }
+    if path == format!("{service}/Verifications") {
+        if form["Channel"].as_str() != Some("sms") {
+            return refuse("Invalid parameter `Channel`".into());
+        }
+        if let Some(locale) = form.get("Locale").and_then(Value::as_str)
+            && !["en", "es", "pt-BR", "hi", "ar", "id", "fr", "de"].contains(&locale)
+        {
+            return refuse(format!("Invalid parameter `Locale`: {locale}"));
+        }
+        if let Some(hash) = form.get("AppHash").and_then(Value::as_str)
+            && hash.len() != 11
+        {
+            return refuse("Invalid parameter `AppHash`".into());
+        }
+        state
+            .lock()
+            .expect("lock")
+            .verifications
+            .entry(to.clone())
+            .or_insert_with(|| (format!("{:06}", Uuid::new_v4().as_u128() % 1_000_000), 0));
+        return json_response(
+            201,
+            json!({
+                "sid": format!("VE{}", Uuid::new_v4().simple()),
+                "service_sid": TWILIO_VERIFY_SERVICE,
+                "account_sid": TWILIO_SID,
+                "to": to,
+                "channel": "sms",
+                "status": "pending",
+                "valid": false
+            }),
+        );
+    }
+    if path == format!("{service}/VerificationCheck") {
+        let Some(code) = form["Code"].as_str().map(str::to_string) else {
+            return refuse("Missing required parameter `Code`".into());
+        };
+        let mut state = state.lock().expect("lock");
+        let Some((expected, wrong)) = state.verifications.get(&to).cloned() else {
+            return json_response(
+                404,
+                json!({ "code": 20404, "message": "The requested resource was not found", "status": 404 }),
+            );
+        };
+        if code == expected {
+            state.verifications.remove(&to);
+            return json_response(
+                200,
+                json!({ "to": to, "status": "approved", "valid": true }),
+            );
+        }
+        if wrong + 1 >= 5 {
+            state.verifications.remove(&to);
+            return json_response(
+                429,
+                json!({ "code": 60202, "message": "Max check attempts reached", "status": 429 }),
+            );
+        }
+        state
+            .verifications
+            .insert(to.clone(), (expected, wrong + 1));
+        return json_response(
+            200,
+            json!({ "to": to, "status": "pending", "valid": false }),
+        );
+    }
+    json_response(
+        404,
+        json!({ "code": 20404, "message": "no such resource", "status": 404 }),
+    )
 }
 
 /// The team's own SMS gateway as the README tells teams to build it: a recent timestamp, the

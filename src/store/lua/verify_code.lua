@@ -3,19 +3,22 @@
 -- KEYS[3..] quota buckets: first the attempt quotas (charged on every check), then the failure
 -- quotas (charged on a wrong code). Every quota must admit the attempt first.
 -- ARGV[1] HMAC of the presented code (hex), ARGV[2] wrong attempts allowed,
--- ARGV[3] number of attempt quotas, ARGV[4..] limit, window (ms) of each quota
+-- ARGV[3] number of attempt quotas, ARGV[4] the marker of a code an outside service checks
+-- (Twilio Verify; '' = none), ARGV[5..] limit, window (ms) of each quota
 -- Returns {status, x}: {0, mark} verified (the code is marked spent, s = 1, not deleted: until it
 -- expires or a new code replaces it, restore_code can undo the spend), {1, remaining} wrong,
 -- {2, 0} no live code (or a spent one),
--- {3, 0} burned, {4, quota index, wait_ms} refused by a quota (nothing changed).
+-- {3, 0} burned, {4, quota index, wait_ms} refused by a quota (nothing changed),
+-- {5, mark} the stored code is the marker: spent as a right code, for the caller to check
+-- outside (and put back when that check refuses).
 local n_all = #KEYS - 2
 local n_attempts = tonumber(ARGV[3])
 local now = now_ms()
-local tats, refused = gcra_check(3, 4, n_all, now)
+local tats, refused = gcra_check(3, 5, n_all, now)
 if refused then
   return {4, refused[1], refused[2]}
 end
-gcra_charge(3, 4, 1, n_attempts, now, tats, nil)
+gcra_charge(3, 5, 1, n_attempts, now, tats, nil)
 
 local stored = redis.call('HMGET', KEYS[1], 'h', 'a', 's', 'm')
 local hash = stored[1]
@@ -32,7 +35,12 @@ if ct_equal(hash, ARGV[1]) then
   redis.call('DEL', KEYS[2])
   return {0, tonumber(stored[4]) or 0}
 end
-gcra_charge(3, 4, n_attempts + 1, n_all, now, tats, nil)
+if ARGV[4] ~= '' and hash == ARGV[4] then
+  redis.call('HSET', KEYS[1], 's', 1)
+  redis.call('DEL', KEYS[2])
+  return {5, tonumber(stored[4]) or 0}
+end
+gcra_charge(3, 5, n_attempts + 1, n_all, now, tats, nil)
 attempts = redis.call('HINCRBY', KEYS[1], 'a', 1)
 if attempts >= max then
   return {3, 0}

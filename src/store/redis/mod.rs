@@ -431,10 +431,11 @@ impl Store for RedisStore {
         Ok(outcome)
     }
 
-    async fn verify_code(
+    async fn verify_code_or_delegated(
         &self,
         phone: &str,
         code_hash: &str,
+        delegated: Option<&str>,
         max_attempts: u32,
         attempts: &[Quota],
         failures: &[Quota],
@@ -465,7 +466,8 @@ impl Store for RedisStore {
             .key(self.phone_key(phone, "cd"))
             .arg(code_hash)
             .arg(max_attempts)
-            .arg(attempts.len());
+            .arg(attempts.len())
+            .arg(delegated.unwrap_or(""));
         let quotas: Vec<Quota> = attempts.iter().chain(&failures).cloned().collect();
         self.add_quotas(&mut invocation, phone, &quotas);
         let reply = self.invoke(&invocation).await?;
@@ -484,6 +486,9 @@ impl Store for RedisStore {
             [2, _] => Ok(VerifyOutcome::Missing),
             [3, _] => Ok(VerifyOutcome::Burned),
             [4, index, wait] => Ok(VerifyOutcome::Limited(refusal(&quotas, *index, *wait)?)),
+            [5, mark] => Ok(VerifyOutcome::Delegated {
+                mark: u64::try_from(*mark).unwrap_or(0),
+            }),
             other => Err(StoreError::Protocol(format!(
                 "verify_code returned {other:?}"
             ))),
