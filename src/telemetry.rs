@@ -178,7 +178,8 @@ impl Metrics {
             )?,
             otp_verifications: counter(
                 "otpgate_otp_verifications_total",
-                "Code verifications by outcome (success, invalid, expired, burned, rate_limited).",
+                "Code verifications by outcome (success, invalid, expired, burned, rate_limited, \
+                 test_number; verifier_unavailable: Twilio Verify did not answer a check).",
                 &["outcome"],
             )?,
             rate_limited: counter(

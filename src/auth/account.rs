@@ -93,8 +93,7 @@ impl AuthService {
         let subjects = self.otp.subjects(&phone);
         let (attempts, failures) = self.quotas.for_verify(&subjects, client.ip);
         let spent = self
-            .otp
-            .verify(&phone, &subjects, code, &attempts, &failures)
+            .check_code(client, &phone, &subjects, code, (&attempts, &failures))
             .await?;
         let mark = spent.mark();
         let old = self
@@ -177,6 +176,11 @@ impl AuthService {
         let Some(sender) = self.delivery.sender(Channel::Sms).cloned() else {
             return;
         };
+        if self.delivery.twilio_verify().is_some() {
+            // Twilio Verify sends only its own codes, never a text of ours.
+            tracing::info!(phone = %phone.masked(), "the old number was not told (SMS goes by Twilio Verify)");
+            return;
+        }
         let text = format!(
             "{}: the phone number of your account was changed. If this was not you, contact support.",
             self.app_name

@@ -603,7 +603,7 @@ impl AuthService {
                         },
                     )
                     .await;
-                    if sender.channel() == Channel::Sms {
+                    if sender.channel() == Channel::Sms && !via_verify {
                         let (encoding, segments) = sms_segments(&text);
                         self.metrics
                             .sms_segments
@@ -703,8 +703,7 @@ impl AuthService {
         let subjects = self.otp.subjects(&phone);
         let (attempts, failures) = self.quotas.for_verify(&subjects, client_ip);
         let spent = match self
-            .otp
-            .verify(&phone, &subjects, code, &attempts, &failures)
+            .check_code(client, &phone, &subjects, code, (&attempts, &failures))
             .await
         {
             Ok(spent) => spent,
@@ -713,6 +712,7 @@ impl AuthService {
                     Error::InvalidOtp { .. } | Error::InvalidField { .. } => Some("invalid"),
                     Error::OtpExpired => Some("expired"),
                     Error::TooManyAttempts => Some("burned"),
+                    Error::VerifierUnavailable => Some("verifier_unavailable"),
                     Error::RateLimited { policy, .. } => {
                         self.metrics.refused(policy);
                         Some("rate_limited")
@@ -797,6 +797,24 @@ impl AuthService {
         };
         tracing::info!(phone = %phone.masked(), user_id = %session.user.id, "code verified");
         Ok(session)
+    }
+
+    /// Checks a presented code ([`OtpService::verify`]); with Twilio Verify checking SMS codes,
+    /// outside the request's place in the in-flight bound (a slow Twilio must not fill it).
+    pub(crate) async fn check_code(
+        &self,
+        client: &ClientInfo,
+        phone: &Phone,
+        subjects: &crate::domain::quota::Subjects,
+        code: &str,
+        (attempts, failures): (&[Quota], &[Quota]),
+    ) -> Result<otp::SpentOtp, Error> {
+        let check = self.otp.verify(phone, subjects, code, attempts, failures);
+        if self.delivery.twilio_verify().is_some() {
+            client.away(check).await
+        } else {
+            check.await
+        }
     }
 
     /// Opens a new session for `user`: a fresh session id, recorded in the user's session index

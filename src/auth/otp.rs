@@ -335,13 +335,14 @@ impl OtpService {
                 mark,
                 armed: true,
             }),
-            VerifyOutcome::Delegated { mark } => {
+            VerifyOutcome::Delegated { mark, remaining } => {
                 let (Some(verifier), Some(marker)) = (&self.delegate, marker) else {
                     return Err(Error::Internal(
                         "a delegated code without a verifier".into(),
                     ));
                 };
-                // Spent here while Twilio looks; put back unless it approves.
+                // Spent (and this try counted) while Twilio looks; put back unless it approves.
+                // Dropped mid-check (the client left), it is put back with the try counted.
                 let spent = SpentOtp {
                     store: self.store.clone(),
                     phone: subjects.phone.clone(),
@@ -353,21 +354,11 @@ impl OtpService {
                     Ok(VerifyCheck::Approved) => Ok(spent),
                     Ok(VerifyCheck::Refused) => {
                         spent.restore().await?;
-                        // The wrong try, counted as any: a hash that matches nothing.
-                        match self
-                            .store
-                            .verify_code(&subjects.phone, "-", self.max_attempts, &[], failures)
-                            .await?
-                        {
-                            VerifyOutcome::Invalid { remaining } => {
-                                Err(Error::InvalidOtp { remaining })
-                            }
-                            VerifyOutcome::Burned => Err(Error::TooManyAttempts),
-                            VerifyOutcome::Limited(refusal) => Err(Error::from(refusal)),
-                            VerifyOutcome::Missing
-                            | VerifyOutcome::Verified { .. }
-                            | VerifyOutcome::Delegated { .. } => Err(Error::OtpExpired),
-                        }
+                        Err(if remaining == 0 {
+                            Error::TooManyAttempts
+                        } else {
+                            Error::InvalidOtp { remaining }
+                        })
                     }
                     Err(err) => {
                         let reason = err
@@ -375,7 +366,14 @@ impl OtpService {
                             .replace(phone.as_str(), &phone.masked())
                             .replace(phone.as_str().trim_start_matches('+'), &phone.masked());
                         tracing::warn!(phone = %phone.masked(), reason, "Twilio Verify did not check a code");
-                        spent.restore().await?;
+                        let SpentOtp {
+                            ref phone,
+                            ref hash,
+                            ..
+                        } = spent;
+                        let refunded = self.store.refund_attempt(phone, hash).await;
+                        spent.keep();
+                        refunded?;
                         Err(Error::VerifierUnavailable)
                     }
                 }

@@ -264,7 +264,12 @@ impl AuthService {
         }
         let pump_checks = self.pump_checks(&phone, None);
         let code = self.otp.generate();
-        let hash = self.otp.hash(&phone, &code);
+        // SMS by Twilio Verify: Twilio makes the code, the store keeps its marker.
+        let hash = if to == Channel::Sms && self.delivery.twilio_verify().is_some() {
+            self.otp.delegated_hash(&phone)
+        } else {
+            self.otp.hash(&phone, &code)
+        };
         // Gives back what this fallback was charged (`release_code` of a hash that is not
         // stored only refunds).
         let give_back = async |checks: &[crate::domain::pumping::PumpCheck]| {

@@ -241,7 +241,10 @@ mod tests {
             ("SMS_PROVIDER", "twilio_verify"),
             ("TWILIO_ACCOUNT_SID", "AC1"),
             ("TWILIO_AUTH_TOKEN", "x"),
-            ("TWILIO_VERIFY_SERVICE_SID", "VA0123456789abcdef0123456789abcdef"),
+            (
+                "TWILIO_VERIFY_SERVICE_SID",
+                "VA0123456789abcdef0123456789abcdef",
+            ),
         ];
         for pairs in [&full[..], &gateway[..], &verify[..], &[]] {
             let _ = crate::config::Settings::from_lookup(|k| {

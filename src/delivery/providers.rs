@@ -196,53 +196,43 @@ impl TwilioVerifySender {
             .form(form)
     }
 
-    /// Checks `code` for `to` (`POST …/VerificationCheck`, `To` and `Code`). A 404 (no pending
-    /// verification) and a 429 (too many checks) are refusals; a timeout, a connection failure
-    /// or a 5xx is an error (retried once), so the caller can answer 503 and keep the code.
+    /// Checks `code` for `to` (`POST …/VerificationCheck`, `To` and `Code`). `approved` is
+    /// [`VerifyCheck::Approved`]; another status, a 404 (no pending verification: expired,
+    /// approved before) and a 429 with Twilio's code 60202 (too many checks) are refusals.
+    /// Anything else (a timeout, a 5xx, another 4xx, an unreadable answer) is an error, so the
+    /// caller answers 503 and keeps the code. A check is not idempotent (a second look at an
+    /// approved code is a 404), so it is repeated only when the first one never reached Twilio.
     pub async fn check(&self, to: &str, code: &str) -> Result<VerifyCheck, DeliveryError> {
         let form = [("To", to), ("Code", code)];
-        let mut last = String::new();
-        for attempt in 0..2 {
-            if attempt > 0 {
-                tokio::time::sleep(RETRY_PAUSE).await;
-            }
-            match self.post(&self.check_url, &form).send().await {
-                Ok(resp) if resp.status().is_success() => {
-                    let body: serde_json::Value = resp.json().await.unwrap_or_default();
-                    return Ok(if body["status"] == "approved" {
-                        VerifyCheck::Approved
-                    } else {
-                        VerifyCheck::Refused
-                    });
-                }
-                Ok(resp) if matches!(resp.status().as_u16(), 404 | 429) => {
-                    return Ok(VerifyCheck::Refused);
-                }
-                Ok(resp) if resp.status().is_server_error() => {
-                    last = format!("HTTP {}", resp.status().as_u16());
-                }
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    let body = resp.text().await.unwrap_or_default();
-                    return Err(DeliveryError {
-                        channel: Channel::Sms,
-                        reason: format!("Verify check: HTTP {status}: {}", truncate(&body, 300)),
-                    });
-                }
-                Err(err) => {
-                    let err = err.without_url();
-                    last = if err.is_timeout() {
-                        "timed out".into()
-                    } else {
-                        err.to_string()
-                    };
-                }
-            }
-        }
-        Err(DeliveryError {
+        let fail = |reason: String| DeliveryError {
             channel: Channel::Sms,
-            reason: format!("Verify check: {last}"),
-        })
+            reason: format!("Verify check: {reason}"),
+        };
+        let mut sent = self.post(&self.check_url, &form).send().await;
+        if matches!(&sent, Err(err) if err.is_connect()) {
+            tokio::time::sleep(RETRY_PAUSE).await;
+            sent = self.post(&self.check_url, &form).send().await;
+        }
+        let resp = sent.map_err(|err| {
+            let err = err.without_url();
+            fail(if err.is_timeout() {
+                "timed out".into()
+            } else {
+                err.to_string()
+            })
+        })?;
+        let status = resp.status().as_u16();
+        let body: Option<serde_json::Value> = resp.json().await.ok();
+        match (status, body) {
+            (200..=299, Some(body)) if body["status"] == "approved" => Ok(VerifyCheck::Approved),
+            (200..=299, Some(body)) if body["status"].is_string() => Ok(VerifyCheck::Refused),
+            (404, _) => Ok(VerifyCheck::Refused),
+            (429, Some(body)) if body["code"] == 60202 => Ok(VerifyCheck::Refused),
+            (status, body) => Err(fail(format!(
+                "HTTP {status}: {}",
+                body.map_or_else(String::new, |b| truncate(&b.to_string(), 300).to_string())
+            ))),
+        }
     }
 }
 

@@ -243,11 +243,18 @@ impl Store for MemoryStore {
             }
             return Ok(IssueOutcome::Blocked(states));
         }
+        // The same stored form again (Twilio Verify's marker: Twilio re-sends the same pending
+        // code) keeps its wrong tries.
+        let attempts = inner
+            .codes
+            .get(phone)
+            .filter(|c| c.expires > now && !c.spent && c.hash == code_hash)
+            .map_or(0, |c| c.attempts);
         inner.codes.insert(
             phone.to_string(),
             Code {
                 hash: code_hash.to_string(),
-                attempts: 0,
+                attempts,
                 expires: now + ttl,
                 spent: false,
                 mark,
@@ -297,10 +304,12 @@ impl Store for MemoryStore {
             return Ok(VerifyOutcome::Verified { mark });
         }
         if delegated.is_some_and(|marker| marker == code.hash) {
+            // Counted now, whatever the outside check says; the cooldown stays.
             code.spent = true;
-            let mark = code.mark;
-            inner.cooldowns.remove(phone);
-            return Ok(VerifyOutcome::Delegated { mark });
+            code.attempts += 1;
+            let (mark, remaining) = (code.mark, max_attempts.saturating_sub(code.attempts));
+            inner.charge(failures, &failure_tats, now_ms);
+            return Ok(VerifyOutcome::Delegated { mark, remaining });
         }
         code.attempts += 1;
         let outcome = if code.attempts >= max_attempts {
@@ -374,6 +383,21 @@ impl Store for MemoryStore {
         code.hash = new_hash.to_string();
         code.expires = now + ttl;
         code.mark = mark;
+        Ok(true)
+    }
+
+    async fn refund_attempt(&self, phone: &str, code_hash: &str) -> Result<bool, StoreError> {
+        let (now, _) = self.now();
+        let mut inner = self.lock();
+        let Some(code) = inner
+            .codes
+            .get_mut(phone)
+            .filter(|c| c.spent && c.expires > now && c.hash == code_hash)
+        else {
+            return Ok(false);
+        };
+        code.spent = false;
+        code.attempts = code.attempts.saturating_sub(1);
         Ok(true)
     }
 

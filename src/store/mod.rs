@@ -89,10 +89,13 @@ pub enum VerifyOutcome {
         mark: u64,
     },
     /// The stored code is the `delegated` marker ([`Store::verify_code_or_delegated`]): spent
-    /// like a right code (cooldown cleared), until the caller's outside check says otherwise.
+    /// while the caller's outside check runs, and the try already counted as a wrong one would
+    /// be (attempt and failure quotas), so a check cut short still counts; the cooldown stays.
     Delegated {
         /// The code's mark.
         mark: u64,
+        /// Wrong tries left if the outside check refuses.
+        remaining: u32,
     },
     /// Wrong code: `remaining` wrong tries are left.
     Invalid {
@@ -208,10 +211,10 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// [`Store::verify_code`], where a stored code equal to `delegated` (the marker of a code
-    /// an outside service made and checks: Twilio Verify) is spent as a right one would be, but
+    /// an outside service made and checks: Twilio Verify) is spent and its try counted, and
     /// answered [`VerifyOutcome::Delegated`]: the caller asks that service, and on a wrong code
-    /// puts it back ([`Store::restore_code`]) and counts the wrong try (a `verify_code` with a
-    /// hash that matches nothing).
+    /// puts it back ([`Store::restore_code`]); when the service did not answer, it puts it back
+    /// with the try given back ([`Store::refund_attempt`]).
     async fn verify_code_or_delegated(
         &self,
         phone: &str,
@@ -251,6 +254,10 @@ pub trait Store: Send + Sync + 'static {
         mark: u64,
         max_attempts: u32,
     ) -> Result<bool, StoreError>;
+
+    /// Puts back the spent code `code_hash` of `phone` (a delegated check that got no answer)
+    /// with one wrong try fewer. Whether it did.
+    async fn refund_attempt(&self, phone: &str, code_hash: &str) -> Result<bool, StoreError>;
 
     /// Sets the mark of `phone`'s code while it is still `code_hash` (its expiry unchanged).
     async fn mark_code(&self, phone: &str, code_hash: &str, mark: u64) -> Result<(), StoreError>;
@@ -522,6 +529,14 @@ impl Store for Metered {
             "replace_code",
             self.inner
                 .replace_code(phone, old_hash, new_hash, ttl, mark, max_attempts),
+        )
+        .await
+    }
+
+    async fn refund_attempt(&self, phone: &str, code_hash: &str) -> Result<bool, StoreError> {
+        self.timed(
+            "refund_attempt",
+            self.inner.refund_attempt(phone, code_hash),
         )
         .await
     }

@@ -34,6 +34,7 @@ crate::on_both_backends!(
     a_failed_whatsapp_status_falls_back_to_sms,
     routing_by_conversion_prefers_the_channel_that_converts,
     twilio_verify_makes_and_checks_the_sms_codes,
+    a_failed_whatsapp_code_falls_back_to_a_twilio_verify_sms,
 );
 
 /// An app wired to the stand-in with `extra` settings on top.
@@ -1304,10 +1305,48 @@ async fn twilio_verify_makes_and_checks_the_sms_codes(backend: Backend) {
     assert_eq!(login_via(&app, &phone, None).await.status, 200);
     let code = standin.verify_code(&phone).expect("a pending verification");
     standin.set_mode("verify", Mode::Status(503));
+    let before = standin.requests("verify").len();
     let reply = app.verify(&app.a, &phone, &code).await;
     reply.assert_problem(503, "verifier_unavailable");
+    assert_eq!(
+        standin.requests("verify").len(),
+        before + 1,
+        "a check that reached Twilio is not repeated"
+    );
     standin.set_mode("verify", Mode::Ok);
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let reply = app.verify(&app.a, &phone, wrong).await;
+    assert!(
+        reply.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("4 attempt(s) left")),
+        "the outage's try was given back: {}",
+        reply.body
+    );
     assert_eq!(app.verify(&app.a, &phone, &code).await.status, 200);
+
+    // Every wrong try counts, and a burned code stays burned even with Twilio's right code.
+    let phone = unique_phone();
+    assert_eq!(login_via(&app, &phone, None).await.status, 200);
+    let code = standin.verify_code(&phone).expect("a pending verification");
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    for left in (1..=4).rev() {
+        let reply = app.verify(&app.a, &phone, wrong).await;
+        reply.assert_problem(400, "invalid_otp");
+        assert!(
+            reply.body["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains(&format!("{left} attempt(s) left"))),
+            "{}",
+            reply.body
+        );
+    }
+    app.verify(&app.a, &phone, wrong)
+        .await
+        .assert_problem(429, "too_many_attempts");
+    app.verify(&app.b, &phone, &code)
+        .await
+        .assert_problem(429, "too_many_attempts");
 
     // Verify refusing to send: WhatsApp gets otpgate's own code, which verifies here.
     let phone = unique_phone();
@@ -1327,4 +1366,51 @@ async fn twilio_verify_makes_and_checks_the_sms_codes(backend: Backend) {
     standin.set_mode("whatsapp", Mode::Ok);
     let code = standin.verify_code(&phone).expect("a pending verification");
     assert_eq!(app.verify(&app.a, &phone, &code).await.status, 200);
+}
+
+/// A WhatsApp code that Meta reports failed falls back to an SMS by Twilio Verify, whose code
+/// (Twilio's) then verifies.
+async fn a_failed_whatsapp_code_falls_back_to_a_twilio_verify_sms(backend: Backend) {
+    use hmac::{Hmac, KeyInit, Mac};
+    let standin = StandIn::start().await;
+    let verify: Vec<(&str, String)> = standin.verify_settings();
+    let mut settings: Vec<(&str, &str)> = verify.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    settings.extend(WHATSAPP);
+    settings.extend([
+        ("OTP_CHANNEL_ORDER", "whatsapp,sms"),
+        ("WHATSAPP_WEBHOOK_SECRET", META_APP_SECRET),
+    ]);
+    let app = app_with(backend, &standin, &settings).await;
+    let phone = unique_phone();
+    let reply = login_via(&app, &phone, None).await;
+    assert_eq!(reply.body["channel"], json!("whatsapp"), "{}", reply.body);
+    let wamid = standin.requests("whatsapp")[0]
+        .message_id
+        .clone()
+        .expect("a wamid");
+    let body = json!({ "object": "whatsapp_business_account", "entry": [{ "id": "1", "changes": [{ "field": "messages", "value": {
+        "messaging_product": "whatsapp",
+        "statuses": [{ "id": wamid, "status": "failed", "timestamp": "1760000000",
+            "recipient_id": phone.trim_start_matches('+'), "errors": [{ "code": 131026 }] }]
+    }}]}]})
+    .to_string();
+    let mut mac =
+        <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(META_APP_SECRET.as_bytes()).expect("key");
+    mac.update(body.as_bytes());
+    let resp = app
+        .client
+        .post(format!("{}/api/whatsapp/webhook", app.a))
+        .header("content-type", "application/json")
+        .header(
+            "x-hub-signature-256",
+            format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
+        )
+        .body(body)
+        .send()
+        .await
+        .expect("notification");
+    assert_eq!(resp.status().as_u16(), 200);
+    standin.wait_for("verify", 1).await;
+    let code = standin.verify_code(&phone).expect("a pending verification");
+    assert_eq!(app.verify(&app.b, &phone, &code).await.status, 200);
 }

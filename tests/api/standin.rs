@@ -477,10 +477,19 @@ async fn twilio_verify(state: Arc<Mutex<State>>, mut req: Request) -> Response {
         if form["Channel"].as_str() != Some("sms") {
             return refuse("Invalid parameter `Channel`".into());
         }
-        if let Some(locale) = form.get("Locale").and_then(Value::as_str)
-            && !["en", "es", "pt-BR", "hi", "ar", "id", "fr", "de"].contains(&locale)
-        {
-            return refuse(format!("Invalid parameter `Locale`: {locale}"));
+        // A language tag (`pt-BR`); one Twilio does not write is a 404 (60220), as documented.
+        if let Some(locale) = form.get("Locale").and_then(Value::as_str) {
+            let (language, region) = locale.split_once('-').unwrap_or((locale, "AA"));
+            let tag = language.len() == 2
+                && language.bytes().all(|b| b.is_ascii_lowercase())
+                && region.len() == 2
+                && region.bytes().all(|b| b.is_ascii_uppercase());
+            if !tag || locale == "xx" {
+                return json_response(
+                    404,
+                    json!({ "code": 60220, "message": format!("Locale {locale} not supported"), "status": 404 }),
+                );
+            }
         }
         if let Some(hash) = form.get("AppHash").and_then(Value::as_str)
             && hash.len() != 11

@@ -72,6 +72,7 @@ conformance!(
     marks_come_back_exactly,
     a_failed_code_is_replaced_only_while_live_and_unused,
     receipts_note_statuses_and_claim_one_fallback,
+    delegated_checks_count_at_once_and_give_back_on_an_outage,
     pumping_refuses_without_counting_and_takes_back,
     pumping_blocks_on_low_conversion_and_lifts,
 );
@@ -1095,6 +1096,97 @@ async fn a_failed_code_is_replaced_only_while_live_and_unused(store: Arc<dyn Sto
     assert_eq!(
         store.verify_code(&phone, "h", 3, &[], &[]).await.unwrap(),
         VerifyOutcome::Verified { mark: 13 }
+    );
+}
+
+/// A code checked elsewhere (Twilio Verify's marker): spending it counts the try at once (a
+/// refusal is then only a put-back); an outage gives the try back; a new issue of the same
+/// marker keeps the tries; a code's own hash never matches the marker; the cooldown stays.
+async fn delegated_checks_count_at_once_and_give_back_on_an_outage(store: Arc<dyn Store>) {
+    let phone = key();
+    store
+        .issue_code_marked(&phone, "marker", MINUTE, MINUTE, &[], 3)
+        .await
+        .unwrap();
+    let check = |hash: &'static str| {
+        let store = store.clone();
+        let phone = phone.clone();
+        async move {
+            store
+                .verify_code_or_delegated(&phone, hash, Some("marker"), 3, &[], &[])
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        check("123456-hash").await,
+        VerifyOutcome::Delegated {
+            mark: 3,
+            remaining: 2
+        }
+    );
+    // While it is being checked, nothing else matches it.
+    assert_eq!(check("other").await, VerifyOutcome::Missing);
+    // Refused: put back, the try stays counted.
+    assert!(store.restore_code(&phone, "marker").await.unwrap());
+    assert_eq!(
+        check("x").await,
+        VerifyOutcome::Delegated {
+            mark: 3,
+            remaining: 1
+        }
+    );
+    // An outage: put back with the try given back.
+    assert!(store.refund_attempt(&phone, "marker").await.unwrap());
+    assert!(
+        !store.refund_attempt(&phone, "marker").await.unwrap(),
+        "only a spent code"
+    );
+    // A new login with the same marker keeps the tries (the resend cooldown is over: none).
+    let phone2 = key();
+    store
+        .issue_code_marked(&phone2, "marker", MINUTE, Duration::ZERO, &[], 3)
+        .await
+        .unwrap();
+    let spend = store
+        .verify_code_or_delegated(&phone2, "x", Some("marker"), 3, &[], &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        spend,
+        VerifyOutcome::Delegated {
+            mark: 3,
+            remaining: 2
+        }
+    );
+    assert!(store.restore_code(&phone2, "marker").await.unwrap());
+    store
+        .issue_code_marked(&phone2, "marker", MINUTE, Duration::ZERO, &[], 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .verify_code_or_delegated(&phone2, "x", Some("marker"), 3, &[], &[])
+            .await
+            .unwrap(),
+        VerifyOutcome::Delegated {
+            mark: 3,
+            remaining: 1
+        },
+        "the earlier try still counts"
+    );
+    // The cooldown of the first phone was not cleared by its checks.
+    assert!(matches!(
+        store
+            .issue_code(&phone, "marker", MINUTE, MINUTE, &[])
+            .await
+            .unwrap(),
+        IssueOutcome::Cooldown { .. }
+    ));
+    // Without a verifier the marker is just a wrong code (one try left after the refund).
+    assert_eq!(
+        store.verify_code(&phone, "x", 3, &[], &[]).await.unwrap(),
+        VerifyOutcome::Invalid { remaining: 1 }
     );
 }
 

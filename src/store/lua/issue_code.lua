@@ -22,11 +22,18 @@ if redis.call('EXISTS', KEYS[3]) == 1 then
   out[1] = 3
   return out
 end
+-- The same stored form again (Twilio Verify's marker: Twilio re-sends the same pending code)
+-- keeps its wrong tries.
+local previous = redis.call('HMGET', KEYS[1], 'h', 's', 'a')
+local attempts = 0
+if previous[1] == ARGV[1] and not previous[2] then
+  attempts = tonumber(previous[3]) or 0
+end
 redis.call('DEL', KEYS[1])
 if ARGV[4] ~= '0' then
-  redis.call('HSET', KEYS[1], 'h', ARGV[1], 'a', 0, 'm', ARGV[4])
+  redis.call('HSET', KEYS[1], 'h', ARGV[1], 'a', attempts, 'm', ARGV[4])
 else
-  redis.call('HSET', KEYS[1], 'h', ARGV[1], 'a', 0)
+  redis.call('HSET', KEYS[1], 'h', ARGV[1], 'a', attempts)
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return out

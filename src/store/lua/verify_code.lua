@@ -9,8 +9,8 @@
 -- expires or a new code replaces it, restore_code can undo the spend), {1, remaining} wrong,
 -- {2, 0} no live code (or a spent one),
 -- {3, 0} burned, {4, quota index, wait_ms} refused by a quota (nothing changed),
--- {5, mark} the stored code is the marker: spent as a right code, for the caller to check
--- outside (and put back when that check refuses).
+-- {5, mark, remaining} the stored code is the marker: spent and its try counted (attempt and
+-- failure quotas), for the caller to check outside (and put back when that check refuses).
 local n_all = #KEYS - 2
 local n_attempts = tonumber(ARGV[3])
 local now = now_ms()
@@ -36,9 +36,12 @@ if ct_equal(hash, ARGV[1]) then
   return {0, tonumber(stored[4]) or 0}
 end
 if ARGV[4] ~= '' and hash == ARGV[4] then
+  -- Counted now, whatever the outside check says (a check cut short still counts); the
+  -- cooldown stays.
+  gcra_charge(3, 5, n_attempts + 1, n_all, now, tats, nil)
+  attempts = redis.call('HINCRBY', KEYS[1], 'a', 1)
   redis.call('HSET', KEYS[1], 's', 1)
-  redis.call('DEL', KEYS[2])
-  return {5, tonumber(stored[4]) or 0}
+  return {5, tonumber(stored[4]) or 0, math.max(0, max - attempts)}
 end
 gcra_charge(3, 5, n_attempts + 1, n_all, now, tats, nil)
 attempts = redis.call('HINCRBY', KEYS[1], 'a', 1)

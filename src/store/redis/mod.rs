@@ -46,7 +46,7 @@
 //!   detection and revocation keep their atomicity in every mode: a spent refresh token still
 //!   revokes its family, and a logout holds on every replica.
 //! - Intents and seen marks have one key each: unchanged.
-//! - **replace_code**, **mark_code**: the code key alone. **put_receipt**, **note_receipt**:
+//! - **replace_code**, **mark_code**, **refund_attempt**: the code key alone. **put_receipt**, **note_receipt**:
 //!   the message's key alone, so a fallback is claimed once across replicas.
 //! - **pump_send**: one script per scope on a Cluster (one slot each), concurrently; with
 //!   `enforce`, a refusal by one takes back what the others counted. Blocks are indexed in
@@ -486,8 +486,9 @@ impl Store for RedisStore {
             [2, _] => Ok(VerifyOutcome::Missing),
             [3, _] => Ok(VerifyOutcome::Burned),
             [4, index, wait] => Ok(VerifyOutcome::Limited(refusal(&quotas, *index, *wait)?)),
-            [5, mark] => Ok(VerifyOutcome::Delegated {
+            [5, mark, remaining] => Ok(VerifyOutcome::Delegated {
                 mark: u64::try_from(*mark).unwrap_or(0),
+                remaining: u32::try_from(*remaining).unwrap_or(0),
             }),
             other => Err(StoreError::Protocol(format!(
                 "verify_code returned {other:?}"
@@ -544,6 +545,16 @@ impl Store for RedisStore {
             .arg(max_attempts);
         let replaced: i64 = self.invoke_as(&invocation).await?;
         Ok(replaced == 1)
+    }
+
+    async fn refund_attempt(&self, phone: &str, code_hash: &str) -> Result<bool, StoreError> {
+        let mut invocation = self.mark_code.prepare_invoke();
+        invocation
+            .key(self.phone_key(phone, "otp"))
+            .arg(code_hash)
+            .arg("refund");
+        let refunded: i64 = self.invoke_as(&invocation).await?;
+        Ok(refunded == 1)
     }
 
     async fn mark_code(&self, phone: &str, code_hash: &str, mark: u64) -> Result<(), StoreError> {
