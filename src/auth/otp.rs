@@ -210,7 +210,15 @@ impl OtpService {
         };
         match self
             .store
-            .issue_code_marked(&subjects.phone, &hash, self.ttl, self.resend, quotas, mark)
+            .issue_code_marked(
+                &subjects.phone,
+                &hash,
+                self.ttl,
+                self.resend,
+                quotas,
+                mark,
+                delegated,
+            )
             .await?
         {
             IssueOutcome::Issued(states) => Ok(IssuedCode {

@@ -213,6 +213,7 @@ impl MemoryStore {
 
 #[async_trait::async_trait]
 impl Store for MemoryStore {
+    #[allow(clippy::too_many_arguments)]
     async fn issue_code_marked(
         &self,
         phone: &str,
@@ -221,6 +222,7 @@ impl Store for MemoryStore {
         cooldown: Duration,
         quotas: &[Quota],
         mark: u64,
+        keep_tries: bool,
     ) -> Result<IssueOutcome, StoreError> {
         let (now, now_ms) = self.now();
         let mut inner = self.lock();
@@ -243,12 +245,12 @@ impl Store for MemoryStore {
             }
             return Ok(IssueOutcome::Blocked(states));
         }
-        // The same stored form again (Twilio Verify's marker: Twilio re-sends the same pending
-        // code) keeps its wrong tries.
+        // With `keep_tries`, the same stored form again (Twilio Verify's marker) keeps its
+        // wrong tries.
         let attempts = inner
             .codes
             .get(phone)
-            .filter(|c| c.expires > now && !c.spent && c.hash == code_hash)
+            .filter(|c| keep_tries && c.expires > now && !c.spent && c.hash == code_hash)
             .map_or(0, |c| c.attempts);
         inner.codes.insert(
             phone.to_string(),

@@ -170,7 +170,10 @@ pub trait Store: Send + Sync + 'static {
     /// `cooldown` (zero = none), unless a cooldown is already running or one of `quotas`
     /// refuses; all in one atomic step. `mark` is kept with the code and handed back by
     /// [`Store::verify_code`] when the code is verified (the pumping defence's
-    /// [`crate::domain::pumping::PumpingPolicy::mark`]; 0 = nothing).
+    /// [`crate::domain::pumping::PumpingPolicy::mark`]; 0 = nothing). With `keep_tries`, a
+    /// live, unspent code stored in the same form keeps its wrong tries (Twilio Verify's
+    /// marker: Twilio re-sends the same pending code).
+    #[allow(clippy::too_many_arguments)]
     async fn issue_code_marked(
         &self,
         phone: &str,
@@ -179,6 +182,7 @@ pub trait Store: Send + Sync + 'static {
         cooldown: Duration,
         quotas: &[Quota],
         mark: u64,
+        keep_tries: bool,
     ) -> Result<IssueOutcome, StoreError>;
 
     /// [`Store::issue_code_marked`] without a mark.
@@ -190,7 +194,7 @@ pub trait Store: Send + Sync + 'static {
         cooldown: Duration,
         quotas: &[Quota],
     ) -> Result<IssueOutcome, StoreError> {
-        self.issue_code_marked(phone, code_hash, ttl, cooldown, quotas, 0)
+        self.issue_code_marked(phone, code_hash, ttl, cooldown, quotas, 0, false)
             .await
     }
 
@@ -458,6 +462,7 @@ impl Metered {
 
 #[async_trait::async_trait]
 impl Store for Metered {
+    #[allow(clippy::too_many_arguments)]
     async fn issue_code_marked(
         &self,
         phone: &str,
@@ -466,11 +471,12 @@ impl Store for Metered {
         cooldown: Duration,
         quotas: &[Quota],
         mark: u64,
+        keep_tries: bool,
     ) -> Result<IssueOutcome, StoreError> {
         self.timed(
             "issue_code",
             self.inner
-                .issue_code_marked(phone, code_hash, ttl, cooldown, quotas, mark),
+                .issue_code_marked(phone, code_hash, ttl, cooldown, quotas, mark, keep_tries),
         )
         .await
     }

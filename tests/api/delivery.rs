@@ -31,6 +31,7 @@ crate::on_both_backends!(
     twilio_status_callbacks_are_signed_and_counted,
     conversion_is_counted_per_country,
     a_failed_receipt_sends_a_new_code_by_the_next_channel_once,
+    a_fallback_is_a_send_that_may_not_happen,
     a_failed_whatsapp_status_falls_back_to_sms,
     routing_by_conversion_prefers_the_channel_that_converts,
     twilio_verify_makes_and_checks_the_sms_codes,
@@ -903,223 +904,169 @@ async fn wait_for_metric(app: &TestApp, series: &str, value: f64) {
     assert_eq!(metric(app, series).await, value, "{series}");
 }
 
-const FALLBACK_SENT: &str =
-    "otpgate_delivery_fallbacks_total{from=\"sms\",outcome=\"sent\",to=\"whatsapp\"}";
+/// Where the receipt tests tell Twilio to report.
+const PUBLIC: &str = "https://auth.acme.example";
 
-/// An SMS that Twilio reports `undelivered` within the code's life: a new code goes out by
-/// WhatsApp (once, however often and wherever the receipt arrives), the SMS's code stops
-/// working and the new one verifies, counted for WhatsApp. A receipt after the code was used,
-/// for an unknown message, or naming another number sends nothing.
-async fn a_failed_receipt_sends_a_new_code_by_the_next_channel_once(backend: Backend) {
-    let standin = StandIn::start().await;
-    let public = "https://auth.acme.example";
-    let callback = format!("{public}/api/twilio/status");
-    let mut settings = SMS.to_vec();
-    settings.extend(WHATSAPP);
-    settings.extend([
-        ("PUBLIC_BASE_URL", public),
-        ("OTP_CHANNEL_ORDER", "sms,whatsapp"),
-    ]);
-    let app = app_with(backend, &standin, &settings).await;
-    let phone = unique_phone();
-    let reply = login_via(&app, &phone, None).await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    assert_eq!(reply.body["channel"], json!("sms"));
-    let first_code = reply.body["otp_code"].as_str().expect("code").to_string();
-    let sid = standin.requests("twilio")[0]
-        .message_id
-        .clone()
-        .expect("a SID");
+/// An app sending by SMS first, then WhatsApp, with Twilio status callbacks; and Twilio's side.
+struct ReceiptApp {
+    app: TestApp,
+    standin: StandIn,
+}
 
-    // `sent` first: noted, nothing re-sent.
-    let sent = [
-        ("MessageSid", sid.as_str()),
-        ("MessageStatus", "sent"),
-        ("To", phone.as_str()),
-    ];
-    let reply = status_callback(&app, &sent, Some(twilio_signature(&callback, &sent))).await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    // Then `undelivered`, delivered twice by Twilio, to both replicas.
-    let failed = [
-        ("MessageSid", sid.as_str()),
-        ("MessageStatus", "undelivered"),
-        ("ErrorCode", "30003"),
-        ("To", phone.as_str()),
-    ];
-    let signature = twilio_signature(&callback, &failed);
-    for base in [&app.a, &app.b] {
-        let resp = app
+impl ReceiptApp {
+    async fn start(backend: Backend, extra: &[(&'static str, &'static str)]) -> Self {
+        let standin = StandIn::start().await;
+        let mut settings = SMS.to_vec();
+        settings.extend(WHATSAPP);
+        settings.extend([
+            ("PUBLIC_BASE_URL", PUBLIC),
+            ("OTP_CHANNEL_ORDER", "sms,whatsapp"),
+        ]);
+        settings.extend_from_slice(extra);
+        let app = app_with(backend, &standin, &settings).await;
+        Self { app, standin }
+    }
+
+    /// Logs `phone` in by SMS: its code (exposed in tests) and the SMS's SID.
+    async fn login(&self, phone: &str) -> (String, String) {
+        let reply = login_via(&self.app, phone, None).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.body["channel"], json!("sms"));
+        let code = reply.body["otp_code"].as_str().expect("code").to_string();
+        let sent = self.standin.requests("twilio");
+        let sid = sent
+            .last()
+            .and_then(|r| r.message_id.clone())
+            .expect("a SID");
+        (code, sid)
+    }
+
+    /// Twilio reporting `status` of message `sid` to `phone`, signed, to replica `base`.
+    async fn report_to(&self, base: &str, sid: &str, status: &str, phone: &str) {
+        let fields = [
+            ("MessageSid", sid),
+            ("MessageStatus", status),
+            ("To", phone),
+        ];
+        let signature = twilio_signature(&format!("{PUBLIC}/api/twilio/status"), &fields);
+        let resp = self
+            .app
             .client
             .post(format!("{base}/api/twilio/status"))
-            .header("x-twilio-signature", &signature)
-            .form(&failed)
+            .header("x-twilio-signature", signature)
+            .form(&fields)
             .send()
             .await
             .expect("callback");
         assert_eq!(resp.status().as_u16(), 200);
     }
-    let whatsapp = standin.wait_for("whatsapp", 1).await;
+
+    async fn report(&self, sid: &str, status: &str, phone: &str) {
+        self.report_to(&self.app.a, sid, status, phone).await;
+    }
+
+    /// Waits until the fallbacks counted with `outcome` reach `n`.
+    async fn fallbacks(&self, outcome: &str, n: f64) {
+        let series = format!(
+            "otpgate_delivery_fallbacks_total{{from=\"sms\",outcome=\"{outcome}\",to=\"whatsapp\"}}"
+        );
+        wait_for_metric(&self.app, &series, n).await;
+    }
+
+    /// The WhatsApp messages sent, after a pause for any that should not come.
+    async fn whatsapp_after_a_pause(&self) -> usize {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.standin.requests("whatsapp").len()
+    }
+}
+
+/// An SMS that Twilio reports `undelivered` within the code's life: a new code goes out by
+/// WhatsApp (once, however often and wherever the receipt arrives), the SMS's code stops
+/// working and the new one verifies, counted for WhatsApp. The fallback goes to the number of
+/// the record, whatever the receipt names; an unknown message sends nothing.
+async fn a_failed_receipt_sends_a_new_code_by_the_next_channel_once(backend: Backend) {
+    let r = ReceiptApp::start(backend, &[]).await;
+    let phone = unique_phone();
+    let (first_code, sid) = r.login(&phone).await;
+    // `sent` first: noted, nothing re-sent. Then `undelivered`, twice, to both replicas.
+    r.report(&sid, "sent", &phone).await;
+    r.report_to(&r.app.a, &sid, "undelivered", &phone).await;
+    r.report_to(&r.app.b, &sid, "undelivered", &phone).await;
+    let whatsapp = r.standin.wait_for("whatsapp", 1).await;
     assert_eq!(whatsapp[0].body["to"], json!(phone.trim_start_matches('+')));
     let new_code = code_in(whatsapp[0].body["text"]["body"].as_str().expect("text"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(standin.requests("whatsapp").len(), 1, "one fallback");
-    assert_eq!(standin.requests("twilio").len(), 1, "no SMS again");
-    wait_for_metric(&app, FALLBACK_SENT, 1.0).await;
+    assert_eq!(r.whatsapp_after_a_pause().await, 1, "one fallback");
+    assert_eq!(r.standin.requests("twilio").len(), 1, "no SMS again");
+    r.fallbacks("sent", 1.0).await;
 
     // The SMS's code no longer works (one wrong try); the WhatsApp one does, on the other
     // replica, and counts as a WhatsApp conversion there.
     if first_code != new_code {
-        app.verify(&app.a, &phone, &first_code)
+        r.app
+            .verify(&r.app.a, &phone, &first_code)
             .await
             .assert_problem(400, "invalid_otp");
     }
-    assert_eq!(app.verify(&app.b, &phone, &new_code).await.status, 200);
-    let verified_whatsapp = sample(
-        &metrics_text(&app, &app.b).await,
-        &format!(
-            "otpgate_codes_verified_total{{channel=\"whatsapp\",country=\"{}\"}}",
-            "IN"
-        ),
+    assert_eq!(r.app.verify(&r.app.b, &phone, &new_code).await.status, 200);
+    let verified = sample(
+        &metrics_text(&r.app, &r.app.b).await,
+        "otpgate_codes_verified_total{channel=\"whatsapp\",country=\"IN\"}",
     );
-    assert_eq!(verified_whatsapp, 1.0);
+    assert_eq!(verified, 1.0);
 
-    // A failure of an unknown message sends nothing; the number a fallback goes to is the
-    // record's, whatever the receipt says (WhatsApp's recipient id may differ from it).
     let phone2 = unique_phone();
-    assert_eq!(login_via(&app, &phone2, None).await.status, 200);
-    let sid2 = standin.requests("twilio")[1]
-        .message_id
-        .clone()
-        .expect("a SID");
-    for fields in [
-        vec![
-            ("MessageSid", "SM00000000000000000000000000000000"),
-            ("MessageStatus", "failed"),
-            ("To", phone2.as_str()),
-        ],
-        vec![
-            ("MessageSid", sid2.as_str()),
-            ("MessageStatus", "failed"),
-            ("To", phone.as_str()),
-        ],
-    ] {
-        let reply =
-            status_callback(&app, &fields, Some(twilio_signature(&callback, &fields))).await;
-        assert_eq!(reply.status, 200, "{}", reply.body);
-    }
-    let whatsapp = standin.wait_for("whatsapp", 2).await;
+    let (_, sid2) = r.login(&phone2).await;
+    r.report("SM00000000000000000000000000000000", "failed", &phone2)
+        .await;
+    r.report(&sid2, "failed", &phone).await;
+    let whatsapp = r.standin.wait_for("whatsapp", 2).await;
     assert_eq!(
         whatsapp[1].body["to"],
         json!(phone2.trim_start_matches('+'))
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(standin.requests("whatsapp").len(), 2, "nothing else sent");
+    assert_eq!(r.whatsapp_after_a_pause().await, 2, "nothing else sent");
+}
 
-    // A code verified before its failure receipt arrives: the fallback finds it used (stale).
-    let phone3 = unique_phone();
-    let reply = login_via(&app, &phone3, None).await;
-    let code3 = reply.body["otp_code"].as_str().expect("code").to_string();
-    let sid3 = standin.requests("twilio")[2]
-        .message_id
-        .clone()
-        .expect("a SID");
-    assert_eq!(app.verify(&app.a, &phone3, &code3).await.status, 200);
-    let failed3 = [
-        ("MessageSid", sid3.as_str()),
-        ("MessageStatus", "failed"),
-        ("To", phone3.as_str()),
-    ];
-    let reply = status_callback(&app, &failed3, Some(twilio_signature(&callback, &failed3))).await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    wait_for_metric(
-        &app,
-        "otpgate_delivery_fallbacks_total{from=\"sms\",outcome=\"stale\",to=\"whatsapp\"}",
-        1.0,
-    )
-    .await;
+/// No fallback for a code verified before its failure receipt (stale); a fallback whose own
+/// send fails puts the first code back; the daily cap refuses a fallback as any send; and
+/// `OTP_RECEIPT_FALLBACK=false` only counts the failure.
+async fn a_fallback_is_a_send_that_may_not_happen(backend: Backend) {
+    let r = ReceiptApp::start(backend, &[]).await;
+    let phone = unique_phone();
+    let (code, sid) = r.login(&phone).await;
+    assert_eq!(r.app.verify(&r.app.a, &phone, &code).await.status, 200);
+    r.report(&sid, "failed", &phone).await;
+    r.fallbacks("stale", 1.0).await;
     assert_eq!(
-        standin.requests("whatsapp").len(),
-        2,
+        r.whatsapp_after_a_pause().await,
+        0,
         "a used code is not re-sent"
     );
 
-    // The fallback's own send failing: the SMS's code works again, and nothing is charged.
-    let phone4 = unique_phone();
-    let reply = login_via(&app, &phone4, None).await;
-    let code4 = reply.body["otp_code"].as_str().expect("code").to_string();
-    let sid4 = standin.requests("twilio")[3]
-        .message_id
-        .clone()
-        .expect("a SID");
-    standin.set_mode("whatsapp", Mode::Status(400));
-    let failed4 = [
-        ("MessageSid", sid4.as_str()),
-        ("MessageStatus", "undelivered"),
-        ("To", phone4.as_str()),
-    ];
-    let reply = status_callback(&app, &failed4, Some(twilio_signature(&callback, &failed4))).await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    wait_for_metric(
-        &app,
-        "otpgate_delivery_fallbacks_total{from=\"sms\",outcome=\"failed\",to=\"whatsapp\"}",
-        1.0,
-    )
-    .await;
-    assert_eq!(app.verify(&app.b, &phone4, &code4).await.status, 200);
-    standin.set_mode("whatsapp", Mode::Ok);
-
-    // A fallback is a send: the daily cap over all numbers refuses it like any other.
-    let standin = StandIn::start().await;
-    let mut capped = settings.clone();
-    capped.push(("DAILY_SEND_CAP", "1"));
-    let app = app_with(backend, &standin, &capped).await;
     let phone = unique_phone();
-    let reply = login_via(&app, &phone, None).await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    let code = reply.body["otp_code"].as_str().expect("code").to_string();
-    let sid = standin.requests("twilio")[0]
-        .message_id
-        .clone()
-        .expect("a SID");
-    let failed = [
-        ("MessageSid", sid.as_str()),
-        ("MessageStatus", "failed"),
-        ("To", phone.as_str()),
-    ];
-    let reply = status_callback(&app, &failed, Some(twilio_signature(&callback, &failed))).await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    wait_for_metric(
-        &app,
-        "otpgate_delivery_fallbacks_total{from=\"sms\",outcome=\"limited\",to=\"whatsapp\"}",
-        1.0,
-    )
-    .await;
-    assert!(standin.requests("whatsapp").is_empty());
+    let (code, sid) = r.login(&phone).await;
+    r.standin.set_mode("whatsapp", Mode::Status(400));
+    r.report(&sid, "undelivered", &phone).await;
+    r.fallbacks("failed", 1.0).await;
+    assert_eq!(r.app.verify(&r.app.b, &phone, &code).await.status, 200);
+
+    let r = ReceiptApp::start(backend, &[("DAILY_SEND_CAP", "1")]).await;
+    let phone = unique_phone();
+    let (code, sid) = r.login(&phone).await;
+    r.report(&sid, "failed", &phone).await;
+    r.fallbacks("limited", 1.0).await;
+    assert_eq!(r.whatsapp_after_a_pause().await, 0);
     assert_eq!(
-        app.verify(&app.a, &phone, &code).await.status,
+        r.app.verify(&r.app.a, &phone, &code).await.status,
         200,
         "a refused fallback leaves the code alone"
     );
 
-    // With OTP_RECEIPT_FALLBACK=false a failure is only counted.
-    let standin = StandIn::start().await;
-    settings.push(("OTP_RECEIPT_FALLBACK", "false"));
-    let app = app_with(backend, &standin, &settings).await;
+    let r = ReceiptApp::start(backend, &[("OTP_RECEIPT_FALLBACK", "false")]).await;
     let phone = unique_phone();
-    assert_eq!(login_via(&app, &phone, None).await.status, 200);
-    let sid = standin.requests("twilio")[0]
-        .message_id
-        .clone()
-        .expect("a SID");
-    let failed = [
-        ("MessageSid", sid.as_str()),
-        ("MessageStatus", "failed"),
-        ("To", phone.as_str()),
-    ];
-    let reply = status_callback(&app, &failed, Some(twilio_signature(&callback, &failed))).await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(standin.requests("whatsapp").is_empty());
+    let (_, sid) = r.login(&phone).await;
+    r.report(&sid, "failed", &phone).await;
+    assert_eq!(r.whatsapp_after_a_pause().await, 0);
 }
 
 const META_APP_SECRET: &str = "meta-app-secret-for-receipts";

@@ -2,7 +2,9 @@
 -- KEYS[1] the code hash (a hash: h = HMAC of the code, a = wrong attempts, m = the mark)
 -- KEYS[2] the resend cooldown marker, KEYS[3] the phone's block mark, KEYS[4..] quota buckets
 -- ARGV[1] code HMAC (hex), ARGV[2] code lifetime (ms), ARGV[3] cooldown (ms, 0 = none),
--- ARGV[4] the mark kept with the code (0 = none), ARGV[5..] limit, window (ms) of each quota
+-- ARGV[4] the mark kept with the code (0 = none), ARGV[5] 1 to keep the wrong tries of a live,
+-- unspent code stored in the same form (Twilio Verify's marker), ARGV[6..] limit, window (ms) of
+-- each quota
 -- Returns {0, remaining, reset_ms, …per quota} when stored, {1, wait_ms} during the cooldown,
 -- {2, quota index, wait_ms} when a quota refuses, {3, remaining, reset_ms, …} when the phone is
 -- blocked (cooldown and quotas charged as for a stored code, no code stored). Nothing changes
@@ -11,7 +13,7 @@ local wait = redis.call('PTTL', KEYS[2])
 if wait > 0 then
   return {1, wait}
 end
-local out = gcra_take(4, 5, #KEYS - 3, now_ms())
+local out = gcra_take(4, 6, #KEYS - 3, now_ms())
 if out[1] ~= 0 then
   return out
 end
@@ -22,12 +24,12 @@ if redis.call('EXISTS', KEYS[3]) == 1 then
   out[1] = 3
   return out
 end
--- The same stored form again (Twilio Verify's marker: Twilio re-sends the same pending code)
--- keeps its wrong tries.
-local previous = redis.call('HMGET', KEYS[1], 'h', 's', 'a')
 local attempts = 0
-if previous[1] == ARGV[1] and not previous[2] then
-  attempts = tonumber(previous[3]) or 0
+if ARGV[5] == '1' then
+  local previous = redis.call('HMGET', KEYS[1], 'h', 's', 'a')
+  if previous[1] == ARGV[1] and not previous[2] then
+    attempts = tonumber(previous[3]) or 0
+  end
 end
 redis.call('DEL', KEYS[1])
 if ARGV[4] ~= '0' then

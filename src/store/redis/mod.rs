@@ -350,6 +350,7 @@ impl RedisStore {
 
 #[async_trait::async_trait]
 impl Store for RedisStore {
+    #[allow(clippy::too_many_arguments)]
     async fn issue_code_marked(
         &self,
         phone: &str,
@@ -358,6 +359,7 @@ impl Store for RedisStore {
         cooldown: Duration,
         quotas: &[Quota],
         mark: u64,
+        keep_tries: bool,
     ) -> Result<IssueOutcome, StoreError> {
         let cooldown_ms = if cooldown.is_zero() {
             0
@@ -386,7 +388,8 @@ impl Store for RedisStore {
             .arg(code_hash)
             .arg(ttl_ms(ttl))
             .arg(cooldown_ms)
-            .arg(mark);
+            .arg(mark)
+            .arg(if keep_tries { "1" } else { "0" });
         self.add_quotas(&mut invocation, phone, &together);
         let reply = match self.invoke(&invocation).await {
             Ok(reply) => reply,
