@@ -29,6 +29,9 @@ pub struct SpentOtp {
     /// What the send kept beside the code (the pumping defence's mark).
     mark: u64,
     armed: bool,
+    /// A Twilio Verify code Twilio approved: Twilio has used it up, so undoing the spend
+    /// releases the marker (the user asks for a new code at once) instead of putting it back.
+    approved_elsewhere: bool,
 }
 
 impl SpentOtp {
@@ -43,10 +46,27 @@ impl SpentOtp {
     }
 
     /// The login failed after the code check: the code works again (unless a newer one
-    /// replaced it). Whether it was put back.
+    /// replaced it). Whether it was put back. A code Twilio Verify approved cannot work again:
+    /// its marker and the resend cooldown are released instead (`false`).
     pub async fn restore(mut self) -> Result<bool, Error> {
         self.armed = false;
-        Ok(self.store.restore_code(&self.phone, &self.hash).await?)
+        undo(
+            &*self.store,
+            &self.phone,
+            &self.hash,
+            self.approved_elsewhere,
+        )
+        .await
+    }
+}
+
+/// Undoes a spend: puts the code back, or releases an approved Verify marker.
+async fn undo(store: &dyn Store, phone: &str, hash: &str, approved: bool) -> Result<bool, Error> {
+    if approved {
+        store.release_code(phone, hash, &[]).await?;
+        Ok(false)
+    } else {
+        Ok(store.restore_code(phone, hash).await?)
     }
 }
 
@@ -55,14 +75,15 @@ impl Drop for SpentOtp {
         if !self.armed {
             return;
         }
-        let (store, phone, hash) = (
+        let (store, phone, hash, approved) = (
             self.store.clone(),
             std::mem::take(&mut self.phone),
             std::mem::take(&mut self.hash),
+            self.approved_elsewhere,
         );
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Err(err) = store.restore_code(&phone, &hash).await {
+                if let Err(err) = undo(&*store, &phone, &hash, approved).await {
                     tracing::warn!(error = %err, "a cancelled login's code could not be put back");
                 }
             });
@@ -217,7 +238,7 @@ impl OtpService {
                 self.resend,
                 quotas,
                 mark,
-                delegated,
+                if delegated { self.max_attempts } else { 0 },
             )
             .await?
         {
@@ -342,6 +363,7 @@ impl OtpService {
                 hash,
                 mark,
                 armed: true,
+                approved_elsewhere: false,
             }),
             VerifyOutcome::Delegated { mark, remaining } => {
                 let (Some(verifier), Some(marker)) = (&self.delegate, marker) else {
@@ -351,15 +373,19 @@ impl OtpService {
                 };
                 // Spent (and this try counted) while Twilio looks; put back unless it approves.
                 // Dropped mid-check (the client left), it is put back with the try counted.
-                let spent = SpentOtp {
+                let mut spent = SpentOtp {
                     store: self.store.clone(),
                     phone: subjects.phone.clone(),
                     hash: marker,
                     mark,
                     armed: true,
+                    approved_elsewhere: false,
                 };
                 match verifier.check(phone.as_str(), code).await {
-                    Ok(VerifyCheck::Approved) => Ok(spent),
+                    Ok(VerifyCheck::Approved) => {
+                        spent.approved_elsewhere = true;
+                        Ok(spent)
+                    }
                     Ok(VerifyCheck::Refused) => {
                         spent.restore().await?;
                         Err(if remaining == 0 {
@@ -374,14 +400,10 @@ impl OtpService {
                             .replace(phone.as_str(), &phone.masked())
                             .replace(phone.as_str().trim_start_matches('+'), &phone.masked());
                         tracing::warn!(phone = %phone.masked(), reason, "Twilio Verify did not check a code");
-                        let SpentOtp {
-                            ref phone,
-                            ref hash,
-                            ..
-                        } = spent;
-                        let refunded = self.store.refund_attempt(phone, hash).await;
+                        let (subject, marker) = (spent.phone.clone(), spent.hash.clone());
+                        // On a store failure the guard puts it back (the try stays counted).
+                        self.store.refund_attempt(&subject, &marker).await?;
                         spent.keep();
-                        refunded?;
                         Err(Error::VerifierUnavailable)
                     }
                 }

@@ -270,10 +270,17 @@ impl AuthService {
         } else {
             self.otp.hash(&phone, &code)
         };
-        // Gives back what this fallback was charged (`release_code` of a hash that is not
-        // stored only refunds).
+        // Gives back what this fallback was charged: `release_code` of a hash that is not stored
+        // only refunds. The fresh code's HMAC is stored only between a successful replace and
+        // the put-back after a failed send; never the Verify marker, which a newer login of
+        // the same phone may hold.
+        let refund_only = self.otp.hash(&phone, &code);
         let give_back = async |checks: &[crate::domain::pumping::PumpCheck]| {
-            if let Err(err) = self.store.release_code(&record.p, &hash, &quotas).await {
+            if let Err(err) = self
+                .store
+                .release_code(&record.p, &refund_only, &quotas)
+                .await
+            {
                 tracing::warn!(error = %err, "a fallback's quota charges could not be given back");
             }
             self.pump_unsend(checks).await;

@@ -222,7 +222,7 @@ impl Store for MemoryStore {
         cooldown: Duration,
         quotas: &[Quota],
         mark: u64,
-        keep_tries: bool,
+        keep_tries_below: u32,
     ) -> Result<IssueOutcome, StoreError> {
         let (now, now_ms) = self.now();
         let mut inner = self.lock();
@@ -245,12 +245,14 @@ impl Store for MemoryStore {
             }
             return Ok(IssueOutcome::Blocked(states));
         }
-        // With `keep_tries`, the same stored form again (Twilio Verify's marker) keeps its
-        // wrong tries.
+        // With `keep_tries_below`, the same stored form again (Twilio Verify's marker) keeps its
+        // wrong tries, unless it is burned.
         let attempts = inner
             .codes
             .get(phone)
-            .filter(|c| keep_tries && c.expires > now && !c.spent && c.hash == code_hash)
+            .filter(|c| {
+                c.attempts < keep_tries_below && c.expires > now && !c.spent && c.hash == code_hash
+            })
             .map_or(0, |c| c.attempts);
         inner.codes.insert(
             phone.to_string(),

@@ -170,9 +170,10 @@ pub trait Store: Send + Sync + 'static {
     /// `cooldown` (zero = none), unless a cooldown is already running or one of `quotas`
     /// refuses; all in one atomic step. `mark` is kept with the code and handed back by
     /// [`Store::verify_code`] when the code is verified (the pumping defence's
-    /// [`crate::domain::pumping::PumpingPolicy::mark`]; 0 = nothing). With `keep_tries`, a
-    /// live, unspent code stored in the same form keeps its wrong tries (Twilio Verify's
-    /// marker: Twilio re-sends the same pending code).
+    /// [`crate::domain::pumping::PumpingPolicy::mark`]; 0 = nothing). With `keep_tries_below`
+    /// above 0, a live, unspent code stored in the same form keeps its wrong tries while they
+    /// are fewer than that (Twilio Verify's marker: Twilio re-sends the same pending code; a
+    /// burned one starts afresh, Twilio's own check limit then bounding the guesses).
     #[allow(clippy::too_many_arguments)]
     async fn issue_code_marked(
         &self,
@@ -182,7 +183,7 @@ pub trait Store: Send + Sync + 'static {
         cooldown: Duration,
         quotas: &[Quota],
         mark: u64,
-        keep_tries: bool,
+        keep_tries_below: u32,
     ) -> Result<IssueOutcome, StoreError>;
 
     /// [`Store::issue_code_marked`] without a mark.
@@ -194,7 +195,7 @@ pub trait Store: Send + Sync + 'static {
         cooldown: Duration,
         quotas: &[Quota],
     ) -> Result<IssueOutcome, StoreError> {
-        self.issue_code_marked(phone, code_hash, ttl, cooldown, quotas, 0, false)
+        self.issue_code_marked(phone, code_hash, ttl, cooldown, quotas, 0, 0)
             .await
     }
 
@@ -471,12 +472,19 @@ impl Store for Metered {
         cooldown: Duration,
         quotas: &[Quota],
         mark: u64,
-        keep_tries: bool,
+        keep_tries_below: u32,
     ) -> Result<IssueOutcome, StoreError> {
         self.timed(
             "issue_code",
-            self.inner
-                .issue_code_marked(phone, code_hash, ttl, cooldown, quotas, mark, keep_tries),
+            self.inner.issue_code_marked(
+                phone,
+                code_hash,
+                ttl,
+                cooldown,
+                quotas,
+                mark,
+                keep_tries_below,
+            ),
         )
         .await
     }

@@ -1066,7 +1066,21 @@ async fn a_fallback_is_a_send_that_may_not_happen(backend: Backend) {
     let phone = unique_phone();
     let (_, sid) = r.login(&phone).await;
     r.report(&sid, "failed", &phone).await;
+    wait_for_metric(
+        &r.app,
+        "otpgate_delivery_status_total{channel=\"sms\",status=\"failed\"}",
+        1.0,
+    )
+    .await;
     assert_eq!(r.whatsapp_after_a_pause().await, 0);
+    assert_eq!(
+        metric(
+            &r.app,
+            "otpgate_delivery_fallbacks_total{from=\"sms\",outcome=\"sent\",to=\"whatsapp\"}"
+        )
+        .await,
+        0.0
+    );
 }
 
 const META_APP_SECRET: &str = "meta-app-secret-for-receipts";
@@ -1326,6 +1340,7 @@ async fn a_failed_whatsapp_code_falls_back_to_a_twilio_verify_sms(backend: Backe
     settings.extend([
         ("OTP_CHANNEL_ORDER", "whatsapp,sms"),
         ("WHATSAPP_WEBHOOK_SECRET", META_APP_SECRET),
+        ("OTP_RESEND_SECONDS", "0"),
     ]);
     let app = app_with(backend, &standin, &settings).await;
     let phone = unique_phone();
@@ -1360,4 +1375,48 @@ async fn a_failed_whatsapp_code_falls_back_to_a_twilio_verify_sms(backend: Backe
     standin.wait_for("verify", 1).await;
     let code = standin.verify_code(&phone).expect("a pending verification");
     assert_eq!(app.verify(&app.b, &phone, &code).await.status, 200);
+
+    // A late failure of an older WhatsApp code, while the number's newer code went by Verify:
+    // the fallback finds the code replaced, and leaves the newer one alone.
+    let phone = unique_phone();
+    assert_eq!(
+        login_via(&app, &phone, None).await.body["channel"],
+        json!("whatsapp")
+    );
+    let wamid = standin.requests("whatsapp")[1]
+        .message_id
+        .clone()
+        .expect("a wamid");
+    let reply = login_via(&app, &phone, Some("sms")).await;
+    assert_eq!(reply.body["channel"], json!("sms"), "{}", reply.body);
+    let code = standin.verify_code(&phone).expect("a pending verification");
+    let body = json!({ "object": "whatsapp_business_account", "entry": [{ "id": "1", "changes": [{ "field": "messages", "value": {
+        "messaging_product": "whatsapp",
+        "statuses": [{ "id": wamid, "status": "failed", "timestamp": "1760000000",
+            "recipient_id": phone.trim_start_matches('+') }]
+    }}]}]})
+    .to_string();
+    let mut mac =
+        <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(META_APP_SECRET.as_bytes()).expect("key");
+    mac.update(body.as_bytes());
+    let resp = app
+        .client
+        .post(format!("{}/api/whatsapp/webhook", app.a))
+        .header("content-type", "application/json")
+        .header(
+            "x-hub-signature-256",
+            format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
+        )
+        .body(body)
+        .send()
+        .await
+        .expect("notification");
+    assert_eq!(resp.status().as_u16(), 200);
+    wait_for_metric(
+        &app,
+        "otpgate_delivery_fallbacks_total{from=\"whatsapp\",outcome=\"stale\",to=\"sms\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(app.verify(&app.a, &phone, &code).await.status, 200);
 }

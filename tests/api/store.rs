@@ -964,7 +964,7 @@ async fn marks_come_back_exactly(store: Arc<dyn Store>) {
         let mark = Network::of(ip.parse().unwrap()).0;
         assert!(matches!(
             store
-                .issue_code_marked(&phone, "h", MINUTE, MINUTE, &[], mark, false)
+                .issue_code_marked(&phone, "h", MINUTE, MINUTE, &[], mark, 0)
                 .await
                 .unwrap(),
             IssueOutcome::Issued(_)
@@ -983,7 +983,7 @@ async fn marks_come_back_exactly(store: Arc<dyn Store>) {
 async fn a_failed_code_is_replaced_only_while_live_and_unused(store: Arc<dyn Store>) {
     let phone = key();
     let issued = store
-        .issue_code_marked(&phone, "old", MINUTE, MINUTE, &[], 7, false)
+        .issue_code_marked(&phone, "old", MINUTE, MINUTE, &[], 7, 0)
         .await
         .unwrap();
     assert!(matches!(issued, IssueOutcome::Issued(_)));
@@ -1037,7 +1037,7 @@ async fn a_failed_code_is_replaced_only_while_live_and_unused(store: Arc<dyn Sto
     // A burned code stays burned.
     let phone = key();
     store
-        .issue_code_marked(&phone, "old", MINUTE, MINUTE, &[], 7, false)
+        .issue_code_marked(&phone, "old", MINUTE, MINUTE, &[], 7, 0)
         .await
         .unwrap();
     for _ in 0..2 {
@@ -1060,7 +1060,7 @@ async fn a_failed_code_is_replaced_only_while_live_and_unused(store: Arc<dyn Sto
     // A blocked phone's code is not replaced.
     let phone = key();
     store
-        .issue_code_marked(&phone, "old", MINUTE, MINUTE, &[], 7, false)
+        .issue_code_marked(&phone, "old", MINUTE, MINUTE, &[], 7, 0)
         .await
         .unwrap();
     let user = Uuid::new_v4().to_string();
@@ -1083,7 +1083,7 @@ async fn a_failed_code_is_replaced_only_while_live_and_unused(store: Arc<dyn Sto
     // The mark of another code changes nothing; of this one, it comes back.
     let phone = key();
     store
-        .issue_code_marked(&phone, "h", MINUTE, MINUTE, &[], 7, false)
+        .issue_code_marked(&phone, "h", MINUTE, MINUTE, &[], 7, 0)
         .await
         .unwrap();
     store.mark_code(&phone, "other", 11).await.unwrap();
@@ -1105,7 +1105,7 @@ async fn a_failed_code_is_replaced_only_while_live_and_unused(store: Arc<dyn Sto
 async fn delegated_checks_count_at_once_and_give_back_on_an_outage(store: Arc<dyn Store>) {
     let phone = key();
     store
-        .issue_code_marked(&phone, "marker", MINUTE, MINUTE, &[], 3, true)
+        .issue_code_marked(&phone, "marker", MINUTE, MINUTE, &[], 3, 3)
         .await
         .unwrap();
     let check = |hash: &'static str| {
@@ -1145,7 +1145,7 @@ async fn delegated_checks_count_at_once_and_give_back_on_an_outage(store: Arc<dy
     // A new login with the same marker keeps the tries (the resend cooldown is over: none).
     let phone2 = key();
     store
-        .issue_code_marked(&phone2, "marker", MINUTE, Duration::ZERO, &[], 3, true)
+        .issue_code_marked(&phone2, "marker", MINUTE, Duration::ZERO, &[], 3, 3)
         .await
         .unwrap();
     let spend = store
@@ -1161,7 +1161,7 @@ async fn delegated_checks_count_at_once_and_give_back_on_an_outage(store: Arc<dy
     );
     assert!(store.restore_code(&phone2, "marker").await.unwrap());
     store
-        .issue_code_marked(&phone2, "marker", MINUTE, Duration::ZERO, &[], 3, true)
+        .issue_code_marked(&phone2, "marker", MINUTE, Duration::ZERO, &[], 3, 3)
         .await
         .unwrap();
     assert_eq!(
@@ -1174,6 +1174,41 @@ async fn delegated_checks_count_at_once_and_give_back_on_an_outage(store: Arc<dy
             remaining: 1
         },
         "the earlier try still counts"
+    );
+    // A burned marker issued again starts afresh (Twilio's own check limit bounds guesses).
+    let phone3 = key();
+    for _ in 0..2 {
+        store
+            .issue_code_marked(&phone3, "marker", MINUTE, Duration::ZERO, &[], 3, 2)
+            .await
+            .unwrap();
+    }
+    for left in [1, 0] {
+        assert_eq!(
+            store
+                .verify_code_or_delegated(&phone3, "x", Some("marker"), 2, &[], &[])
+                .await
+                .unwrap(),
+            VerifyOutcome::Delegated {
+                mark: 3,
+                remaining: left
+            }
+        );
+        assert!(store.restore_code(&phone3, "marker").await.unwrap());
+    }
+    store
+        .issue_code_marked(&phone3, "marker", MINUTE, Duration::ZERO, &[], 3, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .verify_code_or_delegated(&phone3, "x", Some("marker"), 2, &[], &[])
+            .await
+            .unwrap(),
+        VerifyOutcome::Delegated {
+            mark: 3,
+            remaining: 1
+        }
     );
     // The cooldown of the first phone was not cleared by its checks.
     assert!(matches!(

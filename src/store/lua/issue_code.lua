@@ -2,9 +2,9 @@
 -- KEYS[1] the code hash (a hash: h = HMAC of the code, a = wrong attempts, m = the mark)
 -- KEYS[2] the resend cooldown marker, KEYS[3] the phone's block mark, KEYS[4..] quota buckets
 -- ARGV[1] code HMAC (hex), ARGV[2] code lifetime (ms), ARGV[3] cooldown (ms, 0 = none),
--- ARGV[4] the mark kept with the code (0 = none), ARGV[5] 1 to keep the wrong tries of a live,
--- unspent code stored in the same form (Twilio Verify's marker), ARGV[6..] limit, window (ms) of
--- each quota
+-- ARGV[4] the mark kept with the code (0 = none), ARGV[5] above 0: keep the wrong tries of a
+-- live, unspent code stored in the same form (Twilio Verify's marker) while fewer than this,
+-- ARGV[6..] limit, window (ms) of each quota
 -- Returns {0, remaining, reset_ms, …per quota} when stored, {1, wait_ms} during the cooldown,
 -- {2, quota index, wait_ms} when a quota refuses, {3, remaining, reset_ms, …} when the phone is
 -- blocked (cooldown and quotas charged as for a stored code, no code stored). Nothing changes
@@ -25,10 +25,12 @@ if redis.call('EXISTS', KEYS[3]) == 1 then
   return out
 end
 local attempts = 0
-if ARGV[5] == '1' then
+local keep_below = tonumber(ARGV[5])
+if keep_below > 0 then
   local previous = redis.call('HMGET', KEYS[1], 'h', 's', 'a')
-  if previous[1] == ARGV[1] and not previous[2] then
-    attempts = tonumber(previous[3]) or 0
+  local tries = tonumber(previous[3]) or 0
+  if previous[1] == ARGV[1] and not previous[2] and tries < keep_below then
+    attempts = tries
   end
 end
 redis.call('DEL', KEYS[1])

@@ -359,7 +359,7 @@ impl Store for RedisStore {
         cooldown: Duration,
         quotas: &[Quota],
         mark: u64,
-        keep_tries: bool,
+        keep_tries_below: u32,
     ) -> Result<IssueOutcome, StoreError> {
         let cooldown_ms = if cooldown.is_zero() {
             0
@@ -389,7 +389,7 @@ impl Store for RedisStore {
             .arg(ttl_ms(ttl))
             .arg(cooldown_ms)
             .arg(mark)
-            .arg(if keep_tries { "1" } else { "0" });
+            .arg(keep_tries_below);
         self.add_quotas(&mut invocation, phone, &together);
         let reply = match self.invoke(&invocation).await {
             Ok(reply) => reply,
