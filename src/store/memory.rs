@@ -204,6 +204,25 @@ impl MemoryStore {
     }
 
     /// Now, and now in ms since the epoch (at least 1, so an absent bucket is always older).
+    /// Makes the live, spent code `code_hash` of `phone` usable again (`restore_code`), with
+    /// one wrong try fewer when `refund` (`refund_attempt`). Whether it did.
+    fn unspend(&self, phone: &str, code_hash: &str, refund: bool) -> bool {
+        let (now, _) = self.now();
+        let mut inner = self.lock();
+        let Some(code) = inner
+            .codes
+            .get_mut(phone)
+            .filter(|c| c.spent && c.expires > now && c.hash == code_hash)
+        else {
+            return false;
+        };
+        code.spent = false;
+        if refund {
+            code.attempts = code.attempts.saturating_sub(1);
+        }
+        true
+    }
+
     fn now(&self) -> (Instant, u64) {
         let now = Instant::now();
         let ms = u64::try_from(now.duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX);
@@ -328,17 +347,7 @@ impl Store for MemoryStore {
     }
 
     async fn restore_code(&self, phone: &str, code_hash: &str) -> Result<bool, StoreError> {
-        let (now, _) = self.now();
-        let mut inner = self.lock();
-        let Some(code) = inner
-            .codes
-            .get_mut(phone)
-            .filter(|c| c.spent && c.expires > now && c.hash == code_hash)
-        else {
-            return Ok(false);
-        };
-        code.spent = false;
-        Ok(true)
+        Ok(self.unspend(phone, code_hash, false))
     }
 
     async fn release_code(
@@ -391,18 +400,7 @@ impl Store for MemoryStore {
     }
 
     async fn refund_attempt(&self, phone: &str, code_hash: &str) -> Result<bool, StoreError> {
-        let (now, _) = self.now();
-        let mut inner = self.lock();
-        let Some(code) = inner
-            .codes
-            .get_mut(phone)
-            .filter(|c| c.spent && c.expires > now && c.hash == code_hash)
-        else {
-            return Ok(false);
-        };
-        code.spent = false;
-        code.attempts = code.attempts.saturating_sub(1);
-        Ok(true)
+        Ok(self.unspend(phone, code_hash, true))
     }
 
     async fn mark_code(&self, phone: &str, code_hash: &str, mark: u64) -> Result<(), StoreError> {

@@ -1085,9 +1085,37 @@ async fn a_fallback_is_a_send_that_may_not_happen(backend: Backend) {
 
 const META_APP_SECRET: &str = "meta-app-secret-for-receipts";
 
+/// Meta reporting WhatsApp message `wamid` `failed` for `recipient` (a WhatsApp id), signed
+/// with `X-Hub-Signature-256` under [`META_APP_SECRET`], to replica `base`.
+async fn whatsapp_failed(app: &TestApp, base: &str, wamid: &str, recipient: &str) {
+    use hmac::{Hmac, KeyInit, Mac};
+    let body = json!({ "object": "whatsapp_business_account", "entry": [{ "id": "1", "changes": [{ "field": "messages", "value": {
+        "messaging_product": "whatsapp",
+        "metadata": { "display_phone_number": "15550001111", "phone_number_id": WHATSAPP_PHONE_ID },
+        "statuses": [{ "id": wamid, "status": "failed", "timestamp": "1760000000", "recipient_id": recipient,
+            "errors": [{ "code": 131026, "title": "Message undeliverable" }] }]
+    }}]}]})
+    .to_string();
+    let mut mac =
+        <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(META_APP_SECRET.as_bytes()).expect("key");
+    mac.update(body.as_bytes());
+    let resp = app
+        .client
+        .post(format!("{base}/api/whatsapp/webhook"))
+        .header("content-type", "application/json")
+        .header(
+            "x-hub-signature-256",
+            format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
+        )
+        .body(body)
+        .send()
+        .await
+        .expect("notification");
+    assert_eq!(resp.status().as_u16(), 200);
+}
+
 /// A WhatsApp message whose status comes back `failed`: the code goes again by SMS, once.
 async fn a_failed_whatsapp_status_falls_back_to_sms(backend: Backend) {
-    use hmac::{Hmac, KeyInit, Mac};
     let standin = StandIn::start().await;
     let mut settings = SMS.to_vec();
     settings.extend(WHATSAPP);
@@ -1105,30 +1133,10 @@ async fn a_failed_whatsapp_status_falls_back_to_sms(backend: Backend) {
         .clone()
         .expect("a wamid");
     // Meta's recipient id is a WhatsApp id, not always the number (Brazil, Mexico): the
-    // fallback goes to the number the code was sent to.
-    let digits = "5511987654321";
-    let notification = json!({ "object": "whatsapp_business_account", "entry": [{ "id": "1", "changes": [{ "field": "messages", "value": {
-        "messaging_product": "whatsapp",
-        "metadata": { "display_phone_number": "15550001111", "phone_number_id": WHATSAPP_PHONE_ID },
-        "statuses": [{ "id": wamid, "status": "failed", "timestamp": "1760000000", "recipient_id": digits,
-            "errors": [{ "code": 131026, "title": "Message undeliverable" }] }]
-    }}]}]});
-    let body = notification.to_string();
-    let mut mac =
-        <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(META_APP_SECRET.as_bytes()).expect("key");
-    mac.update(body.as_bytes());
-    let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    // fallback goes to the number the code was sent to. Delivered three times, to both
+    // replicas.
     for base in [&app.a, &app.b, &app.a] {
-        let resp = app
-            .client
-            .post(format!("{base}/api/whatsapp/webhook"))
-            .header("content-type", "application/json")
-            .header("x-hub-signature-256", &signature)
-            .body(body.clone())
-            .send()
-            .await
-            .expect("notification");
-        assert_eq!(resp.status().as_u16(), 200);
+        whatsapp_failed(&app, base, &wamid, "5511987654321").await;
     }
     let sms = standin.wait_for("twilio", 1).await;
     assert_eq!(sms[0].body["To"], json!(phone));
@@ -1332,7 +1340,6 @@ async fn twilio_verify_makes_and_checks_the_sms_codes(backend: Backend) {
 /// A WhatsApp code that Meta reports failed falls back to an SMS by Twilio Verify, whose code
 /// (Twilio's) then verifies.
 async fn a_failed_whatsapp_code_falls_back_to_a_twilio_verify_sms(backend: Backend) {
-    use hmac::{Hmac, KeyInit, Mac};
     let standin = StandIn::start().await;
     let verify: Vec<(&str, String)> = standin.verify_settings();
     let mut settings: Vec<(&str, &str)> = verify.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -1350,28 +1357,7 @@ async fn a_failed_whatsapp_code_falls_back_to_a_twilio_verify_sms(backend: Backe
         .message_id
         .clone()
         .expect("a wamid");
-    let body = json!({ "object": "whatsapp_business_account", "entry": [{ "id": "1", "changes": [{ "field": "messages", "value": {
-        "messaging_product": "whatsapp",
-        "statuses": [{ "id": wamid, "status": "failed", "timestamp": "1760000000",
-            "recipient_id": phone.trim_start_matches('+'), "errors": [{ "code": 131026 }] }]
-    }}]}]})
-    .to_string();
-    let mut mac =
-        <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(META_APP_SECRET.as_bytes()).expect("key");
-    mac.update(body.as_bytes());
-    let resp = app
-        .client
-        .post(format!("{}/api/whatsapp/webhook", app.a))
-        .header("content-type", "application/json")
-        .header(
-            "x-hub-signature-256",
-            format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
-        )
-        .body(body)
-        .send()
-        .await
-        .expect("notification");
-    assert_eq!(resp.status().as_u16(), 200);
+    whatsapp_failed(&app, &app.a, &wamid, phone.trim_start_matches('+')).await;
     standin.wait_for("verify", 1).await;
     let code = standin.verify_code(&phone).expect("a pending verification");
     assert_eq!(app.verify(&app.b, &phone, &code).await.status, 200);
@@ -1390,28 +1376,7 @@ async fn a_failed_whatsapp_code_falls_back_to_a_twilio_verify_sms(backend: Backe
     let reply = login_via(&app, &phone, Some("sms")).await;
     assert_eq!(reply.body["channel"], json!("sms"), "{}", reply.body);
     let code = standin.verify_code(&phone).expect("a pending verification");
-    let body = json!({ "object": "whatsapp_business_account", "entry": [{ "id": "1", "changes": [{ "field": "messages", "value": {
-        "messaging_product": "whatsapp",
-        "statuses": [{ "id": wamid, "status": "failed", "timestamp": "1760000000",
-            "recipient_id": phone.trim_start_matches('+') }]
-    }}]}]})
-    .to_string();
-    let mut mac =
-        <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(META_APP_SECRET.as_bytes()).expect("key");
-    mac.update(body.as_bytes());
-    let resp = app
-        .client
-        .post(format!("{}/api/whatsapp/webhook", app.a))
-        .header("content-type", "application/json")
-        .header(
-            "x-hub-signature-256",
-            format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
-        )
-        .body(body)
-        .send()
-        .await
-        .expect("notification");
-    assert_eq!(resp.status().as_u16(), 200);
+    whatsapp_failed(&app, &app.a, &wamid, phone.trim_start_matches('+')).await;
     wait_for_metric(
         &app,
         "otpgate_delivery_fallbacks_total{from=\"whatsapp\",outcome=\"stale\",to=\"sms\"}",
