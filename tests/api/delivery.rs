@@ -1085,6 +1085,14 @@ async fn a_fallback_is_a_send_that_may_not_happen(backend: Backend) {
 
 const META_APP_SECRET: &str = "meta-app-secret-for-receipts";
 
+/// The message id the stand-in gave `provider`'s `index`th message (a SID, a `wamid`).
+fn message_id(standin: &StandIn, provider: &str, index: usize) -> String {
+    standin.requests(provider)[index]
+        .message_id
+        .clone()
+        .expect("a message id")
+}
+
 /// Meta reporting WhatsApp message `wamid` `failed` for `recipient` (a WhatsApp id), signed
 /// with `X-Hub-Signature-256` under [`META_APP_SECRET`], to replica `base`.
 async fn whatsapp_failed(app: &TestApp, base: &str, wamid: &str, recipient: &str) {
@@ -1128,10 +1136,7 @@ async fn a_failed_whatsapp_status_falls_back_to_sms(backend: Backend) {
     let phone = unique_phone();
     let reply = login_via(&app, &phone, None).await;
     assert_eq!(reply.body["channel"], json!("whatsapp"), "{}", reply.body);
-    let wamid = standin.requests("whatsapp")[0]
-        .message_id
-        .clone()
-        .expect("a wamid");
+    let wamid = message_id(&standin, "whatsapp", 0);
     // Meta's recipient id is a WhatsApp id, not always the number (Brazil, Mexico): the
     // fallback goes to the number the code was sent to. Delivered three times, to both
     // replicas.
@@ -1353,10 +1358,7 @@ async fn a_failed_whatsapp_code_falls_back_to_a_twilio_verify_sms(backend: Backe
     let phone = unique_phone();
     let reply = login_via(&app, &phone, None).await;
     assert_eq!(reply.body["channel"], json!("whatsapp"), "{}", reply.body);
-    let wamid = standin.requests("whatsapp")[0]
-        .message_id
-        .clone()
-        .expect("a wamid");
+    let wamid = message_id(&standin, "whatsapp", 0);
     whatsapp_failed(&app, &app.a, &wamid, phone.trim_start_matches('+')).await;
     standin.wait_for("verify", 1).await;
     let code = standin.verify_code(&phone).expect("a pending verification");
@@ -1369,10 +1371,7 @@ async fn a_failed_whatsapp_code_falls_back_to_a_twilio_verify_sms(backend: Backe
         login_via(&app, &phone, None).await.body["channel"],
         json!("whatsapp")
     );
-    let wamid = standin.requests("whatsapp")[1]
-        .message_id
-        .clone()
-        .expect("a wamid");
+    let wamid = message_id(&standin, "whatsapp", 1);
     let reply = login_via(&app, &phone, Some("sms")).await;
     assert_eq!(reply.body["channel"], json!("sms"), "{}", reply.body);
     let code = standin.verify_code(&phone).expect("a pending verification");

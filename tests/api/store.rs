@@ -1148,10 +1148,7 @@ async fn delegated_checks_count_at_once_and_give_back_on_an_outage(store: Arc<dy
         .issue_code_marked(&phone2, "marker", MINUTE, Duration::ZERO, &[], 3, 3)
         .await
         .unwrap();
-    let spend = store
-        .verify_code_or_delegated(&phone2, "x", Some("marker"), 3, &[], &[])
-        .await
-        .unwrap();
+    let spend = spend_marker(&*store, &phone2, 3).await;
     assert_eq!(
         spend,
         VerifyOutcome::Delegated {
@@ -1165,10 +1162,7 @@ async fn delegated_checks_count_at_once_and_give_back_on_an_outage(store: Arc<dy
         .await
         .unwrap();
     assert_eq!(
-        store
-            .verify_code_or_delegated(&phone2, "x", Some("marker"), 3, &[], &[])
-            .await
-            .unwrap(),
+        spend_marker(&*store, &phone2, 3).await,
         VerifyOutcome::Delegated {
             mark: 3,
             remaining: 1
@@ -1185,10 +1179,7 @@ async fn delegated_checks_count_at_once_and_give_back_on_an_outage(store: Arc<dy
     }
     for left in [1, 0] {
         assert_eq!(
-            store
-                .verify_code_or_delegated(&phone3, "x", Some("marker"), 2, &[], &[])
-                .await
-                .unwrap(),
+            spend_marker(&*store, &phone3, 2).await,
             VerifyOutcome::Delegated {
                 mark: 3,
                 remaining: left
@@ -1201,10 +1192,7 @@ async fn delegated_checks_count_at_once_and_give_back_on_an_outage(store: Arc<dy
         .await
         .unwrap();
     assert_eq!(
-        store
-            .verify_code_or_delegated(&phone3, "x", Some("marker"), 2, &[], &[])
-            .await
-            .unwrap(),
+        spend_marker(&*store, &phone3, 2).await,
         VerifyOutcome::Delegated {
             mark: 3,
             remaining: 1
@@ -1223,6 +1211,14 @@ async fn delegated_checks_count_at_once_and_give_back_on_an_outage(store: Arc<dy
         store.verify_code(&phone, "x", 3, &[], &[]).await.unwrap(),
         VerifyOutcome::Invalid { remaining: 1 }
     );
+}
+
+/// Presents a wrong code to `phone`'s Twilio Verify marker (`marker`): what the store says.
+async fn spend_marker(store: &dyn Store, phone: &str, max_attempts: u32) -> VerifyOutcome {
+    store
+        .verify_code_or_delegated(phone, "x", Some("marker"), max_attempts, &[], &[])
+        .await
+        .unwrap()
 }
 
 /// A receipt record: unknown ids are `None`; statuses are noted; however many concurrent
