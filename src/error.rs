@@ -117,9 +117,13 @@ pub enum Error {
     CaptchaFailed,
     /// 403 `integrity_failed`: the Play Integrity token is missing, forged, replayed, stale,
     /// for another request, or from an unrecognized app or a device below the required level;
-    /// no code was sent.
+    /// or the App Attest assertion is missing, forged or replayed; no code was sent.
     #[error("The app's integrity check failed; request a new integrity token and retry.")]
     IntegrityFailed,
+    /// 403 `attestation_failed`: the App Attest key is not attested here, or its attestation
+    /// (or the challenge it was made with) did not verify; attest a new key.
+    #[error("The App Attest key is not attested; attest a new key and retry.")]
+    AttestationFailed,
     /// 503 `integrity_unavailable`: Google's Play Integrity API did not answer (and the gate
     /// fails closed); no code was sent.
     #[error("The app's integrity could not be checked; retry shortly.")]
@@ -171,6 +175,7 @@ impl Error {
             | Error::UserBlocked
             | Error::CaptchaFailed
             | Error::IntegrityFailed
+            | Error::AttestationFailed
             | Error::ReauthenticationRequired => 403,
             Error::PhoneTaken => 409,
             Error::NotFound => 404,
@@ -216,6 +221,7 @@ impl Error {
             Error::CaptchaFailed => "captcha_failed",
             Error::CaptchaUnavailable => "captcha_unavailable",
             Error::IntegrityFailed => "integrity_failed",
+            Error::AttestationFailed => "attestation_failed",
             Error::IntegrityUnavailable => "integrity_unavailable",
             Error::DeliveryFailed => "delivery_failed",
             Error::VerifierUnavailable => "verifier_unavailable",

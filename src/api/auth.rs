@@ -16,8 +16,8 @@ use super::body::Body;
 use super::oauth::OAuthFails;
 use super::problem::{Fails, failures, headers};
 use super::text::{
-    CaptchaTokenText, DeviceNameText, IntegrityTokenText, LocaleText, OtpText, PhoneText, Text,
-    TokenText,
+    AppAttestText, AttestChallengeText, CaptchaTokenText, DeviceNameText, IntegrityTokenText,
+    LocaleText, OtpText, PhoneText, Text, TokenText,
 };
 use crate::auth::captcha::CaptchaInput;
 use crate::auth::sessions::{ClientInfo, LogoutScope, SessionView};
@@ -106,6 +106,17 @@ pub struct LoginRequest {
     /// Single-use. Absent or null: no token (the captcha gate decides, if the server has one).
     #[oai(nullable, skip_serializing_if_is_none)]
     pub integrity_token: Option<IntegrityTokenText>,
+    /// iOS apps: the App Attest key id (base64, as `DCAppAttestService.generateKey` gave
+    /// it) of a key attested at `POST /api/auth/app-attest/keys`, with `app_attest_assertion`.
+    #[oai(nullable, skip_serializing_if_is_none)]
+    pub app_attest_key_id: Option<AppAttestText>,
+    /// iOS apps: an App Attest assertion (base64) made by that key with `clientDataHash` =
+    /// SHA-256 of `otpgate-login:` followed by the number in E.164. With the server's
+    /// `APP_ATTEST_MODE=enforce`, a passing assertion needs no captcha, a failing one is 403
+    /// `integrity_failed` and a key the server does not know 403 `attestation_failed`. Each
+    /// assertion works once.
+    #[oai(nullable, skip_serializing_if_is_none)]
+    pub app_attest_assertion: Option<AppAttestText>,
     /// The language of the code message, a BCP 47 tag such as `es`, `pt-BR` or `hi`. Without it
     /// (or when the server has no template for it) the request's `Accept-Language`, then the
     /// number's country, then the server's default decide. Never an error.
@@ -174,6 +185,8 @@ impl Example for LoginRequest {
             channel: Some(RequestedChannel::Sms),
             captcha_token: None,
             integrity_token: None,
+            app_attest_key_id: None,
+            app_attest_assertion: None,
             locale: Some(LocaleText("en".into())),
         }
     }
@@ -469,12 +482,24 @@ failures! {
         "channel_unavailable",
         "captcha_failed",
         "integrity_failed",
+        "attestation_failed",
         "sends_paused",
         "store_unavailable",
         "database_unavailable",
         "captcha_unavailable",
         "integrity_unavailable",
         "delivery_failed",
+    ];
+    /// `POST /api/auth/app-attest/challenge`.
+    ChallengeFailures { BODY = false }: [
+        "not_found",
+    ];
+    /// `POST /api/auth/app-attest/keys`.
+    AttestKeyFailures: [
+        "attestation_failed",
+        "not_found",
+        "store_unavailable",
+        "database_unavailable",
     ];
     /// `POST /api/auth/verify-otp`.
     VerifyFailures: [
@@ -530,6 +555,7 @@ failures! {
         "channel_unavailable",
         "captcha_failed",
         "integrity_failed",
+        "attestation_failed",
         "sends_paused",
         "store_unavailable",
         "database_unavailable",
@@ -592,6 +618,10 @@ impl AuthApi {
             CaptchaInput::Token {
                 captcha: body.captcha_token.as_deref(),
                 integrity: body.integrity_token.as_deref(),
+                app_attest: app_assertion(
+                    body.app_attest_key_id.as_deref(),
+                    body.app_attest_assertion.as_deref(),
+                ),
             },
         ))
         .await?;
@@ -712,6 +742,60 @@ impl AuthApi {
         Ok(RevokedReply::Revoked)
     }
 
+    /// Get an App Attest challenge
+    ///
+    /// iOS apps: a one-time challenge to attest an App Attest key with (`attestKey` with
+    /// `clientDataHash` = SHA-256 of the challenge's UTF-8 bytes), valid `expires_in` seconds.
+    /// 404 when the server has no App Attest gate (`APP_ATTEST_APP_ID`).
+    #[oai(
+        path = "/app-attest/challenge",
+        method = "post",
+        operation_id = "appAttestChallenge"
+    )]
+    async fn app_attest_challenge(&self) -> Result<ChallengeReply, Fails<ChallengeFailures>> {
+        let challenge = self.auth.app_attest_challenge()?;
+        Ok(ChallengeReply::Issued(Json(AttestChallengeResponse {
+            challenge: challenge.challenge,
+            expires_in: challenge.expires_in,
+        })))
+    }
+
+    /// Attest an App Attest key
+    ///
+    /// iOS apps, once per key: the attestation Apple made for the key with a challenge from
+    /// `/app-attest/challenge`. The certificate chain to Apple's App Attestation Root CA, the
+    /// app id, the key id and the challenge (usable once) are checked, and the key is kept:
+    /// 201, or 200 when it was attested before. Anything that does not verify is 403
+    /// `attestation_failed`. Limited per client address like the Play Integrity checks.
+    #[oai(
+        path = "/app-attest/keys",
+        method = "post",
+        operation_id = "appAttestKey"
+    )]
+    async fn app_attest_key(
+        &self,
+        req: &Request,
+        body: Body<AttestKeyRequest>,
+    ) -> Result<AttestKeyReply, Fails<AttestKeyFailures>> {
+        let client = client_info(req, None);
+        let key = Box::pin(self.auth.attest_app_key(
+            &body.key_id,
+            &body.attestation,
+            &body.challenge,
+            &client,
+        ))
+        .await?;
+        let answer = Json(AttestKeyResponse {
+            key_id: key.key_id,
+            environment: key.environment.to_string(),
+        });
+        Ok(if key.created {
+            AttestKeyReply::Created(answer)
+        } else {
+            AttestKeyReply::Known(answer)
+        })
+    }
+
     /// Start a phone number change
     ///
     /// Sends a code to the new number (the answer is that of `/login`, the same whether or not
@@ -734,6 +818,10 @@ impl AuthApi {
             CaptchaInput::Token {
                 captcha: body.captcha_token.as_deref(),
                 integrity: body.integrity_token.as_deref(),
+                app_attest: app_assertion(
+                    body.app_attest_key_id.as_deref(),
+                    body.app_attest_assertion.as_deref(),
+                ),
             },
         ))
         .await?;
@@ -812,6 +900,100 @@ impl AuthApi {
     }
 }
 
+/// The App Attest fields of a code request, when the app sent either.
+fn app_assertion<'a>(
+    key_id: Option<&'a str>,
+    assertion: Option<&'a str>,
+) -> Option<crate::auth::app_attest::AppAssertion<'a>> {
+    (key_id.is_some() || assertion.is_some()).then(|| crate::auth::app_attest::AppAssertion {
+        key_id: key_id.unwrap_or_default(),
+        assertion: assertion.unwrap_or_default(),
+    })
+}
+
+/// A challenge for an App Attest key.
+#[derive(ApiResponse)]
+pub enum ChallengeReply {
+    /// The challenge, usable once within `expires_in` seconds.
+    #[oai(status = 200)]
+    Issued(Json<AttestChallengeResponse>),
+}
+
+/// A challenge to attest an App Attest key with.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct AttestChallengeResponse {
+    /// The challenge: attest with `clientDataHash` = SHA-256 of its UTF-8 bytes, then send it
+    /// back unchanged with the attestation.
+    pub challenge: String,
+    /// Seconds it can be used (once).
+    pub expires_in: u64,
+}
+
+/// An App Attest key and Apple's attestation of it.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct AttestKeyRequest {
+    /// The key id (base64), as `DCAppAttestService.generateKey` gave it.
+    pub key_id: AppAttestText,
+    /// The attestation object (base64), as `attestKey` gave it.
+    pub attestation: AppAttestText,
+    /// The challenge from `POST /api/auth/app-attest/challenge` the attestation was made with.
+    pub challenge: AttestChallengeText,
+}
+
+/// An attested key.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct AttestKeyResponse {
+    /// The key id (standard base64).
+    pub key_id: String,
+    /// `production`, or `development` (a build run from Xcode; accepted only with the server's
+    /// `APP_ATTEST_ENVIRONMENT=development`).
+    pub environment: String,
+}
+
+impl Example for AttestChallengeResponse {
+    fn example() -> Self {
+        AttestChallengeResponse {
+            challenge: "1796025600.q8XG0rJt3lQm2d1iS8n0Zw.4f1c2a9e3b4d4e5f8a7b9c0d1e2f3a4b".into(),
+            expires_in: 300,
+        }
+    }
+}
+
+impl Example for AttestKeyRequest {
+    fn example() -> Self {
+        AttestKeyRequest {
+            key_id: AppAttestText("SC86LZmoFbL/KxWfezr7ihgEdLHK8ZrDbTwMtAkBCbM=".into()),
+            attestation: AppAttestText(
+                "o2NmbXRvYXBwbGUtYXBwYXR0ZXN0Z2F0dFN0bXSiY3g1Y4JZAzgw".into(),
+            ),
+            challenge: AttestChallengeText(AttestChallengeResponse::example().challenge),
+        }
+    }
+}
+
+impl Example for AttestKeyResponse {
+    fn example() -> Self {
+        AttestKeyResponse {
+            key_id: "SC86LZmoFbL/KxWfezr7ihgEdLHK8ZrDbTwMtAkBCbM=".into(),
+            environment: "production".into(),
+        }
+    }
+}
+
+/// The key is kept.
+#[derive(ApiResponse)]
+pub enum AttestKeyReply {
+    /// Attested now.
+    #[oai(status = 201)]
+    Created(Json<AttestKeyResponse>),
+    /// Attested before; nothing changed.
+    #[oai(status = 200)]
+    Known(Json<AttestKeyResponse>),
+}
+
 /// Move the account to another number: a code is sent there.
 #[derive(Debug, Object)]
 #[oai(example)]
@@ -828,6 +1010,12 @@ pub struct PhoneChangeRequest {
     /// An Android app's Play Integrity token, as for `/login` (bound to the new number).
     #[oai(nullable, skip_serializing_if_is_none)]
     pub integrity_token: Option<IntegrityTokenText>,
+    /// An iOS app's App Attest key id, as for `/login`.
+    #[oai(nullable, skip_serializing_if_is_none)]
+    pub app_attest_key_id: Option<AppAttestText>,
+    /// An iOS app's App Attest assertion, as for `/login` (over the new number).
+    #[oai(nullable, skip_serializing_if_is_none)]
+    pub app_attest_assertion: Option<AppAttestText>,
     /// The language of the code message, as for `/login`.
     #[oai(nullable, skip_serializing_if_is_none)]
     pub locale: Option<LocaleText>,
@@ -840,6 +1028,8 @@ impl Example for PhoneChangeRequest {
             channel: None,
             captcha_token: None,
             integrity_token: None,
+            app_attest_key_id: None,
+            app_attest_assertion: None,
             locale: None,
         }
     }

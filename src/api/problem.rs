@@ -133,6 +133,12 @@ pub const PROBLEM_TYPES: &[(&str, u16, &str, &str)] = &[
         "The app's integrity check failed; request a new integrity token and retry.",
     ),
     (
+        "attestation_failed",
+        403,
+        "App Attest key not attested",
+        "The App Attest key is not attested; attest a new key and retry.",
+    ),
+    (
         "invalid_poll_token",
         403,
         "Wrong poll token",

@@ -217,6 +217,30 @@ checked_text! {
 }
 
 checked_text! {
+    /// An Apple App Attest value as the iOS SDK gives it, base64 (standard or URL-safe
+    /// alphabet, padded or not): a key id, an attestation or an assertion.
+    AppAttestText {
+        pattern: r"^[A-Za-z0-9+/_=-]{0,16384}$",
+        max_length: 16384,
+        rule: "base64 of at most 16384 characters, as the App Attest SDK gave it",
+        check: |t| {
+            t.len() <= 16384
+                && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/_=-".contains(&b))
+        },
+    }
+}
+
+checked_text! {
+    /// A challenge otpgate issued for App Attest: at most 128 printable ASCII characters.
+    AttestChallengeText {
+        pattern: r"^[\x21-\x7e]{1,128}$",
+        max_length: 128,
+        rule: "the challenge from POST /api/auth/app-attest/challenge, unchanged",
+        check: |t| (1..=128).contains(&t.len()) && t.bytes().all(|b| (0x21..=0x7e).contains(&b)),
+    }
+}
+
+checked_text! {
     /// A hex SHA-256 HMAC: 64 hex digits.
     HexHashText {
         pattern: r"^[0-9a-fA-F]{64}$",
@@ -254,6 +278,16 @@ pub(crate) const RULES: &[Rule] = &[
         IntegrityTokenText::PATTERN,
         IntegrityTokenText::check,
         IntegrityTokenText::RULE,
+    ),
+    (
+        AppAttestText::PATTERN,
+        AppAttestText::check,
+        AppAttestText::RULE,
+    ),
+    (
+        AttestChallengeText::PATTERN,
+        AttestChallengeText::check,
+        AttestChallengeText::RULE,
     ),
     (TokenText::PATTERN, TokenText::check, TokenText::RULE),
     (Text::PATTERN, Text::check, Text::RULE),

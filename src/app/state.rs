@@ -208,6 +208,7 @@ impl AppState {
                 events: &settings.events,
                 captcha: settings.captcha.as_ref(),
                 integrity: settings.integrity.as_ref(),
+                app_attest: settings.app_attest.as_ref(),
             },
             store.clone(),
             db.clone(),

@@ -25,6 +25,8 @@ pub enum CaptchaInput<'a> {
         captcha: Option<&'a str>,
         /// An Android app's integrity token.
         integrity: Option<&'a str>,
+        /// An iOS app's App Attest assertion.
+        app_attest: Option<super::app_attest::AppAssertion<'a>>,
     },
     /// Not gated: the user messaged us from their own WhatsApp or Telegram account (a message
     /// command asking for a code), which is itself the human step.
@@ -215,20 +217,55 @@ impl AuthService {
 }
 
 impl AuthService {
-    /// The human or device gate before a code is sent: a passing Play Integrity verdict in
-    /// `enforce` mode stands on its own; otherwise the captcha gate decides (see
-    /// [`AuthService::check_integrity`] and [`AuthService::check_captcha`]).
+    /// The human or device gate before a code is sent: a passing device proof (a Play
+    /// Integrity verdict, an App Attest assertion) in `enforce` mode stands on its own;
+    /// otherwise the captcha gate decides when it is enforced; otherwise a request without a
+    /// passing proof is refused when a device gate is enforced (see
+    /// [`AuthService::check_integrity`], [`AuthService::check_app_attest`] and
+    /// [`AuthService::check_captcha`]).
     pub(super) async fn check_human(
         &self,
         input: CaptchaInput<'_>,
         phone: &Phone,
         client: &ClientInfo,
     ) -> Result<(), Error> {
-        if let CaptchaInput::Token { integrity, .. } = input
-            && let super::integrity::Gate::Proven =
-                self.check_integrity(integrity, phone, client).await?
-        {
+        use super::integrity::Gate;
+        let CaptchaInput::Token {
+            integrity,
+            app_attest,
+            ..
+        } = input
+        else {
+            return self.check_captcha(input, phone, client).await;
+        };
+        let integrity = integrity.filter(|t| !t.trim().is_empty());
+        // One proof is checked: the one for a gate this server has (Android's first).
+        let gate = match (integrity, app_attest) {
+            (Some(token), _) if self.integrity_on() => {
+                self.check_integrity(token, phone, client).await?
+            }
+            (_, Some(proof)) if self.app_attest_on() => {
+                self.check_app_attest(proof, phone, client).await?
+            }
+            _ => Gate::Undecided,
+        };
+        if let Gate::Proven = gate {
             return Ok(());
+        }
+        let captcha_enforced = self
+            .captcha
+            .as_ref()
+            .is_some_and(|c| c.mode == CaptchaMode::Enforce);
+        if !captcha_enforced && self.device_gate_enforced() {
+            // Nothing proven and no captcha to decide: an enforced device gate refuses (a
+            // proof checked by a gate in shadow mode proves nothing either).
+            if integrity.is_none() {
+                self.count_integrity_missing();
+            }
+            if app_attest.is_none() {
+                self.count_app_attest_missing();
+            }
+            return Err(Error::IntegrityFailed);
         }
         self.check_captcha(input, phone, client).await
     }

@@ -141,9 +141,10 @@ impl Verdict {
     }
 }
 
-/// What the Play Integrity gate decided.
+/// What a device gate (Play Integrity, App Attest) decided.
 pub(super) enum Gate {
-    /// A pass in `enforce` mode: the device is proven, no captcha needed.
+    /// A pass in `enforce` mode: the device is proven, no captcha needed (also an outage the
+    /// Play Integrity gate fails open on, with no captcha behind it).
     Proven,
     /// Nothing proven (no gate, shadow, no token): the captcha gate decides.
     Undecided,
@@ -153,32 +154,23 @@ impl AuthService {
     /// Checks the integrity `token` of a code request for `phone` (see the module).
     pub(super) async fn check_integrity(
         &self,
-        token: Option<&str>,
+        token: &str,
         phone: &Phone,
         client: &ClientInfo,
     ) -> Result<Gate, Error> {
-        let Some(gate) = &self.integrity else {
+        let Some(gate) = self
+            .integrity
+            .as_ref()
+            .filter(|g| g.mode != CaptchaMode::Off)
+        else {
             return Ok(Gate::Undecided);
         };
-        if gate.mode == CaptchaMode::Off {
-            return Ok(Gate::Undecided);
-        }
         let enforce = gate.mode == CaptchaMode::Enforce;
-        let token = token.filter(|t| !t.trim().is_empty());
         // Whether an enforced captcha stands behind this gate.
         let captcha_enforced = self
             .captcha
             .as_ref()
             .is_some_and(|c| c.mode == CaptchaMode::Enforce);
-        let Some(token) = token else {
-            // Another platform, or an app without the SDK: an enforced captcha gate decides;
-            // without one, nothing would check the request.
-            if enforce && !captcha_enforced {
-                self.count_integrity(Verdict::Missing, gate);
-                return Err(Error::IntegrityFailed);
-            }
-            return Ok(Gate::Undecided);
-        };
         // Each check is a call against the app's daily Google quota: limited per client.
         let quotas = self.quotas.for_integrity(client.ip);
         if !quotas.is_empty()
@@ -245,10 +237,39 @@ impl AuthService {
             // Google unreachable and fail-open, or Google refusing us (quota, credentials)
             // with an enforced captcha behind: the captcha decides (a failed fetch never passes
             // anyone on its own).
-            Verdict::Unavailable if gate.fail_open || captcha_enforced => Ok(Gate::Undecided),
+            Verdict::Unavailable if captcha_enforced => Ok(Gate::Undecided),
+            // Fail-open and nothing behind: the login goes on unchecked.
+            Verdict::Unavailable if gate.fail_open => Ok(Gate::Proven),
             Verdict::Refused if captcha_enforced => Ok(Gate::Undecided),
             Verdict::Unavailable | Verdict::Refused => Err(Error::IntegrityUnavailable),
             _ => Err(Error::IntegrityFailed),
+        }
+    }
+
+    /// Whether the Play Integrity gate checks tokens (`shadow` or `enforce`).
+    pub(super) fn integrity_on(&self) -> bool {
+        self.integrity
+            .as_ref()
+            .is_some_and(|g| g.mode != CaptchaMode::Off)
+    }
+
+    /// Whether a device gate (Play Integrity, App Attest) is enforced.
+    pub(super) fn device_gate_enforced(&self) -> bool {
+        self.integrity
+            .as_ref()
+            .is_some_and(|g| g.mode == CaptchaMode::Enforce)
+            || self
+                .app_attest
+                .as_ref()
+                .is_some_and(|g| g.mode == CaptchaMode::Enforce)
+    }
+
+    /// Counts a request without a token that an enforced Play Integrity gate refuses.
+    pub(super) fn count_integrity_missing(&self) {
+        if let Some(gate) = &self.integrity
+            && gate.mode == CaptchaMode::Enforce
+        {
+            self.count_integrity(Verdict::Missing, gate);
         }
     }
 

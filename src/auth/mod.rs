@@ -27,6 +27,7 @@ use crate::telemetry::Metrics;
 
 pub mod account;
 pub mod admin;
+pub mod app_attest;
 pub mod captcha;
 pub mod events;
 pub mod integrity;
@@ -136,6 +137,8 @@ pub struct AuthService {
     captcha: Option<CaptchaGate>,
     /// The Play Integrity gate, when `PLAY_INTEGRITY_PACKAGE` is set.
     integrity: Option<integrity::IntegrityGate>,
+    /// The App Attest gate, when `APP_ATTEST_APP_ID` is set.
+    app_attest: Option<app_attest::AppAttestGate>,
     /// The SMS-pumping defence (`PUMPING_*`).
     pumping: crate::domain::pumping::PumpingPolicy,
     /// Each channel's recent conversion per country, as this replica saw it (`OTP_ROUTING`).
@@ -166,6 +169,8 @@ pub struct AuthConfig<'a> {
     pub captcha: Option<&'a CaptchaSettings>,
     /// The Play Integrity gate, when configured.
     pub integrity: Option<&'a crate::config::IntegritySettings>,
+    /// The App Attest gate, when configured.
+    pub app_attest: Option<&'a crate::config::AppAttestSettings>,
 }
 
 impl AuthService {
@@ -241,6 +246,10 @@ impl AuthService {
             integrity: config
                 .integrity
                 .map(integrity::IntegrityGate::new)
+                .transpose()?,
+            app_attest: config
+                .app_attest
+                .map(app_attest::AppAttestGate::new)
                 .transpose()?,
         })
     }

@@ -1,5 +1,6 @@
-//! The device gate for Android apps: Google Play Integrity verdicts, decoded by Google's
-//! `decodeIntegrityToken` with a service account of the app's Google Cloud project.
+//! The device gates: for Android apps, Google Play Integrity verdicts, decoded by Google's
+//! `decodeIntegrityToken` with a service account of the app's Google Cloud project; for iOS
+//! apps, Apple App Attest keys and assertions, verified locally.
 
 use std::time::Duration;
 
@@ -186,6 +187,88 @@ impl IntegritySettings {
     }
 }
 
+/// The App Attest gate for iOS apps, when `APP_ATTEST_APP_ID` is set.
+#[derive(Debug, Clone)]
+pub struct AppAttestSettings {
+    /// `APP_ATTEST_APP_ID`: the app ids (`TEAMID.bundle.id`, comma-separated) keys may be
+    /// attested for.
+    pub app_ids: Vec<String>,
+    /// `APP_ATTEST_MODE` (default `enforce`).
+    pub mode: CaptchaMode,
+    /// `APP_ATTEST_ENVIRONMENT` (default `production`): `development` also accepts keys of
+    /// builds signed for development (run from Xcode).
+    pub allow_development: bool,
+    /// `APP_ATTEST_ROOT_CA_FILE`: the root certificate (PEM) chains must end at; Apple's App
+    /// Attestation Root CA when unset.
+    pub root_pem: String,
+}
+
+impl AppAttestSettings {
+    /// `None` when `APP_ATTEST_APP_ID` is unset (the gate is off).
+    pub(crate) fn from_env(env: &Vars<'_>) -> Result<Option<Self>, ConfigError> {
+        let Some(ids) = env.get("APP_ATTEST_APP_ID") else {
+            return Ok(None);
+        };
+        let app_ids: Vec<String> = ids
+            .split(',')
+            .map(str::trim)
+            .filter(|id| !id.is_empty())
+            .map(str::to_string)
+            .collect();
+        if app_ids.is_empty() {
+            return Ok(None);
+        }
+        for id in &app_ids {
+            let valid = id.split_once('.').is_some_and(|(team, bundle)| {
+                team.len() == 10
+                    && team
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+                    && !bundle.is_empty()
+                    && bundle
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+            });
+            if !valid {
+                return Err(invalid(
+                    "APP_ATTEST_APP_ID",
+                    format!(
+                        "{id:?} is not an app id: the team id, a dot, the bundle id (ABCDE12345.com.acme.app)"
+                    ),
+                ));
+            }
+        }
+        let mode = super::captcha::gate_mode(env, "APP_ATTEST_MODE");
+        let allow_development = match env
+            .get("APP_ATTEST_ENVIRONMENT")
+            .map(|m| m.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("production") => false,
+            Some("development") => true,
+            Some(other) => {
+                return Err(invalid(
+                    "APP_ATTEST_ENVIRONMENT",
+                    format!("expected production or development, got {other:?}"),
+                ));
+            }
+        };
+        let root_pem = match env.get("APP_ATTEST_ROOT_CA_FILE") {
+            None => crate::domain::app_attest::APPLE_ROOT_PEM.to_string(),
+            Some(path) => std::fs::read_to_string(path.trim())
+                .map_err(|e| invalid("APP_ATTEST_ROOT_CA_FILE", format!("cannot be read: {e}")))?,
+        };
+        crate::domain::app_attest::Verifier::new(&root_pem, &app_ids, allow_development)
+            .map_err(|e| invalid("APP_ATTEST_ROOT_CA_FILE", e))?;
+        Ok(Some(Self {
+            app_ids,
+            mode,
+            allow_development,
+            root_pem,
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,5 +324,58 @@ mod tests {
         let plain = ("PLAY_INTEGRITY_API_URL", "http://playintegrity.internal");
         let err = settings(&[("ENVIRONMENT", "production"), package, creds, plain]).unwrap_err();
         assert!(err.names("PLAY_INTEGRITY_API_URL"), "{err}");
+    }
+
+    #[test]
+    fn app_attest_needs_app_ids_and_a_root() {
+        assert!(settings(&[]).unwrap().app_attest.is_none());
+        let var = |pairs: &[(&str, &str)]| settings(pairs).unwrap_err().first().var;
+        let a = settings(&[(
+            "APP_ATTEST_APP_ID",
+            "ABCDE12345.com.acme.app, ABCDE12345.com.acme.clip",
+        )])
+        .unwrap()
+        .app_attest
+        .unwrap();
+        assert_eq!(
+            a.app_ids,
+            ["ABCDE12345.com.acme.app", "ABCDE12345.com.acme.clip"]
+        );
+        assert_eq!((a.mode, a.allow_development), (CaptchaMode::Enforce, false));
+        assert!(a.root_pem.contains("MIICITCCAaegAwIBAgIQC"));
+        for bad in [
+            "com.acme.app",
+            "abcde12345.com.acme.app",
+            "ABCDE12345.",
+            "ABCDE12345.com/acme",
+        ] {
+            assert_eq!(
+                var(&[("APP_ATTEST_APP_ID", bad)]),
+                "APP_ATTEST_APP_ID",
+                "{bad}"
+            );
+        }
+        let id = ("APP_ATTEST_APP_ID", "ABCDE12345.com.acme.app");
+        assert_eq!(
+            var(&[id, ("APP_ATTEST_ENVIRONMENT", "sandbox")]),
+            "APP_ATTEST_ENVIRONMENT"
+        );
+        assert_eq!(
+            var(&[id, ("APP_ATTEST_ROOT_CA_FILE", "/nonexistent/root.pem")]),
+            "APP_ATTEST_ROOT_CA_FILE"
+        );
+        let dir = std::env::temp_dir().join(format!("otpgate-aa-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let junk = dir.join("junk.pem");
+        std::fs::write(
+            &junk,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        assert_eq!(
+            var(&[id, ("APP_ATTEST_ROOT_CA_FILE", junk.to_str().unwrap())]),
+            "APP_ATTEST_ROOT_CA_FILE"
+        );
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

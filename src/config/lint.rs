@@ -47,6 +47,7 @@ const PREFIXES: &[&str] = &[
     "PUBLIC_",
     "PUMPING_",
     "PLAY_INTEGRITY_",
+    "APP_ATTEST_",
 ];
 
 /// Every variable name otpgate reads.
@@ -223,6 +224,7 @@ mod tests {
             ("CAPTCHA_SECRET", "x"),
             ("PLAY_INTEGRITY_PACKAGE", "com.acme.app"),
             ("PLAY_INTEGRITY_CREDENTIALS", "{}"),
+            ("APP_ATTEST_APP_ID", "ABCDE12345.com.acme.app"),
             ("REDIS_URL", "redis://127.0.0.1"),
             ("JWT_ALGORITHM", "ES256"),
             ("JWT_PRIVATE_KEY_FILE", key.as_str()),

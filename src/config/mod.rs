@@ -36,7 +36,7 @@ pub use delivery::{
 };
 pub use env::{ConfigError, ConfigErrors, SECRET_VARIABLES, env_lookup, parse_dotenv};
 pub use events::{EventSettings, WebhookSettings};
-pub use integrity::{DeviceLevel, IntegritySettings};
+pub use integrity::{AppAttestSettings, DeviceLevel, IntegritySettings};
 pub use limits::LimitSettings;
 pub use locales::{LocaleSettings, canonical_tag};
 pub use messaging::MessagingSettings;
@@ -88,6 +88,8 @@ pub struct Settings {
     pub captcha: Option<CaptchaSettings>,
     /// The Play Integrity gate for Android apps; `None` when `PLAY_INTEGRITY_PACKAGE` is unset.
     pub integrity: Option<IntegritySettings>,
+    /// The App Attest gate for iOS apps; `None` when `APP_ATTEST_APP_ID` is unset.
+    pub app_attest: Option<AppAttestSettings>,
 }
 
 impl Settings {
@@ -137,6 +139,7 @@ impl Settings {
         let events = env.section(EventSettings::from_env(&env));
         let captcha = env.section(CaptchaSettings::from_env(&env));
         let integrity = env.section(IntegritySettings::from_env(&env));
+        let app_attest = env.section(AppAttestSettings::from_env(&env));
         let (
             Some(tokens),
             Some(otp),
@@ -149,9 +152,10 @@ impl Settings {
             Some(events),
             Some(captcha),
             Some(integrity),
+            Some(app_attest),
         ) = (
             tokens, otp, limits, server, store, delivery, messaging, admin, events, captcha,
-            integrity,
+            integrity, app_attest,
         )
         else {
             env.finish()?;
@@ -170,6 +174,7 @@ impl Settings {
             events,
             captcha,
             integrity,
+            app_attest,
         };
         for err in settings.production_problems() {
             env.report(err);

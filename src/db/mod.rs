@@ -12,6 +12,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+pub mod app_attest;
 pub mod batches;
 pub mod entities;
 pub mod events;
@@ -19,7 +20,7 @@ pub mod hot;
 pub mod touches;
 pub mod users;
 
-pub use entities::{audit_event, event_outbox, identity, user};
+pub use entities::{app_attest_key, audit_event, event_outbox, identity, user};
 
 /// Opens a connection pool. SQLite gets one connection (it serialises writers anyway), WAL and a
 /// busy timeout; PostgreSQL and MySQL/MariaDB get `max_connections` (sqlx sets MySQL sessions to

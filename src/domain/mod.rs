@@ -10,9 +10,11 @@
 //! - [`ids`]: random and time-ordered UUIDs from the thread-local CSPRNG.
 //! - [`pumping`]: budgets of unverified codes and conversion blocks against SMS pumping.
 //! - [`routing`]: the channel a code travelled by, and each channel's recent conversion.
+//! - [`app_attest`]: Apple App Attest attestations and assertions, verified locally.
 //! - [`webhook`]: Standard Webhooks secrets and signatures for outbound events.
 
 pub mod admission;
+pub mod app_attest;
 pub mod channel;
 pub mod country;
 pub mod ids;

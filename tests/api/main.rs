@@ -6,6 +6,7 @@
 
 mod helpers;
 
+mod app_attest;
 mod captcha;
 mod cli;
 mod contract;

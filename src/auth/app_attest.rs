@@ -1,0 +1,426 @@
+//! The device gate for iOS apps: Apple App Attest.
+//!
+//! Once per install the app fetches a one-time challenge ([`AuthService::app_attest_challenge`]),
+//! has Apple attest its Secure Enclave key with SHA-256 of that challenge, and sends the
+//! attestation ([`AuthService::attest_app_key`]): the chain to Apple's root, the app id, the
+//! key id and the challenge are checked here ([`crate::domain::app_attest`]) and the public key
+//! is stored (`app_attest_keys`). Each code request then carries an assertion over the
+//! login's client data, [`login_client_data`] (`otpgate-login:` ‖ the number in E.164), made
+//! with that key: its signature, app and counter are checked, and the counter is moved
+//! forward in the database (one statement, so a replayed assertion fails on every replica).
+//!
+//! In `enforce` mode a passing assertion stands in for the captcha, a failing one is 403
+//! `integrity_failed`, an unknown key 403 `attestation_failed` (the app attests a new key);
+//! `shadow` records verdicts (`otpgate_integrity_verdicts_total{provider="app_attest"}`, audit
+//! event `integrity.failed`) and refuses nothing.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use chrono::Utc;
+use rand::RngExt;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::{AppAttestSettings, CaptchaMode};
+use crate::db;
+use crate::domain::app_attest::{AttestEnvironment, AttestError, Verifier};
+use crate::domain::phone::Phone;
+use crate::error::Error;
+
+use super::AuthService;
+use super::events::EventKind;
+use super::integrity::Gate;
+use super::sessions::ClientInfo;
+
+/// How long an attestation challenge works.
+pub const CHALLENGE_SECONDS: u64 = 300;
+
+/// The client data an app's assertion signs for a code request for `phone`.
+pub fn login_client_data(phone: &str) -> String {
+    format!("otpgate-login:{phone}")
+}
+
+/// The gate, when `APP_ATTEST_APP_ID` is set.
+pub(super) struct AppAttestGate {
+    pub(super) mode: CaptchaMode,
+    allow_development: bool,
+    verifier: Verifier,
+}
+
+impl AppAttestGate {
+    pub(super) fn new(settings: &AppAttestSettings) -> Result<Self, Error> {
+        Ok(Self {
+            mode: settings.mode,
+            allow_development: settings.allow_development,
+            verifier: Verifier::new(
+                &settings.root_pem,
+                &settings.app_ids,
+                settings.allow_development,
+            )
+            .map_err(Error::Internal)?,
+        })
+    }
+}
+
+/// What an iOS app sends with a code request.
+#[derive(Debug, Clone, Copy)]
+pub struct AppAssertion<'a> {
+    /// The key id (base64 of 32 bytes), as `DCAppAttestService` gave it.
+    pub key_id: &'a str,
+    /// The assertion object (base64), as `generateAssertion` gave it.
+    pub assertion: &'a str,
+}
+
+/// A challenge to attest a key with.
+#[derive(Debug, Clone)]
+pub struct AttestChallenge {
+    /// The challenge: the app attests with SHA-256 of its UTF-8 bytes as `clientDataHash`.
+    pub challenge: String,
+    /// Seconds it works.
+    pub expires_in: u64,
+}
+
+/// A key attested (now or before).
+#[derive(Debug, Clone)]
+pub struct AttestedKeyInfo {
+    /// The key id, as sent.
+    pub key_id: String,
+    /// `production` or `development`.
+    pub environment: &'static str,
+    /// `false` when the key was attested before (nothing changed).
+    pub created: bool,
+}
+
+/// The outcome of one assertion check.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Verdict {
+    Pass,
+    /// Not an assertion, or its signature is not the key's over this login.
+    Fail,
+    /// No assertion.
+    Missing,
+    /// A key never attested here.
+    UnknownKey,
+    /// For another app than the key's.
+    WrongApp,
+    /// A development key after `APP_ATTEST_ENVIRONMENT` became `production`.
+    Environment,
+    /// A counter that did not go up: an assertion used before.
+    Replayed,
+}
+
+impl Verdict {
+    fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+            Verdict::Missing => "missing",
+            Verdict::UnknownKey => "unknown_key",
+            Verdict::WrongApp => "wrong_request",
+            Verdict::Environment => "environment",
+            Verdict::Replayed => "replayed",
+        }
+    }
+}
+
+/// A base64 field as apps send it: standard or URL-safe alphabet, padded or not.
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim().trim_end_matches('=');
+    let standard = text.replace('-', "+").replace('_', "/");
+    base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(standard)
+        .ok()
+}
+
+/// The key id in its stored form (standard base64, padded), if it is 32 bytes.
+fn key_id_of(text: &str) -> Option<(String, Vec<u8>)> {
+    let raw = decode_base64(text).filter(|k| k.len() == 32)?;
+    Some((STANDARD.encode(&raw), raw))
+}
+
+impl AuthService {
+    fn app_attest_gate(&self) -> Result<&AppAttestGate, Error> {
+        self.app_attest
+            .as_ref()
+            .filter(|g| g.mode != CaptchaMode::Off)
+            .ok_or(Error::NotFound)
+    }
+
+    /// A one-time challenge to attest a key with (404 when App Attest is off). Nothing is
+    /// stored until it is used: it carries its time and a MAC under the OTP pepper.
+    pub fn app_attest_challenge(&self) -> Result<AttestChallenge, Error> {
+        self.app_attest_gate()?;
+        let mut random = [0u8; 16];
+        rand::rng().fill(&mut random);
+        let body = format!(
+            "{}.{}",
+            Utc::now().timestamp(),
+            URL_SAFE_NO_PAD.encode(random)
+        );
+        let mac = &self.otp.keyed_hash("app-attest-challenge", &body)[..32];
+        Ok(AttestChallenge {
+            challenge: format!("{body}.{mac}"),
+            expires_in: CHALLENGE_SECONDS,
+        })
+    }
+
+    /// Whether `challenge` is one of ours, younger than [`CHALLENGE_SECONDS`] (not yet used:
+    /// the caller marks it).
+    fn challenge_is_ours(&self, challenge: &str) -> bool {
+        let Some((body, mac)) = challenge.rsplit_once('.') else {
+            return false;
+        };
+        let expected = self.otp.keyed_hash("app-attest-challenge", body);
+        if mac.len() != 32 || !bool::from(mac.as_bytes().ct_eq(&expected.as_bytes()[..32])) {
+            return false;
+        }
+        let Some(issued) = body
+            .split_once('.')
+            .and_then(|(at, _)| at.parse::<i64>().ok())
+        else {
+            return false;
+        };
+        let now = Utc::now().timestamp();
+        issued <= now + 60 && now - issued <= CHALLENGE_SECONDS as i64
+    }
+
+    /// Verifies and stores an App Attest key: `attestation` made with SHA-256 of `challenge`
+    /// (one of ours, used once). 403 `attestation_failed` when anything does not verify.
+    pub async fn attest_app_key(
+        &self,
+        key_id: &str,
+        attestation: &str,
+        challenge: &str,
+        client: &ClientInfo,
+    ) -> Result<AttestedKeyInfo, Error> {
+        let gate = self.app_attest_gate()?;
+        // Verifying costs a chain check and may write a row: limited per client like the
+        // Play Integrity checks.
+        let quotas = self.quotas.for_integrity(client.ip);
+        if !quotas.is_empty()
+            && let Err(refusal) = self.store.charge_quotas(&quotas).await?
+        {
+            self.metrics.refused(refusal.policy);
+            return Err(Error::from(refusal));
+        }
+        let refused = |reason: &str| {
+            tracing::info!(reason, "App Attest attestation refused");
+            self.count_app_attest("attestation_failed", gate);
+            self.event(EventKind::IntegrityFailed)
+                .client(client)
+                .detail("provider", "app_attest")
+                .detail("verdict", "attestation_failed")
+                .detail("reason", reason)
+                .detail("mode", gate.mode.as_str())
+                .emit();
+            Error::AttestationFailed
+        };
+        let (Some((stored_id, raw_id)), Some(object)) =
+            (key_id_of(key_id), decode_base64(attestation))
+        else {
+            return Err(refused("malformed"));
+        };
+        if !self.challenge_is_ours(challenge) {
+            return Err(refused("challenge"));
+        }
+        let client_data_hash: [u8; 32] = Sha256::digest(challenge.as_bytes()).into();
+        let now = u64::try_from(Utc::now().timestamp()).unwrap_or(0);
+        let key = match gate
+            .verifier
+            .attestation(&object, &raw_id, &client_data_hash, now)
+        {
+            Ok(key) => key,
+            Err(err) => return Err(refused(attest_reason(err))),
+        };
+        // A challenge works once, on every replica.
+        let seen = format!(
+            "aac:{}",
+            hex::encode(&Sha256::digest(challenge.as_bytes())[..16])
+        );
+        let ttl = Duration::from_secs(CHALLENGE_SECONDS + 60);
+        if !self.store.first_delivery(&seen, ttl).await? {
+            return Err(refused("challenge_reused"));
+        }
+        let created = self
+            .db_query(
+                "insert_app_attest_key",
+                db::app_attest::insert_key(
+                    &self.db,
+                    db::app_attest_key::Model {
+                        key_id: stored_id.clone(),
+                        public_key: hex::encode(&key.public_key),
+                        app_id: key.app_id.clone(),
+                        environment: key.environment.as_str().to_string(),
+                        counter: 0,
+                        created_at: Utc::now(),
+                        last_used_at: None,
+                    },
+                ),
+            )
+            .await?;
+        self.count_app_attest("attested", gate);
+        Ok(AttestedKeyInfo {
+            key_id: stored_id,
+            environment: key.environment.as_str(),
+            created,
+        })
+    }
+
+    /// Checks the App Attest assertion of a code request for `phone` (see the module). A
+    /// missing assertion is decided by [`AuthService::check_human`].
+    pub(super) async fn check_app_attest(
+        &self,
+        proof: AppAssertion<'_>,
+        phone: &Phone,
+        client: &ClientInfo,
+    ) -> Result<Gate, Error> {
+        let Ok(gate) = self.app_attest_gate() else {
+            return Ok(Gate::Undecided);
+        };
+        let enforce = gate.mode == CaptchaMode::Enforce;
+        let verdict = match self.judge_assertion(gate, proof, phone).await {
+            Ok(verdict) => verdict,
+            Err(err) if !enforce => {
+                tracing::warn!(error = %err, "App Attest assertion not checked");
+                return Ok(Gate::Undecided);
+            }
+            Err(err) => return Err(err),
+        };
+        self.count_app_attest(verdict.as_str(), gate);
+        if verdict == Verdict::Pass {
+            return Ok(if enforce {
+                Gate::Proven
+            } else {
+                Gate::Undecided
+            });
+        }
+        tracing::info!(phone = %phone.masked(), verdict = verdict.as_str(), mode = gate.mode.as_str(), "App Attest assertion did not pass");
+        self.event(EventKind::IntegrityFailed)
+            .phone(phone)
+            .client(client)
+            .detail("provider", "app_attest")
+            .detail("verdict", verdict.as_str())
+            .detail("mode", gate.mode.as_str())
+            .emit();
+        match verdict {
+            _ if !enforce => Ok(Gate::Undecided),
+            Verdict::UnknownKey => Err(Error::AttestationFailed),
+            _ => Err(Error::IntegrityFailed),
+        }
+    }
+
+    async fn judge_assertion(
+        &self,
+        gate: &AppAttestGate,
+        proof: AppAssertion<'_>,
+        phone: &Phone,
+    ) -> Result<Verdict, Error> {
+        let (Some((key_id, _)), Some(object)) =
+            (key_id_of(proof.key_id), decode_base64(proof.assertion))
+        else {
+            return Ok(Verdict::Fail);
+        };
+        let Some(key) = self
+            .db_query(
+                "find_app_attest_key",
+                db::app_attest::find_key(&self.db, &key_id),
+            )
+            .await?
+        else {
+            return Ok(Verdict::UnknownKey);
+        };
+        if key.environment == AttestEnvironment::Development.as_str() && !gate.allow_development {
+            return Ok(Verdict::Environment);
+        }
+        let Ok(public_key) = hex::decode(&key.public_key) else {
+            return Ok(Verdict::UnknownKey);
+        };
+        let previous = u32::try_from(key.counter).unwrap_or(u32::MAX);
+        let client_data = login_client_data(phone.as_str());
+        let counter = match gate.verifier.assertion(
+            &object,
+            &public_key,
+            &key.app_id,
+            client_data.as_bytes(),
+            previous,
+        ) {
+            Ok(counter) => counter,
+            Err(AttestError::Counter) => return Ok(Verdict::Replayed),
+            Err(AttestError::AppId) => return Ok(Verdict::WrongApp),
+            Err(_) => return Ok(Verdict::Fail),
+        };
+        // The counter moves forward once: the same assertion on two replicas passes on one.
+        let moved = self
+            .db_query(
+                "advance_app_attest_counter",
+                db::app_attest::advance_counter(&self.db, &key_id, i64::from(counter), Utc::now()),
+            )
+            .await?;
+        Ok(if moved {
+            Verdict::Pass
+        } else {
+            Verdict::Replayed
+        })
+    }
+
+    /// Whether the App Attest gate checks assertions (`shadow` or `enforce`).
+    pub(super) fn app_attest_on(&self) -> bool {
+        self.app_attest_gate().is_ok()
+    }
+
+    /// Counts a request without an assertion that an enforced App Attest gate refuses.
+    pub(super) fn count_app_attest_missing(&self) {
+        if let Some(gate) = &self.app_attest
+            && gate.mode == CaptchaMode::Enforce
+        {
+            self.count_app_attest(Verdict::Missing.as_str(), gate);
+        }
+    }
+
+    fn count_app_attest(&self, verdict: &str, gate: &AppAttestGate) {
+        self.metrics
+            .integrity_verdicts
+            .with_label_values(&["app_attest", verdict, gate.mode.as_str()])
+            .inc();
+    }
+}
+
+fn attest_reason(err: AttestError) -> &'static str {
+    match err {
+        AttestError::Malformed => "malformed",
+        AttestError::Chain => "certificate_chain",
+        AttestError::Nonce => "challenge",
+        AttestError::KeyId => "key_id",
+        AttestError::AppId => "app_id",
+        AttestError::Environment => "environment",
+        AttestError::Counter => "counter",
+        AttestError::Signature => "signature",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_ids_and_objects_decode_in_either_alphabet() {
+        let id = STANDARD.encode([0xfbu8; 32]);
+        assert!(id.contains('+') || id.contains('/'));
+        let url = id.replace('+', "-").replace('/', "_");
+        assert_eq!(key_id_of(&id).unwrap().0, id);
+        assert_eq!(key_id_of(&url).unwrap().0, id);
+        assert_eq!(key_id_of(url.trim_end_matches('=')).unwrap().0, id);
+        assert!(key_id_of(&STANDARD.encode([1u8; 31])).is_none());
+        assert!(key_id_of("not base64!").is_none());
+    }
+
+    #[test]
+    fn the_client_data_binds_the_number() {
+        assert_eq!(
+            login_client_data("+919876543210"),
+            "otpgate-login:+919876543210"
+        );
+    }
+}
