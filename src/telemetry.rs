@@ -344,9 +344,11 @@ impl Metrics {
             )?,
             integrity_verdicts: counter(
                 "otpgate_integrity_verdicts_total",
-                "Device integrity checks before a code is sent, by provider (play_integrity), \
-                 verdict (pass, fail, missing, wrong_request, stale, replayed, app_unrecognized, \
-                 device_integrity, unavailable) and mode (shadow, enforce).",
+                "Device integrity checks before a code is sent, by provider (play_integrity, \
+                 app_attest), verdict (pass, fail, missing, wrong_request, stale, replayed, \
+                 app_unrecognized, device_integrity, unavailable; for App Attest also \
+                 unknown_key, environment, and attested or attestation_failed for keys) and mode \
+                 (shadow, enforce).",
                 &["provider", "verdict", "mode"],
             )?,
             pumping_refusals: counter(

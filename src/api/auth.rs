@@ -111,12 +111,17 @@ pub struct LoginRequest {
     #[oai(nullable, skip_serializing_if_is_none)]
     pub app_attest_key_id: Option<AppAttestText>,
     /// iOS apps: an App Attest assertion (base64) made by that key with `clientDataHash` =
-    /// SHA-256 of `otpgate-login:` followed by the number in E.164. With the server's
+    /// SHA-256 of `otpgate-login:`, the number in E.164, `:` and `app_attest_challenge`
+    /// (`otpgate-login:+919876543210:1796025600.q8XG…`). With the server's
     /// `APP_ATTEST_MODE=enforce`, a passing assertion needs no captcha, a failing one is 403
     /// `integrity_failed` and a key the server does not know 403 `attestation_failed`. Each
     /// assertion works once.
     #[oai(nullable, skip_serializing_if_is_none)]
     pub app_attest_assertion: Option<AppAttestText>,
+    /// iOS apps: a challenge from `POST /api/auth/app-attest/challenge` (at most 5 minutes
+    /// old, used once), the end of the assertion's client data.
+    #[oai(nullable, skip_serializing_if_is_none)]
+    pub app_attest_challenge: Option<AttestChallengeText>,
     /// The language of the code message, a BCP 47 tag such as `es`, `pt-BR` or `hi`. Without it
     /// (or when the server has no template for it) the request's `Accept-Language`, then the
     /// number's country, then the server's default decide. Never an error.
@@ -187,6 +192,7 @@ impl Example for LoginRequest {
             integrity_token: None,
             app_attest_key_id: None,
             app_attest_assertion: None,
+            app_attest_challenge: None,
             locale: Some(LocaleText("en".into())),
         }
     }
@@ -621,6 +627,7 @@ impl AuthApi {
                 app_attest: app_assertion(
                     body.app_attest_key_id.as_deref(),
                     body.app_attest_assertion.as_deref(),
+                    body.app_attest_challenge.as_deref(),
                 ),
             },
         ))
@@ -744,9 +751,10 @@ impl AuthApi {
 
     /// Get an App Attest challenge
     ///
-    /// iOS apps: a one-time challenge to attest an App Attest key with (`attestKey` with
-    /// `clientDataHash` = SHA-256 of the challenge's UTF-8 bytes), valid `expires_in` seconds.
-    /// 404 when the server has no App Attest gate (`APP_ATTEST_APP_ID`).
+    /// iOS apps: a one-time challenge, valid `expires_in` seconds, to attest an App Attest key
+    /// with (`attestKey` with `clientDataHash` = SHA-256 of the challenge's UTF-8 bytes) or to
+    /// make the assertion of a code request with (see `app_attest_assertion` of `/login`). 404
+    /// when the server has no App Attest gate (`APP_ATTEST_APP_ID`).
     #[oai(
         path = "/app-attest/challenge",
         method = "post",
@@ -821,6 +829,7 @@ impl AuthApi {
                 app_attest: app_assertion(
                     body.app_attest_key_id.as_deref(),
                     body.app_attest_assertion.as_deref(),
+                    body.app_attest_challenge.as_deref(),
                 ),
             },
         ))
@@ -900,14 +909,19 @@ impl AuthApi {
     }
 }
 
-/// The App Attest fields of a code request, when the app sent either.
+/// The App Attest fields of a code request, when the app sent a key id or an assertion (empty
+/// ones count as absent, as an empty `integrity_token` does).
 fn app_assertion<'a>(
     key_id: Option<&'a str>,
     assertion: Option<&'a str>,
+    challenge: Option<&'a str>,
 ) -> Option<crate::auth::app_attest::AppAssertion<'a>> {
+    let key_id = key_id.filter(|t| !t.is_empty());
+    let assertion = assertion.filter(|t| !t.is_empty());
     (key_id.is_some() || assertion.is_some()).then(|| crate::auth::app_attest::AppAssertion {
         key_id: key_id.unwrap_or_default(),
         assertion: assertion.unwrap_or_default(),
+        challenge: challenge.unwrap_or_default(),
     })
 }
 
@@ -1016,6 +1030,9 @@ pub struct PhoneChangeRequest {
     /// An iOS app's App Attest assertion, as for `/login` (over the new number).
     #[oai(nullable, skip_serializing_if_is_none)]
     pub app_attest_assertion: Option<AppAttestText>,
+    /// The challenge the assertion carries, as for `/login`.
+    #[oai(nullable, skip_serializing_if_is_none)]
+    pub app_attest_challenge: Option<AttestChallengeText>,
     /// The language of the code message, as for `/login`.
     #[oai(nullable, skip_serializing_if_is_none)]
     pub locale: Option<LocaleText>,
@@ -1030,6 +1047,7 @@ impl Example for PhoneChangeRequest {
             integrity_token: None,
             app_attest_key_id: None,
             app_attest_assertion: None,
+            app_attest_challenge: None,
             locale: None,
         }
     }

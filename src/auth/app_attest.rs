@@ -4,10 +4,12 @@
 //! has Apple attest its Secure Enclave key with SHA-256 of that challenge, and sends the
 //! attestation ([`AuthService::attest_app_key`]): the chain to Apple's root, the app id, the
 //! key id and the challenge are checked here ([`crate::domain::app_attest`]) and the public key
-//! is stored (`app_attest_keys`). Each code request then carries an assertion over the
-//! login's client data, [`login_client_data`] (`otpgate-login:` ‖ the number in E.164), made
-//! with that key: its signature, app and counter are checked, and the counter is moved
-//! forward in the database (one statement, so a replayed assertion fails on every replica).
+//! is stored (`app_attest_keys`). Each code request then carries a fresh challenge and an
+//! assertion over the login's client data, [`login_client_data`] (`otpgate-login:`, the number
+//! in E.164, `:`, the challenge), made with that key: its signature, app, counter and
+//! challenge (ours, at most [`CHALLENGE_SECONDS`] old, used once) are checked, and the counter
+//! is moved forward in the database (one statement, so a replayed assertion fails on every
+//! replica).
 //!
 //! In `enforce` mode a passing assertion stands in for the captcha, a failing one is 403
 //! `integrity_failed`, an unknown key 403 `attestation_failed` (the app attests a new key);
@@ -34,12 +36,42 @@ use super::events::EventKind;
 use super::integrity::Gate;
 use super::sessions::ClientInfo;
 
-/// How long an attestation challenge works.
+/// How long a challenge works.
 pub const CHALLENGE_SECONDS: u64 = 300;
 
-/// The client data an app's assertion signs for a code request for `phone`.
-pub fn login_client_data(phone: &str) -> String {
-    format!("otpgate-login:{phone}")
+/// The client data an app's assertion signs for a code request for `phone` with `challenge`.
+pub fn login_client_data(phone: &str, challenge: &str) -> String {
+    format!("otpgate-login:{phone}:{challenge}")
+}
+
+/// A challenge issued at `now` (Unix seconds): the time, 16 random bytes (base64url) and a MAC
+/// of both (32 hex digits of `mac`'s answer).
+fn new_challenge(now: i64, random: &[u8; 16], mac: impl Fn(&str) -> String) -> String {
+    let body = format!("{now}.{}", URL_SAFE_NO_PAD.encode(random));
+    let tag = mac(&body);
+    format!("{body}.{}", &tag[..32.min(tag.len())])
+}
+
+/// Whether `challenge` carries a valid MAC and was issued at most [`CHALLENGE_SECONDS`] before
+/// `now` (and at most a minute after: clocks of replicas differ).
+fn challenge_fresh(challenge: &str, now: i64, mac: impl Fn(&str) -> String) -> bool {
+    let Some((body, tag)) = challenge.rsplit_once('.') else {
+        return false;
+    };
+    let expected = mac(body);
+    if tag.len() != 32
+        || expected.len() < 32
+        || !bool::from(tag.as_bytes().ct_eq(&expected.as_bytes()[..32]))
+    {
+        return false;
+    }
+    let Some(issued) = body
+        .split_once('.')
+        .and_then(|(at, _)| at.parse::<i64>().ok())
+    else {
+        return false;
+    };
+    issued <= now.saturating_add(60) && now.saturating_sub(issued) <= CHALLENGE_SECONDS as i64
 }
 
 /// The gate, when `APP_ATTEST_APP_ID` is set.
@@ -71,6 +103,8 @@ pub struct AppAssertion<'a> {
     pub key_id: &'a str,
     /// The assertion object (base64), as `generateAssertion` gave it.
     pub assertion: &'a str,
+    /// The challenge the assertion's client data carries.
+    pub challenge: &'a str,
 }
 
 /// A challenge to attest a key with.
@@ -107,8 +141,10 @@ enum Verdict {
     WrongApp,
     /// A development key after `APP_ATTEST_ENVIRONMENT` became `production`.
     Environment,
-    /// A counter that did not go up: an assertion used before.
+    /// A counter that did not go up, or a challenge used before: an assertion used before.
     Replayed,
+    /// A challenge that is not ours or older than [`CHALLENGE_SECONDS`].
+    Stale,
 }
 
 impl Verdict {
@@ -121,6 +157,7 @@ impl Verdict {
             Verdict::WrongApp => "wrong_request",
             Verdict::Environment => "environment",
             Verdict::Replayed => "replayed",
+            Verdict::Stale => "stale",
         }
     }
 }
@@ -148,42 +185,37 @@ impl AuthService {
             .ok_or(Error::NotFound)
     }
 
-    /// A one-time challenge to attest a key with (404 when App Attest is off). Nothing is
-    /// stored until it is used: it carries its time and a MAC under the OTP pepper.
+    /// A one-time challenge to attest a key or make an assertion with (404 when App Attest is
+    /// off). Nothing is stored until it is used: it carries its time and a MAC under the OTP
+    /// pepper.
     pub fn app_attest_challenge(&self) -> Result<AttestChallenge, Error> {
         self.app_attest_gate()?;
         let mut random = [0u8; 16];
         rand::rng().fill(&mut random);
-        let body = format!(
-            "{}.{}",
-            Utc::now().timestamp(),
-            URL_SAFE_NO_PAD.encode(random)
-        );
-        let mac = &self.otp.keyed_hash("app-attest-challenge", &body)[..32];
         Ok(AttestChallenge {
-            challenge: format!("{body}.{mac}"),
+            challenge: new_challenge(Utc::now().timestamp(), &random, |body| {
+                self.otp.keyed_hash("app-attest-challenge", body)
+            }),
             expires_in: CHALLENGE_SECONDS,
         })
     }
 
-    /// Whether `challenge` is one of ours, younger than [`CHALLENGE_SECONDS`] (not yet used:
-    /// the caller marks it).
+    /// Whether `challenge` is one of ours and fresh (not yet used: see
+    /// [`AuthService::spend_challenge`]).
     fn challenge_is_ours(&self, challenge: &str) -> bool {
-        let Some((body, mac)) = challenge.rsplit_once('.') else {
-            return false;
-        };
-        let expected = self.otp.keyed_hash("app-attest-challenge", body);
-        if mac.len() != 32 || !bool::from(mac.as_bytes().ct_eq(&expected.as_bytes()[..32])) {
-            return false;
-        }
-        let Some(issued) = body
-            .split_once('.')
-            .and_then(|(at, _)| at.parse::<i64>().ok())
-        else {
-            return false;
-        };
-        let now = Utc::now().timestamp();
-        issued <= now + 60 && now - issued <= CHALLENGE_SECONDS as i64
+        challenge_fresh(challenge, Utc::now().timestamp(), |body| {
+            self.otp.keyed_hash("app-attest-challenge", body)
+        })
+    }
+
+    /// Marks `challenge` used, on every replica: `false` when it was used before.
+    async fn spend_challenge(&self, challenge: &str) -> Result<bool, Error> {
+        let seen = format!(
+            "aac:{}",
+            hex::encode(&Sha256::digest(challenge.as_bytes())[..16])
+        );
+        let ttl = Duration::from_secs(CHALLENGE_SECONDS + 60);
+        Ok(self.store.first_delivery(&seen, ttl).await?)
     }
 
     /// Verifies and stores an App Attest key: `attestation` made with SHA-256 of `challenge`
@@ -235,12 +267,7 @@ impl AuthService {
             Err(err) => return Err(refused(attest_reason(err))),
         };
         // A challenge works once, on every replica.
-        let seen = format!(
-            "aac:{}",
-            hex::encode(&Sha256::digest(challenge.as_bytes())[..16])
-        );
-        let ttl = Duration::from_secs(CHALLENGE_SECONDS + 60);
-        if !self.store.first_delivery(&seen, ttl).await? {
+        if !self.spend_challenge(challenge).await? {
             return Err(refused("challenge_reused"));
         }
         let created = self
@@ -322,6 +349,9 @@ impl AuthService {
         else {
             return Ok(Verdict::Fail);
         };
+        if !self.challenge_is_ours(proof.challenge) {
+            return Ok(Verdict::Stale);
+        }
         let Some(key) = self
             .db_query(
                 "find_app_attest_key",
@@ -338,7 +368,7 @@ impl AuthService {
             return Ok(Verdict::UnknownKey);
         };
         let previous = u32::try_from(key.counter).unwrap_or(u32::MAX);
-        let client_data = login_client_data(phone.as_str());
+        let client_data = login_client_data(phone.as_str(), proof.challenge);
         let counter = match gate.verifier.assertion(
             &object,
             &public_key,
@@ -351,7 +381,11 @@ impl AuthService {
             Err(AttestError::AppId) => return Ok(Verdict::WrongApp),
             Err(_) => return Ok(Verdict::Fail),
         };
-        // The counter moves forward once: the same assertion on two replicas passes on one.
+        // The challenge works once, and the counter moves forward once: the same assertion on
+        // two replicas passes on one.
+        if !self.spend_challenge(proof.challenge).await? {
+            return Ok(Verdict::Replayed);
+        }
         let moved = self
             .db_query(
                 "advance_app_attest_counter",
@@ -363,6 +397,13 @@ impl AuthService {
         } else {
             Verdict::Replayed
         })
+    }
+
+    /// Whether the App Attest gate is enforced.
+    pub(super) fn app_attest_enforced(&self) -> bool {
+        self.app_attest
+            .as_ref()
+            .is_some_and(|g| g.mode == CaptchaMode::Enforce)
     }
 
     /// Whether the App Attest gate checks assertions (`shadow` or `enforce`).
@@ -417,10 +458,41 @@ mod tests {
     }
 
     #[test]
-    fn the_client_data_binds_the_number() {
+    fn the_client_data_binds_the_number_and_the_challenge() {
         assert_eq!(
-            login_client_data("+919876543210"),
-            "otpgate-login:+919876543210"
+            login_client_data("+919876543210", "1796025600.abc.0f"),
+            "otpgate-login:+919876543210:1796025600.abc.0f"
         );
+    }
+
+    #[test]
+    fn challenges_expire_and_cannot_be_forged() {
+        let mac = |body: &str| hex::encode(Sha256::digest(format!("key:{body}")));
+        let other = |body: &str| hex::encode(Sha256::digest(format!("other:{body}")));
+        let now = 1_796_025_600;
+        let c = new_challenge(now, &[7; 16], mac);
+        assert!(challenge_fresh(&c, now, mac));
+        assert!(challenge_fresh(&c, now + 300, mac));
+        assert!(!challenge_fresh(&c, now + 301, mac), "expired");
+        assert!(
+            challenge_fresh(&c, now - 60, mac),
+            "a replica a minute behind"
+        );
+        assert!(!challenge_fresh(&c, now - 61, mac), "from the future");
+        assert!(!challenge_fresh(&c, now, other), "another pepper");
+        // Another time under the same MAC.
+        let (body, tag) = c.rsplit_once('.').unwrap();
+        let later = body.replacen(&now.to_string(), &(now + 200).to_string(), 1);
+        assert!(!challenge_fresh(&format!("{later}.{tag}"), now + 400, mac));
+        for bad in [
+            "",
+            ".",
+            "x.y",
+            &format!("{body}."),
+            &format!("{body}.{}", &tag[..31]),
+        ] {
+            assert!(!challenge_fresh(bad, now, mac), "{bad:?}");
+        }
+        assert_ne!(c, new_challenge(now, &[8; 16], mac));
     }
 }

@@ -256,9 +256,11 @@ impl AuthService {
             .captcha
             .as_ref()
             .is_some_and(|c| c.mode == CaptchaMode::Enforce);
-        if !captcha_enforced && self.device_gate_enforced() {
-            // Nothing proven and no captcha to decide: an enforced device gate refuses (a
-            // proof checked by a gate in shadow mode proves nothing either).
+        // Nothing proven and no captcha to decide: an enforced device gate refuses (a proof
+        // checked by a gate in shadow mode proves nothing either), unless it is Play Integrity
+        // failing open on an outage.
+        let integrity_refuses = self.integrity_enforced() && !matches!(gate, Gate::FailedOpen);
+        if !captcha_enforced && (integrity_refuses || self.app_attest_enforced()) {
             if integrity.is_none() {
                 self.count_integrity_missing();
             }

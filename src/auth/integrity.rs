@@ -143,11 +143,14 @@ impl Verdict {
 
 /// What a device gate (Play Integrity, App Attest) decided.
 pub(super) enum Gate {
-    /// A pass in `enforce` mode: the device is proven, no captcha needed (also an outage the
-    /// Play Integrity gate fails open on, with no captcha behind it).
+    /// A pass in `enforce` mode: the device is proven, no captcha needed.
     Proven,
     /// Nothing proven (no gate, shadow, no token): the captcha gate decides.
     Undecided,
+    /// Google did not answer and `PLAY_INTEGRITY_FAIL_OPEN` lets the request on, with no
+    /// enforced captcha behind: nothing proven, but this gate does not refuse it (another
+    /// enforced device gate still does).
+    FailedOpen,
 }
 
 impl AuthService {
@@ -239,7 +242,7 @@ impl AuthService {
             // anyone on its own).
             Verdict::Unavailable if captcha_enforced => Ok(Gate::Undecided),
             // Fail-open and nothing behind: the login goes on unchecked.
-            Verdict::Unavailable if gate.fail_open => Ok(Gate::Proven),
+            Verdict::Unavailable if gate.fail_open => Ok(Gate::FailedOpen),
             Verdict::Refused if captcha_enforced => Ok(Gate::Undecided),
             Verdict::Unavailable | Verdict::Refused => Err(Error::IntegrityUnavailable),
             _ => Err(Error::IntegrityFailed),
@@ -253,15 +256,11 @@ impl AuthService {
             .is_some_and(|g| g.mode != CaptchaMode::Off)
     }
 
-    /// Whether a device gate (Play Integrity, App Attest) is enforced.
-    pub(super) fn device_gate_enforced(&self) -> bool {
+    /// Whether the Play Integrity gate is enforced.
+    pub(super) fn integrity_enforced(&self) -> bool {
         self.integrity
             .as_ref()
             .is_some_and(|g| g.mode == CaptchaMode::Enforce)
-            || self
-                .app_attest
-                .as_ref()
-                .is_some_and(|g| g.mode == CaptchaMode::Enforce)
     }
 
     /// Counts a request without a token that an enforced Play Integrity gate refuses.

@@ -400,7 +400,8 @@ impl AuthService {
     /// [`receipts`]), as does a fallback within the login (the code's channel).
     ///
     /// The database is read only for Telegram (the linked chat), so for the other channels the
-    /// answer is the same whether or not the number has an account.
+    /// answer is the same whether or not the number has an account (an App Attest assertion
+    /// reads and updates its key's row, which says nothing about the number).
     ///
     /// With a captcha gate, `captcha` is checked once the number is known to be acceptable and
     /// before any quota is charged or anything sent; test numbers skip it.

@@ -376,6 +376,18 @@ mod tests {
             var(&[id, ("APP_ATTEST_ROOT_CA_FILE", junk.to_str().unwrap())]),
             "APP_ATTEST_ROOT_CA_FILE"
         );
+        // Production trusts Apple's root only.
+        let pem = dir.join("root.pem");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            &pem,
+            crate::domain::app_attest::APPLE_ROOT_PEM.replace("\n", "\r\n"),
+        )
+        .unwrap();
+        let root = ("APP_ATTEST_ROOT_CA_FILE", pem.to_str().unwrap());
+        assert!(settings(&[id, root]).is_ok());
+        let err = settings(&[("ENVIRONMENT", "production"), id, root]).unwrap_err();
+        assert!(err.names("APP_ATTEST_ROOT_CA_FILE"), "{err}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

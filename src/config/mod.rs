@@ -238,6 +238,14 @@ impl Settings {
                 "production sends the captcha secret only over https://",
             );
         }
+        if let Some(a) = &self.app_attest
+            && a.root_pem != crate::domain::app_attest::APPLE_ROOT_PEM
+        {
+            refuse(
+                "APP_ATTEST_ROOT_CA_FILE",
+                "production trusts only Apple's App Attestation Root CA (another root is for tests)",
+            );
+        }
         if let Some(i) = &self.integrity {
             if !i.api_url.starts_with("https://") {
                 refuse(

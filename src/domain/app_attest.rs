@@ -106,7 +106,7 @@ pub struct AttestedKey {
     pub app_id: String,
     /// Which environment certified it.
     pub environment: AttestEnvironment,
-    /// Apple's receipt (for its fraud-metric service), kept as sent.
+    /// Apple's receipt (for its fraud-metric service), as sent (not stored by otpgate).
     pub receipt: Vec<u8>,
 }
 
@@ -515,8 +515,10 @@ fn cbor_item(input: &[u8], depth: u8) -> Result<(Cbor<'_>, &[u8]), AttestError> 
         }
         4 => {
             let mut rest = rest;
-            let mut items = Vec::with_capacity(len.ok_or(malformed)?);
-            for _ in 0..items.capacity() {
+            let count = len.ok_or(malformed)?;
+            // The count is bounded by the input, not by what it claims: reserve little.
+            let mut items = Vec::with_capacity(count.min(16));
+            for _ in 0..count {
                 let (item, after) = cbor_item(rest, depth + 1)?;
                 items.push(item);
                 rest = after;
@@ -528,7 +530,7 @@ fn cbor_item(input: &[u8], depth: u8) -> Result<(Cbor<'_>, &[u8]), AttestError> 
                 .filter(|n| n.saturating_mul(2) <= rest.len())
                 .ok_or(malformed)?;
             let mut rest = rest;
-            let mut entries = Vec::with_capacity(pairs);
+            let mut entries = Vec::with_capacity(pairs.min(16));
             for _ in 0..pairs {
                 let (key, after) = cbor_item(rest, depth + 1)?;
                 let (value, after) = cbor_item(after, depth + 1)?;
@@ -749,7 +751,7 @@ mod tests {
         // indefinite length, text that is not UTF-8, trailing bytes.
         for bad in [
             &[0x9a, 0xff, 0xff, 0xff, 0xff][..],
-            &[0xa1; 20][..],
+            &[[0x81; 20].as_slice(), &[0x00]].concat()[..],
             &[0x9f, 0x01, 0xff][..],
             &[0x62, 0xff, 0xfe][..],
             &[0x01, 0x02][..],

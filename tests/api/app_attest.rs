@@ -214,12 +214,24 @@ impl Device {
     /// Apple's attestation of this key for `app_id`, made with SHA-256 of `challenge`, issued
     /// by `ca` (whose root the server may or may not trust); `aaguid` names the environment.
     fn attestation(&self, ca: &Ca, app_id: &str, challenge: &str, aaguid: &[u8; 16]) -> String {
+        self.attestation_for(ca, app_id, challenge, aaguid, &self.key_id_raw())
+    }
+
+    /// The same, naming `credential_id` in the authenticator data (Apple names the key id).
+    fn attestation_for(
+        &self,
+        ca: &Ca,
+        app_id: &str,
+        challenge: &str,
+        aaguid: &[u8; 16],
+        credential_id: &[u8],
+    ) -> String {
         let mut auth_data = Sha256::digest(app_id.as_bytes()).to_vec();
         auth_data.push(0x40);
         auth_data.extend(0u32.to_be_bytes());
         auth_data.extend(aaguid);
-        auth_data.extend(32u16.to_be_bytes());
-        auth_data.extend(self.key_id_raw());
+        auth_data.extend((credential_id.len() as u16).to_be_bytes());
+        auth_data.extend(credential_id);
         // The COSE key follows (not read: the certificate's key is the one that counts).
         auth_data.extend(cbor_map(&[]));
         let nonce = Sha256::new()
@@ -254,10 +266,15 @@ impl Device {
         STANDARD.encode(object)
     }
 
-    /// An assertion over the login client data for `phone`, with the next counter.
-    fn assert_login(&mut self, phone: &str) -> String {
+    /// An assertion over the login client data for `phone` and `challenge`, with the next
+    /// counter.
+    fn assert_login(&mut self, phone: &str, challenge: &str) -> String {
         self.counter += 1;
-        self.assertion(APP_ID, &format!("otpgate-login:{phone}"), self.counter)
+        self.assertion(
+            APP_ID,
+            &format!("otpgate-login:{phone}:{challenge}"),
+            self.counter,
+        )
     }
 
     fn assertion(&self, app_id: &str, client_data: &str, counter: u32) -> String {
@@ -351,11 +368,30 @@ async fn attested(app: &TestApp, apple: &Apple, device: &Device) {
     assert_eq!(reply.status, 201, "{}", reply.body);
 }
 
-async fn login(app: &TestApp, base: &str, phone: &str, key_id: &str, assertion: &str) -> Reply {
+/// A code request of `device`, with a fresh challenge and assertion for `phone`.
+async fn device_login(app: &TestApp, base: &str, device: &mut Device, phone: &str) -> Reply {
+    let challenge = challenge(app).await;
+    let assertion = device.assert_login(phone, &challenge);
+    login(app, base, phone, &device.key_id(), &assertion, &challenge).await
+}
+
+async fn login(
+    app: &TestApp,
+    base: &str,
+    phone: &str,
+    key_id: &str,
+    assertion: &str,
+    challenge: &str,
+) -> Reply {
     app.post(
         base,
         "/api/auth/login",
-        json!({ "phone": phone, "app_attest_key_id": key_id, "app_attest_assertion": assertion }),
+        json!({
+            "phone": phone,
+            "app_attest_key_id": key_id,
+            "app_attest_assertion": assertion,
+            "app_attest_challenge": challenge,
+        }),
     )
     .await
 }
@@ -396,8 +432,9 @@ async fn an_attested_key_sends_a_code_once_per_assertion(backend: Backend) {
 
     // A fresh assertion over this login's number sends a code, and needs no captcha.
     let phone = unique_phone();
-    let assertion = device.assert_login(&phone);
-    let reply = login(&app, &app.a, &phone, &device.key_id(), &assertion).await;
+    let c = crate::app_attest::challenge(&app).await;
+    let assertion = device.assert_login(&phone, &c);
+    let reply = login(&app, &app.a, &phone, &device.key_id(), &assertion, &c).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let code = field(&reply.body, "otp_code").to_string();
     let tokens = app.verify(&app.a, &phone, &code).await;
@@ -405,52 +442,77 @@ async fn an_attested_key_sends_a_code_once_per_assertion(backend: Backend) {
     // The same assertion again, on the other replica: refused (the gate comes before the
     // resend cooldown); on another number its signature does not verify.
     let before = verdicts(&app, "replayed", "enforce").await;
-    login(&app, &app.b, &phone, &device.key_id(), &assertion)
+    login(&app, &app.b, &phone, &device.key_id(), &assertion, &c)
         .await
         .assert_problem(403, "integrity_failed");
     assert_eq!(verdicts(&app, "replayed", "enforce").await, before + 1.0);
     let other = unique_phone();
     let before = verdicts(&app, "fail", "enforce").await;
-    login(&app, &app.b, &other, &device.key_id(), &assertion)
+    login(&app, &app.b, &other, &device.key_id(), &assertion, &c)
         .await
         .assert_problem(403, "integrity_failed");
     assert_eq!(verdicts(&app, "fail", "enforce").await, before + 1.0);
+    // A new assertion (a higher counter) over a challenge used before: refused.
+    let again = device.assert_login(&other, &c);
+    login(&app, &app.a, &other, &device.key_id(), &again, &c)
+        .await
+        .assert_problem(403, "integrity_failed");
+    assert_eq!(verdicts(&app, "replayed", "enforce").await, 2.0);
+    // A challenge we never issued (or one too old: its MAC covers its time).
+    let invented = format!(
+        "{}.AAAAAAAAAAAAAAAAAAAAAA.{}",
+        chrono::Utc::now().timestamp(),
+        "0".repeat(32)
+    );
+    let forged = device.assert_login(&other, &invented);
+    login(&app, &app.a, &other, &device.key_id(), &forged, &invented)
+        .await
+        .assert_problem(403, "integrity_failed");
+    assert_eq!(verdicts(&app, "stale", "enforce").await, 1.0);
     // An assertion made for another number.
-    let stolen = device.assert_login(&unique_phone());
-    login(&app, &app.a, &other, &device.key_id(), &stolen)
+    let c = crate::app_attest::challenge(&app).await;
+    let stolen = device.assert_login(&unique_phone(), &c);
+    login(&app, &app.a, &other, &device.key_id(), &stolen, &c)
         .await
         .assert_problem(403, "integrity_failed");
     // For another app of the same team.
+    let c = crate::app_attest::challenge(&app).await;
     device.counter += 1;
     let wrong_app = device.assertion(
         "ABCDE12345.com.acme.other",
-        &format!("otpgate-login:{other}"),
+        &format!("otpgate-login:{other}:{c}"),
         device.counter,
     );
-    login(&app, &app.a, &other, &device.key_id(), &wrong_app)
+    login(&app, &app.a, &other, &device.key_id(), &wrong_app, &c)
         .await
         .assert_problem(403, "integrity_failed");
     // The next assertion still works (the counter only went up).
-    let next = device.assert_login(&other);
-    let reply = login(&app, &app.b, &other, &device.key_id(), &next).await;
+    let reply = device_login(&app, &app.b, &mut device, &other).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
 
     // A key this server never attested: the app must attest a new one.
     let mut stranger = Device::new();
     let fresh = unique_phone();
-    let assertion = stranger.assert_login(&fresh);
     let before = verdicts(&app, "unknown_key", "enforce").await;
-    login(&app, &app.a, &fresh, &stranger.key_id(), &assertion)
+    device_login(&app, &app.a, &mut stranger, &fresh)
         .await
         .assert_problem(403, "attestation_failed");
     assert_eq!(verdicts(&app, "unknown_key", "enforce").await, before + 1.0);
-    // Nothing at all (web, Android without a gate): no captcha gate to fall back to.
+    // Nothing at all (web, Android without a gate), or empty fields: no captcha gate to fall
+    // back to.
     let before = verdicts(&app, "missing", "enforce").await;
     app.post(&app.a, "/api/auth/login", json!({ "phone": fresh }))
         .await
         .assert_problem(403, "integrity_failed");
-    assert_eq!(verdicts(&app, "missing", "enforce").await, before + 1.0);
-    // Only one of the two fields, or fields that are not base64.
+    app.post(
+        &app.a,
+        "/api/auth/login",
+        json!({ "phone": fresh, "app_attest_key_id": "", "app_attest_assertion": "" }),
+    )
+    .await
+    .assert_problem(403, "integrity_failed");
+    assert_eq!(verdicts(&app, "missing", "enforce").await, before + 2.0);
+    // Only one of the fields, or fields that are not base64.
     let reply = app
         .post(
             &app.a,
@@ -478,7 +540,7 @@ async fn attestations_that_do_not_verify_are_refused(backend: Backend) {
     let refused = |reply: Reply| reply.assert_problem(403, "attestation_failed");
 
     // For another app.
-    let c = challenge(&app).await;
+    let c = crate::app_attest::challenge(&app).await;
     let other_app = device.attestation(
         &apple.intermediate,
         "ABCDE12345.com.acme.other",
@@ -487,13 +549,13 @@ async fn attestations_that_do_not_verify_are_refused(backend: Backend) {
     );
     refused(attest(&app, &app.a, &key_id, &other_app, &c).await);
     // Issued by a CA that does not chain to the trusted root.
-    let c = challenge(&app).await;
+    let c = crate::app_attest::challenge(&app).await;
     let impostor =
         Ca::root("Test App Attestation Root CA").intermediate("Test App Attestation CA 1");
     let forged = device.attestation(&impostor, APP_ID, &c, PRODUCTION);
     refused(attest(&app, &app.a, &key_id, &forged, &c).await);
     // Made with another challenge than the one sent, or a challenge we never issued.
-    let c = challenge(&app).await;
+    let c = crate::app_attest::challenge(&app).await;
     let made_with = challenge(&app).await;
     let other_challenge = device.attestation(&apple.intermediate, APP_ID, &made_with, PRODUCTION);
     refused(attest(&app, &app.a, &key_id, &other_challenge, &c).await);
@@ -504,12 +566,17 @@ async fn attestations_that_do_not_verify_are_refused(backend: Backend) {
     );
     let attestation = device.attestation(&apple.intermediate, APP_ID, &invented, PRODUCTION);
     refused(attest(&app, &app.a, &key_id, &attestation, &invented).await);
-    // Another key's id.
-    let c = challenge(&app).await;
+    // Another key's id; the certified key's id but another credential id in the
+    // authenticator data.
+    let c = crate::app_attest::challenge(&app).await;
     let attestation = device.attestation(&apple.intermediate, APP_ID, &c, PRODUCTION);
     refused(attest(&app, &app.a, &Device::new().key_id(), &attestation, &c).await);
+    let c = crate::app_attest::challenge(&app).await;
+    let other_credential =
+        device.attestation_for(&apple.intermediate, APP_ID, &c, PRODUCTION, &[7u8; 32]);
+    refused(attest(&app, &app.a, &key_id, &other_credential, &c).await);
     // A development build where production is required; accepted once development is allowed.
-    let c = challenge(&app).await;
+    let c = crate::app_attest::challenge(&app).await;
     let development = device.attestation(&apple.intermediate, APP_ID, &c, DEVELOPMENT);
     refused(attest(&app, &app.a, &key_id, &development, &c).await);
     let dev_app = app_with(
@@ -524,17 +591,15 @@ async fn attestations_that_do_not_verify_are_refused(backend: Backend) {
     assert_eq!(reply.status, 201, "{}", reply.body);
     assert_eq!(reply.body["environment"], json!("development"));
     // Garbage that is base64: refused, never a 500.
-    let c = challenge(&app).await;
+    let c = crate::app_attest::challenge(&app).await;
     refused(attest(&app, &app.a, &key_id, &STANDARD.encode(b"garbage"), &c).await);
     // The key was never stored: its assertions are for an unknown key.
     let mut device = device;
-    let phone = unique_phone();
-    let assertion = device.assert_login(&phone);
-    login(&app, &app.a, &phone, &key_id, &assertion)
+    device_login(&app, &app.a, &mut device, &unique_phone())
         .await
         .assert_problem(403, "attestation_failed");
     let failed = verdicts(&app, "attestation_failed", "enforce").await;
-    assert_eq!(failed, 7.0, "every refused attestation is counted");
+    assert_eq!(failed, 8.0, "every refused attestation is counted");
 
     // Without the gate, the endpoints do not exist.
     let plain = spawn_app_with(backend, &[]).await;
@@ -551,15 +616,14 @@ async fn shadow_refuses_nothing_and_opens_no_way_around_another_gate(backend: Ba
     attested(&app, &apple, &device).await;
     // A failing assertion is recorded, the code goes out.
     let phone = unique_phone();
-    let stolen = device.assert_login(&unique_phone());
+    let c = crate::app_attest::challenge(&app).await;
+    let stolen = device.assert_login(&unique_phone(), &c);
     let before = verdicts(&app, "fail", "shadow").await;
-    let reply = login(&app, &app.a, &phone, &device.key_id(), &stolen).await;
+    let reply = login(&app, &app.a, &phone, &device.key_id(), &stolen, &c).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(verdicts(&app, "fail", "shadow").await, before + 1.0);
     // A passing one too, and a request without any.
-    let phone = unique_phone();
-    let good = device.assert_login(&phone);
-    let reply = login(&app, &app.a, &phone, &device.key_id(), &good).await;
+    let reply = device_login(&app, &app.a, &mut device, &unique_phone()).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(verdicts(&app, "pass", "shadow").await, 1.0);
     let reply = app
@@ -579,23 +643,84 @@ async fn shadow_refuses_nothing_and_opens_no_way_around_another_gate(backend: Ba
         .into_iter()
         .chain(standin.settings())
         .collect();
-    let mut settings: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    settings.push(("APP_ATTEST_MODE", "shadow"));
-    let both = app_with(backend, &apple, &settings).await;
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut settings: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        settings.extend_from_slice(extra);
+        settings
+    };
+    let both = app_with(backend, &apple, &with(&[("APP_ATTEST_MODE", "shadow")])).await;
     attested(&both, &apple, &device).await;
-    let phone = unique_phone();
-    let good = device.assert_login(&phone);
-    login(&both, &both.a, &phone, &device.key_id(), &good)
+    device_login(&both, &both.a, &mut device, &unique_phone())
         .await
         .assert_problem(403, "integrity_failed");
     // Enforced App Attest beside enforced Play Integrity: the assertion alone is enough.
-    let mut settings: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    settings.push(("APP_ATTEST_MODE", "enforce"));
-    let both = app_with(backend, &apple, &settings).await;
+    let both = app_with(backend, &apple, &with(&[("APP_ATTEST_MODE", "enforce")])).await;
     let mut device = Device::new();
     attested(&both, &apple, &device).await;
-    let phone = unique_phone();
-    let good = device.assert_login(&phone);
-    let reply = login(&both, &both.a, &phone, &device.key_id(), &good).await;
+    let reply = device_login(&both, &both.a, &mut device, &unique_phone()).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    // Google down and Play Integrity failing open: a made-up integrity token does not get
+    // around the enforced App Attest gate.
+    let open = app_with(
+        backend,
+        &apple,
+        &with(&[("PLAY_INTEGRITY_FAIL_OPEN", "true")]),
+    )
+    .await;
+    standin.set_mode("google-decode", crate::standin::Mode::Status(503));
+    open.post(
+        &open.a,
+        "/api/auth/login",
+        json!({ "phone": unique_phone(), "integrity_token": "made-up" }),
+    )
+    .await
+    .assert_problem(403, "integrity_failed");
+    standin.set_mode("google-decode", crate::standin::Mode::Ok);
+
+    // With an enforced captcha: a request without an assertion solves it; a failing
+    // assertion is refused whatever the captcha says.
+    let owned: Vec<(&str, String)> = standin
+        .captcha_settings("turnstile", "enforce")
+        .into_iter()
+        .chain(standin.settings())
+        .collect();
+    let settings: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let captcha = app_with(backend, &apple, &settings).await;
+    let mut device = Device::new();
+    attested(&captcha, &apple, &device).await;
+    let reply = captcha
+        .post(
+            &captcha.a,
+            "/api/auth/login",
+            json!({ "phone": unique_phone(), "captcha_token": "pass" }),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    captcha
+        .post(
+            &captcha.a,
+            "/api/auth/login",
+            json!({ "phone": unique_phone() }),
+        )
+        .await
+        .assert_problem(403, "captcha_failed");
+    let c = challenge(&captcha).await;
+    let stolen = device.assert_login(&unique_phone(), &c);
+    let reply = captcha
+        .post(
+            &captcha.a,
+            "/api/auth/login",
+            json!({
+                "phone": unique_phone(),
+                "captcha_token": "pass",
+                "app_attest_key_id": device.key_id(),
+                "app_attest_assertion": stolen,
+                "app_attest_challenge": c,
+            }),
+        )
+        .await;
+    reply.assert_problem(403, "integrity_failed");
+    // A passing assertion needs no captcha.
+    let reply = device_login(&captcha, &captcha.a, &mut device, &unique_phone()).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
 }

@@ -222,7 +222,8 @@ async fn mariadb_tables_are_utf8mb4_binary_with_portable_types() {
             format!(
                 "SELECT TABLE_NAME AS t, ENGINE AS e, TABLE_COLLATION AS c \
                  FROM information_schema.TABLES WHERE TABLE_SCHEMA = '{}' \
-                 AND TABLE_NAME IN ('users', 'identities', 'audit_events', 'event_outbox') \
+                 AND TABLE_NAME IN ('users', 'identities', 'audit_events', 'event_outbox', \
+                 'app_attest_keys') \
                  ORDER BY TABLE_NAME",
                 database.name
             ),
@@ -242,6 +243,11 @@ async fn mariadb_tables_are_utf8mb4_binary_with_portable_types() {
     assert_eq!(
         tables,
         [
+            (
+                "app_attest_keys".into(),
+                "InnoDB".into(),
+                "utf8mb4_bin".into()
+            ),
             ("audit_events".into(), "InnoDB".into(), "utf8mb4_bin".into()),
             ("event_outbox".into(), "InnoDB".into(), "utf8mb4_bin".into()),
             ("identities".into(), "InnoDB".into(), "utf8mb4_bin".into()),
