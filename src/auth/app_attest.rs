@@ -162,6 +162,14 @@ impl Verdict {
     }
 }
 
+/// The store key that marks `challenge` used.
+fn challenge_key(challenge: &str) -> String {
+    format!(
+        "aac:{}",
+        hex::encode(&Sha256::digest(challenge.as_bytes())[..16])
+    )
+}
+
 /// A base64 field as apps send it: standard or URL-safe alphabet, padded or not.
 fn decode_base64(text: &str) -> Option<Vec<u8>> {
     let text = text.trim().trim_end_matches('=');
@@ -210,12 +218,11 @@ impl AuthService {
 
     /// Marks `challenge` used, on every replica: `false` when it was used before.
     async fn spend_challenge(&self, challenge: &str) -> Result<bool, Error> {
-        let seen = format!(
-            "aac:{}",
-            hex::encode(&Sha256::digest(challenge.as_bytes())[..16])
-        );
         let ttl = Duration::from_secs(CHALLENGE_SECONDS + 60);
-        Ok(self.store.first_delivery(&seen, ttl).await?)
+        Ok(self
+            .store
+            .first_delivery(&challenge_key(challenge), ttl)
+            .await?)
     }
 
     /// Verifies and stores an App Attest key: `attestation` made with SHA-256 of `challenge`
@@ -386,12 +393,27 @@ impl AuthService {
         if !self.spend_challenge(proof.challenge).await? {
             return Ok(Verdict::Replayed);
         }
-        let moved = self
+        let moved = match self
             .db_query(
                 "advance_app_attest_counter",
                 db::app_attest::advance_counter(&self.db, &key_id, i64::from(counter), Utc::now()),
             )
-            .await?;
+            .await
+        {
+            Ok(moved) => moved,
+            Err(err) => {
+                // The client retries with the same challenge: not a replay (the counter still
+                // lets the assertion through once, should the update have committed).
+                if let Err(forget) = self
+                    .store
+                    .forget_delivery(&challenge_key(proof.challenge))
+                    .await
+                {
+                    tracing::warn!(error = %forget, "a spent App Attest challenge stays spent");
+                }
+                return Err(err);
+            }
+        };
         Ok(if moved {
             Verdict::Pass
         } else {

@@ -259,7 +259,13 @@ impl AuthService {
         // Nothing proven and no captcha to decide: an enforced device gate refuses (a proof
         // checked by a gate in shadow mode proves nothing either), unless it is Play Integrity
         // failing open on an outage.
-        let integrity_refuses = self.integrity_enforced() && !matches!(gate, Gate::FailedOpen);
+        let failed_open = matches!(gate, Gate::FailedOpen);
+        if !captcha_enforced && failed_open && self.app_attest_enforced() {
+            // Letting the request on would let any client that claims to be Android around
+            // the enforced App Attest gate: the outage is an outage (503).
+            return Err(Error::IntegrityUnavailable);
+        }
+        let integrity_refuses = self.integrity_enforced() && !failed_open;
         if !captcha_enforced && (integrity_refuses || self.app_attest_enforced()) {
             if integrity.is_none() {
                 self.count_integrity_missing();

@@ -201,6 +201,8 @@ pub struct AppAttestSettings {
     /// `APP_ATTEST_ROOT_CA_FILE`: the root certificate (PEM) chains must end at; Apple's App
     /// Attestation Root CA when unset.
     pub root_pem: String,
+    /// Whether `APP_ATTEST_ROOT_CA_FILE` replaced Apple's root (refused in production).
+    pub root_replaced: bool,
 }
 
 impl AppAttestSettings {
@@ -253,7 +255,9 @@ impl AppAttestSettings {
                 ));
             }
         };
-        let root_pem = match env.get("APP_ATTEST_ROOT_CA_FILE") {
+        let root_file = env.get("APP_ATTEST_ROOT_CA_FILE");
+        let root_replaced = root_file.is_some();
+        let root_pem = match root_file {
             None => crate::domain::app_attest::APPLE_ROOT_PEM.to_string(),
             Some(path) => std::fs::read_to_string(path.trim())
                 .map_err(|e| invalid("APP_ATTEST_ROOT_CA_FILE", format!("cannot be read: {e}")))?,
@@ -265,6 +269,7 @@ impl AppAttestSettings {
             mode,
             allow_development,
             root_pem,
+            root_replaced,
         }))
     }
 }
@@ -376,14 +381,10 @@ mod tests {
             var(&[id, ("APP_ATTEST_ROOT_CA_FILE", junk.to_str().unwrap())]),
             "APP_ATTEST_ROOT_CA_FILE"
         );
-        // Production trusts Apple's root only.
+        // Production trusts Apple's built-in root only: no file, not even a copy of it.
         let pem = dir.join("root.pem");
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            &pem,
-            crate::domain::app_attest::APPLE_ROOT_PEM.replace("\n", "\r\n"),
-        )
-        .unwrap();
+        std::fs::write(&pem, crate::domain::app_attest::APPLE_ROOT_PEM).unwrap();
         let root = ("APP_ATTEST_ROOT_CA_FILE", pem.to_str().unwrap());
         assert!(settings(&[id, root]).is_ok());
         let err = settings(&[("ENVIRONMENT", "production"), id, root]).unwrap_err();

@@ -239,7 +239,7 @@ impl Settings {
             );
         }
         if let Some(a) = &self.app_attest
-            && a.root_pem != crate::domain::app_attest::APPLE_ROOT_PEM
+            && a.root_replaced
         {
             refuse(
                 "APP_ATTEST_ROOT_CA_FILE",

@@ -408,6 +408,14 @@ async fn verdicts(app: &TestApp, verdict: &str, mode: &str) -> f64 {
     total
 }
 
+/// Play Integrity checks Google could not answer, on instance A of `app`.
+async fn integrity_unavailable(app: &TestApp) -> f64 {
+    sample(
+        &metrics_text(app, &app.a).await,
+        "otpgate_integrity_verdicts_total{mode=\"enforce\",provider=\"play_integrity\",verdict=\"unavailable\"}",
+    )
+}
+
 async fn an_attested_key_sends_a_code_once_per_assertion(backend: Backend) {
     let apple = Apple::new();
     let app = app_with(backend, &apple, &[]).await;
@@ -660,21 +668,46 @@ async fn shadow_refuses_nothing_and_opens_no_way_around_another_gate(backend: Ba
     let reply = device_login(&both, &both.a, &mut device, &unique_phone()).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     // Google down and Play Integrity failing open: a made-up integrity token does not get
-    // around the enforced App Attest gate.
+    // around the enforced App Attest gate (the outage is a 503, as without fail-open). With
+    // Play Integrity alone, the same request goes on, and a shadow captcha still records.
     let open = app_with(
         backend,
         &apple,
         &with(&[("PLAY_INTEGRITY_FAIL_OPEN", "true")]),
     )
     .await;
+    let captcha_owned: Vec<(&str, String)> = owned
+        .iter()
+        .cloned()
+        .chain(standin.captcha_settings("turnstile", "shadow"))
+        .chain([("PLAY_INTEGRITY_FAIL_OPEN", "true".to_string())])
+        .collect();
+    let settings: Vec<(&str, &str)> = captcha_owned
+        .iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .collect();
+    let android_only = spawn_app_with(backend, &settings).await;
     standin.set_mode("google-decode", crate::standin::Mode::Status(503));
-    open.post(
-        &open.a,
-        "/api/auth/login",
-        json!({ "phone": unique_phone(), "integrity_token": "made-up" }),
-    )
-    .await
-    .assert_problem(403, "integrity_failed");
+    let made_up = |phone: String| json!({ "phone": phone, "integrity_token": "made-up" });
+    open.post(&open.a, "/api/auth/login", made_up(unique_phone()))
+        .await
+        .assert_problem(503, "integrity_unavailable");
+    assert_eq!(
+        integrity_unavailable(&open).await,
+        1.0,
+        "Google was asked and failed"
+    );
+    assert_eq!(verdicts(&open, "missing", "enforce").await, 0.0);
+    let reply = android_only
+        .post(&android_only.a, "/api/auth/login", made_up(unique_phone()))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(integrity_unavailable(&android_only).await, 1.0);
+    let shadow_captcha = sample(
+        &metrics_text(&android_only, &android_only.a).await,
+        "otpgate_captcha_verdicts_total{mode=\"shadow\",provider=\"turnstile\",verdict=\"missing\"}",
+    );
+    assert_eq!(shadow_captcha, 1.0, "the shadow captcha still records");
     standin.set_mode("google-decode", crate::standin::Mode::Ok);
 
     // With an enforced captcha: a request without an assertion solves it; a failing
