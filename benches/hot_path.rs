@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the work one login flow does in otpgate's own code: parsing the phone,
-//! hashing the code, signing and verifying tokens, decoding request bodies. Run with
+//! hashing the code, signing and verifying tokens, decoding request bodies, and what the App
+//! Attest gate adds (an assertion checked, an attestation checked). Run with
 //! `cargo bench --bench hot_path`; CI compiles them (`cargo bench --no-run`).
 
 use std::hint::black_box;
@@ -80,11 +81,50 @@ fn request_decoding(c: &mut Criterion) {
     });
 }
 
+/// Apple's own objects (tests/api/fixtures/app-attest): an assertion, checked at every gated
+/// login, and an attestation, checked once per install.
+fn app_attest(c: &mut Criterion) {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use otpgate::domain::app_attest::{APPLE_ROOT_PEM, Verifier};
+    use sha2::{Digest, Sha256};
+    let json = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap();
+    let field = |v: &serde_json::Value, k: &str| STANDARD.decode(v[k].as_str().unwrap()).unwrap();
+    let app = "V8H6LQ9448.io.uebelacker.AppAttestExample".to_string();
+    let verifier = Verifier::new(APPLE_ROOT_PEM, std::slice::from_ref(&app), false).unwrap();
+    let a = json(include_str!(
+        "../tests/api/fixtures/app-attest/assertion.json"
+    ));
+    let assertion = field(&a, "assertion");
+    let spki: String = a["publicKey"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let spki = STANDARD.decode(spki).unwrap();
+    let key = &spki[spki.len() - 65..];
+    let payload = a["payload"].as_str().unwrap().as_bytes();
+    c.bench_function("app_attest/assertion", |b| {
+        b.iter(|| verifier.assertion(black_box(&assertion), key, &app, payload, 0))
+    });
+    let p = json(include_str!(
+        "../tests/api/fixtures/app-attest/production.json"
+    ));
+    let (object, key_id) = (field(&p, "attestation"), field(&p, "keyId"));
+    let hash: [u8; 32] = Sha256::digest(field(&p, "challenge")).into();
+    // 2024-06-01, inside the sample leaf's validity.
+    c.bench_function("app_attest/attestation", |b| {
+        b.iter(|| verifier.attestation(black_box(&object), &key_id, &hash, 1_717_200_000))
+    });
+}
+
 criterion_group!(
     benches,
     phone_parsing,
     code_hashing,
     tokens,
-    request_decoding
+    request_decoding,
+    app_attest
 );
 criterion_main!(benches);

@@ -244,8 +244,9 @@ impl AuthService {
             (Some(token), _) if self.integrity_on() => {
                 self.check_integrity(token, phone, client).await?
             }
+            // Boxed: its database futures would otherwise grow every login's future.
             (_, Some(proof)) if self.app_attest_on() => {
-                self.check_app_attest(proof, phone, client).await?
+                Box::pin(self.check_app_attest(proof, phone, client)).await?
             }
             _ => Gate::Undecided,
         };
