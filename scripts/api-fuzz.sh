@@ -82,6 +82,7 @@ log "starting otpgate on 127.0.0.1:$port ($BACKEND backends)"
   WHATSAPP_BUSINESS_NUMBER=+15550001234 TELEGRAM_BOT_TOKEN=1:fuzz \
   TELEGRAM_API_BASE=http://127.0.0.1:9 TELEGRAM_WEBHOOK_SECRET=fuzz-secret \
   TELEGRAM_BOT_USERNAME=otpgate_fuzz_bot ADMIN_API_KEYS=fuzz-admin-key-0123456789abcdef \
+  APP_ATTEST_APP_ID=ABCDE12345.com.acme.app APP_ATTEST_MODE=shadow \
   "$bin" serve > "$work/server.log" 2>&1) &
 server_pid=$!
 base="http://127.0.0.1:$port"
