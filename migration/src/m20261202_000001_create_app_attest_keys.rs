@@ -27,6 +27,17 @@ impl MigrationTrait for Migration {
                     .col(instant_null(backend, AppAttestKeys::LastUsedAt))
                     .to_owned(),
             ))
+            .await?;
+        // Operators list the newest keys first.
+        manager
+            .create_index(
+                Index::create()
+                    .name("ix_app_attest_keys_created_at")
+                    .table(AppAttestKeys::Table)
+                    .col(AppAttestKeys::CreatedAt)
+                    .if_not_exists()
+                    .to_owned(),
+            )
             .await
     }
 

@@ -404,7 +404,105 @@ pub enum PumpingBlocksReply {
     Found(Json<PumpingBlocks>),
 }
 
+/// An attested App Attest key, as operators see it.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct AdminAppAttestKey {
+    /// The key id (standard base64).
+    pub key_id: String,
+    /// The app id it was attested for (`TEAMID.bundle.id`).
+    pub app_id: String,
+    /// `production` or `development`.
+    pub environment: String,
+    /// The counter of the last accepted assertion (0: none yet).
+    pub counter: i64,
+    /// When it was attested.
+    pub created_at: DateTime<Utc>,
+    /// When an assertion last passed.
+    #[oai(skip_serializing_if_is_none)]
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+impl From<crate::db::app_attest_key::Model> for AdminAppAttestKey {
+    fn from(k: crate::db::app_attest_key::Model) -> Self {
+        AdminAppAttestKey {
+            key_id: k.key_id,
+            app_id: k.app_id,
+            environment: k.environment,
+            counter: k.counter,
+            created_at: k.created_at,
+            last_used_at: k.last_used_at,
+        }
+    }
+}
+
+impl Example for AdminAppAttestKey {
+    fn example() -> Self {
+        AdminAppAttestKey {
+            key_id: "SC86LZmoFbL/KxWfezr7ihgEdLHK8ZrDbTwMtAkBCbM=".into(),
+            app_id: "ABCDE12345.com.acme.app".into(),
+            environment: "production".into(),
+            counter: 12,
+            created_at: DateTime::from_timestamp(1_767_225_600, 0).unwrap_or_default(),
+            last_used_at: DateTime::from_timestamp(1_767_227_400, 0),
+        }
+    }
+}
+
+/// App Attest keys.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct AppAttestKeys {
+    /// Newest first.
+    pub keys: Vec<AdminAppAttestKey>,
+}
+
+impl Example for AppAttestKeys {
+    fn example() -> Self {
+        AppAttestKeys {
+            keys: vec![AdminAppAttestKey::example()],
+        }
+    }
+}
+
+/// The keys found.
+#[derive(ApiResponse)]
+pub enum AppAttestKeysReply {
+    /// Newest first.
+    #[oai(status = 200)]
+    Found(Json<AppAttestKeys>),
+}
+
+/// A key to revoke.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct AppAttestRevokeRequest {
+    /// The key id (base64, either alphabet).
+    #[oai(validator(min_length = 1, max_length = 64))]
+    pub key_id: String,
+}
+
+impl Example for AppAttestRevokeRequest {
+    fn example() -> Self {
+        AppAttestRevokeRequest {
+            key_id: AdminAppAttestKey::example().key_id,
+        }
+    }
+}
+
 failures! {
+    /// `GET /admin/v1/app-attest/keys`.
+    AppAttestListFailures { BODY = false }: [
+        "unauthorized",
+        "not_found",
+        "database_unavailable",
+    ];
+    /// `POST /admin/v1/app-attest/keys/revoke`.
+    AppAttestRevokeFailures: [
+        "unauthorized",
+        "not_found",
+        "database_unavailable",
+    ];
     /// `GET /admin/v1/pumping/blocks`.
     PumpingListFailures { BODY = false }: [
         "unauthorized",
@@ -741,6 +839,58 @@ impl AdminApi {
                 &body.key,
                 std::time::Duration::from_secs(60 * u64::from(body.minutes)),
             )
+            .await?;
+        Ok(DoneReply::Done)
+    }
+
+    /// List App Attest keys
+    ///
+    /// The keys iOS apps attested (Apple App Attest), newest first, at most `limit` (default
+    /// 50, at most 100); with `key_id`, that key only.
+    #[oai(
+        path = "/app-attest/keys",
+        method = "get",
+        operation_id = "adminListAppAttestKeys"
+    )]
+    async fn app_attest_keys(
+        &self,
+        key: AdminKey,
+        /// One key id (base64, either alphabet).
+        key_id: Query<Option<String>>,
+        /// Keys to list (1 to 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
+        limit: Query<Option<u32>>,
+    ) -> Result<AppAttestKeysReply, Fails<AppAttestListFailures>> {
+        self.check(&key)?;
+        let limit = limit.0.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
+        let keys = self
+            .auth
+            .admin_app_attest_keys(key_id.0.as_deref(), u64::from(limit))
+            .await?;
+        Ok(AppAttestKeysReply::Found(Json(AppAttestKeys {
+            keys: keys.into_iter().map(AdminAppAttestKey::from).collect(),
+        })))
+    }
+
+    /// Revoke an App Attest key
+    ///
+    /// Its assertions are refused from now on, on every replica (403 `attestation_failed`: the
+    /// app attests a new key, which a device farm's cloned install cannot do without a genuine
+    /// device). 404 when there is no such key.
+    #[oai(
+        path = "/app-attest/keys/revoke",
+        method = "post",
+        operation_id = "adminRevokeAppAttestKey"
+    )]
+    async fn revoke_app_attest_key(
+        &self,
+        req: &Request,
+        key: AdminKey,
+        body: Body<AppAttestRevokeRequest>,
+    ) -> Result<DoneReply, Fails<AppAttestRevokeFailures>> {
+        let actor = self.check(&key)?;
+        self.auth
+            .admin_revoke_app_attest_key(&body.key_id, &actor, &client_info(req, None))
             .await?;
         Ok(DoneReply::Done)
     }

@@ -330,14 +330,14 @@ impl AuthService {
                 Gate::Undecided
             });
         }
-        tracing::info!(phone = %phone.masked(), verdict = verdict.as_str(), mode = gate.mode.as_str(), "App Attest assertion did not pass");
-        self.event(EventKind::IntegrityFailed)
-            .phone(phone)
-            .client(client)
-            .detail("provider", "app_attest")
-            .detail("verdict", verdict.as_str())
-            .detail("mode", gate.mode.as_str())
-            .emit();
+        let key_id = key_id_of(proof.key_id).map(|(stored, _)| stored);
+        self.device_check_failed(
+            "app_attest",
+            verdict.as_str(),
+            gate.mode,
+            (phone, key_id.as_deref()),
+            client,
+        );
         match verdict {
             _ if !enforce => Ok(Gate::Undecided),
             Verdict::UnknownKey => Err(Error::AttestationFailed),
@@ -419,6 +419,58 @@ impl AuthService {
         } else {
             Verdict::Replayed
         })
+    }
+
+    /// App Attest keys for operators, newest first, at most `limit`; only `key_id`'s when
+    /// given (either base64 alphabet; a key id that is not 32 bytes finds nothing).
+    pub async fn admin_app_attest_keys(
+        &self,
+        key_id: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<db::app_attest_key::Model>, Error> {
+        let key_id = match key_id {
+            Some(text) => match key_id_of(text) {
+                Some((stored, _)) => Some(stored),
+                None => return Ok(Vec::new()),
+            },
+            None => None,
+        };
+        self.db_query(
+            "list_app_attest_keys",
+            db::app_attest::list_keys(&self.db, key_id.as_deref(), limit),
+        )
+        .await
+    }
+
+    /// Revokes App Attest key `key_id`: its assertions are refused from now on, on every
+    /// replica (403 `attestation_failed`: the app attests a new key). 404 when there is no
+    /// such key.
+    pub async fn admin_revoke_app_attest_key(
+        &self,
+        key_id: &str,
+        actor: &super::admin::AdminActor,
+        client: &ClientInfo,
+    ) -> Result<(), Error> {
+        let Some((stored, _)) = key_id_of(key_id) else {
+            return Err(Error::NotFound);
+        };
+        let deleted = self
+            .db_query(
+                "delete_app_attest_key",
+                db::app_attest::delete_key(&self.db, &stored),
+            )
+            .await?;
+        if !deleted {
+            return Err(Error::NotFound);
+        }
+        tracing::info!(key_id = %stored, "App Attest key revoked by an operator");
+        self.event(EventKind::AdminAction)
+            .client(client)
+            .detail("action", "app_attest.revoke")
+            .detail("key_id", stored.as_str())
+            .detail("actor", actor.key_id.as_str())
+            .emit();
+        Ok(())
     }
 
     /// Whether the App Attest gate is enforced.

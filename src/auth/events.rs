@@ -49,8 +49,8 @@ pub enum EventKind {
     /// A captcha check before a code did not pass (`details.verdict`: fail, missing, low_score,
     /// unavailable; `details.mode`: shadow or enforce). Audit only; passes are not recorded.
     CaptchaFailed,
-    /// A Play Integrity check before a code did not pass (`details.verdict`, `details.mode`).
-    /// Audit only.
+    /// A device check before a code did not pass: Play Integrity or App Attest
+    /// (`details.provider`, `verdict`, `mode`, App Attest's `key_id`). Audit only.
     IntegrityFailed,
     /// A session was opened (`details.method`: a verified code, a login intent, the Telegram
     /// widget).

@@ -225,14 +225,13 @@ impl AuthService {
                 Gate::Undecided
             });
         }
-        tracing::info!(phone = %phone.masked(), verdict = verdict.as_str(), mode = gate.mode.as_str(), "integrity check did not pass");
-        self.event(EventKind::IntegrityFailed)
-            .phone(phone)
-            .client(client)
-            .detail("provider", "play_integrity")
-            .detail("verdict", verdict.as_str())
-            .detail("mode", gate.mode.as_str())
-            .emit();
+        self.device_check_failed(
+            "play_integrity",
+            verdict.as_str(),
+            gate.mode,
+            (phone, None),
+            client,
+        );
         if !enforce {
             return Ok(Gate::Undecided);
         }
@@ -247,6 +246,31 @@ impl AuthService {
             Verdict::Unavailable | Verdict::Refused => Err(Error::IntegrityUnavailable),
             _ => Err(Error::IntegrityFailed),
         }
+    }
+
+    /// Records a device check (Play Integrity, App Attest) that did not pass: a log line and an
+    /// `integrity.failed` audit event.
+    /// `key_id`: App Attest's key (for an operator to revoke it).
+    pub(super) fn device_check_failed(
+        &self,
+        provider: &'static str,
+        verdict: &'static str,
+        mode: CaptchaMode,
+        (phone, key_id): (&Phone, Option<&str>),
+        client: &ClientInfo,
+    ) {
+        tracing::info!(phone = %phone.masked(), provider, verdict, mode = mode.as_str(), "device check did not pass");
+        let mut event = self
+            .event(EventKind::IntegrityFailed)
+            .phone(phone)
+            .client(client)
+            .detail("provider", provider)
+            .detail("verdict", verdict)
+            .detail("mode", mode.as_str());
+        if let Some(key_id) = key_id {
+            event = event.detail("key_id", key_id);
+        }
+        event.emit();
     }
 
     /// Whether the Play Integrity gate checks tokens (`shadow` or `enforce`).

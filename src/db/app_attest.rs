@@ -2,7 +2,10 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, Set, SqlErr};
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    SqlErr,
+};
 
 use super::app_attest_key;
 
@@ -53,6 +56,31 @@ pub async fn advance_counter(
         .col_expr(app_attest_key::Column::LastUsedAt, Expr::value(at))
         .filter(app_attest_key::Column::KeyId.eq(key_id))
         .filter(app_attest_key::Column::Counter.lt(counter))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+/// The attested keys, newest first, at most `limit`; only `key_id`'s when given.
+pub async fn list_keys(
+    db: &DatabaseConnection,
+    key_id: Option<&str>,
+    limit: u64,
+) -> Result<Vec<app_attest_key::Model>, DbErr> {
+    let mut query = app_attest_key::Entity::find();
+    if let Some(key_id) = key_id {
+        query = query.filter(app_attest_key::Column::KeyId.eq(key_id));
+    }
+    query
+        .order_by_desc(app_attest_key::Column::CreatedAt)
+        .limit(limit)
+        .all(db)
+        .await
+}
+
+/// Deletes key `key_id`: whether there was one.
+pub async fn delete_key(db: &DatabaseConnection, key_id: &str) -> Result<bool, DbErr> {
+    let result = app_attest_key::Entity::delete_by_id(key_id.to_string())
         .exec(db)
         .await?;
     Ok(result.rows_affected == 1)

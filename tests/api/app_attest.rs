@@ -416,9 +416,21 @@ async fn integrity_unavailable(app: &TestApp) -> f64 {
     )
 }
 
+const ADMIN_KEY: &str = "admin-key-0123456789abcdef0123456789";
+
+/// An admin API call on instance A.
+async fn admin(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Reply {
+    app.call(&app.a, method, path, body, Some(ADMIN_KEY)).await
+}
+
 async fn an_attested_key_sends_a_code_once_per_assertion(backend: Backend) {
     let apple = Apple::new();
-    let app = app_with(backend, &apple, &[]).await;
+    let app = app_with(backend, &apple, &[("ADMIN_API_KEYS", ADMIN_KEY)]).await;
     let mut device = Device::new();
     let challenge = challenge(&app).await;
     let attestation = device.attestation(&apple.intermediate, APP_ID, &challenge, PRODUCTION);
@@ -538,6 +550,67 @@ async fn an_attested_key_sends_a_code_once_per_assertion(backend: Backend) {
         .await;
     reply.assert_problem(422, "invalid_field");
     assert_eq!(verdicts(&app, "pass", "enforce").await, 2.0);
+
+    // Operators list keys and revoke one: its next assertion is refused on every replica.
+    let listed = admin(
+        &app,
+        reqwest::Method::GET,
+        "/admin/v1/app-attest/keys",
+        None,
+    )
+    .await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let keys = listed.body["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1, "the stranger's key was never stored");
+    assert_eq!(keys[0]["key_id"], json!(device.key_id()));
+    assert_eq!(keys[0]["app_id"], json!(APP_ID));
+    assert_eq!(keys[0]["counter"], json!(device.counter));
+    let url_safe = device.key_id().replace('+', "-").replace('/', "_");
+    let one = admin(
+        &app,
+        reqwest::Method::GET,
+        &format!(
+            "/admin/v1/app-attest/keys?key_id={}",
+            url_safe.trim_end_matches('=')
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(
+        one.body["keys"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        one.body
+    );
+    let revoke = json!({ "key_id": device.key_id() });
+    let reply = admin(
+        &app,
+        reqwest::Method::POST,
+        "/admin/v1/app-attest/keys/revoke",
+        Some(revoke.clone()),
+    )
+    .await;
+    assert_eq!(reply.status, 204, "{}", reply.body);
+    device_login(&app, &app.b, &mut device, &unique_phone())
+        .await
+        .assert_problem(403, "attestation_failed");
+    admin(
+        &app,
+        reqwest::Method::POST,
+        "/admin/v1/app-attest/keys/revoke",
+        Some(revoke.clone()),
+    )
+    .await
+    .assert_problem(404, "not_found");
+    app.call(
+        &app.a,
+        reqwest::Method::POST,
+        "/admin/v1/app-attest/keys/revoke",
+        Some(revoke),
+        Some("wrong-key"),
+    )
+    .await
+    .assert_problem(401, "unauthorized");
 }
 
 async fn attestations_that_do_not_verify_are_refused(backend: Backend) {
