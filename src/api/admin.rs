@@ -494,6 +494,7 @@ failures! {
     /// `GET /admin/v1/app-attest/keys`.
     AppAttestListFailures { BODY = false }: [
         "unauthorized",
+        "invalid_request",
         "not_found",
         "database_unavailable",
     ];
@@ -874,7 +875,8 @@ impl AdminApi {
 
     /// Revoke an App Attest key
     ///
-    /// Its assertions are refused from now on, on every replica (403 `attestation_failed`: the
+    /// With `APP_ATTEST_MODE=enforce`, its assertions are refused from now on, on every replica
+    /// (403 `attestation_failed`: the
     /// app attests a new key, which a device farm's cloned install cannot do without a genuine
     /// device). 404 when there is no such key.
     #[oai(

@@ -173,7 +173,8 @@ fn challenge_key(challenge: &str) -> String {
 /// A base64 field as apps send it: standard or URL-safe alphabet, padded or not.
 fn decode_base64(text: &str) -> Option<Vec<u8>> {
     let text = text.trim().trim_end_matches('=');
-    let standard = text.replace('-', "+").replace('_', "/");
+    // A `+` pasted unencoded into a query string arrives as a space (never base64 itself).
+    let standard = text.replace('-', "+").replace('_', "/").replace(' ', "+");
     base64::engine::general_purpose::STANDARD_NO_PAD
         .decode(standard)
         .ok()
@@ -244,16 +245,21 @@ impl AuthService {
             self.metrics.refused(refusal.policy);
             return Err(Error::from(refusal));
         }
+        let named = key_id_of(key_id).map(|(stored, _)| stored);
         let refused = |reason: &str| {
             tracing::info!(reason, "App Attest attestation refused");
             self.count_app_attest("attestation_failed", gate);
-            self.event(EventKind::IntegrityFailed)
+            let mut event = self
+                .event(EventKind::IntegrityFailed)
                 .client(client)
                 .detail("provider", "app_attest")
                 .detail("verdict", "attestation_failed")
                 .detail("reason", reason)
-                .detail("mode", gate.mode.as_str())
-                .emit();
+                .detail("mode", gate.mode.as_str());
+            if let Some(named) = &named {
+                event = event.detail("app_attest_key_id", named.as_str());
+            }
+            event.emit();
             Error::AttestationFailed
         };
         let (Some((stored_id, raw_id)), Some(object)) =
@@ -414,10 +420,21 @@ impl AuthService {
                 return Err(err);
             }
         };
-        Ok(if moved {
-            Verdict::Pass
-        } else {
+        if moved {
+            return Ok(Verdict::Pass);
+        }
+        // Another replica took this counter first, or an operator revoked the key meanwhile.
+        let still_there = self
+            .db_query(
+                "find_app_attest_key",
+                db::app_attest::find_key(&self.db, &key_id),
+            )
+            .await?
+            .is_some();
+        Ok(if still_there {
             Verdict::Replayed
+        } else {
+            Verdict::UnknownKey
         })
     }
 
@@ -467,8 +484,9 @@ impl AuthService {
         self.event(EventKind::AdminAction)
             .client(client)
             .detail("action", "app_attest.revoke")
-            .detail("key_id", stored.as_str())
-            .detail("actor", actor.key_id.as_str())
+            .detail("app_attest_key_id", stored.as_str())
+            .detail("actor", "admin")
+            .detail("key_id", actor.key_id.as_str())
             .emit();
         Ok(())
     }

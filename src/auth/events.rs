@@ -50,7 +50,7 @@ pub enum EventKind {
     /// unavailable; `details.mode`: shadow or enforce). Audit only; passes are not recorded.
     CaptchaFailed,
     /// A device check before a code did not pass: Play Integrity or App Attest
-    /// (`details.provider`, `verdict`, `mode`, App Attest's `key_id`). Audit only.
+    /// (`details.provider`, `verdict`, `mode`, App Attest's `app_attest_key_id`). Audit only.
     IntegrityFailed,
     /// A session was opened (`details.method`: a verified code, a login intent, the Telegram
     /// widget).

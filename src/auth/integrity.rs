@@ -268,7 +268,7 @@ impl AuthService {
             .detail("verdict", verdict)
             .detail("mode", mode.as_str());
         if let Some(key_id) = key_id {
-            event = event.detail("key_id", key_id);
+            event = event.detail("app_attest_key_id", key_id);
         }
         event.emit();
     }

@@ -431,7 +431,13 @@ async fn admin(
 async fn an_attested_key_sends_a_code_once_per_assertion(backend: Backend) {
     let apple = Apple::new();
     let app = app_with(backend, &apple, &[("ADMIN_API_KEYS", ADMIN_KEY)]).await;
-    let mut device = Device::new();
+    // A key id with a `+` (half of them have one): operators paste such ids into query strings.
+    let mut device = loop {
+        let device = Device::new();
+        if device.key_id().contains('+') {
+            break device;
+        }
+    };
     let challenge = challenge(&app).await;
     let attestation = device.attestation(&apple.intermediate, APP_ID, &challenge, PRODUCTION);
     let reply = attest(&app, &app.a, &device.key_id(), &attestation, &challenge).await;
@@ -582,6 +588,40 @@ async fn an_attested_key_sends_a_code_once_per_assertion(backend: Backend) {
         "{}",
         one.body
     );
+    // The standard alphabet pasted unencoded (`+` arrives as a space), and bad requests.
+    let pasted = admin(
+        &app,
+        reqwest::Method::GET,
+        &format!(
+            "/admin/v1/app-attest/keys?key_id={}",
+            device.key_id().replace('=', "%3D")
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(
+        pasted.body["keys"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        pasted.body
+    );
+    admin(
+        &app,
+        reqwest::Method::GET,
+        "/admin/v1/app-attest/keys?limit=0",
+        None,
+    )
+    .await
+    .assert_problem(400, "invalid_request");
+    app.call(
+        &app.a,
+        reqwest::Method::GET,
+        "/admin/v1/app-attest/keys",
+        None,
+        Some("wrong-key"),
+    )
+    .await
+    .assert_problem(401, "unauthorized");
     let revoke = json!({ "key_id": device.key_id() });
     let reply = admin(
         &app,
