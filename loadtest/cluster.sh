@@ -35,7 +35,7 @@
 # killed (SHUTDOWN NOSAVE); only 503s may fail, no code accepted twice, and the rate must be back
 # within 5 s of a replica owning its slots with the cluster reporting cluster_state:ok. The report gives CPU µs per flow of the
 # replicas, Redis, the database (PostgreSQL or MariaDB) and nginx (utime+stime from /proc over
-# the measured phase).
+# the measured phase), and of the load generator itself (it shares the cores; it reads its own).
 # --smoke: 10 s, debug binaries, 2 replicas, modest load, the `full` scenario with the replay
 # check (used by .ci/run, once with --chaos sigterm). Exit status 1 when a check fails.
 # Environment: PG_OPTS (extra PostgreSQL -c options, e.g. "-c synchronous_commit=off"),
@@ -611,6 +611,9 @@ tick_us = 1e6 / int(os.environ["CLK_TCK"])
 cpu_per_flow = {g: None if before is None or after is None or g not in before or g not in after
                 else per_flow((after[g] - before[g]) * tick_us)
                 for g in ("replicas", "redis", os.environ["DB"], "nginx")}
+# The generator's own CPU (it shares the cores): reported by itself over the measured phase.
+gen_ticks = report.get("generator_cpu_ticks")
+cpu_per_flow["generator"] = None if gen_ticks is None else per_flow(gen_ticks * tick_us)
 print(f"Redis: {os.environ['REDIS']}; database: {os.environ['DB']}; CPU µs per flow: " + ", ".join(
     f"{g} {na(v, '{:.0f}')}" for g, v in cpu_per_flow.items())
     + (" — approximate: a process restarted" if chaos != "none" else ""))

@@ -7,7 +7,13 @@
 //! - **open** (`--rate R`): flows start at a constant R per second whatever the answers do, and a
 //!   flow's latency counts from when it was *due*, so a slow server cannot hide behind a
 //!   throttled generator (no coordinated omission). Flows that would exceed `--max-in-flight`
-//!   are counted as dropped, never silently skipped.
+//!   are counted as dropped, never silently skipped. A thread of its own starts each flow at its
+//!   time (the runtime's timer ticks in whole milliseconds); how late flows started anyway is
+//!   reported as `start lag`, and counts in the flow latency.
+//!
+//! The generator runs on one worker thread by default (`--threads`) and reports its own CPU
+//! over the measured phase (`generator_cpu_ticks`): on one machine it competes with what it
+//! measures.
 //!
 //! Every offered flow ends up in exactly one of four counts: completed, failed, dropped (open
 //! model, over `--max-in-flight`) or unfinished (still running when the `--drain` time after the
@@ -50,6 +56,8 @@ usage: otpgate-loadtest [options]
   --drain SECONDS       after the schedule, wait this long for flows in flight (default 30);
                         flows still running then count as unfinished
   --max-in-flight N     open model: flows beyond this many in flight are dropped (default 20000)
+  --threads N           the generator's worker threads (default 1: it shares the cores with
+                        what it measures; one thread does ~10k requests/s on its own)
   --users N             draw phones from N numbers (returning users); default: a new number per flow
   --replay-check        after each successful verify, present the same code again: it must fail
   --webhook-secret S    WHATSAPP_WEBHOOK_SECRET of the server (webhook scenario)
@@ -105,6 +113,7 @@ struct Args {
     drain: Duration,
     allow_errors: bool,
     max_in_flight: usize,
+    threads: usize,
     users: Option<u64>,
     replay_check: bool,
     webhook_secret: String,
@@ -123,6 +132,7 @@ fn parse_args() -> Result<Args, String> {
         drain: Duration::from_secs(30),
         allow_errors: false,
         max_in_flight: 20_000,
+        threads: 1,
         users: None,
         replay_check: false,
         webhook_secret: String::new(),
@@ -152,6 +162,7 @@ fn parse_args() -> Result<Args, String> {
             "--drain" => args.drain = seconds(&value("--drain")?)?,
             "--allow-errors" => args.allow_errors = true,
             "--max-in-flight" => args.max_in_flight = number(&value("--max-in-flight")?)?,
+            "--threads" => args.threads = number::<usize>(&value("--threads")?)?.max(1),
             "--users" => args.users = Some(number(&value("--users")?)?),
             "--replay-check" => args.replay_check = true,
             "--webhook-secret" => args.webhook_secret = value("--webhook-secret")?,
@@ -210,6 +221,8 @@ struct Recorder {
     flows: Mutex<Vec<u32>>,
     /// The same for failed flows (until the failure).
     failed_flows: Mutex<Vec<u32>>,
+    /// From when each flow was due until it started (the generator's own lateness), microseconds.
+    start_lags: Mutex<Vec<u32>>,
     /// When the measured phase starts (after the warm-up): the timeline's zero.
     measured_from: Instant,
     /// Measured flows; closed (no more updates) when the report is taken.
@@ -243,6 +256,7 @@ impl Recorder {
             steps: Mutex::new(BTreeMap::new()),
             flows: Mutex::new(Vec::new()),
             failed_flows: Mutex::new(Vec::new()),
+            start_lags: Mutex::new(Vec::new()),
             measured_from,
             counts: Mutex::new(Counts::default()),
             closed: AtomicBool::new(false),
@@ -289,6 +303,13 @@ impl Recorder {
             Some(503) => self.tick(2),
             Some(s) if s >= 500 => self.tick(3),
             _ => {}
+        }
+    }
+
+    /// A flow due at `due` starts now.
+    fn started(&self, due: Instant) {
+        if self.recording() {
+            lock(&self.start_lags).push(micros(due.elapsed()));
         }
     }
 
@@ -703,12 +724,17 @@ async fn run(args: Args) -> Value {
         webhook_secret: args.webhook_secret.clone(),
     });
     let in_flight = Arc::new(AtomicUsize::new(0));
+    let ticks_at_start = tokio::spawn(async move {
+        tokio::time::sleep_until(measured_from.into()).await;
+        own_cpu_ticks()
+    });
     let mut tasks = tokio::task::JoinSet::new();
     // One flow, due at `due`, in its own task-local measured/warm-up context.
     let scenario = args.scenario;
     let one_flow = move |driver: Arc<Driver>, in_flight: Arc<AtomicUsize>, due: Instant| {
         let measured = due >= measured_from;
         MEASURED.scope(measured, async move {
+            driver.recorder.started(due);
             let outcome = driver.flow(scenario).await;
             driver.recorder.flow_done(due, outcome);
             in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -716,30 +742,42 @@ async fn run(args: Args) -> Value {
     };
     match args.rate {
         Some(rate) => {
-            // Open model: flow i is due at start + i / rate.
-            let mut next: u64 = 0;
-            loop {
-                let now = Instant::now();
-                if now >= deadline {
-                    break;
-                }
-                let due_count = (now.duration_since(started).as_secs_f64() * rate) as u64;
-                while next <= due_count {
+            // Open model: flow i is due at start + i / rate. A thread of its own starts each
+            // flow at its time: the runtime's timer ticks in whole milliseconds, and the 1 ms
+            // sleep loop this replaced started flows up to 2 ms late, lateness that counted in
+            // every flow's latency although no server had seen the flow yet. What lateness
+            // remains (a starved box) still counts, and is reported apart as `start lag`.
+            let runtime = tokio::runtime::Handle::current();
+            let driver = driver.clone();
+            let in_flight = in_flight.clone();
+            let recorder = recorder.clone();
+            let max_in_flight = args.max_in_flight;
+            let scheduler = tokio::task::spawn_blocking(move || {
+                let mut tasks = tokio::task::JoinSet::new();
+                let mut next: u64 = 0;
+                loop {
                     let due = started + Duration::from_secs_f64(next as f64 / rate);
-                    next += 1;
                     if due >= deadline {
                         break;
                     }
+                    next += 1;
+                    let now = Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    }
                     let measured = due >= measured_from;
                     recorder.offered(measured);
-                    if in_flight.load(Ordering::Acquire) >= args.max_in_flight {
+                    if in_flight.load(Ordering::Acquire) >= max_in_flight {
                         recorder.dropped(measured);
                         continue;
                     }
                     in_flight.fetch_add(1, Ordering::AcqRel);
-                    tasks.spawn(one_flow(driver.clone(), in_flight.clone(), due));
+                    tasks.spawn_on(one_flow(driver.clone(), in_flight.clone(), due), &runtime);
                 }
-                tokio::time::sleep(Duration::from_millis(1)).await;
+                tasks
+            });
+            if let Ok(spawned) = scheduler.await {
+                tasks = spawned;
             }
         }
         None => {
@@ -770,9 +808,26 @@ async fn run(args: Args) -> Value {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let counts = recorder.close();
+    let cpu_ticks = match (own_cpu_ticks(), ticks_at_start.await) {
+        (Some(end), Ok(Some(start))) => Some(end.saturating_sub(start)),
+        _ => None,
+    };
     let elapsed = started.elapsed().as_secs_f64() - args.warmup.as_secs_f64();
     tasks.abort_all();
-    report(&args, &recorder, counts, elapsed)
+    let mut report = report(&args, &recorder, counts, elapsed);
+    // The generator competes for the same cores as what it measures: its own CPU over the
+    // measured phase, in clock ticks (`getconf CLK_TCK`), for `cluster.sh`.
+    report["generator_cpu_ticks"] = measured_or_null(cpu_ticks);
+    report
+}
+
+/// This process's user + system CPU so far, in clock ticks (`/proc/self/stat`, Linux only).
+fn own_cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // utime and stime are fields 14 and 15, i.e. the 12th and 13th after the name.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
 /// `value` as JSON, or `null` when it was not measured.
@@ -859,6 +914,7 @@ fn report(args: &Args, recorder: &Recorder, counts: Counts, elapsed: f64) -> Val
             "per_second": counts.completed as f64 / scheduled,
             "latency": summary(&mut lock(&recorder.flows)),
             "failed_latency": summary(&mut lock(&recorder.failed_flows)),
+            "start_lag": summary(&mut lock(&recorder.start_lags)),
         },
         "warmup": {
             "offered": warmup.offered,
@@ -926,6 +982,7 @@ fn print_table(report: &Value) {
     let mut rows: Vec<(String, &Value)> = vec![
         ("flow".into(), &flows["latency"]),
         ("flow (failed)".into(), &flows["failed_latency"]),
+        ("start lag".into(), &flows["start_lag"]),
     ];
     if let Some(steps) = report["steps"].as_object() {
         for (name, step) in steps {
@@ -995,6 +1052,7 @@ fn main() {
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads)
         .enable_all()
         .build()
     {
@@ -1034,6 +1092,7 @@ mod tests {
             drain: Duration::ZERO,
             allow_errors,
             max_in_flight: 1,
+            threads: 1,
             users: None,
             replay_check,
             webhook_secret: String::new(),
