@@ -111,6 +111,12 @@ export TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
 export TEST_MARIADB_URL="mysql://otpgate_admin:otpgate-test-admin@127.0.0.1:$mariadb_port/mysql"
 export OTPGATE_REQUIRE_BACKENDS=1
 
+# What the tests write to the temporary folder (databases, keys, configuration files, the
+# servers they start) goes in the work folder and leaves with it.
+mkdir -p "$work/tmp"
+chmod 1777 "$work/tmp"
+export TMPDIR="$work/tmp"
+
 log "cargo test"
 cargo test --locked --workspace --all-targets "$@" 2>&1 | tee "$work/cargo-test.log"
 
