@@ -532,6 +532,8 @@ impl AuthService {
             delivered = Some(Channel::Telegram);
         }
         let mut via_verify = false;
+        // A failure receipt that overtook the send's answer: its fallback runs before we answer.
+        let mut early_fallback = None;
         for (index, channel) in plan.iter().enumerate() {
             let Some(sender) = self.delivery.sender(*channel) else {
                 continue;
@@ -599,20 +601,21 @@ impl AuthService {
                         .iter()
                         .find_map(|c| self.delivery.sender(*c))
                         .map(|s| s.channel());
-                    self.record_sent(
-                        &sent,
-                        receipts::SentCode {
-                            channel: sender.channel(),
-                            phone: &phone,
-                            subject: &subjects.phone,
-                            hash: &issued.hash,
-                            next,
-                            locale: message.locale,
-                            mark: delivered_mark,
-                            ttl: issued.expires_in,
-                        },
-                    )
-                    .await;
+                    early_fallback = self
+                        .record_sent(
+                            &sent,
+                            receipts::SentCode {
+                                channel: sender.channel(),
+                                phone: &phone,
+                                subject: &subjects.phone,
+                                hash: &issued.hash,
+                                next,
+                                locale: message.locale,
+                                mark: delivered_mark,
+                                ttl: issued.expires_in,
+                            },
+                        )
+                        .await;
                     if sender.channel() == Channel::Sms && !via_verify {
                         let (encoding, segments) = sms_segments(&text);
                         self.metrics
@@ -646,6 +649,10 @@ impl AuthService {
             .detail("channel", channel.as_str())
             .detail("outcome", "sent")
             .emit();
+        if let Some(fallback) = early_fallback {
+            // Boxed: a rare path, kept out of every login's future.
+            Box::pin(self.fall_back(fallback)).await;
+        }
         Ok(LoginStarted {
             channel,
             expires_in: issued.expires_in.as_secs(),

@@ -14,6 +14,10 @@
 //!   carry over. The fallback is a send like any other: the send quotas (daily caps included)
 //!   and the pumping defence are charged first and may refuse it; when its own delivery fails,
 //!   the failed code is put back and the charges given back, and no further fallback follows.
+//! - A failure receipt can overtake the send's own answer (the provider reports before its
+//!   answer reaches us, or before the record is written): its status is kept for
+//!   [`EARLY_RECEIPT`] under the message id, and the record, once written, picks it up and
+//!   falls back then, within the login that sent the code.
 //! - The channel that delivered a code rides in its mark ([`crate::domain::routing`]), so a
 //!   verification counts for that channel: `otpgate_codes_verified_total{channel,country}` and
 //!   the conversion by which `OTP_ROUTING=conversion` picks a login's first channel.
@@ -30,6 +34,10 @@ use crate::delivery::{Channel, Destination, OtpMessage, Sent};
 use crate::domain::phone::Phone;
 use crate::domain::routing::{channel_of, with_channel};
 use crate::store::unix_ms;
+
+/// How long a failure receipt for a message not recorded yet is kept for its record (longer
+/// than any provider takes to answer a send).
+pub(crate) const EARLY_RECEIPT: Duration = Duration::from_secs(120);
 
 /// What is kept for a sent code under its message id (short names: one per send).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -109,13 +117,13 @@ impl AuthService {
     /// provider gave an id and its receipts can arrive (Twilio with a status callback, which is
     /// the only way its sender returns an id; WhatsApp with `WHATSAPP_WEBHOOK_SECRET`). One
     /// store write, on a send that already waited for a provider. Best effort: the code was
-    /// sent, so a store failure here only loses the fallback.
-    pub(super) async fn record_sent(&self, sent: &Sent, code: SentCode<'_>) {
-        let Some(id) = &sent.message_id else {
-            return;
-        };
+    /// sent, so a store failure here only loses the fallback. A failure receipt that came
+    /// before the record claims its fallback now: returned, for the caller to run.
+    #[must_use]
+    pub(super) async fn record_sent(&self, sent: &Sent, code: SentCode<'_>) -> Option<Fallback> {
+        let id = sent.message_id.as_ref()?;
         if code.channel == Channel::Whatsapp && self.messaging.whatsapp_webhook_secret.is_none() {
-            return;
+            return None;
         }
         let record = SentRecord {
             p: code.subject.to_string(),
@@ -129,15 +137,22 @@ impl AuthService {
             l: code.locale.to_string(),
             m: code.mark,
         };
-        let Ok(text) = serde_json::to_string(&record) else {
-            return;
-        };
-        if let Err(err) = self
+        let text = serde_json::to_string(&record).ok()?;
+        match self
             .store
             .put_receipt(&receipt_key(code.channel, id), &text, code.ttl)
             .await
         {
-            tracing::warn!(error = %err, channel = %code.channel, "a sent code was not recorded for its delivery receipts");
+            Ok(Some(status)) => {
+                tracing::info!(channel = %code.channel, status, "a delivery receipt came before its send's answer");
+                // Boxed: a rare path, kept out of every send's future.
+                Box::pin(self.delivery_receipt(code.channel, id, &status, true)).await
+            }
+            Ok(None) => None,
+            Err(err) => {
+                tracing::warn!(error = %err, channel = %code.channel, "a sent code was not recorded for its delivery receipts");
+                None
+            }
         }
     }
 
@@ -173,7 +188,9 @@ impl AuthService {
             return None;
         }
         let key = receipt_key(channel, message_id);
-        let text = match self.store.note_receipt(&key, status, false).await {
+        // A failure that may need its fallback is kept when the message is not recorded yet.
+        let early = (failed && self.delivery.receipt_fallback()).then_some(EARLY_RECEIPT);
+        let text = match self.store.note_receipt(&key, status, false, early).await {
             Ok(Some((text, _))) => text,
             Ok(None) => return None,
             Err(err) => {
@@ -193,7 +210,7 @@ impl AuthService {
             return None;
         }
         // Claimed once per message, however many receipts and replicas ask.
-        match self.store.note_receipt(&key, status, true).await {
+        match self.store.note_receipt(&key, status, true, None).await {
             Ok(Some((_, true))) => {}
             Ok(_) => return None,
             Err(err) => {
@@ -342,20 +359,22 @@ impl AuthService {
                     .with_label_values(&[to.as_str(), country])
                     .inc();
                 self.conversions.sent(country, to, unix_ms());
-                self.record_sent(
-                    &sent,
-                    SentCode {
-                        channel: to,
-                        phone: &phone,
-                        subject: &record.p,
-                        hash: &hash,
-                        next: None,
-                        locale: message.locale,
-                        mark,
-                        ttl,
-                    },
-                )
-                .await;
+                // The fallback's own record: it names no next channel, so nothing follows it.
+                let _ = self
+                    .record_sent(
+                        &sent,
+                        SentCode {
+                            channel: to,
+                            phone: &phone,
+                            subject: &record.p,
+                            hash: &hash,
+                            next: None,
+                            locale: message.locale,
+                            mark,
+                            ttl,
+                        },
+                    )
+                    .await;
                 tracing::info!(phone = %phone.masked(), from = %from, to = %to, "a failed delivery fell back to the next channel");
                 self.event(EventKind::OtpSent)
                     .phone(&phone)

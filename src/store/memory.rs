@@ -36,6 +36,7 @@ struct Code {
 }
 
 struct Receipt {
+    /// Empty while only an early receipt's status is kept (no record yet).
     record: String,
     status: String,
     claimed: bool,
@@ -416,20 +417,30 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn put_receipt(&self, key: &str, record: &str, ttl: Duration) -> Result<(), StoreError> {
+    async fn put_receipt(
+        &self,
+        key: &str,
+        record: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
         let (now, now_ms) = self.now();
         let mut inner = self.lock();
         inner.sweep(now, now_ms);
+        let early = inner
+            .receipts
+            .remove(key)
+            .filter(|r| r.expires > now && r.record.is_empty() && !r.status.is_empty())
+            .map(|r| r.status);
         inner.receipts.insert(
             key.to_string(),
             Receipt {
                 record: record.to_string(),
-                status: String::new(),
+                status: early.clone().unwrap_or_default(),
                 claimed: false,
                 expires: now + ttl,
             },
         );
-        Ok(())
+        Ok(early)
     }
 
     async fn note_receipt(
@@ -437,10 +448,31 @@ impl Store for MemoryStore {
         key: &str,
         status: &str,
         claim: bool,
+        early: Option<Duration>,
     ) -> Result<Option<(String, bool)>, StoreError> {
         let (now, _) = self.now();
         let mut inner = self.lock();
-        let Some(receipt) = inner.receipts.get_mut(key).filter(|r| r.expires > now) else {
+        let live = inner.receipts.get(key).is_some_and(|r| r.expires > now);
+        let recorded = live
+            && inner
+                .receipts
+                .get(key)
+                .is_some_and(|r| !r.record.is_empty());
+        if !recorded {
+            if let Some(early) = early {
+                inner.receipts.insert(
+                    key.to_string(),
+                    Receipt {
+                        record: String::new(),
+                        status: status.to_string(),
+                        claimed: false,
+                        expires: now + early,
+                    },
+                );
+            }
+            return Ok(None);
+        }
+        let Some(receipt) = inner.receipts.get_mut(key) else {
             return Ok(None);
         };
         receipt.status = status.to_string();

@@ -268,17 +268,26 @@ pub trait Store: Send + Sync + 'static {
     async fn mark_code(&self, phone: &str, code_hash: &str, mark: u64) -> Result<(), StoreError>;
 
     /// Keeps `record` (the domain's text) for message `key` that a provider accepted, for
-    /// `ttl`: its delivery receipts find it there.
-    async fn put_receipt(&self, key: &str, record: &str, ttl: Duration) -> Result<(), StoreError>;
+    /// `ttl`: its delivery receipts find it there. Returns the status of a receipt that came
+    /// first (kept by [`Store::note_receipt`] with `early`), now noted on the record.
+    async fn put_receipt(
+        &self,
+        key: &str,
+        record: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError>;
 
     /// Notes `status` on message `key` (its expiry unchanged): its record and whether this call
     /// claimed its fallback (asked with `claim`; once per message, however many replicas and
-    /// repeated receipts ask). `None` for an unknown or expired message.
+    /// repeated receipts ask). `None` for an unknown or expired message; with `early`, a
+    /// message not recorded yet (its receipt overtook the send's own answer) keeps `status`
+    /// that long for [`Store::put_receipt`].
     async fn note_receipt(
         &self,
         key: &str,
         status: &str,
         claim: bool,
+        early: Option<Duration>,
     ) -> Result<Option<(String, bool)>, StoreError>;
 
     /// Charges one event to every quota of `quotas`, atomically: all are charged (their states,
@@ -560,7 +569,12 @@ impl Store for Metered {
             .await
     }
 
-    async fn put_receipt(&self, key: &str, record: &str, ttl: Duration) -> Result<(), StoreError> {
+    async fn put_receipt(
+        &self,
+        key: &str,
+        record: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
         self.timed("put_receipt", self.inner.put_receipt(key, record, ttl))
             .await
     }
@@ -570,9 +584,13 @@ impl Store for Metered {
         key: &str,
         status: &str,
         claim: bool,
+        early: Option<Duration>,
     ) -> Result<Option<(String, bool)>, StoreError> {
-        self.timed("note_receipt", self.inner.note_receipt(key, status, claim))
-            .await
+        self.timed(
+            "note_receipt",
+            self.inner.note_receipt(key, status, claim, early),
+        )
+        .await
     }
 
     async fn charge_quotas(

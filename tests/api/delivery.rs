@@ -31,6 +31,7 @@ crate::on_both_backends!(
     twilio_status_callbacks_are_signed_and_counted,
     conversion_is_counted_per_country,
     a_failed_receipt_sends_a_new_code_by_the_next_channel_once,
+    a_failure_receipt_faster_than_the_send_still_falls_back,
     a_fallback_is_a_send_that_may_not_happen,
     a_failed_whatsapp_status_falls_back_to_sms,
     routing_by_conversion_prefers_the_channel_that_converts,
@@ -1025,6 +1026,40 @@ async fn a_failed_receipt_sends_a_new_code_by_the_next_channel_once(backend: Bac
         json!(phone2.trim_start_matches('+'))
     );
     assert_eq!(r.whatsapp_after_a_pause().await, 2, "nothing else sent");
+}
+
+/// Twilio reports the SMS `undelivered` before its answer to the send reaches us (the
+/// stand-in holds the answer back): the receipt is kept, and the record picks it up and
+/// falls back, once; the SMS's code stops working and the WhatsApp one verifies.
+async fn a_failure_receipt_faster_than_the_send_still_falls_back(backend: Backend) {
+    let r = ReceiptApp::start(backend, &[]).await;
+    r.standin
+        .set_mode("twilio", Mode::Hang(Duration::from_millis(700)));
+    let phone = unique_phone();
+    let (reply, ()) = tokio::join!(login_via(&r.app, &phone, None), async {
+        let sent = r.standin.wait_for("twilio", 1).await;
+        let sid = sent[0].message_id.clone().expect("a SID");
+        // Before the record, to the other replica; a `sent` after it changes nothing.
+        r.report_to(&r.app.b, &sid, "undelivered", &phone).await;
+        r.report_to(&r.app.b, &sid, "sent", &phone).await;
+    });
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["channel"], json!("sms"));
+    let first_code = reply.body["otp_code"].as_str().expect("code").to_string();
+    let whatsapp = r.standin.wait_for("whatsapp", 1).await;
+    let new_code = code_in(whatsapp[0].body["text"]["body"].as_str().expect("text"));
+    r.fallbacks("sent", 1.0).await;
+    // The SMS's answer came after the receipt; another receipt now sends nothing more.
+    let sid = message_id(&r.standin, "twilio", 0);
+    r.report(&sid, "undelivered", &phone).await;
+    assert_eq!(r.whatsapp_after_a_pause().await, 1, "one fallback");
+    if first_code != new_code {
+        r.app
+            .verify(&r.app.a, &phone, &first_code)
+            .await
+            .assert_problem(400, "invalid_otp");
+    }
+    assert_eq!(r.app.verify(&r.app.a, &phone, &new_code).await.status, 200);
 }
 
 /// No fallback for a code verified before its failure receipt (stale); a fallback whose own

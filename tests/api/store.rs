@@ -1225,25 +1225,79 @@ async fn spend_marker(store: &dyn Store, phone: &str, max_attempts: u32) -> Veri
 /// receipts ask, one claims the fallback; it expires.
 async fn receipts_note_statuses_and_claim_one_fallback(store: Arc<dyn Store>) {
     let id = format!("sms:SM{}", Uuid::new_v4().simple());
-    assert_eq!(store.note_receipt(&id, "sent", true).await.unwrap(), None);
+    assert_eq!(
+        store.note_receipt(&id, "sent", true, None).await.unwrap(),
+        None
+    );
     store
         .put_receipt(&id, "{\"p\":\"x\"}", Duration::from_millis(700))
         .await
         .unwrap();
     assert_eq!(
-        store.note_receipt(&id, "sent", false).await.unwrap(),
+        store.note_receipt(&id, "sent", false, None).await.unwrap(),
         Some(("{\"p\":\"x\"}".to_string(), false))
     );
-    let claims =
-        futures_util::future::join_all((0..8).map(|_| store.note_receipt(&id, "failed", true)))
-            .await;
+    let claims = futures_util::future::join_all(
+        (0..8).map(|_| store.note_receipt(&id, "failed", true, None)),
+    )
+    .await;
     let won = claims
         .into_iter()
         .filter(|c| matches!(c, Ok(Some((_, true)))))
         .count();
     assert_eq!(won, 1, "one claim");
     tokio::time::sleep(Duration::from_millis(900)).await;
-    assert_eq!(store.note_receipt(&id, "failed", true).await.unwrap(), None);
+    assert_eq!(
+        store.note_receipt(&id, "failed", true, None).await.unwrap(),
+        None
+    );
+
+    // A receipt before its record: kept only when asked, for as long as asked, and handed to
+    // the record once (noted on it as its status).
+    let id = format!("t:{}", Uuid::new_v4().simple());
+    let ttl = Duration::from_secs(60);
+    assert_eq!(
+        store
+            .note_receipt(&id, "failed", false, None)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(store.put_receipt(&id, "r1", ttl).await.unwrap(), None);
+    let id = format!("t:{}", Uuid::new_v4().simple());
+    let early = Some(Duration::from_secs(60));
+    assert_eq!(
+        store
+            .note_receipt(&id, "undelivered", false, early)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store.put_receipt(&id, "r2", ttl).await.unwrap().as_deref(),
+        Some("undelivered")
+    );
+    assert_eq!(
+        store.note_receipt(&id, "failed", true, None).await.unwrap(),
+        Some(("r2".to_string(), true)),
+        "the record is there, its fallback unclaimed"
+    );
+    assert_eq!(
+        store.put_receipt(&id, "r2", ttl).await.unwrap(),
+        None,
+        "handed over once"
+    );
+    let id = format!("t:{}", Uuid::new_v4().simple());
+    store
+        .note_receipt(&id, "failed", false, Some(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        store.put_receipt(&id, "r3", ttl).await.unwrap(),
+        None,
+        "expired"
+    );
 }
 
 fn pump(scope: Scope, budget: u32, min_volume: u32) -> PumpCheck {

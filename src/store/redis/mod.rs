@@ -570,15 +570,19 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn put_receipt(&self, key: &str, record: &str, ttl: Duration) -> Result<(), StoreError> {
+    async fn put_receipt(
+        &self,
+        key: &str,
+        record: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
         let mut invocation = self.receipt.prepare_invoke();
         invocation
             .key(self.key("rcpt", key))
             .arg("put")
             .arg(record)
             .arg(ttl_ms(ttl));
-        let _: i64 = self.invoke_as(&invocation).await?;
-        Ok(())
+        self.invoke_as(&invocation).await
     }
 
     async fn note_receipt(
@@ -586,13 +590,15 @@ impl Store for RedisStore {
         key: &str,
         status: &str,
         claim: bool,
+        early: Option<Duration>,
     ) -> Result<Option<(String, bool)>, StoreError> {
         let mut invocation = self.receipt.prepare_invoke();
         invocation
             .key(self.key("rcpt", key))
             .arg("note")
             .arg(status)
-            .arg(if claim { "1" } else { "0" });
+            .arg(if claim { "1" } else { "0" })
+            .arg(early.map_or(0, ttl_ms));
         let noted: Option<(String, i64)> = self.invoke_as(&invocation).await?;
         Ok(noted.map(|(record, claimed)| (record, claimed == 1)))
     }
