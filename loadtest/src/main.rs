@@ -151,8 +151,9 @@ fn parse_args() -> Result<Args, String> {
             }
             "--rate" => {
                 let rate: f64 = number(&value("--rate")?)?;
-                if rate <= 0.0 {
-                    return Err("--rate must be positive".into());
+                // Finite, and at least one flow a day (a flow's due time must be a duration).
+                if !rate.is_finite() || rate < 1.0 / 86_400.0 {
+                    return Err("--rate must be a positive number (at least one flow a day)".into());
                 }
                 args.rate = Some(rate);
             }
@@ -776,8 +777,11 @@ async fn run(args: Args) -> Value {
                 }
                 tasks
             });
-            if let Ok(spawned) = scheduler.await {
-                tasks = spawned;
+            match scheduler.await {
+                Ok(spawned) => tasks = spawned,
+                // Its flows were aborted with it: not a result to report.
+                Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+                Err(_) => {}
             }
         }
         None => {
@@ -818,6 +822,7 @@ async fn run(args: Args) -> Value {
     // The generator competes for the same cores as what it measures: its own CPU over the
     // measured phase, in clock ticks (`getconf CLK_TCK`), for `cluster.sh`.
     report["generator_cpu_ticks"] = measured_or_null(cpu_ticks);
+    report["generator_threads"] = json!(args.threads);
     report
 }
 

@@ -617,7 +617,7 @@ impl AuthApi {
         // Boxed here, once: the service's future (kilobytes: the store's and the database's
         // futures inside) would otherwise be copied into every boxed layer of the router.
         let client = sender_info(req, body.locale.as_ref());
-        let started = Box::pin(self.auth.login(
+        let mut started = Box::pin(self.auth.login(
             &body.phone,
             body.channel.map(Channel::from),
             &client,
@@ -632,6 +632,7 @@ impl AuthApi {
             },
         ))
         .await?;
+        self.auth.spawn_fallback(&mut started);
         Ok(LoginReply::sent(started))
     }
 
@@ -818,7 +819,7 @@ impl AuthApi {
     ) -> Result<LoginReply, Fails<PhoneChangeFailures>> {
         let claims = self.auth.authenticate(&auth.0.token).await?;
         let client = sender_info(req, body.locale.as_ref());
-        let started = Box::pin(self.auth.start_phone_change(
+        let mut started = Box::pin(self.auth.start_phone_change(
             &claims,
             &body.phone,
             body.channel.map(Channel::from),
@@ -834,6 +835,7 @@ impl AuthApi {
             },
         ))
         .await?;
+        self.auth.spawn_fallback(&mut started);
         Ok(LoginReply::sent(started))
     }
 

@@ -9,13 +9,17 @@
 //! in E.164, `:`, the challenge), made with that key: its signature, app, counter and
 //! challenge (ours, at most [`CHALLENGE_SECONDS`] old, used once) are checked, and the counter
 //! is moved forward in the database (one statement, so a replayed assertion fails on every
-//! replica).
+//! replica). A key's public half, app and environment never change, so each replica keeps
+//! those it has read ([`KEY_CACHE`] at most): a known key's assertion costs that one
+//! statement, and a revoked key (its row deleted) fails it on every replica at once.
 //!
 //! In `enforce` mode a passing assertion stands in for the captcha, a failing one is 403
 //! `integrity_failed`, an unknown key 403 `attestation_failed` (the app attests a new key);
 //! `shadow` records verdicts (`otpgate_integrity_verdicts_total{provider="app_attest"}`, audit
 //! event `integrity.failed`) and refuses nothing.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::Engine;
@@ -74,11 +78,46 @@ fn challenge_fresh(challenge: &str, now: i64, mac: impl Fn(&str) -> String) -> b
     issued <= now.saturating_add(60) && now.saturating_sub(issued) <= CHALLENGE_SECONDS as i64
 }
 
+/// Keys a replica keeps read (then it starts afresh).
+const KEY_CACHE: usize = 4096;
+
+/// What never changes about an attested key, as an assertion needs it.
+#[derive(Clone)]
+struct KnownKey {
+    public_key: Vec<u8>,
+    app_id: String,
+    development: bool,
+    /// The counter when last seen here: a floor (the database holds the truth).
+    counter: u32,
+}
+
 /// The gate, when `APP_ATTEST_APP_ID` is set.
 pub(super) struct AppAttestGate {
     pub(super) mode: CaptchaMode,
     allow_development: bool,
     verifier: Verifier,
+    keys: Mutex<HashMap<String, KnownKey>>,
+}
+
+impl AppAttestGate {
+    fn known(&self, key_id: &str) -> Option<KnownKey> {
+        self.keys.lock().ok()?.get(key_id).cloned()
+    }
+
+    fn remember(&self, key_id: &str, key: KnownKey) {
+        if let Ok(mut keys) = self.keys.lock() {
+            if keys.len() >= KEY_CACHE && !keys.contains_key(key_id) {
+                keys.clear();
+            }
+            keys.insert(key_id.to_string(), key);
+        }
+    }
+
+    fn forget(&self, key_id: &str) {
+        if let Ok(mut keys) = self.keys.lock() {
+            keys.remove(key_id);
+        }
+    }
 }
 
 impl AppAttestGate {
@@ -92,6 +131,7 @@ impl AppAttestGate {
                 settings.allow_development,
             )
             .map_err(Error::Internal)?,
+            keys: Mutex::new(HashMap::new()),
         })
     }
 }
@@ -365,29 +405,43 @@ impl AuthService {
         if !self.challenge_is_ours(proof.challenge) {
             return Ok(Verdict::Stale);
         }
-        let Some(key) = self
-            .db_query(
-                "find_app_attest_key",
-                db::app_attest::find_key(&self.db, &key_id),
-            )
-            .await?
-        else {
-            return Ok(Verdict::UnknownKey);
+        let key = match gate.known(&key_id) {
+            Some(key) => key,
+            None => {
+                let Some(row) = self
+                    .db_query(
+                        "find_app_attest_key",
+                        db::app_attest::find_key(&self.db, &key_id),
+                    )
+                    .await?
+                else {
+                    return Ok(Verdict::UnknownKey);
+                };
+                let Ok(public_key) = hex::decode(&row.public_key) else {
+                    return Ok(Verdict::UnknownKey);
+                };
+                let key = KnownKey {
+                    public_key,
+                    app_id: row.app_id,
+                    development: row.environment == AttestEnvironment::Development.as_str(),
+                    counter: u32::try_from(row.counter).unwrap_or(u32::MAX),
+                };
+                gate.remember(&key_id, key.clone());
+                key
+            }
         };
-        if key.environment == AttestEnvironment::Development.as_str() && !gate.allow_development {
+        if key.development && !gate.allow_development {
             return Ok(Verdict::Environment);
         }
-        let Ok(public_key) = hex::decode(&key.public_key) else {
-            return Ok(Verdict::UnknownKey);
-        };
-        let previous = u32::try_from(key.counter).unwrap_or(u32::MAX);
+        // A counter read earlier may be behind: the update below refuses one not above the
+        // stored counter, so a replay still passes only once.
         let client_data = login_client_data(phone.as_str(), proof.challenge);
         let counter = match gate.verifier.assertion(
             &object,
-            &public_key,
+            &key.public_key,
             &key.app_id,
             client_data.as_bytes(),
-            previous,
+            key.counter,
         ) {
             Ok(counter) => counter,
             Err(AttestError::Counter) => return Ok(Verdict::Replayed),
@@ -421,6 +475,7 @@ impl AuthService {
             }
         };
         if moved {
+            gate.remember(&key_id, KnownKey { counter, ..key });
             return Ok(Verdict::Pass);
         }
         // Another replica took this counter first, or an operator revoked the key meanwhile.
@@ -434,6 +489,7 @@ impl AuthService {
         Ok(if still_there {
             Verdict::Replayed
         } else {
+            gate.forget(&key_id);
             Verdict::UnknownKey
         })
     }

@@ -60,6 +60,9 @@ pub struct LoginStarted {
     pub exposed_code: Option<String>,
     /// The quotas this send was charged to, and where each stands now.
     pub quotas: (Vec<Quota>, Vec<QuotaState>),
+    /// A fallback a failure receipt claimed before the send's answer came: run it with
+    /// [`AuthService::spawn_fallback`] (in the background, not in the request).
+    pub fallback: Option<receipts::Fallback>,
 }
 
 /// How a user proved their number, as the audit's `login.succeeded` records it.
@@ -514,6 +517,7 @@ impl AuthService {
                 .detail("outcome", "blocked")
                 .emit();
             return Ok(LoginStarted {
+                fallback: None,
                 channel,
                 expires_in: issued.expires_in.as_secs(),
                 resend_after: issued.resend_after.as_secs(),
@@ -649,11 +653,8 @@ impl AuthService {
             .detail("channel", channel.as_str())
             .detail("outcome", "sent")
             .emit();
-        if let Some(fallback) = early_fallback {
-            // Boxed: a rare path, kept out of every login's future.
-            Box::pin(self.fall_back(fallback)).await;
-        }
         Ok(LoginStarted {
+            fallback: early_fallback,
             channel,
             expires_in: issued.expires_in.as_secs(),
             resend_after: issued.resend_after.as_secs(),
@@ -686,6 +687,7 @@ impl AuthService {
             .inc();
         tracing::info!(phone = %phone.masked(), channel = %channel, "test number: code not sent");
         Ok(LoginStarted {
+            fallback: None,
             channel,
             expires_in: issued.expires_in.as_secs(),
             resend_after: issued.resend_after.as_secs(),

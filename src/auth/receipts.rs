@@ -17,18 +17,19 @@
 //! - A failure receipt can overtake the send's own answer (the provider reports before its
 //!   answer reaches us, or before the record is written): its status is kept for
 //!   [`EARLY_RECEIPT`] under the message id, and the record, once written, picks it up and
-//!   falls back then, within the login that sent the code.
+//!   claims the fallback, which the login's caller runs in the background.
 //! - The channel that delivered a code rides in its mark ([`crate::domain::routing`]), so a
 //!   verification counts for that channel: `otpgate_codes_verified_total{channel,country}` and
 //!   the conversion by which `OTP_ROUTING=conversion` picks a login's first channel.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::AuthService;
 use super::events::EventKind;
 use super::sessions::ClientInfo;
+use super::{AuthService, LoginStarted};
 use crate::db;
 use crate::delivery::{Channel, Destination, OtpMessage, Sent};
 use crate::domain::phone::Phone;
@@ -71,11 +72,23 @@ pub(crate) struct SentCode<'a> {
 }
 
 /// A fallback a failed receipt claimed, to run in the background ([`AuthService::fall_back`]).
+/// Claimed once per message: dropping it unrun loses the fallback.
+#[must_use]
 pub struct Fallback {
     phone: Phone,
     from: Channel,
     to: Channel,
     record: SentRecord,
+}
+
+impl std::fmt::Debug for Fallback {
+    /// The channels only: the record holds the number (sealed) and the code's HMAC.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fallback")
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .finish_non_exhaustive()
+    }
 }
 
 /// XORs `bytes` with a key stream of 32 bytes (numbers are at most 16).
@@ -224,6 +237,15 @@ impl AuthService {
             to,
             record,
         })
+    }
+
+    /// Runs in the background the fallback a login claimed ([`LoginStarted::fallback`]): it
+    /// must not die with the request (its claim cannot be made again) nor hold it up.
+    pub fn spawn_fallback(self: &Arc<Self>, started: &mut LoginStarted) {
+        if let Some(fallback) = started.fallback.take() {
+            let auth = self.clone();
+            tokio::spawn(async move { auth.fall_back(fallback).await });
+        }
     }
 
     /// Sends a new code by the fallback's next channel, replacing the failed one while it is

@@ -189,7 +189,10 @@ impl Replier {
             )
             .await
         {
-            Ok(_) => None,
+            Ok(mut started) => {
+                self.auth.spawn_fallback(&mut started);
+                None
+            }
             Err(Error::RateLimited { retry_after, .. }) => Some(format!(
                 "Too many codes were asked for this number. Try again in {} minute(s).",
                 retry_after.div_ceil(60).max(1)

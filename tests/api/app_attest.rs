@@ -515,6 +515,15 @@ async fn an_attested_key_sends_a_code_once_per_assertion(backend: Backend) {
     // The next assertion still works (the counter only went up).
     let reply = device_login(&app, &app.b, &mut device, &other).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
+    // A replica reads a key once: the next assertion there is one statement (the counter's).
+    let reads = "otpgate_db_query_duration_seconds_count{query=\"find_app_attest_key\"}";
+    let moves = "otpgate_db_query_duration_seconds_count{query=\"advance_app_attest_counter\"}";
+    let before = metrics_text(&app, &app.b).await;
+    let reply = device_login(&app, &app.b, &mut device, &unique_phone()).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let after = metrics_text(&app, &app.b).await;
+    assert_eq!(sample(&after, reads), sample(&before, reads));
+    assert_eq!(sample(&after, moves), sample(&before, moves) + 1.0);
 
     // A key this server never attested: the app must attest a new one.
     let mut stranger = Device::new();
@@ -555,7 +564,7 @@ async fn an_attested_key_sends_a_code_once_per_assertion(backend: Backend) {
         )
         .await;
     reply.assert_problem(422, "invalid_field");
-    assert_eq!(verdicts(&app, "pass", "enforce").await, 2.0);
+    assert_eq!(verdicts(&app, "pass", "enforce").await, 3.0);
 
     // Operators list keys and revoke one: its next assertion is refused on every replica.
     let listed = admin(
@@ -631,9 +640,12 @@ async fn an_attested_key_sends_a_code_once_per_assertion(backend: Backend) {
     )
     .await;
     assert_eq!(reply.status, 204, "{}", reply.body);
-    device_login(&app, &app.b, &mut device, &unique_phone())
-        .await
-        .assert_problem(403, "attestation_failed");
+    // Both replicas had read the key: neither lets it through.
+    for base in [&app.b, &app.a] {
+        device_login(&app, base, &mut device, &unique_phone())
+            .await
+            .assert_problem(403, "attestation_failed");
+    }
     admin(
         &app,
         reqwest::Method::POST,

@@ -1029,12 +1029,12 @@ async fn a_failed_receipt_sends_a_new_code_by_the_next_channel_once(backend: Bac
 }
 
 /// Twilio reports the SMS `undelivered` before its answer to the send reaches us (the
-/// stand-in holds the answer back): the receipt is kept, and the record picks it up and
-/// falls back, once; the SMS's code stops working and the WhatsApp one verifies.
+/// stand-in holds the answer until both receipts were taken): the receipt is kept, and the
+/// record picks it up and falls back, once; the SMS's code stops working and the WhatsApp
+/// one verifies.
 async fn a_failure_receipt_faster_than_the_send_still_falls_back(backend: Backend) {
     let r = ReceiptApp::start(backend, &[]).await;
-    r.standin
-        .set_mode("twilio", Mode::Hang(Duration::from_millis(700)));
+    r.standin.set_mode("twilio", Mode::Held);
     let phone = unique_phone();
     let (reply, ()) = tokio::join!(login_via(&r.app, &phone, None), async {
         let sent = r.standin.wait_for("twilio", 1).await;
@@ -1042,6 +1042,12 @@ async fn a_failure_receipt_faster_than_the_send_still_falls_back(backend: Backen
         // Before the record, to the other replica; a `sent` after it changes nothing.
         r.report_to(&r.app.b, &sid, "undelivered", &phone).await;
         r.report_to(&r.app.b, &sid, "sent", &phone).await;
+        assert_eq!(
+            r.standin.requests("whatsapp").len(),
+            0,
+            "nothing falls back before the record"
+        );
+        r.standin.set_mode("twilio", Mode::Ok);
     });
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.body["channel"], json!("sms"));

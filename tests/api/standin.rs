@@ -50,6 +50,9 @@ pub enum Mode {
     FailTimes(u16, u32),
     /// Wait this long, then accept (longer than otpgate's timeout = a timeout).
     Hang(Duration),
+    /// Record the request, then hold the answer until the provider's mode is set to another
+    /// one ([`StandIn::set_mode`]), then accept: a test acts between the two.
+    Held,
 }
 
 /// One request as the stand-in saw it.
@@ -272,6 +275,16 @@ fn parse_form(body: &str) -> Value {
     Value::Object(map)
 }
 
+/// Waits while `provider` is [`Mode::Held`].
+async fn held(state: &Arc<Mutex<State>>, provider: &'static str) {
+    while matches!(
+        state.lock().expect("lock").modes.get(provider),
+        Some(Mode::Held)
+    ) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn handle(state: Arc<Mutex<State>>, mut req: Request) -> Response {
     let path = req.uri().path().to_string();
     if path == "/siteverify" {
@@ -334,6 +347,7 @@ async fn handle(state: Arc<Mutex<State>>, mut req: Request) -> Response {
             return json_response(status, json!({ "error": "scripted failure" }));
         }
         Mode::Hang(pause) => tokio::time::sleep(pause).await,
+        Mode::Held => held(&state, provider).await,
         Mode::Ok => {}
     }
     if req.method() != poem::http::Method::POST {
@@ -448,6 +462,7 @@ async fn twilio_verify(state: Arc<Mutex<State>>, mut req: Request) -> Response {
             );
         }
         Mode::Hang(pause) => tokio::time::sleep(pause).await,
+        Mode::Held => held(&state, "verify").await,
         Mode::Ok => {}
     }
     let refuse = |message: String| {
@@ -841,6 +856,7 @@ async fn google(state: Arc<Mutex<State>>, mut req: Request) -> Response {
             );
         }
         Mode::Hang(pause) => tokio::time::sleep(pause).await,
+        Mode::Held => held(&state, "google").await,
         Mode::Ok => {}
     }
     if req.method() != poem::http::Method::POST {

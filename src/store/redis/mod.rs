@@ -17,7 +17,7 @@
 //! | `rl:<quota key>` | every other quota bucket (IP, number block, country, global, intents): one slot each |
 //! | `{s:<session id>}:revoked`, `{s:…}:spent:<token id>` | a session's revocation and its spent refresh tokens |
 //! | `intent:<id>`, `seen:<event id>` | login intents, inbound webhook events already handled |
-//! | `rcpt:<channel>:<message id>` | a sent code's delivery record (its phone as the keyed hash, the code's HMAC, the next channel), until the code expires |
+//! | `rcpt:<channel>:<message id>` | a sent code's delivery record (its phone as the keyed hash, the code's HMAC, the next channel), until the code expires; or, for two minutes, a failure receipt that came before its record |
 //! | `{pump:<scope>:<key>}`, `pump:blocks` | the SMS-pumping counters of one country, number prefix or client network (one slot each), and the index of their blocks |
 //!
 //! # Atomicity per operation
