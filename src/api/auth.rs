@@ -167,6 +167,10 @@ pub enum LoginReply {
 impl LoginReply {
     /// The answer to a code on its way (a login, or the start of a number change).
     fn sent(started: crate::auth::LoginStarted) -> Self {
+        debug_assert!(
+            started.early_receipt.is_none(),
+            "AuthService::spawn_fallback first"
+        );
         let (policy, current) = headers(&started.quotas.0, &started.quotas.1).unzip();
         LoginReply::Sent(
             Json(LoginResponse {

@@ -533,6 +533,9 @@ impl AuthService {
                 db::app_attest::delete_key(&self.db, &stored),
             )
             .await?;
+        if let Some(gate) = &self.app_attest {
+            gate.forget(&stored);
+        }
         if !deleted {
             return Err(Error::NotFound);
         }

@@ -60,9 +60,9 @@ pub struct LoginStarted {
     pub exposed_code: Option<String>,
     /// The quotas this send was charged to, and where each stands now.
     pub quotas: (Vec<Quota>, Vec<QuotaState>),
-    /// A fallback a failure receipt claimed before the send's answer came: run it with
-    /// [`AuthService::spawn_fallback`] (in the background, not in the request).
-    pub fallback: Option<receipts::Fallback>,
+    /// A failure receipt that came before the send's answer: its fallback is claimed and run
+    /// by [`AuthService::spawn_fallback`] (in the background, not in the request).
+    pub early_receipt: Option<receipts::EarlyReceipt>,
 }
 
 /// How a user proved their number, as the audit's `login.succeeded` records it.
@@ -517,7 +517,7 @@ impl AuthService {
                 .detail("outcome", "blocked")
                 .emit();
             return Ok(LoginStarted {
-                fallback: None,
+                early_receipt: None,
                 channel,
                 expires_in: issued.expires_in.as_secs(),
                 resend_after: issued.resend_after.as_secs(),
@@ -536,8 +536,8 @@ impl AuthService {
             delivered = Some(Channel::Telegram);
         }
         let mut via_verify = false;
-        // A failure receipt that overtook the send's answer: its fallback runs before we answer.
-        let mut early_fallback = None;
+        // A failure receipt that overtook the send's answer: acted on once we answered.
+        let mut early_receipt = None;
         for (index, channel) in plan.iter().enumerate() {
             let Some(sender) = self.delivery.sender(*channel) else {
                 continue;
@@ -605,7 +605,7 @@ impl AuthService {
                         .iter()
                         .find_map(|c| self.delivery.sender(*c))
                         .map(|s| s.channel());
-                    early_fallback = self
+                    early_receipt = self
                         .record_sent(
                             &sent,
                             receipts::SentCode {
@@ -654,7 +654,7 @@ impl AuthService {
             .detail("outcome", "sent")
             .emit();
         Ok(LoginStarted {
-            fallback: early_fallback,
+            early_receipt,
             channel,
             expires_in: issued.expires_in.as_secs(),
             resend_after: issued.resend_after.as_secs(),
@@ -687,7 +687,7 @@ impl AuthService {
             .inc();
         tracing::info!(phone = %phone.masked(), channel = %channel, "test number: code not sent");
         Ok(LoginStarted {
-            fallback: None,
+            early_receipt: None,
             channel,
             expires_in: issued.expires_in.as_secs(),
             resend_after: issued.resend_after.as_secs(),

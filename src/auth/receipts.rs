@@ -16,8 +16,8 @@
 //!   the failed code is put back and the charges given back, and no further fallback follows.
 //! - A failure receipt can overtake the send's own answer (the provider reports before its
 //!   answer reaches us, or before the record is written): its status is kept for
-//!   [`EARLY_RECEIPT`] under the message id, and the record, once written, picks it up and
-//!   claims the fallback, which the login's caller runs in the background.
+//!   [`EARLY_RECEIPT`] under the message id, and the record, once written, picks it up; the
+//!   login's caller then claims and runs its fallback in the background.
 //! - The channel that delivered a code rides in its mark ([`crate::domain::routing`]), so a
 //!   verification counts for that channel: `otpgate_codes_verified_total{channel,country}` and
 //!   the conversion by which `OTP_ROUTING=conversion` picks a login's first channel.
@@ -69,6 +69,15 @@ pub(crate) struct SentCode<'a> {
     pub locale: &'a str,
     pub mark: u64,
     pub ttl: Duration,
+}
+
+/// A failure receipt that came before its send was recorded (so before the send's login
+/// answered): its fallback is claimed and run by [`AuthService::spawn_fallback`].
+#[derive(Debug)]
+pub struct EarlyReceipt {
+    channel: Channel,
+    message_id: String,
+    status: String,
 }
 
 /// A fallback a failed receipt claimed, to run in the background ([`AuthService::fall_back`]).
@@ -131,9 +140,14 @@ impl AuthService {
     /// the only way its sender returns an id; WhatsApp with `WHATSAPP_WEBHOOK_SECRET`). One
     /// store write, on a send that already waited for a provider. Best effort: the code was
     /// sent, so a store failure here only loses the fallback. A failure receipt that came
-    /// before the record claims its fallback now: returned, for the caller to run.
+    /// before the record is returned, for the caller to act on in the background
+    /// ([`AuthService::spawn_fallback`]).
     #[must_use]
-    pub(super) async fn record_sent(&self, sent: &Sent, code: SentCode<'_>) -> Option<Fallback> {
+    pub(super) async fn record_sent(
+        &self,
+        sent: &Sent,
+        code: SentCode<'_>,
+    ) -> Option<EarlyReceipt> {
         let id = sent.message_id.as_ref()?;
         if code.channel == Channel::Whatsapp && self.messaging.whatsapp_webhook_secret.is_none() {
             return None;
@@ -158,8 +172,11 @@ impl AuthService {
         {
             Ok(Some(status)) => {
                 tracing::info!(channel = %code.channel, status, "a delivery receipt came before its send's answer");
-                // Boxed: a rare path, kept out of every send's future.
-                Box::pin(self.delivery_receipt(code.channel, id, &status, true)).await
+                Some(EarlyReceipt {
+                    channel: code.channel,
+                    message_id: id.clone(),
+                    status,
+                })
             }
             Ok(None) => None,
             Err(err) => {
@@ -239,12 +256,21 @@ impl AuthService {
         })
     }
 
-    /// Runs in the background the fallback a login claimed ([`LoginStarted::fallback`]): it
-    /// must not die with the request (its claim cannot be made again) nor hold it up.
+    /// Acts in the background on the failure receipt that came before a login's send was
+    /// recorded ([`LoginStarted::early_receipt`]): claims its fallback and runs it, as the
+    /// receipt handler does. Neither dies with the request (a claim cannot be made twice) nor
+    /// holds it up.
     pub fn spawn_fallback(self: &Arc<Self>, started: &mut LoginStarted) {
-        if let Some(fallback) = started.fallback.take() {
+        if let Some(early) = started.early_receipt.take() {
             let auth = self.clone();
-            tokio::spawn(async move { auth.fall_back(fallback).await });
+            tokio::spawn(async move {
+                let claimed = auth
+                    .delivery_receipt(early.channel, &early.message_id, &early.status, true)
+                    .await;
+                if let Some(fallback) = claimed {
+                    auth.fall_back(fallback).await;
+                }
+            });
         }
     }
 

@@ -275,12 +275,12 @@ fn parse_form(body: &str) -> Value {
     Value::Object(map)
 }
 
-/// Waits while `provider` is [`Mode::Held`].
-async fn held(state: &Arc<Mutex<State>>, provider: &'static str) {
-    while matches!(
-        state.lock().expect("lock").modes.get(provider),
-        Some(Mode::Held)
-    ) {
+/// Waits while any of `keys` (those the request's mode was looked up by) is [`Mode::Held`].
+async fn held(state: &Arc<Mutex<State>>, keys: &[&'static str]) {
+    while keys
+        .iter()
+        .any(|key| matches!(state.lock().expect("lock").modes.get(key), Some(Mode::Held)))
+    {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -347,7 +347,7 @@ async fn handle(state: Arc<Mutex<State>>, mut req: Request) -> Response {
             return json_response(status, json!({ "error": "scripted failure" }));
         }
         Mode::Hang(pause) => tokio::time::sleep(pause).await,
-        Mode::Held => held(&state, provider).await,
+        Mode::Held => held(&state, &[provider]).await,
         Mode::Ok => {}
     }
     if req.method() != poem::http::Method::POST {
@@ -462,7 +462,7 @@ async fn twilio_verify(state: Arc<Mutex<State>>, mut req: Request) -> Response {
             );
         }
         Mode::Hang(pause) => tokio::time::sleep(pause).await,
-        Mode::Held => held(&state, "verify").await,
+        Mode::Held => held(&state, &["verify"]).await,
         Mode::Ok => {}
     }
     let refuse = |message: String| {
@@ -831,6 +831,12 @@ async fn google(state: Arc<Mutex<State>>, mut req: Request) -> Response {
     } else {
         serde_json::from_str(&raw).unwrap_or(Value::Null)
     };
+    // `google-token` / `google-decode` script one endpoint, `google` both.
+    let endpoint = if path == "/google/token" {
+        "google-token"
+    } else {
+        "google-decode"
+    };
     let mode = {
         let mut state = state.lock().expect("lock");
         state.requests.push(Recorded {
@@ -840,12 +846,6 @@ async fn google(state: Arc<Mutex<State>>, mut req: Request) -> Response {
             webhook_id: None,
             message_id: None,
         });
-        // `google-token` / `google-decode` script one endpoint, `google` both.
-        let endpoint = if path == "/google/token" {
-            "google-token"
-        } else {
-            "google-decode"
-        };
         state.next_mode(&[endpoint, "google"])
     };
     match mode {
@@ -856,7 +856,7 @@ async fn google(state: Arc<Mutex<State>>, mut req: Request) -> Response {
             );
         }
         Mode::Hang(pause) => tokio::time::sleep(pause).await,
-        Mode::Held => held(&state, "google").await,
+        Mode::Held => held(&state, &[endpoint, "google"]).await,
         Mode::Ok => {}
     }
     if req.method() != poem::http::Method::POST {
