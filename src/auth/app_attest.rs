@@ -212,8 +212,11 @@ fn challenge_key(challenge: &str) -> String {
 
 /// A base64 field as apps send it: standard or URL-safe alphabet, padded or not.
 fn decode_base64(text: &str) -> Option<Vec<u8>> {
-    let text = text.trim().trim_end_matches('=');
-    // A `+` pasted unencoded into a query string arrives as a space (never base64 itself).
+    // A `+` pasted unencoded into a query string arrives as a space (never base64 itself), so
+    // spaces are kept, even at the ends (an id may begin with `+`); other whitespace is not.
+    let text = text
+        .trim_matches(|c: char| c.is_whitespace() && c != ' ')
+        .trim_end_matches('=');
     let standard = text.replace('-', "+").replace('_', "/").replace(' ', "+");
     base64::engine::general_purpose::STANDARD_NO_PAD
         .decode(standard)
@@ -606,6 +609,18 @@ mod tests {
         assert_eq!(key_id_of(url.trim_end_matches('=')).unwrap().0, id);
         assert!(key_id_of(&STANDARD.encode([1u8; 31])).is_none());
         assert!(key_id_of("not base64!").is_none());
+        // One that begins with `+`, pasted into a query string: it arrives with a leading
+        // space (and a copied line may end with a newline).
+        let mut raw = [7u8; 32];
+        raw[0] = 0xf8;
+        let plus = STANDARD.encode(raw);
+        assert!(plus.starts_with('+'));
+        assert_eq!(
+            key_id_of(&format!("{}\n", plus.replace('+', " ")))
+                .unwrap()
+                .0,
+            plus
+        );
     }
 
     #[test]
