@@ -169,9 +169,13 @@ impl Events {
 }
 
 impl AuthService {
-    /// At shutdown, after the last request: writes the audit events and login times still
-    /// queued (at most `timeout`; any queued later are dropped and counted).
+    /// At shutdown, after the last request: finishes the fallbacks running in the background,
+    /// then writes the audit events and login times still queued (at most `timeout` each; any
+    /// queued later are dropped and counted).
     pub async fn flush_events(&self, timeout: Duration) {
+        if !self.background.close(timeout).await {
+            tracing::warn!("delivery fallbacks still running at shutdown were dropped");
+        }
         let (events, touches) =
             tokio::join!(self.events.log.close(timeout), self.touches.close(timeout));
         if !events {

@@ -144,6 +144,8 @@ pub struct AuthService {
     app_attest: Option<app_attest::AppAttestGate>,
     /// The SMS-pumping defence (`PUMPING_*`).
     pumping: crate::domain::pumping::PumpingPolicy,
+    /// Fallbacks running in the background, finished before the process ends.
+    background: receipts::Background,
     /// Each channel's recent conversion per country, as this replica saw it (`OTP_ROUTING`).
     conversions: crate::domain::routing::ConversionStats,
 }
@@ -245,6 +247,7 @@ impl AuthService {
             send_latency_us: Default::default(),
             captcha: config.captcha.map(CaptchaGate::new).transpose()?,
             pumping: config.limits.pumping.clone(),
+            background: receipts::Background::default(),
             conversions,
             integrity: config
                 .integrity

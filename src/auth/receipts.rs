@@ -263,7 +263,7 @@ impl AuthService {
     pub fn spawn_fallback(self: &Arc<Self>, started: &mut LoginStarted) {
         if let Some(early) = started.early_receipt.take() {
             let auth = self.clone();
-            tokio::spawn(async move {
+            self.background.spawn(async move {
                 let claimed = auth
                     .delivery_receipt(early.channel, &early.message_id, &early.status, true)
                     .await;
@@ -272,6 +272,14 @@ impl AuthService {
                 }
             });
         }
+    }
+
+    /// Runs a claimed fallback in the background ([`AuthService::fall_back`]); a stopping
+    /// replica finishes it first ([`AuthService::flush_events`]).
+    pub fn spawn_claimed_fallback(self: &Arc<Self>, fallback: Fallback) {
+        let auth = self.clone();
+        self.background
+            .spawn(async move { auth.fall_back(fallback).await });
     }
 
     /// Sends a new code by the fallback's next channel, replacing the failed one while it is
@@ -460,9 +468,56 @@ impl AuthService {
     }
 }
 
+/// Work started by a request that must outlive it, and finish before the process ends: the
+/// fallbacks claimed by receipts (a claim cannot be made twice, so a fallback dropped with its
+/// request, or with a stopping replica, would never be sent).
+#[derive(Default)]
+pub(crate) struct Background {
+    tasks: std::sync::Mutex<tokio::task::JoinSet<()>>,
+}
+
+impl Background {
+    /// Runs `task` on the current runtime, kept until it ends or [`Background::close`].
+    pub(crate) fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        // The ended ones leave the set here (it never holds more than the ones running).
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(task);
+    }
+
+    /// At shutdown: waits for the tasks running (at most `timeout`). Whether they all ended.
+    pub(crate) async fn close(&self, timeout: Duration) -> bool {
+        let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        tokio::time::timeout(timeout, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await
+        .is_ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn background_work_is_finished_at_shutdown_within_its_time() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let background = Background::default();
+        let done = Arc::new(AtomicUsize::new(0));
+        for pause in [10, 150] {
+            let done = done.clone();
+            background.spawn(async move {
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                done.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        assert!(background.close(Duration::from_secs(5)).await);
+        assert_eq!(done.load(Ordering::SeqCst), 2, "both ran to the end");
+        // One that outlives the time given: reported, not waited for.
+        background.spawn(std::future::pending());
+        assert!(!background.close(Duration::from_millis(50)).await);
+    }
 
     #[test]
     fn records_round_trip_and_name_no_number() {

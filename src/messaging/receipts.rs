@@ -153,8 +153,7 @@ impl Messaging {
             .delivery_receipt(channel, message_id, status, failed)
             .await
         {
-            let auth = self.auth.clone();
-            tokio::spawn(async move { auth.fall_back(fallback).await });
+            self.auth.spawn_claimed_fallback(fallback);
         }
     }
 
