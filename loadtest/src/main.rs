@@ -34,14 +34,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use rand::RngExt;
+
+mod http;
 use serde_json::{Value, json};
 use sha2::Sha256;
 
@@ -378,10 +374,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The HTTP side: one pooled keep-alive client.
+/// The HTTP side: keep-alive connections to the target.
 struct Driver {
-    client: Client<HttpConnector, Full<Bytes>>,
-    target: String,
+    http: http::Http,
     recorder: Arc<Recorder>,
     phones: AtomicU64,
     phone_base: u64,
@@ -400,42 +395,25 @@ impl Driver {
     async fn call(
         &self,
         step: &'static str,
-        method: Method,
+        method: &str,
         path: &str,
         body: Option<Vec<u8>>,
         headers: &[(&str, &str)],
     ) -> Result<Answer, String> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.target));
-        if body.is_some() {
-            req = req.header("content-type", "application/json");
-        }
-        for (name, value) in headers {
-            req = req.header(*name, *value);
-        }
-        let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| format!("{step}: {e}"))?;
+        let body = body.unwrap_or_default();
         let started = Instant::now();
-        let sent = tokio::time::timeout(Duration::from_secs(30), async {
-            let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
-            let status = resp.status().as_u16();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            Ok::<_, String>((status, bytes))
-        })
+        let sent = tokio::time::timeout(
+            Duration::from_secs(30),
+            self.http.send(method, path, headers, &body),
+        )
         .await;
         match sent {
-            Ok(Ok((status, bytes))) => {
-                self.recorder.request(step, started.elapsed(), Some(status));
+            Ok(Ok(reply)) => {
+                self.recorder
+                    .request(step, started.elapsed(), Some(reply.status));
                 Ok(Answer {
-                    status,
-                    body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                    status: reply.status,
+                    body: serde_json::from_slice(&reply.body).unwrap_or(Value::Null),
                 })
             }
             Ok(Err(_)) | Err(_) => {
@@ -446,14 +424,8 @@ impl Driver {
     }
 
     async fn post(&self, step: &'static str, path: &str, body: &Value) -> Result<Answer, String> {
-        self.call(
-            step,
-            Method::POST,
-            path,
-            Some(body.to_string().into_bytes()),
-            &[],
-        )
-        .await
+        self.call(step, "POST", path, Some(body.to_string().into_bytes()), &[])
+            .await
     }
 
     /// The next phone: a new number per flow, or one of `--users` numbers.
@@ -470,7 +442,7 @@ impl Driver {
     async fn authorized(
         &self,
         step: &'static str,
-        method: Method,
+        method: &str,
         path: &str,
         tokens: &Value,
     ) -> Result<Answer, String> {
@@ -535,8 +507,7 @@ impl Driver {
         match scenario {
             Scenario::Health => {
                 expect(
-                    self.call("health", Method::GET, "/health", None, &[])
-                        .await?,
+                    self.call("health", "GET", "/health", None, &[]).await?,
                     "health",
                     200,
                 )?;
@@ -546,7 +517,7 @@ impl Driver {
             }
             Scenario::Full => {
                 let tokens = self.sign_in().await?;
-                self.authorized("me", Method::GET, "/api/auth/me", &tokens)
+                self.authorized("me", "GET", "/api/auth/me", &tokens)
                     .await?;
                 let pair = expect(
                     self.post(
@@ -558,7 +529,7 @@ impl Driver {
                     "refresh",
                     200,
                 )?;
-                self.authorized("logout", Method::POST, "/api/auth/logout", &pair.body)
+                self.authorized("logout", "POST", "/api/auth/logout", &pair.body)
                     .await?;
             }
             Scenario::Verify => {
@@ -642,7 +613,7 @@ impl Driver {
         expect(
             self.call(
                 "webhook",
-                Method::POST,
+                "POST",
                 "/api/whatsapp/webhook",
                 Some(body),
                 &[("x-hub-signature-256", &signature)],
@@ -704,19 +675,14 @@ fn summary(micros: &mut [u32]) -> Value {
     })
 }
 
-async fn run(args: Args) -> Value {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector);
+async fn run(args: Args) -> Result<Value, String> {
+    let http = http::Http::new(&args.target).await?;
     let started = Instant::now();
     let measured_from = started + args.warmup;
     let deadline = measured_from + args.duration;
     let recorder = Arc::new(Recorder::new(measured_from));
     let driver = Arc::new(Driver {
-        client,
-        target: args.target.clone(),
+        http,
         recorder: recorder.clone(),
         phones: AtomicU64::new(0),
         phone_base: rand::rng().random_range(0..1_000_000_000),
@@ -823,7 +789,7 @@ async fn run(args: Args) -> Value {
     // measured phase, in clock ticks (`getconf CLK_TCK`), for `cluster.sh`.
     report["generator_cpu_ticks"] = measured_or_null(cpu_ticks);
     report["generator_threads"] = json!(args.threads);
-    report
+    Ok(report)
 }
 
 /// This process's user + system CPU so far, in clock ticks (`/proc/self/stat`, Linux only).
@@ -1067,7 +1033,13 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let report = runtime.block_on(run(args.clone()));
+    let report = match runtime.block_on(run(args.clone())) {
+        Ok(report) => report,
+        Err(err) => {
+            eprintln!("otpgate-loadtest: {err}");
+            std::process::exit(2);
+        }
+    };
     if !args.quiet {
         print_table(&report);
     }
