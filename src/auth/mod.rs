@@ -18,7 +18,7 @@ use crate::config::{
 use crate::db::{self, identity, user};
 use crate::delivery::{Delivery, Destination, OtpMessage, sms_segments};
 use crate::domain::channel::Channel;
-use crate::domain::pumping::PumpingPolicy;
+use crate::domain::pumping::{PumpingMode, PumpingPolicy};
 use crate::domain::quota::{Quota, QuotaPolicy, QuotaState};
 use crate::domain::routing::with_channel;
 use crate::error::Error;
@@ -454,7 +454,12 @@ impl AuthService {
         } else {
             self.pump_checks(&phone, client_ip)
         };
-        self.pump_send(&phone, &pump_checks, client).await?;
+        // Where one store node holds the counts and the code, the send is counted in the same
+        // step as the code is stored (one round trip; a refusal stores nothing there either).
+        let in_one_step = !pump_checks.is_empty() && self.store.pumps_with_codes();
+        if !in_one_step {
+            self.pump_send(&phone, &pump_checks, client).await?;
+        }
         // The mark names the channel tried first; a fallback within this login corrects it.
         let first_channel = plan
             .first()
@@ -468,14 +473,36 @@ impl AuthService {
         // marker (and our fresh code only serves a fallback channel).
         let verify_sms = self.delivery.twilio_verify().is_some();
         let delegated = verify_sms && plan.first() == Some(&Channel::Sms);
-        let mut issued = match self
-            .otp
-            .issue(&phone, &subjects, &quotas, mark, delegated)
-            .await
-        {
+        let issued = if in_one_step {
+            let enforce = self.pumping.mode == PumpingMode::Enforce;
+            let (pumped, issued) = self
+                .otp
+                .pump_then_issue(
+                    &phone,
+                    &subjects,
+                    &quotas,
+                    mark,
+                    delegated,
+                    &pump_checks,
+                    enforce,
+                    &self.pumping.rules(),
+                )
+                .await?;
+            self.pump_counted(&phone, &pump_checks, client, &pumped)?;
+            // Absent only when the send was refused, which `pump_counted` answered.
+            issued.ok_or_else(|| Error::Internal("a refused send was let through".into()))?
+        } else {
+            self.otp
+                .issue(&phone, &subjects, &quotas, mark, delegated)
+                .await
+        };
+        let mut issued = match issued {
             Ok(issued) => issued,
             Err(err) => {
-                self.pump_unsend(&pump_checks).await;
+                // Taken back already when counted in the same step.
+                if !in_one_step {
+                    self.pump_unsend(&pump_checks).await;
+                }
                 if let Error::RateLimited { policy, .. } = &err {
                     self.metrics.refused(policy);
                     tracing::info!(phone = %phone.masked(), policy, "send refused by a limit");

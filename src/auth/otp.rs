@@ -10,9 +10,10 @@ use sha2::Sha256;
 use crate::config::{OtpSettings, Pepper};
 use crate::delivery::{TwilioVerifySender, VerifyCheck};
 use crate::domain::phone::Phone;
+use crate::domain::pumping::{PumpCheck, PumpOutcome, PumpRules};
 use crate::domain::quota::{Quota, QuotaState, Subjects, whole_seconds};
 use crate::error::Error;
-use crate::store::{IssueOutcome, Store, VerifyOutcome};
+use crate::store::{CodeIssue, IssueOutcome, Store, VerifyOutcome};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -229,7 +230,7 @@ impl OtpService {
         } else {
             self.hash(phone, &code)
         };
-        match self
+        let outcome = self
             .store
             .issue_code_marked(
                 &subjects.phone,
@@ -240,8 +241,55 @@ impl OtpService {
                 mark,
                 if delegated { self.max_attempts } else { 0 },
             )
-            .await?
-        {
+            .await?;
+        self.issued(code, hash, outcome)
+    }
+
+    /// [`OtpService::issue`] after a pumping-defence send over `checks`, in one store step
+    /// where the store can ([`Store::pump_then_issue`]). Returns the send's outcome and, unless
+    /// `enforce` refused the send, the code's.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn pump_then_issue(
+        &self,
+        phone: &Phone,
+        subjects: &Subjects,
+        quotas: &[Quota],
+        mark: u64,
+        delegated: bool,
+        checks: &[PumpCheck],
+        enforce: bool,
+        rules: &PumpRules,
+    ) -> Result<(PumpOutcome, Option<Result<IssuedCode, Error>>), Error> {
+        let code = self.generate();
+        let hash = if delegated {
+            self.delegated_hash(phone)
+        } else {
+            self.hash(phone, &code)
+        };
+        let request = CodeIssue {
+            phone: &subjects.phone,
+            code_hash: &hash,
+            ttl: self.ttl,
+            cooldown: self.resend,
+            quotas,
+            mark,
+            keep_tries_below: if delegated { self.max_attempts } else { 0 },
+        };
+        let (pumped, outcome) = self
+            .store
+            .pump_then_issue(checks, enforce, rules, &request)
+            .await?;
+        Ok((pumped, outcome.map(|o| self.issued(code, hash, o))))
+    }
+
+    /// The code just stored, or the limit that refused it.
+    fn issued(
+        &self,
+        code: String,
+        hash: String,
+        outcome: IssueOutcome,
+    ) -> Result<IssuedCode, Error> {
+        match outcome {
             IssueOutcome::Issued(states) => Ok(IssuedCode {
                 code,
                 hash,

@@ -13,7 +13,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::domain::phone::Phone;
-use crate::domain::pumping::{PumpBlock, PumpCheck, PumpingMode, PumpingPolicy, Scope};
+use crate::domain::pumping::{
+    PumpBlock, PumpCheck, PumpOutcome, PumpingMode, PumpingPolicy, Scope,
+};
 use crate::domain::quota::whole_seconds;
 use crate::error::Error;
 
@@ -47,7 +49,6 @@ impl AuthService {
         }
         let policy = &self.pumping;
         let enforce = policy.mode == PumpingMode::Enforce;
-        let mode = policy.mode.as_str();
         let outcome = match self.store.pump_send(checks, enforce, &policy.rules()).await {
             Ok(outcome) => outcome,
             Err(err) if !enforce => {
@@ -56,6 +57,21 @@ impl AuthService {
             }
             Err(err) => return Err(err.into()),
         };
+        self.pump_counted(phone, checks, client, &outcome)
+    }
+
+    /// What a send counted in `checks` led to: each new block counted, logged and recorded,
+    /// a refusal counted and logged, and in `enforce` mode refused (429 `sends_paused`).
+    pub(super) fn pump_counted(
+        &self,
+        phone: &Phone,
+        checks: &[PumpCheck],
+        client: &ClientInfo,
+        outcome: &PumpOutcome,
+    ) -> Result<(), Error> {
+        let policy = &self.pumping;
+        let enforce = policy.mode == PumpingMode::Enforce;
+        let mode = policy.mode.as_str();
         for &(index, _) in &outcome.blocked {
             let Some(check) = checks.get(index) else {
                 continue;
@@ -79,7 +95,7 @@ impl AuthService {
                 .detail("minutes", policy.cooldown.as_secs() / 60)
                 .emit();
         }
-        let Some(refusal) = outcome.refused else {
+        let Some(refusal) = &outcome.refused else {
             return Ok(());
         };
         let scope = checks

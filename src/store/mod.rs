@@ -55,6 +55,60 @@ pub enum IssueOutcome {
     Blocked(Vec<QuotaState>),
 }
 
+/// [`Store::pump_then_issue`] in two steps, on any store.
+pub async fn pump_then_issue_in_two_steps<S: Store + ?Sized>(
+    store: &S,
+    checks: &[PumpCheck],
+    enforce: bool,
+    rules: &PumpRules,
+    code: &CodeIssue<'_>,
+) -> Result<(PumpOutcome, Option<IssueOutcome>), StoreError> {
+    let pumped = store.pump_send(checks, enforce, rules).await?;
+    if enforce && pumped.refused.is_some() {
+        return Ok((pumped, None));
+    }
+    let issued = store
+        .issue_code_marked(
+            code.phone,
+            code.code_hash,
+            code.ttl,
+            code.cooldown,
+            code.quotas,
+            code.mark,
+            code.keep_tries_below,
+        )
+        .await;
+    if !matches!(
+        issued,
+        Ok(IssueOutcome::Issued(_) | IssueOutcome::Blocked(_))
+    ) {
+        let window = Duration::from_millis(rules.window_ms);
+        if let Err(err) = store.pump_unsend(checks, window).await {
+            tracing::warn!(error = %err, "a code not stored stays counted by the pumping defence");
+        }
+    }
+    Ok((pumped, Some(issued?)))
+}
+
+/// A new code to store for one phone: the arguments of [`Store::issue_code_marked`].
+#[derive(Debug, Clone, Copy)]
+pub struct CodeIssue<'a> {
+    /// The phone's store subject.
+    pub phone: &'a str,
+    /// The code's HMAC (hex).
+    pub code_hash: &'a str,
+    /// The code's lifetime.
+    pub ttl: Duration,
+    /// The resend cooldown (zero: none).
+    pub cooldown: Duration,
+    /// Quotas charged.
+    pub quotas: &'a [Quota],
+    /// The mark kept with the code (0: none).
+    pub mark: u64,
+    /// Above 0: keep the wrong tries of a live code stored in the same form while fewer.
+    pub keep_tries_below: u32,
+}
+
 /// One session (refresh-token family) of a user, as the store lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
@@ -408,6 +462,27 @@ pub trait Store: Send + Sync + 'static {
         rules: &PumpRules,
     ) -> Result<PumpOutcome, StoreError>;
 
+    /// Whether [`Store::pump_then_issue`] takes one step (one node holds every key). Where it
+    /// does not, the caller takes the two steps itself, as it does on a Cluster.
+    fn pumps_with_codes(&self) -> bool {
+        false
+    }
+
+    /// [`Store::pump_send`] over `checks` and then, unless `enforce` refused the send,
+    /// [`Store::issue_code_marked`] of `code`; a send whose code a cooldown or quota refused is
+    /// taken back (`rules.window_ms`). Returns the send's outcome and the code's (`None` when the
+    /// send was refused: no code stored, no quota charged). Done in the two steps here; a store
+    /// where one node holds every key takes one ([`Store::pumps_with_codes`]).
+    async fn pump_then_issue(
+        &self,
+        checks: &[PumpCheck],
+        enforce: bool,
+        rules: &PumpRules,
+        code: &CodeIssue<'_>,
+    ) -> Result<(PumpOutcome, Option<IssueOutcome>), StoreError> {
+        pump_then_issue_in_two_steps(self, checks, enforce, rules, code).await
+    }
+
     /// Takes back one send counted by [`Store::pump_send`] (the code was not delivered).
     async fn pump_unsend(&self, checks: &[PumpCheck], window: Duration) -> Result<(), StoreError>;
 
@@ -734,6 +809,24 @@ impl Store for Metered {
     ) -> Result<PumpOutcome, StoreError> {
         self.timed("pump_send", self.inner.pump_send(checks, enforce, rules))
             .await
+    }
+
+    fn pumps_with_codes(&self) -> bool {
+        self.inner.pumps_with_codes()
+    }
+
+    async fn pump_then_issue(
+        &self,
+        checks: &[PumpCheck],
+        enforce: bool,
+        rules: &PumpRules,
+        code: &CodeIssue<'_>,
+    ) -> Result<(PumpOutcome, Option<IssueOutcome>), StoreError> {
+        self.timed(
+            "pump_then_issue",
+            self.inner.pump_then_issue(checks, enforce, rules, code),
+        )
+        .await
     }
 
     async fn pump_unsend(&self, checks: &[PumpCheck], window: Duration) -> Result<(), StoreError> {

@@ -9,7 +9,8 @@ use otpgate::domain::pumping::{Network, PumpCheck, PumpReason, PumpRules, Scope}
 use otpgate::domain::quota::Quota;
 use otpgate::store::redis::RedisOptions;
 use otpgate::store::{
-    BindOutcome, ClaimOutcome, IssueOutcome, RedisStore, RefreshOutcome, Store, VerifyOutcome,
+    BindOutcome, ClaimOutcome, CodeIssue, IssueOutcome, RedisStore, RefreshOutcome, Store,
+    VerifyOutcome,
 };
 use uuid::Uuid;
 
@@ -75,6 +76,7 @@ conformance!(
     delegated_checks_count_at_once_and_give_back_on_an_outage,
     pumping_refuses_without_counting_and_takes_back,
     pumping_blocks_on_low_conversion_and_lifts,
+    a_send_counted_with_its_code_stores_nothing_when_refused_and_is_taken_back,
 );
 
 fn redis_store() -> Option<Arc<dyn Store>> {
@@ -1460,4 +1462,106 @@ async fn pumping_blocks_on_low_conversion_and_lifts(store: Arc<dyn Store>) {
             .any(|b| b.key == network.key)
     );
     assert!(store.pump_lift(Scope::Network, &network.key).await.unwrap());
+}
+
+/// `pump_then_issue` (one script on one node, two steps elsewhere): a refused send stores no
+/// code and charges nothing; a code refused by its cooldown or a quota gives its send back.
+async fn a_send_counted_with_its_code_stores_nothing_when_refused_and_is_taken_back(
+    store: Arc<dyn Store>,
+) {
+    let prefix = pump(Scope::Prefix, 1, 0);
+    let per_ip = quota("otp-ip", 5, HOUR);
+    let quotas = &[per_ip][..];
+    let a = &key();
+    let (pumped, issued) = store
+        .pump_then_issue(
+            std::slice::from_ref(&prefix),
+            true,
+            &rules(0),
+            &code_issue(a, quotas),
+        )
+        .await
+        .unwrap();
+    assert_eq!(pumped.refused, None);
+    match issued {
+        Some(IssueOutcome::Issued(states)) => assert_eq!(states[0].remaining, 4),
+        other => panic!("{other:?}"),
+    }
+    // The prefix's one place is spent: B's send is refused and B gets nothing, not even a
+    // cooldown or a quota charge.
+    let b = &key();
+    let (pumped, issued) = store
+        .pump_then_issue(
+            std::slice::from_ref(&prefix),
+            true,
+            &rules(0),
+            &code_issue(b, quotas),
+        )
+        .await
+        .unwrap();
+    assert_eq!(pumped.refused.unwrap().reason, PumpReason::OverBudget);
+    assert_eq!(issued, None);
+    match store
+        .issue_code(b, "h", MINUTE, MINUTE, quotas)
+        .await
+        .unwrap()
+    {
+        IssueOutcome::Issued(states) => assert_eq!(states[0].remaining, 3, "A's charge only"),
+        other => panic!("{other:?}"),
+    }
+    // A's cooldown refuses its next code: a fresh scope counts the send and gives it back, so
+    // its one place is still there for C.
+    let fresh = pump(Scope::Network, 1, 0);
+    let (pumped, issued) = store
+        .pump_then_issue(
+            std::slice::from_ref(&fresh),
+            true,
+            &rules(0),
+            &code_issue(a, quotas),
+        )
+        .await
+        .unwrap();
+    assert_eq!(pumped.refused, None);
+    assert!(
+        matches!(issued, Some(IssueOutcome::Cooldown { .. })),
+        "{issued:?}"
+    );
+    let c = &key();
+    let (pumped, issued) = store
+        .pump_then_issue(
+            std::slice::from_ref(&fresh),
+            true,
+            &rules(0),
+            &code_issue(c, quotas),
+        )
+        .await
+        .unwrap();
+    assert_eq!(pumped.refused, None, "the cooldown's send was given back");
+    assert!(
+        matches!(issued, Some(IssueOutcome::Issued(_))),
+        "{issued:?}"
+    );
+    // Record only: an over-budget send is reported and the code stored all the same.
+    let d = &key();
+    let (pumped, issued) = store
+        .pump_then_issue(&[fresh], false, &rules(0), &code_issue(d, quotas))
+        .await
+        .unwrap();
+    assert_eq!(pumped.refused.unwrap().reason, PumpReason::OverBudget);
+    assert!(
+        matches!(issued, Some(IssueOutcome::Issued(_))),
+        "{issued:?}"
+    );
+}
+
+fn code_issue<'a>(phone: &'a str, quotas: &'a [Quota]) -> CodeIssue<'a> {
+    CodeIssue {
+        phone,
+        code_hash: "h",
+        ttl: MINUTE,
+        cooldown: MINUTE,
+        quotas,
+        mark: 7,
+        keep_tries_below: 0,
+    }
 }

@@ -77,8 +77,8 @@ use redis::Script;
 
 use self::link::{Conn, RedisLink};
 use super::{
-    BindOutcome, ClaimOutcome, IssueOutcome, RefreshOutcome, SessionPut, SessionRecord, Store,
-    StoreError, VerifyOutcome, ttl_ms, unix_ms,
+    BindOutcome, ClaimOutcome, CodeIssue, IssueOutcome, RefreshOutcome, SessionPut, SessionRecord,
+    Store, StoreError, VerifyOutcome, pump_then_issue_in_two_steps, ttl_ms, unix_ms,
 };
 use crate::config::RedisMode;
 use crate::domain::pumping::{
@@ -123,6 +123,7 @@ pub struct RedisStore {
     session_stands: Script,
     revoke_user: Script,
     pump: Script,
+    pump_then_issue: Script,
     replace_code: Script,
     mark_code: Script,
     receipt: Script,
@@ -193,6 +194,16 @@ impl RedisStore {
             pump: Script::new(concat!(
                 include_str!("../lua/gcra.lua"),
                 include_str!("../lua/pump.lua")
+            )),
+            pump_then_issue: Script::new(concat!(
+                "local function issue_main(KEYS, ARGV)\n",
+                include_str!("../lua/gcra.lua"),
+                include_str!("../lua/issue_code.lua"),
+                "end\nlocal function pump_main(KEYS, ARGV)\n",
+                include_str!("../lua/gcra.lua"),
+                include_str!("../lua/pump.lua"),
+                "end\n",
+                include_str!("../lua/pump_then_issue.lua")
             )),
             replace_code: Script::new(include_str!("../lua/replace_code.lua")),
             mark_code: Script::new(include_str!("../lua/mark_code.lua")),
@@ -966,14 +977,60 @@ impl Store for RedisStore {
         } else {
             self.pump_send_apart(checks, enforce, args).await?
         };
-        for &(index, until) in &outcome.blocked {
-            let check = &checks[index];
-            // The block stands in its hash already; only the list misses it.
-            if let Err(err) = self.index_block(check.scope, &check.key, until).await {
-                tracing::warn!(scope = check.scope.as_str(), error = %err, "a pumping block is not listed");
-            }
-        }
+        self.index_blocks(checks, &outcome).await;
         Ok(outcome)
+    }
+
+    fn pumps_with_codes(&self) -> bool {
+        self.single_node()
+    }
+
+    /// One node: one script, the send and then the code (see `pump_then_issue.lua`).
+    async fn pump_then_issue(
+        &self,
+        checks: &[PumpCheck],
+        enforce: bool,
+        rules: &PumpRules,
+        code: &CodeIssue<'_>,
+    ) -> Result<(PumpOutcome, Option<IssueOutcome>), StoreError> {
+        if !self.single_node() || checks.is_empty() {
+            return pump_then_issue_in_two_steps(self, checks, enforce, rules, code).await;
+        }
+        let phone = code.phone;
+        let mut invocation = self.pump_then_issue.prepare_invoke();
+        invocation
+            .arg(3 + code.quotas.len())
+            .arg(5 + 2 * code.quotas.len())
+            .key(self.phone_key(phone, "otp"))
+            .key(self.phone_key(phone, "cd"))
+            .key(self.phone_key(phone, "blocked"))
+            .arg(code.code_hash)
+            .arg(ttl_ms(code.ttl))
+            .arg(if code.cooldown.is_zero() {
+                0
+            } else {
+                ttl_ms(code.cooldown)
+            })
+            .arg(code.mark)
+            .arg(code.keep_tries_below);
+        self.add_quotas(&mut invocation, phone, code.quotas);
+        self.add_pump_op(&mut invocation, "send", checks, enforce, rules);
+        let reply = self.invoke(&invocation).await?;
+        let bad = || StoreError::Protocol(format!("pump_then_issue returned {reply:?}"));
+        let (n, rest) = reply.split_first().ok_or_else(bad)?;
+        let n = usize::try_from(*n)
+            .ok()
+            .filter(|n| *n <= rest.len())
+            .ok_or_else(bad)?;
+        let (pumped, issued) = rest.split_at(n);
+        let pumped = pump_send_outcome(pumped, checks.len(), enforce)?;
+        self.index_blocks(checks, &pumped).await;
+        let issued = if issued.is_empty() && enforce && pumped.refused.is_some() {
+            None
+        } else {
+            Some(issue_outcome(issued, code.quotas)?)
+        };
+        Ok((pumped, issued))
     }
 
     async fn pump_unsend(&self, checks: &[PumpCheck], window: Duration) -> Result<(), StoreError> {
@@ -1106,31 +1163,7 @@ impl RedisStore {
             return Ok(PumpOutcome::default());
         }
         let reply = self.pump_script("send", checks, enforce, args).await?;
-        let bad = || StoreError::Protocol(format!("pump send returned {reply:?}"));
-        let [refused, reason, wait, blocked @ ..] = reply.as_slice() else {
-            return Err(bad());
-        };
-        let refused = match (*refused, *reason) {
-            (0, _) => None,
-            (i, reason @ (1 | 2)) if i >= 1 && (i as usize) <= checks.len() => Some(PumpRefusal {
-                index: i as usize - 1,
-                reason: if reason == 1 {
-                    PumpReason::OverBudget
-                } else {
-                    PumpReason::Blocked
-                },
-                retry_after: millis(*wait),
-            }),
-            _ => return Err(bad()),
-        };
-        let counted = !(enforce && refused.is_some());
-        if counted && blocked.len() != checks.len() || !counted && !blocked.is_empty() {
-            return Err(bad());
-        }
-        Ok(PumpOutcome {
-            refused,
-            blocked: block_ends(blocked),
-        })
+        pump_send_outcome(&reply, checks.len(), enforce)
     }
 
     /// On a Cluster (one slot per scope): one script per scope, concurrently. With `enforce`,
@@ -1230,6 +1263,19 @@ impl RedisStore {
         args: &PumpRules,
     ) -> Result<Vec<i64>, StoreError> {
         let mut invocation = self.pump.prepare_invoke();
+        self.add_pump_op(&mut invocation, op, checks, enforce, args);
+        self.invoke(&invocation).await
+    }
+
+    /// The keys and arguments of a pump `op` (`send` or `judge`) over `checks`.
+    fn add_pump_op(
+        &self,
+        invocation: &mut redis::ScriptInvocation<'_>,
+        op: &str,
+        checks: &[PumpCheck],
+        enforce: bool,
+        args: &PumpRules,
+    ) {
         for check in checks {
             invocation.key(self.pump_key(check.scope, &check.key));
         }
@@ -1243,7 +1289,18 @@ impl RedisStore {
         for check in checks {
             invocation.arg(check.budget).arg(check.min_volume);
         }
-        self.invoke(&invocation).await
+    }
+
+    /// Lists the blocks a send set (they stand in their hashes already).
+    async fn index_blocks(&self, checks: &[PumpCheck], outcome: &PumpOutcome) {
+        for &(index, until) in &outcome.blocked {
+            let Some(check) = checks.get(index) else {
+                continue;
+            };
+            if let Err(err) = self.index_block(check.scope, &check.key, until).await {
+                tracing::warn!(scope = check.scope.as_str(), error = %err, "a pumping block is not listed");
+            }
+        }
     }
 
     /// `unsend` or `verified` on each of `checks`: one script when they share a node, else one
@@ -1288,6 +1345,62 @@ impl RedisStore {
 }
 
 /// The `(index, block end)` of the keys a pump script blocked (a nonzero end).
+/// The outcome of a pump `send` over `checks` scopes from its reply.
+fn pump_send_outcome(
+    reply: &[i64],
+    checks: usize,
+    enforce: bool,
+) -> Result<PumpOutcome, StoreError> {
+    let bad = || StoreError::Protocol(format!("pump send returned {reply:?}"));
+    let [refused, reason, wait, blocked @ ..] = reply else {
+        return Err(bad());
+    };
+    let refused = match (*refused, *reason) {
+        (0, _) => None,
+        (i, reason @ (1 | 2)) if i >= 1 && (i as usize) <= checks => Some(PumpRefusal {
+            index: i as usize - 1,
+            reason: if reason == 1 {
+                PumpReason::OverBudget
+            } else {
+                PumpReason::Blocked
+            },
+            retry_after: millis(*wait),
+        }),
+        _ => return Err(bad()),
+    };
+    let counted = !(enforce && refused.is_some());
+    if counted && blocked.len() != checks || !counted && !blocked.is_empty() {
+        return Err(bad());
+    }
+    Ok(PumpOutcome {
+        refused,
+        blocked: block_ends(blocked),
+    })
+}
+
+/// The outcome of issue_code on one node (every quota charged in the script) from its reply.
+fn issue_outcome(reply: &[i64], quotas: &[Quota]) -> Result<IssueOutcome, StoreError> {
+    Ok(match reply {
+        [status @ (0 | 3), states @ ..] if states.len() == 2 * quotas.len() => {
+            let states = quota_states(states).collect();
+            if *status == 0 {
+                IssueOutcome::Issued(states)
+            } else {
+                IssueOutcome::Blocked(states)
+            }
+        }
+        [1, wait] => IssueOutcome::Cooldown {
+            retry_after: millis(*wait),
+        },
+        [2, index, wait] => IssueOutcome::Limited(refusal(quotas, *index, *wait)?),
+        other => {
+            return Err(StoreError::Protocol(format!(
+                "issue_code returned {other:?}"
+            )));
+        }
+    })
+}
+
 fn block_ends(ends: &[i64]) -> Vec<(usize, u64)> {
     ends.iter()
         .enumerate()
