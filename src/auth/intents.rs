@@ -244,7 +244,7 @@ impl AuthService {
         };
         let opened = match user {
             Ok((user, created)) => {
-                self.open_session(user, created, client, LoginMethod::Intent(method))
+                self.open_session(user, created, client, LoginMethod::Intent(method), &[])
                     .await
             }
             Err(err) => Err(err),

@@ -18,7 +18,7 @@ use crate::config::{
 use crate::db::{self, identity, user};
 use crate::delivery::{Delivery, Destination, OtpMessage, sms_segments};
 use crate::domain::channel::Channel;
-use crate::domain::pumping::{PumpingMode, PumpingPolicy};
+use crate::domain::pumping::{PumpCheck, PumpingMode, PumpingPolicy};
 use crate::domain::quota::{Quota, QuotaPolicy, QuotaState};
 use crate::domain::routing::with_channel;
 use crate::error::Error;
@@ -475,7 +475,7 @@ impl AuthService {
         let delegated = verify_sms && plan.first() == Some(&Channel::Sms);
         let issued = if in_one_step {
             let enforce = self.pumping.mode == PumpingMode::Enforce;
-            let (pumped, issued) = self
+            let (pumped, issued) = match self
                 .otp
                 .pump_then_issue(
                     &phone,
@@ -487,7 +487,16 @@ impl AuthService {
                     enforce,
                     &self.pumping.rules(),
                 )
-                .await?;
+                .await
+            {
+                Ok(both) => both,
+                Err(err) => {
+                    // The script may have run with its answer lost: a send counted for no code
+                    // would weigh against the scopes, a send taken back once too often does not.
+                    self.pump_unsend(&pump_checks).await;
+                    return Err(err);
+                }
+            };
             self.pump_counted(&phone, &pump_checks, client, &pumped)?;
             // Absent only when the send was refused, which `pump_counted` answered.
             issued.ok_or_else(|| Error::Internal("a refused send was let through".into()))?
@@ -803,11 +812,18 @@ impl AuthService {
             )
             .await;
         // The session is recorded before the code counts as used: a store failure there (503)
-        // puts the code back too.
+        // puts the code back too. The pumping defence's credit for the code is made with the
+        // session (one step where one store node holds both); a failure after that (a 503 that
+        // puts the code back) can credit it twice, which never blocks anybody.
+        let credit = if outcome == "success" {
+            self.pumping.credits(&phone, spent.mark())
+        } else {
+            Vec::new()
+        };
         let opened = match finished {
             Ok((user, created)) => {
                 let id = user.id;
-                self.open_session(user, created, client, LoginMethod::Otp(&phone))
+                self.open_session(user, created, client, LoginMethod::Otp(&phone), &credit)
                     .await
                     .map_err(|err| (err, Some(id)))
             }
@@ -820,7 +836,6 @@ impl AuthService {
                 // Counted once the login stands (a 503 puts the code back for a retry).
                 if outcome == "success" {
                     self.count_verified(&phone, mark);
-                    self.pump_credit(&phone, mark).await;
                 }
                 opened
             }
@@ -869,13 +884,16 @@ impl AuthService {
     /// Opens a new session for `user`: a fresh session id, recorded in the user's session index
     /// with what `client` tells, and a token pair. A blocked user gets none. The audit's
     /// `login.succeeded` names `method` (for a code, it is the verification's record too); a
-    /// user `created` by this login gets its `user.created` first.
+    /// user `created` by this login gets its `user.created` first. `credit`: the pumping
+    /// scopes a verified code is credited to once the session is recorded (none for other
+    /// logins).
     pub async fn open_session(
         &self,
         user: user::Model,
         created: bool,
         client: &ClientInfo,
         method: LoginMethod<'_>,
+        credit: &[PumpCheck],
     ) -> Result<LoggedIn, Error> {
         if user.blocked_at.is_some() {
             tracing::info!(user_id = %user.id, "login refused: the user is blocked");
@@ -885,12 +903,14 @@ impl AuthService {
         let ttl = self.tokens.longest_lifetime();
         let put = self
             .store
-            .put_session(
+            .put_session_credited(
                 &user.id.to_string(),
                 &sid,
                 &self.session_meta(client),
                 ttl,
                 sessions::MAX_SESSIONS,
+                credit,
+                self.pumping.window,
             )
             .await?;
         match put {

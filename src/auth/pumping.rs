@@ -37,7 +37,9 @@ impl AuthService {
 
     /// Counts a send in `checks`. In `enforce` mode a blocked scope or a spent budget refuses
     /// it (429 `sends_paused`, nothing counted) and a store failure is a 503; in `record_only`
-    /// it is counted and let through, a store failure too.
+    /// it is counted and let through, a store failure too. (Where the send is counted in the
+    /// step that stores the code, [`crate::store::Store::pump_then_issue`], a store failure is
+    /// the code's too: a 503 in both modes.)
     pub(super) async fn pump_send(
         &self,
         phone: &Phone,

@@ -138,7 +138,7 @@ impl Messaging {
             return Err(Error::InvalidTelegramAuth);
         }
         self.auth
-            .open_session(user, created, client, LoginMethod::TelegramWidget)
+            .open_session(user, created, client, LoginMethod::TelegramWidget, &[])
             .await
     }
 

@@ -90,6 +90,28 @@ pub async fn pump_then_issue_in_two_steps<S: Store + ?Sized>(
     Ok((pumped, Some(issued?)))
 }
 
+/// [`Store::put_session_credited`] in two steps, on any store.
+#[allow(clippy::too_many_arguments)]
+pub async fn put_session_credited_in_two_steps<S: Store + ?Sized>(
+    store: &S,
+    user: &str,
+    sid: &str,
+    meta: &str,
+    ttl: Duration,
+    max: usize,
+    credit: &[PumpCheck],
+    window: Duration,
+) -> Result<SessionPut, StoreError> {
+    let put = store.put_session(user, sid, meta, ttl, max).await?;
+    if matches!(put, SessionPut::Recorded(_))
+        && !credit.is_empty()
+        && let Err(err) = store.pump_verified(credit, window).await
+    {
+        tracing::warn!(error = %err, "a verified code was not credited to the pumping defence");
+    }
+    Ok(put)
+}
+
 /// A new code to store for one phone: the arguments of [`Store::issue_code_marked`].
 #[derive(Debug, Clone, Copy)]
 pub struct CodeIssue<'a> {
@@ -379,6 +401,24 @@ pub trait Store: Send + Sync + 'static {
         ttl: Duration,
         max: usize,
     ) -> Result<SessionPut, StoreError>;
+
+    /// [`Store::put_session`] and then, when the session was recorded, [`Store::pump_verified`]
+    /// over `credit` (the login's verified code, in the pumping `window`); a failed credit is
+    /// logged, the session stands. Two steps here; one on a store where one node holds every
+    /// key ([`Store::pumps_with_codes`]).
+    #[allow(clippy::too_many_arguments)]
+    async fn put_session_credited(
+        &self,
+        user: &str,
+        sid: &str,
+        meta: &str,
+        ttl: Duration,
+        max: usize,
+        credit: &[PumpCheck],
+        window: Duration,
+    ) -> Result<SessionPut, StoreError> {
+        put_session_credited_in_two_steps(self, user, sid, meta, ttl, max, credit, window).await
+    }
 
     /// Whether session `sid` of `user` still stands: not revoked by itself
     /// ([`Store::revoke_session`]), nor by [`Store::revoke_user`] (a session opened before the
@@ -711,6 +751,24 @@ impl Store for Metered {
         self.timed(
             "put_session",
             self.inner.put_session(user, sid, meta, ttl, max),
+        )
+        .await
+    }
+
+    async fn put_session_credited(
+        &self,
+        user: &str,
+        sid: &str,
+        meta: &str,
+        ttl: Duration,
+        max: usize,
+        credit: &[PumpCheck],
+        window: Duration,
+    ) -> Result<SessionPut, StoreError> {
+        self.timed(
+            "put_session_credited",
+            self.inner
+                .put_session_credited(user, sid, meta, ttl, max, credit, window),
         )
         .await
     }

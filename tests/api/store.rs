@@ -77,6 +77,7 @@ conformance!(
     pumping_refuses_without_counting_and_takes_back,
     pumping_blocks_on_low_conversion_and_lifts,
     a_send_counted_with_its_code_stores_nothing_when_refused_and_is_taken_back,
+    a_credit_made_with_the_session_counts_and_not_for_a_blocked_user,
 );
 
 fn redis_store() -> Option<Arc<dyn Store>> {
@@ -1552,6 +1553,54 @@ async fn a_send_counted_with_its_code_stores_nothing_when_refused_and_is_taken_b
         matches!(issued, Some(IssueOutcome::Issued(_))),
         "{issued:?}"
     );
+    // Two scopes and two quotas: the second quota refuses F's code, so both scopes get the send
+    // back; a conversion block set by a counted send is reported with the code.
+    let prefix = pump(Scope::Prefix, 0, 2);
+    let scopes = [pump(Scope::Network, 2, 0), prefix.clone()];
+    let one_left = [quota("otp-ip", 9, HOUR), quota("otp-prefix", 1, HOUR)];
+    let e = &key();
+    let (pumped, issued) = store
+        .pump_then_issue(&scopes, true, &rules(500), &code_issue(e, &one_left))
+        .await
+        .unwrap();
+    assert_eq!((pumped.refused, pumped.blocked.len()), (None, 0));
+    assert!(
+        matches!(issued, Some(IssueOutcome::Issued(ref q)) if q.len() == 2),
+        "{issued:?}"
+    );
+    let f = &key();
+    let (pumped, issued) = store
+        .pump_then_issue(&scopes, true, &rules(500), &code_issue(f, &one_left))
+        .await
+        .unwrap();
+    match issued {
+        Some(IssueOutcome::Limited(refusal)) => assert_eq!(refusal.policy, "otp-prefix"),
+        other => panic!("{other:?}"),
+    }
+    // F's send was counted before its code was refused: the prefix had seen two sends with
+    // none verified, so it is blocked (reported with the refusal, and listed), and the send
+    // itself was given back: the network, with room for two, holds E's only.
+    assert_eq!(pumped.refused, None);
+    assert_eq!(pumped.blocked.iter().map(|b| b.0).collect::<Vec<_>>(), [1]);
+    assert!(
+        store
+            .pump_blocks()
+            .await
+            .unwrap()
+            .iter()
+            .any(|b| b.key == prefix.key),
+        "the block is listed"
+    );
+    let network = std::slice::from_ref(&scopes[0]);
+    let send = || async {
+        store
+            .pump_send(network, true, &rules(0))
+            .await
+            .unwrap()
+            .refused
+    };
+    assert_eq!(send().await, None, "F's send was given back");
+    assert!(send().await.is_some(), "E's and this one fill it");
 }
 
 fn code_issue<'a>(phone: &'a str, quotas: &'a [Quota]) -> CodeIssue<'a> {
@@ -1564,4 +1613,55 @@ fn code_issue<'a>(phone: &'a str, quotas: &'a [Quota]) -> CodeIssue<'a> {
         mark: 7,
         keep_tries_below: 0,
     }
+}
+
+/// `put_session_credited` (one script on one node, two steps elsewhere): the verified code is
+/// credited with the session; a blocked user gets neither.
+async fn a_credit_made_with_the_session_counts_and_not_for_a_blocked_user(store: Arc<dyn Store>) {
+    use otpgate::store::SessionPut;
+    let net = pump(Scope::Network, 1, 0);
+    let one = std::slice::from_ref(&net);
+    let send = || async { store.pump_send(one, true, &rules(0)).await.unwrap().refused };
+    assert_eq!(send().await, None);
+    assert!(
+        send().await.is_some(),
+        "one unverified code spends the budget"
+    );
+    // A blocked user: no session, no credit.
+    let blocked = Uuid::new_v4().to_string();
+    store.set_blocked(&blocked, None, true).await.unwrap();
+    assert_eq!(
+        store
+            .put_session_credited(&blocked, "b1", "{}", MINUTE, 3, one, HOUR)
+            .await
+            .unwrap(),
+        SessionPut::Blocked
+    );
+    assert!(send().await.is_some(), "nothing was credited");
+    // A session recorded: its code is credited, so the budget has room again.
+    let user = Uuid::new_v4().to_string();
+    assert_eq!(
+        store
+            .put_session_credited(&user, "s1", "{}", MINUTE, 3, one, HOUR)
+            .await
+            .unwrap(),
+        SessionPut::Recorded(vec![])
+    );
+    assert_eq!(send().await, None, "the credit freed a place");
+    assert!(
+        store
+            .sessions(&user, MINUTE)
+            .await
+            .unwrap()
+            .iter()
+            .any(|s| s.sid == "s1")
+    );
+    // No scopes: a plain session.
+    assert_eq!(
+        store
+            .put_session_credited(&user, "s2", "{}", MINUTE, 3, &[], HOUR)
+            .await
+            .unwrap(),
+        SessionPut::Recorded(vec![])
+    );
 }

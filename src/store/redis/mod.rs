@@ -78,7 +78,8 @@ use redis::Script;
 use self::link::{Conn, RedisLink};
 use super::{
     BindOutcome, ClaimOutcome, CodeIssue, IssueOutcome, RefreshOutcome, SessionPut, SessionRecord,
-    Store, StoreError, VerifyOutcome, pump_then_issue_in_two_steps, ttl_ms, unix_ms,
+    Store, StoreError, VerifyOutcome, pump_then_issue_in_two_steps,
+    put_session_credited_in_two_steps, ttl_ms, unix_ms,
 };
 use crate::config::RedisMode;
 use crate::domain::pumping::{
@@ -124,6 +125,7 @@ pub struct RedisStore {
     revoke_user: Script,
     pump: Script,
     pump_then_issue: Script,
+    session_then_credit: Script,
     replace_code: Script,
     mark_code: Script,
     receipt: Script,
@@ -204,6 +206,15 @@ impl RedisStore {
                 include_str!("../lua/pump.lua"),
                 "end\n",
                 include_str!("../lua/pump_then_issue.lua")
+            )),
+            session_then_credit: Script::new(concat!(
+                "local function session_main(KEYS, ARGV)\n",
+                include_str!("../lua/put_session.lua"),
+                "end\nlocal function pump_main(KEYS, ARGV)\n",
+                include_str!("../lua/gcra.lua"),
+                include_str!("../lua/pump.lua"),
+                "end\n",
+                include_str!("../lua/session_then_credit.lua")
             )),
             replace_code: Script::new(include_str!("../lua/replace_code.lua")),
             mark_code: Script::new(include_str!("../lua/mark_code.lua")),
@@ -737,19 +748,41 @@ impl Store for RedisStore {
             .arg(ttl_ms(ttl))
             .arg(max);
         let reply: Vec<redis::Value> = self.invoke_as(&invocation).await?;
-        match reply.split_first() {
-            Some((redis::Value::Int(0), evicted)) => Ok(SessionPut::Recorded(
-                evicted
-                    .iter()
-                    .map(|v| redis::from_redis_value::<String>(v.clone()))
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| StoreError::Protocol(format!("put_session: {e}")))?,
-            )),
-            Some((redis::Value::Int(1), [])) => Ok(SessionPut::Blocked),
-            _ => Err(StoreError::Protocol(format!(
-                "put_session returned {reply:?}"
-            ))),
+        session_put(&reply)
+    }
+
+    /// One node: one script, the session and then the credit (see `session_then_credit.lua`).
+    async fn put_session_credited(
+        &self,
+        user: &str,
+        sid: &str,
+        meta: &str,
+        ttl: Duration,
+        max: usize,
+        credit: &[PumpCheck],
+        window: Duration,
+    ) -> Result<SessionPut, StoreError> {
+        if !self.single_node() || credit.is_empty() {
+            return put_session_credited_in_two_steps(
+                self, user, sid, meta, ttl, max, credit, window,
+            )
+            .await;
         }
+        let mut invocation = self
+            .session_then_credit
+            .key(self.user_key(user, "sessions"));
+        invocation
+            .key(self.user_key(user, "blocked"))
+            .arg(sid)
+            .arg(meta)
+            .arg(ttl_ms(ttl))
+            .arg(max)
+            .arg(ttl_ms(window));
+        for check in credit {
+            invocation.key(self.pump_key(check.scope, &check.key));
+        }
+        let reply: Vec<redis::Value> = self.invoke_as(&invocation).await?;
+        session_put(&reply)
     }
 
     async fn session_stands(
@@ -1344,7 +1377,23 @@ impl RedisStore {
     }
 }
 
-/// The `(index, block end)` of the keys a pump script blocked (a nonzero end).
+/// What put_session's reply says.
+fn session_put(reply: &[redis::Value]) -> Result<SessionPut, StoreError> {
+    match reply.split_first() {
+        Some((redis::Value::Int(0), evicted)) => Ok(SessionPut::Recorded(
+            evicted
+                .iter()
+                .map(|v| redis::from_redis_value::<String>(v.clone()))
+                .collect::<Result<_, _>>()
+                .map_err(|e| StoreError::Protocol(format!("put_session: {e}")))?,
+        )),
+        Some((redis::Value::Int(1), [])) => Ok(SessionPut::Blocked),
+        _ => Err(StoreError::Protocol(format!(
+            "put_session returned {reply:?}"
+        ))),
+    }
+}
+
 /// The outcome of a pump `send` over `checks` scopes from its reply.
 fn pump_send_outcome(
     reply: &[i64],
@@ -1401,6 +1450,7 @@ fn issue_outcome(reply: &[i64], quotas: &[Quota]) -> Result<IssueOutcome, StoreE
     })
 }
 
+/// The `(index, block end)` of the keys a pump script blocked (a nonzero end).
 fn block_ends(ends: &[i64]) -> Vec<(usize, u64)> {
     ends.iter()
         .enumerate()
