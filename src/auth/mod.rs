@@ -813,8 +813,10 @@ impl AuthService {
             .await;
         // The session is recorded before the code counts as used: a store failure there (503)
         // puts the code back too. The pumping defence's credit for the code is made with the
-        // session (one step where one store node holds both); a failure after that (a 503 that
-        // puts the code back) can credit it twice, which never blocks anybody.
+        // session (one step where one store node holds both). A failure after that (revoking a
+        // session pushed out by the cap, a 503 that puts the code back) lets the retry credit
+        // it again: one unverified send of those scopes counted as verified, a budget looser
+        // by one, only while the store fails; never a block.
         let credit = if outcome == "success" {
             self.pumping.credits(&phone, spent.mark())
         } else {

@@ -765,6 +765,13 @@ impl Store for Metered {
         credit: &[PumpCheck],
         window: Duration,
     ) -> Result<SessionPut, StoreError> {
+        if credit.is_empty() || !self.inner.pumps_with_codes() {
+            // Each step timed and counted under its own name.
+            return put_session_credited_in_two_steps(
+                self, user, sid, meta, ttl, max, credit, window,
+            )
+            .await;
+        }
         self.timed(
             "put_session_credited",
             self.inner
@@ -880,6 +887,10 @@ impl Store for Metered {
         rules: &PumpRules,
         code: &CodeIssue<'_>,
     ) -> Result<(PumpOutcome, Option<IssueOutcome>), StoreError> {
+        if checks.is_empty() || !self.inner.pumps_with_codes() {
+            // Each step timed and counted under its own name.
+            return pump_then_issue_in_two_steps(self, checks, enforce, rules, code).await;
+        }
         self.timed(
             "pump_then_issue",
             self.inner.pump_then_issue(checks, enforce, rules, code),

@@ -1649,6 +1649,10 @@ async fn a_credit_made_with_the_session_counts_and_not_for_a_blocked_user(store:
     );
     assert_eq!(send().await, None, "the credit freed a place");
     assert!(
+        send().await.is_some(),
+        "one place only: the counts were credited, not reset"
+    );
+    assert!(
         store
             .sessions(&user, MINUTE)
             .await
