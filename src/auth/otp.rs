@@ -224,12 +224,7 @@ impl OtpService {
         mark: u64,
         delegated: bool,
     ) -> Result<IssuedCode, Error> {
-        let code = self.generate();
-        let hash = if delegated {
-            self.delegated_hash(phone)
-        } else {
-            self.hash(phone, &code)
-        };
+        let (code, hash) = self.fresh(phone, delegated);
         let outcome = self
             .store
             .issue_code_marked(
@@ -260,12 +255,7 @@ impl OtpService {
         enforce: bool,
         rules: &PumpRules,
     ) -> Result<(PumpOutcome, Option<Result<IssuedCode, Error>>), Error> {
-        let code = self.generate();
-        let hash = if delegated {
-            self.delegated_hash(phone)
-        } else {
-            self.hash(phone, &code)
-        };
+        let (code, hash) = self.fresh(phone, delegated);
         let request = CodeIssue {
             phone: &subjects.phone,
             code_hash: &hash,
@@ -280,6 +270,18 @@ impl OtpService {
             .pump_then_issue(checks, enforce, rules, &request)
             .await?;
         Ok((pumped, outcome.map(|o| self.issued(code, hash, o))))
+    }
+
+    /// A fresh code and what the store keeps for it: its HMAC, or with `delegated` the
+    /// [`OtpService::delegated_hash`] marker.
+    fn fresh(&self, phone: &Phone, delegated: bool) -> (String, String) {
+        let code = self.generate();
+        let hash = if delegated {
+            self.delegated_hash(phone)
+        } else {
+            self.hash(phone, &code)
+        };
+        (code, hash)
     }
 
     /// The code just stored, or the limit that refused it.
