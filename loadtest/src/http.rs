@@ -10,6 +10,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -25,6 +26,8 @@ struct Conn {
     stream: TcpStream,
     /// Bytes read past the last answer (none with a well-behaved server).
     buf: Vec<u8>,
+    /// When it was last put back.
+    idle_since: Instant,
 }
 
 /// An answer: status and body.
@@ -72,8 +75,7 @@ impl Http {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> io::Result<Reply> {
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut conn = match idle {
+        let mut conn = match self.idle_conn() {
             Some(conn) => conn,
             None => {
                 let stream = TcpStream::connect(self.addr).await?;
@@ -81,6 +83,7 @@ impl Http {
                 Conn {
                     stream,
                     buf: Vec::with_capacity(2048),
+                    idle_since: Instant::now(),
                 }
             }
         };
@@ -104,6 +107,7 @@ impl Http {
         conn.stream.write_all(&request).await?;
         let (reply, keep) = conn.read_reply().await?;
         if keep {
+            conn.idle_since = Instant::now();
             self.idle
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -111,7 +115,26 @@ impl Http {
         }
         Ok(reply)
     }
+
+    /// The most recently used idle connection that the server has not closed. A request sent
+    /// on a connection the server closed while it idled (nginx's `keepalive_timeout`, a
+    /// replica restarted) would fail although the server is fine: such connections, and those
+    /// idle longer than [`IDLE_LIMIT`], are dropped here.
+    fn idle_conn(&self) -> Option<Conn> {
+        loop {
+            let conn = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            let mut probe = [0u8; 1];
+            let open = conn.idle_since.elapsed() < IDLE_LIMIT
+                && matches!(conn.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+            if open {
+                return Some(conn);
+            }
+        }
+    }
 }
+
+/// Idle connections older than this are not reused (servers close theirs after a while).
+const IDLE_LIMIT: Duration = Duration::from_secs(20);
 
 impl Conn {
     /// Reads more bytes into the buffer; an end of stream is an error (an answer was due).
@@ -269,6 +292,29 @@ mod tests {
         assert!(http.send("GET", "/", &[], b"").await.is_err());
         task.await.unwrap();
         assert!(http.idle.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_while_idle_is_not_reused() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            for _ in 0..2 {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut chunk = [0u8; 4096];
+                let _ = socket.read(&mut chunk).await.unwrap();
+                socket
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    .await
+                    .unwrap();
+                // The kept connection is closed here, as an idle timeout would.
+            }
+        });
+        let http = Http::new(&target).await.unwrap();
+        assert_eq!(http.send("GET", "/", &[], b"").await.unwrap().status, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(http.send("GET", "/", &[], b"").await.unwrap().status, 200);
+        server.await.unwrap();
     }
 
     #[tokio::test]
