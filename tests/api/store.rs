@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use otpgate::config::RedisMode;
-use otpgate::domain::pumping::{Network, PumpCheck, PumpReason, PumpRules, Scope};
+use otpgate::domain::pumping::{Network, PumpCheck, PumpOutcome, PumpReason, PumpRules, Scope};
 use otpgate::domain::quota::Quota;
 use otpgate::store::redis::RedisOptions;
 use otpgate::store::{
@@ -1474,15 +1474,8 @@ async fn a_send_counted_with_its_code_stores_nothing_when_refused_and_is_taken_b
     let per_ip = quota("otp-ip", 5, HOUR);
     let quotas = &[per_ip][..];
     let a = &key();
-    let (pumped, issued) = store
-        .pump_then_issue(
-            std::slice::from_ref(&prefix),
-            true,
-            &rules(0),
-            &code_issue(a, quotas),
-        )
-        .await
-        .unwrap();
+    let (pumped, issued) =
+        pump_then_issue(&*store, std::slice::from_ref(&prefix), true, 0, a, quotas).await;
     assert_eq!(pumped.refused, None);
     match issued {
         Some(IssueOutcome::Issued(states)) => assert_eq!(states[0].remaining, 4),
@@ -1491,15 +1484,8 @@ async fn a_send_counted_with_its_code_stores_nothing_when_refused_and_is_taken_b
     // The prefix's one place is spent: B's send is refused and B gets nothing, not even a
     // cooldown or a quota charge.
     let b = &key();
-    let (pumped, issued) = store
-        .pump_then_issue(
-            std::slice::from_ref(&prefix),
-            true,
-            &rules(0),
-            &code_issue(b, quotas),
-        )
-        .await
-        .unwrap();
+    let (pumped, issued) =
+        pump_then_issue(&*store, std::slice::from_ref(&prefix), true, 0, b, quotas).await;
     assert_eq!(pumped.refused.unwrap().reason, PumpReason::OverBudget);
     assert_eq!(issued, None);
     match store
@@ -1513,30 +1499,16 @@ async fn a_send_counted_with_its_code_stores_nothing_when_refused_and_is_taken_b
     // A's cooldown refuses its next code: a fresh scope counts the send and gives it back, so
     // its one place is still there for C.
     let fresh = pump(Scope::Network, 1, 0);
-    let (pumped, issued) = store
-        .pump_then_issue(
-            std::slice::from_ref(&fresh),
-            true,
-            &rules(0),
-            &code_issue(a, quotas),
-        )
-        .await
-        .unwrap();
+    let (pumped, issued) =
+        pump_then_issue(&*store, std::slice::from_ref(&fresh), true, 0, a, quotas).await;
     assert_eq!(pumped.refused, None);
     assert!(
         matches!(issued, Some(IssueOutcome::Cooldown { .. })),
         "{issued:?}"
     );
     let c = &key();
-    let (pumped, issued) = store
-        .pump_then_issue(
-            std::slice::from_ref(&fresh),
-            true,
-            &rules(0),
-            &code_issue(c, quotas),
-        )
-        .await
-        .unwrap();
+    let (pumped, issued) =
+        pump_then_issue(&*store, std::slice::from_ref(&fresh), true, 0, c, quotas).await;
     assert_eq!(pumped.refused, None, "the cooldown's send was given back");
     assert!(
         matches!(issued, Some(IssueOutcome::Issued(_))),
@@ -1544,10 +1516,7 @@ async fn a_send_counted_with_its_code_stores_nothing_when_refused_and_is_taken_b
     );
     // Record only: an over-budget send is reported and the code stored all the same.
     let d = &key();
-    let (pumped, issued) = store
-        .pump_then_issue(&[fresh], false, &rules(0), &code_issue(d, quotas))
-        .await
-        .unwrap();
+    let (pumped, issued) = pump_then_issue(&*store, &[fresh], false, 0, d, quotas).await;
     assert_eq!(pumped.refused.unwrap().reason, PumpReason::OverBudget);
     assert!(
         matches!(issued, Some(IssueOutcome::Issued(_))),
@@ -1559,20 +1528,14 @@ async fn a_send_counted_with_its_code_stores_nothing_when_refused_and_is_taken_b
     let scopes = [pump(Scope::Network, 2, 0), prefix.clone()];
     let one_left = [quota("otp-ip", 9, HOUR), quota("otp-prefix", 1, HOUR)];
     let e = &key();
-    let (pumped, issued) = store
-        .pump_then_issue(&scopes, true, &rules(500), &code_issue(e, &one_left))
-        .await
-        .unwrap();
+    let (pumped, issued) = pump_then_issue(&*store, &scopes, true, 500, e, &one_left).await;
     assert_eq!((pumped.refused, pumped.blocked.len()), (None, 0));
     assert!(
         matches!(issued, Some(IssueOutcome::Issued(ref q)) if q.len() == 2),
         "{issued:?}"
     );
     let f = &key();
-    let (pumped, issued) = store
-        .pump_then_issue(&scopes, true, &rules(500), &code_issue(f, &one_left))
-        .await
-        .unwrap();
+    let (pumped, issued) = pump_then_issue(&*store, &scopes, true, 500, f, &one_left).await;
     match issued {
         Some(IssueOutcome::Limited(refusal)) => assert_eq!(refusal.policy, "otp-prefix"),
         other => panic!("{other:?}"),
@@ -1603,8 +1566,16 @@ async fn a_send_counted_with_its_code_stores_nothing_when_refused_and_is_taken_b
     assert!(send().await.is_some(), "E's and this one fill it");
 }
 
-fn code_issue<'a>(phone: &'a str, quotas: &'a [Quota]) -> CodeIssue<'a> {
-    CodeIssue {
+/// `pump_then_issue` of a code "h" (a minute's life and cooldown, mark 7) for `phone`.
+async fn pump_then_issue(
+    store: &dyn Store,
+    scopes: &[PumpCheck],
+    enforce: bool,
+    permille: u32,
+    phone: &str,
+    quotas: &[Quota],
+) -> (PumpOutcome, Option<IssueOutcome>) {
+    let code = CodeIssue {
         phone,
         code_hash: "h",
         ttl: MINUTE,
@@ -1612,7 +1583,11 @@ fn code_issue<'a>(phone: &'a str, quotas: &'a [Quota]) -> CodeIssue<'a> {
         quotas,
         mark: 7,
         keep_tries_below: 0,
-    }
+    };
+    store
+        .pump_then_issue(scopes, enforce, &rules(permille), &code)
+        .await
+        .unwrap()
 }
 
 /// `put_session_credited` (one script on one node, two steps elsewhere): the verified code is
