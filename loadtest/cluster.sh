@@ -35,7 +35,9 @@
 # killed (SHUTDOWN NOSAVE); only 503s may fail, no code accepted twice, and the rate must be back
 # within 5 s of a replica owning its slots with the cluster reporting cluster_state:ok. The report gives CPU µs per flow of the
 # replicas, Redis, the database (PostgreSQL or MariaDB) and nginx (utime+stime from /proc over
-# the measured phase), and of the load generator itself (it shares the cores; it reads its own).
+# the measured phase), and of the load generator itself (it shares the cores; it reads its own),
+# and the run-queue wait µs per flow of each (time their threads were ready to run with no core
+# free, from /proc/PID/task/*/schedstat): where open-model latency goes on a shared box.
 # --smoke: 10 s, debug binaries, 2 replicas, modest load, the `full` scenario with the replay
 # check (used by .ci/run, once with --chaos sigterm). Exit status 1 when a check fails.
 # Environment: PG_OPTS (extra PostgreSQL -c options, e.g. "-c synchronous_commit=off"),
@@ -43,6 +45,8 @@
 # REPLICA_THREADS (Tokio worker threads per replica, default 2), DB_CONNECTIONS (per replica,
 # default 8), EXTRA_ENV (more VAR=value settings for the replicas), KEEP=1 (keep the work folder),
 # OTPGATE_BIN (run this otpgate binary as the replicas: before/after comparisons in one sitting),
+# LOADTEST_BIN (the same for the load generator), TMPDIR (where the work folder goes, PostgreSQL's
+# data and WAL included: TMPDIR=/dev/shm takes the disk out of the figures, for diagnosis only),
 # GENERATOR_THREADS (the load generator's worker threads, default 1; the report says how busy
 # they were).
 set -euo pipefail
@@ -123,11 +127,11 @@ else
   target=target/debug
 fi
 bin="${OTPGATE_BIN:-$PWD/$target/otpgate}"
-loadtest="$PWD/$target/otpgate-loadtest"
+loadtest="${LOADTEST_BIN:-$PWD/$target/otpgate-loadtest}"
 
 . scripts/lib/ports.sh
 
-work=$(mktemp -d /tmp/otpgate-cluster.XXXXXX)
+work=$(mktemp -d "${TMPDIR:-/tmp}/otpgate-cluster.XXXXXX")
 chmod 755 "$work"
 free_port redis_port; free_port pg_port; free_port lb_port; free_port stub_port
 pg_user=$(id -un)
@@ -421,10 +425,21 @@ group_pids() {
     nginx) [ -f "$work/nginx.pid" ] && { cat "$work/nginx.pid"; pgrep -P "$(cat "$work/nginx.pid")" || true; } ;;
   esac
 }
+# Time runnable but waiting for a core (ns), summed over the threads of the given processes:
+# the second field of /proc/PID/task/TID/schedstat. Threads that end during the run take their
+# share with them.
+wait_ns() {
+  local pid
+  for pid in "$@"; do cat /proc/"$pid"/task/*/schedstat 2>/dev/null || true; done \
+    | awk '{ total += $2 } END { printf "%d\n", total }'
+}
 cpu_snapshot() {
   for g in replicas redis "$DB" nginx; do
     echo "$g $(cpu_ticks $(group_pids "$g"))"
   done > "$1"
+  for g in replicas redis "$DB" nginx; do
+    echo "$g $(wait_ns $(group_pids "$g"))"
+  done > "$1-wait"
 }
 
 # Chaos that expects 503s checks its failures itself (below); the generator must not call
@@ -515,7 +530,7 @@ if not report["valid"]:
 if os.path.exists(f"{work}/health.json"):
     health = json.load(open(f"{work}/health.json"))["requests"]["per_second"]
     ratio = report["requests"]["per_second"] / health if health else 0
-    print(f"/health ceiling: {health:.0f} req/s; flow requests are {100 * ratio:.0f}% of it")
+    print(f"/health ceiling: {health:.0f} req/s; flow requests are {100 * ratio:.1f}% of it")
 else:
     print("/health ceiling: n/a (--no-health)")
 rss = []
@@ -626,6 +641,19 @@ gen_busy = None if gen_ticks is None else (
 print(f"Redis: {os.environ['REDIS']}; database: {os.environ['DB']}; CPU µs per flow: " + ", ".join(
     f"{g} {na(v, '{:.0f}')}" for g, v in cpu_per_flow.items())
     + (" — approximate: a process restarted" if chaos != "none" else ""))
+# Run-queue wait: how long the processes' threads were ready to run but had no core. On a
+# box whose cores the server shares with Redis, the database and the generator, this is where
+# latency goes once the cores are busy (it is not CPU, and no faster code of one process alone
+# removes it).
+wait_before, wait_after = cpu(f"{work}/cpu-before-wait"), cpu(f"{work}/cpu-after-wait")
+if wait_before and wait_after:
+    waits = {g: per_flow((wait_after[g] - wait_before[g]) / 1e3)
+             for g in ("replicas", "redis", os.environ["DB"], "nginx")
+             if g in wait_before and g in wait_after}
+    gen_wait = report.get("generator_wait_ns")
+    waits["generator"] = None if gen_wait is None else per_flow(gen_wait / 1e3)
+    print("run-queue wait µs per flow (ready, no free core): " + ", ".join(
+        f"{g} {na(v, '{:.0f}')}" for g, v in waits.items()))
 if gen_busy is not None:
     print(f"generator: {gen_busy:.0%} of its {report.get('generator_threads') or 1} thread(s) busy"
           + (" — near its limit: the figures may be the generator's (raise --threads)" if gen_busy > 0.6 else ""))
