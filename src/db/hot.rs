@@ -334,7 +334,11 @@ const MAX_BATCH: usize = 64;
 /// The most login statements in flight at once (fewer when the pool is smaller). While they
 /// run, the logins arriving meanwhile wait and then go together, in one statement: under load a
 /// statement carries many logins (one round trip, one commit), and a lone login goes at once.
-const MAX_IN_FLIGHT: usize = 4;
+/// Two rather than four (`loadtest/cluster.sh --direct`, alternated pairs, 2026-11-30): closed
+/// model 6,145–6,346 against 5,728–6,000 flows/s, PostgreSQL 52–53 against 59–63 µs per flow;
+/// at 2,800 flows/s PostgreSQL 134–137 against 146–148 µs and no worse p99. One was worse: a
+/// statement that stalls holds every login behind it.
+const MAX_IN_FLIGHT: usize = 2;
 
 /// Creates the users of new numbers and returns those of known ones, all in one statement.
 /// Rows are inserted in phone order, so two replicas' statements never wait on each other's
