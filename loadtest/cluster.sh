@@ -43,7 +43,7 @@
 # Environment: PG_OPTS (extra PostgreSQL -c options, e.g. "-c synchronous_commit=off"),
 # MARIADB_OPTS (extra mariadbd options, e.g. "--innodb-flush-log-at-trx-commit=2"),
 # REPLICA_THREADS (Tokio worker threads per replica, default 2), DB_CONNECTIONS (per replica,
-# default 8), EXTRA_ENV (more VAR=value settings for the replicas), KEEP=1 (keep the work folder),
+# default 8), REDIS_CONNECTIONS (per replica, default 1, as otpgate's own default), EXTRA_ENV (more VAR=value settings for the replicas), KEEP=1 (keep the work folder),
 # OTPGATE_BIN (run this otpgate binary as the replicas: before/after comparisons in one sitting),
 # LOADTEST_BIN (the same for the load generator), TMPDIR (where the work folder goes, PostgreSQL's
 # data and WAL included: TMPDIR=/dev/shm takes the disk out of the figures, for diagnosis only),
@@ -213,7 +213,7 @@ webhook_secret=loadtest-webhook-secret
 replica_vars=(
   PATH="$PATH" HOST=127.0.0.1 LOG_LEVEL=warn LOG_FORMAT=json \
     "${redis_env[@]}" DATABASE_URL="$database_url" \
-    RUN_MIGRATIONS=false DATABASE_MAX_CONNECTIONS="${DB_CONNECTIONS:-8}" REDIS_CONNECTIONS=2 \
+    RUN_MIGRATIONS=false DATABASE_MAX_CONNECTIONS="${DB_CONNECTIONS:-8}" REDIS_CONNECTIONS="${REDIS_CONNECTIONS:-1}" \
     JWT_SECRET_KEY=loadtest-secret-loadtest-secret-loadtest EXPOSE_OTP=true \
     SHUTDOWN_GRACE_SECONDS=5 TRUSTED_PROXIES=127.0.0.1/32 \
     RATE_LIMIT_FRONTDOOR_PER_SECOND=1000000 RATE_LIMIT_FRONTDOOR_BURST=1000000 \
