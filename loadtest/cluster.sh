@@ -43,7 +43,8 @@
 # Environment: PG_OPTS (extra PostgreSQL -c options, e.g. "-c synchronous_commit=off"),
 # MARIADB_OPTS (extra mariadbd options, e.g. "--innodb-flush-log-at-trx-commit=2"),
 # REPLICA_THREADS (Tokio worker threads per replica, default 2), DB_CONNECTIONS (per replica,
-# default 8), REDIS_CONNECTIONS (per replica, default 1, as otpgate's own default), EXTRA_ENV (more VAR=value settings for the replicas), KEEP=1 (keep the work folder),
+# default 8), REDIS_CONNECTIONS (per replica, default 1 as in otpgate), EXTRA_ENV (more
+# VAR=value settings for the replicas), KEEP=1 (keep the work folder),
 # OTPGATE_BIN (run this otpgate binary as the replicas: before/after comparisons in one sitting),
 # LOADTEST_BIN (the same for the load generator), TMPDIR (where the work folder goes, PostgreSQL's
 # data and WAL included: TMPDIR=/dev/shm takes the disk out of the figures, for diagnosis only),
@@ -643,8 +644,8 @@ print(f"Redis: {os.environ['REDIS']}; database: {os.environ['DB']}; CPU µs per 
     + (" — approximate: a process restarted" if chaos != "none" else ""))
 # Run-queue wait: how long the processes' threads were ready to run but had no core. On a
 # box whose cores the server shares with Redis, the database and the generator, this is where
-# latency goes once the cores are busy (it is not CPU, and no faster code of one process alone
-# removes it).
+# latency goes once the cores are busy: it is not CPU, and it falls only as the cores get less
+# busy (less CPU per flow in any process) or the work comes in fewer, shorter bursts.
 wait_before, wait_after = cpu(f"{work}/cpu-before-wait"), cpu(f"{work}/cpu-after-wait")
 if wait_before and wait_after:
     waits = {g: per_flow((wait_after[g] - wait_before[g]) / 1e3)
