@@ -78,7 +78,7 @@ while [ $# -gt 0 ]; do
     --db) DB=$2; shift 2 ;;
     --smoke) SMOKE=1; PROFILE=debug; DURATION=10; REPLICAS=2; CONCURRENCY=8; HEALTH=0
              SCENARIO=full; REPLAY=--replay-check; shift ;;
-    -h|--help) sed -n '2,44p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;p}' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -432,7 +432,7 @@ group_pids() {
 wait_ns() {
   local pid
   for pid in "$@"; do cat /proc/"$pid"/task/*/schedstat 2>/dev/null || true; done \
-    | awk '{ total += $2 } END { printf "%d\n", total }'
+    | awk '{ total += $2 } END { printf "%.0f\n", total }'
 }
 cpu_snapshot() {
   for g in replicas redis "$DB" nginx; do
@@ -531,7 +531,7 @@ if not report["valid"]:
 if os.path.exists(f"{work}/health.json"):
     health = json.load(open(f"{work}/health.json"))["requests"]["per_second"]
     ratio = report["requests"]["per_second"] / health if health else 0
-    print(f"/health ceiling: {health:.0f} req/s; flow requests are {100 * ratio:.1f}% of it")
+    print(f"/health ceiling: {health:.0f} req/s; flow requests are {100 * ratio:.2f}% of it")
 else:
     print("/health ceiling: n/a (--no-health)")
 rss = []
@@ -654,7 +654,8 @@ if wait_before and wait_after:
     gen_wait = report.get("generator_wait_ns")
     waits["generator"] = None if gen_wait is None else per_flow(gen_wait / 1e3)
     print("run-queue wait µs per flow (ready, no free core): " + ", ".join(
-        f"{g} {na(v, '{:.0f}')}" for g, v in waits.items()))
+        f"{g} {na(v, '{:.0f}')}" for g, v in waits.items())
+        + (" — approximate: a process restarted" if chaos != "none" else ""))
 if gen_busy is not None:
     print(f"generator: {gen_busy:.0%} of its {report.get('generator_threads') or 1} thread(s) busy"
           + (" — near its limit: the figures may be the generator's (raise --threads)" if gen_busy > 0.6 else ""))

@@ -814,18 +814,24 @@ fn own_cpu_ticks() -> Option<u64> {
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
-/// How long this process's threads have waited, ready to run, for a core (ns): the second field
-/// of `/proc/self/task/*/schedstat` (Linux only), summed over the threads alive now.
+/// How long this process's threads have waited, ready to run, for a core (ns), summed over the
+/// threads alive now (`/proc/self/task/*/schedstat`, Linux only; `None` without it).
 fn own_wait_ns() -> Option<u64> {
-    let mut total = 0;
+    let mut total = None;
     for task in std::fs::read_dir("/proc/self/task").ok()? {
         let path = task.ok()?.path().join("schedstat");
         let Ok(stat) = std::fs::read_to_string(path) else {
             continue; // the thread ended meanwhile
         };
-        total += stat.split_whitespace().nth(1)?.parse::<u64>().ok()?;
+        total = Some(total.unwrap_or(0) + run_queue_wait(&stat)?);
     }
-    Some(total)
+    total
+}
+
+/// The run-queue wait (ns) of one thread's `schedstat`: its second field (the first is the time
+/// it ran, the third how many times it ran).
+fn run_queue_wait(schedstat: &str) -> Option<u64> {
+    schedstat.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// `value` as JSON, or `null` when it was not measured.
@@ -1121,6 +1127,13 @@ mod tests {
         // After the report is taken, a late flow changes nothing.
         recorder.flow_done(due, Ok(()));
         (recorder, counts)
+    }
+
+    #[test]
+    fn the_run_queue_wait_is_the_second_field_of_schedstat() {
+        assert_eq!(run_queue_wait("8123456 4567 89\n"), Some(4567));
+        assert_eq!(run_queue_wait("8123456\n"), None);
+        assert_eq!(run_queue_wait(""), None);
     }
 
     /// More busy threads than cores: they use CPU, and some of them wait for a core.
