@@ -435,12 +435,15 @@ wait_ns() {
     | awk '{ total += $2 } END { printf "%.0f\n", total }'
 }
 cpu_snapshot() {
+  local g pids
+  : > "$1"; : > "$1-wait"
   for g in replicas redis "$DB" nginx; do
-    echo "$g $(cpu_ticks $(group_pids "$g"))"
-  done > "$1"
-  for g in replicas redis "$DB" nginx; do
-    echo "$g $(wait_ns $(group_pids "$g"))"
-  done > "$1-wait"
+    pids=$(group_pids "$g")
+    # shellcheck disable=SC2086
+    echo "$g $(cpu_ticks $pids)" >> "$1"
+    # shellcheck disable=SC2086
+    echo "$g $(wait_ns $pids)" >> "$1-wait"
+  done
 }
 
 # Chaos that expects 503s checks its failures itself (below); the generator must not call

@@ -785,14 +785,10 @@ async fn run(args: Args) -> Result<Value, String> {
     }
     let counts = recorder.close();
     let at_start = ticks_at_start.await.unwrap_or((None, None));
-    let cpu_ticks = match (own_cpu_ticks(), at_start.0) {
-        (Some(end), Some(start)) => Some(end.saturating_sub(start)),
-        _ => None,
-    };
-    let wait_ns = match (own_wait_ns(), at_start.1) {
-        (Some(end), Some(start)) => Some(end.saturating_sub(start)),
-        _ => None,
-    };
+    // Growth of a counter over the measured phase, when it was read at both ends.
+    let grew = |end: Option<u64>, start: Option<u64>| Some(end?.saturating_sub(start?));
+    let cpu_ticks = grew(own_cpu_ticks(), at_start.0);
+    let wait_ns = grew(own_wait_ns(), at_start.1);
     let elapsed = started.elapsed().as_secs_f64() - args.warmup.as_secs_f64();
     tasks.abort_all();
     let mut report = report(&args, &recorder, counts, elapsed);
