@@ -93,7 +93,14 @@ impl AuthService {
         let subjects = self.otp.subjects(&phone);
         let (attempts, failures) = self.quotas.for_verify(&subjects, client.ip);
         let spent = self
-            .check_code(client, &phone, &subjects, code, (&attempts, &failures))
+            .check_code(
+                client,
+                &phone,
+                &subjects,
+                code,
+                (&attempts, &failures),
+                None,
+            )
             .await?;
         let mark = spent.mark();
         let old = self

@@ -736,9 +736,14 @@ impl AuthService {
         })
     }
 
-    /// Checks the code and opens a session. One store round trip; one SQL statement on
+    /// Checks the code and opens a session: the code check, then one SQL statement on
     /// PostgreSQL and MariaDB, two on MySQL, a `SELECT` (+ `INSERT` for a new user) on SQLite
-    /// ([`db::LoginSql`]); a returning user's `last_login_at` is written in the background.
+    /// ([`db::LoginSql`]), then the session put; a returning user's `last_login_at` is written
+    /// in the background. On PostgreSQL with one Redis node (standalone or Sentinel) and the
+    /// pumping defence off, the session is put with the code check, for the id a new user gets
+    /// ([`db::LoginSession::proposed_user`]): a new user's login takes two round trips (Redis,
+    /// PostgreSQL), a returning user's takes its own put after the statement (and drops the
+    /// early one at the same time), as before.
     ///
     /// A database outage answers 503 and leaves the code usable: on MySQL/MariaDB and SQLite the
     /// database is reached before the code is spent; on PostgreSQL the code goes back when the
@@ -760,8 +765,42 @@ impl AuthService {
             .await?;
         let subjects = self.otp.subjects(&phone);
         let (attempts, failures) = self.quotas.for_verify(&subjects, client_ip);
-        let spent = match self
-            .check_code(client, &phone, &subjects, code, (&attempts, &failures))
+        // The user a new account would get is known before the statement (PostgreSQL): where
+        // one store node holds every key, its session is recorded with the code check, and
+        // kept when the statement creates that user (a returning user's login drops it and
+        // records its own). Not with the pumping defence on: the credit a verified code earns
+        // depends on what the check reads.
+        let proposed = session
+            .proposed_user()
+            .filter(|_| {
+                self.store.pumps_with_codes()
+                    && self.pumping.mode == crate::domain::pumping::PumpingMode::Off
+            })
+            .map(|id| {
+                (
+                    id.to_string(),
+                    crate::domain::ids::random_uuid().to_string(),
+                    self.session_meta(client),
+                )
+            });
+        let draft = proposed
+            .as_ref()
+            .map(|(user, sid, meta)| crate::store::SessionDraft {
+                user,
+                sid,
+                meta,
+                ttl: self.tokens.longest_lifetime(),
+                max: sessions::MAX_SESSIONS,
+            });
+        let mut spent = match self
+            .check_code(
+                client,
+                &phone,
+                &subjects,
+                code,
+                (&attempts, &failures),
+                draft,
+            )
             .await
         {
             Ok(spent) => spent,
@@ -825,9 +864,35 @@ impl AuthService {
         let opened = match finished {
             Ok((user, created)) => {
                 let id = user.id;
-                self.open_session(user, created, client, LoginMethod::Otp(&phone), &credit)
-                    .await
-                    .map_err(|err| (err, Some(id)))
+                let method = LoginMethod::Otp(&phone);
+                // The user proposed before the check (a new one): the session recorded with it
+                // stands. Another user (a returning one): that session goes and theirs is
+                // recorded, at once.
+                let early = match user.blocked_at {
+                    None => spent.take_session_for(&id.to_string()),
+                    Some(_) => None,
+                };
+                match early {
+                    Some(early) => {
+                        self.session_opened(
+                            user,
+                            created,
+                            client,
+                            method,
+                            early.sid,
+                            SessionPut::Recorded(early.evicted),
+                        )
+                        .await
+                    }
+                    None => {
+                        let (_, opened) = tokio::join!(
+                            spent.discard_session(),
+                            self.open_session(user, created, client, method, &credit)
+                        );
+                        opened
+                    }
+                }
+                .map_err(|err| (err, Some(id)))
             }
             Err(err) => Err((err, None)),
         };
@@ -873,9 +938,10 @@ impl AuthService {
         phone: &Phone,
         subjects: &crate::domain::quota::Subjects,
         code: &str,
-        (attempts, failures): (&[Quota], &[Quota]),
+        quotas: (&[Quota], &[Quota]),
+        session: Option<crate::store::SessionDraft<'_>>,
     ) -> Result<otp::SpentOtp, Error> {
-        let check = self.otp.verify(phone, subjects, code, attempts, failures);
+        let check = self.otp.verify(phone, subjects, code, quotas, session);
         if self.delivery.twilio_verify().is_some() {
             client.away(check).await
         } else {
@@ -915,6 +981,22 @@ impl AuthService {
                 self.pumping.window,
             )
             .await?;
+        self.session_opened(user, created, client, method, sid, put)
+            .await
+    }
+
+    /// The rest of [`AuthService::open_session`] once session `sid` was put (`put`): the
+    /// sessions evicted beyond the cap revoked, the token pair, the metrics and the audit.
+    async fn session_opened(
+        &self,
+        user: user::Model,
+        created: bool,
+        client: &ClientInfo,
+        method: LoginMethod<'_>,
+        sid: String,
+        put: SessionPut,
+    ) -> Result<LoggedIn, Error> {
+        let ttl = self.tokens.longest_lifetime();
         match put {
             SessionPut::Blocked => {
                 tracing::info!(user_id = %user.id, "login refused: the user is blocked");

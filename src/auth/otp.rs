@@ -13,7 +13,7 @@ use crate::domain::phone::Phone;
 use crate::domain::pumping::{PumpCheck, PumpOutcome, PumpRules};
 use crate::domain::quota::{Quota, QuotaState, Subjects, whole_seconds};
 use crate::error::Error;
-use crate::store::{CodeIssue, IssueOutcome, Store, VerifyOutcome};
+use crate::store::{CodeIssue, IssueOutcome, SessionDraft, SessionPut, Store, VerifyOutcome};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -33,6 +33,22 @@ pub struct SpentOtp {
     /// A Twilio Verify code Twilio approved: Twilio has used it up, so undoing the spend
     /// releases the marker (the user asks for a new code at once) instead of putting it back.
     approved_elsewhere: bool,
+    /// The session recorded with the check ([`OtpService::verify`]'s `session`) until the
+    /// login takes it ([`SpentOtp::take_session`]); one not taken is dropped from its user's
+    /// index ([`SpentOtp::restore`], or in the background when this is dropped).
+    session: Option<EarlySession>,
+}
+
+/// A session recorded with the code check, for the user proposed before it: the login keeps it
+/// when that is the user it opens, and drops it otherwise. Its id was never handed out.
+#[derive(Debug)]
+pub struct EarlySession {
+    /// The proposed user's id.
+    pub user: String,
+    /// The session's id.
+    pub sid: String,
+    /// The sessions the put dropped beyond the cap (none for a new user), to revoke.
+    pub evicted: Vec<String>,
 }
 
 impl SpentOtp {
@@ -41,9 +57,25 @@ impl SpentOtp {
         self.mark
     }
 
-    /// The login succeeded: the code stays spent.
+    /// The login succeeded: the code stays spent. A session recorded with the check and not
+    /// taken is dropped in the background.
     pub fn keep(mut self) {
         self.armed = false;
+    }
+
+    /// The session recorded with the check, for a login that opens it for `user`: from now on
+    /// the caller's. `None` (and it stays here) when there is none or it is another user's.
+    pub fn take_session_for(&mut self, user: &str) -> Option<EarlySession> {
+        self.session.take_if(|early| early.user == user)
+    }
+
+    /// Drops the session recorded with the check (a login that opens another user's): from its
+    /// user's index, now. A failure is logged; the entry then lapses with the index (no token
+    /// was ever issued for it).
+    pub async fn discard_session(&mut self) {
+        if let Some(early) = self.session.take() {
+            drop_early(&*self.store, &early).await;
+        }
     }
 
     /// The login failed after the code check: the code works again (unless a newer one
@@ -51,6 +83,7 @@ impl SpentOtp {
     /// its marker and the resend cooldown are released instead (`false`).
     pub async fn restore(mut self) -> Result<bool, Error> {
         self.armed = false;
+        self.discard_session().await;
         undo(
             &*self.store,
             &self.phone,
@@ -58,6 +91,13 @@ impl SpentOtp {
             self.approved_elsewhere,
         )
         .await
+    }
+}
+
+/// Drops a session recorded with a code check from its user's index.
+async fn drop_early(store: &dyn Store, early: &EarlySession) {
+    if let Err(err) = store.drop_session(&early.user, &early.sid).await {
+        tracing::warn!(error = %err, "a session recorded with its code check could not be dropped");
     }
 }
 
@@ -73,18 +113,23 @@ async fn undo(store: &dyn Store, phone: &str, hash: &str, approved: bool) -> Res
 
 impl Drop for SpentOtp {
     fn drop(&mut self) {
-        if !self.armed {
+        let early = self.session.take();
+        if !self.armed && early.is_none() {
             return;
         }
-        let (store, phone, hash, approved) = (
+        let (store, phone, hash, approved, armed) = (
             self.store.clone(),
             std::mem::take(&mut self.phone),
             std::mem::take(&mut self.hash),
             self.approved_elsewhere,
+            self.armed,
         );
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Err(err) = undo(&*store, &phone, &hash, approved).await {
+                if let Some(early) = early {
+                    drop_early(&*store, &early).await;
+                }
+                if armed && let Err(err) = undo(&*store, &phone, &hash, approved).await {
                     tracing::warn!(error = %err, "a cancelled login's code could not be put back");
                 }
             });
@@ -377,14 +422,16 @@ impl OtpService {
 
     /// Checks `code` for `phone`: right once, then gone (the returned [`SpentOtp`] can put it
     /// back); burned after too many wrong tries. `attempts` quotas are charged on every check,
-    /// `failures` on a wrong code.
+    /// `failures` on a wrong code. `session`: one to record with a right code where the store
+    /// does that in the same step ([`Store::verify_code_then_session`]; the returned
+    /// [`SpentOtp`] holds it then).
     pub async fn verify(
         &self,
         phone: &Phone,
         subjects: &Subjects,
         code: &str,
-        attempts: &[Quota],
-        failures: &[Quota],
+        (attempts, failures): (&[Quota], &[Quota]),
+        session: Option<SessionDraft<'_>>,
     ) -> Result<SpentOtp, Error> {
         let code = code.trim();
         if code.len() != self.length as usize || !code.bytes().all(|b| b.is_ascii_digit()) {
@@ -395,18 +442,35 @@ impl OtpService {
         }
         let hash = self.hash(phone, code);
         let marker = self.delegate.as_ref().map(|_| self.delegated_hash(phone));
-        match self
-            .store
-            .verify_code_or_delegated(
-                &subjects.phone,
-                &hash,
-                marker.as_deref(),
-                self.max_attempts,
-                attempts,
-                failures,
-            )
-            .await?
-        {
+        let (outcome, put) = match &session {
+            Some(draft) => {
+                self.store
+                    .verify_code_then_session(
+                        &subjects.phone,
+                        &hash,
+                        marker.as_deref(),
+                        self.max_attempts,
+                        attempts,
+                        failures,
+                        draft,
+                    )
+                    .await?
+            }
+            None => (
+                self.store
+                    .verify_code_or_delegated(
+                        &subjects.phone,
+                        &hash,
+                        marker.as_deref(),
+                        self.max_attempts,
+                        attempts,
+                        failures,
+                    )
+                    .await?,
+                None,
+            ),
+        };
+        match outcome {
             VerifyOutcome::Verified { mark } => Ok(SpentOtp {
                 store: self.store.clone(),
                 phone: subjects.phone.clone(),
@@ -414,6 +478,15 @@ impl OtpService {
                 mark,
                 armed: true,
                 approved_elsewhere: false,
+                // A blocked user's put recorded nothing: the login finds the block again.
+                session: match (session, put) {
+                    (Some(draft), Some(SessionPut::Recorded(evicted))) => Some(EarlySession {
+                        user: draft.user.to_owned(),
+                        sid: draft.sid.to_owned(),
+                        evicted,
+                    }),
+                    _ => None,
+                },
             }),
             VerifyOutcome::Delegated { mark, remaining } => {
                 let (Some(verifier), Some(marker)) = (&self.delegate, marker) else {
@@ -430,6 +503,7 @@ impl OtpService {
                     mark,
                     armed: true,
                     approved_elsewhere: false,
+                    session: None,
                 };
                 match verifier.check(phone.as_str(), code).await {
                     Ok(VerifyCheck::Approved) => {

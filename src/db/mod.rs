@@ -284,8 +284,9 @@ pub async fn login_sql(db: &DatabaseConnection) -> Result<LoginSql, DbErr> {
 /// On SQLite: the lookup first, then the insert (or nothing), through the pool.
 pub enum LoginSession {
     /// PostgreSQL: the login pool's queue, which sends the logins waiting at the same moment
-    /// in one statement.
-    Postgres(hot::LoginQueue),
+    /// in one statement, and the id a user created by this login gets
+    /// ([`LoginSession::proposed_user`]).
+    Postgres(hot::LoginQueue, Uuid),
     /// A MySQL/MariaDB connection held for this login, and the statement to use on it.
     Mysql(
         sea_orm::sqlx::pool::PoolConnection<sea_orm::sqlx::MySql>,
@@ -293,6 +294,18 @@ pub enum LoginSession {
     ),
     /// The user found by the lookup, if any; statements go through the pool.
     Pooled(Option<user::Model>),
+}
+
+impl LoginSession {
+    /// The id the user gets when this login creates them, known before the statement runs
+    /// (PostgreSQL's): the session can be recorded for it with the code check and kept when
+    /// the statement creates that user. `None` where the database picks it later.
+    pub fn proposed_user(&self) -> Option<Uuid> {
+        match self {
+            LoginSession::Postgres(_, id) => Some(*id),
+            _ => None,
+        }
+    }
 }
 
 pub(crate) fn row_user(row: impl Into<sea_orm::QueryResult>) -> Result<user::Model, DbErr> {
@@ -332,7 +345,9 @@ pub async fn login_start(
     match (sql, db.get_database_backend(), hot) {
         (LoginSql::Postgres, DatabaseBackend::Postgres, Some(pool)) => {
             pool.check_reachable().await?;
-            Ok(LoginSession::Postgres(pool.logins()))
+            let id =
+                crate::domain::ids::time_ordered_uuid(Utc::now().timestamp_millis().max(0) as u64);
+            Ok(LoginSession::Postgres(pool.logins(), id))
         }
         (
             LoginSql::MariadbReturning | LoginSql::MysqlInsertThenSelect,
@@ -368,10 +383,7 @@ pub async fn login_finish(
         LoginSession::Pooled(existing) => {
             return Box::pin(complete_login(db, existing, phone, now, touches)).await;
         }
-        LoginSession::Postgres(queue) => {
-            let id = crate::domain::ids::time_ordered_uuid(now.timestamp_millis().max(0) as u64);
-            queue.login(id, phone, now).await?
-        }
+        LoginSession::Postgres(queue, id) => queue.login(id, phone, now).await?,
         LoginSession::Mysql(conn, sql) => Box::pin(mysql_login(conn, sql, phone, now)).await?,
     };
     if !created {

@@ -154,6 +154,22 @@ pub enum SessionPut {
     Blocked,
 }
 
+/// A session to record with a code check ([`Store::verify_code_then_session`]): what
+/// [`Store::put_session`] takes.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionDraft<'a> {
+    /// The user's id.
+    pub user: &'a str,
+    /// The new session's id.
+    pub sid: &'a str,
+    /// What the client told ([`Store::put_session`]'s `meta`).
+    pub meta: &'a str,
+    /// The index's lifetime (the refresh token lifetime).
+    pub ttl: Duration,
+    /// The most sessions a user keeps.
+    pub max: usize,
+}
+
 /// What happened to a presented code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VerifyOutcome {
@@ -305,6 +321,38 @@ pub trait Store: Send + Sync + 'static {
         attempts: &[Quota],
         failures: &[Quota],
     ) -> Result<VerifyOutcome, StoreError>;
+
+    /// [`Store::verify_code_or_delegated`] and, when the code is right
+    /// ([`VerifyOutcome::Verified`]), [`Store::put_session`] of `session` in the same step,
+    /// where one node holds every key ([`Store::pumps_with_codes`]): a login whose user is
+    /// known (or proposed) before the code check saves a round trip after it. The put's reply is
+    /// `Some` when the session was put with the check; `None` when it was not (here, and for
+    /// every other outcome): the caller records it later. A put that fails in the step leaves
+    /// the check's outcome standing and answers `None`.
+    #[allow(clippy::too_many_arguments)]
+    async fn verify_code_then_session(
+        &self,
+        phone: &str,
+        code_hash: &str,
+        delegated: Option<&str>,
+        max_attempts: u32,
+        attempts: &[Quota],
+        failures: &[Quota],
+        session: &SessionDraft<'_>,
+    ) -> Result<(VerifyOutcome, Option<SessionPut>), StoreError> {
+        let _ = session;
+        let outcome = self
+            .verify_code_or_delegated(
+                phone,
+                code_hash,
+                delegated,
+                max_attempts,
+                attempts,
+                failures,
+            )
+            .await?;
+        Ok((outcome, None))
+    }
 
     /// Undoes an issue whose code could not be delivered: removes the code (when it is still
     /// `code_hash`) and its cooldown, and gives back the units `quotas` were charged.
@@ -502,8 +550,9 @@ pub trait Store: Send + Sync + 'static {
         rules: &PumpRules,
     ) -> Result<PumpOutcome, StoreError>;
 
-    /// Whether [`Store::pump_then_issue`] takes one step (one node holds every key). Where it
-    /// does not, the caller takes the two steps itself, as it does on a Cluster.
+    /// Whether one node holds every key, so that [`Store::pump_then_issue`],
+    /// [`Store::put_session_credited`] and [`Store::verify_code_then_session`] take one step.
+    /// Where they do not, the caller takes the two steps itself, as it does on a Cluster.
     fn pumps_with_codes(&self) -> bool {
         false
     }
@@ -738,6 +787,47 @@ impl Store for Metered {
     async fn is_session_revoked(&self, sid: &str) -> Result<bool, StoreError> {
         self.timed("is_session_revoked", self.inner.is_session_revoked(sid))
             .await
+    }
+
+    async fn verify_code_then_session(
+        &self,
+        phone: &str,
+        code_hash: &str,
+        delegated: Option<&str>,
+        max_attempts: u32,
+        attempts: &[Quota],
+        failures: &[Quota],
+        session: &SessionDraft<'_>,
+    ) -> Result<(VerifyOutcome, Option<SessionPut>), StoreError> {
+        if !self.inner.pumps_with_codes() {
+            // The check alone, timed and counted as such; the caller records the session.
+            let outcome = self
+                .verify_code_or_delegated(
+                    phone,
+                    code_hash,
+                    delegated,
+                    max_attempts,
+                    attempts,
+                    failures,
+                )
+                .await?;
+            return Ok((outcome, None));
+        }
+        // Still the code check to whoever watches the store's latency; with the session's
+        // put inside it.
+        self.timed(
+            "verify_code",
+            self.inner.verify_code_then_session(
+                phone,
+                code_hash,
+                delegated,
+                max_attempts,
+                attempts,
+                failures,
+                session,
+            ),
+        )
+        .await
     }
 
     async fn put_session(

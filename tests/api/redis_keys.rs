@@ -139,3 +139,43 @@ async fn earlier_key_names_still_count_after_an_upgrade() {
         .expect("EXISTS");
     assert_eq!(old_name, 1);
 }
+
+/// A login on PostgreSQL records its session with the code check, under the id a new user
+/// would get; a returning user's login drops that entry at once and records its own. So every
+/// session index in Redis is a real user's, and each of them lists exactly their sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_session_index_is_a_users() {
+    if !cluster_available() {
+        return;
+    }
+    let prefix = format!("keys:{}:", Uuid::new_v4().simple());
+    let app = spawn_app_with(Backend::Cluster, &[("REDIS_KEY_PREFIX", &prefix)]).await;
+    let phone = unique_phone();
+    let first = app.sign_in(&phone).await;
+    let again = app.sign_in(&phone).await;
+    let third = app.sign_in(&phone).await;
+    let other = app.sign_in(&unique_phone()).await;
+    let id = |tokens: &serde_json::Value| tokens["user"]["id"].as_str().expect("id").to_string();
+    assert_eq!(id(&first), id(&again));
+    assert_eq!(id(&first), id(&third));
+    let mut owners: Vec<String> = keys(&prefix)
+        .await
+        .iter()
+        .filter(|k| k.ends_with(":sessions"))
+        .map(|k| {
+            let tag = k.split("{u:").nth(1).expect("a user's hash tag");
+            tag.split('}').next().expect("the tag's end").to_string()
+        })
+        .collect();
+    owners.sort();
+    let mut users = vec![id(&first), id(&other)];
+    users.sort();
+    assert_eq!(owners, users);
+    let mut conn = redis().await;
+    let returning: usize = redis::cmd("HLEN")
+        .arg(format!("{prefix}{{u:{}}}:sessions", id(&first)))
+        .query_async(&mut conn)
+        .await
+        .expect("HLEN");
+    assert_eq!(returning, 3, "one session per login");
+}

@@ -78,6 +78,7 @@ conformance!(
     pumping_blocks_on_low_conversion_and_lifts,
     a_send_counted_with_its_code_stores_nothing_when_refused_and_is_taken_back,
     a_credit_made_with_the_session_counts_and_not_for_a_blocked_user,
+    a_session_is_put_with_a_right_code_only,
 );
 
 fn redis_store() -> Option<Arc<dyn Store>> {
@@ -1643,4 +1644,102 @@ async fn a_credit_made_with_the_session_counts_and_not_for_a_blocked_user(store:
             .unwrap(),
         SessionPut::Recorded(vec![])
     );
+}
+
+/// `verify_code_then_session`: the check's outcome is the plain check's (quotas, marks, wrong
+/// tries); the session is put with a right code only, in the same step where one node holds
+/// every key (`None` elsewhere: the caller records it later), and a blocked user gets none.
+async fn a_session_is_put_with_a_right_code_only(store: Arc<dyn Store>) {
+    use otpgate::store::{SessionDraft, SessionPut};
+    let one_step = store.pumps_with_codes();
+    let attempts = [quota("verify-ip", 3, HOUR)];
+    let user = Uuid::new_v4().to_string();
+    let draft = |user, sid| SessionDraft {
+        user,
+        sid,
+        meta: r#"{"device_name":"Pixel"}"#,
+        ttl: MINUTE,
+        max: 3,
+    };
+    let phone = key();
+    store
+        .issue_code_marked(&phone, "right", MINUTE, MINUTE, &[], 7, 0)
+        .await
+        .unwrap();
+    // A wrong code: counted, no session.
+    let check = |phone: &str, hash: &str, draft: SessionDraft<'_>| {
+        let (store, phone, hash, attempts) = (
+            store.clone(),
+            phone.to_owned(),
+            hash.to_owned(),
+            attempts.clone(),
+        );
+        let (user, sid, meta) = (
+            draft.user.to_owned(),
+            draft.sid.to_owned(),
+            draft.meta.to_owned(),
+        );
+        async move {
+            let draft = SessionDraft {
+                user: &user,
+                sid: &sid,
+                meta: &meta,
+                ttl: MINUTE,
+                max: 3,
+            };
+            store
+                .verify_code_then_session(&phone, &hash, None, 5, &attempts, &[], &draft)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        check(&phone, "wrong", draft(&user, "s1")).await,
+        (VerifyOutcome::Invalid { remaining: 4 }, None)
+    );
+    assert!(store.sessions(&user, MINUTE).await.unwrap().is_empty());
+    // The right one: spent, its mark back, and the session put with it where one step does.
+    let (outcome, put) = check(&phone, "right", draft(&user, "s1")).await;
+    assert_eq!(outcome, VerifyOutcome::Verified { mark: 7 });
+    let listed = store.sessions(&user, MINUTE).await.unwrap();
+    if one_step {
+        assert_eq!(put, Some(SessionPut::Recorded(vec![])));
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(listed[0].sid, "s1");
+        assert!(listed[0].meta.contains("Pixel"), "{listed:?}");
+    } else {
+        assert_eq!(put, None);
+        assert!(listed.is_empty(), "{listed:?}");
+    }
+    // Spent: no second session.
+    assert_eq!(
+        check(&phone, "right", draft(&user, "s2")).await,
+        (VerifyOutcome::Missing, None)
+    );
+    assert!(store.sessions(&user, MINUTE).await.unwrap().len() <= 1);
+    // Those were the attempt quota's three: the next is refused before its code is looked at.
+    let other = key();
+    store
+        .issue_code(&other, "right", MINUTE, MINUTE, &[])
+        .await
+        .unwrap();
+    match check(&other, "right", draft(&user, "s3")).await {
+        (VerifyOutcome::Limited(r), None) => assert_eq!(r.policy, "verify-ip"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // A blocked user: the code is spent, nothing is recorded.
+    let blocked = Uuid::new_v4().to_string();
+    store.set_blocked(&blocked, None, true).await.unwrap();
+    let phone = key();
+    store
+        .issue_code(&phone, "right", MINUTE, MINUTE, &[])
+        .await
+        .unwrap();
+    let (outcome, put) = store
+        .verify_code_then_session(&phone, "right", None, 5, &[], &[], &draft(&blocked, "b1"))
+        .await
+        .unwrap();
+    assert_eq!(outcome, VerifyOutcome::Verified { mark: 0 });
+    assert_eq!(put, one_step.then_some(SessionPut::Blocked));
+    assert!(store.sessions(&blocked, MINUTE).await.unwrap().is_empty());
 }

@@ -77,8 +77,8 @@ use redis::Script;
 
 use self::link::{Conn, RedisLink};
 use super::{
-    BindOutcome, ClaimOutcome, CodeIssue, IssueOutcome, RefreshOutcome, SessionPut, SessionRecord,
-    Store, StoreError, VerifyOutcome, pump_then_issue_in_two_steps,
+    BindOutcome, ClaimOutcome, CodeIssue, IssueOutcome, RefreshOutcome, SessionDraft, SessionPut,
+    SessionRecord, Store, StoreError, VerifyOutcome, pump_then_issue_in_two_steps,
     put_session_credited_in_two_steps, ttl_ms, unix_ms,
 };
 use crate::config::RedisMode;
@@ -126,6 +126,7 @@ pub struct RedisStore {
     pump: Script,
     pump_then_issue: Script,
     session_then_credit: Script,
+    verify_then_session: Script,
     replace_code: Script,
     mark_code: Script,
     receipt: Script,
@@ -216,6 +217,16 @@ impl RedisStore {
                 "end\n",
                 include_str!("../lua/session_then_credit.lua")
             )),
+            verify_then_session: Script::new(concat!(
+                "local function verify_main(KEYS, ARGV)\n",
+                include_str!("../lua/gcra.lua"),
+                include_str!("../lua/ct_equal.lua"),
+                include_str!("../lua/verify_code.lua"),
+                "end\nlocal function session_main(KEYS, ARGV)\n",
+                include_str!("../lua/put_session.lua"),
+                "end\n",
+                include_str!("../lua/verify_then_session.lua")
+            )),
             replace_code: Script::new(include_str!("../lua/replace_code.lua")),
             mark_code: Script::new(include_str!("../lua/mark_code.lua")),
             receipt: Script::new(include_str!("../lua/receipt.lua")),
@@ -230,6 +241,31 @@ impl RedisStore {
 
     fn key(&self, kind: &str, id: &str) -> String {
         format!("{}{kind}:{id}", self.prefix)
+    }
+
+    /// `verify_code.lua`'s keys and arguments on `invocation` (a script that starts with
+    /// them); the quotas in the order given, attempts first.
+    #[allow(clippy::too_many_arguments)]
+    fn verify_args(
+        &self,
+        invocation: &mut redis::ScriptInvocation<'_>,
+        phone: &str,
+        code_hash: &str,
+        delegated: Option<&str>,
+        max_attempts: u32,
+        attempts: &[Quota],
+        failures: &[Quota],
+    ) -> Vec<Quota> {
+        invocation
+            .key(self.phone_key(phone, "otp"))
+            .key(self.phone_key(phone, "cd"))
+            .arg(code_hash)
+            .arg(max_attempts)
+            .arg(attempts.len())
+            .arg(delegated.unwrap_or(""));
+        let quotas: Vec<Quota> = attempts.iter().chain(failures).cloned().collect();
+        self.add_quotas(invocation, phone, &quotas);
+        quotas
     }
 
     /// A key of phone `subject`'s slot.
@@ -486,39 +522,78 @@ impl Store for RedisStore {
             return Ok(VerifyOutcome::Limited(refusal));
         }
         let mut invocation = self.verify_code.prepare_invoke();
-        invocation
-            .key(self.phone_key(phone, "otp"))
-            .key(self.phone_key(phone, "cd"))
-            .arg(code_hash)
-            .arg(max_attempts)
-            .arg(attempts.len())
-            .arg(delegated.unwrap_or(""));
-        let quotas: Vec<Quota> = attempts.iter().chain(&failures).cloned().collect();
-        self.add_quotas(&mut invocation, phone, &quotas);
+        let quotas = self.verify_args(
+            &mut invocation,
+            phone,
+            code_hash,
+            delegated,
+            max_attempts,
+            &attempts,
+            &failures,
+        );
         let reply = self.invoke(&invocation).await?;
         if matches!(reply.as_slice(), [4, ..]) {
             // Refused before the code was looked at: the attempt charged apart is given back,
             // so a refusal changes nothing, as in one script.
             self.refund_apart(phone, &apart).await;
         }
-        match reply.as_slice() {
-            [0, mark] => Ok(VerifyOutcome::Verified {
-                mark: u64::try_from(*mark).unwrap_or(0),
-            }),
-            [1, remaining] => Ok(VerifyOutcome::Invalid {
-                remaining: u32::try_from(*remaining).unwrap_or(0),
-            }),
-            [2, _] => Ok(VerifyOutcome::Missing),
-            [3, _] => Ok(VerifyOutcome::Burned),
-            [4, index, wait] => Ok(VerifyOutcome::Limited(refusal(&quotas, *index, *wait)?)),
-            [5, mark, remaining] => Ok(VerifyOutcome::Delegated {
-                mark: u64::try_from(*mark).unwrap_or(0),
-                remaining: u32::try_from(*remaining).unwrap_or(0),
-            }),
-            other => Err(StoreError::Protocol(format!(
-                "verify_code returned {other:?}"
-            ))),
+        verify_outcome(&reply, &quotas)
+    }
+
+    /// One node: one script, the check and then, on a right code, the session (see
+    /// `verify_then_session.lua`).
+    async fn verify_code_then_session(
+        &self,
+        phone: &str,
+        code_hash: &str,
+        delegated: Option<&str>,
+        max_attempts: u32,
+        attempts: &[Quota],
+        failures: &[Quota],
+        session: &SessionDraft<'_>,
+    ) -> Result<(VerifyOutcome, Option<SessionPut>), StoreError> {
+        if !self.single_node() {
+            let outcome = self
+                .verify_code_or_delegated(
+                    phone,
+                    code_hash,
+                    delegated,
+                    max_attempts,
+                    attempts,
+                    failures,
+                )
+                .await?;
+            return Ok((outcome, None));
         }
+        let mut invocation = self.verify_then_session.prepare_invoke();
+        let quotas = self.verify_args(
+            &mut invocation,
+            phone,
+            code_hash,
+            delegated,
+            max_attempts,
+            attempts,
+            failures,
+        );
+        invocation
+            .key(self.user_key(session.user, "sessions"))
+            .key(self.user_key(session.user, "blocked"))
+            .arg(session.sid)
+            .arg(session.meta)
+            .arg(ttl_ms(session.ttl))
+            .arg(session.max);
+        let reply: Vec<redis::Value> = self.invoke_as(&invocation).await?;
+        // A right code's `{0, mark}` is followed by the put's reply (when it was made).
+        let (check, put) = match reply.as_slice() {
+            [redis::Value::Int(0), mark, put @ ..] => (vec![0, int(mark)?], put),
+            all => (all.iter().map(int).collect::<Result<_, _>>()?, &[][..]),
+        };
+        let put = if put.is_empty() {
+            None
+        } else {
+            Some(session_put(put)?)
+        };
+        Ok((verify_outcome(&check, &quotas)?, put))
     }
 
     async fn restore_code(&self, phone: &str, code_hash: &str) -> Result<bool, StoreError> {
@@ -1378,6 +1453,39 @@ impl RedisStore {
 }
 
 /// What put_session's reply says.
+/// A `verify_code` reply (the checks's part of a `verify_then_session` one) as an outcome;
+/// `quotas` in the order the script was given them.
+fn verify_outcome(reply: &[i64], quotas: &[Quota]) -> Result<VerifyOutcome, StoreError> {
+    match reply {
+        [0, mark] => Ok(VerifyOutcome::Verified {
+            mark: u64::try_from(*mark).unwrap_or(0),
+        }),
+        [1, remaining] => Ok(VerifyOutcome::Invalid {
+            remaining: u32::try_from(*remaining).unwrap_or(0),
+        }),
+        [2, _] => Ok(VerifyOutcome::Missing),
+        [3, _] => Ok(VerifyOutcome::Burned),
+        [4, index, wait] => Ok(VerifyOutcome::Limited(refusal(quotas, *index, *wait)?)),
+        [5, mark, remaining] => Ok(VerifyOutcome::Delegated {
+            mark: u64::try_from(*mark).unwrap_or(0),
+            remaining: u32::try_from(*remaining).unwrap_or(0),
+        }),
+        other => Err(StoreError::Protocol(format!(
+            "verify_code returned {other:?}"
+        ))),
+    }
+}
+
+/// An integer of a script's reply.
+fn int(value: &redis::Value) -> Result<i64, StoreError> {
+    match value {
+        redis::Value::Int(n) => Ok(*n),
+        other => Err(StoreError::Protocol(format!(
+            "an integer was expected, not {other:?}"
+        ))),
+    }
+}
+
 fn session_put(reply: &[redis::Value]) -> Result<SessionPut, StoreError> {
     match reply.split_first() {
         Some((redis::Value::Int(0), evicted)) => Ok(SessionPut::Recorded(
