@@ -742,8 +742,8 @@ impl AuthService {
     /// in the background. On PostgreSQL with one Redis node (standalone or Sentinel) and the
     /// pumping defence off, the session is put with the code check, for the id a new user gets
     /// ([`db::LoginSession::proposed_user`]): a new user's login takes two round trips (Redis,
-    /// PostgreSQL), a returning user's takes its own put after the statement (and drops the
-    /// early one at the same time), as before.
+    /// PostgreSQL); a returning user's moves that session to them after the statement (one
+    /// round trip), as many as before.
     ///
     /// A database outage answers 503 and leaves the code usable: on MySQL/MariaDB and SQLite the
     /// database is reached before the code is spent; on PostgreSQL the code goes back when the
@@ -866,14 +866,9 @@ impl AuthService {
                 let id = user.id;
                 let method = LoginMethod::Otp(&phone);
                 // The user proposed before the check (a new one): the session recorded with it
-                // stands. Another user (a returning one): that session goes and theirs is
-                // recorded, at once.
-                let early = match user.blocked_at {
-                    None => spent.take_session_for(&id.to_string()),
-                    Some(_) => None,
-                };
-                match early {
-                    Some(early) => {
+                // stands. Another user (a returning one): that session moves to them.
+                match spent.take_session() {
+                    Some(early) if early.user == id.to_string() && user.blocked_at.is_none() => {
                         self.session_opened(
                             user,
                             created,
@@ -884,12 +879,13 @@ impl AuthService {
                         )
                         .await
                     }
+                    Some(early) => {
+                        self.move_session(user, created, client, method, early)
+                            .await
+                    }
                     None => {
-                        let (_, opened) = tokio::join!(
-                            spent.discard_session(),
-                            self.open_session(user, created, client, method, &credit)
-                        );
-                        opened
+                        self.open_session(user, created, client, method, &credit)
+                            .await
                     }
                 }
                 .map_err(|err| (err, Some(id)))
@@ -982,6 +978,40 @@ impl AuthService {
             )
             .await?;
         self.session_opened(user, created, client, method, sid, put)
+            .await
+    }
+
+    /// [`AuthService::open_session`] for a login whose session was recorded with its code
+    /// check for the user it proposed, when it opened another (a returning user): the session
+    /// moves to them (its entry dropped and theirs put, one step where one Redis node holds
+    /// both). A blocked user gets none; the entry goes all the same.
+    async fn move_session(
+        &self,
+        user: user::Model,
+        created: bool,
+        client: &ClientInfo,
+        method: LoginMethod<'_>,
+        early: otp::EarlySession,
+    ) -> Result<LoggedIn, Error> {
+        if user.blocked_at.is_some() {
+            if let Err(err) = self.store.drop_session(&early.user, &early.sid).await {
+                tracing::warn!(error = %err, "a session recorded with its code check was not dropped");
+            }
+            tracing::info!(user_id = %user.id, "login refused: the user is blocked");
+            return Err(Error::UserBlocked);
+        }
+        let put = self
+            .store
+            .move_session(
+                &early.user,
+                &user.id.to_string(),
+                &early.sid,
+                &self.session_meta(client),
+                self.tokens.longest_lifetime(),
+                sessions::MAX_SESSIONS,
+            )
+            .await?;
+        self.session_opened(user, created, client, method, early.sid, put)
             .await
     }
 

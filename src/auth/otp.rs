@@ -63,16 +63,16 @@ impl SpentOtp {
         self.armed = false;
     }
 
-    /// The session recorded with the check, for a login that opens it for `user`: from now on
-    /// the caller's. `None` (and it stays here) when there is none or it is another user's.
-    pub fn take_session_for(&mut self, user: &str) -> Option<EarlySession> {
-        self.session.take_if(|early| early.user == user)
+    /// The session recorded with the check, if any: from now on the caller's (to open, or move
+    /// to the user the login opened: [`crate::store::Store::move_session`]).
+    pub fn take_session(&mut self) -> Option<EarlySession> {
+        self.session.take()
     }
 
-    /// Drops the session recorded with the check (a login that opens another user's): from its
-    /// user's index, now. A failure is logged; the entry then lapses with the index (no token
-    /// was ever issued for it).
-    pub async fn discard_session(&mut self) {
+    /// Drops the session recorded with the check (the login failed): from its user's index,
+    /// now. A failure is logged; the entry then lapses with the index (no token was ever issued
+    /// for it).
+    async fn discard_session(&mut self) {
         if let Some(early) = self.session.take() {
             drop_early(&*self.store, &early).await;
         }

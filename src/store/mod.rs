@@ -90,6 +90,27 @@ pub async fn pump_then_issue_in_two_steps<S: Store + ?Sized>(
     Ok((pumped, Some(issued?)))
 }
 
+/// [`Store::move_session`] in two concurrent steps, for a store where one script cannot hold
+/// both users' keys.
+pub async fn move_session_in_two_steps<S: Store + ?Sized>(
+    store: &S,
+    from: &str,
+    user: &str,
+    sid: &str,
+    meta: &str,
+    ttl: Duration,
+    max: usize,
+) -> Result<SessionPut, StoreError> {
+    let (dropped, put) = tokio::join!(
+        store.drop_session(from, sid),
+        store.put_session(user, sid, meta, ttl, max)
+    );
+    if let Err(err) = dropped {
+        tracing::warn!(error = %err, "a session recorded with its code check was not dropped");
+    }
+    put
+}
+
 /// [`Store::put_session_credited`] in two steps, on any store.
 #[allow(clippy::too_many_arguments)]
 pub async fn put_session_credited_in_two_steps<S: Store + ?Sized>(
@@ -449,6 +470,25 @@ pub trait Store: Send + Sync + 'static {
         ttl: Duration,
         max: usize,
     ) -> Result<SessionPut, StoreError>;
+
+    /// [`Store::put_session`] of `sid` for `user`, and `sid` dropped from `from`'s index: a
+    /// session recorded with the code check ([`Store::verify_code_then_session`]) for the user
+    /// a login proposed, when the login opened another's (a returning user). The drop happens
+    /// whatever the put answers. One step where one node holds every key
+    /// ([`Store::pumps_with_codes`]); two concurrent ones here (a failed drop is logged: the
+    /// entry lapses with its index, and its id was never handed out).
+    #[allow(clippy::too_many_arguments)]
+    async fn move_session(
+        &self,
+        from: &str,
+        user: &str,
+        sid: &str,
+        meta: &str,
+        ttl: Duration,
+        max: usize,
+    ) -> Result<SessionPut, StoreError> {
+        move_session_in_two_steps(self, from, user, sid, meta, ttl, max).await
+    }
 
     /// [`Store::put_session`] and then, when the session was recorded, [`Store::pump_verified`]
     /// over `credit` (the login's verified code, in the pumping `window`); a failed credit is
@@ -841,6 +881,26 @@ impl Store for Metered {
         self.timed(
             "put_session",
             self.inner.put_session(user, sid, meta, ttl, max),
+        )
+        .await
+    }
+
+    async fn move_session(
+        &self,
+        from: &str,
+        user: &str,
+        sid: &str,
+        meta: &str,
+        ttl: Duration,
+        max: usize,
+    ) -> Result<SessionPut, StoreError> {
+        if !self.inner.pumps_with_codes() {
+            // Each step timed and counted under its own name.
+            return move_session_in_two_steps(self, from, user, sid, meta, ttl, max).await;
+        }
+        self.timed(
+            "put_session",
+            self.inner.move_session(from, user, sid, meta, ttl, max),
         )
         .await
     }

@@ -79,6 +79,7 @@ conformance!(
     a_send_counted_with_its_code_stores_nothing_when_refused_and_is_taken_back,
     a_credit_made_with_the_session_counts_and_not_for_a_blocked_user,
     a_session_is_put_with_a_right_code_only,
+    a_session_moves_to_another_user_and_not_to_a_blocked_one,
 );
 
 fn redis_store() -> Option<Arc<dyn Store>> {
@@ -1741,5 +1742,62 @@ async fn a_session_is_put_with_a_right_code_only(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(outcome, VerifyOutcome::Verified { mark: 0 });
     assert_eq!(put, one_step.then_some(SessionPut::Blocked));
+    assert!(store.sessions(&blocked, MINUTE).await.unwrap().is_empty());
+}
+
+/// `move_session`: a session recorded for one user (the id a login proposed) is put for another
+/// (the user the login opened) and dropped from the first's index; moved towards a blocked user,
+/// it is dropped all the same and nothing is recorded.
+async fn a_session_moves_to_another_user_and_not_to_a_blocked_one(store: Arc<dyn Store>) {
+    use otpgate::store::SessionPut;
+    let proposed = Uuid::new_v4().to_string();
+    let user = Uuid::new_v4().to_string();
+    store
+        .put_session(&user, "old", "{}", MINUTE, 3)
+        .await
+        .unwrap();
+    store
+        .put_session(&proposed, "s1", "{}", MINUTE, 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .move_session(
+                &proposed,
+                &user,
+                "s1",
+                r#"{"device_name":"Pixel"}"#,
+                MINUTE,
+                3
+            )
+            .await
+            .unwrap(),
+        SessionPut::Recorded(vec![])
+    );
+    assert!(store.sessions(&proposed, MINUTE).await.unwrap().is_empty());
+    let mut sids: Vec<String> = store
+        .sessions(&user, MINUTE)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.sid)
+        .collect();
+    sids.sort();
+    assert_eq!(sids, ["old", "s1"]);
+    // Towards a blocked user: dropped, nothing recorded.
+    let blocked = Uuid::new_v4().to_string();
+    store.set_blocked(&blocked, None, true).await.unwrap();
+    store
+        .put_session(&proposed, "s2", "{}", MINUTE, 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .move_session(&proposed, &blocked, "s2", "{}", MINUTE, 3)
+            .await
+            .unwrap(),
+        SessionPut::Blocked
+    );
+    assert!(store.sessions(&proposed, MINUTE).await.unwrap().is_empty());
     assert!(store.sessions(&blocked, MINUTE).await.unwrap().is_empty());
 }

@@ -1,11 +1,16 @@
 -- Record a new session in its user's session index.
 -- KEYS[1] the index (a hash: sid -> "<created ms> <last used ms> <meta JSON>"), KEYS[2] the
--- user's block mark
+-- user's block mark, KEYS[3] (optional) another user's index the session moves from: its
+-- entry there is dropped first, whatever happens here (a session recorded with a code check for
+-- the user a login proposed, when the login opened another's)
 -- ARGV[1] sid, ARGV[2] meta JSON, ARGV[3] index lifetime (ms, the refresh token lifetime),
 -- ARGV[4] the most sessions a user keeps
 -- Sessions unused for that long are dropped on the way; beyond the cap the oldest are dropped
 -- and returned, for the caller to revoke. Returns {0, evicted sid…}, or {1} when the user is
 -- blocked (nothing recorded).
+if KEYS[3] then
+  redis.call('HDEL', KEYS[3], ARGV[1])
+end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return {1}
 end

@@ -78,8 +78,8 @@ use redis::Script;
 use self::link::{Conn, RedisLink};
 use super::{
     BindOutcome, ClaimOutcome, CodeIssue, IssueOutcome, RefreshOutcome, SessionDraft, SessionPut,
-    SessionRecord, Store, StoreError, VerifyOutcome, pump_then_issue_in_two_steps,
-    put_session_credited_in_two_steps, ttl_ms, unix_ms,
+    SessionRecord, Store, StoreError, VerifyOutcome, move_session_in_two_steps,
+    pump_then_issue_in_two_steps, put_session_credited_in_two_steps, ttl_ms, unix_ms,
 };
 use crate::config::RedisMode;
 use crate::domain::pumping::{
@@ -818,6 +818,32 @@ impl Store for RedisStore {
         let mut invocation = self.put_session.key(self.user_key(user, "sessions"));
         invocation
             .key(self.user_key(user, "blocked"))
+            .arg(sid)
+            .arg(meta)
+            .arg(ttl_ms(ttl))
+            .arg(max);
+        let reply: Vec<redis::Value> = self.invoke_as(&invocation).await?;
+        session_put(&reply)
+    }
+
+    /// One node: one script, the entry dropped and the session put (`put_session.lua`'s third
+    /// key).
+    async fn move_session(
+        &self,
+        from: &str,
+        user: &str,
+        sid: &str,
+        meta: &str,
+        ttl: Duration,
+        max: usize,
+    ) -> Result<SessionPut, StoreError> {
+        if !self.single_node() {
+            return move_session_in_two_steps(self, from, user, sid, meta, ttl, max).await;
+        }
+        let mut invocation = self.put_session.key(self.user_key(user, "sessions"));
+        invocation
+            .key(self.user_key(user, "blocked"))
+            .key(self.user_key(from, "sessions"))
             .arg(sid)
             .arg(meta)
             .arg(ttl_ms(ttl))
