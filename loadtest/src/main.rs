@@ -224,6 +224,9 @@ struct Recorder {
     flows: Mutex<Vec<u32>>,
     /// The same for failed flows (until the failure).
     failed_flows: Mutex<Vec<u32>>,
+    /// Completed flows over 10 ms: when each was due (ms into the measured phase) and its
+    /// latency (µs); the first 20,000.
+    slow_flows: Mutex<Vec<(u64, u32)>>,
     /// From when each flow was due until it started (the generator's own lateness), microseconds.
     start_lags: Mutex<Vec<u32>>,
     /// When the measured phase starts (after the warm-up): the timeline's zero.
@@ -236,8 +239,9 @@ struct Recorder {
     /// A verify accepted a code that had already been accepted once.
     double_accepts: AtomicU64,
     failures: Mutex<BTreeMap<String, u64>>,
-    /// Per second since the start: completed flows, failed flows, 503 answers, other 5xx.
-    timeline: Mutex<Vec<[u64; 4]>>,
+    /// Per second since the start: completed flows, failed flows, 503 answers, other 5xx, and
+    /// completed flows that took longer than 10 ms (where the tail sits in time).
+    timeline: Mutex<Vec<[u64; 5]>>,
 }
 
 tokio::task_local! {
@@ -259,6 +263,7 @@ impl Recorder {
             steps: Mutex::new(BTreeMap::new()),
             flows: Mutex::new(Vec::new()),
             failed_flows: Mutex::new(Vec::new()),
+            slow_flows: Mutex::new(Vec::new()),
             start_lags: Mutex::new(Vec::new()),
             measured_from,
             counts: Mutex::new(Counts::default()),
@@ -279,7 +284,7 @@ impl Recorder {
         let second = usize::try_from(self.measured_from.elapsed().as_secs()).unwrap_or(usize::MAX);
         let mut timeline = lock(&self.timeline);
         if timeline.len() <= second {
-            timeline.resize(second + 1, [0; 4]);
+            timeline.resize(second + 1, [0; 5]);
         }
         timeline[second][column] += 1;
     }
@@ -366,6 +371,16 @@ impl Recorder {
             }
         }
         self.tick(if outcome.is_ok() { 0 } else { 1 });
+        if outcome.is_ok() && latency > 10_000 {
+            self.tick(4);
+            let at = due
+                .saturating_duration_since(self.measured_from)
+                .as_millis();
+            let mut slow = lock(&self.slow_flows);
+            if slow.len() < 20_000 {
+                slow.push((u64::try_from(at).unwrap_or(u64::MAX), latency));
+            }
+        }
     }
 
     /// Stops recording and returns the final counts.
@@ -890,8 +905,8 @@ fn report(args: &Args, recorder: &Recorder, counts: Counts, elapsed: f64) -> Val
     let timeline: Vec<Value> = lock(&recorder.timeline)
         .iter()
         .enumerate()
-        .map(|(t, [ok, failed, s503, s5xx])| {
-            json!({ "t": t, "completed": ok, "failed": failed, "status_503": s503, "other_5xx": s5xx })
+        .map(|(t, [ok, failed, s503, s5xx, slow])| {
+            json!({ "t": t, "completed": ok, "failed": failed, "status_503": s503, "other_5xx": s5xx, "over_10ms": slow })
         })
         .collect();
     json!({
@@ -929,6 +944,7 @@ fn report(args: &Args, recorder: &Recorder, counts: Counts, elapsed: f64) -> Val
         "transport_errors": transport_errors,
         "double_accepts": measured_or_null(double_accepts),
         "timeline": timeline,
+        "slow_flows": *lock(&recorder.slow_flows),
     })
 }
 
