@@ -149,6 +149,7 @@ cleanup() {
   for f in "$work"/replica-*.pid; do [ -s "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
   [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
   [ -n "${sampler_pid:-}" ] && kill "$sampler_pid" 2>/dev/null || true
+  [ -n "${PSQL_PID:-}" ] && kill "$PSQL_PID" 2>/dev/null || true
   redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
   for p in "${cluster_ports[@]:-}"; do
     [ -n "$p" ] && redis-cli -p "$p" shutdown nosave >/dev/null 2>&1 || true
@@ -201,6 +202,9 @@ else
 fi
 psql_q() { psql -h 127.0.0.1 -p "$pg_port" -U postgres -d otpgate -Atq -c "$1"; }
 [ "$DB" = postgres ] && psql_q "CREATE EXTENSION pg_stat_statements" >/dev/null
+# PostgreSQL's statements of ours by kind (INSERT|n, WITH|n, …) since the statistics' reset.
+pg_statements="SELECT split_part(ltrim(query), ' ', 1), sum(calls) FROM pg_stat_statements
+  WHERE query !~* 'pg_stat_statements|^\s*(BEGIN|COMMIT|ROLLBACK|SET|SHOW)' GROUP BY 1"
 # MariaDB's statements by kind (SELECT|n, INSERT|n, …): its global Com_* counters, which count
 # prepared statements when they execute; pings, SET and SHOW are not statements of ours.
 mariadb_statements() {
@@ -301,19 +305,22 @@ fi
 for _ in $(seq 1 50); do curl -fsS "$target_url/health" >/dev/null 2>&1 && break; sleep 0.1; done
 
 # Peak RSS of each replica (VmHWM: the kernel's own high-water mark), read every 0.5 s so a
-# restarted replica's peak is kept too.
+# restarted replica's peak is kept too. Shell built-ins only: no process is started while the
+# flows are measured (the wait is a read with a timeout on a pipe nobody writes to).
 (
+  exec {nap}<> <(:)
   while true; do
-    for i in $(seq 1 "$REPLICAS"); do
-      pid=$(cat "$work/replica-$i.pid" 2>/dev/null) || continue
+    for ((i = 1; i <= REPLICAS; i++)); do
+      { read -r pid < "$work/replica-$i.pid"; } 2>/dev/null || continue
       while read -r key kb _; do
         if [ "$key" = VmHWM: ]; then
-          prev=$(cat "$work/rss-$i" 2>/dev/null || echo 0)
+          prev=0
+          { read -r prev < "$work/rss-$i"; } 2>/dev/null || true
           [ "$kb" -gt "$prev" ] && echo "$kb" > "$work/rss-$i"
         fi
       done 2>/dev/null < "/proc/$pid/status" || true
     done
-    sleep 0.5
+    read -r -t 0.5 -u "$nap" _ || true
   done
 ) &
 sampler_pid=$!
@@ -327,17 +334,55 @@ if [ "$HEALTH" = 1 ]; then
     --threads "$health_threads" --json "$work/health.json" --quiet
 fi
 
+# The moment the warm-up ends is measured too: what the script does then must not take the
+# cores the flows need. Starting processes did (redis-cli, psql with a new backend, curl, awk,
+# pgrep: the flows due in the first 100-300 ms after the warm-up all took over 10 ms). So the
+# counters are reset and read with shell built-ins: Redis and HTTP over bash's /dev/tcp,
+# PostgreSQL through one psql started before the run, /proc read with `read`.
+redis_say() { # port, an inline command: whether Redis answered +OK
+  local fd reply
+  exec {fd}<>"/dev/tcp/127.0.0.1/$1" || return 1
+  printf '%s\r\n' "$2" >&"$fd"
+  read -r reply <&"$fd" || reply=
+  exec {fd}>&-
+  [ "${reply:0:3}" = +OK ]
+}
+http_body() { # port, path, file: the body of a 200 answer to a GET
+  local fd line status
+  exec {fd}<>"/dev/tcp/127.0.0.1/$1" || return 1
+  printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$2" >&"$fd"
+  read -r _ status _ <&"$fd" || status=
+  while IFS= read -r line <&"$fd" && [ "$line" != $'\r' ]; do :; done
+  while IFS= read -r line <&"$fd" || [ -n "$line" ]; do printf '%s\n' "$line"; done > "$3"
+  exec {fd}>&-
+  [ "$status" = 200 ]
+}
+if [ "$DB" = postgres ]; then
+  coproc PSQL { psql -h 127.0.0.1 -p "$pg_port" -U postgres -d otpgate -Atq 2>&1; }
+fi
+
 # Counters from zero for the measured phase (called when the warm-up ends). A replica whose
 # /metrics does not answer is a failed check, not a missing figure.
 start_counters() {
-  for p in $(redis_nodes); do redis-cli -p "$p" config resetstat >/dev/null; done
+  local p i reply
+  local -a ports=("$redis_port")
+  [ "$REDIS" = cluster ] && ports=("${cluster_ports[@]}")
+  for p in "${ports[@]}"; do
+    redis_say "$p" "CONFIG RESETSTAT" || echo "Redis :$p: CONFIG RESETSTAT failed" >> "$work/problems"
+  done
   if [ "$DB" = mariadb ]; then
     mariadb_statements > "$work/sql-before.txt"
   else
-    psql_q "SELECT pg_stat_statements_reset()" >/dev/null
+    # Read, not reset: pg_stat_statements_reset() takes the statistics' lock exclusively, and
+    # every statement that ends meanwhile waits for it.
+    printf '%s;\n\\echo end\n' "$pg_statements" >&"${PSQL[1]}"
+    while read -r reply <&"${PSQL[0]}" && [ "$reply" != end ]; do
+      case "$reply" in ERROR*|psql:*) echo "pg_stat_statements: $reply" >> "$work/problems" ;; esac
+      printf '%s\n' "$reply"
+    done > "$work/sql-before.txt"
   fi
-  for i in $(seq 1 "$REPLICAS"); do
-    curl -fsS "http://127.0.0.1:${replica_ports[$i]}/metrics" > "$work/metrics-before-$i" || {
+  for ((i = 1; i <= REPLICAS; i++)); do
+    http_body "${replica_ports[$i]}" /metrics "$work/metrics-before-$i" || {
       rm -f "$work/metrics-before-$i"
       echo "replica $i: /metrics did not answer before the run" >> "$work/problems"
     }
@@ -405,50 +450,84 @@ users=()
 [ -n "$USERS" ] && users=(--users "$USERS")
 log "phase 2: $SCENARIO $via, ${model[*]}, ${DURATION}s, chaos $CHAOS"
 # CPU of every process of the cluster: utime+stime ticks from /proc, per group.
-cpu_ticks() {
-  local total=0 pid
-  for pid in "$@"; do
-    [ -r "/proc/$pid/stat" ] || continue
-    total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat")))
-  done
-  echo "$total"
+# /proc/PID/stat's fields after "PID (comm) ", in the array `stat` (index 0: the state, field
+# 3; index n - 3: field n). Whether the process is there.
+read_stat() {
+  local line
+  { read -r line < "/proc/$1/stat"; } 2>/dev/null || return 1
+  # shellcheck disable=SC2206
+  stat=(${line##*) })
 }
+# utime + stime (clock ticks) of the processes in `pids`, in `ticks`.
+cpu_ticks() {
+  local pid
+  ticks=0
+  for pid in "${pids[@]}"; do
+    read_stat "$pid" || continue
+    ticks=$((ticks + stat[11] + stat[12]))
+  done
+}
+# The processes whose parent is $1, added to `pids`.
+children_of() {
+  local f pid
+  for f in /proc/[0-9]*/stat; do
+    pid=${f#/proc/}; pid=${pid%/stat}
+    read_stat "$pid" && [ "${stat[1]}" = "$1" ] && pids+=("$pid")
+  done
+  return 0
+}
+# The processes of group $1, in `pids`.
 group_pids() {
+  local f p pm
+  local -a ports=("$redis_port")
+  [ "$REDIS" = cluster ] && ports=("${cluster_ports[@]}")
+  pids=()
   case "$1" in
-    replicas) cat "$work"/replica-*.pid ;;
-    redis) for p in $(redis_nodes); do
+    replicas) for f in "$work"/replica-*.pid; do
+                { read -r p < "$f"; } 2>/dev/null && pids+=("$p")
+              done ;;
+    redis) for p in "${ports[@]}"; do
              f="$work/redis.pid"; [ "$REDIS" = cluster ] && f="$work/cluster-$p/redis.pid"
-             [ -f "$f" ] && cat "$f"
+             { read -r pm < "$f"; } 2>/dev/null && pids+=("$pm")
            done ;;
-    postgres) pm=$(head -n 1 "$work/pg/postmaster.pid"); echo "$pm"; pgrep -P "$pm" || true ;;
+    postgres) read -r pm < "$work/pg/postmaster.pid"; pids+=("$pm"); children_of "$pm" ;;
     # One process: its threads' CPU is in its own /proc/PID/stat.
-    mariadb) cat "$work/mariadb/server.pid" ;;
-    nginx) [ -f "$work/nginx.pid" ] && { cat "$work/nginx.pid"; pgrep -P "$(cat "$work/nginx.pid")" || true; } ;;
+    mariadb) read -r pm < "$work/mariadb/server.pid"; pids+=("$pm") ;;
+    nginx) if [ -f "$work/nginx.pid" ]; then
+             read -r pm < "$work/nginx.pid"; pids+=("$pm"); children_of "$pm"
+           fi ;;
   esac
 }
 # Time runnable but waiting for a core (ns), summed over the threads of the given processes:
 # the second field of /proc/PID/task/TID/schedstat. Threads that end during the run take their
 # share with them.
 wait_ns() {
-  local pid
-  for pid in "$@"; do cat /proc/"$pid"/task/*/schedstat 2>/dev/null || true; done \
-    | awk '{ total += $2 } END { printf "%.0f\n", total }'
+  local pid t run queued
+  waited=0
+  for pid in "${pids[@]}"; do
+    for t in /proc/"$pid"/task/*/schedstat; do
+      { read -r run queued _ < "$t"; } 2>/dev/null || continue
+      waited=$((waited + queued))
+    done
+  done
 }
 cpu_snapshot() {
-  local g pids
+  local g
   : > "$1"; : > "$1-wait"
   for g in replicas redis "$DB" nginx; do
-    pids=$(group_pids "$g")
-    # shellcheck disable=SC2086
-    echo "$g $(cpu_ticks $pids)" >> "$1"
-    # shellcheck disable=SC2086
-    echo "$g $(wait_ns $pids)" >> "$1-wait"
+    group_pids "$g"
+    cpu_ticks
+    wait_ns
+    echo "$g $ticks" >> "$1"
+    echo "$g $waited" >> "$1-wait"
   done
 }
 
 # Chaos that expects 503s checks its failures itself (below); the generator must not call
 # the run invalid for them. A code accepted twice still makes it invalid.
 allow_errors=()
+# The statement statistics from here (the top statements below include the warm-up).
+[ "$DB" = postgres ] && psql_q "SELECT pg_stat_statements_reset()" >/dev/null
 case "$CHAOS" in redis-restart|redis-failover) allow_errors=(--allow-errors) ;; esac
 "$loadtest" --target "$target_url" --scenario "$SCENARIO" "${model[@]}" "${users[@]}" $REPLAY \
   --threads "${GENERATOR_THREADS:-1}" \
@@ -456,7 +535,7 @@ case "$CHAOS" in redis-restart|redis-failover) allow_errors=(--allow-errors) ;; 
   --webhook-secret "$webhook_secret" --json "$work/report.json" &
 loadtest_pid=$!
 sleep "$WARMUP"
-date +%s.%N > "$work/run-start"
+printf '%s\n' "$EPOCHREALTIME" > "$work/run-start"
 start_counters
 cpu_snapshot "$work/cpu-before"
 if [ "$CHAOS" != none ]; then chaos & chaos_pid=$!; fi
@@ -473,16 +552,18 @@ for p in $(redis_nodes); do
   redis-cli -p "$p" role 2>/dev/null | head -n 1 | grep -q master || continue
   redis-cli -p "$p" info commandstats 2>/dev/null || true
 done > "$work/commandstats.txt"
+# The growth of each statement counter over the run.
 if [ "$DB" = mariadb ]; then
-  # The growth of each counter over the run.
-  { mariadb_statements > "$work/sql-after.txt" && awk -F'|' 'NR == FNR { before[$1] = $2; next }
-      $2 > before[$1] { print $1 "|" $2 - before[$1] }' "$work/sql-before.txt" "$work/sql-after.txt" > "$work/sql.txt"; } \
-    || rm -f "$work/sql.txt"
+  mariadb_statements > "$work/sql-after.txt" || rm -f "$work/sql-after.txt"
 else
-  psql_q "SELECT split_part(ltrim(query), ' ', 1), sum(calls) FROM pg_stat_statements
-          WHERE query !~* 'pg_stat_statements|^\s*(BEGIN|COMMIT|ROLLBACK|SET|SHOW)' GROUP BY 1" > "$work/sql.txt" \
-    || rm -f "$work/sql.txt"
-  # Where PostgreSQL's time went, statement by statement (kept in the work folder: KEEP=1).
+  psql_q "$pg_statements" > "$work/sql-after.txt" || rm -f "$work/sql-after.txt"
+fi
+{ [ -f "$work/sql-after.txt" ] && [ -f "$work/sql-before.txt" ] && awk -F'|' 'NR == FNR { before[$1] = $2; next }
+    $2 > before[$1] { print $1 "|" $2 - before[$1] }' "$work/sql-before.txt" "$work/sql-after.txt" > "$work/sql.txt"; } \
+  || rm -f "$work/sql.txt"
+if [ "$DB" = postgres ]; then
+  # Where PostgreSQL's time went, statement by statement, warm-up included (kept in the work
+  # folder: KEEP=1).
   psql_q "SELECT calls, round(total_exec_time::numeric, 1) AS total_ms,
                  round(mean_exec_time::numeric, 3) AS mean_ms, rows,
                  left(regexp_replace(query, '\s+', ' ', 'g'), 100)
