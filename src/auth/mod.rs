@@ -1000,7 +1000,7 @@ impl AuthService {
             tracing::info!(user_id = %user.id, "login refused: the user is blocked");
             return Err(Error::UserBlocked);
         }
-        let put = self
+        let put = match self
             .store
             .move_session(
                 &early.user,
@@ -1010,7 +1010,17 @@ impl AuthService {
                 self.tokens.longest_lifetime(),
                 sessions::MAX_SESSIONS,
             )
-            .await?;
+            .await
+        {
+            Ok(put) => put,
+            Err(err) => {
+                // The move may not have run: the entry goes, as far as the store lets it.
+                if let Err(err) = self.store.drop_session(&early.user, &early.sid).await {
+                    tracing::warn!(error = %err, "a session recorded with its code check was not dropped");
+                }
+                return Err(err.into());
+            }
+        };
         self.session_opened(user, created, client, method, early.sid, put)
             .await
     }

@@ -69,32 +69,33 @@ impl SpentOtp {
         self.session.take()
     }
 
-    /// Drops the session recorded with the check (the login failed): from its user's index,
-    /// now. A failure is logged; the entry then lapses with the index (no token was ever issued
-    /// for it).
-    async fn discard_session(&mut self) {
-        if let Some(early) = self.session.take() {
-            drop_early(&*self.store, &early).await;
-        }
-    }
-
     /// The login failed after the code check: the code works again (unless a newer one
     /// replaced it). Whether it was put back. A code Twilio Verify approved cannot work again:
     /// its marker and the resend cooldown are released instead (`false`).
     pub async fn restore(mut self) -> Result<bool, Error> {
+        // Both at once; disarmed only once done, so a restore cut short (the request
+        // cancelled) is finished by `Drop` in the background.
+        let early = self.session.take();
+        let (_, undone) = tokio::join!(
+            async {
+                if let Some(early) = &early {
+                    drop_early(&*self.store, early).await;
+                }
+            },
+            undo(
+                &*self.store,
+                &self.phone,
+                &self.hash,
+                self.approved_elsewhere,
+            )
+        );
         self.armed = false;
-        self.discard_session().await;
-        undo(
-            &*self.store,
-            &self.phone,
-            &self.hash,
-            self.approved_elsewhere,
-        )
-        .await
+        undone
     }
 }
 
-/// Drops a session recorded with a code check from its user's index.
+/// Drops a session recorded with a code check from its user's index (the login failed). A
+/// failure is logged; the entry then lapses with the index (no token was ever issued for it).
 async fn drop_early(store: &dyn Store, early: &EarlySession) {
     if let Err(err) = store.drop_session(&early.user, &early.sid).await {
         tracing::warn!(error = %err, "a session recorded with its code check could not be dropped");

@@ -109,9 +109,10 @@ async fn database_outage_loses_nothing(backend: Backend) {
 /// pool does not ping), answers 503 and puts the code back, so the same code works once the
 /// database is back.
 async fn database_lost_after_the_code_check_loses_nothing(backend: Backend) {
-    let app = spawn_app_with(backend, &[]).await;
+    let prefix = format!("outage:{}:", uuid::Uuid::new_v4().simple());
+    let app = spawn_app_with(backend, &[("REDIS_KEY_PREFIX", &prefix)]).await;
     // A login on replica b leaves it an idle login connection.
-    app.sign_in(&unique_phone()).await;
+    let first = app.sign_in(&unique_phone()).await;
     let phone = unique_phone();
     let code = app.login_code(&app.a, &phone).await;
 
@@ -127,6 +128,15 @@ async fn database_lost_after_the_code_check_loses_nothing(backend: Backend) {
     app.verify(&app.a, &phone, &code)
         .await
         .assert_problem(400, "otp_expired");
+    // The session the failed attempt recorded with its code check (PostgreSQL) went with it:
+    // every session index in Redis is one of the two users'.
+    let id = |tokens: &serde_json::Value| tokens["user"]["id"].as_str().expect("id").to_string();
+    let mut users = vec![id(&first), id(&reply.body)];
+    users.sort();
+    assert_eq!(
+        crate::redis_keys::session_index_owners(&prefix).await,
+        users
+    );
 }
 
 /// A refresh while the database is away is a 503 that spends nothing: the same refresh token

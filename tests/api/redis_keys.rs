@@ -17,6 +17,21 @@ async fn redis() -> redis::aio::MultiplexedConnection {
         .expect("connection")
 }
 
+/// The users whose session index Redis holds under `prefix`, sorted.
+pub(crate) async fn session_index_owners(prefix: &str) -> Vec<String> {
+    let mut owners: Vec<String> = keys(prefix)
+        .await
+        .iter()
+        .filter(|k| k.ends_with(":sessions"))
+        .map(|k| {
+            let tag = k.split("{u:").nth(1).expect("a user's hash tag");
+            tag.split('}').next().expect("the tag's end").to_string()
+        })
+        .collect();
+    owners.sort();
+    owners
+}
+
 async fn keys(prefix: &str) -> Vec<String> {
     let mut conn = redis().await;
     redis::cmd("KEYS")
@@ -158,19 +173,17 @@ async fn every_session_index_is_a_users() {
     let id = |tokens: &serde_json::Value| tokens["user"]["id"].as_str().expect("id").to_string();
     assert_eq!(id(&first), id(&again));
     assert_eq!(id(&first), id(&third));
-    let mut owners: Vec<String> = keys(&prefix)
-        .await
-        .iter()
-        .filter(|k| k.ends_with(":sessions"))
-        .map(|k| {
-            let tag = k.split("{u:").nth(1).expect("a user's hash tag");
-            tag.split('}').next().expect("the tag's end").to_string()
-        })
-        .collect();
-    owners.sort();
     let mut users = vec![id(&first), id(&other)];
     users.sort();
-    assert_eq!(owners, users);
+    assert_eq!(session_index_owners(&prefix).await, users);
+    // The sign-ups' sessions were put with their code checks; the returning user's two were
+    // moved to them (counted as puts), on the replica that verified.
+    let metrics = crate::observability::metrics_text(&app, &app.b).await;
+    let puts = crate::observability::sample(
+        &metrics,
+        "otpgate_store_operation_duration_seconds_count{op=\"put_session\"}",
+    );
+    assert_eq!(puts, 2.0, "{metrics}");
     let mut conn = redis().await;
     let returning: usize = redis::cmd("HLEN")
         .arg(format!("{prefix}{{u:{}}}:sessions", id(&first)))

@@ -24,7 +24,8 @@ end
 local ok, put = pcall(session_main, {KEYS[n + 1], KEYS[n + 2]},
   {ARGV[m + 1], ARGV[m + 2], ARGV[m + 3], ARGV[m + 4]})
 if not ok then
-  redis.log(redis.LOG_WARNING, 'otpgate: a session was not recorded with its code check: ' .. tostring(put))
+  local why = type(put) == 'table' and put.err or tostring(put)
+  redis.log(redis.LOG_WARNING, 'otpgate: a session was not recorded with its code check: ' .. tostring(why))
   return out
 end
 for i = 1, #put do

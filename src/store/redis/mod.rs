@@ -1478,8 +1478,7 @@ impl RedisStore {
     }
 }
 
-/// What put_session's reply says.
-/// A `verify_code` reply (the checks's part of a `verify_then_session` one) as an outcome;
+/// A `verify_code` reply (the check's part of a `verify_then_session` one) as an outcome;
 /// `quotas` in the order the script was given them.
 fn verify_outcome(reply: &[i64], quotas: &[Quota]) -> Result<VerifyOutcome, StoreError> {
     match reply {
@@ -1512,6 +1511,7 @@ fn int(value: &redis::Value) -> Result<i64, StoreError> {
     }
 }
 
+/// What put_session's reply says.
 fn session_put(reply: &[redis::Value]) -> Result<SessionPut, StoreError> {
     match reply.split_first() {
         Some((redis::Value::Int(0), evicted)) => Ok(SessionPut::Recorded(
