@@ -44,7 +44,9 @@
 # MARIADB_OPTS (extra mariadbd options, e.g. "--innodb-flush-log-at-trx-commit=2"),
 # REPLICA_THREADS (Tokio worker threads per replica, default 2), DB_CONNECTIONS (per replica,
 # default 8), REDIS_CONNECTIONS (per replica, default 1 as in otpgate), EXTRA_ENV (more
-# VAR=value settings for the replicas), KEEP=1 (keep the work folder),
+# VAR=value settings for the replicas), EVENT_WEBHOOKS=1 (the replicas POST their security
+# events to nginx, which answers 200: the outbox and its deliveries under load), KEEP=1 (keep the
+# work folder),
 # OTPGATE_BIN (run this otpgate binary as the replicas: before/after comparisons in one sitting),
 # LOADTEST_BIN (the same for the load generator), TMPDIR (where the work folder goes, PostgreSQL's
 # data and WAL included: TMPDIR=/dev/shm takes the disk out of the figures, for diagnosis only),
@@ -240,6 +242,10 @@ replica_vars=(
     WHATSAPP_ACCESS_TOKEN=stub WHATSAPP_PHONE_NUMBER_ID=1 \
     WHATSAPP_API_BASE="http://127.0.0.1:$stub_port/v21.0"
 )
+if [ "${EVENT_WEBHOOKS:-0}" = 1 ]; then
+  replica_vars+=(EVENT_WEBHOOK_URL="http://127.0.0.1:$stub_port/events"
+    EVENT_WEBHOOK_SECRET="whsec_bG9hZHRlc3QtZXZlbnQtd2ViaG9vay1zZWNyZXQ=")
+fi
 start_replica() {
   local i=$1
   rm -f "$work/replica-$i.pid" "$work/replica-$i.exit"
