@@ -331,7 +331,7 @@ impl Metrics {
             webhook_lag: {
                 let g = prometheus::Gauge::new(
                     "otpgate_event_webhook_lag_seconds",
-                    "Age of the oldest event not yet delivered to the event webhook (0: none).",
+                    "Age of the oldest event in this replica's latest claim for the event webhook (0: none due).",
                 )?;
                 registry.register(Box::new(g.clone()))?;
                 g

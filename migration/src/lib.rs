@@ -21,6 +21,7 @@ mod m20261123_000001_create_users_and_identities;
 mod m20261129_000001_add_users_blocked_at;
 mod m20261201_000001_create_audit_events_and_event_outbox;
 mod m20261202_000001_create_app_attest_keys;
+mod m20261203_000001_tune_event_outbox;
 
 /// A `NOT NULL` instant: `timestamptz` on PostgreSQL, `datetime(6)` (UTC) on MySQL/MariaDB.
 pub fn instant<T: IntoIden>(backend: DbBackend, col: T) -> ColumnDef {
@@ -63,6 +64,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000001_add_users_blocked_at::Migration),
             Box::new(m20261201_000001_create_audit_events_and_event_outbox::Migration),
             Box::new(m20261202_000001_create_app_attest_keys::Migration),
+            Box::new(m20261203_000001_tune_event_outbox::Migration),
         ]
     }
 }

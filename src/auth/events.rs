@@ -2,10 +2,12 @@
 //! emits with one call, `self.event(EventKind::UserBlocked).user(id).client(client).emit()`:
 //! one non-blocking queue push, no await ([`crate::db::events`] writes in the background).
 //!
-//! The delivery task (one per replica, when `EVENT_WEBHOOK_URL` is set) claims due outbox rows,
-//! signs each the Standard Webhooks way and posts it; 2xx is delivered, anything else is
-//! retried with exponential backoff (`EVENT_WEBHOOK_RETRY_BASE_MS` doubling up to an hour)
-//! until `EVENT_WEBHOOK_MAX_ATTEMPTS` or three days, then given up.
+//! The delivery tasks (two per replica, when `EVENT_WEBHOOK_URL` is set): one claims due outbox
+//! rows, [`CLAIM`] at a time, whenever the queue to the other has room for them; the other
+//! signs each the Standard Webhooks way and posts it, [`IN_FLIGHT`] at once. 2xx is delivered
+//! (recorded for many events by one `DELETE`), anything else is retried with exponential
+//! backoff (`EVENT_WEBHOOK_RETRY_BASE_MS` doubling up to an hour) until
+//! `EVENT_WEBHOOK_MAX_ATTEMPTS` or three days, then given up.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,8 +33,12 @@ const USER_AGENT_MAX: usize = 256;
 const RETRY_CAP: Duration = Duration::from_secs(3600);
 /// An event is given up this long after it happened, whatever its attempts.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(3 * 24 * 3600);
-/// Events one replica claims at once.
-const CLAIM: u64 = 16;
+/// Events one replica claims at once (one statement), and records delivered at once.
+const CLAIM: usize = 256;
+/// Attempts one replica has in flight at once (connections to `EVENT_WEBHOOK_URL` at most).
+const IN_FLIGHT: usize = 64;
+/// How long a delivered event waits, at most, for others to be recorded with it.
+const RECORD_EVERY: Duration = Duration::from_millis(20);
 /// How often an idle delivery task looks for due events (new events wake it at once).
 const POLL: Duration = Duration::from_secs(1);
 /// How often the retention task runs.
@@ -293,8 +299,16 @@ pub fn backoff(base: Duration, attempts: u32) -> Duration {
     base.saturating_mul(factor).min(RETRY_CAP)
 }
 
-/// The delivery task: claims due events, delivers them, repeats; wakes when events are written
-/// here or every second.
+/// An attempt's result.
+enum Outcome {
+    Delivered,
+    /// Not attempted: its lease ran out while it waited (another claim takes it).
+    LeaseOver,
+    Failed(String),
+}
+
+/// The delivery tasks: the claimer feeds claimed rows to the poster, which posts them and
+/// records how each went.
 async fn deliver(
     db: DatabaseConnection,
     settings: WebhookSettings,
@@ -312,45 +326,146 @@ async fn deliver(
             return;
         }
     };
-    let lease = chrono::Duration::from_std(settings.lease).unwrap_or(chrono::Duration::seconds(60));
+    // This replica's claims: its rows are not claimed again by it while it holds them (a
+    // replica stuck on an attempt leaves the row, once its lease is over, to the others).
+    let owner = crate::domain::ids::random_uuid();
+    // Room for two claims: the next one is made while the last one is being posted.
+    let (queue, claimed) = tokio::sync::mpsc::channel(2 * CLAIM);
+    tokio::spawn(claim(
+        db.clone(),
+        owner,
+        settings.lease,
+        metrics.clone(),
+        written,
+        queue,
+    ));
+    post(&db, &client, &settings, &metrics, owner, claimed).await;
+}
+
+/// The claimer: claims due events when the queue has room for a whole claim, sets the lag
+/// (the age of the oldest event claimed; 0 when none is due), and waits for new events or a
+/// second when it found fewer than a whole claim.
+async fn claim(
+    db: DatabaseConnection,
+    owner: Uuid,
+    lease: Duration,
+    metrics: Arc<Metrics>,
+    written: Arc<Notify>,
+    queue: tokio::sync::mpsc::Sender<event_outbox::Model>,
+) {
+    let lease = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60));
     loop {
+        let Ok(room) = queue.reserve_many(CLAIM).await else {
+            return; // the poster is gone
+        };
         let now = Utc::now();
-        match store::oldest_pending(&db).await {
-            Ok(oldest) => metrics.webhook_lag.set(oldest.map_or(0.0, |at| {
-                (now - at).num_milliseconds().max(0) as f64 / 1000.0
-            })),
-            Err(err) => tracing::debug!(error = %err, "event webhook: lag not measured"),
-        }
-        let owner = crate::domain::ids::random_uuid();
-        let claimed = store::claim_outbox(&db, now, now + lease, owner, CLAIM).await;
-        let rows = match claimed {
+        let rows = match store::claim_outbox(&db, now, now + lease, owner, CLAIM as u64).await {
             Ok(rows) => rows,
             Err(err) => {
                 tracing::warn!(error = %err, "event webhook: could not claim events");
-                Vec::new()
+                drop(room);
+                tokio::time::sleep(POLL).await;
+                continue;
             }
         };
-        if rows.is_empty() {
-            let _ = tokio::time::timeout(POLL, written.notified()).await;
-            continue;
+        let oldest = rows.iter().map(|row| row.created_at).min();
+        metrics.webhook_lag.set(oldest.map_or(0.0, |at| {
+            (now - at).num_milliseconds().max(0) as f64 / 1000.0
+        }));
+        let whole = rows.len() == CLAIM;
+        for (permit, row) in room.zip(rows) {
+            permit.send(row);
         }
-        let attempts = rows
-            .into_iter()
-            .map(|row| attempt(&db, &client, &settings, &metrics, owner, row));
-        futures_util::future::join_all(attempts).await;
+        if !whole {
+            let _ = tokio::time::timeout(POLL, written.notified()).await;
+        }
     }
 }
 
-/// One attempt at event `row`, and its bookkeeping.
-async fn attempt(
+/// The poster: [`IN_FLIGHT`] attempts at once; delivered events are recorded together, at the
+/// latest [`RECORD_EVERY`] after the first of them.
+async fn post(
     db: &DatabaseConnection,
     client: &reqwest::Client,
     settings: &WebhookSettings,
     metrics: &Metrics,
     owner: Uuid,
-    row: event_outbox::Model,
+    claimed: tokio::sync::mpsc::Receiver<event_outbox::Model>,
 ) {
-    let timestamp = Utc::now().timestamp();
+    use futures_util::StreamExt as _;
+    let attempts = futures_util::stream::unfold(claimed, |mut claimed| async move {
+        let next = claimed.recv().await?;
+        Some((next, claimed))
+    })
+    .map(|row| async move {
+        let outcome = attempt(client, settings, &row).await;
+        (row, outcome)
+    })
+    .buffer_unordered(IN_FLIGHT);
+    let mut attempts = std::pin::pin!(attempts);
+    let mut delivered: Vec<Uuid> = Vec::with_capacity(CLAIM);
+    let mut record_by: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match record_by {
+            Some(at) => match tokio::time::timeout_at(at, attempts.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    record_delivered(db, owner, &mut delivered).await;
+                    record_by = None;
+                    continue;
+                }
+            },
+            None => attempts.next().await,
+        };
+        let Some((row, outcome)) = next else {
+            record_delivered(db, owner, &mut delivered).await;
+            return;
+        };
+        match outcome {
+            Outcome::Delivered => {
+                metrics
+                    .webhook_deliveries
+                    .with_label_values(&["delivered"])
+                    .inc();
+                delivered.push(row.id);
+                if delivered.len() >= CLAIM {
+                    record_delivered(db, owner, &mut delivered).await;
+                    record_by = None;
+                } else if record_by.is_none() {
+                    record_by = Some(tokio::time::Instant::now() + RECORD_EVERY);
+                }
+            }
+            Outcome::LeaseOver => {
+                tracing::debug!(event = %row.id, "event webhook: lease over before the attempt");
+                if let Err(err) = store::outbox_release(db, row.id, owner).await {
+                    tracing::warn!(error = %err, event = %row.id, "event webhook: claim not released");
+                }
+            }
+            Outcome::Failed(error) => failed(db, settings, metrics, owner, row, error).await,
+        }
+    }
+}
+
+/// Records delivered events, in one `DELETE`.
+async fn record_delivered(db: &DatabaseConnection, owner: Uuid, delivered: &mut Vec<Uuid>) {
+    let events = delivered.len();
+    if let Err(err) = store::outbox_delivered(db, owner, std::mem::take(delivered)).await {
+        // Delivered, not recorded: delivered again after the lease (at least once).
+        tracing::warn!(error = %err, events, "event webhook: deliveries not recorded");
+    }
+}
+
+/// One attempt at event `row`, unless its lease is over.
+async fn attempt(
+    client: &reqwest::Client,
+    settings: &WebhookSettings,
+    row: &event_outbox::Model,
+) -> Outcome {
+    let now = Utc::now();
+    if row.locked_until.is_some_and(|until| until <= now) {
+        return Outcome::LeaseOver;
+    }
+    let timestamp = now.timestamp();
     let id = row.id.to_string();
     let sent = client
         .post(&settings.url)
@@ -364,24 +479,24 @@ async fn attempt(
         .body(row.payload.clone())
         .send()
         .await;
-    let error = match sent {
-        Ok(resp) if resp.status().is_success() => None,
-        Ok(resp) => Some(format!("HTTP {}", resp.status().as_u16())),
-        Err(err) if err.is_timeout() => Some("timeout".to_string()),
-        Err(err) if err.is_connect() => Some("connection failed".to_string()),
-        Err(_) => Some("request failed".to_string()),
-    };
-    let Some(error) = error else {
-        metrics
-            .webhook_deliveries
-            .with_label_values(&["delivered"])
-            .inc();
-        if let Err(err) = store::outbox_delivered(db, row.id, owner).await {
-            // Delivered, not recorded: delivered again later (at least once).
-            tracing::warn!(error = %err, event = %row.id, "event webhook: delivery not recorded");
-        }
-        return;
-    };
+    match sent {
+        Ok(resp) if resp.status().is_success() => Outcome::Delivered,
+        Ok(resp) => Outcome::Failed(format!("HTTP {}", resp.status().as_u16())),
+        Err(err) if err.is_timeout() => Outcome::Failed("timeout".to_string()),
+        Err(err) if err.is_connect() => Outcome::Failed("connection failed".to_string()),
+        Err(_) => Outcome::Failed("request failed".to_string()),
+    }
+}
+
+/// A failed attempt: the next one scheduled, or the event given up.
+async fn failed(
+    db: &DatabaseConnection,
+    settings: &WebhookSettings,
+    metrics: &Metrics,
+    owner: Uuid,
+    row: event_outbox::Model,
+    error: String,
+) {
     let attempts = u32::try_from(row.attempts).unwrap_or(u32::MAX);
     let next = Utc::now()
         + chrono::Duration::from_std(backoff(settings.retry_base, attempts))

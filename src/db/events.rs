@@ -9,11 +9,12 @@
 //! is bounded: when the database falls that far behind, events are dropped and counted, never
 //! the request. A batch the database refuses (twice) is dropped and counted too.
 //!
-//! Outbox claims: a replica takes due rows by setting a lease (`locked_until`) and a claim id
-//! (`locked_by`); PostgreSQL and MySQL/MariaDB select them `FOR UPDATE SKIP LOCKED` in a short
-//! transaction, so replicas claiming at once take different rows; SQLite (one process) claims
-//! each row by a conditional `UPDATE`. Finishing an attempt checks the claim id, so a replica
-//! whose lease ran out (and whose row another replica took) changes nothing.
+//! Outbox claims: a replica takes due rows (`next_attempt_at` passed, no lease running) by
+//! setting its claim id (`locked_by`) and a lease (`locked_until`). PostgreSQL claims in one
+//! `UPDATE … FOR UPDATE SKIP LOCKED … RETURNING`, MySQL/MariaDB in a short transaction, so
+//! replicas claiming at once take different rows; SQLite (one process) claims each row by a
+//! conditional `UPDATE`. Finishing an attempt checks the claim id, so a replica whose lease ran
+//! out (and whose row another replica took) changes nothing.
 
 use std::sync::Arc;
 
@@ -333,20 +334,36 @@ pub async fn delete_before(db: &DatabaseConnection, cutoff: DateTime<Utc>) -> Re
     Ok(deleted)
 }
 
-/// Outbox rows due now and not leased: oldest due first.
-fn due(now: DateTime<Utc>) -> Condition {
+/// The `next_attempt_at` of an event given up: never due (it stays, with `failed_at`, until
+/// retention; setting `failed_at` back to `NULL` and `next_attempt_at` to now sends it again).
+pub fn never_due() -> DateTime<Utc> {
+    // 9999-12-31T00:00:00Z: the last day MySQL/MariaDB's `datetime` holds.
+    DateTime::from_timestamp(253_402_214_400, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// Outbox rows due now, not leased, and not `owner`'s. A given-up row's `next_attempt_at` is
+/// [`never_due`], so one range of one index holds every row to claim: whatever the table's
+/// statistics say, a claim reads that range from its start, never sorts the table (only the
+/// rows leased now, at most a few hundred per replica, are read and passed over). Rows of
+/// `owner` whose lease ran out while it still attempts them are left to other claimers.
+fn due(now: DateTime<Utc>, owner: Uuid) -> Condition {
     Condition::all()
-        .add(event_outbox::Column::FailedAt.is_null())
         .add(event_outbox::Column::NextAttemptAt.lte(now))
         .add(
             Condition::any()
                 .add(event_outbox::Column::LockedUntil.is_null())
                 .add(event_outbox::Column::LockedUntil.lte(now)),
         )
+        .add(
+            Condition::any()
+                .add(event_outbox::Column::LockedBy.is_null())
+                .add(event_outbox::Column::LockedBy.ne(owner)),
+        )
 }
 
-/// Claims up to `limit` due outbox rows for `owner` until `lease_until` (each claim counts as
-/// an attempt); the rows claimed.
+/// Claims up to `limit` due outbox rows, oldest due first, for `owner` (one per replica) until
+/// `lease_until` (each claim counts as an attempt; a row not finished by then is due again for
+/// other owners); the rows claimed, oldest first.
 pub async fn claim_outbox(
     db: &DatabaseConnection,
     now: DateTime<Utc>,
@@ -354,18 +371,23 @@ pub async fn claim_outbox(
     owner: Uuid,
     limit: u64,
 ) -> Result<Vec<event_outbox::Model>, DbErr> {
-    if db.get_database_backend() != DatabaseBackend::Sqlite {
-        match claim_skip_locked(db, now, lease_until, owner, limit).await {
+    match db.get_database_backend() {
+        DatabaseBackend::Postgres => {
+            return claim_postgres(db, now, lease_until, owner, limit).await;
+        }
+        DatabaseBackend::MySql => match claim_skip_locked(db, now, lease_until, owner, limit).await
+        {
             Ok(rows) => return Ok(rows),
             // A server without SKIP LOCKED (MariaDB 10.5): the conditional claim below.
             Err(err) if err.to_string().to_ascii_lowercase().contains("syntax") => {}
             Err(err) => return Err(err),
-        }
+        },
+        _ => {}
     }
     let candidates: Vec<Uuid> = event_outbox::Entity::find()
         .select_only()
         .column(event_outbox::Column::Id)
-        .filter(due(now))
+        .filter(due(now, owner))
         .order_by_asc(event_outbox::Column::NextAttemptAt)
         .limit(limit)
         .into_tuple()
@@ -375,7 +397,7 @@ pub async fn claim_outbox(
     for id in candidates {
         let taken = lease(event_outbox::Entity::update_many(), lease_until, owner)
             .filter(event_outbox::Column::Id.eq(id))
-            .filter(due(now))
+            .filter(due(now, owner))
             .exec(db)
             .await?;
         if taken.rows_affected == 1 {
@@ -388,6 +410,43 @@ pub async fn claim_outbox(
     claimed_rows(db, claimed, owner).await
 }
 
+/// PostgreSQL: one statement, the rows locked `SKIP LOCKED` (replicas claiming at once take
+/// different rows), leased and returned.
+async fn claim_postgres(
+    db: &DatabaseConnection,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+    owner: Uuid,
+    limit: u64,
+) -> Result<Vec<event_outbox::Model>, DbErr> {
+    let claim = sea_orm::Statement::from_sql_and_values(
+        DatabaseBackend::Postgres,
+        "UPDATE event_outbox AS o \
+         SET locked_until = $2, locked_by = $3, attempts = o.attempts + 1 \
+         FROM (SELECT id FROM event_outbox \
+               WHERE next_attempt_at <= $1 AND (locked_until IS NULL OR locked_until <= $1) \
+                 AND locked_by IS DISTINCT FROM $3 \
+               ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) AS due \
+         WHERE o.id = due.id \
+         RETURNING o.id, o.kind, o.payload, o.created_at, o.next_attempt_at, o.attempts, \
+                   o.locked_until, o.locked_by, o.failed_at, o.last_error",
+        [
+            now.into(),
+            lease_until.into(),
+            owner.into(),
+            i64::try_from(limit).unwrap_or(i64::MAX).into(),
+        ],
+    );
+    let mut rows = event_outbox::Entity::find()
+        .from_raw_sql(claim)
+        .all(db)
+        .await?;
+    rows.sort_by_key(|row| row.created_at);
+    Ok(rows)
+}
+
+/// MySQL/MariaDB: the rows selected `FOR UPDATE SKIP LOCKED`, leased and read in one short
+/// transaction.
 async fn claim_skip_locked(
     db: &DatabaseConnection,
     now: DateTime<Utc>,
@@ -399,7 +458,7 @@ async fn claim_skip_locked(
     let ids: Vec<Uuid> = event_outbox::Entity::find()
         .select_only()
         .column(event_outbox::Column::Id)
-        .filter(due(now))
+        .filter(due(now, owner))
         .order_by_asc(event_outbox::Column::NextAttemptAt)
         .limit(limit)
         .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
@@ -441,14 +500,38 @@ async fn claimed_rows(
     event_outbox::Entity::find()
         .filter(event_outbox::Column::Id.is_in(ids))
         .filter(event_outbox::Column::LockedBy.eq(owner))
-        .order_by_asc(event_outbox::Column::NextAttemptAt)
+        .order_by_asc(event_outbox::Column::CreatedAt)
         .all(db)
         .await
 }
 
-/// Event `id`, claimed by `owner`, was delivered: its row goes.
-pub async fn outbox_delivered(db: &DatabaseConnection, id: Uuid, owner: Uuid) -> Result<(), DbErr> {
+/// Events `ids`, claimed by `owner`, were delivered: their rows go, in one statement (a row
+/// whose claim ran out and was taken by another claim stays).
+pub async fn outbox_delivered(
+    db: &DatabaseConnection,
+    owner: Uuid,
+    ids: Vec<Uuid>,
+) -> Result<(), DbErr> {
+    if ids.is_empty() {
+        return Ok(());
+    }
     event_outbox::Entity::delete_many()
+        .filter(event_outbox::Column::Id.is_in(ids))
+        .filter(event_outbox::Column::LockedBy.eq(owner))
+        .exec(db)
+        .await
+        .map(drop)
+}
+
+/// Event `id`, claimed by `owner`, was not attempted (its lease ran out first): any replica,
+/// `owner`'s too, may claim it again.
+pub async fn outbox_release(db: &DatabaseConnection, id: Uuid, owner: Uuid) -> Result<(), DbErr> {
+    event_outbox::Entity::update_many()
+        .col_expr(
+            event_outbox::Column::LockedUntil,
+            Expr::value(None::<DateTime<Utc>>),
+        )
+        .col_expr(event_outbox::Column::LockedBy, Expr::value(None::<Uuid>))
         .filter(event_outbox::Column::Id.eq(id))
         .filter(event_outbox::Column::LockedBy.eq(owner))
         .exec(db)
@@ -477,7 +560,12 @@ pub async fn outbox_failed(
         );
     update = match next {
         Some(at) => update.col_expr(event_outbox::Column::NextAttemptAt, Expr::value(at)),
-        None => update.col_expr(event_outbox::Column::FailedAt, Expr::value(Utc::now())),
+        None => update
+            .col_expr(event_outbox::Column::FailedAt, Expr::value(Utc::now()))
+            .col_expr(
+                event_outbox::Column::NextAttemptAt,
+                Expr::value(super::instant_param(db, never_due())),
+            ),
     };
     update
         .filter(event_outbox::Column::Id.eq(id))
@@ -485,16 +573,6 @@ pub async fn outbox_failed(
         .exec(db)
         .await
         .map(drop)
-}
-
-/// When the oldest event not yet delivered (nor given up) happened.
-pub async fn oldest_pending(db: &DatabaseConnection) -> Result<Option<DateTime<Utc>>, DbErr> {
-    Ok(event_outbox::Entity::find()
-        .filter(event_outbox::Column::FailedAt.is_null())
-        .order_by_asc(event_outbox::Column::CreatedAt)
-        .one(db)
-        .await?
-        .map(|row| row.created_at))
 }
 
 #[cfg(test)]
@@ -581,26 +659,76 @@ mod tests {
         outbox_failed(&db, row.id, a, None, "HTTP 500")
             .await
             .unwrap();
-        outbox_delivered(&db, row.id, a).await.unwrap();
+        outbox_delivered(&db, a, vec![row.id]).await.unwrap();
         outbox_failed(&db, row.id, b, Some(now), "HTTP 500")
             .await
             .unwrap();
         let again = claim_outbox(&db, now, lease, c, 5).await.unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!((again[0].id, again[0].attempts), (row.id, 2));
-        // After the lease, A's rows are claimable again.
+        // After the lease, every row is claimable again, oldest first.
         let later = lease + chrono::Duration::seconds(1);
         let retaken = claim_outbox(&db, later, later + chrono::Duration::seconds(30), b, 5)
             .await
             .unwrap();
         assert_eq!(retaken.len(), 3);
-        // Delivered rows go; a given-up row stays but is no longer pending.
-        outbox_delivered(&db, retaken[0].id, b).await.unwrap();
-        outbox_delivered(&db, retaken[1].id, b).await.unwrap();
-        outbox_failed(&db, retaken[2].id, b, None, "timeout")
+        assert!(
+            retaken
+                .windows(2)
+                .all(|w| w[0].created_at <= w[1].created_at)
+        );
+        // Past B's lease, B (still attempting them) leaves its rows to others, until it
+        // releases one.
+        let much_later = later + chrono::Duration::seconds(60);
+        let b_again = |at| claim_outbox(&db, at, at + chrono::Duration::seconds(30), b, 5);
+        assert!(b_again(much_later).await.unwrap().is_empty());
+        outbox_release(&db, retaken[2].id, a).await.unwrap();
+        assert!(b_again(much_later).await.unwrap().is_empty(), "not A's");
+        outbox_release(&db, retaken[2].id, b).await.unwrap();
+        let released = b_again(much_later).await.unwrap();
+        assert_eq!(released.len(), 1);
+        assert_eq!(
+            (released[0].id, released[0].attempts),
+            (retaken[2].id, retaken[2].attempts + 1)
+        );
+        // Delivered rows go (one statement; another claim's row stays); a given-up row stays
+        // but is never due again.
+        outbox_delivered(&db, c, vec![retaken[0].id, retaken[1].id])
             .await
             .unwrap();
-        assert_eq!(oldest_pending(&db).await.unwrap(), None);
+        assert_eq!(
+            event_outbox::Entity::find().all(&db).await.unwrap().len(),
+            3
+        );
+        outbox_delivered(&db, b, vec![retaken[0].id, retaken[1].id])
+            .await
+            .unwrap();
+        outbox_failed(&db, released[0].id, b, None, "timeout")
+            .await
+            .unwrap();
+        let left = event_outbox::Entity::find().all(&db).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert!(left[0].failed_at.is_some());
+        // Stored as the migration that moved earlier given-up rows writes it.
+        let raw = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                DatabaseBackend::Sqlite,
+                "SELECT next_attempt_at FROM event_outbox",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            raw.try_get::<String>("", "next_attempt_at").unwrap(),
+            "9999-12-31T00:00:00+00:00"
+        );
+        let far = later + chrono::Duration::days(365 * 100);
+        assert!(
+            claim_outbox(&db, far, far + chrono::Duration::seconds(30), c, 5)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         std::fs::remove_file(file).ok();
     }
 }

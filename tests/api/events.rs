@@ -1,8 +1,9 @@
 //! The audit log (`GET /admin/v1/audit`) and the event webhooks, on every backend: events of a
 //! login, refresh, logout and block appear in the audit log; every webhook delivery carries
 //! the Standard Webhooks headers and a valid signature; a failing receiver gets retries, a
-//! hanging one does not slow logins, and an event a replica holds when it stops answering is
-//! delivered by another replica after the lease.
+//! hanging one does not slow logins, an event a replica holds when it stops answering is
+//! delivered by another replica after the lease, and a burst of events (more than one claim)
+//! is delivered once each.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use futures_util::StreamExt;
 use hmac::{Hmac, KeyInit, Mac};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -25,6 +27,7 @@ crate::on_both_backends!(
     failing_receiver_gets_retries_with_the_same_id,
     hanging_receiver_does_not_slow_logins,
     an_event_held_by_a_stalled_replica_is_delivered_by_another,
+    a_burst_of_events_is_delivered_once_each,
 );
 
 const KEY: &str = "admin-key-0123456789abcdef0123456789";
@@ -625,4 +628,59 @@ async fn an_event_held_by_a_stalled_replica_is_delivered_by_another(backend: Bac
         got.iter().any(|d| stalled_ids.contains(&d.id)),
         "an event the stalled replica held was delivered by the new one: {stalled_ids:?}"
     );
+}
+
+async fn a_burst_of_events_is_delivered_once_each(backend: Backend) {
+    // 150 sign-ins on both replicas: 300 events, more than one claim (256) and one recorded
+    // batch. A delivery not recorded would come again from the other replica once the 2 s
+    // lease is over.
+    let receiver = Receiver::start(Answer::Ok { fail: 0 }).await;
+    let mut vars = webhook_vars(&receiver.url);
+    vars.extend([
+        ("EVENT_WEBHOOK_LEASE_SECONDS", "2"),
+        ("RATE_LIMIT_IP_PER_HOUR", "1000000"),
+        ("RATE_LIMIT_VERIFY_IP_PER_HOUR", "1000000"),
+        ("RATE_LIMIT_FRONTDOOR_PER_SECOND", "100000"),
+        ("RATE_LIMIT_FRONTDOOR_BURST", "100000"),
+    ]);
+    let app = app(backend, &vars).await;
+    let users: Vec<String> = futures_util::stream::iter(0..150)
+        .map(|_| async { user_id(&sign_in(&app, &unique_phone()).await) })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let wanted: HashSet<(String, String)> = users
+        .iter()
+        .flat_map(|u| ["user.created", "login.succeeded"].map(|t| (t.to_string(), u.clone())))
+        .collect();
+    let seen = |got: &[Delivery]| -> HashSet<(String, String)> {
+        got.iter()
+            .map(check_signed)
+            .map(|b| {
+                (
+                    b["type"].as_str().unwrap_or_default().to_string(),
+                    b["data"]["user_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !wanted.is_subset(&seen(&receiver.deliveries())) {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} events arrived",
+            wanted.intersection(&seen(&receiver.deliveries())).count(),
+            wanted.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Past the lease: still one delivery per event.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let got = receiver.deliveries();
+    let ids: HashSet<&str> = got.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids.len(), got.len(), "an event was delivered twice");
+    assert_eq!(got.len(), wanted.len());
 }
