@@ -45,7 +45,9 @@
 # REPLICA_THREADS (Tokio worker threads per replica, default 2), DB_CONNECTIONS (per replica,
 # default 8), REDIS_CONNECTIONS (per replica, default 1 as in otpgate), EXTRA_ENV (more
 # VAR=value settings for the replicas), EVENT_WEBHOOKS=1 (the replicas POST their security
-# events to nginx, which answers 200: the outbox and its deliveries under load), KEEP=1 (keep the
+# events to nginx, which answers 200: the outbox and its deliveries under load; =worker: the
+# replicas queue events with EVENT_WEBHOOK_DELIVERY=false and one more otpgate process, serving
+# no traffic, delivers them, its CPU reported apart as "worker"), KEEP=1 (keep the
 # work folder),
 # OTPGATE_BIN (run this otpgate binary as the replicas: before/after comparisons in one sitting),
 # LOADTEST_BIN (the same for the load generator), TMPDIR (where the work folder goes, PostgreSQL's
@@ -148,7 +150,7 @@ declare -a replica_ports replica_pids
 cleanup() {
   status=$?
   # From the pid files: a replica restarted by the chaos task is not in replica_pids here.
-  for f in "$work"/replica-*.pid; do [ -s "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
+  for f in "$work"/replica-*.pid "$work/worker.pid"; do [ -s "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
   [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
   [ -n "${sampler_pid:-}" ] && kill "$sampler_pid" 2>/dev/null || true
   [ -n "${PSQL_PID:-}" ] && kill "$PSQL_PID" 2>/dev/null || true
@@ -242,10 +244,12 @@ replica_vars=(
     WHATSAPP_ACCESS_TOKEN=stub WHATSAPP_PHONE_NUMBER_ID=1 \
     WHATSAPP_API_BASE="http://127.0.0.1:$stub_port/v21.0"
 )
-if [ "${EVENT_WEBHOOKS:-0}" = 1 ]; then
-  replica_vars+=(EVENT_WEBHOOK_URL="http://127.0.0.1:$stub_port/events"
-    EVENT_WEBHOOK_SECRET="whsec_bG9hZHRlc3QtZXZlbnQtd2ViaG9vay1zZWNyZXQ=")
-fi
+case "${EVENT_WEBHOOKS:-0}" in
+  1|worker)
+    replica_vars+=(EVENT_WEBHOOK_URL="http://127.0.0.1:$stub_port/events"
+      EVENT_WEBHOOK_SECRET="whsec_bG9hZHRlc3QtZXZlbnQtd2ViaG9vay1zZWNyZXQ=") ;;
+esac
+[ "${EVENT_WEBHOOKS:-0}" = worker ] && replica_vars+=(EVENT_WEBHOOK_DELIVERY=false)
 start_replica() {
   local i=$1
   rm -f "$work/replica-$i.pid" "$work/replica-$i.exit"
@@ -271,6 +275,17 @@ for i in $(seq 1 "$REPLICAS"); do
   free_port replica_port; replica_ports[$i]=$replica_port
   start_replica "$i"
 done
+if [ "${EVENT_WEBHOOKS:-0}" = worker ]; then
+  # The event webhook worker: the same settings, delivery on, no traffic routed to it.
+  free_port worker_port
+  env -i "${replica_vars[@]}" EVENT_WEBHOOK_DELIVERY=true PORT="$worker_port" "$bin" serve \
+    >> "$work/worker.log" 2>&1 &
+  echo $! > "$work/worker.pid"
+  for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:$worker_port/ready" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+fi
 
 # nginx: the location block of deploy/nginx.conf, with the loopback replicas as upstream.
 servers=""
@@ -510,6 +525,7 @@ group_pids() {
     postgres) read -r pm < "$work/pg/postmaster.pid"; pids+=("$pm"); children_of "$pm" ;;
     # One process: its threads' CPU is in its own /proc/PID/stat.
     mariadb) read -r pm < "$work/mariadb/server.pid"; pids+=("$pm") ;;
+    worker) { read -r p < "$work/worker.pid"; } 2>/dev/null && pids+=("$p") ;;
     nginx) if [ -f "$work/nginx.pid" ]; then
              read -r pm < "$work/nginx.pid"; pids+=("$pm"); children_of "$pm"
            fi ;;
@@ -531,7 +547,7 @@ wait_ns() {
 cpu_snapshot() {
   local g
   : > "$1"; : > "$1-wait"
-  for g in replicas redis "$DB" nginx; do
+  for g in replicas redis "$DB" nginx $([ -f "$work/worker.pid" ] && echo worker); do
     group_pids "$g"
     cpu_ticks
     wait_ns
@@ -585,6 +601,10 @@ if [ "$DB" = postgres ]; then
                  round(mean_exec_time::numeric, 3) AS mean_ms, rows,
                  left(regexp_replace(query, '\s+', ' ', 'g'), 100)
           FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 12" > "$work/sql-top.txt" || true
+fi
+if [ -f "$work/worker.pid" ]; then
+  curl -fsS "http://127.0.0.1:$worker_port/metrics" > "$work/metrics-worker" \
+    || echo "worker: /metrics did not answer after the run" >> "$work/problems"
 fi
 # Every replica must still be up and ready, and have served API requests during the run.
 for i in $(seq 1 "$REPLICAS"); do
@@ -733,7 +753,8 @@ before, after = cpu(f"{work}/cpu-before"), cpu(f"{work}/cpu-after")
 tick_us = 1e6 / int(os.environ["CLK_TCK"])
 cpu_per_flow = {g: None if before is None or after is None or g not in before or g not in after
                 else per_flow((after[g] - before[g]) * tick_us)
-                for g in ("replicas", "redis", os.environ["DB"], "nginx")}
+                for g in ("replicas", "redis", os.environ["DB"], "nginx", "worker")
+                if g != "worker" or (before and "worker" in before)}
 # The generator's own CPU (it shares the cores): reported by itself over the measured phase.
 gen_ticks = report.get("generator_cpu_ticks")
 cpu_per_flow["generator"] = None if gen_ticks is None else per_flow(gen_ticks * tick_us)
@@ -743,6 +764,15 @@ gen_busy = None if gen_ticks is None else (
 print(f"Redis: {os.environ['REDIS']}; database: {os.environ['DB']}; CPU µs per flow: " + ", ".join(
     f"{g} {na(v, '{:.0f}')}" for g, v in cpu_per_flow.items())
     + (" — approximate: a process restarted" if chaos != "none" else ""))
+# Event webhooks: delivered since start (warm-up included) and each deliverer's last lag.
+hooks = [(f"replica {i}", metrics(f"{work}/metrics-after-{i}")) for i in range(1, replicas + 1)]
+hooks.append(("worker", metrics(f"{work}/metrics-worker")))
+hooks = [(who, m) for who, m in hooks if m]
+delivered = sum(m.get(("otpgate_event_webhook_deliveries_total", '{outcome="delivered"}'), 0)
+                for _, m in hooks)
+if delivered:
+    print(f"event webhooks: {delivered:.0f} delivered since start; lag (s): " + ", ".join(
+        f"{who} {m.get(('otpgate_event_webhook_lag_seconds', ''), 0):.3f}" for who, m in hooks))
 # Run-queue wait: how long the processes' threads were ready to run but had no core. On a
 # box whose cores the server shares with Redis, the database and the generator, this is where
 # latency goes once the cores are busy: it is not CPU, and it falls only as the cores get less

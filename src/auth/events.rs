@@ -39,8 +39,10 @@ const CLAIM: usize = 256;
 const IN_FLIGHT: usize = 64;
 /// How long a delivered event waits, at most, for others to be recorded with it.
 const RECORD_EVERY: Duration = Duration::from_millis(20);
-/// How often an idle delivery task looks for due events (new events wake it at once).
-const POLL: Duration = Duration::from_secs(1);
+/// How often an idle delivery task looks for due events. Events this replica writes wake it at
+/// once; those of other replicas (a worker with `EVENT_WEBHOOK_DELIVERY` delivers only theirs)
+/// and retries coming due wait for this. An idle claim is one index probe.
+const POLL: Duration = Duration::from_millis(250);
 /// How often the retention task runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 
@@ -156,7 +158,7 @@ impl Events {
             },
             written.clone(),
         );
-        if let Some(settings) = webhook {
+        if let Some(settings) = webhook.filter(|settings| settings.deliver) {
             tokio::spawn(deliver(
                 db.clone(),
                 settings.clone(),
@@ -315,16 +317,26 @@ async fn deliver(
     metrics: Arc<Metrics>,
     written: Arc<Notify>,
 ) {
-    let client = match reqwest::Client::builder()
+    let client = reqwest::Client::builder()
         .timeout(settings.timeout)
         .redirect(reqwest::redirect::Policy::none())
-        .build()
-    {
-        Ok(client) => client,
-        Err(err) => {
+        .build();
+    let url = reqwest::Url::parse(&settings.url);
+    let (client, url) = match (client, url) {
+        (Ok(client), Ok(url)) => (client, url),
+        (Err(err), _) => {
             tracing::error!(error = %err, "event webhook: no HTTP client; events are not delivered");
             return;
         }
+        (_, Err(err)) => {
+            tracing::error!(error = %err, "event webhook: EVENT_WEBHOOK_URL is not a URL; events are not delivered");
+            return;
+        }
+    };
+    let target = Target {
+        client,
+        url,
+        settings,
     };
     // This replica's claims: its rows are not claimed again by it while it holds them (a
     // replica stuck on an attempt leaves the row, once its lease is over, to the others).
@@ -334,17 +346,17 @@ async fn deliver(
     tokio::spawn(claim(
         db.clone(),
         owner,
-        settings.lease,
+        target.settings.lease,
         metrics.clone(),
         written,
         queue,
     ));
-    post(&db, &client, &settings, &metrics, owner, claimed).await;
+    post(&db, &target, &metrics, owner, claimed).await;
 }
 
 /// The claimer: claims due events when the queue has room for a whole claim, sets the lag
-/// (the age of the oldest event claimed; 0 when none is due), and waits for new events or a
-/// second when it found fewer than a whole claim.
+/// (the age of the oldest event claimed; 0 when none is due), and waits for new events or [`POLL`]
+/// when it found fewer than a whole claim.
 async fn claim(
     db: DatabaseConnection,
     owner: Uuid,
@@ -386,8 +398,7 @@ async fn claim(
 /// latest [`RECORD_EVERY`] after the first of them.
 async fn post(
     db: &DatabaseConnection,
-    client: &reqwest::Client,
-    settings: &WebhookSettings,
+    target: &Target,
     metrics: &Metrics,
     owner: Uuid,
     claimed: tokio::sync::mpsc::Receiver<event_outbox::Model>,
@@ -397,8 +408,8 @@ async fn post(
         let next = claimed.recv().await?;
         Some((next, claimed))
     })
-    .map(|row| async move {
-        let outcome = attempt(client, settings, &row).await;
+    .map(|mut row| async move {
+        let outcome = attempt(target, &mut row).await;
         (row, outcome)
     })
     .buffer_unordered(IN_FLIGHT);
@@ -441,7 +452,9 @@ async fn post(
                     tracing::warn!(error = %err, event = %row.id, "event webhook: claim not released");
                 }
             }
-            Outcome::Failed(error) => failed(db, settings, metrics, owner, row, error).await,
+            Outcome::Failed(error) => {
+                failed(db, &target.settings, metrics, owner, row, error).await
+            }
         }
     }
 }
@@ -455,28 +468,31 @@ async fn record_delivered(db: &DatabaseConnection, owner: Uuid, delivered: &mut 
     }
 }
 
-/// One attempt at event `row`, unless its lease is over.
-async fn attempt(
-    client: &reqwest::Client,
-    settings: &WebhookSettings,
-    row: &event_outbox::Model,
-) -> Outcome {
+/// Where events go: the client, the URL parsed once, the settings.
+struct Target {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    settings: WebhookSettings,
+}
+
+/// One attempt at event `row`, unless its lease is over (its payload is sent, not copied: after
+/// the attempt only its id, kind and times are read).
+async fn attempt(target: &Target, row: &mut event_outbox::Model) -> Outcome {
     let now = Utc::now();
     if row.locked_until.is_some_and(|until| until <= now) {
         return Outcome::LeaseOver;
     }
     let timestamp = now.timestamp();
     let id = row.id.to_string();
-    let sent = client
-        .post(&settings.url)
+    let signed = signature(&target.settings.key, &id, timestamp, row.payload.as_bytes());
+    let sent = target
+        .client
+        .post(target.url.clone())
         .header("content-type", "application/json")
-        .header("webhook-id", &id)
-        .header("webhook-timestamp", timestamp.to_string())
-        .header(
-            "webhook-signature",
-            signature(&settings.key, &id, timestamp, row.payload.as_bytes()),
-        )
-        .body(row.payload.clone())
+        .header("webhook-id", id)
+        .header("webhook-timestamp", timestamp)
+        .header("webhook-signature", signed)
+        .body(std::mem::take(&mut row.payload))
         .send()
         .await;
     match sent {

@@ -36,6 +36,9 @@ pub struct WebhookSettings {
     /// `EVENT_WEBHOOK_LEASE_SECONDS`: how long a replica owns an event it claimed; when it
     /// dies mid-delivery, another replica retries after this.
     pub lease: Duration,
+    /// `EVENT_WEBHOOK_DELIVERY`: whether this replica delivers events (every replica queues
+    /// them); off on the replicas serving logins when others, set apart, deliver.
+    pub deliver: bool,
 }
 
 impl std::fmt::Debug for WebhookSettings {
@@ -47,6 +50,7 @@ impl std::fmt::Debug for WebhookSettings {
             .field("retry_base", &self.retry_base)
             .field("max_attempts", &self.max_attempts)
             .field("lease", &self.lease)
+            .field("deliver", &self.deliver)
             .finish()
     }
 }
@@ -58,6 +62,7 @@ impl EventSettings {
         let retry_base = env.ranged("EVENT_WEBHOOK_RETRY_BASE_MS", 5_000, 10..=3_600_000)?;
         let max_attempts = env.ranged("EVENT_WEBHOOK_MAX_ATTEMPTS", 30, 1..=1_000)?;
         let lease = env.ranged("EVENT_WEBHOOK_LEASE_SECONDS", 60, 1..=3_600)?;
+        let deliver = env.bool("EVENT_WEBHOOK_DELIVERY", true)?;
         let url = env.get("EVENT_WEBHOOK_URL").map(|u| u.trim().to_string());
         let secret = env.get("EVENT_WEBHOOK_SECRET");
         let webhook = match (url, secret) {
@@ -92,6 +97,7 @@ impl EventSettings {
                     retry_base: Duration::from_millis(retry_base),
                     max_attempts,
                     lease: Duration::from_secs(lease),
+                    deliver,
                 })
             }
         };
@@ -156,6 +162,15 @@ mod tests {
         assert_eq!(hook.key.len(), 24);
         assert_eq!(hook.retry_base.as_millis(), 50);
         assert_eq!(hook.timeout.as_secs(), 10);
+        assert!(hook.deliver);
+        let queue_only = settings(&[
+            url,
+            ("EVENT_WEBHOOK_SECRET", SECRET),
+            ("EVENT_WEBHOOK_DELIVERY", "false"),
+        ])
+        .unwrap()
+        .events;
+        assert!(!queue_only.webhook.unwrap().deliver);
         assert!(!format!("{hook:?}").contains("MfKQ"));
     }
 }

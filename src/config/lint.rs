@@ -48,6 +48,8 @@ const PREFIXES: &[&str] = &[
     "PUMPING_",
     "PLAY_INTEGRITY_",
     "APP_ATTEST_",
+    "EVENT_WEBHOOK_",
+    "AUDIT_RETENTION_",
 ];
 
 /// Every variable name otpgate reads.

@@ -28,6 +28,7 @@ crate::on_both_backends!(
     hanging_receiver_does_not_slow_logins,
     an_event_held_by_a_stalled_replica_is_delivered_by_another,
     a_burst_of_events_is_delivered_once_each,
+    replicas_with_delivery_off_leave_their_events_to_a_worker,
 );
 
 const KEY: &str = "admin-key-0123456789abcdef0123456789";
@@ -683,4 +684,32 @@ async fn a_burst_of_events_is_delivered_once_each(backend: Backend) {
     let ids: HashSet<&str> = got.iter().map(|d| d.id.as_str()).collect();
     assert_eq!(ids.len(), got.len(), "an event was delivered twice");
     assert_eq!(got.len(), wanted.len());
+}
+
+async fn replicas_with_delivery_off_leave_their_events_to_a_worker(backend: Backend) {
+    // Both replicas serve logins and queue events, but deliver none (EVENT_WEBHOOK_DELIVERY);
+    // a third, serving nothing, delivers them.
+    let receiver = Receiver::start(Answer::Ok { fail: 0 }).await;
+    let mut vars = webhook_vars(&receiver.url);
+    vars.push(("EVENT_WEBHOOK_DELIVERY", "false"));
+    let app = app(backend, &vars).await;
+    let user = user_id(&sign_in(&app, &unique_phone()).await);
+    audit_of(&app, &user, &["user.created", "login.succeeded"]).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        receiver.deliveries().is_empty(),
+        "a replica with delivery off posted {:?}",
+        receiver.deliveries()
+    );
+    app.start_replica(&[("EVENT_WEBHOOK_DELIVERY", "true")])
+        .await;
+    let got = receiver
+        .wait_for(
+            &["user.created", "login.succeeded"],
+            Duration::from_secs(20),
+        )
+        .await;
+    for d in &got {
+        assert_eq!(check_signed(d)["data"]["user_id"], user.as_str());
+    }
 }
