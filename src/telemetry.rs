@@ -331,7 +331,7 @@ impl Metrics {
             webhook_lag: {
                 let g = prometheus::Gauge::new(
                     "otpgate_event_webhook_lag_seconds",
-                    "Age of the oldest event in this replica's latest claim for the event webhook (0: none due).",
+                    "How late the earliest due event of this replica's latest event webhook claim was (0: none due).",
                 )?;
                 registry.register(Box::new(g.clone()))?;
                 g

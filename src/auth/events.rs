@@ -2,17 +2,19 @@
 //! emits with one call, `self.event(EventKind::UserBlocked).user(id).client(client).emit()`:
 //! one non-blocking queue push, no await ([`crate::db::events`] writes in the background).
 //!
-//! The delivery tasks (two per replica, when `EVENT_WEBHOOK_URL` is set): one claims due outbox
-//! rows, [`CLAIM`] at a time, whenever the queue to the other has room for them; the other
-//! signs each the Standard Webhooks way and posts it, [`IN_FLIGHT`] at once. 2xx is delivered
-//! (recorded for many events by one `DELETE`), anything else is retried with exponential
-//! backoff (`EVENT_WEBHOOK_RETRY_BASE_MS` doubling up to an hour) until
+//! The delivery tasks (three per replica, when `EVENT_WEBHOOK_URL` is set and
+//! `EVENT_WEBHOOK_DELIVERY` is not off): the claimer claims due outbox rows, [`CLAIM`] at a
+//! time, whenever the queue to the poster has room for them; the poster signs each the Standard
+//! Webhooks way and posts it, [`IN_FLIGHT`] at once; the recorder writes the outcomes. 2xx is
+//! delivered (recorded for many events by one `DELETE`), anything else is retried with
+//! exponential backoff (`EVENT_WEBHOOK_RETRY_BASE_MS` doubling up to an hour) until
 //! `EVENT_WEBHOOK_MAX_ATTEMPTS` or three days, then given up.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use sea_orm::DatabaseConnection;
 use serde_json::{Map, Value, json};
 use tokio::sync::Notify;
@@ -39,6 +41,8 @@ const CLAIM: usize = 256;
 const IN_FLIGHT: usize = 64;
 /// How long a delivered event waits, at most, for others to be recorded with it.
 const RECORD_EVERY: Duration = Duration::from_millis(20);
+/// The longest wait between claims while the database fails.
+const CLAIM_RETRY_MAX: Duration = Duration::from_secs(5);
 /// How often an idle delivery task looks for due events. Events this replica writes wake it at
 /// once; those of other replicas (a worker with `EVENT_WEBHOOK_DELIVERY` delivers only theirs)
 /// and retries coming due wait for this. An idle claim is one index probe.
@@ -301,16 +305,57 @@ pub fn backoff(base: Duration, attempts: u32) -> Duration {
     base.saturating_mul(factor).min(RETRY_CAP)
 }
 
+/// A claimed outbox row and its claim.
+struct Claimed {
+    owner: Uuid,
+    row: event_outbox::Model,
+}
+
 /// An attempt's result.
 enum Outcome {
     Delivered,
-    /// Not attempted: its lease ran out while it waited (another claim takes it).
+    /// Not attempted: too little of its lease was left (another claim takes it).
     LeaseOver,
     Failed(String),
 }
 
-/// The delivery tasks: the claimer feeds claimed rows to the poster, which posts them and
-/// records how each went.
+/// The rows this replica claimed and has not finished recording, with the end of their lease:
+/// the claimer never claims them again while they are here (a row whose lease ran out during a
+/// slow attempt goes to other replicas, or back to this one once the attempt is recorded).
+#[derive(Clone, Default)]
+struct Held(Arc<std::sync::Mutex<HashMap<Uuid, DateTime<Utc>>>>);
+
+impl Held {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, DateTime<Utc>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The held rows whose lease ended by `now`: a claim could take them again.
+    fn expired(&self, now: DateTime<Utc>) -> Vec<Uuid> {
+        let map = self.map();
+        map.iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn hold(&self, rows: &[event_outbox::Model], until: DateTime<Utc>) {
+        let mut map = self.map();
+        map.extend(rows.iter().map(|row| (row.id, until)));
+    }
+
+    fn forget(&self, ids: impl IntoIterator<Item = Uuid>) {
+        let mut map = self.map();
+        for id in ids {
+            map.remove(&id);
+        }
+    }
+}
+
+/// The delivery tasks: the claimer feeds claimed rows to the poster, which posts them and hands
+/// each outcome to the recorder, which writes it (the poster never waits for the database).
 async fn deliver(
     db: DatabaseConnection,
     settings: WebhookSettings,
@@ -333,60 +378,75 @@ async fn deliver(
             return;
         }
     };
+    let held = Held::default();
+    // Room for two claims: the next one is made while the last one is being posted.
+    let (queue, claimed) = tokio::sync::mpsc::channel(2 * CLAIM);
+    let (outcomes, to_record) = tokio::sync::mpsc::channel(2 * CLAIM);
+    tokio::spawn(claim(
+        db.clone(),
+        settings.lease,
+        metrics.clone(),
+        written,
+        held.clone(),
+        queue,
+    ));
+    tokio::spawn(record(db, settings.clone(), metrics, held, to_record));
     let target = Target {
         client,
         url,
+        // An attempt starts only with this much of its lease left: one that could outlast it
+        // would be posted again by whoever claims the row next.
+        lease_margin: chrono::Duration::from_std(settings.timeout.min(settings.lease / 2))
+            .unwrap_or(chrono::Duration::seconds(10)),
         settings,
     };
-    // This replica's claims: its rows are not claimed again by it while it holds them (a
-    // replica stuck on an attempt leaves the row, once its lease is over, to the others).
-    let owner = crate::domain::ids::random_uuid();
-    // Room for two claims: the next one is made while the last one is being posted.
-    let (queue, claimed) = tokio::sync::mpsc::channel(2 * CLAIM);
-    tokio::spawn(claim(
-        db.clone(),
-        owner,
-        target.settings.lease,
-        metrics.clone(),
-        written,
-        queue,
-    ));
-    post(&db, &target, &metrics, owner, claimed).await;
+    post(&target, claimed, outcomes).await;
 }
 
-/// The claimer: claims due events when the queue has room for a whole claim, sets the lag
-/// (the age of the oldest event claimed; 0 when none is due), and waits for new events or [`POLL`]
-/// when it found fewer than a whole claim.
+/// The claimer: claims due events (a new claim id each time) when the queue has room for a
+/// whole claim, sets the lag (how late the earliest due event claimed was; 0 when none is
+/// due), and waits for new events or [`POLL`] when it found fewer than a whole claim. While the
+/// database fails, it waits longer each time, up to [`CLAIM_RETRY_MAX`].
 async fn claim(
     db: DatabaseConnection,
-    owner: Uuid,
     lease: Duration,
     metrics: Arc<Metrics>,
     written: Arc<Notify>,
-    queue: tokio::sync::mpsc::Sender<event_outbox::Model>,
+    held: Held,
+    queue: tokio::sync::mpsc::Sender<Claimed>,
 ) {
     let lease = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60));
+    let mut pause = POLL;
     loop {
         let Ok(room) = queue.reserve_many(CLAIM).await else {
             return; // the poster is gone
         };
         let now = Utc::now();
-        let rows = match store::claim_outbox(&db, now, now + lease, owner, CLAIM as u64).await {
+        let owner = crate::domain::ids::random_uuid();
+        let exclude = held.expired(now);
+        let claimed =
+            store::claim_outbox(&db, now, now + lease, owner, CLAIM as u64, &exclude).await;
+        let rows = match claimed {
             Ok(rows) => rows,
             Err(err) => {
-                tracing::warn!(error = %err, "event webhook: could not claim events");
+                if pause == POLL {
+                    tracing::warn!(error = %err, "event webhook: could not claim events");
+                }
                 drop(room);
-                tokio::time::sleep(POLL).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(CLAIM_RETRY_MAX);
                 continue;
             }
         };
-        let oldest = rows.iter().map(|row| row.created_at).min();
-        metrics.webhook_lag.set(oldest.map_or(0.0, |at| {
+        pause = POLL;
+        let earliest = rows.iter().map(|row| row.next_attempt_at).min();
+        metrics.webhook_lag.set(earliest.map_or(0.0, |at| {
             (now - at).num_milliseconds().max(0) as f64 / 1000.0
         }));
+        held.hold(&rows, now + lease);
         let whole = rows.len() == CLAIM;
         for (permit, row) in room.zip(rows) {
-            permit.send(row);
+            permit.send(Claimed { owner, row });
         }
         if !whole {
             let _ = tokio::time::timeout(POLL, written.notified()).await;
@@ -394,42 +454,57 @@ async fn claim(
     }
 }
 
-/// The poster: [`IN_FLIGHT`] attempts at once; delivered events are recorded together, at the
-/// latest [`RECORD_EVERY`] after the first of them.
+/// The poster: [`IN_FLIGHT`] attempts at once, each outcome handed to the recorder.
 async fn post(
-    db: &DatabaseConnection,
     target: &Target,
-    metrics: &Metrics,
-    owner: Uuid,
-    claimed: tokio::sync::mpsc::Receiver<event_outbox::Model>,
+    claimed: tokio::sync::mpsc::Receiver<Claimed>,
+    outcomes: tokio::sync::mpsc::Sender<(Claimed, Outcome)>,
 ) {
     use futures_util::StreamExt as _;
     let attempts = futures_util::stream::unfold(claimed, |mut claimed| async move {
         let next = claimed.recv().await?;
         Some((next, claimed))
     })
-    .map(|mut row| async move {
-        let outcome = attempt(target, &mut row).await;
-        (row, outcome)
+    .map(|mut claimed| async move {
+        let outcome = attempt(target, &mut claimed.row).await;
+        (claimed, outcome)
     })
     .buffer_unordered(IN_FLIGHT);
     let mut attempts = std::pin::pin!(attempts);
-    let mut delivered: Vec<Uuid> = Vec::with_capacity(CLAIM);
+    while let Some(done) = attempts.next().await {
+        if outcomes.send(done).await.is_err() {
+            return; // the recorder is gone
+        }
+    }
+}
+
+/// The recorder: delivered events are deleted together (one statement per claim among them),
+/// at the latest [`RECORD_EVERY`] after the first; failures scheduled or given up; released
+/// rows made due again. A row is forgotten by [`Held`] once its outcome is written (or failed
+/// to be: its lease then ends and it is claimed again, at least once).
+async fn record(
+    db: DatabaseConnection,
+    settings: WebhookSettings,
+    metrics: Arc<Metrics>,
+    held: Held,
+    mut outcomes: tokio::sync::mpsc::Receiver<(Claimed, Outcome)>,
+) {
+    let mut delivered: Vec<(Uuid, Uuid)> = Vec::with_capacity(CLAIM);
     let mut record_by: Option<tokio::time::Instant> = None;
     loop {
         let next = match record_by {
-            Some(at) => match tokio::time::timeout_at(at, attempts.next()).await {
+            Some(at) => match tokio::time::timeout_at(at, outcomes.recv()).await {
                 Ok(next) => next,
                 Err(_) => {
-                    record_delivered(db, owner, &mut delivered).await;
+                    record_delivered(&db, &held, &mut delivered).await;
                     record_by = None;
                     continue;
                 }
             },
-            None => attempts.next().await,
+            None => outcomes.recv().await,
         };
-        let Some((row, outcome)) = next else {
-            record_delivered(db, owner, &mut delivered).await;
+        let Some((Claimed { owner, row }, outcome)) = next else {
+            record_delivered(&db, &held, &mut delivered).await;
             return;
         };
         match outcome {
@@ -438,48 +513,59 @@ async fn post(
                     .webhook_deliveries
                     .with_label_values(&["delivered"])
                     .inc();
-                delivered.push(row.id);
+                delivered.push((owner, row.id));
                 if delivered.len() >= CLAIM {
-                    record_delivered(db, owner, &mut delivered).await;
+                    record_delivered(&db, &held, &mut delivered).await;
                     record_by = None;
                 } else if record_by.is_none() {
                     record_by = Some(tokio::time::Instant::now() + RECORD_EVERY);
                 }
             }
             Outcome::LeaseOver => {
-                tracing::debug!(event = %row.id, "event webhook: lease over before the attempt");
-                if let Err(err) = store::outbox_release(db, row.id, owner).await {
+                tracing::debug!(event = %row.id, "event webhook: too little lease left to attempt");
+                if let Err(err) = store::outbox_release(&db, row.id, owner).await {
                     tracing::warn!(error = %err, event = %row.id, "event webhook: claim not released");
                 }
+                held.forget([row.id]);
             }
             Outcome::Failed(error) => {
-                failed(db, &target.settings, metrics, owner, row, error).await
+                let id = row.id;
+                failed(&db, &settings, &metrics, owner, row, error).await;
+                held.forget([id]);
             }
         }
     }
 }
 
-/// Records delivered events, in one `DELETE`.
-async fn record_delivered(db: &DatabaseConnection, owner: Uuid, delivered: &mut Vec<Uuid>) {
-    let events = delivered.len();
-    if let Err(err) = store::outbox_delivered(db, owner, std::mem::take(delivered)).await {
-        // Delivered, not recorded: delivered again after the lease (at least once).
-        tracing::warn!(error = %err, events, "event webhook: deliveries not recorded");
+/// Records delivered events: one `DELETE` per claim among them (usually one or two).
+async fn record_delivered(db: &DatabaseConnection, held: &Held, delivered: &mut Vec<(Uuid, Uuid)>) {
+    delivered.sort_unstable();
+    for chunk in delivered.chunk_by(|a, b| a.0 == b.0) {
+        let ids: Vec<Uuid> = chunk.iter().map(|(_, id)| *id).collect();
+        if let Err(err) = store::outbox_delivered(db, chunk[0].0, ids).await {
+            // Delivered, not recorded: delivered again after the lease (at least once).
+            tracing::warn!(error = %err, events = chunk.len(), "event webhook: deliveries not recorded");
+        }
     }
+    held.forget(delivered.drain(..).map(|(_, id)| id));
 }
 
 /// Where events go: the client, the URL parsed once, the settings.
 struct Target {
     client: reqwest::Client,
     url: reqwest::Url,
+    lease_margin: chrono::Duration,
     settings: WebhookSettings,
 }
 
-/// One attempt at event `row`, unless its lease is over (its payload is sent, not copied: after
-/// the attempt only its id, kind and times are read).
+/// One attempt at event `row`, unless too little of its lease is left (its payload is sent,
+/// not copied: after the attempt only its id, kind and times are read).
 async fn attempt(target: &Target, row: &mut event_outbox::Model) -> Outcome {
     let now = Utc::now();
-    if row.locked_until.is_some_and(|until| until <= now) {
+    if row
+        .locked_until
+        .is_some_and(|until| until - target.lease_margin <= now)
+    {
         return Outcome::LeaseOver;
     }
     let timestamp = now.timestamp();

@@ -341,53 +341,54 @@ pub fn never_due() -> DateTime<Utc> {
     DateTime::from_timestamp(253_402_214_400, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
-/// Outbox rows due now, not leased, and not `owner`'s. A given-up row's `next_attempt_at` is
-/// [`never_due`], so one range of one index holds every row to claim: whatever the table's
-/// statistics say, a claim reads that range from its start, never sorts the table (only the
-/// rows leased now, at most a few hundred per replica, are read and passed over). Rows of
-/// `owner` whose lease ran out while it still attempts them are left to other claimers.
-fn due(now: DateTime<Utc>, owner: Uuid) -> Condition {
-    Condition::all()
+/// Outbox rows due now, not leased, and not in `exclude`. A given-up row's `next_attempt_at`
+/// is [`never_due`], so one range of one index holds every row to claim: whatever the table's
+/// statistics say, a claim reads that range from its start and never sorts the table (only the
+/// rows leased now, at most a few hundred per replica, are read and passed over).
+fn due(now: DateTime<Utc>, exclude: &[Uuid]) -> Condition {
+    let mut due = Condition::all()
         .add(event_outbox::Column::NextAttemptAt.lte(now))
         .add(
             Condition::any()
                 .add(event_outbox::Column::LockedUntil.is_null())
                 .add(event_outbox::Column::LockedUntil.lte(now)),
-        )
-        .add(
-            Condition::any()
-                .add(event_outbox::Column::LockedBy.is_null())
-                .add(event_outbox::Column::LockedBy.ne(owner)),
-        )
+        );
+    if !exclude.is_empty() {
+        due = due.add(event_outbox::Column::Id.is_not_in(exclude.iter().copied()));
+    }
+    due
 }
 
-/// Claims up to `limit` due outbox rows, oldest due first, for `owner` (one per replica) until
-/// `lease_until` (each claim counts as an attempt; a row not finished by then is due again for
-/// other owners); the rows claimed, oldest first.
+/// Claims up to `limit` due outbox rows, oldest due first, for the claim `owner` (a new id per
+/// claim) until `lease_until` (each claim counts as an attempt; a row not finished by then is
+/// due again); never the rows of `exclude` (those the caller still attempts though their lease
+/// ran out). The rows claimed, oldest first.
 pub async fn claim_outbox(
     db: &DatabaseConnection,
     now: DateTime<Utc>,
     lease_until: DateTime<Utc>,
     owner: Uuid,
     limit: u64,
+    exclude: &[Uuid],
 ) -> Result<Vec<event_outbox::Model>, DbErr> {
     match db.get_database_backend() {
         DatabaseBackend::Postgres => {
-            return claim_postgres(db, now, lease_until, owner, limit).await;
+            return claim_postgres(db, now, lease_until, owner, limit, exclude).await;
         }
-        DatabaseBackend::MySql => match claim_skip_locked(db, now, lease_until, owner, limit).await
-        {
-            Ok(rows) => return Ok(rows),
-            // A server without SKIP LOCKED (MariaDB 10.5): the conditional claim below.
-            Err(err) if err.to_string().to_ascii_lowercase().contains("syntax") => {}
-            Err(err) => return Err(err),
-        },
+        DatabaseBackend::MySql => {
+            match claim_skip_locked(db, now, lease_until, owner, limit, exclude).await {
+                Ok(rows) => return Ok(rows),
+                // A server without SKIP LOCKED (MariaDB 10.5): the conditional claim below.
+                Err(err) if err.to_string().to_ascii_lowercase().contains("syntax") => {}
+                Err(err) => return Err(err),
+            }
+        }
         _ => {}
     }
     let candidates: Vec<Uuid> = event_outbox::Entity::find()
         .select_only()
         .column(event_outbox::Column::Id)
-        .filter(due(now, owner))
+        .filter(due(now, exclude))
         .order_by_asc(event_outbox::Column::NextAttemptAt)
         .limit(limit)
         .into_tuple()
@@ -397,7 +398,7 @@ pub async fn claim_outbox(
     for id in candidates {
         let taken = lease(event_outbox::Entity::update_many(), lease_until, owner)
             .filter(event_outbox::Column::Id.eq(id))
-            .filter(due(now, owner))
+            .filter(due(now, exclude))
             .exec(db)
             .await?;
         if taken.rows_affected == 1 {
@@ -418,24 +419,38 @@ async fn claim_postgres(
     lease_until: DateTime<Utc>,
     owner: Uuid,
     limit: u64,
+    exclude: &[Uuid],
 ) -> Result<Vec<event_outbox::Model>, DbErr> {
+    let mut values: Vec<sea_orm::Value> = vec![
+        now.into(),
+        lease_until.into(),
+        owner.into(),
+        i64::try_from(limit).unwrap_or(i64::MAX).into(),
+    ];
+    // Usually empty: the same statement text every time (prepared once per connection).
+    let mut excluded = String::new();
+    for id in exclude {
+        values.push((*id).into());
+        let sep = if excluded.is_empty() { "" } else { ", " };
+        excluded.push_str(&format!("{sep}${}", values.len()));
+    }
+    if !excluded.is_empty() {
+        excluded = format!("AND id NOT IN ({excluded}) ");
+    }
     let claim = sea_orm::Statement::from_sql_and_values(
         DatabaseBackend::Postgres,
-        "UPDATE event_outbox AS o \
-         SET locked_until = $2, locked_by = $3, attempts = o.attempts + 1 \
-         FROM (SELECT id FROM event_outbox \
-               WHERE next_attempt_at <= $1 AND (locked_until IS NULL OR locked_until <= $1) \
-                 AND locked_by IS DISTINCT FROM $3 \
-               ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) AS due \
-         WHERE o.id = due.id \
-         RETURNING o.id, o.kind, o.payload, o.created_at, o.next_attempt_at, o.attempts, \
-                   o.locked_until, o.locked_by, o.failed_at, o.last_error",
-        [
-            now.into(),
-            lease_until.into(),
-            owner.into(),
-            i64::try_from(limit).unwrap_or(i64::MAX).into(),
-        ],
+        format!(
+            "UPDATE event_outbox AS o \
+             SET locked_until = $2, locked_by = $3, attempts = o.attempts + 1 \
+             FROM (SELECT id FROM event_outbox \
+                   WHERE next_attempt_at <= $1 AND (locked_until IS NULL OR locked_until <= $1) \
+                   {excluded}\
+                   ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) AS due \
+             WHERE o.id = due.id \
+             RETURNING o.id, o.kind, o.payload, o.created_at, o.next_attempt_at, o.attempts, \
+                       o.locked_until, o.locked_by, o.failed_at, o.last_error"
+        ),
+        values,
     );
     let mut rows = event_outbox::Entity::find()
         .from_raw_sql(claim)
@@ -453,12 +468,13 @@ async fn claim_skip_locked(
     lease_until: DateTime<Utc>,
     owner: Uuid,
     limit: u64,
+    exclude: &[Uuid],
 ) -> Result<Vec<event_outbox::Model>, DbErr> {
     let txn = db.begin().await?;
     let ids: Vec<Uuid> = event_outbox::Entity::find()
         .select_only()
         .column(event_outbox::Column::Id)
-        .filter(due(now, owner))
+        .filter(due(now, exclude))
         .order_by_asc(event_outbox::Column::NextAttemptAt)
         .limit(limit)
         .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
@@ -523,10 +539,14 @@ pub async fn outbox_delivered(
         .map(drop)
 }
 
-/// Event `id`, claimed by `owner`, was not attempted (its lease ran out first): any replica,
-/// `owner`'s too, may claim it again.
+/// Event `id`, claimed by `owner`, was not attempted (too little of its lease was left): it is
+/// due again at once, its claim not counted as an attempt.
 pub async fn outbox_release(db: &DatabaseConnection, id: Uuid, owner: Uuid) -> Result<(), DbErr> {
     event_outbox::Entity::update_many()
+        .col_expr(
+            event_outbox::Column::Attempts,
+            Expr::col(event_outbox::Column::Attempts).sub(1),
+        )
         .col_expr(
             event_outbox::Column::LockedUntil,
             Expr::value(None::<DateTime<Utc>>),
@@ -640,8 +660,8 @@ mod tests {
         write(&db, &events).await.unwrap();
         let lease = now + chrono::Duration::seconds(30);
         let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        let first = claim_outbox(&db, now, lease, a, 2).await.unwrap();
-        let second = claim_outbox(&db, now, lease, b, 2).await.unwrap();
+        let first = claim_outbox(&db, now, lease, a, 2, &[]).await.unwrap();
+        let second = claim_outbox(&db, now, lease, b, 2, &[]).await.unwrap();
         assert_eq!((first.len(), second.len()), (2, 1));
         assert!(
             first
@@ -649,7 +669,7 @@ mod tests {
                 .all(|r| r.attempts == 1 && r.locked_by == Some(a))
         );
         assert!(
-            claim_outbox(&db, now, lease, c, 5)
+            claim_outbox(&db, now, lease, c, 5, &[])
                 .await
                 .unwrap()
                 .is_empty()
@@ -663,12 +683,12 @@ mod tests {
         outbox_failed(&db, row.id, b, Some(now), "HTTP 500")
             .await
             .unwrap();
-        let again = claim_outbox(&db, now, lease, c, 5).await.unwrap();
+        let again = claim_outbox(&db, now, lease, c, 5, &[]).await.unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!((again[0].id, again[0].attempts), (row.id, 2));
         // After the lease, every row is claimable again, oldest first.
         let later = lease + chrono::Duration::seconds(1);
-        let retaken = claim_outbox(&db, later, later + chrono::Duration::seconds(30), b, 5)
+        let retaken = claim_outbox(&db, later, later + chrono::Duration::seconds(30), b, 5, &[])
             .await
             .unwrap();
         assert_eq!(retaken.len(), 3);
@@ -677,19 +697,21 @@ mod tests {
                 .windows(2)
                 .all(|w| w[0].created_at <= w[1].created_at)
         );
-        // Past B's lease, B (still attempting them) leaves its rows to others, until it
-        // releases one.
+        // Past the lease, rows the caller still attempts (`exclude`) are not taken again.
         let much_later = later + chrono::Duration::seconds(60);
-        let b_again = |at| claim_outbox(&db, at, at + chrono::Duration::seconds(30), b, 5);
-        assert!(b_again(much_later).await.unwrap().is_empty());
+        let all: Vec<Uuid> = retaken.iter().map(|r| r.id).collect();
+        let lease_then = much_later + chrono::Duration::seconds(30);
+        let none = claim_outbox(&db, much_later, lease_then, c, 5, &all).await;
+        assert!(none.unwrap().is_empty());
+        // A released row is due at once (B's lease still running), its claim not counted.
         outbox_release(&db, retaken[2].id, a).await.unwrap();
-        assert!(b_again(much_later).await.unwrap().is_empty(), "not A's");
         outbox_release(&db, retaken[2].id, b).await.unwrap();
-        let released = b_again(much_later).await.unwrap();
+        let lease_c = later + chrono::Duration::seconds(30);
+        let released = claim_outbox(&db, later, lease_c, c, 5, &[]).await.unwrap();
         assert_eq!(released.len(), 1);
         assert_eq!(
             (released[0].id, released[0].attempts),
-            (retaken[2].id, retaken[2].attempts + 1)
+            (retaken[2].id, retaken[2].attempts)
         );
         // Delivered rows go (one statement; another claim's row stays); a given-up row stays
         // but is never due again.
@@ -703,7 +725,7 @@ mod tests {
         outbox_delivered(&db, b, vec![retaken[0].id, retaken[1].id])
             .await
             .unwrap();
-        outbox_failed(&db, released[0].id, b, None, "timeout")
+        outbox_failed(&db, released[0].id, c, None, "timeout")
             .await
             .unwrap();
         let left = event_outbox::Entity::find().all(&db).await.unwrap();
@@ -724,7 +746,7 @@ mod tests {
         );
         let far = later + chrono::Duration::days(365 * 100);
         assert!(
-            claim_outbox(&db, far, far + chrono::Duration::seconds(30), c, 5)
+            claim_outbox(&db, far, far + chrono::Duration::seconds(30), c, 5, &[])
                 .await
                 .unwrap()
                 .is_empty()

@@ -632,13 +632,14 @@ async fn an_event_held_by_a_stalled_replica_is_delivered_by_another(backend: Bac
 }
 
 async fn a_burst_of_events_is_delivered_once_each(backend: Backend) {
-    // 150 sign-ins on both replicas: 300 events, more than one claim (256) and one recorded
-    // batch. A delivery not recorded would come again from the other replica once the 2 s
-    // lease is over.
+    // 150 sign-ins queue 300 events (replicas with delivery off); then one worker delivers
+    // them: a whole claim (256) and the rest, recorded in batches. A delivery not recorded
+    // would come again once its 3 s lease is over.
     let receiver = Receiver::start(Answer::Ok { fail: 0 }).await;
     let mut vars = webhook_vars(&receiver.url);
     vars.extend([
-        ("EVENT_WEBHOOK_LEASE_SECONDS", "2"),
+        ("EVENT_WEBHOOK_DELIVERY", "false"),
+        ("EVENT_WEBHOOK_LEASE_SECONDS", "3"),
         ("RATE_LIMIT_IP_PER_HOUR", "1000000"),
         ("RATE_LIMIT_VERIFY_IP_PER_HOUR", "1000000"),
         ("RATE_LIMIT_FRONTDOOR_PER_SECOND", "100000"),
@@ -649,6 +650,12 @@ async fn a_burst_of_events_is_delivered_once_each(backend: Backend) {
         .map(|_| async { user_id(&sign_in(&app, &unique_phone()).await) })
         .buffer_unordered(16)
         .collect()
+        .await;
+    // Every event written (the audit log and the outbox are written together).
+    for user in &users {
+        audit_of(&app, user, &["user.created", "login.succeeded"]).await;
+    }
+    app.start_replica(&[("EVENT_WEBHOOK_DELIVERY", "true")])
         .await;
     let wanted: HashSet<(String, String)> = users
         .iter()
@@ -679,7 +686,7 @@ async fn a_burst_of_events_is_delivered_once_each(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Past the lease: still one delivery per event.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
     let got = receiver.deliveries();
     let ids: HashSet<&str> = got.iter().map(|d| d.id.as_str()).collect();
     assert_eq!(ids.len(), got.len(), "an event was delivered twice");

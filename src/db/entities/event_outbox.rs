@@ -23,7 +23,7 @@ pub struct Model {
     pub attempts: i32,
     /// Until when the replica that claimed it owns it.
     pub locked_until: Option<DateTimeUtc>,
-    /// The claim (a random id per claim) that owns it.
+    /// The claim that owns it (a random id per claim).
     pub locked_by: Option<Uuid>,
     /// When it was given up.
     pub failed_at: Option<DateTimeUtc>,
