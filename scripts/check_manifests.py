@@ -51,7 +51,11 @@ def pod_checks(owner, spec):
 
 
 deployments = by_kind.get("Deployment", [])
-check(len(deployments) == 1, f"expected one Deployment, got {len(deployments)}")
+components = [d["metadata"]["labels"].get("app.kubernetes.io/component") for d in deployments]
+check(components.count("server") == 1 and set(components) <= {"server", "event-worker"}
+      and components.count("event-worker") <= 1,
+      f"expected one server Deployment and at most one event worker, got {components}")
+worker = "event-worker" in components
 for d in deployments:
     name = d["metadata"]["name"]
     pod = pod_checks(f"Deployment {name}", d["spec"])
@@ -69,6 +73,13 @@ for d in deployments:
         if "value" in e:
             env[e["name"]] = e["value"]
     check(env.get("RUN_MIGRATIONS") == "false", "replicas must run with RUN_MIGRATIONS=false")
+    # With an event worker, only it delivers the event webhooks; the servers queue them.
+    component = d["metadata"]["labels"].get("app.kubernetes.io/component")
+    if worker:
+        wanted = "true" if component == "event-worker" else "false"
+        check(env.get("EVENT_WEBHOOK_DELIVERY") == wanted,
+              f"Deployment {name}: EVENT_WEBHOOK_DELIVERY={env.get('EVENT_WEBHOOK_DELIVERY')}, want {wanted}")
+        check(bool(env.get("EVENT_WEBHOOK_URL")), f"Deployment {name}: an event worker without EVENT_WEBHOOK_URL")
     grace = int(env.get("SHUTDOWN_GRACE_SECONDS", "20"))
     pause = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
     check(pause > 0, "a preStop pause lets the load balancer deregister the pod")
