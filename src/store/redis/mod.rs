@@ -243,6 +243,27 @@ impl RedisStore {
         format!("{}{kind}:{id}", self.prefix)
     }
 
+    /// `put_session.lua` for `user`, with `from`'s index as its optional third key (the entry
+    /// dropped there: [`Store::move_session`]).
+    async fn run_put_session(
+        &self,
+        user: &str,
+        from: Option<&str>,
+        sid: &str,
+        meta: &str,
+        ttl: Duration,
+        max: usize,
+    ) -> Result<SessionPut, StoreError> {
+        let mut invocation = self.put_session.key(self.user_key(user, "sessions"));
+        invocation.key(self.user_key(user, "blocked"));
+        if let Some(from) = from {
+            invocation.key(self.user_key(from, "sessions"));
+        }
+        invocation.arg(sid).arg(meta).arg(ttl_ms(ttl)).arg(max);
+        let reply: Vec<redis::Value> = self.invoke_as(&invocation).await?;
+        session_put(&reply)
+    }
+
     /// `verify_code.lua`'s keys and arguments on `invocation` (a script that starts with
     /// them); the quotas in the order given, attempts first.
     #[allow(clippy::too_many_arguments)]
@@ -815,15 +836,7 @@ impl Store for RedisStore {
         ttl: Duration,
         max: usize,
     ) -> Result<SessionPut, StoreError> {
-        let mut invocation = self.put_session.key(self.user_key(user, "sessions"));
-        invocation
-            .key(self.user_key(user, "blocked"))
-            .arg(sid)
-            .arg(meta)
-            .arg(ttl_ms(ttl))
-            .arg(max);
-        let reply: Vec<redis::Value> = self.invoke_as(&invocation).await?;
-        session_put(&reply)
+        self.run_put_session(user, None, sid, meta, ttl, max).await
     }
 
     /// One node: one script, the entry dropped and the session put (`put_session.lua`'s third
@@ -840,16 +853,8 @@ impl Store for RedisStore {
         if !self.single_node() {
             return move_session_in_two_steps(self, from, user, sid, meta, ttl, max).await;
         }
-        let mut invocation = self.put_session.key(self.user_key(user, "sessions"));
-        invocation
-            .key(self.user_key(user, "blocked"))
-            .key(self.user_key(from, "sessions"))
-            .arg(sid)
-            .arg(meta)
-            .arg(ttl_ms(ttl))
-            .arg(max);
-        let reply: Vec<redis::Value> = self.invoke_as(&invocation).await?;
-        session_put(&reply)
+        self.run_put_session(user, Some(from), sid, meta, ttl, max)
+            .await
     }
 
     /// One node: one script, the session and then the credit (see `session_then_credit.lua`).
